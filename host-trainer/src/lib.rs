@@ -1,0 +1,26 @@
+//! host-trainer: the std half of the project.
+//!
+//! Data flows one way: `data` (readers + synthetic generators) → `augment` → `method` + `train`
+//! (pretraining) → `eval` (transfer protocols) → `export` (fold BN, quantise, write the runtime
+//! model). Each paper concept has one named place:
+//!
+//! | concept | module |
+//! |---|---|
+//! | mini-ImageNet / CelebA / MAFL readers, synthetic datasets | [`data`] |
+//! | torchvision-exact augmentations, batch loader | [`augment`] |
+//! | ResNet family with torchvision names | [`model`] |
+//! | supervised CE, MoCo v1/v2, Exemplar v1/v2 (paper eq. 2) | [`method`] |
+//! | SGD, schedules, checkpoints, the training loop | [`train`] |
+//! | few-shot, landmark and linear-probe protocols | [`eval`] |
+//! | BN folding, int8 calibration, safetensors export | [`export`] |
+
+pub mod augment;
+pub mod data;
+pub mod device;
+pub mod eval;
+pub mod export;
+pub mod fsutil;
+pub mod method;
+pub mod model;
+pub mod rng;
+pub mod train;

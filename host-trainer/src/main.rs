@@ -1,0 +1,33 @@
+//! The `host-trainer` command line. Each sub-command lives in its own file under `cli/`.
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+/// Pretrain ResNet backbones (supervised, MoCo v1/v2, Exemplar v1/v2), evaluate their transfer
+/// (few-shot recognition, facial landmarks), and export int8 models for the runtime.
+#[derive(Parser, Debug)]
+#[command(name = "host-trainer", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate the embedded default datasets (synthetic objects / faces) in the real formats.
+    #[command(subcommand)]
+    Synth(cli::synth::SynthCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Synth(c) => cli::synth::run(c),
+    };
+    if let Err(e) = result {
+        // `{:#}` prints the whole context chain on one line ("reading X: line 3: ..."): a clear
+        // error for the user, never a panic or a backtrace.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
