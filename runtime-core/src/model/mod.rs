@@ -6,6 +6,7 @@
 mod builder;
 mod error;
 mod graph;
+pub mod zoo;
 
 pub use builder::{write_safetensors, BuildError, LayerParams, ModelBuilder, Quant, RawTensor, TensorId};
 pub use error::{GraphError, ModelError, RunError};
