@@ -21,7 +21,8 @@ pub mod ops;
 pub mod plan;
 
 pub use model::{
-    BuildError, Dtype, GraphError, LayerParams, Model, ModelBuilder, ModelError, OpKind, Quant, RunError, Task, TensorDesc,
+    write_safetensors, BuildError, Dtype, GraphError, LayerParams, Model, ModelBuilder, ModelError, OpKind, Quant, RawTensor,
+    RunError, Task, TensorDesc,
     TensorId,
 };
 pub use ops::requant::quantize_multiplier;
