@@ -35,6 +35,8 @@ fn rejects_each_malformed_class() {
     assert_eq!(graph_err(&with_text(|t| t.replacen(" ma=", " ma=-", 1))), E::MultiplierRange);
     assert_eq!(graph_err(&with_text(|t| t.replacen(" sa=", " sa=5", 1))), E::ShiftRange);
     assert_eq!(graph_err(&with_text(|t| t.replacen("pad=1,0,1,2", "pad=3,0,1,2", 1))), E::Window);
+    // Huge windows would overflow the kernels' offset arithmetic.
+    assert_eq!(graph_err(&with_text(|t| t.replacen("maxpool in=1 out=2 k=2,2", "maxpool in=1 out=2 k=9223372036854775810,2", 1).replacen("pad=1,1,0,0", "pad=9223372036854775809,1,0,0", 1))), E::TooLarge);
     assert_eq!(graph_err(&with_text(|t| t.replacen("scale=0.03", "scale=0", 1))), E::ScaleRange);
     assert_eq!(graph_err(&with_text(|t| t.replacen("conv in=0", "conv in=1", 1))), E::NotYetComputed);
     assert_eq!(graph_err(&with_text(|t| t.replacen(" relu", " relu bogus=1", 1))), E::UnknownKey);

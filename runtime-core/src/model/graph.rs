@@ -239,6 +239,10 @@ fn window(d: &TensorDesc, k: [usize; 2], stride: [usize; 2], pad: [usize; 4]) ->
     if stride[0] == 0 || stride[1] == 0 || k[0] == 0 || k[1] == 0 {
         return Err(E::ZeroDim);
     }
+    // Bounded so window arithmetic in the kernels (isize offsets) can never overflow.
+    if k.iter().chain(&stride).any(|&v| v > MAX_WINDOW) {
+        return Err(E::TooLarge);
+    }
     if t >= k[0] || b >= k[0] || l >= k[1] || r >= k[1] {
         return Err(E::Window);
     }
@@ -485,7 +489,7 @@ fn parse_text<'a>(st: &SafeTensors<'a>, text: &str, line_no: &mut u32) -> R<Mode
                 } else {
                     Kernel::MaxPoolF32(win)
                 };
-                ((kern), (dout.len() as u64) * (win.kh * win.kw) as u64, 1, 0)
+                (kern, (dout.len() as u64) * (win.kh * win.kw) as u64, 1, 0)
             }
             "mean" => {
                 let (ti, to) = (f.tensor_id("in")?, f.tensor_id("out")?);

@@ -23,6 +23,8 @@ pub const GRAPH_KEY: &str = "rt.graph";
 pub const MAX_TENSORS: usize = 4096;
 /// Upper bound on elements of one activation tensor.
 pub const MAX_ELEMENTS: usize = 1 << 26;
+/// Upper bound on a kernel/pool window side and on a stride (padding is below the window).
+pub const MAX_WINDOW: usize = 1 << 12;
 /// Upper bound on `kh·kw·in_c` (conv) or `in_len` (fc): keeps the i32 accumulator exact.
 pub const MAX_REDUCTION: usize = 32768;
 /// Upper bound on `|bias|` for int8 models (with [`MAX_REDUCTION`], `|acc| < 2³¹`).
