@@ -326,8 +326,8 @@ fn parse_text<'a>(st: &SafeTensors<'a>, text: &str, line_no: &mut u32) -> R<Mode
     let mut ld = Loader { st, weight_bytes: 0 };
     let mut g = Graph { tensors: Vec::new(), produced_by: Vec::new(), last_use: Vec::new(), nodes: Vec::new(), input: None };
     let mut output: Option<u16> = None;
-    let mut mean = heapless::Vec::<f32, 4>::new();
-    let mut std = heapless::Vec::<f32, 4>::new();
+    let mut mean = heapless::Vec::<f32, MAX_INPUT_CHANNELS>::new();
+    let mut std = heapless::Vec::<f32, MAX_INPUT_CHANNELS>::new();
     let int8 = dtype == Dtype::Int8;
 
     for (n, l) in lines {
@@ -379,7 +379,7 @@ fn parse_text<'a>(st: &SafeTensors<'a>, text: &str, line_no: &mut u32) -> R<Mode
                         return Err(E::Header);
                     }
                     g.input = Some(id);
-                    let (mut m, mut sd) = ([0f32; 4], [0f32; 4]);
+                    let (mut m, mut sd) = ([0f32; MAX_INPUT_CHANNELS], [0f32; MAX_INPUT_CHANNELS]);
                     let nm = list(f.req("mean")?, &mut m).ok_or(E::BadValue("mean"))?;
                     let ns = list(f.req("std")?, &mut sd).ok_or(E::BadValue("std"))?;
                     if nm != d.c || ns != d.c {
