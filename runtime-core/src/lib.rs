@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod plan;
+pub mod protocol;
 
 pub use model::{
     write_safetensors, BuildError, Dtype, GraphError, LayerParams, Model, ModelBuilder, ModelError, OpKind, Quant, RawTensor,

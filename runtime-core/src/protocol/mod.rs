@@ -1,0 +1,5 @@
+//! Evaluation protocols shared by every program that runs them (host-trainer, runtime-cli,
+//! runtime-mcu), so one seed means the same episodes everywhere.
+pub mod fewshot;
+
+pub use fewshot::{Episode, EpisodeSampler, SampleError};
