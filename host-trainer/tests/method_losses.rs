@@ -5,13 +5,21 @@ use host_trainer::method::contrastive::contrastive_loss;
 use host_trainer::method::queue::LabelQueue;
 use rand::{Rng, SeedableRng};
 
-/// A queue whose 4 slots hold known keys and labels: fill it by enqueueing the rows.
+/// A queue holding known keys and labels (−1 allowed), built through the checkpoint path.
 fn queue_with(rows: &[[f32; 2]], labels: &[i64]) -> LabelQueue {
     let dev = Device::Cpu;
-    let mut q = LabelQueue::new(rows.len(), 2, 0, &dev).unwrap();
-    let t = Tensor::new(rows, &dev).unwrap();
-    q.enqueue(&t, Some(labels)).unwrap();
-    q
+    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+    let mut st = std::collections::HashMap::new();
+    st.insert(
+        "queue".to_string(),
+        Tensor::from_vec(flat, (rows.len(), 2), &dev).unwrap(),
+    );
+    st.insert(
+        "queue_labels".to_string(),
+        Tensor::new(labels, &dev).unwrap(),
+    );
+    st.insert("queue_ptr".to_string(), Tensor::new(&[0i64], &dev).unwrap());
+    LabelQueue::from_tensors(&st, &dev).unwrap()
 }
 
 fn scalar(t: &Tensor) -> f64 {
@@ -21,19 +29,14 @@ fn scalar(t: &Tensor) -> f64 {
 /// 2 queries, 4 queue slots, τ = 0.5, unit vectors so normalisation is a no-op.
 /// q1 = (1,0), k1 = (0.6,0.8): l_pos = 0.6; queue·q1 = (1, 0, −1, 0.6)
 /// q2 = (0,1), k2 = (0.28,0.96): l_pos = 0.96; queue·q2 = (0, 1, 0, −0.8)
-/// queue labels (3, 5, ·, 3) where slot 2 is relabelled −1 below; query labels (3, 5).
+/// queue labels (3, 5, −1, 3); query labels (3, 5).
 #[test]
 fn two_query_four_slot_example_by_hand() {
     let dev = Device::Cpu;
     let q = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &dev).unwrap();
     let k = Tensor::new(&[[0.6f32, 0.8], [0.28, 0.96]], &dev).unwrap();
     let rows = [[1f32, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.6, -0.8]];
-    let mut queue = queue_with(&rows, &[3, 5, 9, 3]);
-    // Make slot 2 an unlabelled (−1) slot: re-enqueue all four with slot 2 … simpler: rebuild
-    // from state with that label.
-    let mut st = queue.to_tensors().unwrap();
-    st.insert("queue_labels".into(), Tensor::new(&[3i64, 5, -1, 3], &dev).unwrap());
-    queue = LabelQueue::from_tensors(&st, &dev).unwrap();
+    let queue = queue_with(&rows, &[3, 5, -1, 3]);
     let tau = 0.5;
     let e = |x: f64| (x / tau).exp();
 
@@ -41,17 +44,28 @@ fn two_query_four_slot_example_by_hand() {
     let moco1 = -(e(0.6) / (e(0.6) + e(1.0) + e(0.0) + e(-1.0) + e(0.6))).ln();
     let moco2 = -(e(0.96) / (e(0.96) + e(0.0) + e(1.0) + e(0.0) + e(-0.8))).ln();
     let out = contrastive_loss(&q, &k, &queue, None, tau).unwrap();
-    assert!((scalar(&out.loss) - (moco1 + moco2) / 2.0).abs() < 1e-5, "{} vs {}", scalar(&out.loss), (moco1 + moco2) / 2.0);
+    assert!(
+        (scalar(&out.loss) - (moco1 + moco2) / 2.0).abs() < 1e-5,
+        "{} vs {}",
+        scalar(&out.loss),
+        (moco1 + moco2) / 2.0
+    );
 
     // Exemplar: q1 (label 3) drops slots 0 and 3; q2 (label 5) drops slot 1; slot 2 (−1) stays.
     let ex1 = -(e(0.6) / (e(0.6) + e(0.0) + e(-1.0))).ln();
     let ex2 = -(e(0.96) / (e(0.96) + e(0.0) + e(0.0) + e(-0.8))).ln();
     let out = contrastive_loss(&q, &k, &queue, Some(&[3, 5]), tau).unwrap();
     assert!((scalar(&out.loss) - (ex1 + ex2) / 2.0).abs() < 1e-5);
-    // Instance accuracy: q1's positive 0.6 < queue slot 0's 1.0 under MoCo, but slot 0 is masked
-    // for Exemplar → both correct; under MoCo q1 wrong, q2 (0.96 vs 1.0) wrong.
-    assert_eq!(out.instance_accuracy().unwrap(), 0.5);
-    assert_eq!(contrastive_loss(&q, &k, &queue, None, tau).unwrap().instance_accuracy().unwrap(), 0.0);
+    // Instance accuracy: under MoCo q1's positive 0.6 < slot 0's 1.0 and q2's 0.96 < slot 1's
+    // 1.0, so both are wrong; Exemplar masks exactly those slots, so both are right.
+    assert_eq!(out.instance_accuracy().unwrap(), 1.0);
+    assert_eq!(
+        contrastive_loss(&q, &k, &queue, None, tau)
+            .unwrap()
+            .instance_accuracy()
+            .unwrap(),
+        0.0
+    );
 }
 
 #[test]
@@ -62,12 +76,28 @@ fn masking_removes_exactly_the_same_label_slots() {
     let q = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &dev).unwrap();
     let out = contrastive_loss(&q, &q, &queue, Some(&[3, 7]), 0.1).unwrap();
     let logits = out.logits.to_vec2::<f32>().unwrap();
-    let masked: Vec<Vec<bool>> = logits.iter().map(|r| r.iter().map(|x| *x == f32::NEG_INFINITY).collect()).collect();
-    assert_eq!(masked, vec![vec![false, true, false, true, false], vec![false, false, false, false, true]]);
+    let masked: Vec<Vec<bool>> = logits
+        .iter()
+        .map(|r| r.iter().map(|x| *x == f32::NEG_INFINITY).collect())
+        .collect();
+    assert_eq!(
+        masked,
+        vec![
+            vec![false, true, false, true, false],
+            vec![false, false, false, false, true]
+        ]
+    );
 }
 
 /// Naive eq. 2 in f64 loops, independent of the tensor code.
-fn naive_loss(q: &[Vec<f64>], k: &[Vec<f64>], queue: &[Vec<f64>], ql: &[i64], yl: Option<&[i64]>, tau: f64) -> f64 {
+fn naive_loss(
+    q: &[Vec<f64>],
+    k: &[Vec<f64>],
+    queue: &[Vec<f64>],
+    ql: &[i64],
+    yl: Option<&[i64]>,
+    tau: f64,
+) -> f64 {
     let norm = |v: &Vec<f64>| {
         let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
         v.iter().map(|x| x / n).collect::<Vec<_>>()
@@ -92,10 +122,19 @@ fn naive_loss(q: &[Vec<f64>], k: &[Vec<f64>], queue: &[Vec<f64>], ql: &[i64], yl
     total / q.len() as f64
 }
 
-fn random_case(seed: u64, b: usize, kq: usize, d: usize) -> (Vec<Vec<f64>>, Vec<Vec<f64>>, LabelQueue, Vec<i64>) {
+fn random_case(
+    seed: u64,
+    b: usize,
+    kq: usize,
+    d: usize,
+) -> (Vec<Vec<f64>>, Vec<Vec<f64>>, LabelQueue, Vec<i64>) {
     let dev = Device::Cpu;
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut mat = |n: usize| (0..n).map(|_| (0..d).map(|_| r.gen_range(-1.0..1.0)).collect()).collect::<Vec<Vec<f64>>>();
+    let mut mat = |n: usize| {
+        (0..n)
+            .map(|_| (0..d).map(|_| r.gen_range(-1.0..1.0)).collect())
+            .collect::<Vec<Vec<f64>>>()
+    };
     let (q, k) = (mat(b), mat(b));
     let mut queue = LabelQueue::new(kq, d, seed, &dev).unwrap();
     // Fill half the queue with labelled keys; the rest stays −1.
@@ -109,24 +148,65 @@ fn random_case(seed: u64, b: usize, kq: usize, d: usize) -> (Vec<Vec<f64>>, Vec<
 
 fn to_t(m: &[Vec<f64>], dtype: DType) -> Tensor {
     let (b, d) = (m.len(), m[0].len());
-    Tensor::from_vec(m.iter().flatten().copied().collect::<Vec<f64>>(), (b, d), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+    Tensor::from_vec(
+        m.iter().flatten().copied().collect::<Vec<f64>>(),
+        (b, d),
+        &Device::Cpu,
+    )
+    .unwrap()
+    .to_dtype(dtype)
+    .unwrap()
 }
 
 #[test]
 fn exemplar_matches_naive_eq2_and_minus_one_slots_are_kept() {
     let (q, k, queue, _) = random_case(11, 4, 16, 5);
-    let queue_rows: Vec<Vec<f64>> = queue.keys().to_dtype(DType::F64).unwrap().to_vec2().unwrap();
+    let queue_rows: Vec<Vec<f64>> = queue
+        .keys()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
     let ql = queue.labels().to_vec();
-    assert!(ql.contains(&-1) && ql.contains(&0), "the case has both labelled and unlabelled slots");
+    assert!(
+        ql.contains(&-1) && ql.contains(&0),
+        "the case has both labelled and unlabelled slots"
+    );
     let y = [0i64, 1, 2, 4];
     for tau in [0.07, 0.2] {
-        let got = scalar(&contrastive_loss(&to_t(&q, DType::F32), &to_t(&k, DType::F32), &queue, Some(&y), tau).unwrap().loss);
+        let got = scalar(
+            &contrastive_loss(
+                &to_t(&q, DType::F32),
+                &to_t(&k, DType::F32),
+                &queue,
+                Some(&y),
+                tau,
+            )
+            .unwrap()
+            .loss,
+        );
         let want = naive_loss(&q, &k, &queue_rows, &ql, Some(&y), tau);
-        assert!((got - want).abs() < 1e-4 * want.max(1.0), "τ {tau}: {got} vs {want}");
-        let got = scalar(&contrastive_loss(&to_t(&q, DType::F32), &to_t(&k, DType::F32), &queue, None, tau).unwrap().loss);
+        assert!(
+            (got - want).abs() < 1e-4 * want.max(1.0),
+            "τ {tau}: {got} vs {want}"
+        );
+        let got = scalar(
+            &contrastive_loss(
+                &to_t(&q, DType::F32),
+                &to_t(&k, DType::F32),
+                &queue,
+                None,
+                tau,
+            )
+            .unwrap()
+            .loss,
+        );
         let want_moco = naive_loss(&q, &k, &queue_rows, &ql, None, tau);
         assert!((got - want_moco).abs() < 1e-4 * want_moco.max(1.0));
-        assert!(want_moco > naive_loss(&q, &k, &queue_rows, &ql, Some(&y), tau), "masking shrinks the denominator");
+        assert!(
+            want_moco > naive_loss(&q, &k, &queue_rows, &ql, Some(&y), tau),
+            "masking shrinks the denominator"
+        );
     }
 }
 
@@ -144,7 +224,10 @@ fn exemplar_equals_moco_when_all_labels_differ() {
     let b = contrastive_loss(&q, &k, &fresh, Some(&[0, 0, 1, 1]), 0.1).unwrap();
     assert_eq!(scalar(&a.loss).to_bits(), scalar(&b.loss).to_bits());
     // Query labels are ≥ 0 by definition: −1 is refused rather than matched against −1 slots.
-    assert!(contrastive_loss(&q, &k, &fresh, Some(&[0, -1, 1, 1]), 0.1).unwrap_err().to_string().contains("< 0"));
+    assert!(contrastive_loss(&q, &k, &fresh, Some(&[0, -1, 1, 1]), 0.1)
+        .unwrap_err()
+        .to_string()
+        .contains("< 0"));
 }
 
 #[test]
@@ -157,7 +240,13 @@ fn gradient_wrt_q_matches_finite_differences() {
     let grads = out.loss.backward().unwrap();
     let g: Vec<Vec<f64>> = grads.get(qv.as_tensor()).unwrap().to_vec2().unwrap();
     assert!(grads.get(&kt).is_none(), "no gradient flows into the keys");
-    let loss_at = |qm: &Vec<Vec<f64>>| scalar(&contrastive_loss(&to_t(qm, DType::F64), &kt, &queue, Some(&y), 0.2).unwrap().loss);
+    let loss_at = |qm: &Vec<Vec<f64>>| {
+        scalar(
+            &contrastive_loss(&to_t(qm, DType::F64), &kt, &queue, Some(&y), 0.2)
+                .unwrap()
+                .loss,
+        )
+    };
     let h = 1e-6;
     for i in 0..q.len() {
         for j in 0..q[0].len() {
@@ -165,7 +254,11 @@ fn gradient_wrt_q_matches_finite_differences() {
             p[i][j] += h;
             m[i][j] -= h;
             let fd = (loss_at(&p) - loss_at(&m)) / (2.0 * h);
-            assert!((fd - g[i][j]).abs() < 1e-6, "d/dq[{i}][{j}]: autograd {} vs fd {fd}", g[i][j]);
+            assert!(
+                (fd - g[i][j]).abs() < 1e-6,
+                "d/dq[{i}][{j}]: autograd {} vs fd {fd}",
+                g[i][j]
+            );
         }
     }
 }
@@ -177,8 +270,17 @@ fn shape_and_temperature_errors_are_clear() {
     let q = Tensor::zeros((2, 2), DType::F32, &dev).unwrap();
     let k3 = Tensor::zeros((2, 3), DType::F32, &dev).unwrap();
     assert!(contrastive_loss(&q, &k3, &queue, None, 0.1).is_err());
-    assert!(contrastive_loss(&q, &q, &queue, None, 0.0).unwrap_err().to_string().contains("τ"));
-    assert!(contrastive_loss(&q, &q, &queue, Some(&[1]), 0.1).unwrap_err().to_string().contains("1 query labels"));
+    assert!(contrastive_loss(&q, &q, &queue, None, 0.0)
+        .unwrap_err()
+        .to_string()
+        .contains("τ"));
+    assert!(contrastive_loss(&q, &q, &queue, Some(&[1]), 0.1)
+        .unwrap_err()
+        .to_string()
+        .contains("1 query labels"));
     let q3 = Tensor::zeros((2, 3), DType::F32, &dev).unwrap();
-    assert!(contrastive_loss(&q3, &q3, &queue, None, 0.1).unwrap_err().to_string().contains("dim 3"));
+    assert!(contrastive_loss(&q3, &q3, &queue, None, 0.1)
+        .unwrap_err()
+        .to_string()
+        .contains("dim 3"));
 }
