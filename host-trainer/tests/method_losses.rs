@@ -122,12 +122,10 @@ fn naive_loss(
     total / q.len() as f64
 }
 
-fn random_case(
-    seed: u64,
-    b: usize,
-    kq: usize,
-    d: usize,
-) -> (Vec<Vec<f64>>, Vec<Vec<f64>>, LabelQueue, Vec<i64>) {
+/// Row-major f64 matrix used by the naive reference.
+type Mat = Vec<Vec<f64>>;
+
+fn random_case(seed: u64, b: usize, kq: usize, d: usize) -> (Mat, Mat, LabelQueue, Vec<i64>) {
     let dev = Device::Cpu;
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut mat = |n: usize| {

@@ -95,7 +95,7 @@ impl LabelQueue {
                 self.dim()
             );
         }
-        if b == 0 || k % b != 0 {
+        if b == 0 || !k.is_multiple_of(b) {
             bail!("queue enqueue: K = {k} must be a multiple of the batch size {b} (drop the last short batch)");
         }
         if self.ptr + b > k {

@@ -25,7 +25,7 @@ impl ShuffleBn {
     /// A uniformly random permutation of `batch` items. `groups` (≥ 1) must divide `batch`,
     /// because the model splits the shuffled batch into that many equal BN groups.
     pub fn new(batch: usize, groups: usize, rng: &mut Rng) -> Result<ShuffleBn> {
-        if groups == 0 || batch == 0 || batch % groups != 0 {
+        if groups == 0 || batch == 0 || !batch.is_multiple_of(groups) {
             bail!("shuffle-BN: batch size {batch} must be a positive multiple of the number of BN groups {groups}");
         }
         let mut perm: Vec<u32> = (0..batch as u32).collect();
