@@ -21,7 +21,7 @@ pub struct ObjectsArgs {
     /// Output directory (created; existing files with the same names are replaced).
     #[arg(long)]
     pub out: PathBuf,
-    /// Number of classes, split 64%/16%/20% (rounded) into train/val/test; at most 600.
+    /// Number of classes, split 64%/16%/20% (rounded) into train/val/test; at most 300.
     #[arg(long, default_value_t = 100)]
     pub classes: usize,
     /// Images per class.

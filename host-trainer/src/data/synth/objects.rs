@@ -1,8 +1,8 @@
 //! Synthetic mini-ImageNet: procedurally drawn object categories.
 //!
 //! A class is a combination of four factors — shape family (10), texture (6), palette (10) and
-//! part structure (5). Classes are drawn from the 600 combinations satisfying
-//! `parts = (shape + texture + palette) mod 5`: any two such combinations differ in at least two
+//! part structure (5). Classes are drawn from the 300 combinations satisfying
+//! `palette = (shape + texture + parts) mod 10`: any two such combinations differ in at least two
 //! factors, so every class — and in particular every novel (test) class — combines factor
 //! values in a way no base class does, while the factor values themselves are shared across the
 //! splits. Instances vary position, scale, rotation, aspect/shear, per-vertex deformation,
@@ -28,7 +28,7 @@ pub const NUM_TEXTURES: usize = 6;
 pub const NUM_PALETTES: usize = 10;
 pub const NUM_PARTS: usize = 5;
 /// The number of admissible classes (see the module docs).
-pub const MAX_CLASSES: usize = NUM_SHAPES * NUM_TEXTURES * NUM_PALETTES;
+pub const MAX_CLASSES: usize = NUM_SHAPES * NUM_TEXTURES * NUM_PARTS;
 /// Train / val / test class fractions (mini-ImageNet's 64/16/20).
 pub const SPLIT_FRACTIONS: [f64; 3] = [0.64, 0.16, 0.20];
 /// Supersampling grid per pixel.
@@ -103,16 +103,14 @@ pub fn class_specs(seed: u64, n: usize) -> Result<Vec<ClassSpec>, DataError> {
             "--classes {n}: at most {MAX_CLASSES} distinct classes"
         )));
     }
+    // The palette is a check digit of the other three factors modulo NUM_PALETTES (the largest
+    // range): changing any single factor changes the palette too, so classes differ in >= 2.
     let mut pool = Vec::with_capacity(MAX_CLASSES);
     for shape in 0..NUM_SHAPES {
         for texture in 0..NUM_TEXTURES {
-            for palette in 0..NUM_PALETTES {
-                pool.push(ClassSpec {
-                    shape,
-                    texture,
-                    palette,
-                    parts: (shape + texture + palette) % NUM_PARTS,
-                });
+            for parts in 0..NUM_PARTS {
+                let palette = (shape + texture + parts) % NUM_PALETTES;
+                pool.push(ClassSpec { shape, texture, palette, parts });
             }
         }
     }
@@ -206,12 +204,12 @@ pub fn family_outline(shape: usize) -> Vec<[f32; 2]> {
             [-1.0, 0.3],
         ],
         7 => vec![
-            [-0.8, -1.0],
-            [-0.2, -1.0],
-            [-0.2, 0.4],
-            [0.8, 0.4],
-            [0.8, 1.0],
-            [-0.8, 1.0],
+            [-0.64, -0.8],
+            [-0.16, -0.8],
+            [-0.16, 0.32],
+            [0.64, 0.32],
+            [0.64, 0.8],
+            [-0.64, 0.8],
         ],
         8 => {
             // Crescent: outer unit arc through +x, back along an inner arc of the circle
@@ -241,7 +239,7 @@ pub fn family_outline(shape: usize) -> Vec<[f32; 2]> {
                     - 5.0 * (2.0 * t).cos()
                     - 2.0 * (3.0 * t).cos()
                     - (4.0 * t).cos());
-                [x / 17.0, (y + 2.0) / 17.0]
+                [x / 17.0, (y - 2.5) / 16.0]
             })
             .collect(),
     }
