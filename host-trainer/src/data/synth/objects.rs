@@ -110,7 +110,12 @@ pub fn class_specs(seed: u64, n: usize) -> Result<Vec<ClassSpec>, DataError> {
         for texture in 0..NUM_TEXTURES {
             for parts in 0..NUM_PARTS {
                 let palette = (shape + texture + parts) % NUM_PALETTES;
-                pool.push(ClassSpec { shape, texture, palette, parts });
+                pool.push(ClassSpec {
+                    shape,
+                    texture,
+                    palette,
+                    parts,
+                });
             }
         }
     }
