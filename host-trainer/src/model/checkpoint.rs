@@ -42,7 +42,11 @@ impl LoadOptions {
     /// A torchvision ImageNet checkpoint used as a backbone: its 1000-class `fc` is skipped and
     /// the model's own `fc` (if any) keeps its initialisation.
     pub fn torchvision_backbone() -> Self {
-        LoadOptions { strip_prefix: None, allow_missing_fc: true, ignore_unexpected: vec!["fc.".into()] }
+        LoadOptions {
+            strip_prefix: None,
+            allow_missing_fc: true,
+            ignore_unexpected: vec!["fc.".into()],
+        }
     }
 
     /// A MoCo v1/v2 checkpoint (`state_dict` converted to safetensors): keep the query encoder
@@ -79,7 +83,10 @@ pub struct ShapeMismatch {
 #[derive(Debug, thiserror::Error)]
 pub enum ModelIoError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a valid safetensors file: {msg}")]
     Format { path: PathBuf, msg: String },
     #[error(
@@ -100,7 +107,11 @@ pub enum ModelIoError {
         details: String,
     },
     #[error("{path}: tensor `{name}`: {msg}")]
-    Tensor { path: PathBuf, name: String, msg: String },
+    Tensor {
+        path: PathBuf,
+        name: String,
+        msg: String,
+    },
 }
 
 const LIST_LIMIT: usize = 25;
@@ -118,18 +129,32 @@ fn list_names(out: &mut String, title: &str, names: &[String]) {
 }
 
 fn read_bytes(path: &Path) -> Result<Vec<u8>, ModelIoError> {
-    std::fs::read(path).map_err(|source| ModelIoError::Io { path: path.to_owned(), source })
+    std::fs::read(path).map_err(|source| ModelIoError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn config_from_bytes(path: &Path, bytes: &[u8]) -> Result<Option<ResNetConfig>, ModelIoError> {
-    let (_, meta) = SafeTensors::read_metadata(bytes)
-        .map_err(|e| ModelIoError::Format { path: path.to_owned(), msg: e.to_string() })?;
-    let Some(json) = meta.metadata().as_ref().and_then(|m| m.get(CONFIG_METADATA_KEY)) else {
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| ModelIoError::Format {
+        path: path.to_owned(),
+        msg: e.to_string(),
+    })?;
+    let Some(json) = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(CONFIG_METADATA_KEY))
+    else {
         return Ok(None);
     };
-    let cfg: ResNetConfig = serde_json::from_str(json)
-        .map_err(|e| ModelIoError::BadConfig { path: path.to_owned(), msg: e.to_string() })?;
-    cfg.validate().map_err(|msg| ModelIoError::BadConfig { path: path.to_owned(), msg })?;
+    let cfg: ResNetConfig = serde_json::from_str(json).map_err(|e| ModelIoError::BadConfig {
+        path: path.to_owned(),
+        msg: e.to_string(),
+    })?;
+    cfg.validate().map_err(|msg| ModelIoError::BadConfig {
+        path: path.to_owned(),
+        msg,
+    })?;
     Ok(Some(cfg))
 }
 
@@ -145,36 +170,54 @@ fn is_fc(name: &str) -> bool {
 impl ResNet {
     /// The model as safetensors bytes: all tensors with torchvision names, config in metadata.
     pub fn to_safetensors_bytes(&self) -> candle_core::Result<Vec<u8>> {
-        let cfg = serde_json::to_string(self.config()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let cfg = serde_json::to_string(self.config())
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let meta = HashMap::from([(CONFIG_METADATA_KEY.to_string(), cfg)]);
         let tensors: Vec<(String, Tensor)> = self
             .all_tensors()
             .into_iter()
             .map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?.contiguous()?)))
             .collect::<candle_core::Result<_>>()?;
-        safetensors::serialize(tensors, Some(meta)).map_err(|e| candle_core::Error::Msg(e.to_string()))
+        safetensors::serialize(tensors, Some(meta))
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 
     /// Write all tensors (and the config) to `path`, atomically.
     pub fn save_safetensors(&self, path: &Path) -> Result<(), ModelIoError> {
-        let bytes = self.to_safetensors_bytes().map_err(|e| ModelIoError::Tensor {
+        let bytes = self
+            .to_safetensors_bytes()
+            .map_err(|e| ModelIoError::Tensor {
+                path: path.to_owned(),
+                name: "(all)".into(),
+                msg: e.to_string(),
+            })?;
+        crate::fsutil::write_atomic(path, &bytes).map_err(|source| ModelIoError::Io {
             path: path.to_owned(),
-            name: "(all)".into(),
-            msg: e.to_string(),
-        })?;
-        crate::fsutil::write_atomic(path, &bytes).map_err(|source| ModelIoError::Io { path: path.to_owned(), source })
+            source,
+        })
     }
 
     /// Load weights from a safetensors file into this model (see [`LoadOptions`]).
-    pub fn load_safetensors(&self, path: &Path, opts: &LoadOptions) -> Result<LoadReport, ModelIoError> {
+    pub fn load_safetensors(
+        &self,
+        path: &Path,
+        opts: &LoadOptions,
+    ) -> Result<LoadReport, ModelIoError> {
         let bytes = read_bytes(path)?;
         self.load_safetensors_bytes(&bytes, path, opts)
     }
 
     /// As [`Self::load_safetensors`] from bytes already read; `path` is only used in errors.
-    pub fn load_safetensors_bytes(&self, bytes: &[u8], path: &Path, opts: &LoadOptions) -> Result<LoadReport, ModelIoError> {
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| ModelIoError::Format { path: path.to_owned(), msg: e.to_string() })?;
+    pub fn load_safetensors_bytes(
+        &self,
+        bytes: &[u8],
+        path: &Path,
+        opts: &LoadOptions,
+    ) -> Result<LoadReport, ModelIoError> {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| ModelIoError::Format {
+            path: path.to_owned(),
+            msg: e.to_string(),
+        })?;
         let mut file: BTreeMap<String, (String, Tensor)> = BTreeMap::new();
         let mut report = LoadReport::default();
         for (key, view) in st.tensors() {
@@ -188,13 +231,19 @@ impl ResNet {
                 },
                 None => key.clone(),
             };
-            if opts.ignore_unexpected.iter().any(|p| name.starts_with(p.as_str())) {
+            if opts
+                .ignore_unexpected
+                .iter()
+                .any(|p| name.starts_with(p.as_str()))
+            {
                 report.ignored.push(key);
                 continue;
             }
-            let t = view
-                .load(&Device::Cpu)
-                .map_err(|e| ModelIoError::Tensor { path: path.to_owned(), name: key.clone(), msg: e.to_string() })?;
+            let t = view.load(&Device::Cpu).map_err(|e| ModelIoError::Tensor {
+                path: path.to_owned(),
+                name: key.clone(),
+                msg: e.to_string(),
+            })?;
             file.insert(name, (key, t));
         }
         report.ignored.sort();
@@ -209,25 +258,36 @@ impl ResNet {
         opts: &LoadOptions,
         mut report: LoadReport,
     ) -> Result<LoadReport, ModelIoError> {
-        let model: BTreeMap<String, candle_core::Var> = self.named_params().into_iter().chain(self.named_buffers()).collect();
+        let model: BTreeMap<String, candle_core::Var> = self
+            .named_params()
+            .into_iter()
+            .chain(self.named_buffers())
+            .collect();
         let mut missing = Vec::new();
         let mut misshaped = Vec::new();
         for (name, var) in &model {
             match file.get(name) {
-                None if (opts.allow_missing_fc && is_fc(name)) || name.ends_with(".num_batches_tracked") => {
+                None if (opts.allow_missing_fc && is_fc(name))
+                    || name.ends_with(".num_batches_tracked") =>
+                {
                     report.kept.push(name.clone())
                 }
                 None => missing.push(name.clone()),
-                Some((_, t)) if t.dims() != var.as_tensor().dims() => misshaped.push(ShapeMismatch {
-                    name: name.clone(),
-                    expected: var.as_tensor().dims().to_vec(),
-                    found: t.dims().to_vec(),
-                }),
+                Some((_, t)) if t.dims() != var.as_tensor().dims() => {
+                    misshaped.push(ShapeMismatch {
+                        name: name.clone(),
+                        expected: var.as_tensor().dims().to_vec(),
+                        found: t.dims().to_vec(),
+                    })
+                }
                 Some(_) => {}
             }
         }
-        let unexpected: Vec<String> =
-            file.iter().filter(|(n, _)| !model.contains_key(*n)).map(|(_, (key, _))| key.clone()).collect();
+        let unexpected: Vec<String> = file
+            .iter()
+            .filter(|(n, _)| !model.contains_key(*n))
+            .map(|(_, (key, _))| key.clone())
+            .collect();
         if !(missing.is_empty() && unexpected.is_empty() && misshaped.is_empty()) {
             let mut details = String::new();
             list_names(&mut details, "missing", &missing);
@@ -240,12 +300,19 @@ impl ResNet {
                 list_names(&mut details, "mis-shaped", &lines);
             }
             if !report.ignored.is_empty() {
-                let _ = write!(details, "\n  ({} file keys were ignored by the load options)", report.ignored.len());
+                let _ = write!(
+                    details,
+                    "\n  ({} file keys were ignored by the load options)",
+                    report.ignored.len()
+                );
             }
             let c = self.config();
             return Err(ModelIoError::Mismatch {
                 path: path.to_owned(),
-                arch: format!("{} (width {}, small_stem {}, num_classes {:?})", c.arch, c.width, c.small_stem, c.num_classes),
+                arch: format!(
+                    "{} (width {}, small_stem {}, num_classes {:?})",
+                    c.arch, c.width, c.small_stem, c.num_classes
+                ),
                 missing,
                 unexpected,
                 misshaped,
@@ -259,17 +326,34 @@ impl ResNet {
             let want = var.dtype();
             let ok_dtype = match want {
                 DType::I64 => true,
-                _ => matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16 | DType::F64),
+                _ => matches!(
+                    t.dtype(),
+                    DType::F32 | DType::F16 | DType::BF16 | DType::F64
+                ),
             };
-            let err = |msg: String| ModelIoError::Tensor { path: path.to_owned(), name: key.clone(), msg };
+            let err = |msg: String| ModelIoError::Tensor {
+                path: path.to_owned(),
+                name: key.clone(),
+                msg,
+            };
             if !ok_dtype {
-                return Err(err(format!("dtype {:?} where a float tensor was expected", t.dtype())));
+                return Err(err(format!(
+                    "dtype {:?} where a float tensor was expected",
+                    t.dtype()
+                )));
             }
-            let t = t.to_dtype(want).and_then(|t| t.to_device(self.device())).map_err(|e| err(e.to_string()))?;
+            let t = t
+                .to_dtype(want)
+                .and_then(|t| t.to_device(self.device()))
+                .map_err(|e| err(e.to_string()))?;
             converted.push((name, var.clone(), t));
         }
         for (name, var, t) in converted {
-            var.set(&t).map_err(|e| ModelIoError::Tensor { path: path.to_owned(), name: name.clone(), msg: e.to_string() })?;
+            var.set(&t).map_err(|e| ModelIoError::Tensor {
+                path: path.to_owned(),
+                name: name.clone(),
+                msg: e.to_string(),
+            })?;
             report.loaded.push(name);
         }
         Ok(report)
@@ -279,8 +363,13 @@ impl ResNet {
     /// every tensor required). This is how `--backbone FILE` is opened.
     pub fn open(path: &Path, device: &Device) -> Result<ResNet, ModelIoError> {
         let bytes = read_bytes(path)?;
-        let cfg = config_from_bytes(path, &bytes)?.ok_or_else(|| ModelIoError::NoConfig { path: path.to_owned() })?;
-        let model = ResNet::new(&cfg, 0, device).map_err(|e| ModelIoError::BadConfig { path: path.to_owned(), msg: e.to_string() })?;
+        let cfg = config_from_bytes(path, &bytes)?.ok_or_else(|| ModelIoError::NoConfig {
+            path: path.to_owned(),
+        })?;
+        let model = ResNet::new(&cfg, 0, device).map_err(|e| ModelIoError::BadConfig {
+            path: path.to_owned(),
+            msg: e.to_string(),
+        })?;
         model.load_safetensors_bytes(&bytes, path, &LoadOptions::exact())?;
         Ok(model)
     }

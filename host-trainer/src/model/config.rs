@@ -69,12 +69,18 @@ impl FromStr for Arch {
     type Err = String;
     /// Accepts `resnet18`, `ResNet-18`, `resnet_18` … (case, `-` and `_` are ignored).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let norm: String = s.chars().filter(|c| *c != '-' && *c != '_').collect::<String>().to_ascii_lowercase();
+        let norm: String = s
+            .chars()
+            .filter(|c| *c != '-' && *c != '_')
+            .collect::<String>()
+            .to_ascii_lowercase();
         match norm.as_str() {
             "resnet18" => Ok(Arch::Resnet18),
             "resnet34" => Ok(Arch::Resnet34),
             "resnet50" => Ok(Arch::Resnet50),
-            _ => Err(format!("unknown architecture `{s}`: expected resnet18, resnet34 or resnet50")),
+            _ => Err(format!(
+                "unknown architecture `{s}`: expected resnet18, resnet34 or resnet50"
+            )),
         }
     }
 }
@@ -95,7 +101,12 @@ pub struct ResNetConfig {
 
 impl ResNetConfig {
     pub fn new(arch: Arch) -> Self {
-        ResNetConfig { arch, width: 1.0, small_stem: false, num_classes: None }
+        ResNetConfig {
+            arch,
+            width: 1.0,
+            small_stem: false,
+            num_classes: None,
+        }
     }
 
     /// Inner widths of layer1..layer4: `round(64·width·{1,2,4,8})`, at least 1.
@@ -116,7 +127,10 @@ impl ResNetConfig {
     /// Reject configs that cannot build a network, with a message saying why.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.width.is_finite() && self.width > 0.0) {
-            return Err(format!("width multiplier must be a positive number, got {}", self.width));
+            return Err(format!(
+                "width multiplier must be a positive number, got {}",
+                self.width
+            ));
         }
         if self.num_classes == Some(0) {
             return Err("num_classes must be at least 1 (use None for no classifier)".into());
@@ -154,7 +168,12 @@ mod tests {
 
     #[test]
     fn config_json_round_trip() {
-        let c = ResNetConfig { arch: Arch::Resnet34, width: 0.5, small_stem: true, num_classes: Some(7) };
+        let c = ResNetConfig {
+            arch: Arch::Resnet34,
+            width: 0.5,
+            small_stem: true,
+            num_classes: Some(7),
+        };
         let s = serde_json::to_string(&c).unwrap();
         assert!(s.contains("\"resnet34\""), "{s}");
         assert_eq!(serde_json::from_str::<ResNetConfig>(&s).unwrap(), c);

@@ -42,7 +42,9 @@ pub fn batch_norm_train(
 ) -> Result<(Tensor, BatchStats)> {
     let (b, c, h, w) = x.dims4()?;
     if groups == 0 || b % groups != 0 {
-        candle_core::bail!("batch norm: batch of {b} cannot be split into {groups} equal BN groups");
+        candle_core::bail!(
+            "batch norm: batch of {b} cannot be split into {groups} equal BN groups"
+        );
     }
     let per_group = (b / groups) * h * w;
     if per_group < 2 {
@@ -81,7 +83,8 @@ pub fn batch_norm_eval(
     let c = x.dim(1)?;
     let scale = gamma.div(&(running_var + BN_EPS)?.sqrt()?)?;
     let shift = beta.sub(&running_mean.mul(&scale)?)?;
-    x.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?.broadcast_add(&shift.reshape((1, c, 1, 1))?)
+    x.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
+        .broadcast_add(&shift.reshape((1, c, 1, 1))?)
 }
 
 /// PyTorch's running-statistics update: `new = (1 - momentum)·old + momentum·batch`.
@@ -94,7 +97,9 @@ pub fn ema_update(old: &Tensor, batch: &Tensor) -> Result<Tensor> {
 /// Padding is with zeros, which equals PyTorch's −∞ padding here because the input comes
 /// straight out of a ReLU (all values ≥ 0) and every window holds at least one real pixel.
 pub fn max_pool_3x3_s2_after_relu(x: &Tensor) -> Result<Tensor> {
-    x.pad_with_zeros(D::Minus1, 1, 1)?.pad_with_zeros(D::Minus2, 1, 1)?.max_pool2d_with_stride(3, 2)
+    x.pad_with_zeros(D::Minus1, 1, 1)?
+        .pad_with_zeros(D::Minus2, 1, 1)?
+        .max_pool2d_with_stride(3, 2)
 }
 
 /// Global average pool: [B, C, H, W] → [B, C].
@@ -116,7 +121,13 @@ mod tests {
     use candle_core::Device;
 
     /// Naive per-channel BN on a Vec, written independently of the tensor code.
-    fn naive_bn(x: &[f32], b: usize, c: usize, hw: usize, groups: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    fn naive_bn(
+        x: &[f32],
+        b: usize,
+        c: usize,
+        hw: usize,
+        groups: usize,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let mut y = vec![0f32; x.len()];
         let mut mean_acc = vec![0f64; c];
         let mut var_acc = vec![0f64; c];
@@ -148,14 +159,20 @@ mod tests {
                 var_acc[ch] += v * n / (n - 1.0) / groups as f64;
             }
         }
-        (y, mean_acc.iter().map(|v| *v as f32).collect(), var_acc.iter().map(|v| *v as f32).collect())
+        (
+            y,
+            mean_acc.iter().map(|v| *v as f32).collect(),
+            var_acc.iter().map(|v| *v as f32).collect(),
+        )
     }
 
     #[test]
     fn train_bn_matches_naive_formula_for_one_and_two_groups() {
         let dev = Device::Cpu;
         let (b, c, h, w) = (4, 3, 2, 3);
-        let x: Vec<f32> = (0..b * c * h * w).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.3 + (i % 5) as f32).collect();
+        let x: Vec<f32> = (0..b * c * h * w)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.3 + (i % 5) as f32)
+            .collect();
         let xt = Tensor::from_vec(x.clone(), (b, c, h, w), &dev).unwrap();
         let gamma = Tensor::new(&[1.0f32, 2.0, -0.5], &dev).unwrap();
         let beta = Tensor::new(&[0.0f32, 1.0, 3.0], &dev).unwrap();
@@ -174,7 +191,12 @@ mod tests {
             let v = st.var_unbiased.to_vec1::<f32>().unwrap();
             for ch in 0..c {
                 assert!((m[ch] - mn[ch]).abs() < 1e-4, "mean {groups}");
-                assert!((v[ch] - vn[ch]).abs() < 1e-3 * vn[ch].abs().max(1.0), "var {groups}: {} vs {}", v[ch], vn[ch]);
+                assert!(
+                    (v[ch] - vn[ch]).abs() < 1e-3 * vn[ch].abs().max(1.0),
+                    "var {groups}: {} vs {}",
+                    v[ch],
+                    vn[ch]
+                );
             }
         }
     }
@@ -192,7 +214,10 @@ mod tests {
         let zero = Tensor::new(&[0f32], &dev).unwrap();
         let (y2, _) = batch_norm_train(&xt, &one, &zero, 2).unwrap();
         let y2 = y2.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert!((y2[0] - y2[4]).abs() < 1e-5, "group-wise BN should remove the group shift: {y2:?}");
+        assert!(
+            (y2[0] - y2[4]).abs() < 1e-5,
+            "group-wise BN should remove the group shift: {y2:?}"
+        );
         let (y1, _) = batch_norm_train(&xt, &one, &zero, 1).unwrap();
         let y1 = y1.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!(y1[4] - y1[0] > 1.0);
@@ -217,13 +242,26 @@ mod tests {
         let b = Tensor::new(&[1f32], &dev).unwrap();
         let m = Tensor::new(&[1f32], &dev).unwrap();
         let v = Tensor::new(&[4f32], &dev).unwrap();
-        let y = batch_norm_eval(&x, &g, &b, &m, &v).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let y = batch_norm_eval(&x, &g, &b, &m, &v)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let s = 3.0 / (4.0f32 + 1e-5).sqrt();
         assert!((y[0] - (1.0 * s + 1.0)).abs() < 1e-5 && (y[1] - (3.0 * s + 1.0)).abs() < 1e-5);
 
         // 4×4 input, 3×3/2 pool with pad 1 → 2×2; window (0,0) covers rows/cols 0..=1.
-        let x = Tensor::arange(0f32, 16.0, &dev).unwrap().reshape((1, 1, 4, 4)).unwrap();
-        let p = max_pool_3x3_s2_after_relu(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let x = Tensor::arange(0f32, 16.0, &dev)
+            .unwrap()
+            .reshape((1, 1, 4, 4))
+            .unwrap();
+        let p = max_pool_3x3_s2_after_relu(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(p, vec![5.0, 7.0, 13.0, 15.0]);
     }
 }

@@ -61,7 +61,10 @@ pub struct InitOptions {
 
 impl InitOptions {
     pub fn seeded(seed: u64) -> Self {
-        InitOptions { seed, zero_init_residual: false }
+        InitOptions {
+            seed,
+            zero_init_residual: false,
+        }
     }
 }
 
@@ -77,8 +80,39 @@ pub struct ResNet {
     buffers: BTreeMap<String, Var>,
 }
 
-fn conv_spec(conv: String, bn: String, in_ch: usize, out_ch: usize, kernel: usize, stride: usize) -> ConvSpec {
-    ConvSpec { conv, bn, in_ch, out_ch, kernel, stride, padding: kernel / 2 }
+/// A summary, not the weights (which would be megabytes of numbers).
+impl std::fmt::Debug for ResNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n: usize = self
+            .params
+            .values()
+            .map(|v| v.as_tensor().elem_count())
+            .sum();
+        f.debug_struct("ResNet")
+            .field("config", &self.config)
+            .field("device", &self.device)
+            .field("trainable_params", &n)
+            .finish()
+    }
+}
+
+fn conv_spec(
+    conv: String,
+    bn: String,
+    in_ch: usize,
+    out_ch: usize,
+    kernel: usize,
+    stride: usize,
+) -> ConvSpec {
+    ConvSpec {
+        conv,
+        bn,
+        in_ch,
+        out_ch,
+        kernel,
+        stride,
+        padding: kernel / 2,
+    }
 }
 
 /// The network's graph for a config, in execution order: stem, then blocks of layer1..layer4.
@@ -86,11 +120,24 @@ fn build_graph(cfg: &ResNetConfig) -> (ConvSpec, Vec<BlockSpec>) {
     let widths = cfg.stage_widths();
     let stem_k = if cfg.small_stem { 3 } else { 7 };
     let stem_s = if cfg.small_stem { 1 } else { 2 };
-    let stem = conv_spec("conv1".into(), "bn1".into(), 3, cfg.stem_width(), stem_k, stem_s);
+    let stem = conv_spec(
+        "conv1".into(),
+        "bn1".into(),
+        3,
+        cfg.stem_width(),
+        stem_k,
+        stem_s,
+    );
     let expansion = cfg.arch.expansion();
     let mut blocks = Vec::new();
     let mut in_ch = cfg.stem_width();
-    for (stage, (&n, &w)) in cfg.arch.blocks_per_stage().iter().zip(widths.iter()).enumerate() {
+    for (stage, (&n, &w)) in cfg
+        .arch
+        .blocks_per_stage()
+        .iter()
+        .zip(widths.iter())
+        .enumerate()
+    {
         let out_ch = w * expansion;
         for i in 0..n {
             let stride = if i == 0 && stage > 0 { 2 } else { 1 };
@@ -100,7 +147,10 @@ fn build_graph(cfg: &ResNetConfig) -> (ConvSpec, Vec<BlockSpec>) {
                 BlockKind::Basic => {
                     let (c1, b1) = c(1);
                     let (c2, b2) = c(2);
-                    vec![conv_spec(c1, b1, in_ch, w, 3, stride), conv_spec(c2, b2, w, w, 3, 1)]
+                    vec![
+                        conv_spec(c1, b1, in_ch, w, 3, stride),
+                        conv_spec(c2, b2, w, w, 3, 1),
+                    ]
                 }
                 // torchvision (v1.5) puts the stride on the 3×3 conv.
                 BlockKind::Bottleneck => {
@@ -115,9 +165,20 @@ fn build_graph(cfg: &ResNetConfig) -> (ConvSpec, Vec<BlockSpec>) {
                 }
             };
             let downsample = (stride != 1 || in_ch != out_ch).then(|| {
-                conv_spec(format!("{prefix}.downsample.0"), format!("{prefix}.downsample.1"), in_ch, out_ch, 1, stride)
+                conv_spec(
+                    format!("{prefix}.downsample.0"),
+                    format!("{prefix}.downsample.1"),
+                    in_ch,
+                    out_ch,
+                    1,
+                    stride,
+                )
             });
-            blocks.push(BlockSpec { prefix, convs, downsample });
+            blocks.push(BlockSpec {
+                prefix,
+                convs,
+                downsample,
+            });
             in_ch = out_ch;
         }
     }
@@ -127,7 +188,9 @@ fn build_graph(cfg: &ResNetConfig) -> (ConvSpec, Vec<BlockSpec>) {
 /// FNV-1a of a parameter name: each tensor's init stream is keyed by its name, so the backbone's
 /// initial weights do not change when, say, `num_classes` does.
 fn name_key(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn sample<D: Distribution<f32>>(seed: u64, name: &str, n: usize, dist: D) -> Vec<f32> {
@@ -156,14 +219,24 @@ impl ResNet {
         let mut add_conv_bn = |spec: &ConvSpec, zero_gamma: bool| -> Result<()> {
             let (o, i, k) = (spec.out_ch, spec.in_ch, spec.kernel);
             let std = (2.0 / (o * k * k) as f32).sqrt();
-            let dist = Normal::new(0.0f32, std).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let dist =
+                Normal::new(0.0f32, std).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             let w = sample(init.seed, &spec.conv, o * i * k * k, dist);
             params.insert(format!("{}.weight", spec.conv), f32_var(w, &[o, i, k, k])?);
             let gamma = if zero_gamma { 0.0 } else { 1.0 };
-            params.insert(format!("{}.weight", spec.bn), f32_var(vec![gamma; o], &[o])?);
+            params.insert(
+                format!("{}.weight", spec.bn),
+                f32_var(vec![gamma; o], &[o])?,
+            );
             params.insert(format!("{}.bias", spec.bn), f32_var(vec![0.0; o], &[o])?);
-            buffers.insert(format!("{}.running_mean", spec.bn), f32_var(vec![0.0; o], &[o])?);
-            buffers.insert(format!("{}.running_var", spec.bn), f32_var(vec![1.0; o], &[o])?);
+            buffers.insert(
+                format!("{}.running_mean", spec.bn),
+                f32_var(vec![0.0; o], &[o])?,
+            );
+            buffers.insert(
+                format!("{}.running_var", spec.bn),
+                f32_var(vec![1.0; o], &[o])?,
+            );
             buffers.insert(
                 format!("{}.num_batches_tracked", spec.bn),
                 Var::from_tensor(&Tensor::zeros((), DType::I64, device)?)?,
@@ -183,12 +256,24 @@ impl ResNet {
         if let Some(n) = config.num_classes {
             let fan_in = config.feature_dim();
             let bound = 1.0 / (fan_in as f32).sqrt();
-            let w = sample(init.seed, "fc.weight", n * fan_in, Uniform::new(-bound, bound));
+            let w = sample(
+                init.seed,
+                "fc.weight",
+                n * fan_in,
+                Uniform::new(-bound, bound),
+            );
             let b = sample(init.seed, "fc.bias", n, Uniform::new(-bound, bound));
             params.insert("fc.weight".into(), f32_var(w, &[n, fan_in])?);
             params.insert("fc.bias".into(), f32_var(b, &[n])?);
         }
-        Ok(ResNet { config: config.clone(), device: device.clone(), stem, blocks, params, buffers })
+        Ok(ResNet {
+            config: config.clone(),
+            device: device.clone(),
+            stem,
+            blocks,
+            params,
+            buffers,
+        })
     }
 
     pub fn config(&self) -> &ResNetConfig {
@@ -216,7 +301,10 @@ impl ResNet {
 
     /// Trainable parameters with torchvision names, sorted by name.
     pub fn named_params(&self) -> Vec<(String, Var)> {
-        self.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// The trainable `Var`s alone (for an optimiser), in [`Self::named_params`] order.
@@ -226,7 +314,10 @@ impl ResNet {
 
     /// BN running statistics and `num_batches_tracked`, sorted by name.
     pub fn named_buffers(&self) -> Vec<(String, Var)> {
-        self.buffers.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.buffers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Every tensor of the model (params and buffers), sorted by name; what a checkpoint holds.
@@ -252,10 +343,16 @@ impl ResNet {
     /// encoder as a copy of the query encoder.
     pub fn copy_from(&self, other: &ResNet) -> Result<()> {
         if other.config != self.config {
-            candle_core::bail!("copy_from: configs differ ({:?} vs {:?})", self.config, other.config);
+            candle_core::bail!(
+                "copy_from: configs differ ({:?} vs {:?})",
+                self.config,
+                other.config
+            );
         }
         for (name, v) in self.params.iter().chain(self.buffers.iter()) {
-            let src = other.var(name).ok_or_else(|| candle_core::Error::Msg(format!("copy_from: {name} missing")))?;
+            let src = other
+                .var(name)
+                .ok_or_else(|| candle_core::Error::Msg(format!("copy_from: {name} missing")))?;
             v.set(&src.as_detached_tensor().to_device(&self.device)?.copy()?)?;
         }
         Ok(())
@@ -269,7 +366,9 @@ impl ResNet {
     }
 
     fn buffer(&self, name: &str) -> Result<&Var> {
-        self.buffers.get(name).ok_or_else(|| candle_core::Error::Msg(format!("internal: buffer {name} missing")))
+        self.buffers
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("internal: buffer {name} missing")))
     }
 
     /// Batch norm `bn` on `x`; in training mode also updates that BN's running statistics
@@ -280,11 +379,20 @@ impl ResNet {
         let rm = self.buffer(&format!("{bn}.running_mean"))?;
         let rv = self.buffer(&format!("{bn}.running_var"))?;
         match mode {
-            BnMode::Eval => ops::batch_norm_eval(x, gamma, beta, &rm.as_detached_tensor(), &rv.as_detached_tensor()),
+            BnMode::Eval => ops::batch_norm_eval(
+                x,
+                gamma,
+                beta,
+                &rm.as_detached_tensor(),
+                &rv.as_detached_tensor(),
+            ),
             BnMode::Train { groups } => {
                 let (y, stats) = ops::batch_norm_train(x, gamma, beta, groups)?;
                 rm.set(&ops::ema_update(&rm.as_detached_tensor(), &stats.mean)?)?;
-                rv.set(&ops::ema_update(&rv.as_detached_tensor(), &stats.var_unbiased)?)?;
+                rv.set(&ops::ema_update(
+                    &rv.as_detached_tensor(),
+                    &stats.var_unbiased,
+                )?)?;
                 let nbt = self.buffer(&format!("{bn}.num_batches_tracked"))?;
                 let one = Tensor::ones((), DType::I64, &self.device)?;
                 nbt.set(&nbt.as_detached_tensor().add(&one)?)?;
@@ -304,7 +412,10 @@ impl ResNet {
     pub fn forward_map(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
         let (_, c, _, _) = x.dims4()?;
         if c != 3 {
-            candle_core::bail!("ResNet input must have 3 channels, got shape {:?}", x.dims());
+            candle_core::bail!(
+                "ResNet input must have 3 channels, got shape {:?}",
+                x.dims()
+            );
         }
         let mut h = self.conv_bn(x, &self.stem, mode)?.relu()?;
         if self.has_maxpool() {
@@ -349,13 +460,25 @@ mod tests {
     use crate::model::Arch;
 
     fn tiny(arch: Arch, small_stem: bool, num_classes: Option<usize>) -> ResNetConfig {
-        ResNetConfig { arch, width: 0.125, small_stem, num_classes }
+        ResNetConfig {
+            arch,
+            width: 0.125,
+            small_stem,
+            num_classes,
+        }
     }
 
     #[test]
     fn torchvision_names_and_counts() {
-        let m = ResNet::new(&ResNetConfig { num_classes: Some(1000), ..ResNetConfig::new(Arch::Resnet18) }, 0, &Device::Cpu)
-            .unwrap();
+        let m = ResNet::new(
+            &ResNetConfig {
+                num_classes: Some(1000),
+                ..ResNetConfig::new(Arch::Resnet18)
+            },
+            0,
+            &Device::Cpu,
+        )
+        .unwrap();
         let names: Vec<String> = m.all_tensors().into_iter().map(|(n, _)| n).collect();
         for n in [
             "conv1.weight",
@@ -371,10 +494,15 @@ mod tests {
             assert!(names.iter().any(|x| x == n), "{n} missing");
         }
         assert!(!names.iter().any(|x| x == "layer1.0.downsample.0.weight"));
-        // torchvision resnet18 has 11,689,512 trainable parameters and 102 state_dict entries.
-        let count: usize = m.named_params().iter().map(|(_, v)| v.as_tensor().elem_count()).sum();
+        // torchvision resnet18: 11,689,512 trainable parameters; state_dict = 20 convs + 20 BNs × 5
+        // (weight, bias, running_mean, running_var, num_batches_tracked) + fc weight/bias = 122.
+        let count: usize = m
+            .named_params()
+            .iter()
+            .map(|(_, v)| v.as_tensor().elem_count())
+            .sum();
         assert_eq!(count, 11_689_512);
-        assert_eq!(names.len(), 102);
+        assert_eq!(names.len(), 122);
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted);
@@ -382,14 +510,29 @@ mod tests {
 
     #[test]
     fn resnet50_param_count_matches_torchvision() {
-        let m = ResNet::new(&ResNetConfig { num_classes: Some(1000), ..ResNetConfig::new(Arch::Resnet50) }, 0, &Device::Cpu)
-            .unwrap();
-        let count: usize = m.named_params().iter().map(|(_, v)| v.as_tensor().elem_count()).sum();
+        let m = ResNet::new(
+            &ResNetConfig {
+                num_classes: Some(1000),
+                ..ResNetConfig::new(Arch::Resnet50)
+            },
+            0,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let count: usize = m
+            .named_params()
+            .iter()
+            .map(|(_, v)| v.as_tensor().elem_count())
+            .sum();
         assert_eq!(count, 25_557_032);
+        // 53 convs + 53 BNs × 5 + 2 fc tensors.
         assert_eq!(m.all_tensors().len(), 320);
         // layer1.0 of the bottleneck needs a projection (64 → 256 channels) even with stride 1.
         assert!(m.var("layer1.0.downsample.0.weight").is_some());
-        assert_eq!(m.var("layer3.0.conv2.weight").unwrap().as_tensor().dims(), &[256, 256, 3, 3]);
+        assert_eq!(
+            m.var("layer3.0.conv2.weight").unwrap().as_tensor().dims(),
+            &[256, 256, 3, 3]
+        );
     }
 
     #[test]
@@ -398,12 +541,29 @@ mod tests {
         let a = ResNet::new(&c, 3, &Device::Cpu).unwrap();
         let b = ResNet::new(&c, 3, &Device::Cpu).unwrap();
         let d = ResNet::new(&c, 4, &Device::Cpu).unwrap();
-        let get = |m: &ResNet, n: &str| m.var(n).unwrap().as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(get(&a, "layer3.0.conv1.weight"), get(&b, "layer3.0.conv1.weight"));
-        assert_ne!(get(&a, "layer3.0.conv1.weight"), get(&d, "layer3.0.conv1.weight"));
+        let get = |m: &ResNet, n: &str| {
+            m.var(n)
+                .unwrap()
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(
+            get(&a, "layer3.0.conv1.weight"),
+            get(&b, "layer3.0.conv1.weight")
+        );
+        assert_ne!(
+            get(&a, "layer3.0.conv1.weight"),
+            get(&d, "layer3.0.conv1.weight")
+        );
         // Backbone init does not depend on the classifier.
         let e = ResNet::new(&tiny(Arch::Resnet18, true, None), 3, &Device::Cpu).unwrap();
-        assert_eq!(get(&a, "layer3.0.conv1.weight"), get(&e, "layer3.0.conv1.weight"));
+        assert_eq!(
+            get(&a, "layer3.0.conv1.weight"),
+            get(&e, "layer3.0.conv1.weight")
+        );
         // kaiming fan_out: std = sqrt(2 / (out·k·k)); layer4.0.conv2 has 64 outputs at width 1/8.
         let w = get(&a, "layer4.0.conv2.weight");
         let var = w.iter().map(|x| (x * x) as f64).sum::<f64>() / w.len() as f64;
@@ -418,8 +578,24 @@ mod tests {
     #[test]
     fn zero_init_residual_zeroes_last_bn_only() {
         let c = tiny(Arch::Resnet50, false, None);
-        let m = ResNet::with_init(&c, InitOptions { seed: 1, zero_init_residual: true }, &Device::Cpu).unwrap();
-        let sum = |n: &str| m.var(n).unwrap().as_tensor().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let m = ResNet::with_init(
+            &c,
+            InitOptions {
+                seed: 1,
+                zero_init_residual: true,
+            },
+            &Device::Cpu,
+        )
+        .unwrap();
+        let sum = |n: &str| {
+            m.var(n)
+                .unwrap()
+                .as_tensor()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
         assert_eq!(sum("layer1.0.bn3.weight"), 0.0);
         assert!(sum("layer1.0.bn2.weight") > 0.0);
         assert!(sum("layer1.0.downsample.1.weight") > 0.0);
@@ -430,12 +606,21 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::zeros((2, 3, 32, 32), DType::F32, &dev).unwrap();
         let m = ResNet::new(&tiny(Arch::Resnet18, true, Some(10)), 0, &dev).unwrap();
-        assert_eq!(m.forward_map(&x, BnMode::Eval).unwrap().dims(), &[2, 64, 4, 4]);
-        assert_eq!(m.forward_features(&x, BnMode::Eval).unwrap().dims(), &[2, 64]);
+        assert_eq!(
+            m.forward_map(&x, BnMode::Eval).unwrap().dims(),
+            &[2, 64, 4, 4]
+        );
+        assert_eq!(
+            m.forward_features(&x, BnMode::Eval).unwrap().dims(),
+            &[2, 64]
+        );
         assert_eq!(m.forward(&x, BnMode::Eval).unwrap().dims(), &[2, 10]);
         let m = ResNet::new(&tiny(Arch::Resnet50, false, None), 0, &dev).unwrap();
         let x = Tensor::zeros((1, 3, 64, 64), DType::F32, &dev).unwrap();
-        assert_eq!(m.forward_map(&x, BnMode::Eval).unwrap().dims(), &[1, 256, 2, 2]);
+        assert_eq!(
+            m.forward_map(&x, BnMode::Eval).unwrap().dims(),
+            &[1, 256, 2, 2]
+        );
         assert_eq!(m.forward(&x, BnMode::Eval).unwrap().dims(), &[1, 256]);
         let bad = Tensor::zeros((1, 1, 32, 32), DType::F32, &dev).unwrap();
         assert!(m.forward(&bad, BnMode::Eval).is_err());
