@@ -90,6 +90,22 @@ fn resnet18_eval_equals_candle_transformers() {
 }
 
 #[test]
+fn resnet34_eval_equals_candle_transformers() {
+    use candle_core::Module;
+    use candle_transformers::models::resnet;
+    let m = ResNet::new(&cfg(Arch::Resnet34, 1.0, false, None), 13, &Device::Cpu).unwrap();
+    randomise_bn(&m, 5);
+    let x = random_input((1, 3, 64, 64), 6);
+    let ours = m.forward(&x, BnMode::Eval).unwrap();
+    let theirs = resnet::resnet34_no_final_layer(reference_vb(&m))
+        .unwrap()
+        .forward(&x)
+        .unwrap();
+    let d = max_rel_diff(&ours, &theirs);
+    assert!(d <= 1e-4, "features differ: {d}");
+}
+
+#[test]
 fn resnet50_eval_equals_candle_transformers() {
     use candle_core::Module;
     use candle_transformers::models::resnet;
