@@ -384,12 +384,8 @@ fn mismatch_errors_name_every_bad_tensor_and_change_nothing() {
         assert!(msg.contains(needle), "`{needle}` not in: {msg}");
     }
     match err {
-        ModelIoError::Mismatch {
-            missing,
-            unexpected,
-            misshaped,
-            ..
-        } => {
+        ModelIoError::Mismatch(m) => {
+            let (missing, unexpected, misshaped) = (m.missing, m.unexpected, m.misshaped);
             assert_eq!(missing, vec!["layer2.1.conv1.weight".to_string()]);
             assert_eq!(unexpected, vec!["extra.weight".to_string()]);
             assert_eq!(misshaped.len(), 1);

@@ -79,6 +79,21 @@ pub struct ShapeMismatch {
     pub found: Vec<usize>,
 }
 
+/// Every way a file's tensors fail to fit the model, gathered before anything is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorMismatch {
+    pub path: PathBuf,
+    /// The model's description (arch, width, stem, classes).
+    pub arch: String,
+    /// Model names absent from the file (after prefix stripping and ignores).
+    pub missing: Vec<String>,
+    /// File keys (original spelling) the model does not have.
+    pub unexpected: Vec<String>,
+    pub misshaped: Vec<ShapeMismatch>,
+    /// The human-readable listing used in the error message.
+    pub details: String,
+}
+
 /// Errors of reading or writing model files; each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelIoError {
@@ -97,15 +112,9 @@ pub enum ModelIoError {
     NoConfig { path: PathBuf },
     #[error("{path}: bad `{key}` metadata: {msg}", key = CONFIG_METADATA_KEY)]
     BadConfig { path: PathBuf, msg: String },
-    #[error("{path}: tensors do not match the {arch} model:{details}")]
-    Mismatch {
-        path: PathBuf,
-        arch: String,
-        missing: Vec<String>,
-        unexpected: Vec<String>,
-        misshaped: Vec<ShapeMismatch>,
-        details: String,
-    },
+    /// Boxed: the name lists make it large, and it is the rare path.
+    #[error("{}: tensors do not match the {} model:{}", .0.path.display(), .0.arch, .0.details)]
+    Mismatch(Box<TensorMismatch>),
     #[error("{path}: tensor `{name}`: {msg}")]
     Tensor {
         path: PathBuf,
@@ -307,7 +316,7 @@ impl ResNet {
                 );
             }
             let c = self.config();
-            return Err(ModelIoError::Mismatch {
+            return Err(ModelIoError::Mismatch(Box::new(TensorMismatch {
                 path: path.to_owned(),
                 arch: format!(
                     "{} (width {}, small_stem {}, num_classes {:?})",
@@ -317,7 +326,7 @@ impl ResNet {
                 unexpected,
                 misshaped,
                 details,
-            });
+            })));
         }
         // Convert everything before setting anything, so a failure leaves the model untouched.
         let mut converted = Vec::with_capacity(file.len());

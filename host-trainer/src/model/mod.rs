@@ -11,6 +11,8 @@ pub mod config;
 pub mod ops;
 pub mod resnet;
 
-pub use checkpoint::{read_config, LoadOptions, LoadReport, ModelIoError};
+pub use checkpoint::{
+    read_config, LoadOptions, LoadReport, ModelIoError, ShapeMismatch, TensorMismatch,
+};
 pub use config::{Arch, BlockKind, ResNetConfig, CONFIG_METADATA_KEY};
 pub use resnet::{BlockSpec, BnMode, ConvSpec, InitOptions, ResNet};
