@@ -1,0 +1,267 @@
+//! The numeric building blocks of the ResNet, each in exactly one function.
+//!
+//! Every convolution of the model goes through [`conv2d`] and every training-mode batch norm
+//! through [`batch_norm_train`], so that a faster kernel (a custom CPU op, say) can be swapped in
+//! here without touching the network code.
+use candle_core::{DType, Result, Tensor, D};
+
+/// Batch-norm epsilon, as torchvision's `BatchNorm2d` default.
+pub const BN_EPS: f64 = 1e-5;
+/// Running-statistics momentum, as PyTorch's default: `running = (1-m)·running + m·batch`.
+pub const BN_MOMENTUM: f64 = 0.1;
+
+/// 2-D convolution without bias (torchvision's ResNet convs have none).
+/// `x`: [B, C_in, H, W], `w`: [C_out, C_in, k, k].
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    x.conv2d(w, padding, stride, 1, 1)
+}
+
+/// Batch statistics of one training-mode batch-norm call, already detached from the graph.
+#[derive(Debug, Clone)]
+pub struct BatchStats {
+    /// Per-channel mean, [C]; with several groups, the mean of the group means.
+    pub mean: Tensor,
+    /// Per-channel *unbiased* variance (what PyTorch puts into `running_var`), [C]; with several
+    /// groups, the mean of the groups' unbiased variances.
+    pub var_unbiased: Tensor,
+}
+
+/// Training-mode batch norm over `groups` equal contiguous sub-batches.
+///
+/// Each sub-batch is normalised with its own mean and biased variance, which is what MoCo's
+/// shuffle-BN sees on `groups` GPUs; `groups = 1` is ordinary batch norm. The returned
+/// statistics are for the running-average update and carry no gradient.
+///
+/// Errors when the batch is not divisible by `groups` or a group has a single value per
+/// channel (the variance would be undefined, PyTorch refuses the same case).
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+) -> Result<(Tensor, BatchStats)> {
+    let (b, c, h, w) = x.dims4()?;
+    if groups == 0 || b % groups != 0 {
+        candle_core::bail!(
+            "batch norm: batch of {b} cannot be split into {groups} equal BN groups"
+        );
+    }
+    let per_group = (b / groups) * h * w;
+    if per_group < 2 {
+        candle_core::bail!(
+            "batch norm: expected more than 1 value per channel in training mode (batch {b}, {groups} groups, {h}×{w} map)"
+        );
+    }
+    let xg = x.reshape((groups, b / groups, c, h * w))?;
+    // [G, 1, C, 1]
+    let mean = xg.mean_keepdim(3)?.mean_keepdim(1)?;
+    let centered = xg.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(3)?.mean_keepdim(1)?;
+    let inv_std = (var.clone() + BN_EPS)?.sqrt()?.recip()?;
+    let y = centered
+        .broadcast_mul(&inv_std)?
+        .broadcast_mul(&gamma.reshape((1, 1, c, 1))?)?
+        .broadcast_add(&beta.reshape((1, 1, c, 1))?)?
+        .reshape((b, c, h, w))?;
+    let unbias = per_group as f64 / (per_group as f64 - 1.0);
+    let stats = BatchStats {
+        mean: mean.detach().reshape((groups, c))?.mean(0)?,
+        var_unbiased: (var.detach().reshape((groups, c))?.mean(0)? * unbias)?,
+    };
+    Ok((y, stats))
+}
+
+/// Eval-mode batch norm: `(x - running_mean) / sqrt(running_var + eps) · gamma + beta`, folded into
+/// one per-channel scale and shift (gradients still reach `gamma` and `beta`).
+pub fn batch_norm_eval(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+) -> Result<Tensor> {
+    let c = x.dim(1)?;
+    let scale = gamma.div(&(running_var + BN_EPS)?.sqrt()?)?;
+    let shift = beta.sub(&running_mean.mul(&scale)?)?;
+    x.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
+        .broadcast_add(&shift.reshape((1, c, 1, 1))?)
+}
+
+/// PyTorch's running-statistics update: `new = (1 - momentum)·old + momentum·batch`.
+pub fn ema_update(old: &Tensor, batch: &Tensor) -> Result<Tensor> {
+    (old * (1.0 - BN_MOMENTUM))? + (batch.to_dtype(old.dtype())? * BN_MOMENTUM)?
+}
+
+/// torchvision's stem max-pool: 3×3, stride 2, padding 1.
+///
+/// Padding is with zeros, which equals PyTorch's −∞ padding here because the input comes
+/// straight out of a ReLU (all values ≥ 0) and every window holds at least one real pixel.
+pub fn max_pool_3x3_s2_after_relu(x: &Tensor) -> Result<Tensor> {
+    x.pad_with_zeros(D::Minus1, 1, 1)?
+        .pad_with_zeros(D::Minus2, 1, 1)?
+        .max_pool2d_with_stride(3, 2)
+}
+
+/// Global average pool: [B, C, H, W] → [B, C].
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    x.flatten_from(2)?.mean(D::Minus1)
+}
+
+/// Fully connected layer as `torch.nn.Linear`: `x · wᵀ + b`, `w`: [out, in].
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    x.matmul(&w.t()?)?.broadcast_add(b)
+}
+
+/// The dtype every model parameter is held in.
+pub const PARAM_DTYPE: DType = DType::F32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Naive per-channel BN on a Vec, written independently of the tensor code.
+    fn naive_bn(
+        x: &[f32],
+        b: usize,
+        c: usize,
+        hw: usize,
+        groups: usize,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let mut y = vec![0f32; x.len()];
+        let mut mean_acc = vec![0f64; c];
+        let mut var_acc = vec![0f64; c];
+        let gb = b / groups;
+        for g in 0..groups {
+            for ch in 0..c {
+                let idx = |n: usize, p: usize| ((g * gb + n) * c + ch) * hw + p;
+                let n = (gb * hw) as f64;
+                let mut s = 0f64;
+                for i in 0..gb {
+                    for p in 0..hw {
+                        s += x[idx(i, p)] as f64;
+                    }
+                }
+                let m = s / n;
+                let mut v = 0f64;
+                for i in 0..gb {
+                    for p in 0..hw {
+                        v += (x[idx(i, p)] as f64 - m).powi(2);
+                    }
+                }
+                let v = v / n;
+                for i in 0..gb {
+                    for p in 0..hw {
+                        y[idx(i, p)] = ((x[idx(i, p)] as f64 - m) / (v + 1e-5).sqrt()) as f32;
+                    }
+                }
+                mean_acc[ch] += m / groups as f64;
+                var_acc[ch] += v * n / (n - 1.0) / groups as f64;
+            }
+        }
+        (
+            y,
+            mean_acc.iter().map(|v| *v as f32).collect(),
+            var_acc.iter().map(|v| *v as f32).collect(),
+        )
+    }
+
+    #[test]
+    fn train_bn_matches_naive_formula_for_one_and_two_groups() {
+        let dev = Device::Cpu;
+        let (b, c, h, w) = (4, 3, 2, 3);
+        let x: Vec<f32> = (0..b * c * h * w)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.3 + (i % 5) as f32)
+            .collect();
+        let xt = Tensor::from_vec(x.clone(), (b, c, h, w), &dev).unwrap();
+        let gamma = Tensor::new(&[1.0f32, 2.0, -0.5], &dev).unwrap();
+        let beta = Tensor::new(&[0.0f32, 1.0, 3.0], &dev).unwrap();
+        for groups in [1, 2] {
+            let (y, st) = batch_norm_train(&xt, &gamma, &beta, groups).unwrap();
+            let (yn, mn, vn) = naive_bn(&x, b, c, h * w, groups);
+            let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let g = [1.0f32, 2.0, -0.5];
+            let bb = [0.0f32, 1.0, 3.0];
+            for (i, (a, e)) in y.iter().zip(&yn).enumerate() {
+                let ch = (i / (h * w)) % c;
+                let e = e * g[ch] + bb[ch];
+                assert!((a - e).abs() < 1e-4, "groups {groups} elem {i}: {a} vs {e}");
+            }
+            let m = st.mean.to_vec1::<f32>().unwrap();
+            let v = st.var_unbiased.to_vec1::<f32>().unwrap();
+            for ch in 0..c {
+                assert!((m[ch] - mn[ch]).abs() < 1e-4, "mean {groups}");
+                assert!(
+                    (v[ch] - vn[ch]).abs() < 1e-3 * vn[ch].abs().max(1.0),
+                    "var {groups}: {} vs {}",
+                    v[ch],
+                    vn[ch]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn two_groups_differ_from_one_when_groups_differ() {
+        let dev = Device::Cpu;
+        // first half constant 0..., second half shifted by 10: per-group BN removes the shift.
+        let mut x = vec![0f32; 4 * 2];
+        for (i, v) in x.iter_mut().enumerate() {
+            *v = (i % 2) as f32 + if i >= 4 { 10.0 } else { 0.0 };
+        }
+        let xt = Tensor::from_vec(x, (4, 1, 1, 2), &dev).unwrap();
+        let one = Tensor::new(&[1f32], &dev).unwrap();
+        let zero = Tensor::new(&[0f32], &dev).unwrap();
+        let (y2, _) = batch_norm_train(&xt, &one, &zero, 2).unwrap();
+        let y2 = y2.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(
+            (y2[0] - y2[4]).abs() < 1e-5,
+            "group-wise BN should remove the group shift: {y2:?}"
+        );
+        let (y1, _) = batch_norm_train(&xt, &one, &zero, 1).unwrap();
+        let y1 = y1.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(y1[4] - y1[0] > 1.0);
+    }
+
+    #[test]
+    fn bad_groups_are_errors_not_panics() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((3, 2, 2, 2), DType::F32, &dev).unwrap();
+        let g = Tensor::ones(2, DType::F32, &dev).unwrap();
+        assert!(batch_norm_train(&x, &g, &g, 2).is_err());
+        assert!(batch_norm_train(&x, &g, &g, 0).is_err());
+        let x = Tensor::zeros((2, 2, 1, 1), DType::F32, &dev).unwrap();
+        assert!(batch_norm_train(&x, &g, &g, 2).is_err());
+    }
+
+    #[test]
+    fn eval_bn_and_maxpool_match_hand_values() {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[[[2f32]]], [[[4f32]]]], &dev).unwrap(); // [2,1,1,1]
+        let g = Tensor::new(&[3f32], &dev).unwrap();
+        let b = Tensor::new(&[1f32], &dev).unwrap();
+        let m = Tensor::new(&[1f32], &dev).unwrap();
+        let v = Tensor::new(&[4f32], &dev).unwrap();
+        let y = batch_norm_eval(&x, &g, &b, &m, &v)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let s = 3.0 / (4.0f32 + 1e-5).sqrt();
+        assert!((y[0] - (1.0 * s + 1.0)).abs() < 1e-5 && (y[1] - (3.0 * s + 1.0)).abs() < 1e-5);
+
+        // 4×4 input, 3×3/2 pool with pad 1 → 2×2; window (0,0) covers rows/cols 0..=1.
+        let x = Tensor::arange(0f32, 16.0, &dev)
+            .unwrap()
+            .reshape((1, 1, 4, 4))
+            .unwrap();
+        let p = max_pool_3x3_s2_after_relu(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(p, vec![5.0, 7.0, 13.0, 15.0]);
+    }
+}
