@@ -17,7 +17,7 @@ use crate::rng::{self, purpose};
 const HEAD_STREAM: u64 = 0x4845_4144;
 
 /// Linear (v1) or MLP (v2) projection head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum HeadKind {
     Linear,
     Mlp,

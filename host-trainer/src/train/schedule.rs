@@ -2,7 +2,7 @@
 //! the start of every epoch), and the linear batch-size scaling rule.
 
 /// A per-epoch learning-rate schedule.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Schedule {
     /// lr·½(1 + cos(π·epoch/epochs)) — MoCo v2's `--cos`.
     Cosine,
