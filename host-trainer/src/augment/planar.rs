@@ -28,8 +28,8 @@ impl Planar {
         let mut out = Planar::zeros(w, h);
         let n = w * h;
         for (k, p) in img.as_raw().chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                out.data[c * n + k] = p[c] as f32 / 255.0;
+            for (c, &v) in p.iter().enumerate() {
+                out.data[c * n + k] = v as f32 / 255.0;
             }
         }
         out
