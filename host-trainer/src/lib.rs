@@ -22,5 +22,6 @@ pub mod export;
 pub mod fsutil;
 pub mod method;
 pub mod model;
+pub mod plot;
 pub mod rng;
 pub mod train;

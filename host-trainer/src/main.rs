@@ -17,12 +17,20 @@ enum Command {
     /// Generate the embedded default datasets (synthetic objects / faces) in the real formats.
     #[command(subcommand)]
     Synth(cli::synth::SynthCommand),
+    /// Pretrain a backbone: supervised, MoCo v1/v2 or Exemplar v1/v2 (resumable).
+    Pretrain(cli::pretrain::PretrainArgs),
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // A resumed run keeps its epochs unless --epochs is given explicitly.
+    if let (Command::Pretrain(a), Some(("pretrain", m))) = (&mut cli.command, matches.subcommand()) {
+        a.epochs_set = m.value_source("epochs") == Some(clap::parser::ValueSource::CommandLine);
+    }
     let result = match cli.command {
         Command::Synth(c) => cli::synth::run(c),
+        Command::Pretrain(a) => cli::pretrain::run(a),
     };
     if let Err(e) = result {
         // `{:#}` prints the whole context chain on one line ("reading X: line 3: ..."): a clear

@@ -1,4 +1,9 @@
-//! Training: SGD with PyTorch semantics and per-epoch lr schedules. (The training loop and
-//! checkpoints are added by the training issue on top of these.)
+//! Training: SGD with PyTorch semantics, per-epoch lr schedules, the pretraining loop with
+//! resumable checkpoints, and the kNN monitor.
+pub mod checkpoint;
+pub mod data;
+pub mod knn;
 pub mod optim;
+pub mod plot;
+pub mod pretrain;
 pub mod schedule;

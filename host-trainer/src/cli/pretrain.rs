@@ -1,0 +1,142 @@
+//! `host-trainer pretrain`: argument parsing; the work is `host_trainer::train::pretrain`.
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// Pretrain a ResNet backbone with supervised cross-entropy, MoCo or Exemplar.
+///
+/// Unset hyper-parameters take the method's defaults (MoCo v1/v2 papers; Exemplar per the paper):
+/// tau 0.07 (v1) / 0.2 (MoCo v2) / 0.1 (Exemplar v2); lr 0.03 per 256 images (0.1 for supervised),
+/// scaled linearly with --batch-size; step schedule for v1, cosine for v2 and supervised.
+#[derive(Args, Debug)]
+pub struct PretrainArgs {
+    /// supervised | moco | exemplar
+    #[arg(long, required_unless_present = "resume", default_value = "")]
+    pub method: String,
+    /// v1 | v2 (MoCo and Exemplar)
+    #[arg(long, default_value = "v2")]
+    pub version: String,
+    /// Dataset root: a mini-ImageNet folder (train.csv...), a CelebA folder (identity_CelebA.txt...),
+    /// or an ImageFolder (one sub-folder per class).
+    #[arg(long, required_unless_present = "resume", default_value = "")]
+    pub data: PathBuf,
+    /// resnet18 | resnet34 | resnet50
+    #[arg(long, default_value = "resnet18")]
+    pub arch: String,
+    /// Width multiplier of the ResNet's channels (1.0 = torchvision; 0.25 for tiny CPU models).
+    #[arg(long, default_value_t = 1.0)]
+    pub width: f32,
+    /// Use the ImageNet stem (7x7 stride-2 conv + max-pool) instead of the small-image stem.
+    #[arg(long)]
+    pub imagenet_stem: bool,
+    /// Training image size (square) after augmentation.
+    #[arg(long, default_value_t = 32)]
+    pub image_size: usize,
+    #[arg(long, default_value_t = 100)]
+    pub epochs: usize,
+    /// Set when --epochs was given explicitly (a resumed run then extends to it).
+    #[arg(skip)]
+    pub epochs_set: bool,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Learning rate for this batch size (default: the method's base lr scaled by batch/256).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// SGD weight decay (default 1e-4).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Queue length K (MoCo/Exemplar); must be a multiple of --batch-size.
+    #[arg(long)]
+    pub queue: Option<usize>,
+    /// Softmax temperature (MoCo/Exemplar).
+    #[arg(long)]
+    pub tau: Option<f64>,
+    /// Key-encoder EMA momentum m (MoCo/Exemplar; default 0.999).
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// Embedding dimension of the projection head (default 128).
+    #[arg(long)]
+    pub dim: Option<usize>,
+    /// Augmentations, comma-separated from hflip,rrc,jitter,gray,blur (or `none`); default per method.
+    #[arg(long)]
+    pub aug: Option<String>,
+    /// Number of BN groups for single-device shuffle-BN (MoCo/Exemplar; default 8); 1 turns it off.
+    #[arg(long)]
+    pub bn_groups: Option<usize>,
+    /// Turn shuffle-BN emulation off (same as --bn-groups 1).
+    #[arg(long)]
+    pub no_shuffle_bn: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// cpu | cuda:N
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Output folder: last.safetensors (resumable), backbone.safetensors, metrics.jsonl.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run saved in this folder (its config is reused; --epochs may extend it).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Stop after this many epochs of this invocation (the run stays resumable).
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+    /// Draw the loss and kNN curves to OUT/curves.png at the end.
+    #[arg(long)]
+    pub plot: bool,
+    /// Number of images of the held-out split used by the kNN monitor (0 = off).
+    #[arg(long, default_value_t = 1000)]
+    pub knn_images: usize,
+    /// Write a metrics.jsonl line every this many steps.
+    #[arg(long, default_value_t = 10)]
+    pub log_every: usize,
+    /// No progress bars or per-epoch lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Run (or resume) a pretraining job and print its summary.
+pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
+    use host_trainer::method::Method;
+    use host_trainer::model::{Arch, ResNetConfig};
+    use host_trainer::train::pretrain::{self, PretrainRequest, RunOptions};
+
+    let device = host_trainer::device::parse_device(&a.device)?;
+    let opts = RunOptions { out: a.resume.clone().unwrap_or(a.out.clone()), device, stop_after: a.stop_after, progress: !a.quiet };
+    let summary = if let Some(dir) = &a.resume {
+        if a.out != *dir {
+            anyhow::bail!("--resume {} continues in its own folder; pass the same path as --out", dir.display());
+        }
+        pretrain::resume(dir, a.epochs_set.then_some(a.epochs), &opts)?
+    } else {
+        let method = Method::parse(&a.method, Some(&a.version))?;
+        let arch: Arch = a.arch.parse().map_err(|e: String| anyhow::anyhow!("--arch: {e}"))?;
+        let model = ResNetConfig { arch, width: a.width, small_stem: !a.imagenet_stem, num_classes: None };
+        let req = PretrainRequest {
+            method,
+            data: a.data.clone(),
+            model,
+            image_size: a.image_size,
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            lr: a.lr,
+            weight_decay: a.weight_decay,
+            queue: a.queue,
+            tau: a.tau,
+            ema_momentum: a.momentum,
+            dim: a.dim,
+            aug: a.aug.clone(),
+            bn_groups: if a.no_shuffle_bn { Some(1) } else { a.bn_groups },
+            seed: a.seed,
+            knn_images: a.knn_images,
+            log_every: a.log_every,
+        };
+        pretrain::pretrain(&req, &opts)?
+    };
+    if a.plot {
+        let png = opts.out.join("curves.png");
+        host_trainer::train::plot::plot_metrics(&opts.out.join(pretrain::METRICS), &png)?;
+        eprintln!("curves: {}", png.display());
+    }
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
