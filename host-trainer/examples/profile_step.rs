@@ -7,7 +7,7 @@
 //! 2. attributes the backward per op kind by timing each distinct (op, shape) in isolation —
 //!    backward of `sum(op(x) ⊙ r)` minus the backward of `sum(x' ⊙ r)` — times its use count.
 //!
-//! `cargo run --release -p host-trainer --example profile_step -- [batch] [candle|fast] [reps]`
+//! `cargo run --release -p host-trainer --example profile_step -- [batch] [candle|fast|fastbn] [reps]`
 //! (the conv implementation is candle's `Tensor::conv2d` or `kernels::conv2d`).
 //! Findings are written up in `host-trainer/src/kernels/README.md`.
 
@@ -20,6 +20,8 @@ use std::time::Instant;
 enum ConvImpl {
     Candle,
     Fast,
+    /// Fast conv and fused batch-norm.
+    FastBn,
 }
 
 struct Prof {
@@ -39,7 +41,7 @@ impl Prof {
 fn conv(conv_impl: ConvImpl, x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
     match conv_impl {
         ConvImpl::Candle => x.conv2d(w, pad, stride, 1, 1),
-        ConvImpl::Fast => kernels::conv2d(x, w, stride, pad),
+        ConvImpl::Fast | ConvImpl::FastBn => kernels::conv2d(x, w, stride, pad),
     }
 }
 
@@ -53,6 +55,13 @@ fn bn_train(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<Tensor> {
     let xhat = xc.broadcast_div(&(var + 1e-5)?.sqrt()?)?;
     xhat.broadcast_mul(&gamma.reshape((1, c, 1, 1))?)?
         .broadcast_add(&beta.reshape((1, c, 1, 1))?)
+}
+
+fn bn(conv_impl: ConvImpl, x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<Tensor> {
+    match conv_impl {
+        ConvImpl::FastBn => Ok(kernels::batch_norm_train(x, gamma, beta, 1e-5)?.y),
+        _ => bn_train(x, gamma, beta),
+    }
 }
 
 struct ConvBn {
@@ -163,6 +172,7 @@ fn main() -> Result<()> {
     let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(128);
     let conv_impl = match args.get(2).map(String::as_str) {
         Some("fast") => ConvImpl::Fast,
+        Some("fastbn") => ConvImpl::FastBn,
         _ => ConvImpl::Candle,
     };
     let reps: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(2);
@@ -242,7 +252,7 @@ fn main() -> Result<()> {
         let g = Var::from_tensor(&Tensor::ones(c, DType::F32, &Device::Cpu)?)?;
         let b = Var::from_tensor(&Tensor::zeros(c, DType::F32, &Device::Cpu)?)?;
         let other = Tensor::randn(0f32, 1f32, (n, c, hw, hw), &Device::Cpu)?;
-        let t_bn = isolated_bwd(&x, reps, &|x| bn_train(x, g.as_tensor(), b.as_tensor()))?;
+        let t_bn = isolated_bwd(&x, reps, &|x| bn(conv_impl, x, g.as_tensor(), b.as_tensor()))?;
         let t_relu = isolated_bwd(&x, reps, &|x| x.relu())?;
         let t_add = isolated_bwd(&x, reps, &|x| x + &other)?;
         println!("  bn/relu/add bwd {c:>3}ch {hw:>2}px: {t_bn:.3} / {t_relu:.3} / {t_add:.3} s");

@@ -409,10 +409,10 @@ pub fn conv2d_weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
 }
 
 /// Borrows an f32 CPU storage as a contiguous slice, copying only when the layout is strided.
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<Cow<'a, [f32]>> {
+pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<Cow<'a, [f32]>> {
     let v = match s {
         CpuStorage::F32(v) => v,
-        _ => bail!("kernels::conv2d: {what} must be f32"),
+        _ => bail!("kernels: {what} must be f32"),
     };
     Ok(match l.contiguous_offsets() {
         Some((a, b)) => Cow::Borrowed(&v[a..b]),

@@ -11,7 +11,10 @@
 //! Determinism: every reduction runs in an order fixed by the tensor shapes alone (see
 //! [`conv`]), so CPU results are bit-identical for any number of rayon threads.
 
+pub mod batchnorm;
 pub mod conv;
+
+pub use batchnorm::{batch_norm_train, BatchNormTrain};
 
 use candle_core::{DType, Result, Tensor};
 
