@@ -176,13 +176,13 @@ fn main() -> Result<()> {
         _ => ConvImpl::Candle,
     };
     let reps: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(2);
-    let label = if conv_impl == ConvImpl::Fast {
-        "kernels::conv2d"
-    } else {
-        "candle conv2d"
+    let label = match conv_impl {
+        ConvImpl::Candle => "candle conv2d + tensor-op BN",
+        ConvImpl::Fast => "kernels::conv2d + tensor-op BN",
+        ConvImpl::FastBn => "kernels::conv2d + kernels::batch_norm_train",
     };
     println!(
-        "ResNet-18 small stem, 32 px, batch {n}, conv = {label}, rayon threads = {}",
+        "ResNet-18 small stem, 32 px, batch {n}, ops = {label}, rayon threads = {}",
         rayon::current_num_threads()
     );
 
@@ -253,6 +253,11 @@ fn main() -> Result<()> {
         let b = Var::from_tensor(&Tensor::zeros(c, DType::F32, &Device::Cpu)?)?;
         let other = Tensor::randn(0f32, 1f32, (n, c, hw, hw), &Device::Cpu)?;
         let t_bn = isolated_bwd(&x, reps, &|x| bn(conv_impl, x, g.as_tensor(), b.as_tensor()))?;
+        let t = Instant::now();
+        for _ in 0..reps {
+            bn(conv_impl, &x, g.as_tensor(), b.as_tensor())?;
+        }
+        println!("  bn fwd {c:>3}ch {hw:>2}px: {:.4} s", t.elapsed().as_secs_f64() / reps as f64);
         let t_relu = isolated_bwd(&x, reps, &|x| x.relu())?;
         let t_add = isolated_bwd(&x, reps, &|x| x + &other)?;
         println!("  bn/relu/add bwd {c:>3}ch {hw:>2}px: {t_bn:.3} / {t_relu:.3} / {t_add:.3} s");
