@@ -20,6 +20,7 @@ pub mod device;
 pub mod eval;
 pub mod export;
 pub mod fsutil;
+pub mod kernels;
 pub mod method;
 pub mod model;
 pub mod plot;

@@ -1,0 +1,31 @@
+//! Fast CPU training kernels for candle, plugged in behind one function per op.
+//!
+//! Why this module exists: candle 0.11's CPU *backward* of `conv2d` is several times slower than
+//! its forward (naive `conv_transpose2d` for the input gradient, a whole-output-map "kernel"
+//! conv for the weight gradient), which made a ResNet-18 training step unusably slow on CPU.
+//! The profile and the measured speed-ups are in `README.md` next to this file.
+//!
+//! Dispatch rule: CPU + f32 → our custom op; anything else (CUDA, other dtypes) → candle's own
+//! `Tensor::conv2d`, so the `cuda`/`cudnn` features keep working unchanged.
+//!
+//! Determinism: every reduction runs in an order fixed by the tensor shapes alone (see
+//! [`conv`]), so CPU results are bit-identical for any number of rayon threads.
+
+pub mod batchnorm;
+pub mod conv;
+
+pub use batchnorm::{batch_norm_train, BatchNormTrain};
+
+use candle_core::{DType, Result, Tensor};
+
+/// 2-D convolution, NCHW input `x`, OIHW weight `w`, groups 1, dilation 1, no bias.
+///
+/// Same semantics as `x.conv2d(w, padding, stride, 1, 1)`; on the CPU with f32 tensors the
+/// forward and both gradients run as im2col/col2im + GEMM ([`conv::Conv2dOp`]).
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+        x.apply_op2(w, conv::Conv2dOp { stride, padding })
+    } else {
+        x.conv2d(w, padding, stride, 1, 1)
+    }
+}

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Time one MoCo-v2 training step in PyTorch on the CPU, as the reference for the candle trainer.
+
+Model: torchvision ResNet-18 with the small-image stem (conv1 3x3 stride 1 padding 1, no
+maxpool), MLP projection head 512-512-128, query encoder trained by SGD (momentum 0.9, weight
+decay 1e-4), key encoder updated by momentum 0.999, a 4096-entry negative queue, temperature 0.2.
+Shuffle-BN is not emulated (it costs nothing measurable on one device). Batch 128 and 32 px by
+default, 2 threads (`torch.set_num_threads`), like the machine the issue "Training speed on CPU"
+was measured on.
+
+Prints one JSON object with img/s. The candle figure for the ratio candle/PyTorch comes either
+from `--candle-img-per-sec X`, or from `--candle-cmd "..."`: a command whose stdout contains a
+JSON object with an `img_per_sec` field (e.g. the trainer's step benchmark), run in the same
+invocation so both numbers come from the same machine state.
+
+Not run by CI: it needs `pip install torch torchvision` (about 5.5 GB).
+"""
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+
+
+def build_encoder(torch, torchvision, dim):
+    net = torchvision.models.resnet18(num_classes=dim)
+    net.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = torch.nn.Identity()
+    hidden = net.fc.in_features
+    net.fc = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(inplace=True), torch.nn.Linear(hidden, dim))
+    return net
+
+
+def candle_figure(args):
+    if args.candle_img_per_sec is not None:
+        return args.candle_img_per_sec
+    if args.candle_cmd:
+        out = subprocess.run(shlex.split(args.candle_cmd), check=True, capture_output=True, text=True).stdout
+        for line in reversed(out.splitlines()):
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    return float(json.loads(line)["img_per_sec"])
+                except (ValueError, KeyError):
+                    continue
+        sys.exit(f"--candle-cmd output has no JSON line with img_per_sec:\n{out[-2000:]}")
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--queue", type=int, default=4096)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--candle-img-per-sec", type=float, default=None)
+    ap.add_argument("--candle-cmd", type=str, default=None, help="command printing a JSON line with img_per_sec")
+    args = ap.parse_args()
+
+    import torch
+    import torchvision
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    q_enc = build_encoder(torch, torchvision, args.dim)
+    k_enc = build_encoder(torch, torchvision, args.dim)
+    k_enc.load_state_dict(q_enc.state_dict())
+    for p in k_enc.parameters():
+        p.requires_grad_(False)
+    q_enc.train()
+    k_enc.train()
+    queue = torch.nn.functional.normalize(torch.randn(args.dim, args.queue), dim=0)
+    opt = torch.optim.SGD(q_enc.parameters(), lr=0.03, momentum=0.9, weight_decay=1e-4)
+    tau, m = 0.2, 0.999
+    # Two augmented views are already tensors: augmentation is timed separately in the trainer.
+    im_q = torch.randn(args.batch, 3, args.size, args.size)
+    im_k = torch.randn(args.batch, 3, args.size, args.size)
+
+    def step():
+        nonlocal queue
+        q = torch.nn.functional.normalize(q_enc(im_q), dim=1)
+        with torch.no_grad():
+            for pq, pk in zip(q_enc.parameters(), k_enc.parameters()):
+                pk.mul_(m).add_(pq.detach(), alpha=1 - m)
+            k = torch.nn.functional.normalize(k_enc(im_k), dim=1)
+        l_pos = (q * k).sum(dim=1, keepdim=True)
+        l_neg = q @ queue
+        logits = torch.cat([l_pos, l_neg], dim=1) / tau
+        labels = torch.zeros(args.batch, dtype=torch.long)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            queue = torch.cat([k.T, queue[:, : args.queue - args.batch]], dim=1)
+        return loss
+
+    # Forward/backward split of the query encoder alone, for the report.
+    def split():
+        t0 = time.perf_counter()
+        loss = q_enc(im_q).square().sum()
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        q_enc.zero_grad(set_to_none=True)
+        return t1 - t0, t2 - t1
+
+    for _ in range(args.warmup):
+        step()
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    med = times[len(times) // 2]
+    fwd, bwd = min((split() for _ in range(max(2, args.steps // 2))), key=sum)
+    result = {
+        "framework": "pytorch",
+        "torch_version": torch.__version__,
+        "threads": args.threads,
+        "batch": args.batch,
+        "size": args.size,
+        "step_s_median": med,
+        "img_per_sec": args.batch / med,
+        "query_encoder_forward_s": fwd,
+        "query_encoder_backward_s": bwd,
+    }
+    candle = candle_figure(args)
+    if candle is not None:
+        result["candle_img_per_sec"] = candle
+        result["ratio_candle_over_torch"] = candle / result["img_per_sec"]
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
