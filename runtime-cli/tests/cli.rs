@@ -78,6 +78,13 @@ fn mean_colour_model(dtype: Dtype, h: usize, w: usize, std: f32) -> Vec<u8> {
     b.to_bytes().unwrap()
 }
 
+const TEMPLATE: [f32; 10] = [0.35, 0.45, 0.65, 0.45, 0.5, 0.6, 0.38, 0.75, 0.62, 0.75];
+
+/// The landmark model's fc weights, `[out][rgb]`.
+fn landmark_weights() -> Vec<f32> {
+    (0..30).map(|i| 0.04 * ((i * 7 % 5) as f32 - 2.0)).collect()
+}
+
 /// Landmarks = a fixed face template plus a small linear function of the mean colour:
 /// input → mean → fc(3 → 10). Outputs stay inside [0, 1] (normalised coordinates).
 fn landmark_builder(dtype: Dtype, size: usize) -> ModelBuilder {
@@ -94,8 +101,7 @@ fn landmark_builder(dtype: Dtype, size: usize) -> ModelBuilder {
         .input([size, size, 3], &[0.0; 3], &[1.0; 3], q_in)
         .unwrap();
     let m = b.mean(x, q_in).unwrap();
-    let template = [0.35f32, 0.45, 0.65, 0.45, 0.5, 0.6, 0.38, 0.75, 0.62, 0.75];
-    let wf: Vec<f32> = (0..30).map(|i| 0.04 * ((i * 7 % 5) as f32 - 2.0)).collect();
+    let (template, wf) = (TEMPLATE, landmark_weights());
     let y = match dtype {
         Dtype::F32 => b
             .fc(
@@ -439,6 +445,31 @@ fn infer_features_are_the_mean_colour_and_draw_writes_a_png() {
         drawn.pixels().any(|p| p.0 == [255, 0, 0]),
         "no red left-eye dot"
     );
+    // f32 model on a solid image: output = template + W·colour exactly, so each point is
+    // `out·24` in the 24×24 crop, plus the crop's 4-row offset.
+    let m32 = write(
+        d.path(),
+        "lm32.safetensors",
+        &landmark_builder(Dtype::F32, 16).to_bytes().unwrap(),
+    );
+    let v = json(&["infer", "--model", s(&m32), "--json", s(&face)]);
+    let rgb = [120.0f64 / 255.0, 90.0 / 255.0, 80.0 / 255.0];
+    let w = landmark_weights();
+    for (k, name) in ["lefteye", "righteye", "nose", "leftmouth", "rightmouth"]
+        .iter()
+        .enumerate()
+    {
+        let o = |j: usize| {
+            TEMPLATE[j] as f64 + (0..3).map(|c| w[j * 3 + c] as f64 * rgb[c]).sum::<f64>()
+        };
+        let want = [o(2 * k) * 24.0, o(2 * k + 1) * 24.0 + 4.0];
+        let p = &v["results"][0]["landmarks"][name];
+        let got = [p[0].as_f64().unwrap(), p[1].as_f64().unwrap()];
+        assert!(
+            (got[0] - want[0]).abs() < 1e-3 && (got[1] - want[1]).abs() < 1e-3,
+            "{name}: {got:?} vs {want:?}"
+        );
+    }
     // --exact-size on the right size works and on the wrong size is a clear error.
     let sq = d.path().join("sq.png");
     image::RgbImage::from_pixel(16, 16, image::Rgb([1, 2, 3]))
