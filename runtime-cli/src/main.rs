@@ -1,11 +1,11 @@
-//! runtime-cli: evaluate, run, inspect and benchmark exported models on a host.
+//! runtime-cli entry point: parse, run, print `error: …` (one line, no backtrace) and exit 1 on
+//! failure.
 use clap::Parser;
 
-/// Evaluate, run, inspect and benchmark int8 models exported by `host-trainer export`.
-#[derive(Parser, Debug)]
-#[command(name = "runtime-cli", version, about)]
-struct Cli {}
-
 fn main() {
-    let _cli = Cli::parse();
+    let cli = runtime_cli::cli::Cli::parse();
+    if let Err(e) = runtime_cli::cli::run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

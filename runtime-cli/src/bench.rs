@@ -1,0 +1,127 @@
+//! `bench`: single-thread latency of one inference on this machine (input quantisation + the
+//! graph), after a warm-up, as percentiles and throughput.
+//!
+//! The input is a fixed pseudo-random image (SplitMix64, seed 0) so no kernel sees the trivial
+//! all-zero case; it is reloaded before every run because the arena planner may reuse the input
+//! slot for later activations.
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use runtime_core::heads::rng::SplitMix64;
+use serde_json::json;
+
+use crate::engine::{self, Runner};
+
+/// Timings in milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchResult {
+    pub runs: usize,
+    pub warmup: usize,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub mean_ms: f64,
+    pub images_per_s: f64,
+    pub macs: u64,
+    pub dtype: &'static str,
+}
+
+/// Nearest-rank percentile of sorted values: the smallest value with at least `p`% of the
+/// values at or below it. `sorted` must be non-empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let n = sorted.len();
+    let rank = ((p / 100.0) * n as f64).ceil() as usize;
+    sorted[rank.clamp(1, n) - 1]
+}
+
+/// Runs the benchmark.
+pub fn bench(path: &Path, runs: usize, warmup: usize) -> Result<BenchResult> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let bytes = engine::read_model(path)?;
+    let model = engine::parse_model(&bytes, path)?;
+    let mut runner = Runner::new(&model);
+    let [h, w, _] = model.input_shape();
+    let mut rng = SplitMix64::new(0);
+    let img = image::RgbImage::from_fn(w as u32, h as u32, |_, _| {
+        let v = rng.next_u64();
+        image::Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
+    });
+    let x = runner.exact_input(&img, path)?;
+    for _ in 0..warmup {
+        runner.run_normalised(&x)?;
+    }
+    let mut ms = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        std::hint::black_box(runner.run_normalised(std::hint::black_box(&x))?);
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let total: f64 = ms.iter().sum();
+    ms.sort_by(f64::total_cmp);
+    Ok(BenchResult {
+        runs,
+        warmup,
+        p50_ms: percentile(&ms, 50.0),
+        p90_ms: percentile(&ms, 90.0),
+        p99_ms: percentile(&ms, 99.0),
+        mean_ms: total / runs as f64,
+        images_per_s: runs as f64 / (total / 1e3),
+        macs: model.macs(),
+        dtype: engine::dtype_name(model.dtype()),
+    })
+}
+
+/// `--json` form.
+pub fn to_json(r: &BenchResult, path: &Path) -> serde_json::Value {
+    json!({
+        "command": "bench",
+        "model": path.display().to_string(),
+        "dtype": r.dtype,
+        "threads": 1,
+        "runs": r.runs,
+        "warmup": r.warmup,
+        "p50_ms": r.p50_ms,
+        "p90_ms": r.p90_ms,
+        "p99_ms": r.p99_ms,
+        "mean_ms": r.mean_ms,
+        "images_per_s": r.images_per_s,
+        "macs": r.macs,
+    })
+}
+
+/// Human form.
+pub fn to_text(r: &BenchResult, path: &Path) -> String {
+    let gmacs = r.macs as f64 * r.images_per_s / 1e9;
+    format!(
+        "{} ({}, {:.2} M MACs), 1 thread, {} runs after {} warm-up:\n  latency p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms (mean {:.3} ms)\n  throughput {:.1} images/s ({:.2} GMAC/s)",
+        path.display(),
+        r.dtype,
+        r.macs as f64 / 1e6,
+        r.runs,
+        r.warmup,
+        r.p50_ms,
+        r.p90_ms,
+        r.p99_ms,
+        r.mean_ms,
+        r.images_per_s,
+        gmacs
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 5.0);
+        assert_eq!(percentile(&v, 90.0), 9.0);
+        assert_eq!(percentile(&v, 99.0), 10.0);
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert_eq!(percentile(&[3.0], 99.0), 3.0);
+    }
+}

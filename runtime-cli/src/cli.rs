@@ -1,0 +1,201 @@
+//! Command-line interface: argument definitions and dispatch. Every command prints a human
+//! summary, or with `--json` one JSON object on stdout.
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::fewshot::{Classifier, FewShotSpec, SplitArg};
+use crate::mafl::MaflSplit;
+use crate::{bench, fewshot, infer, inspect, mafl};
+
+/// Evaluate, run, inspect and benchmark int8 (or f32) models exported by `host-trainer export`.
+#[derive(Parser, Debug)]
+#[command(name = "runtime-cli", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Transfer evaluations (the paper's protocols) on the runtime engine.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Run a model on images: landmarks, or features and arg-max class.
+    Infer(InferCmd),
+    /// Graph, per-layer shapes and MACs, weight and arena bytes, quantisation summary.
+    Inspect(InspectCmd),
+    /// Single-thread latency percentiles and throughput on this machine.
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EvalCommand {
+    /// IOD-normalised landmark error (%) on a MAFL list.
+    Mafl(MaflCmd),
+    /// N-way K-shot accuracy ± 95% interval on mini-ImageNet-format data.
+    Fewshot(FewshotCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct MaflCmd {
+    /// Landmark model (.safetensors).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// CelebA root (with MAFL/), real or synthetic.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Which MAFL list.
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: MaflSplit,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct FewshotCmd {
+    /// Features model (.safetensors).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// mini-ImageNet root (train/val/test.csv and images/).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Which split's classes the episodes draw from.
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: SplitArg,
+    #[arg(long, default_value_t = 5)]
+    pub way: usize,
+    /// Shots per class, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,5")]
+    pub shot: Vec<usize>,
+    #[arg(long, default_value_t = 600)]
+    pub episodes: u64,
+    /// Query images per class.
+    #[arg(long, default_value_t = 15)]
+    pub query: usize,
+    #[arg(long, value_enum, default_value = "linear")]
+    pub classifier: Classifier,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InferCmd {
+    /// Model (.safetensors).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Draw the landmarks onto this PNG (landmark models, one image).
+    #[arg(long)]
+    pub draw: Option<PathBuf>,
+    /// Use the pixels as they are: the image must be the model's input size (no crop/resize).
+    #[arg(long)]
+    pub exact_size: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// PNG or JPEG images.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectCmd {
+    /// Model (.safetensors).
+    pub model: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchCmd {
+    /// Model (.safetensors).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Timed runs.
+    #[arg(long, default_value_t = 50)]
+    pub runs: usize,
+    /// Untimed runs first (caches, page faults, CPU clock).
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn emit(json: bool, value: serde_json::Value, text: String) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{value}")
+    } else {
+        writeln!(out, "{text}")
+    }
+    .context("cannot write to stdout")
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Eval(EvalCommand::Mafl(c)) => {
+            let r = mafl::evaluate(&c.model, &c.data, c.split, true)?;
+            emit(
+                c.json,
+                mafl::to_json(&r, &c.model, c.split),
+                mafl::to_text(&r),
+            )
+        }
+        Command::Eval(EvalCommand::Fewshot(c)) => {
+            let spec = FewShotSpec {
+                split: c.split,
+                way: c.way,
+                shots: c.shot,
+                episodes: c.episodes,
+                query: c.query,
+                classifier: c.classifier,
+                seed: c.seed,
+            };
+            let r = fewshot::evaluate(&c.model, &c.data, &spec, true)?;
+            emit(
+                c.json,
+                fewshot::to_json(&r, &c.model, &spec),
+                fewshot::to_text(&r, &spec),
+            )
+        }
+        Command::Infer(c) => {
+            let a = infer::InferArgs {
+                model: c.model,
+                images: c.images,
+                draw: c.draw,
+                exact_size: c.exact_size,
+            };
+            let (task, preds) = infer::run(&a)?;
+            emit(
+                c.json,
+                infer::to_json(&a, task, &preds),
+                infer::to_text(&a, &preds),
+            )
+        }
+        Command::Inspect(c) => {
+            let r = inspect::inspect(&c.model)?;
+            emit(
+                c.json,
+                inspect::to_json(&r, &c.model),
+                inspect::to_text(&r, &c.model),
+            )
+        }
+        Command::Bench(c) => {
+            let r = bench::bench(&c.model, c.runs, c.warmup)?;
+            emit(
+                c.json,
+                bench::to_json(&r, &c.model),
+                bench::to_text(&r, &c.model),
+            )
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Loading a model file and running it on one image: the single place where the CLI turns
+//! runtime-core errors into one-line messages that name the file.
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use image::RgbImage;
+use runtime_core::{Dtype, Model, Task};
+
+use crate::preprocess;
+
+/// Reads a model file's bytes (the [`Model`] borrows them, so the caller keeps them alive).
+pub fn read_model(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{}: cannot read model file", path.display()))
+}
+
+/// Parses and validates a model; errors read `FILE: graph line N: …` or
+/// `FILE: malformed safetensors container`.
+pub fn parse_model<'a>(bytes: &'a [u8], path: &Path) -> Result<Model<'a>> {
+    let model = Model::parse(bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let [h, w, c] = model.input_shape();
+    if c != 3 {
+        bail!(
+            "{}: the model takes {h}×{w}×{c} inputs; this CLI feeds RGB images (3 channels)",
+            path.display()
+        );
+    }
+    Ok(model)
+}
+
+/// Name of a task as the graph text spells it.
+pub fn task_name(t: Task) -> &'static str {
+    match t {
+        Task::Features => "features",
+        Task::Landmarks => "landmarks",
+    }
+}
+
+/// Name of a dtype as the graph text spells it.
+pub fn dtype_name(d: Dtype) -> &'static str {
+    match d {
+        Dtype::Int8 => "i8",
+        Dtype::F32 => "f32",
+    }
+}
+
+/// Refuses a model of the wrong task for `command`.
+pub fn require_task(model: &Model, path: &Path, want: Task, command: &str) -> Result<()> {
+    if model.task() != want {
+        bail!(
+            "{}: a `{}` model; `{command}` needs a `{}` model",
+            path.display(),
+            task_name(model.task()),
+            task_name(want)
+        );
+    }
+    Ok(())
+}
+
+/// A model plus its arena: one per thread (inference writes into the arena).
+pub struct Runner<'m, 'a> {
+    pub model: &'m Model<'a>,
+    arena: Vec<u8>,
+    out: Vec<f32>,
+}
+
+impl<'m, 'a> Runner<'m, 'a> {
+    pub fn new(model: &'m Model<'a>) -> Self {
+        Runner {
+            model,
+            arena: vec![0u8; model.arena_bytes()],
+            out: vec![0.0; model.output_len()],
+        }
+    }
+
+    /// Model input `(W, H)`.
+    pub fn input_wh(&self) -> (usize, usize) {
+        let [h, w, _] = self.model.input_shape();
+        (w, h)
+    }
+
+    /// Runs the model on an already-normalised HWC input (quantised here for int8 models) and
+    /// returns the real-valued output. Int8 or f32 is the model's own dtype.
+    pub fn run_normalised(&mut self, x: &[f32]) -> Result<&[f32]> {
+        self.model
+            .load_input_f32(x, &mut self.arena)
+            .map_err(|e| anyhow!("inference: {e}"))?;
+        self.model
+            .run(&mut self.arena, &mut self.out)
+            .map_err(|e| anyhow!("inference: {e}"))?;
+        Ok(&self.out)
+    }
+
+    /// The host's eval transform for a whole image: stretch to the input size, normalise.
+    pub fn normalised_input(&self, img: &RgbImage) -> Vec<f32> {
+        let (w, h) = self.input_wh();
+        let (mean, std) = self.model.normalisation();
+        preprocess::normalise_hwc(&preprocess::resize_planar(img, w, h), w, h, mean, std)
+    }
+
+    /// Like [`Runner::normalised_input`] but without resizing: the image must already be the
+    /// model's input size (`--exact-size`, e.g. to reproduce a device camera frame).
+    pub fn exact_input(&self, img: &RgbImage, path: &Path) -> Result<Vec<f32>> {
+        let (w, h) = self.input_wh();
+        if (img.width() as usize, img.height() as usize) != (w, h) {
+            bail!(
+                "{}: image is {}×{}, the model takes {w}×{h} (without --exact-size it is resized)",
+                path.display(),
+                img.width(),
+                img.height()
+            );
+        }
+        let (mean, std) = self.model.normalisation();
+        Ok(preprocess::normalise_hwc(
+            &preprocess::exact_planar(img),
+            w,
+            h,
+            mean,
+            std,
+        ))
+    }
+
+    /// Whole-image features (or logits) of an image.
+    pub fn features(&mut self, img: &RgbImage) -> Result<Vec<f32>> {
+        let x = self.normalised_input(img);
+        Ok(self.run_normalised(&x)?.to_vec())
+    }
+}
+
+/// Loads an image for the CLI: PNG or JPEG (sniffed), non-empty; errors name the file.
+pub fn load_image(path: &Path) -> Result<RgbImage> {
+    let img = host_trainer::data::load_rgb(path)?;
+    preprocess::check_size(&img).map_err(|m| anyhow!("{}: {m}", path.display()))?;
+    Ok(img)
+}
