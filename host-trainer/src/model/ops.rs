@@ -12,8 +12,11 @@ pub const BN_MOMENTUM: f64 = 0.1;
 
 /// 2-D convolution without bias (torchvision's ResNet convs have none).
 /// `x`: [B, C_in, H, W], `w`: [C_out, C_in, k, k].
+///
+/// Runs [`crate::kernels::conv2d`]: im2col + GEMM forward and backward on the CPU (candle's own
+/// CPU backward is a naive loop), candle's op on other devices.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    x.conv2d(w, padding, stride, 1, 1)
+    crate::kernels::conv2d(x, w, stride, padding)
 }
 
 /// Batch statistics of one training-mode batch-norm call, already detached from the graph.
@@ -40,7 +43,7 @@ pub fn batch_norm_train(
     beta: &Tensor,
     groups: usize,
 ) -> Result<(Tensor, BatchStats)> {
-    let (b, c, h, w) = x.dims4()?;
+    let (b, _, h, w) = x.dims4()?;
     if groups == 0 || b % groups != 0 {
         candle_core::bail!(
             "batch norm: batch of {b} cannot be split into {groups} equal BN groups"
@@ -52,21 +55,24 @@ pub fn batch_norm_train(
             "batch norm: expected more than 1 value per channel in training mode (batch {b}, {groups} groups, {h}×{w} map)"
         );
     }
-    let xg = x.reshape((groups, b / groups, c, h * w))?;
-    // [G, 1, C, 1]
-    let mean = xg.mean_keepdim(3)?.mean_keepdim(1)?;
-    let centered = xg.broadcast_sub(&mean)?;
-    let var = centered.sqr()?.mean_keepdim(3)?.mean_keepdim(1)?;
-    let inv_std = (var.clone() + BN_EPS)?.sqrt()?.recip()?;
-    let y = centered
-        .broadcast_mul(&inv_std)?
-        .broadcast_mul(&gamma.reshape((1, 1, c, 1))?)?
-        .broadcast_add(&beta.reshape((1, 1, c, 1))?)?
-        .reshape((b, c, h, w))?;
+    // Each group is one fused training-mode BN (crate::kernels::batch_norm_train: a CPU custom
+    // op with its own backward; plain tensor maths elsewhere).
     let unbias = per_group as f64 / (per_group as f64 - 1.0);
+    let per = b / groups;
+    let mut ys = Vec::with_capacity(groups);
+    let (mut mean_sum, mut var_sum): (Option<Tensor>, Option<Tensor>) = (None, None);
+    for g in 0..groups {
+        let xg = if groups == 1 { x.clone() } else { x.narrow(0, g * per, per)? };
+        let r = crate::kernels::batch_norm_train(&xg, gamma, beta, BN_EPS)?;
+        ys.push(r.y);
+        mean_sum = Some(match mean_sum { Some(m) => (m + r.mean)?, None => r.mean });
+        var_sum = Some(match var_sum { Some(v) => (v + r.var)?, None => r.var });
+    }
+    let y = if groups == 1 { ys.pop().expect("one group") } else { Tensor::cat(&ys, 0)? };
+    let g = groups as f64;
     let stats = BatchStats {
-        mean: mean.detach().reshape((groups, c))?.mean(0)?,
-        var_unbiased: (var.detach().reshape((groups, c))?.mean(0)? * unbias)?,
+        mean: (mean_sum.expect("groups >= 1").detach() / g)?,
+        var_unbiased: (var_sum.expect("groups >= 1").detach() * (unbias / g))?,
     };
     Ok((y, stats))
 }
