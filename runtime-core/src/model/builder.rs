@@ -1,0 +1,406 @@
+//! `ModelBuilder`: the one way to write a model file, used by the host exporter and by tests.
+//!
+//! The caller supplies quantised weights with their per-channel scales and the real scale/zero
+//! point of every activation; the builder derives every fixed-point multiplier with
+//! [`quantize_multiplier`] (so the requantisation recipe lives in one place), writes the graph
+//! text of `FORMAT.md`, serialises a safetensors container, and finally re-loads it with
+//! [`Model::parse`] so a builder can never emit a file the runtime rejects.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use super::{Dtype, Model, ModelError, Task, TensorDesc, FORMAT_VERSION, GRAPH_KEY};
+use crate::ops::add::ADD_LEFT_SHIFT;
+use crate::ops::requant::quantize_multiplier;
+use crate::ops::Window;
+
+/// Real-valued quantisation of an activation: `real = scale · (q − zp)`. Ignored for f32 models.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Quant {
+    pub scale: f32,
+    pub zp: i32,
+}
+
+impl Quant {
+    /// Placeholder for f32 models, where activations are not quantised.
+    pub const NONE: Quant = Quant { scale: 1.0, zp: 0 };
+}
+
+/// An activation tensor of the model being built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct TensorId(pub u16);
+
+/// Parameters of a conv or fc layer, in the model's dtype. Weights are OHWI (conv) or
+/// `[out][in]` with the input flattened in HWC order (fc).
+#[derive(Debug, Clone, Copy)]
+pub enum LayerParams<'x> {
+    /// Symmetric int8 weights in [−127, 127] with one scale per output channel, and an i32 bias
+    /// at scale `in_scale · w_scale[c]`.
+    I8 { weights: &'x [i8], w_scale: &'x [f32], bias: &'x [i32] },
+    /// f32 weights and bias.
+    F32 { weights: &'x [f32], bias: &'x [f32] },
+}
+
+/// Why the builder refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum BuildError {
+    /// Layer parameters of the wrong dtype or length for the declared shape.
+    Params,
+    /// A shape that cannot be built (window larger than the input, mismatched add, …).
+    Shape,
+    /// A tensor name that is empty, repeated, or contains whitespace/control characters.
+    Name,
+    /// `input`/`output` missing or given twice; an unknown tensor id.
+    Graph,
+    /// The serialised model failed its own validation.
+    Invalid(ModelError),
+}
+
+impl core::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BuildError::Invalid(e) => write!(f, "built model is invalid: {e}"),
+            other => core::fmt::Debug::fmt(other, f),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for BuildError {}
+
+/// A parameter tensor to serialise: name, safetensors dtype string, shape, little-endian bytes.
+#[derive(Debug, Clone)]
+pub struct RawTensor {
+    pub name: String,
+    pub dtype: &'static str,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+/// Builds a model graph and its parameter tensors; see the module docs.
+#[derive(Debug, Clone)]
+pub struct ModelBuilder {
+    dtype: Dtype,
+    tensors: Vec<TensorDesc>,
+    header: String,
+    lines: String,
+    params: Vec<RawTensor>,
+    input: Option<TensorId>,
+    output: Option<TensorId>,
+}
+
+fn i32_bytes(v: &[i32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn list<T: core::fmt::Display>(v: &[T]) -> String {
+    let mut s = String::new();
+    for (i, x) in v.iter().enumerate() {
+        let _ = write!(s, "{}{}", if i > 0 { "," } else { "" }, x);
+    }
+    s
+}
+
+impl ModelBuilder {
+    /// A new, empty model of the given dtype and task.
+    pub fn new(dtype: Dtype, task: Task) -> Self {
+        let d = match dtype {
+            Dtype::Int8 => "i8",
+            Dtype::F32 => "f32",
+        };
+        let t = match task {
+            Task::Features => "features",
+            Task::Landmarks => "landmarks",
+        };
+        ModelBuilder {
+            dtype,
+            tensors: Vec::new(),
+            header: format!("rtgraph {FORMAT_VERSION}\ndtype {d}\ntask {t}\n"),
+            lines: String::new(),
+            params: Vec::new(),
+            input: None,
+            output: None,
+        }
+    }
+
+    /// Shape and quantisation of a tensor built so far.
+    pub fn desc(&self, t: TensorId) -> Result<TensorDesc, BuildError> {
+        self.tensors.get(t.0 as usize).copied().ok_or(BuildError::Graph)
+    }
+
+    fn int8(&self) -> bool {
+        self.dtype == Dtype::Int8
+    }
+
+    fn new_tensor(&mut self, h: usize, w: usize, c: usize, q: Quant) -> Result<TensorId, BuildError> {
+        let id = u16::try_from(self.tensors.len()).map_err(|_| BuildError::Graph)?;
+        let q = if self.int8() { q } else { Quant::NONE };
+        self.tensors.push(TensorDesc { h, w, c, scale: q.scale, zp: q.zp });
+        let _ = write!(self.lines, "tensor {id} shape={h},{w},{c}");
+        if self.int8() {
+            let _ = write!(self.lines, " scale={} zp={}", q.scale, q.zp);
+        }
+        self.lines.push('\n');
+        Ok(TensorId(id))
+    }
+
+    fn param(&mut self, name: String, dtype: &'static str, shape: &[usize], data: Vec<u8>) -> Result<String, BuildError> {
+        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) || self.params.iter().any(|p| p.name == name) {
+            return Err(BuildError::Name);
+        }
+        self.params.push(RawTensor { name: name.clone(), dtype, shape: shape.to_vec(), data });
+        Ok(name)
+    }
+
+    /// Declares the input `[h, w, c]` with per-channel normalisation (on [0, 1] pixels) and its
+    /// quantisation.
+    pub fn input(&mut self, shape: [usize; 3], mean: &[f32], std: &[f32], q: Quant) -> Result<TensorId, BuildError> {
+        if self.input.is_some() {
+            return Err(BuildError::Graph);
+        }
+        if mean.len() != shape[2] || std.len() != shape[2] {
+            return Err(BuildError::Params);
+        }
+        let t = self.new_tensor(shape[0], shape[1], shape[2], q)?;
+        let _ = writeln!(self.lines, "input {} mean={} std={}", t.0, list(mean), list(std));
+        self.input = Some(t);
+        Ok(t)
+    }
+
+    /// Writes the weights/bias (and for int8 the derived multipliers/shifts) of a conv/fc layer
+    /// and returns the `w=… b=… [m=… s=…]` fields.
+    fn layer_params(&mut self, name: &str, x: &TensorDesc, out: &TensorDesc, wshape: &[usize], p: LayerParams) -> Result<String, BuildError> {
+        let n: usize = wshape.iter().product();
+        let oc = wshape[0];
+        match (p, self.dtype) {
+            (LayerParams::I8 { weights, w_scale, bias }, Dtype::Int8) => {
+                if weights.len() != n || w_scale.len() != oc || bias.len() != oc {
+                    return Err(BuildError::Params);
+                }
+                let (mut m, mut s) = (Vec::with_capacity(oc), Vec::with_capacity(oc));
+                for &ws in w_scale {
+                    let (mq, sq) = quantize_multiplier(x.scale as f64 * ws as f64 / out.scale as f64);
+                    m.push(mq);
+                    s.push(sq);
+                }
+                let wb = weights.iter().map(|&v| v as u8).collect();
+                let w = self.param(format!("{name}.weight"), "I8", wshape, wb)?;
+                let b = self.param(format!("{name}.bias"), "I32", &[oc], i32_bytes(bias))?;
+                let mn = self.param(format!("{name}.mult"), "I32", &[oc], i32_bytes(&m))?;
+                let sn = self.param(format!("{name}.shift"), "I32", &[oc], i32_bytes(&s))?;
+                Ok(format!("w={w} b={b} m={mn} s={sn}"))
+            }
+            (LayerParams::F32 { weights, bias }, Dtype::F32) => {
+                if weights.len() != n || bias.len() != oc {
+                    return Err(BuildError::Params);
+                }
+                let w = self.param(format!("{name}.weight"), "F32", wshape, f32_bytes(weights))?;
+                let b = self.param(format!("{name}.bias"), "F32", &[oc], f32_bytes(bias))?;
+                Ok(format!("w={w} b={b}"))
+            }
+            _ => Err(BuildError::Params),
+        }
+    }
+
+    /// Conv2d `k = [kh, kw]`, `stride = [sh, sw]`, `pad = [top, left, bottom, right]`; parameter
+    /// tensors are named `{name}.weight|bias|mult|shift`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        out_c: usize,
+        k: [usize; 2],
+        stride: [usize; 2],
+        pad: [usize; 4],
+        relu: bool,
+        p: LayerParams,
+        out_q: Quant,
+    ) -> Result<TensorId, BuildError> {
+        let xd = self.desc(x)?;
+        let oh = Window::out_dim(xd.h, k[0], stride[0], pad[0], pad[2]).ok_or(BuildError::Shape)?;
+        let ow = Window::out_dim(xd.w, k[1], stride[1], pad[1], pad[3]).ok_or(BuildError::Shape)?;
+        let od = TensorDesc { h: oh, w: ow, c: out_c, scale: out_q.scale, zp: out_q.zp };
+        let fields = self.layer_params(name, &xd, &od, &[out_c, k[0], k[1], xd.c], p)?;
+        let y = self.new_tensor(oh, ow, out_c, out_q)?;
+        let _ = writeln!(
+            self.lines,
+            "conv in={} out={} k={},{} stride={},{} pad={} {fields}{}",
+            x.0,
+            y.0,
+            k[0],
+            k[1],
+            stride[0],
+            stride[1],
+            list(&pad),
+            if relu { " relu" } else { "" }
+        );
+        Ok(y)
+    }
+
+    /// Fully connected `in_len → out_len` over the input flattened in HWC order.
+    pub fn fc(&mut self, name: &str, x: TensorId, out_len: usize, relu: bool, p: LayerParams, out_q: Quant) -> Result<TensorId, BuildError> {
+        let xd = self.desc(x)?;
+        let od = TensorDesc { h: 1, w: 1, c: out_len, scale: out_q.scale, zp: out_q.zp };
+        let fields = self.layer_params(name, &xd, &od, &[out_len, xd.len()], p)?;
+        let y = self.new_tensor(1, 1, out_len, out_q)?;
+        let _ = writeln!(self.lines, "fc in={} out={} {fields}{}", x.0, y.0, if relu { " relu" } else { "" });
+        Ok(y)
+    }
+
+    /// Residual add `a + b` (same shape), optional fused ReLU.
+    pub fn add(&mut self, a: TensorId, b: TensorId, relu: bool, out_q: Quant) -> Result<TensorId, BuildError> {
+        let (da, db) = (self.desc(a)?, self.desc(b)?);
+        if (da.h, da.w, da.c) != (db.h, db.w, db.c) {
+            return Err(BuildError::Shape);
+        }
+        let y = self.new_tensor(da.h, da.w, da.c, out_q)?;
+        let _ = write!(self.lines, "add a={} b={} out={}", a.0, b.0, y.0);
+        if self.int8() {
+            let twice_max = 2.0 * (da.scale as f64).max(db.scale as f64);
+            let (ma, sa) = quantize_multiplier(da.scale as f64 / twice_max);
+            let (mb, sb) = quantize_multiplier(db.scale as f64 / twice_max);
+            let (m, s) = quantize_multiplier(twice_max / ((1i64 << ADD_LEFT_SHIFT) as f64 * out_q.scale as f64));
+            let _ = write!(self.lines, " ma={ma} sa={sa} mb={mb} sb={sb} m={m} s={s}");
+        }
+        let _ = writeln!(self.lines, "{}", if relu { " relu" } else { "" });
+        Ok(y)
+    }
+
+    /// Max pool; the output keeps the input's quantisation.
+    pub fn maxpool(&mut self, x: TensorId, k: [usize; 2], stride: [usize; 2], pad: [usize; 4]) -> Result<TensorId, BuildError> {
+        let xd = self.desc(x)?;
+        let oh = Window::out_dim(xd.h, k[0], stride[0], pad[0], pad[2]).ok_or(BuildError::Shape)?;
+        let ow = Window::out_dim(xd.w, k[1], stride[1], pad[1], pad[3]).ok_or(BuildError::Shape)?;
+        let y = self.new_tensor(oh, ow, xd.c, Quant { scale: xd.scale, zp: xd.zp })?;
+        let _ = writeln!(
+            self.lines,
+            "maxpool in={} out={} k={},{} stride={},{} pad={}",
+            x.0,
+            y.0,
+            k[0],
+            k[1],
+            stride[0],
+            stride[1],
+            list(&pad)
+        );
+        Ok(y)
+    }
+
+    /// Global average pool `h×w×c → 1×1×c`; for int8 the `1/(h·w)` is folded into the multiplier.
+    pub fn mean(&mut self, x: TensorId, out_q: Quant) -> Result<TensorId, BuildError> {
+        let xd = self.desc(x)?;
+        let y = self.new_tensor(1, 1, xd.c, out_q)?;
+        let _ = write!(self.lines, "mean in={} out={}", x.0, y.0);
+        if self.int8() {
+            let (m, s) = quantize_multiplier(xd.scale as f64 / (out_q.scale as f64 * (xd.h * xd.w) as f64));
+            let _ = write!(self.lines, " m={m} s={s}");
+        }
+        self.lines.push('\n');
+        Ok(y)
+    }
+
+    /// LeakyReLU with slope `alpha ≥ 0` for negative inputs.
+    pub fn leaky_relu(&mut self, x: TensorId, alpha: f32, out_q: Quant) -> Result<TensorId, BuildError> {
+        let xd = self.desc(x)?;
+        if !(alpha.is_finite() && alpha >= 0.0) {
+            return Err(BuildError::Params);
+        }
+        let y = self.new_tensor(xd.h, xd.w, xd.c, out_q)?;
+        let _ = write!(self.lines, "leaky in={} out={} alpha={alpha}", x.0, y.0);
+        if self.int8() {
+            let r = xd.scale as f64 / out_q.scale as f64;
+            let (mi, si) = quantize_multiplier(r);
+            let (ma, sa) = quantize_multiplier(alpha as f64 * r);
+            let _ = write!(self.lines, " mi={mi} si={si} ma={ma} sa={sa}");
+        }
+        self.lines.push('\n');
+        Ok(y)
+    }
+
+    /// Marks the model output.
+    pub fn output(&mut self, t: TensorId) -> Result<(), BuildError> {
+        self.desc(t)?;
+        if self.output.is_some() {
+            return Err(BuildError::Graph);
+        }
+        self.output = Some(t);
+        Ok(())
+    }
+
+    /// The graph text as it will be stored under `rt.graph`.
+    pub fn graph_text(&self) -> Result<String, BuildError> {
+        let out = self.output.ok_or(BuildError::Graph)?;
+        self.input.ok_or(BuildError::Graph)?;
+        Ok(format!("{}{}output {}\n", self.header, self.lines, out.0))
+    }
+
+    /// Parameter tensors written so far.
+    pub fn params(&self) -> &[RawTensor] {
+        &self.params
+    }
+
+    /// Serialises the model and checks it loads.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, BuildError> {
+        let bytes = write_safetensors(&self.graph_text()?, &self.params);
+        Model::parse(&bytes).map_err(BuildError::Invalid)?;
+        Ok(bytes)
+    }
+}
+
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Writes a safetensors container (8-byte LE header length, JSON header padded with spaces to
+/// a multiple of 8, then the tensor data) with `graph` under `__metadata__["rt.graph"]`.
+/// 4-byte tensors are stored first so they stay 4-aligned when the buffer is.
+/// Public so tests and tools can write deliberately odd files with the same container code.
+pub fn write_safetensors(graph: &str, params: &[RawTensor]) -> Vec<u8> {
+    let mut order: Vec<&RawTensor> = params.iter().collect();
+    order.sort_by_key(|p| if p.dtype == "I8" || p.dtype == "U8" { 1 } else { 0 });
+    let mut h = String::from("{\"__metadata__\":{");
+    json_str(&mut h, GRAPH_KEY);
+    h.push(':');
+    json_str(&mut h, graph);
+    h.push('}');
+    let mut off = 0usize;
+    for p in &order {
+        h.push(',');
+        json_str(&mut h, &p.name);
+        let _ = write!(h, ":{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}", p.dtype, list(&p.shape), off, off + p.data.len());
+        off += p.data.len();
+    }
+    h.push('}');
+    while h.len() % 8 != 0 {
+        h.push(' ');
+    }
+    let mut out = Vec::with_capacity(8 + h.len() + off);
+    out.extend_from_slice(&(h.len() as u64).to_le_bytes());
+    out.extend_from_slice(h.as_bytes());
+    for p in &order {
+        out.extend_from_slice(&p.data);
+    }
+    out
+}

@@ -1,0 +1,449 @@
+//! The model: a validated graph whose parameters borrow the file bytes, plus inference.
+//!
+//! `Model::parse` does all the checking (see `graph.rs`); after that, inference can only fail on
+//! the caller's buffers. Inference slices the caller's arena by the plan and allocates nothing.
+
+mod builder;
+mod error;
+mod graph;
+pub mod zoo;
+
+pub use builder::{write_safetensors, BuildError, LayerParams, ModelBuilder, Quant, RawTensor, TensorId};
+pub use error::{GraphError, ModelError, RunError};
+
+use alloc::vec::Vec;
+
+use crate::ops::{self, add::AddI8, conv2d::*, fully_connected::*, leaky_relu::LeakyI8, mean::MeanI8, Window};
+
+/// Format version this runtime reads (first graph line `rtgraph 1`).
+pub const FORMAT_VERSION: u32 = 1;
+/// safetensors `__metadata__` key holding the graph text.
+pub const GRAPH_KEY: &str = "rt.graph";
+/// Upper bound on activation tensors and on ops (keeps the loader's work bounded).
+pub const MAX_TENSORS: usize = 4096;
+/// Upper bound on elements of one activation tensor.
+pub const MAX_ELEMENTS: usize = 1 << 26;
+/// Upper bound on `kh·kw·in_c` (conv) or `in_len` (fc): keeps the i32 accumulator exact.
+pub const MAX_REDUCTION: usize = 32768;
+/// Upper bound on `|bias|` for int8 models (with [`MAX_REDUCTION`], `|acc| < 2³¹`).
+pub const MAX_ABS_BIAS: i32 = 1 << 30;
+
+/// Element type of every activation and weight in a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Dtype {
+    /// TFLite-style int8 (weights i8, biases/multipliers i32).
+    Int8,
+    /// Plain f32, the same graph unquantised.
+    F32,
+}
+
+/// What the output means, so a CLI picks the right head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Task {
+    /// A feature vector for few-shot heads.
+    Features,
+    /// 10 numbers: 5 (x, y) points normalised to [0, 1] of the input (see `heads::landmarks`).
+    Landmarks,
+}
+
+/// An activation tensor: shape (NHWC with N = 1) and, for int8, its quantisation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct TensorDesc {
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    /// Real value = `scale · (q − zp)` (int8 models; 1.0 and 0 for f32 models).
+    pub scale: f32,
+    pub zp: i32,
+}
+
+impl TensorDesc {
+    /// Number of elements `h·w·c` (validated not to overflow at load).
+    pub fn len(&self) -> usize {
+        self.h * self.w * self.c
+    }
+    /// True for a zero-sized tensor (never true for a loaded model).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Operator kind, for inspection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum OpKind {
+    Conv2d,
+    Add,
+    MaxPool,
+    Mean,
+    FullyConnected,
+    LeakyRelu,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kernel<'a> {
+    ConvI8(ConvI8<'a>),
+    ConvF32(ConvF32<'a>),
+    AddI8(AddI8),
+    AddF32 { relu: bool },
+    MaxPoolI8(Window),
+    MaxPoolF32(Window),
+    MeanI8(MeanI8),
+    MeanF32 { hw: usize, c: usize },
+    FcI8(FcI8<'a>),
+    FcF32(FcF32<'a>),
+    LeakyI8(LeakyI8),
+    LeakyF32 { alpha: f32 },
+}
+
+/// One op of the graph: its kernel and the activation tensors it reads and writes.
+#[derive(Debug, Clone, Copy)]
+pub struct Node<'a> {
+    pub(crate) kernel: Kernel<'a>,
+    pub(crate) inputs: [u16; 2],
+    pub(crate) n_inputs: u8,
+    pub(crate) output: u16,
+    pub(crate) macs: u64,
+}
+
+impl Node<'_> {
+    /// The operator.
+    pub fn kind(&self) -> OpKind {
+        match self.kernel {
+            Kernel::ConvI8(_) | Kernel::ConvF32(_) => OpKind::Conv2d,
+            Kernel::AddI8(_) | Kernel::AddF32 { .. } => OpKind::Add,
+            Kernel::MaxPoolI8(_) | Kernel::MaxPoolF32(_) => OpKind::MaxPool,
+            Kernel::MeanI8(_) | Kernel::MeanF32 { .. } => OpKind::Mean,
+            Kernel::FcI8(_) | Kernel::FcF32(_) => OpKind::FullyConnected,
+            Kernel::LeakyI8(_) | Kernel::LeakyF32 { .. } => OpKind::LeakyRelu,
+        }
+    }
+    /// Activation tensor ids read.
+    pub fn inputs(&self) -> &[u16] {
+        &self.inputs[..self.n_inputs as usize]
+    }
+    /// Activation tensor id written.
+    pub fn output(&self) -> u16 {
+        self.output
+    }
+    /// Multiply-accumulates (conv/fc) or element operations (others).
+    pub fn macs(&self) -> u64 {
+        self.macs
+    }
+}
+
+/// A validated model borrowing its parameters from the file bytes.
+#[derive(Debug, Clone)]
+pub struct Model<'a> {
+    pub(crate) dtype: Dtype,
+    pub(crate) task: Task,
+    pub(crate) tensors: Vec<TensorDesc>,
+    pub(crate) nodes: Vec<Node<'a>>,
+    pub(crate) input: u16,
+    pub(crate) output: u16,
+    pub(crate) mean: heapless::Vec<f32, 4>,
+    pub(crate) std: heapless::Vec<f32, 4>,
+    /// Byte offset of each activation tensor in the arena.
+    pub(crate) offsets: Vec<usize>,
+    pub(crate) plan_bytes: usize,
+    pub(crate) weight_bytes: usize,
+}
+
+impl<'a> Model<'a> {
+    /// Parses and validates a model file; parameter data is borrowed from `bytes`.
+    pub fn parse(bytes: &'a [u8]) -> Result<Model<'a>, ModelError> {
+        graph::parse(bytes)
+    }
+
+    /// Element type of the graph.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    /// What the output means.
+    pub fn task(&self) -> Task {
+        self.task
+    }
+    /// Bytes the caller's arena must have (includes 3 bytes of alignment slack for f32 models,
+    /// so any `&mut [u8]` of this length works).
+    pub fn arena_bytes(&self) -> usize {
+        self.plan_bytes + if self.dtype == Dtype::F32 { 3 } else { 0 }
+    }
+    /// Total bytes of parameter tensors the graph uses (weights, biases, multipliers, shifts).
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+    /// Input shape `[h, w, c]`.
+    pub fn input_shape(&self) -> [usize; 3] {
+        let t = &self.tensors[self.input as usize];
+        [t.h, t.w, t.c]
+    }
+    /// Input quantisation and shape.
+    pub fn input_desc(&self) -> TensorDesc {
+        self.tensors[self.input as usize]
+    }
+    /// Output quantisation and shape.
+    pub fn output_desc(&self) -> TensorDesc {
+        self.tensors[self.output as usize]
+    }
+    /// Number of input values `h·w·c`.
+    pub fn input_len(&self) -> usize {
+        self.input_desc().len()
+    }
+    /// Number of output values.
+    pub fn output_len(&self) -> usize {
+        self.output_desc().len()
+    }
+    /// Per-channel preprocessing mean and std (on [0, 1] pixel values).
+    pub fn normalisation(&self) -> (&[f32], &[f32]) {
+        (&self.mean, &self.std)
+    }
+    /// The ops in execution order.
+    pub fn nodes(&self) -> &[Node<'a>] {
+        &self.nodes
+    }
+    /// All activation tensors, indexed by id.
+    pub fn tensors(&self) -> &[TensorDesc] {
+        &self.tensors
+    }
+    /// Arena byte offset of each activation tensor (relative to the aligned arena start).
+    pub fn arena_offsets(&self) -> &[usize] {
+        &self.offsets
+    }
+    /// Total multiply-accumulates of conv and fc ops.
+    pub fn macs(&self) -> u64 {
+        self.nodes
+            .iter()
+            .filter(|n| matches!(n.kind(), OpKind::Conv2d | OpKind::FullyConnected))
+            .map(|n| n.macs)
+            .sum()
+    }
+
+    fn range(&self, t: u16) -> (usize, usize) {
+        (self.offsets[t as usize] / self.elem_size(), self.tensors[t as usize].len())
+    }
+
+    fn elem_size(&self) -> usize {
+        match self.dtype {
+            Dtype::Int8 => 1,
+            Dtype::F32 => 4,
+        }
+    }
+
+    fn check_arena(&self, arena: &[u8]) -> Result<(), RunError> {
+        if arena.len() < self.arena_bytes() {
+            return Err(RunError::ArenaTooSmall { need: self.arena_bytes(), got: arena.len() });
+        }
+        Ok(())
+    }
+
+    fn arena_i8<'b>(&self, arena: &'b mut [u8]) -> Result<&'b mut [i8], RunError> {
+        if self.dtype != Dtype::Int8 {
+            return Err(RunError::WrongDtype);
+        }
+        self.check_arena(arena)?;
+        Ok(ops::bytes_as_i8_mut(&mut arena[..self.plan_bytes]))
+    }
+
+    fn arena_f32<'b>(&self, arena: &'b mut [u8]) -> Result<&'b mut [f32], RunError> {
+        if self.dtype != Dtype::F32 {
+            return Err(RunError::WrongDtype);
+        }
+        self.check_arena(arena)?;
+        let skip = arena.as_ptr().align_offset(core::mem::align_of::<f32>());
+        let bytes = arena.get_mut(skip..skip + self.plan_bytes).ok_or(RunError::Internal)?;
+        // SAFETY: `bytes` starts f32-aligned (align_offset), its length is a multiple of 4
+        // (the planner rounds to ALIGN), every bit pattern is a valid f32, and the exclusive
+        // borrow is carried over.
+        Ok(unsafe { core::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut f32, bytes.len() / 4) })
+    }
+
+    /// The input slot of an int8 model's arena, to fill in place (e.g. from a camera).
+    pub fn input_slot_i8<'b>(&self, arena: &'b mut [u8]) -> Result<&'b mut [i8], RunError> {
+        let (o, n) = self.range(self.input);
+        self.arena_i8(arena)?.get_mut(o..o + n).ok_or(RunError::Internal)
+    }
+
+    /// The input slot of an f32 model's arena.
+    pub fn input_slot_f32<'b>(&self, arena: &'b mut [u8]) -> Result<&'b mut [f32], RunError> {
+        let (o, n) = self.range(self.input);
+        self.arena_f32(arena)?.get_mut(o..o + n).ok_or(RunError::Internal)
+    }
+
+    /// Writes an already-normalised f32 input (`(pixel/255 − mean)/std`, HWC) into the arena,
+    /// quantising it with the input scale and zero point for int8 models (round half away from
+    /// zero, saturate) — the same values a host f32 model sees.
+    pub fn load_input_f32(&self, input: &[f32], arena: &mut [u8]) -> Result<(), RunError> {
+        self.expect_input(input.len())?;
+        match self.dtype {
+            Dtype::F32 => self.input_slot_f32(arena)?.copy_from_slice(input),
+            Dtype::Int8 => {
+                let d = self.input_desc();
+                for (q, &x) in self.input_slot_i8(arena)?.iter_mut().zip(input) {
+                    *q = quantize(x, d.scale, d.zp);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Normalises an RGB8 image (HWC, already at the model input size) with the model's
+    /// mean/std and writes it into the arena's input slot (quantised for int8 models).
+    pub fn preprocess_rgb8(&self, rgb: &[u8], arena: &mut [u8]) -> Result<(), RunError> {
+        self.expect_input(rgb.len())?;
+        let c = self.input_desc().c;
+        let d = self.input_desc();
+        let norm = |i: usize, p: u8| (p as f32 / 255.0 - self.mean[i % c]) / self.std[i % c];
+        match self.dtype {
+            Dtype::F32 => {
+                for (i, (x, &p)) in self.input_slot_f32(arena)?.iter_mut().zip(rgb).enumerate() {
+                    *x = norm(i, p);
+                }
+            }
+            Dtype::Int8 => {
+                for (i, (q, &p)) in self.input_slot_i8(arena)?.iter_mut().zip(rgb).enumerate() {
+                    *q = quantize(norm(i, p), d.scale, d.zp);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn expect_input(&self, got: usize) -> Result<(), RunError> {
+        if got != self.input_len() {
+            return Err(RunError::InputLen { expected: self.input_len(), got });
+        }
+        Ok(())
+    }
+
+    fn expect_output(&self, got: usize) -> Result<(), RunError> {
+        if got != self.output_len() {
+            return Err(RunError::OutputLen { expected: self.output_len(), got });
+        }
+        Ok(())
+    }
+
+    /// Runs an int8 model on a quantised input; returns the raw int8 output (a view into the
+    /// arena), for bit-exact comparisons.
+    pub fn run_int8_raw<'b>(&self, input_q: &[i8], arena: &'b mut [u8]) -> Result<&'b [i8], RunError> {
+        self.expect_input(input_q.len())?;
+        self.input_slot_i8(arena)?.copy_from_slice(input_q);
+        self.run_i8_in_arena(arena)
+    }
+
+    /// Runs an int8 model on a quantised input and dequantises the output into `out`.
+    pub fn run_int8(&self, input_q: &[i8], arena: &mut [u8], out: &mut [f32]) -> Result<(), RunError> {
+        self.expect_output(out.len())?;
+        let d = self.output_desc();
+        let y = self.run_int8_raw(input_q, arena)?;
+        dequantize(y, d, out);
+        Ok(())
+    }
+
+    /// Runs an f32 model.
+    pub fn run_f32(&self, input: &[f32], arena: &mut [u8], out: &mut [f32]) -> Result<(), RunError> {
+        self.expect_output(out.len())?;
+        self.expect_input(input.len())?;
+        self.input_slot_f32(arena)?.copy_from_slice(input);
+        out.copy_from_slice(self.run_f32_in_arena(arena)?);
+        Ok(())
+    }
+
+    /// Runs whichever dtype the model has on the input already in the arena (see
+    /// [`Model::preprocess_rgb8`], [`Model::load_input_f32`]); writes the real-valued output.
+    pub fn run(&self, arena: &mut [u8], out: &mut [f32]) -> Result<(), RunError> {
+        self.expect_output(out.len())?;
+        match self.dtype {
+            Dtype::Int8 => {
+                let d = self.output_desc();
+                dequantize(self.run_i8_in_arena(arena)?, d, out);
+            }
+            Dtype::F32 => out.copy_from_slice(self.run_f32_in_arena(arena)?),
+        }
+        Ok(())
+    }
+
+    /// Runs an int8 model on the input already in the arena; returns the raw output.
+    pub fn run_i8_in_arena<'b>(&self, arena: &'b mut [u8]) -> Result<&'b [i8], RunError> {
+        let a = self.arena_i8(arena)?;
+        for n in &self.nodes {
+            let (out, x0, x1) = self.views(a, n)?;
+            let r = match &n.kernel {
+                Kernel::ConvI8(p) => ops::conv2d::conv2d_i8(p, x0, out),
+                Kernel::AddI8(p) => ops::add::add_i8(p, x0, x1.ok_or(RunError::Internal)?, out),
+                Kernel::MaxPoolI8(w) => ops::maxpool::maxpool_i8(w, -128, 127, x0, out),
+                Kernel::MeanI8(p) => ops::mean::mean_i8(p, x0, out),
+                Kernel::FcI8(p) => ops::fully_connected::fully_connected_i8(p, x0, out),
+                Kernel::LeakyI8(p) => ops::leaky_relu::leaky_relu_i8(p, x0, out),
+                _ => return Err(RunError::Internal),
+            };
+            r.map_err(|_| RunError::Internal)?;
+        }
+        let (o, len) = self.range(self.output);
+        let a: &'b [i8] = a;
+        a.get(o..o + len).ok_or(RunError::Internal)
+    }
+
+    /// Runs an f32 model on the input already in the arena; returns the output view.
+    pub fn run_f32_in_arena<'b>(&self, arena: &'b mut [u8]) -> Result<&'b [f32], RunError> {
+        let a = self.arena_f32(arena)?;
+        for n in &self.nodes {
+            let (out, x0, x1) = self.views(a, n)?;
+            let r = match &n.kernel {
+                Kernel::ConvF32(p) => ops::conv2d::conv2d_f32(p, x0, out),
+                Kernel::AddF32 { relu } => ops::add::add_f32(x0, x1.ok_or(RunError::Internal)?, out, *relu),
+                Kernel::MaxPoolF32(w) => ops::maxpool::maxpool_f32(w, x0, out),
+                Kernel::MeanF32 { hw, c } => ops::mean::mean_f32(*hw, *c, x0, out),
+                Kernel::FcF32(p) => ops::fully_connected::fully_connected_f32(p, x0, out),
+                Kernel::LeakyF32 { alpha } => ops::leaky_relu::leaky_relu_f32(*alpha, x0, out),
+                _ => return Err(RunError::Internal),
+            };
+            r.map_err(|_| RunError::Internal)?;
+        }
+        let (o, len) = self.range(self.output);
+        let a: &'b [f32] = a;
+        a.get(o..o + len).ok_or(RunError::Internal)
+    }
+
+    /// Splits the arena into the node's output (mutable) and its inputs (shared). The planner
+    /// guarantees they are disjoint; if not, this reports `Internal` rather than aliasing.
+    #[allow(clippy::type_complexity)]
+    fn views<'b, T>(&self, arena: &'b mut [T], n: &Node) -> Result<(&'b mut [T], &'b [T], Option<&'b [T]>), RunError> {
+        let (oo, ol) = self.range(n.output);
+        let end = oo.checked_add(ol).ok_or(RunError::Internal)?;
+        if end > arena.len() {
+            return Err(RunError::Internal);
+        }
+        let (lo, rest) = arena.split_at_mut(oo);
+        let (out, hi) = rest.split_at_mut(ol);
+        let (lo, hi): (&'b [T], &'b [T]) = (lo, hi);
+        let pick = |t: u16| -> Result<&'b [T], RunError> {
+            let (s, l) = self.range(t);
+            if s + l <= oo {
+                Ok(&lo[s..s + l])
+            } else if s >= end {
+                hi.get(s - end..s - end + l).ok_or(RunError::Internal)
+            } else {
+                Err(RunError::Internal)
+            }
+        };
+        let x0 = pick(n.inputs[0])?;
+        let x1 = if n.n_inputs > 1 { Some(pick(n.inputs[1])?) } else { None };
+        Ok((out, x0, x1))
+    }
+}
+
+/// `clamp(round_half_away(x / scale) + zp, −128, 127)`: TFLite's input quantisation.
+pub fn quantize(x: f32, scale: f32, zp: i32) -> i8 {
+    let q = libm::roundf(x / scale);
+    // `as i32` saturates (and maps NaN to 0), so no overflow whatever x is.
+    (q as i32).saturating_add(zp).clamp(-128, 127) as i8
+}
+
+fn dequantize(y: &[i8], d: TensorDesc, out: &mut [f32]) {
+    for (o, &q) in out.iter_mut().zip(y) {
+        *o = d.scale * (q as i32 - d.zp) as f32;
+    }
+}

@@ -1,0 +1,153 @@
+//! Fixed-point requantisation: the gemmlowp / TFLite integer maths, in one place.
+//!
+//! Every int8 kernel ends with `MultiplyByQuantizedMultiplier`, so the rounding rules live here
+//! and nowhere else. The MCU never touches floats on this path; only the exporter calls
+//! [`quantize_multiplier`] (once per tensor/channel) to turn a real scale ratio into `(mult, shift)`.
+
+/// gemmlowp `SaturatingRoundingDoublingHighMul`: `round(a·b / 2³¹)` with the single overflow case
+/// (`a = b = i32::MIN`) saturated to `i32::MAX`. Rounding is half away from zero, as in gemmlowp.
+#[inline(always)]
+pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
+    if a == i32::MIN && b == i32::MIN {
+        return i32::MAX;
+    }
+    let ab = a as i64 * b as i64;
+    let nudge: i64 = if ab >= 0 { 1 << 30 } else { 1 - (1 << 30) };
+    // Integer division truncates toward zero, exactly as C++'s does.
+    ((ab + nudge) / (1i64 << 31)) as i32
+}
+
+/// gemmlowp `RoundingDivideByPOT`: `x / 2^exponent` rounded half away from zero.
+/// `exponent` must be in `0..=31` (the loader guarantees it); computed in i64 so that
+/// `exponent = 31` is well defined.
+#[inline(always)]
+pub fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
+    let x = x as i64;
+    let mask: i64 = (1i64 << exponent) - 1;
+    let remainder = x & mask;
+    let threshold = (mask >> 1) + i64::from(x < 0);
+    ((x >> exponent) + i64::from(remainder > threshold)) as i32
+}
+
+/// TFLite `MultiplyByQuantizedMultiplier(x, mult, shift)`: `x · mult · 2^shift / 2³¹`.
+///
+/// A positive `shift` is a left shift applied *before* the high multiply (as TFLite does); where
+/// TFLite would overflow an `int32` (undefined behaviour in C++) we saturate instead, so the
+/// result is defined for every input. Valid ranges: `mult ∈ [0, i32::MAX]`, `shift ∈ [-31, 30]`.
+#[inline(always)]
+pub fn multiply_by_quantized_multiplier(x: i32, mult: i32, shift: i32) -> i32 {
+    let left = if shift > 0 { shift } else { 0 };
+    let right = if shift > 0 { 0 } else { -shift };
+    let shifted = if left == 0 {
+        x
+    } else {
+        ((x as i64) << left).clamp(i32::MIN as i64, i32::MAX as i64) as i32
+    };
+    rounding_divide_by_pot(saturating_rounding_doubling_high_mul(shifted, mult), right)
+}
+
+/// Smallest and largest shift the loader accepts (TFLite's range after `QuantizeMultiplier`).
+pub const SHIFT_MIN: i32 = -31;
+/// See [`SHIFT_MIN`].
+pub const SHIFT_MAX: i32 = 30;
+
+/// TFLite `QuantizeMultiplier`: represent a real multiplier `m ≥ 0` as `mult · 2^shift / 2³¹` with
+/// `mult ∈ [2³⁰, 2³¹)` (or `0`). The exporter calls this, so host and device agree by construction.
+///
+/// `m` must be finite and non-negative; anything else (or a multiplier too small to represent,
+/// `m < 2⁻³²`) yields `(0, 0)`, which makes the kernel output the zero point. Multipliers too
+/// large for `shift ≤ 30` saturate to `(i32::MAX, 30)`, as TFLite does.
+pub fn quantize_multiplier(m: f64) -> (i32, i32) {
+    if !(m.is_finite() && m > 0.0) {
+        return (0, 0);
+    }
+    let (q, mut shift) = libm::frexp(m);
+    // round() is half away from zero, like std::round in TFLite.
+    let mut q_fixed = libm::round(q * (1i64 << 31) as f64) as i64;
+    if q_fixed == 1i64 << 31 {
+        q_fixed /= 2;
+        shift += 1;
+    }
+    if shift < SHIFT_MIN {
+        return (0, 0);
+    }
+    if shift > SHIFT_MAX {
+        return (i32::MAX, SHIFT_MAX);
+    }
+    (q_fixed as i32, shift)
+}
+
+/// Clamp bounds of a fused activation on an int8 output with zero point `out_zp`
+/// (TFLite `CalculateActivationRangeQuantized`): ReLU clips at the zero point.
+#[inline]
+pub fn activation_range_i8(relu: bool, out_zp: i32) -> (i32, i32) {
+    if relu {
+        (out_zp.max(-128), 127)
+    } else {
+        (-128, 127)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn srdhm_hand_cases() {
+        // 2^30 * 2^30 / 2^31 = 2^29 exactly.
+        assert_eq!(saturating_rounding_doubling_high_mul(1 << 30, 1 << 30), 1 << 29);
+        // 3 * 2^30 / 2^31 = 1.5 -> 2. gemmlowp's negative nudge is 1 - 2^30, so an exact
+        // negative tie -1.5 goes to -1 (a known gemmlowp quirk we must reproduce), -1.75 -> -2.
+        assert_eq!(saturating_rounding_doubling_high_mul(3, 1 << 30), 2);
+        assert_eq!(saturating_rounding_doubling_high_mul(-3, 1 << 30), -1);
+        assert_eq!(saturating_rounding_doubling_high_mul(-7, 1 << 29), -2);
+        assert_eq!(saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN), i32::MAX);
+    }
+
+    #[test]
+    fn rdbp_hand_cases() {
+        assert_eq!(rounding_divide_by_pot(5, 1), 3); // 2.5 -> 3
+        assert_eq!(rounding_divide_by_pot(-5, 1), -3); // -2.5 -> -3
+        assert_eq!(rounding_divide_by_pot(7, 2), 2); // 1.75 -> 2
+        assert_eq!(rounding_divide_by_pot(-6, 2), -2); // -1.5 -> -2
+        assert_eq!(rounding_divide_by_pot(-5, 2), -1); // -1.25 -> -1
+        assert_eq!(rounding_divide_by_pot(i32::MIN, 31), -1);
+        assert_eq!(rounding_divide_by_pot(i32::MAX, 31), 1);
+    }
+
+    #[test]
+    fn quantize_multiplier_known_values() {
+        // 0.5 = 2^30 / 2^31 * 2^0.
+        assert_eq!(quantize_multiplier(0.5), (1 << 30, 0));
+        assert_eq!(quantize_multiplier(1.0), (1 << 30, 1));
+        assert_eq!(quantize_multiplier(0.25), (1 << 30, -1));
+        // 0.75 = 0.75 * 2^0 -> round(0.75 * 2^31) = 1610612736.
+        assert_eq!(quantize_multiplier(0.75), (1_610_612_736, 0));
+        assert_eq!(quantize_multiplier(0.0), (0, 0));
+        assert_eq!(quantize_multiplier(-1.0), (0, 0));
+        assert_eq!(quantize_multiplier(f64::NAN), (0, 0));
+        // Applying the pair reproduces x·m to within rounding.
+        for &m in &[0.000123, 0.0731, 0.3, 0.99999, 1.7, 12.5] {
+            let (q, s) = quantize_multiplier(m);
+            for &x in &[-100_000i32, -777, 0, 5, 12345, 1 << 20] {
+                let got = multiply_by_quantized_multiplier(x, q, s) as f64;
+                assert!((got - x as f64 * m).abs() <= 1.0, "m={m} x={x} got={got}");
+            }
+        }
+    }
+
+    #[test]
+    fn mbqm_hand_cases() {
+        // x=100, m=0.5 -> 50; x=3, m=0.5 -> 1.5 -> 2; x=-3 -> -1 (SRDHM tie quirk, see above).
+        let (q, s) = quantize_multiplier(0.5);
+        assert_eq!(multiply_by_quantized_multiplier(100, q, s), 50);
+        assert_eq!(multiply_by_quantized_multiplier(3, q, s), 2);
+        assert_eq!(multiply_by_quantized_multiplier(-3, q, s), -1);
+        // m=0.25 as (2^30, -1): the tie is resolved by RoundingDivideByPOT, away from zero:
+        // -6 * 0.25 = -1.5 -> SRDHM gives -3, RDBP(-3, 1) = -2.
+        let (q, s) = quantize_multiplier(0.25);
+        assert_eq!(multiply_by_quantized_multiplier(-6, q, s), -2);
+        // Left shift saturates instead of overflowing.
+        assert_eq!(multiply_by_quantized_multiplier(i32::MAX, 1 << 30, 30), (i32::MAX >> 1) + 1);
+    }
+}
