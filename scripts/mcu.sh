@@ -34,7 +34,10 @@ setup() {
         $sudo apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends qemu-system-arm
     fi
-    if ! defmt-print --version 2>/dev/null | grep -q ' 1\.'; then
+    # Captured first: `grep -q` closing the pipe early would fail the pipeline (pipefail).
+    local v
+    v="$(defmt-print --version 2>/dev/null || true)"
+    if ! grep -q '^defmt-print 1\.' <<<"$v"; then
         log "installing defmt-print 1.x"
         cargo install defmt-print --locked --version '^1'
     fi
@@ -49,7 +52,7 @@ elf_path() {
 }
 
 build() {
-    (cd "$ROOT/runtime-mcu" && cargo build --release --locked 1>&2)
+    (cd "$ROOT/runtime-mcu" && cargo build --release --locked 1>&2) || return 1
     elf_path
 }
 
@@ -125,7 +128,7 @@ main() {
         all)
             setup
             local elf decoded rc=0
-            elf="$(build)"
+            elf="$(build)" || { log "build failed"; return 1; }
             log "running $elf under qemu-system-arm (timeout ${MCU_TIMEOUT}s)"
             decoded="$(run_qemu "$elf")" || rc=$?
             echo "$decoded"

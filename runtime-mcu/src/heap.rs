@@ -11,7 +11,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use embedded_alloc::LlffHeap;
 
 /// Heap bytes reserved in RAM (.bss).
-pub const HEAP_BYTES: usize = 32 * 1024;
+pub const HEAP_BYTES: usize = 72 * 1024;
 
 /// embedded-alloc's heap plus live/peak byte counters.
 pub struct PeakHeap {
@@ -27,6 +27,11 @@ impl PeakHeap {
             live: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
         }
+    }
+
+    /// Starts a new peak measurement from the bytes in use now.
+    pub fn reset_peak(&self) {
+        self.peak.store(self.live.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// Largest number of bytes that were allocated at the same time (requested sizes, without
