@@ -167,7 +167,7 @@ impl ModelBuilder {
         if self.input.is_some() {
             return Err(BuildError::Graph);
         }
-        if mean.len() != shape[2] || std.len() != shape[2] {
+        if mean.len() != shape[2] || std.len() != shape[2] || shape[2] > super::MAX_INPUT_CHANNELS {
             return Err(BuildError::Params);
         }
         let t = self.new_tensor(shape[0], shape[1], shape[2], q)?;

@@ -239,6 +239,10 @@ fn window(d: &TensorDesc, k: [usize; 2], stride: [usize; 2], pad: [usize; 4]) ->
     if stride[0] == 0 || stride[1] == 0 || k[0] == 0 || k[1] == 0 {
         return Err(E::ZeroDim);
     }
+    // Bounded so window arithmetic in the kernels (isize offsets) can never overflow.
+    if k.iter().chain(&stride).any(|&v| v > MAX_WINDOW) {
+        return Err(E::TooLarge);
+    }
     if t >= k[0] || b >= k[0] || l >= k[1] || r >= k[1] {
         return Err(E::Window);
     }
@@ -322,8 +326,8 @@ fn parse_text<'a>(st: &SafeTensors<'a>, text: &str, line_no: &mut u32) -> R<Mode
     let mut ld = Loader { st, weight_bytes: 0 };
     let mut g = Graph { tensors: Vec::new(), produced_by: Vec::new(), last_use: Vec::new(), nodes: Vec::new(), input: None };
     let mut output: Option<u16> = None;
-    let mut mean = heapless::Vec::<f32, 4>::new();
-    let mut std = heapless::Vec::<f32, 4>::new();
+    let mut mean = heapless::Vec::<f32, MAX_INPUT_CHANNELS>::new();
+    let mut std = heapless::Vec::<f32, MAX_INPUT_CHANNELS>::new();
     let int8 = dtype == Dtype::Int8;
 
     for (n, l) in lines {
@@ -375,7 +379,7 @@ fn parse_text<'a>(st: &SafeTensors<'a>, text: &str, line_no: &mut u32) -> R<Mode
                         return Err(E::Header);
                     }
                     g.input = Some(id);
-                    let (mut m, mut sd) = ([0f32; 4], [0f32; 4]);
+                    let (mut m, mut sd) = ([0f32; MAX_INPUT_CHANNELS], [0f32; MAX_INPUT_CHANNELS]);
                     let nm = list(f.req("mean")?, &mut m).ok_or(E::BadValue("mean"))?;
                     let ns = list(f.req("std")?, &mut sd).ok_or(E::BadValue("std"))?;
                     if nm != d.c || ns != d.c {
@@ -485,7 +489,7 @@ fn parse_text<'a>(st: &SafeTensors<'a>, text: &str, line_no: &mut u32) -> R<Mode
                 } else {
                     Kernel::MaxPoolF32(win)
                 };
-                ((kern), (dout.len() as u64) * (win.kh * win.kw) as u64, 1, 0)
+                (kern, (dout.len() as u64) * (win.kh * win.kw) as u64, 1, 0)
             }
             "mean" => {
                 let (ti, to) = (f.tensor_id("in")?, f.tensor_id("out")?);

@@ -23,6 +23,10 @@ pub const GRAPH_KEY: &str = "rt.graph";
 pub const MAX_TENSORS: usize = 4096;
 /// Upper bound on elements of one activation tensor.
 pub const MAX_ELEMENTS: usize = 1 << 26;
+/// Most input channels (per-channel mean/std are stored inline, no heap).
+pub const MAX_INPUT_CHANNELS: usize = 64;
+/// Upper bound on a kernel/pool window side and on a stride (padding is below the window).
+pub const MAX_WINDOW: usize = 1 << 12;
 /// Upper bound on `kh·kw·in_c` (conv) or `in_len` (fc): keeps the i32 accumulator exact.
 pub const MAX_REDUCTION: usize = 32768;
 /// Upper bound on `|bias|` for int8 models (with [`MAX_REDUCTION`], `|acc| < 2³¹`).
@@ -144,8 +148,8 @@ pub struct Model<'a> {
     pub(crate) nodes: Vec<Node<'a>>,
     pub(crate) input: u16,
     pub(crate) output: u16,
-    pub(crate) mean: heapless::Vec<f32, 4>,
-    pub(crate) std: heapless::Vec<f32, 4>,
+    pub(crate) mean: heapless::Vec<f32, MAX_INPUT_CHANNELS>,
+    pub(crate) std: heapless::Vec<f32, MAX_INPUT_CHANNELS>,
     /// Byte offset of each activation tensor in the arena.
     pub(crate) offsets: Vec<usize>,
     pub(crate) plan_bytes: usize,

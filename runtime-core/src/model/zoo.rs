@@ -13,9 +13,10 @@ use super::builder::{BuildError, LayerParams, ModelBuilder, Quant, TensorId};
 use super::{Dtype, Task};
 use crate::heads::rng::SplitMix64;
 
-/// Activation quantisation used after ReLU (range [0, 8)) and elsewhere (range ±4).
-const Q_RELU: Quant = Quant { scale: 8.0 / 255.0, zp: -128 };
-const Q_LIN: Quant = Quant { scale: 4.0 / 127.0, zp: 0 };
+/// Activation quantisation used after ReLU (range [0, 16)) and elsewhere (range ±16): wide
+/// enough that He-initialised random ResNets rarely saturate.
+const Q_RELU: Quant = Quant { scale: 16.0 / 255.0, zp: -128 };
+const Q_LIN: Quant = Quant { scale: 16.0 / 127.0, zp: 0 };
 
 struct Gen {
     b: ModelBuilder,
@@ -32,7 +33,10 @@ impl Gen {
     fn layer(&mut self, name: &str, x: TensorId, out_c: usize, k: usize, stride: usize, pad: usize, relu: bool, fc: bool) -> Result<TensorId, BuildError> {
         let xd = self.b.desc(x)?;
         let fan_in = if fc { xd.len() } else { k * k * xd.c };
-        let std = libm::sqrtf(2.0 / fan_in as f32);
+        // He init; the last conv of a residual branch is damped (as zero-init-residual does,
+        // but not to zero) so activations do not grow block after block.
+        let damp = if name.ends_with("conv2") { 0.3 } else { 1.0 };
+        let std = damp * libm::sqrtf(2.0 / fan_in as f32);
         let w: Vec<f32> = (0..out_c * fan_in).map(|_| self.normal() * std).collect();
         let bias_f: Vec<f32> = (0..out_c).map(|_| 0.1 * self.normal()).collect();
         let out_q = if relu { Q_RELU } else { Q_LIN };
