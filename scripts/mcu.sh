@@ -116,7 +116,15 @@ report() {
     printf '%-34s %10s  of 262144\n' "static RAM total" "$((data + bss + uninit))"
     # Every FOOTPRINT line the firmware printed (heap, stack, arena, instructions per inference).
     grep -E '^(INFO +)?FOOTPRINT ' <<<"$decoded" | sed -E 's/^(INFO +)?FOOTPRINT //' |
-        awk '{ printf "%-34s %10s\n", $1, $2 }'
+        awk '{ printf "%-34s %10s\n", $1, $2; v[$1] = $2 }
+             END {
+                 # Instructions per MAC = executed instructions of one inference / its MACs.
+                 for (k in v) if (k ~ /\.macs$/) {
+                     m = substr(k, 1, length(k) - 5)
+                     if ((m ".infer_insns") in v && v[k] > 0)
+                         printf "%-34s %10.2f\n", m ".insns_per_mac", v[m ".infer_insns"] / v[k]
+                 }
+             }'
 }
 
 main() {
