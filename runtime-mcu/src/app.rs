@@ -1,0 +1,284 @@
+//! What the MCU computes, written once and compiled twice: into the firmware, and into the host
+//! parity test (`tests/tests/mcu_parity.rs` includes this file with `#[path]`). Both run it on
+//! the same fixture bytes with runtime-core, so any difference in the printed results is a
+//! difference between the Cortex-M4F build (thumbv7em, hard-float FPU, LTO) and the x86 build —
+//! exactly what the parity test is there to catch. Only `core`, `alloc` (in `encode_images`)
+//! and runtime-core are used; output goes through [`Platform`].
+//!
+//! The program: landmark prediction on each landmark image, then one few-shot episode (backbone
+//! features for support and query images, the linear classifier fitted on the device with the
+//! paper's SGD recipe, nearest-centroid as a second head), then one MLPerf-Tiny ResNet-8
+//! inference for the footprint report.
+
+use runtime_core::heads::centroid::NearestCentroid;
+use runtime_core::heads::landmarks::{self, N_LANDMARKS};
+use runtime_core::heads::linear::{LinearClassifier, SgdRecipe};
+use runtime_core::heads::HeadError;
+use runtime_core::{Dtype, Model, ModelError, RunError};
+
+/// Most classes in an episode.
+pub const MAX_WAY: usize = 5;
+/// Most feature dimensions of the backbone.
+pub const MAX_DIM: usize = 64;
+/// Most support images (`n_way · n_shot`) and most query images.
+pub const MAX_IMAGES: usize = 25;
+/// Seed of the on-device classifier fit (weights init and per-epoch permutations).
+pub const FIT_SEED: u64 = 0x5EED_F00D;
+
+/// The embedded files (see `fixtures/mcu/README.md`).
+#[derive(Clone, Copy)]
+pub struct Fixtures<'a> {
+    pub landmark: &'a [u8],
+    pub backbone: &'a [u8],
+    pub resnet8: &'a [u8],
+    pub images: &'a [u8],
+}
+
+/// Where results and measurements go: defmt on the MCU, strings on the host.
+pub trait Platform {
+    /// Instructions executed so far (the host returns 0).
+    fn now(&mut self) -> u64;
+    /// Starts a new heap peak measurement.
+    fn reset_heap_peak(&mut self);
+    /// Peak heap bytes since the last reset.
+    fn heap_peak(&mut self) -> u64;
+    /// A result to compare bit for bit: a tag, an index, integer values.
+    fn result(&mut self, tag: &str, idx: usize, values: &[u32]);
+    /// The same for f32 values, which are printed as their bit patterns.
+    fn result_f32(&mut self, tag: &str, idx: usize, values: &[f32]);
+    /// A measurement for the footprint report (`model.key value`); not compared.
+    fn footprint(&mut self, model: &str, key: &str, value: u64);
+}
+
+/// Why the program could not run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AppError {
+    /// The images file is malformed (the string says which field).
+    Images(&'static str),
+    /// A model failed to load.
+    Model(&'static str, ModelError),
+    /// A model is not an int8 model over the images' shape, or its output is too long for the
+    /// heads' fixed capacity.
+    Shape(&'static str),
+    /// The static arena is smaller than the model's plan.
+    Arena { model: &'static str, need: usize, have: usize },
+    /// Inference failed.
+    Run(&'static str, RunError),
+    /// A few-shot head refused its inputs.
+    Head(HeadError),
+}
+
+const IMAGES_MAGIC: &[u8; 8] = b"RTIMG1\0\0";
+const IMAGES_HEADER: usize = 16;
+
+/// `images.bin`: 8-byte magic `RTIMG1\0\0`, then bytes `h, w, c, n_landmark, n_way, n_shot,
+/// n_query, 0`, then RGB8 HWC images: the landmark images, the support images (class-major:
+/// class 0 shots, class 1 shots, …), the query images (class-major). Labels are implied by the
+/// order, so the file cannot disagree with itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Images<'a> {
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub n_landmark: usize,
+    pub n_way: usize,
+    pub n_shot: usize,
+    pub n_query: usize,
+    pixels: &'a [u8],
+}
+
+impl<'a> Images<'a> {
+    /// Parses and checks `images.bin`.
+    pub fn parse(b: &'a [u8]) -> Result<Self, AppError> {
+        if b.len() < IMAGES_HEADER || &b[..8] != IMAGES_MAGIC {
+            return Err(AppError::Images("magic (expected RTIMG1)"));
+        }
+        let f = |i: usize| b[8 + i] as usize;
+        let im = Images { h: f(0), w: f(1), c: f(2), n_landmark: f(3), n_way: f(4), n_shot: f(5), n_query: f(6), pixels: &b[IMAGES_HEADER..] };
+        if im.h == 0 || im.w == 0 || im.c == 0 {
+            return Err(AppError::Images("image shape"));
+        }
+        if im.n_way == 0 || im.n_way > MAX_WAY || im.n_shot == 0 || im.n_query == 0 {
+            return Err(AppError::Images("episode shape (n_way 1..=5, n_shot, n_query >= 1)"));
+        }
+        if im.n_way * im.n_shot > MAX_IMAGES || im.n_way * im.n_query > MAX_IMAGES {
+            return Err(AppError::Images("too many support or query images (max 25)"));
+        }
+        if im.pixels.len() != im.count() * im.image_len() {
+            return Err(AppError::Images("pixel bytes do not match the header"));
+        }
+        Ok(im)
+    }
+
+    fn count(&self) -> usize {
+        self.n_landmark + self.n_way * (self.n_shot + self.n_query)
+    }
+
+    /// Bytes per image.
+    pub fn image_len(&self) -> usize {
+        self.h * self.w * self.c
+    }
+
+    fn image(&self, k: usize) -> &'a [u8] {
+        let n = self.image_len();
+        &self.pixels[k * n..(k + 1) * n]
+    }
+
+    /// Landmark image `i`.
+    pub fn landmark(&self, i: usize) -> &'a [u8] {
+        self.image(i)
+    }
+
+    /// Support image `s` (class-major) and its label.
+    pub fn support(&self, s: usize) -> (&'a [u8], u8) {
+        (self.image(self.n_landmark + s), (s / self.n_shot) as u8)
+    }
+
+    /// Query image `q` (class-major) and its label.
+    pub fn query(&self, q: usize) -> (&'a [u8], u8) {
+        (self.image(self.n_landmark + self.n_way * self.n_shot + q), (q / self.n_query) as u8)
+    }
+}
+
+/// Writes `images.bin` (the inverse of [`Images::parse`]); `images` in file order.
+#[allow(dead_code)] // used by the host-side fixture generator only
+pub fn encode_images(shape: [u8; 3], n_landmark: u8, n_way: u8, n_shot: u8, n_query: u8, images: &[&[u8]]) -> alloc::vec::Vec<u8> {
+    let mut v = alloc::vec::Vec::new();
+    v.extend_from_slice(IMAGES_MAGIC);
+    v.extend_from_slice(&[shape[0], shape[1], shape[2], n_landmark, n_way, n_shot, n_query, 0]);
+    for im in images {
+        v.extend_from_slice(im);
+    }
+    v
+}
+
+/// Loads a model, checks it fits the arena and the images, and reports its static figures and
+/// the cost of loading (heap peak, instructions).
+fn load<'m, P: Platform>(p: &mut P, name: &'static str, bytes: &'m [u8], arena: &[u8], im: &Images) -> Result<Model<'m>, AppError> {
+    p.reset_heap_peak();
+    let t0 = p.now();
+    let m = Model::parse(bytes).map_err(|e| AppError::Model(name, e))?;
+    let t1 = p.now();
+    p.footprint(name, "parse_insns", t1 - t0);
+    let heap = p.heap_peak();
+    p.footprint(name, "heap_peak_bytes", heap);
+    p.footprint(name, "file_bytes", bytes.len() as u64);
+    p.footprint(name, "weight_bytes", m.weight_bytes() as u64);
+    p.footprint(name, "arena_bytes", m.arena_bytes() as u64);
+    p.footprint(name, "macs", m.macs());
+    if m.dtype() != Dtype::Int8 || m.input_shape() != [im.h, im.w, im.c] {
+        return Err(AppError::Shape(name));
+    }
+    if m.arena_bytes() > arena.len() {
+        return Err(AppError::Arena { model: name, need: m.arena_bytes(), have: arena.len() });
+    }
+    Ok(m)
+}
+
+/// Preprocesses one RGB8 image and runs the model; the output goes to `out` (dequantised).
+/// The first call per model reports its instruction counts.
+fn infer<P: Platform>(p: &mut P, name: &'static str, m: &Model, rgb: &[u8], arena: &mut [u8], out: &mut [f32], measure: bool) -> Result<(), AppError> {
+    let t0 = p.now();
+    m.preprocess_rgb8(rgb, arena).map_err(|e| AppError::Run(name, e))?;
+    let t1 = p.now();
+    m.run_i8_in_arena(arena).map_err(|e| AppError::Run(name, e))?;
+    let t2 = p.now();
+    // `run` = the int8 graph again + dequantisation: the public way to get real outputs. The
+    // graph is deterministic, so the extra run only costs time (not measured).
+    m.run(arena, out).map_err(|e| AppError::Run(name, e))?;
+    if measure {
+        p.footprint(name, "preprocess_insns", t1 - t0);
+        p.footprint(name, "infer_insns", t2 - t1);
+    }
+    Ok(())
+}
+
+/// Runs the whole program; `arena` is the one inference buffer all models share.
+pub fn run<P: Platform>(p: &mut P, fx: Fixtures, arena: &mut [u8]) -> Result<(), AppError> {
+    let im = Images::parse(fx.images)?;
+
+    // Landmarks.
+    {
+        let name = "landmark";
+        let m = load(p, name, fx.landmark, arena, &im)?;
+        if m.output_len() != 2 * N_LANDMARKS {
+            return Err(AppError::Shape(name));
+        }
+        let mut out = [0.0f32; 2 * N_LANDMARKS];
+        for i in 0..im.n_landmark {
+            infer(p, name, &m, im.landmark(i), arena, &mut out, i == 0)?;
+            p.result_f32("lm_out", i, &out);
+            let pts = landmarks::decode(&out, im.w, im.h).ok_or(AppError::Shape(name))?;
+            let mut xy = [0.0f32; 2 * N_LANDMARKS];
+            for (k, q) in pts.iter().enumerate() {
+                (xy[2 * k], xy[2 * k + 1]) = (q.x, q.y);
+            }
+            p.result_f32("lm_px", i, &xy);
+        }
+    }
+
+    // Few-shot episode.
+    {
+        let name = "backbone";
+        let m = load(p, name, fx.backbone, arena, &im)?;
+        let dim = m.output_len();
+        if dim > MAX_DIM {
+            return Err(AppError::Shape(name));
+        }
+        let (n_sup, n_qry) = (im.n_way * im.n_shot, im.n_way * im.n_query);
+        let mut sup = [0.0f32; MAX_IMAGES * MAX_DIM];
+        let mut qry = [0.0f32; MAX_IMAGES * MAX_DIM];
+        let mut sup_labels = [0u8; MAX_IMAGES];
+        for s in 0..n_sup {
+            let (rgb, label) = im.support(s);
+            let f = &mut sup[s * dim..(s + 1) * dim];
+            infer(p, name, &m, rgb, arena, f, s == 0)?;
+            sup_labels[s] = label;
+            p.result_f32("fs_support_feat", s, f);
+        }
+        for q in 0..n_qry {
+            let f = &mut qry[q * dim..(q + 1) * dim];
+            infer(p, name, &m, im.query(q).0, arena, f, false)?;
+            p.result_f32("fs_query_feat", q, f);
+        }
+        let (sup, labels) = (&sup[..n_sup * dim], &sup_labels[..n_sup]);
+        let t0 = p.now();
+        let lin = LinearClassifier::<MAX_WAY, MAX_DIM>::fit(sup, labels, im.n_way, dim, &SgdRecipe::default(), FIT_SEED).map_err(AppError::Head)?;
+        let t1 = p.now();
+        let cen = NearestCentroid::<MAX_WAY, MAX_DIM>::fit(sup, labels, im.n_way, dim).map_err(AppError::Head)?;
+        p.footprint("fewshot", "linear_fit_insns", t1 - t0);
+        let (mut pred_lin, mut pred_cen) = ([0u32; MAX_IMAGES], [0u32; MAX_IMAGES]);
+        let (mut ok_lin, mut ok_cen) = (0u32, 0u32);
+        for q in 0..n_qry {
+            let f = &qry[q * dim..(q + 1) * dim];
+            let label = im.query(q).1 as u32;
+            let mut s = [0.0f32; MAX_WAY];
+            lin.logits(f, &mut s).map_err(AppError::Head)?;
+            p.result_f32("fs_linear_logits", q, &s[..im.n_way]);
+            cen.scores(f, &mut s).map_err(AppError::Head)?;
+            p.result_f32("fs_centroid_cos", q, &s[..im.n_way]);
+            pred_lin[q] = lin.predict(f).map_err(AppError::Head)? as u32;
+            pred_cen[q] = cen.predict(f).map_err(AppError::Head)? as u32;
+            ok_lin += (pred_lin[q] == label) as u32;
+            ok_cen += (pred_cen[q] == label) as u32;
+        }
+        p.result("fs_linear_pred", 0, &pred_lin[..n_qry]);
+        p.result("fs_centroid_pred", 0, &pred_cen[..n_qry]);
+        p.result("fs_correct_linear_centroid_of", 0, &[ok_lin, ok_cen, n_qry as u32]);
+    }
+
+    // MLPerf-Tiny ResNet-8: one inference, for the footprint report (and parity).
+    {
+        let name = "resnet8";
+        let m = load(p, name, fx.resnet8, arena, &im)?;
+        let mut out = [0.0f32; 16];
+        let n = m.output_len();
+        if n > out.len() {
+            return Err(AppError::Shape(name));
+        }
+        let (rgb, _) = im.query(0);
+        infer(p, name, &m, rgb, arena, &mut out[..n], true)?;
+        p.result_f32("resnet8_out", 0, &out[..n]);
+    }
+    Ok(())
+}

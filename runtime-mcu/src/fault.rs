@@ -1,0 +1,49 @@
+//! Every way the program can end: success, a panic or a hard fault. Each one logs over defmt and
+//! ends QEMU with a semihosting exit code, so the host test sees a failure as a non-zero exit
+//! rather than a hang.
+
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use cortex_m_rt::{exception, ExceptionFrame};
+use cortex_m_semihosting::debug;
+
+/// Ends the program with exit code 0.
+pub fn exit_ok() -> ! {
+    debug::exit(debug::EXIT_SUCCESS);
+    #[allow(clippy::empty_loop)]
+    loop {}
+}
+
+/// Ends the program with a non-zero exit code.
+pub fn exit_fail() -> ! {
+    debug::exit(debug::EXIT_FAILURE);
+    #[allow(clippy::empty_loop)]
+    loop {}
+}
+
+static PANICKING: AtomicBool = AtomicBool::new(false);
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    // A panic inside the logger would recurse: log only the first one.
+    if !PANICKING.swap(true, Ordering::Relaxed) {
+        defmt::error!("PANIC {}", defmt::Display2Format(info));
+    }
+    exit_fail()
+}
+
+#[exception]
+unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
+    if !PANICKING.swap(true, Ordering::Relaxed) {
+        defmt::error!("HARDFAULT pc={=u32:#010x} lr={=u32:#010x}", frame.pc(), frame.lr());
+    }
+    exit_fail()
+}
+
+#[exception]
+unsafe fn DefaultHandler(irqn: i16) {
+    if !PANICKING.swap(true, Ordering::Relaxed) {
+        defmt::error!("unexpected exception {=i16}", irqn);
+    }
+    exit_fail()
+}

@@ -1,0 +1,97 @@
+//! runtime-core on a Cortex-M4F (QEMU mps2-an386): landmarks and a few-shot episode on embedded
+//! fixtures, plus a ResNet-8 inference for the footprint report. The program itself is
+//! `app.rs`, shared with the host parity test; this file is the board: heap, arena, clock, log.
+//!
+//! Output protocol (defmt, decoded on the host by defmt-print): `RESULT tag idx [values]` lines
+//! carry what the host test compares bit for bit (f32 as their u32 bit patterns);
+//! `FOOTPRINT model.key value` lines carry the measurements `scripts/mcu.sh` reports; `DONE`
+//! ends a good run. The program exits with semihosting code 0 only if everything ran.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use cortex_m_rt::entry;
+use defmt_semihosting as _;
+
+mod app;
+mod fault;
+mod heap;
+mod icount;
+mod stack;
+
+/// The one inference arena, shared by the models (loaded one at a time). Sized for the largest
+/// plan (ResNet-8); `app::load` refuses a model whose plan does not fit.
+const ARENA_BYTES: usize = 48 * 1024;
+
+/// The fixture files, embedded in flash (`fixtures/mcu/README.md` says how they are made).
+const FIXTURES: app::Fixtures<'static> = app::Fixtures {
+    landmark: include_bytes!("../../fixtures/mcu/landmark.safetensors"),
+    backbone: include_bytes!("../../fixtures/mcu/backbone.safetensors"),
+    resnet8: include_bytes!("../../fixtures/mcu/resnet8.safetensors"),
+    images: include_bytes!("../../fixtures/mcu/images.bin"),
+};
+
+struct Board;
+
+impl app::Platform for Board {
+    fn now(&mut self) -> u64 {
+        icount::now()
+    }
+    fn reset_heap_peak(&mut self) {
+        heap::HEAP.reset_peak();
+    }
+    fn heap_peak(&mut self) -> u64 {
+        heap::HEAP.peak() as u64
+    }
+    fn result(&mut self, tag: &str, idx: usize, values: &[u32]) {
+        defmt::info!("RESULT {=str} {=usize} {=[?]}", tag, idx, values);
+    }
+    fn result_f32(&mut self, tag: &str, idx: usize, values: &[f32]) {
+        let mut buf = [0u32; 16];
+        // Chunks keep the buffer small; the host joins nothing: it prints the same chunks.
+        for (k, chunk) in values.chunks(buf.len()).enumerate() {
+            for (b, x) in buf.iter_mut().zip(chunk) {
+                *b = x.to_bits();
+            }
+            defmt::info!("RESULT {=str} {=usize}.{=usize} {=[?]}", tag, idx, k, &buf[..chunk.len()]);
+        }
+    }
+    fn footprint(&mut self, model: &str, key: &str, value: u64) {
+        defmt::info!("FOOTPRINT {=str}.{=str} {=u64}", model, key, value);
+    }
+}
+
+#[entry]
+fn main() -> ! {
+    stack::paint();
+    heap::init();
+    let Some(cp) = cortex_m::Peripherals::take() else {
+        defmt::error!("core peripherals already taken");
+        fault::exit_fail()
+    };
+    icount::start(cp.SYST);
+    let per_tick_milli = icount::calibrate();
+    defmt::info!("FOOTPRINT icount.insns_per_tick_x1000 {=u64}", per_tick_milli);
+    // Off by more than 0.1 %: not running under `-icount shift=0` on mps2-an386, so every
+    // instruction count would be wrong. Refuse rather than report nonsense.
+    if per_tick_milli.abs_diff(icount::INSNS_PER_TICK * 1000) > icount::INSNS_PER_TICK {
+        defmt::error!("SysTick does not count instructions (run under qemu -icount shift=0)");
+        fault::exit_fail()
+    }
+
+    static mut ARENA: [u8; ARENA_BYTES] = [0; ARENA_BYTES];
+    // SAFETY: the only reference to ARENA, taken once in a function that never returns.
+    let arena: &mut [u8] = unsafe { &mut *&raw mut ARENA };
+    if let Err(e) = app::run(&mut Board, FIXTURES, arena) {
+        defmt::error!("FAILED {}", defmt::Debug2Format(&e));
+        fault::exit_fail()
+    }
+
+    defmt::info!("FOOTPRINT board.heap_capacity_bytes {=usize}", heap::HEAP_BYTES);
+    defmt::info!("FOOTPRINT board.arena_capacity_bytes {=usize}", ARENA_BYTES);
+    defmt::info!("FOOTPRINT board.peak_stack_bytes {=usize}", stack::peak());
+    defmt::info!("FOOTPRINT board.stack_capacity_bytes {=usize}", stack::capacity());
+    defmt::info!("DONE");
+    fault::exit_ok()
+}
