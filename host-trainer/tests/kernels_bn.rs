@@ -83,7 +83,10 @@ proptest! {
     #[test]
     fn matches_tensor_op_batch_norm(n in 1usize..5, c in 1usize..6, h in 1usize..7, w in 1usize..7,
                                     offset in prop::sample::select(vec![0f32, 3.0]), seed in any::<u64>()) {
-        prop_assume!(n * h * w > 1);
+        // With exactly 2 values per channel BN maps them to ±γ whatever x is, so dx is 0 in exact
+        // arithmetic and both implementations return rounding noise: a relative comparison is
+        // meaningless there. From 3 values on, dx is a real signal.
+        prop_assume!(n * h * w > 2);
         let (x, g, b, r) = setup(n, c, h, w, offset, seed);
         let out = kernels::batch_norm_train(&x, &g, &b, 1e-5).unwrap();
         prop_assert!(rel_err(&out.y, &reference(&x, &g, &b, 1e-5)) <= 1e-4);
