@@ -17,12 +17,15 @@ enum Command {
     /// Generate the embedded default datasets (synthetic objects / faces) in the real formats.
     #[command(subcommand)]
     Synth(cli::synth::SynthCommand),
+    /// Fold BN, calibrate and quantise a backbone or landmark model into a runtime model file.
+    Export(cli::export::ExportArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Synth(c) => cli::synth::run(c),
+        Command::Export(a) => cli::export::run(a),
     };
     if let Err(e) = result {
         // `{:#}` prints the whole context chain on one line ("reading X: line 3: ..."): a clear
