@@ -19,6 +19,8 @@ enum Command {
     Synth(cli::synth::SynthCommand),
     /// Pretrain a backbone: supervised, MoCo v1/v2 or Exemplar v1/v2 (resumable).
     Pretrain(cli::pretrain::PretrainArgs),
+    /// Fold BN, calibrate and quantise a backbone or landmark model into a runtime model file.
+    Export(cli::export::ExportArgs),
 }
 
 fn main() {
@@ -31,6 +33,7 @@ fn main() {
     let result = match cli.command {
         Command::Synth(c) => cli::synth::run(c),
         Command::Pretrain(a) => cli::pretrain::run(a),
+        Command::Export(a) => cli::export::run(a),
     };
     if let Err(e) = result {
         // `{:#}` prints the whole context chain on one line ("reading X: line 3: ..."): a clear

@@ -1,3 +1,4 @@
 //! One file per sub-command: argument parsing and printing only; the work is in the library.
 pub mod pretrain;
+pub mod export;
 pub mod synth;
