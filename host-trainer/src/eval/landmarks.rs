@@ -1,0 +1,1 @@
+//! (written by its issue; see eval/mod.rs)
