@@ -21,6 +21,9 @@ enum Command {
     Pretrain(cli::pretrain::PretrainArgs),
     /// Fold BN, calibrate and quantise a backbone or landmark model into a runtime model file.
     Export(cli::export::ExportArgs),
+    /// Evaluate transfer: few-shot recognition, base-class accuracy, linear probe.
+    #[command(subcommand)]
+    Eval(cli::eval::EvalCommand),
 }
 
 fn main() {
@@ -34,6 +37,7 @@ fn main() {
         Command::Synth(c) => cli::synth::run(c),
         Command::Pretrain(a) => cli::pretrain::run(a),
         Command::Export(a) => cli::export::run(a),
+        Command::Eval(c) => cli::eval::run(c),
     };
     if let Err(e) = result {
         // `{:#}` prints the whole context chain on one line ("reading X: line 3: ..."): a clear
