@@ -19,6 +19,11 @@ enum Command {
     Synth(cli::synth::SynthCommand),
     /// Pretrain a backbone: supervised, MoCo v1/v2 or Exemplar v1/v2 (resumable).
     Pretrain(cli::pretrain::PretrainArgs),
+    /// Fold BN, calibrate and quantise a backbone or landmark model into a runtime model file.
+    Export(cli::export::ExportArgs),
+    /// Evaluate transfer: few-shot recognition, base-class accuracy, linear probe.
+    #[command(subcommand)]
+    Eval(cli::eval::EvalCommand),
 }
 
 fn main() {
@@ -31,6 +36,8 @@ fn main() {
     let result = match cli.command {
         Command::Synth(c) => cli::synth::run(c),
         Command::Pretrain(a) => cli::pretrain::run(a),
+        Command::Export(a) => cli::export::run(a),
+        Command::Eval(c) => cli::eval::run(c),
     };
     if let Err(e) = result {
         // `{:#}` prints the whole context chain on one line ("reading X: line 3: ..."): a clear

@@ -11,32 +11,18 @@
 //! host protocol must use the same function to reproduce device numbers.
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use host_trainer::data::{MiniImageNet, Split};
 use rayon::prelude::*;
-use runtime_core::heads::centroid::NearestCentroid;
-use runtime_core::heads::linear::{LinearClassifier, SgdRecipe};
 use runtime_core::metrics::episode_accuracy;
-use runtime_core::protocol::fewshot::{episode_rng, Episode, EpisodeSampler, SampleError};
+use runtime_core::protocol::fewshot::{run_episodes, Episode, EpisodeSampler, FewShotHead, SampleError};
 use runtime_core::Task;
 use serde_json::json;
 
 use crate::engine::{self, Runner};
 use crate::progress;
 
-/// Most classes per episode the heads are instantiated for.
-pub const MAX_WAY: usize = 20;
-/// Largest feature dimension the heads are instantiated for (ResNet-50 has 2048).
-pub const MAX_DIM: usize = 4096;
-/// Mixed into the user's seed so the classifier stream differs from the episode stream.
-pub const CLASSIFIER_SEED_TAG: u64 = 0x11EA_C1A5_0000_0000;
-
-/// Seed of the linear classifier of episode `e` of a `shot`-shot evaluation: the first output of
-/// runtime-core's `episode_rng(seed ^ CLASSIFIER_SEED_TAG, shot, e)`. Depends only on these three
-/// numbers, so any program (host, CLI, MCU) can reproduce it without replaying the sampler.
-pub fn classifier_seed(seed: u64, shot: usize, e: u64) -> u64 {
-    episode_rng(seed ^ CLASSIFIER_SEED_TAG, shot, e).next_u64()
-}
+pub use runtime_core::protocol::fewshot::{classifier_seed, MAX_DIM, MAX_WAY};
 
 /// Few-shot head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -49,9 +35,14 @@ pub enum Classifier {
 
 impl Classifier {
     pub fn name(self) -> &'static str {
+        self.head().name()
+    }
+
+    /// The shared head this flag selects.
+    pub fn head(self) -> FewShotHead {
         match self {
-            Classifier::Linear => "linear",
-            Classifier::Centroid => "centroid",
+            Classifier::Linear => FewShotHead::Linear,
+            Classifier::Centroid => FewShotHead::Centroid,
         }
     }
 }
@@ -206,32 +197,24 @@ pub fn evaluate(
         features[*i] = Some(f);
     }
 
-    // The heads keep their state in fixed arrays on the stack (as on the MCU); give the
-    // workers room for the largest instantiation.
-    let pool = rayon::ThreadPoolBuilder::new()
-        .stack_size(64 << 20)
-        .build()
-        .context("cannot start worker threads")?;
+    // Episodes are scored by runtime-core's shared runner (big-stack workers for the heads'
+    // fixed arrays), exactly as host-trainer scores its candle features.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let total: u64 = spec.episodes * spec.shots.len() as u64;
     let bar = progress::bar(total, "episodes", show_progress);
     let mut results = Vec::new();
     for (&shot, eps) in spec.shots.iter().zip(&episodes) {
-        let accs: Vec<f64> = pool.install(|| {
-            eps.par_iter()
-                .enumerate()
-                .map(|(e, ep)| {
-                    let a = episode_accuracy_pct(
-                        ep,
-                        &features,
-                        dim,
-                        spec.classifier,
-                        classifier_seed(spec.seed, shot, e as u64),
-                    );
-                    bar.inc(1);
-                    a
-                })
-                .collect::<Result<_>>()
-        })?;
+        let accs = run_episodes(
+            eps,
+            |i| features.get(i).and_then(|f| f.as_deref()),
+            dim,
+            spec.classifier.head(),
+            spec.seed,
+            shot,
+            threads,
+            &|| bar.inc(1),
+        )
+        .map_err(|e| anyhow!("{}: {e}", model_path.display()))?;
         let (accuracy, ci95) = episode_accuracy(&accs).ok_or_else(|| anyhow!("no episodes"))?;
         results.push(ShotResult {
             shot,
@@ -245,70 +228,6 @@ pub fn evaluate(
         results,
         images_embedded: todo.len(),
     })
-}
-
-/// Accuracy (%) of one episode. Dispatches to a head capacity that fits `dim`, so small models
-/// do not pay for the largest arrays.
-pub fn episode_accuracy_pct(
-    ep: &Episode,
-    features: &[Option<Vec<f32>>],
-    dim: usize,
-    classifier: Classifier,
-    seed: u64,
-) -> Result<f64> {
-    match dim {
-        0..=64 => episode_with::<64>(ep, features, dim, classifier, seed),
-        65..=512 => episode_with::<512>(ep, features, dim, classifier, seed),
-        513..=MAX_DIM => episode_with::<MAX_DIM>(ep, features, dim, classifier, seed),
-        _ => bail!("{dim} features, the heads hold at most {MAX_DIM}"),
-    }
-}
-
-fn episode_with<const D: usize>(
-    ep: &Episode,
-    features: &[Option<Vec<f32>>],
-    dim: usize,
-    classifier: Classifier,
-    seed: u64,
-) -> Result<f64> {
-    let feat = |i: usize| {
-        features
-            .get(i)
-            .and_then(|f| f.as_deref())
-            .ok_or_else(|| anyhow!("internal: image {i} was not embedded"))
-    };
-    let way = ep.classes.len();
-    let mut xs = Vec::with_capacity(ep.support.len() * dim);
-    let mut labels = Vec::with_capacity(ep.support.len());
-    for &(label, i) in &ep.support {
-        xs.extend_from_slice(feat(i)?);
-        labels.push(u8::try_from(label).map_err(|_| anyhow!("episode label {label} too large"))?);
-    }
-    let head_err = |e| anyhow!("few-shot head refused the support set: {e:?}");
-    let mut correct = 0usize;
-    match classifier {
-        Classifier::Linear => {
-            let h = LinearClassifier::<MAX_WAY, D>::fit(
-                &xs,
-                &labels,
-                way,
-                dim,
-                &SgdRecipe::default(),
-                seed,
-            )
-            .map_err(head_err)?;
-            for &(label, i) in &ep.query {
-                correct += (h.predict(feat(i)?).map_err(head_err)? == label) as usize;
-            }
-        }
-        Classifier::Centroid => {
-            let h = NearestCentroid::<MAX_WAY, D>::fit(&xs, &labels, way, dim).map_err(head_err)?;
-            for &(label, i) in &ep.query {
-                correct += (h.predict(feat(i)?).map_err(head_err)? == label) as usize;
-            }
-        }
-    }
-    Ok(100.0 * correct as f64 / ep.query.len() as f64)
 }
 
 /// `--json` form.
@@ -348,64 +267,4 @@ pub fn to_text(r: &FewShotResult, spec: &FewShotSpec) -> String {
         );
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classifier_seed_depends_on_all_three_numbers_only() {
-        let s = classifier_seed(7, 5, 3);
-        assert_eq!(s, classifier_seed(7, 5, 3));
-        assert_ne!(s, classifier_seed(8, 5, 3));
-        assert_ne!(s, classifier_seed(7, 1, 3));
-        assert_ne!(s, classifier_seed(7, 5, 4));
-        // Not the episode stream itself (that one picks the classes).
-        assert_ne!(s, episode_rng(7, 5, 3).next_u64());
-    }
-
-    #[test]
-    fn centroid_episode_on_separable_features_is_perfect_and_a_swap_is_not() {
-        // 2-way, features: class 0 along x, class 1 along y. Image i: 0..4 class 0, 4..8 class 1.
-        let features: Vec<Option<Vec<f32>>> = (0..8)
-            .map(|i| {
-                Some(if i < 4 {
-                    vec![1.0 + i as f32, 0.1]
-                } else {
-                    vec![0.1, 2.0 + i as f32]
-                })
-            })
-            .collect();
-        let ep = Episode {
-            classes: vec![0, 1],
-            support: vec![(0, 0), (1, 4)],
-            query: vec![(0, 1), (0, 2), (1, 5), (1, 6)],
-        };
-        assert_eq!(
-            episode_accuracy_pct(&ep, &features, 2, Classifier::Centroid, 0).unwrap(),
-            100.0
-        );
-        assert_eq!(
-            episode_accuracy_pct(&ep, &features, 2, Classifier::Linear, 1).unwrap(),
-            100.0
-        );
-        // Queries labelled with the wrong class: 0%; one of four wrong: 75%.
-        let wrong = Episode {
-            query: vec![(1, 1), (1, 2), (0, 5), (0, 6)],
-            ..ep.clone()
-        };
-        assert_eq!(
-            episode_accuracy_pct(&wrong, &features, 2, Classifier::Centroid, 0).unwrap(),
-            0.0
-        );
-        let one = Episode {
-            query: vec![(0, 1), (0, 2), (1, 5), (0, 6)],
-            ..ep
-        };
-        assert_eq!(
-            episode_accuracy_pct(&one, &features, 2, Classifier::Centroid, 0).unwrap(),
-            75.0
-        );
-    }
 }

@@ -5,9 +5,11 @@
 //! - [`config`]: [`ResNetConfig`], [`Arch`] — the shape of the network.
 //! - [`ops`]: the one conv and the one training-mode BN every layer calls.
 //! - [`resnet`]: [`ResNet`], its forward passes and named parameters.
+//! - [`landmarks`]: [`landmarks::LandmarkModel`], the paper's §4.2 landmark regressor.
 //! - [`checkpoint`]: save / load / open from file, [`LoadOptions`] presets.
 pub mod checkpoint;
 pub mod config;
+pub mod landmarks;
 pub mod ops;
 pub mod resnet;
 

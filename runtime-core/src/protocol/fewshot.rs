@@ -121,6 +121,194 @@ pub fn choose_distinct(rng: &mut SplitMix64, n: usize, k: usize) -> Vec<usize> {
     pool
 }
 
+/// Most classes per episode the heads are instantiated for by [`episode_accuracy_pct`].
+pub const MAX_WAY: usize = 20;
+/// Largest feature dimension the heads are instantiated for (ResNet-50 has 2048).
+pub const MAX_DIM: usize = 4096;
+/// Mixed into the user's seed so the classifier stream differs from the episode stream.
+pub const CLASSIFIER_SEED_TAG: u64 = 0x11EA_C1A5_0000_0000;
+
+/// Seed of the linear classifier of episode `e` of a `shot`-shot evaluation: the first output of
+/// `episode_rng(seed ^ CLASSIFIER_SEED_TAG, shot, e)`. Depends only on these three numbers, so
+/// any program (host-trainer, runtime-cli, the MCU) reproduces it without replaying the sampler:
+/// with the same seed, host and device fit the same classifier from the same initial weights.
+pub fn classifier_seed(seed: u64, shot: usize, e: u64) -> u64 {
+    episode_rng(seed ^ CLASSIFIER_SEED_TAG, shot, e).next_u64()
+}
+
+/// The few-shot head fitted on each episode's support set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum FewShotHead {
+    /// `Linear(dim → way)` fitted by SGD with Chen et al.'s recipe (the paper's protocol).
+    Linear,
+    /// Cosine nearest centroid.
+    Centroid,
+}
+
+impl FewShotHead {
+    /// The name used on command lines and in JSON results.
+    pub fn name(self) -> &'static str {
+        match self {
+            FewShotHead::Linear => "linear",
+            FewShotHead::Centroid => "centroid",
+        }
+    }
+}
+
+/// Why an episode could not be scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum EpisodeError {
+    /// The head refused the support set (capacity, shapes, labels).
+    Head(crate::heads::HeadError),
+    /// The caller has no feature row (of length `dim`) for this image index.
+    MissingFeature(usize),
+    /// More than [`MAX_DIM`] feature dimensions or [`MAX_WAY`] classes.
+    TooLarge { way: usize, dim: usize },
+    /// The operating system refused to start the worker threads.
+    Threads,
+}
+
+impl core::fmt::Display for EpisodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            EpisodeError::Head(e) => write!(f, "the few-shot head refused the support set: {e}"),
+            EpisodeError::MissingFeature(i) => write!(f, "internal: image {i} has no feature row"),
+            EpisodeError::Threads => write!(f, "cannot start the episode worker threads"),
+            EpisodeError::TooLarge { way, dim } => {
+                write!(f, "{way}-way episodes of {dim} features: the heads hold at most {MAX_WAY} classes and {MAX_DIM} features")
+            }
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for EpisodeError {}
+
+/// Accuracy (%) of one episode: fit `head` on the support features, classify the queries.
+/// `feature(i)` gives the `dim` features of image index `i`. This is THE episode scorer of the
+/// protocol, so host and device numbers differ only by their features. Dispatches to a head
+/// capacity that fits `dim` (the heads keep their state in fixed arrays on the stack, as on the
+/// MCU: the largest tier needs several MiB of stack — use [`run_episodes`] or a big-stack thread).
+pub fn episode_accuracy_pct<'a, F>(ep: &Episode, feature: F, dim: usize, head: FewShotHead, seed: u64) -> Result<f64, EpisodeError>
+where
+    F: Fn(usize) -> Option<&'a [f32]>,
+{
+    let way = ep.classes.len();
+    if way > MAX_WAY || dim > MAX_DIM {
+        return Err(EpisodeError::TooLarge { way, dim });
+    }
+    match dim {
+        0..=64 => episode_with::<64, F>(ep, feature, dim, head, seed),
+        65..=512 => episode_with::<512, F>(ep, feature, dim, head, seed),
+        _ => episode_with::<MAX_DIM, F>(ep, feature, dim, head, seed),
+    }
+}
+
+fn episode_with<'a, const D: usize, F>(ep: &Episode, feature: F, dim: usize, head: FewShotHead, seed: u64) -> Result<f64, EpisodeError>
+where
+    F: Fn(usize) -> Option<&'a [f32]>,
+{
+    use crate::heads::centroid::NearestCentroid;
+    use crate::heads::linear::{LinearClassifier, SgdRecipe};
+    let feat = |i: usize| feature(i).filter(|f| f.len() == dim).ok_or(EpisodeError::MissingFeature(i));
+    let way = ep.classes.len();
+    let mut xs = Vec::with_capacity(ep.support.len() * dim);
+    let mut labels = Vec::with_capacity(ep.support.len());
+    for &(label, i) in &ep.support {
+        xs.extend_from_slice(feat(i)?);
+        labels.push(u8::try_from(label).map_err(|_| EpisodeError::TooLarge { way, dim })?);
+    }
+    let mut correct = 0usize;
+    match head {
+        FewShotHead::Linear => {
+            let h = LinearClassifier::<MAX_WAY, D>::fit(&xs, &labels, way, dim, &SgdRecipe::default(), seed).map_err(EpisodeError::Head)?;
+            for &(label, i) in &ep.query {
+                correct += (h.predict(feat(i)?).map_err(EpisodeError::Head)? == label) as usize;
+            }
+        }
+        FewShotHead::Centroid => {
+            let h = NearestCentroid::<MAX_WAY, D>::fit(&xs, &labels, way, dim).map_err(EpisodeError::Head)?;
+            for &(label, i) in &ep.query {
+                correct += (h.predict(feat(i)?).map_err(EpisodeError::Head)? == label) as usize;
+            }
+        }
+    }
+    Ok(100.0 * correct as f64 / ep.query.len().max(1) as f64)
+}
+
+/// Stack size of the episode workers: room for the largest head instantiation.
+#[cfg(feature = "std")]
+pub const EPISODE_STACK: usize = 64 << 20;
+
+/// Scores `episodes` of a `shot`-shot evaluation (episode `e` is `episodes[e]`, its classifier
+/// seeded by [`classifier_seed`]`(seed, shot, e)`) on `threads` big-stack worker threads; returns
+/// per-episode accuracies (%) in episode order, so the result does not depend on `threads`.
+/// `on_done` is called after each episode (progress bars).
+#[cfg(feature = "std")]
+#[allow(clippy::too_many_arguments)]
+pub fn run_episodes<'a, F>(
+    episodes: &[Episode],
+    feature: F,
+    dim: usize,
+    head: FewShotHead,
+    seed: u64,
+    shot: usize,
+    threads: usize,
+    on_done: &(dyn Fn() + Sync),
+) -> Result<Vec<f64>, EpisodeError>
+where
+    F: Fn(usize) -> Option<&'a [f32]> + Sync,
+{
+    let threads = threads.clamp(1, episodes.len().max(1));
+    let next = core::sync::atomic::AtomicUsize::new(0);
+    let mut out: Vec<Option<Result<f64, EpisodeError>>> = alloc::vec![None; episodes.len()];
+    let results = std::thread::scope(|s| -> Result<Vec<Vec<(usize, Result<f64, EpisodeError>)>>, EpisodeError> {
+        let mut handles = Vec::new();
+        for t in 0..threads {
+            let (next, feature) = (&next, &feature);
+            let h = std::thread::Builder::new().name(alloc::format!("episodes-{t}")).stack_size(EPISODE_STACK).spawn_scoped(s, move || {
+                let mut mine = Vec::new();
+                loop {
+                    let e = next.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+                    let Some(ep) = episodes.get(e) else { break };
+                    let r = episode_accuracy_pct(ep, feature, dim, head, classifier_seed(seed, shot, e as u64));
+                    on_done();
+                    let stop = r.is_err();
+                    mine.push((e, r));
+                    if stop {
+                        break;
+                    }
+                }
+                mine
+            });
+            handles.push(h.map_err(|_| EpisodeError::Threads)?);
+        }
+        Ok(handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect())
+    })?;
+    for (e, r) in results.into_iter().flatten() {
+        out[e] = Some(r);
+    }
+    // An error stops its worker (the others go on), so every episode not scored comes after an
+    // error of some worker: report the error of the earliest failing episode.
+    let mut accs = Vec::with_capacity(out.len());
+    let mut first_err = None;
+    for r in out {
+        match r {
+            Some(Ok(a)) => accs.push(a),
+            Some(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            None => {}
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(accs),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,5 +419,71 @@ mod tests {
             }
         }
         assert!(seen.iter().all(|&b| b), "{seen:?}");
+    }
+
+    #[test]
+    fn classifier_seed_depends_on_all_three_numbers_only() {
+        let s = classifier_seed(7, 5, 3);
+        assert_eq!(s, classifier_seed(7, 5, 3));
+        assert_ne!(s, classifier_seed(8, 5, 3));
+        assert_ne!(s, classifier_seed(7, 1, 3));
+        assert_ne!(s, classifier_seed(7, 5, 4));
+        // Not the episode stream itself (that one picks the classes).
+        assert_ne!(s, episode_rng(7, 5, 3).next_u64());
+    }
+
+    /// Image i: class i / 10 of 4, features = a noisy one-hot of the class (linearly separable).
+    fn separable(n_classes: usize, per: usize, dim: usize) -> (Vec<Vec<usize>>, Vec<Vec<f32>>) {
+        let mut rng = SplitMix64::new(5);
+        let mut feats = Vec::new();
+        let mut cls = alloc::vec![Vec::new(); n_classes];
+        for c in 0..n_classes {
+            for _ in 0..per {
+                let mut f: Vec<f32> = (0..dim).map(|_| 0.2 * rng.unit_f32()).collect();
+                f[c % dim] += 2.0;
+                cls[c].push(feats.len());
+                feats.push(f);
+            }
+        }
+        (cls, feats)
+    }
+
+    #[test]
+    fn both_heads_are_perfect_on_separable_features_and_a_relabel_scores_zero() {
+        let (cls, feats) = separable(6, 8, 8);
+        let s = EpisodeSampler { way: 5, shot: 1, query: 3, seed: 2 };
+        for e in 0..5 {
+            let ep = s.episode(e, &cls).unwrap();
+            for head in [FewShotHead::Linear, FewShotHead::Centroid] {
+                let a = episode_accuracy_pct(&ep, |i| feats.get(i).map(|f| &f[..]), 8, head, 1).unwrap();
+                assert_eq!(a, 100.0, "{head:?} episode {e}");
+            }
+            // Every query labelled with the next class: nothing can be right.
+            let way = ep.classes.len();
+            let wrong = Episode { query: ep.query.iter().map(|&(l, i)| ((l + 1) % way, i)).collect(), ..ep.clone() };
+            let a = episode_accuracy_pct(&wrong, |i| feats.get(i).map(|f| &f[..]), 8, FewShotHead::Centroid, 1).unwrap();
+            assert_eq!(a, 0.0);
+        }
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn run_episodes_is_independent_of_the_thread_count_and_reports_missing_features() {
+        // Noisy features so the linear head's accuracy varies from episode to episode.
+        let mut rng = SplitMix64::new(9);
+        let feats: Vec<Vec<f32>> = (0..60).map(|i| (0..6).map(|j| rng.unit_f32() + if j == i / 10 { 0.5 } else { 0.0 }).collect()).collect();
+        let cls: Vec<Vec<usize>> = (0..6).map(|c| (c * 10..c * 10 + 10).collect()).collect();
+        let s = EpisodeSampler { way: 3, shot: 2, query: 4, seed: 4 };
+        let eps: Vec<Episode> = (0..12).map(|e| s.episode(e, &cls).unwrap()).collect();
+        let f = |i: usize| feats.get(i).map(|f| &f[..]);
+        let one = run_episodes(&eps, f, 6, FewShotHead::Linear, 4, 2, 1, &|| {}).unwrap();
+        let three = run_episodes(&eps, f, 6, FewShotHead::Linear, 4, 2, 3, &|| {}).unwrap();
+        assert_eq!(one, three);
+        // Episode e is scored with classifier_seed(seed, shot, e).
+        for (e, ep) in eps.iter().enumerate() {
+            assert_eq!(one[e], episode_accuracy_pct(ep, f, 6, FewShotHead::Linear, classifier_seed(4, 2, e as u64)).unwrap());
+        }
+        let short = |i: usize| if i == eps[3].query[0].1 { None } else { f(i) };
+        assert_eq!(run_episodes(&eps, short, 6, FewShotHead::Centroid, 4, 2, 2, &|| {}), Err(EpisodeError::MissingFeature(eps[3].query[0].1)));
     }
 }

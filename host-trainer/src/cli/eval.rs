@@ -1,0 +1,165 @@
+//! `host-trainer eval fewshot|base|linear`: argument parsing and printing; the work is in
+//! `host_trainer::eval`.
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Subcommand, ValueEnum};
+use host_trainer::data::Split;
+use host_trainer::eval::{self, fewshot, probe};
+use runtime_core::protocol::fewshot::FewShotHead;
+
+#[derive(Subcommand, Debug)]
+pub enum EvalCommand {
+    /// Few-shot recognition (Chen et al.): frozen backbone, episodes from the shared sampler.
+    Fewshot(FewShotArgs),
+    /// Base-class accuracy (paper Table 4): probe on the held-out images of the pretraining classes.
+    Base(ProbeArgs),
+    /// Linear probe (MoCo lincls, scaled down): fit on the train split, test on the held-out images.
+    Linear(ProbeArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClassifierArg {
+    Linear,
+    Centroid,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SplitArg {
+    Train,
+    Val,
+    Test,
+}
+
+/// Options every eval command shares.
+#[derive(Args, Debug)]
+pub struct Common {
+    /// Backbone file (`host-trainer pretrain` output or any ResNet safetensors with its config).
+    #[arg(long)]
+    pub backbone: PathBuf,
+    /// Dataset root.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Model input side in pixels (the backbone file does not record one).
+    #[arg(long, default_value_t = 32)]
+    pub image_size: usize,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Write the JSON result into this folder.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print only the JSON result.
+    #[arg(long)]
+    pub json: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Args, Debug)]
+pub struct FewShotArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+    pub split: SplitArg,
+    #[arg(long, default_value_t = 5)]
+    pub way: usize,
+    /// Shot settings, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,5")]
+    pub shot: Vec<usize>,
+    #[arg(long, default_value_t = 600)]
+    pub episodes: u64,
+    /// Queries per class.
+    #[arg(long, default_value_t = 15)]
+    pub query: usize,
+    #[arg(long, value_enum, default_value_t = ClassifierArg::Linear)]
+    pub classifier: ClassifierArg,
+    /// Episode seed: the same seed gives the same episodes here and in runtime-cli.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ProbeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The seed of the pretraining run (it chose the held-out images).
+    #[arg(long, default_value_t = 0)]
+    pub pretrain_seed: u64,
+    /// Probe epochs (default: 100 for base, 10 for linear).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Learning rate at batch 256 (on L2-normalised features).
+    #[arg(long)]
+    pub lr: Option<f64>,
+}
+
+fn emit(c: &Common, file: &str, json: &serde_json::Value, text: String) -> Result<()> {
+    if let Some(dir) = &c.out {
+        eval::write_result(dir, file, json)?;
+    }
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(json)?);
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}
+
+fn probe_config(kind: probe::ProbeKind, a: &ProbeArgs) -> probe::ProbeConfig {
+    let mut recipe = match kind {
+        probe::ProbeKind::Base => probe::ProbeRecipe::base(),
+        probe::ProbeKind::Linear => probe::ProbeRecipe::lincls(),
+    };
+    recipe.epochs = a.epochs.unwrap_or(recipe.epochs);
+    recipe.lr = a.lr.unwrap_or(recipe.lr);
+    probe::ProbeConfig {
+        kind,
+        backbone: a.common.backbone.clone(),
+        data: a.common.data.clone(),
+        pretrain_seed: a.pretrain_seed,
+        image_size: a.common.image_size,
+        batch: a.common.batch,
+        recipe,
+    }
+}
+
+pub fn run(cmd: EvalCommand) -> Result<()> {
+    match cmd {
+        EvalCommand::Fewshot(a) => {
+            let device = host_trainer::device::parse_device(&a.common.device)?;
+            let cfg = fewshot::FewShotConfig {
+                backbone: a.common.backbone.clone(),
+                data: a.common.data.clone(),
+                split: match a.split {
+                    SplitArg::Train => Split::Train,
+                    SplitArg::Val => Split::Val,
+                    SplitArg::Test => Split::Test,
+                },
+                way: a.way,
+                shots: a.shot.clone(),
+                episodes: a.episodes,
+                query: a.query,
+                classifier: match a.classifier {
+                    ClassifierArg::Linear => FewShotHead::Linear,
+                    ClassifierArg::Centroid => FewShotHead::Centroid,
+                },
+                seed: a.seed,
+                image_size: a.common.image_size,
+                batch: a.common.batch,
+            };
+            let r = fewshot::evaluate(&cfg, &device)?;
+            emit(&a.common, "fewshot.json", &fewshot::to_json(&cfg, &r), fewshot::to_text(&cfg, &r))
+        }
+        EvalCommand::Base(a) => run_probe(probe::ProbeKind::Base, &a, "base.json"),
+        EvalCommand::Linear(a) => run_probe(probe::ProbeKind::Linear, &a, "linear.json"),
+    }
+}
+
+fn run_probe(kind: probe::ProbeKind, a: &ProbeArgs, file: &str) -> Result<()> {
+    let device = host_trainer::device::parse_device(&a.common.device)?;
+    let cfg = probe_config(kind, a);
+    let r = probe::evaluate(&cfg, &device)?;
+    emit(&a.common, file, &probe::to_json(&cfg, &r), probe::to_text(&cfg, &r))
+}

@@ -1,0 +1,77 @@
+//! `host-trainer export`: fold BN, calibrate, quantise, write the runtime model file.
+use anyhow::Context;
+use clap::Args;
+use host_trainer::export::{self, ExportOptions, ExportRequest};
+use runtime_core::Dtype;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// A backbone (`resnet_config` metadata) or landmark model (`landmark_model` metadata)
+    /// saved by host-trainer.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Calibration dataset root: CelebA (MAFL training list, cropped), mini-ImageNet CSV (train
+    /// split) or ImageFolder. Required for int8.
+    #[arg(long)]
+    pub calib_data: Option<PathBuf>,
+    /// Number of calibration images, drawn deterministically; more than the dataset has is an error.
+    #[arg(long, default_value_t = 100)]
+    pub calib_images: usize,
+    /// Clip activation ranges at the (100−P)-th/P-th percentiles instead of min/max, e.g. 99.99.
+    #[arg(long)]
+    pub percentile: Option<f32>,
+    /// Backbone input side in pixels (default: the file's `image_size` metadata, else 32).
+    /// Landmark models always use their own input size.
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    /// Seed of the calibration image draw.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output model file (written atomically).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Write the same graph unquantised (f32); no calibration.
+    #[arg(long)]
+    pub f32: bool,
+}
+
+pub fn run(a: ExportArgs) -> anyhow::Result<()> {
+    let req = ExportRequest {
+        model: a.model.clone(),
+        calib_data: a.calib_data,
+        calib_images: a.calib_images,
+        image_size: a.image_size,
+        seed: a.seed,
+        opts: ExportOptions {
+            dtype: if a.f32 { Dtype::F32 } else { Dtype::Int8 },
+            percentile: a.percentile,
+        },
+    };
+    let e =
+        export::export_file(&req).with_context(|| format!("exporting {}", a.model.display()))?;
+    host_trainer::fsutil::write_atomic(&a.out, &e.bytes)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    let s = &e.summary;
+    println!(
+        "export: {} -> {} ({:?}, {:?}) input {}x{}x{} output {} | {} ops, {:.2} M MACs, weights {} B, arena {} B, file {} B | \
+         calibration: {} ranges from {} images, {} clamped biases",
+        a.model.display(),
+        a.out.display(),
+        s.task,
+        s.dtype,
+        s.input_shape[0],
+        s.input_shape[1],
+        s.input_shape[2],
+        s.output_len,
+        s.ops,
+        s.macs as f64 / 1e6,
+        s.weight_bytes,
+        s.arena_bytes,
+        s.file_bytes,
+        s.calibrated_tensors,
+        s.calibration_images,
+        s.clamped_biases
+    );
+    Ok(())
+}

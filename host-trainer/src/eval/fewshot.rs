@@ -1,0 +1,180 @@
+//! `eval fewshot`: Chen et al.'s (2019) few-shot protocol on frozen host features (paper §4.1).
+//!
+//! Episodes come from runtime-core's [`EpisodeSampler`] and are scored by runtime-core's
+//! [`run_episodes`] (the linear head of episode `e` seeded by `classifier_seed(seed, shot, e)`),
+//! the very code runtime-cli runs on int8 features: with the same `--seed`, host and device see
+//! the same episodes and fit the same classifiers, so their numbers differ only by the features.
+//! Each image some episode uses is embedded once, in eval mode.
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Result};
+use candle_core::Device;
+use runtime_core::metrics::episode_accuracy;
+use runtime_core::protocol::fewshot::{run_episodes, Episode, EpisodeSampler, FewShotHead, SampleError, MAX_DIM, MAX_WAY};
+use serde_json::json;
+
+use super::features;
+use crate::data::{MiniImageNet, Split};
+
+/// What to evaluate.
+#[derive(Debug, Clone)]
+pub struct FewShotConfig {
+    pub backbone: PathBuf,
+    pub data: PathBuf,
+    pub split: Split,
+    pub way: usize,
+    pub shots: Vec<usize>,
+    pub episodes: u64,
+    pub query: usize,
+    pub classifier: FewShotHead,
+    pub seed: u64,
+    /// Model input side (the backbone file does not record one).
+    pub image_size: usize,
+    /// Images per forward pass while embedding.
+    pub batch: usize,
+}
+
+/// Accuracy of one shot setting, in %.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShotResult {
+    pub shot: usize,
+    pub accuracy: f64,
+    pub ci95: f64,
+    pub episodes: u64,
+}
+
+/// All shot settings, with the backbone hash and how many images were embedded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FewShotReport {
+    pub results: Vec<ShotResult>,
+    pub per_episode: Vec<Vec<f64>>,
+    pub images_embedded: usize,
+    pub backbone_fnv64: String,
+}
+
+fn sample_error(e: SampleError, csv: &std::path::Path, cfg: &FewShotConfig, shot: usize) -> anyhow::Error {
+    let msg = match e {
+        SampleError::TooFewClasses { classes, way } => format!("the split has {classes} classes, {way}-way episodes need {way}"),
+        SampleError::TooFewImages { class, images, needed } => {
+            format!(
+                "class {class} has {images} images, {shot}-shot episodes with {} queries need {needed}",
+                cfg.query
+            )
+        }
+        SampleError::Empty => "--way, --shot and --query must be at least 1".into(),
+    };
+    anyhow!("{}: {msg}", csv.display())
+}
+
+/// Runs the protocol.
+pub fn evaluate(cfg: &FewShotConfig, device: &Device) -> Result<FewShotReport> {
+    if cfg.way > MAX_WAY {
+        bail!("--way {}: the heads hold at most {MAX_WAY} classes", cfg.way);
+    }
+    if cfg.shots.is_empty() || cfg.episodes == 0 {
+        bail!("need at least one --shot value and one episode");
+    }
+    // Check the split before the (slower) backbone load: bad data fails fast.
+    let csv = cfg.data.join(cfg.split.file_name());
+    let list = MiniImageNet::open(&cfg.data)?.split(cfg.split)?;
+    let mut class_images = vec![Vec::new(); list.num_classes()];
+    for (i, (_, label)) in list.items.iter().enumerate() {
+        class_images[*label].push(i);
+    }
+    let sizes: Vec<usize> = class_images.iter().map(Vec::len).collect();
+    let mut episodes: Vec<Vec<Episode>> = Vec::with_capacity(cfg.shots.len());
+    let mut needed = vec![false; list.len()];
+    for &shot in &cfg.shots {
+        let sampler = EpisodeSampler {
+            way: cfg.way,
+            shot,
+            query: cfg.query,
+            seed: cfg.seed,
+        };
+        sampler.check(&sizes).map_err(|e| sample_error(e, &csv, cfg, shot))?;
+        let eps = (0..cfg.episodes)
+            .map(|e| sampler.episode(e, &class_images).map_err(|err| sample_error(err, &csv, cfg, shot)))
+            .collect::<Result<Vec<_>>>()?;
+        for ep in &eps {
+            for &(_, i) in ep.support.iter().chain(&ep.query) {
+                needed[i] = true;
+            }
+        }
+        episodes.push(eps);
+    }
+    list.check_files()?;
+    let (net, hash) = super::open_backbone(&cfg.backbone, device)?;
+    let dim = net.config().feature_dim();
+    if dim > MAX_DIM {
+        bail!("{}: {dim} features, the heads hold at most {MAX_DIM}", cfg.backbone.display());
+    }
+    let todo: Vec<usize> = (0..list.len()).filter(|&i| needed[i]).collect();
+    let feats = features::extract(&net, crate::train::data::source(&list), &todo, cfg.image_size, cfg.batch, device)?;
+    let mut row_of = vec![usize::MAX; list.len()];
+    for (r, &i) in feats.indices.iter().enumerate() {
+        row_of[i] = r;
+    }
+    let feature = |i: usize| row_of.get(i).filter(|&&r| r != usize::MAX).map(|&r| feats.row(r));
+    let threads = rayon::current_num_threads();
+    let mut results = Vec::new();
+    let mut per_episode = Vec::new();
+    for (&shot, eps) in cfg.shots.iter().zip(&episodes) {
+        let accs = run_episodes(eps, feature, dim, cfg.classifier, cfg.seed, shot, threads, &|| {})?;
+        let (accuracy, ci95) = episode_accuracy(&accs).ok_or_else(|| anyhow!("no episodes"))?;
+        results.push(ShotResult {
+            shot,
+            accuracy,
+            ci95,
+            episodes: cfg.episodes,
+        });
+        per_episode.push(accs);
+    }
+    Ok(FewShotReport {
+        results,
+        per_episode,
+        images_embedded: todo.len(),
+        backbone_fnv64: hash,
+    })
+}
+
+/// The JSON result; field names match runtime-cli's `eval fewshot` (`results[].shot/accuracy/
+/// ci95/episodes`, `way`, `query`, `classifier`, `seed`, `split`) so a script can compare.
+pub fn to_json(cfg: &FewShotConfig, r: &FewShotReport) -> serde_json::Value {
+    let results: Vec<_> = r
+        .results
+        .iter()
+        .map(|s| json!({"shot": s.shot, "accuracy": s.accuracy, "ci95": s.ci95, "episodes": s.episodes}))
+        .collect();
+    json!({
+        "command": "eval fewshot",
+        "backbone": cfg.backbone.display().to_string(),
+        "backbone_fnv64": r.backbone_fnv64,
+        "data": cfg.data.display().to_string(),
+        "split": cfg.split.file_name().trim_end_matches(".csv"),
+        "way": cfg.way,
+        "query": cfg.query,
+        "episodes": cfg.episodes,
+        "classifier": cfg.classifier.name(),
+        "seed": cfg.seed,
+        "image_size": cfg.image_size,
+        "images_embedded": r.images_embedded,
+        "results": results,
+    })
+}
+
+/// The small table printed without `--json`.
+pub fn to_text(cfg: &FewShotConfig, r: &FewShotReport) -> String {
+    let mut s = format!(
+        "{}-way few-shot on {} ({} queries/class, {} classifier, seed {}, {} images embedded)\n  shot  accuracy %   ±95%   episodes",
+        cfg.way,
+        cfg.split.file_name().trim_end_matches(".csv"),
+        cfg.query,
+        cfg.classifier.name(),
+        cfg.seed,
+        r.images_embedded
+    );
+    for x in &r.results {
+        s += &format!("\n  {:>4}  {:>10.2}  {:>6.2}  {:>8}", x.shot, x.accuracy, x.ci95, x.episodes);
+    }
+    s
+}
