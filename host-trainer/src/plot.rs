@@ -16,7 +16,13 @@ pub fn init_font() {
 }
 
 /// A line chart of named series of (x, y) points.
-pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<()> {
     init_font();
     let pts = series.iter().flat_map(|(_, s)| s.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
@@ -42,7 +48,12 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
         .y_label_area_size(60)
         .build_cartesian_2d(x0..x1.max(x0 + 1e-9), (y0 - pad)..(y1 + pad))
         .map_err(|e| err(&e))?;
-    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .draw()
+        .map_err(|e| err(&e))?;
     for (i, (name, s)) in series.iter().enumerate() {
         let colour = Palette99::pick(i).to_rgba();
         chart
@@ -57,6 +68,7 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
         .border_style(BLACK)
         .draw()
         .map_err(|e| err(&e))?;
-    root.present().with_context(|| format!("writing {}", path.display()))?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -7,10 +7,17 @@ use candle_core::Device;
 use host_trainer::data::synth::objects::{generate_objects, ObjectsConfig};
 use host_trainer::method::Method;
 use host_trainer::model::{Arch, ResNetConfig};
-use host_trainer::train::pretrain::{self, MetricsLine, PretrainRequest, RunOptions, BACKBONE, LAST, METRICS};
+use host_trainer::train::pretrain::{
+    self, MetricsLine, PretrainRequest, RunOptions, BACKBONE, LAST, METRICS,
+};
 
 fn tiny_objects(dir: &Path) {
-    let cfg = ObjectsConfig { classes: 10, per_class: 10, size: 16, seed: 3 };
+    let cfg = ObjectsConfig {
+        classes: 10,
+        per_class: 10,
+        size: 16,
+        seed: 3,
+    };
     generate_objects(&cfg, dir).expect("synthetic objects");
 }
 
@@ -18,7 +25,12 @@ fn request(method: &str, data: &Path, epochs: usize) -> PretrainRequest {
     PretrainRequest {
         method: method.parse::<Method>().unwrap(),
         data: data.to_owned(),
-        model: ResNetConfig { arch: Arch::Resnet18, width: 0.125, small_stem: true, num_classes: None },
+        model: ResNetConfig {
+            arch: Arch::Resnet18,
+            width: 0.125,
+            small_stem: true,
+            num_classes: None,
+        },
         image_size: 16,
         epochs,
         batch_size: 20,
@@ -39,7 +51,12 @@ fn request(method: &str, data: &Path, epochs: usize) -> PretrainRequest {
 }
 
 fn opts(out: &Path, stop_after: Option<usize>) -> RunOptions {
-    RunOptions { out: out.to_owned(), device: Device::Cpu, stop_after, progress: false }
+    RunOptions {
+        out: out.to_owned(),
+        device: Device::Cpu,
+        stop_after,
+        progress: false,
+    }
 }
 
 fn epoch_losses(out: &Path) -> Vec<f64> {
@@ -57,7 +74,13 @@ fn every_method_trains_and_its_loss_falls() {
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("objects");
     tiny_objects(&data);
-    for method in ["supervised", "moco-v1", "moco-v2", "exemplar-v1", "exemplar-v2"] {
+    for method in [
+        "supervised",
+        "moco-v1",
+        "moco-v2",
+        "exemplar-v1",
+        "exemplar-v2",
+    ] {
         let out = d.path().join(method);
         let s = pretrain::pretrain(&request(method, &data, 16), &opts(&out, None)).unwrap();
         assert_eq!(s.epochs_done, 16);
@@ -69,7 +92,11 @@ fn every_method_trains_and_its_loss_falls() {
         // epoch 0's loss is artificially low and the loss rises once real keys fill the queue
         // (after K/B = 2 steps). The reference is therefore the mean of epochs 1-4, the first
         // epochs whose negatives are real keys; the last three epochs must be lower on average.
-        let reference = if method == "supervised" { losses[0] } else { losses[1..5].iter().sum::<f64>() / 4.0 };
+        let reference = if method == "supervised" {
+            losses[0]
+        } else {
+            losses[1..5].iter().sum::<f64>() / 4.0
+        };
         let tail = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
         assert!(tail < reference, "{method}: loss did not fall: {losses:?}");
         // The backbone opens as a plain feature extractor (no fc, no projection head).
@@ -93,7 +120,10 @@ fn a_resumed_run_ends_byte_identical_to_an_uninterrupted_one() {
         pretrain::resume(&cut, None, &opts(&cut, None)).unwrap();
         let a = std::fs::read(full.join(BACKBONE)).unwrap();
         let b = std::fs::read(cut.join(BACKBONE)).unwrap();
-        assert!(a == b, "{method}: resumed backbone differs from the uninterrupted one");
+        assert!(
+            a == b,
+            "{method}: resumed backbone differs from the uninterrupted one"
+        );
         assert!(std::fs::read(full.join(LAST)).unwrap() == std::fs::read(cut.join(LAST)).unwrap());
     }
 }
@@ -106,12 +136,20 @@ fn bad_requests_fail_clearly() {
     let out = d.path().join("x");
     let mut r = request("moco-v2", &data, 1);
     r.queue = Some(30);
-    let e = pretrain::pretrain(&r, &opts(&out, None)).unwrap_err().to_string();
+    let e = pretrain::pretrain(&r, &opts(&out, None))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("--queue 30") && e.contains("multiple"), "{e}");
     let r = request("moco-v2", &d.path().join("missing"), 1);
-    let e = format!("{:#}", pretrain::pretrain(&r, &opts(&out, None)).unwrap_err());
+    let e = format!(
+        "{:#}",
+        pretrain::pretrain(&r, &opts(&out, None)).unwrap_err()
+    );
     assert!(e.contains("missing"), "{e}");
     assert!("simclr".parse::<Method>().is_err());
-    let e = format!("{:#}", pretrain::resume(&d.path().join("nothing"), None, &opts(&out, None)).unwrap_err());
+    let e = format!(
+        "{:#}",
+        pretrain::resume(&d.path().join("nothing"), None, &opts(&out, None)).unwrap_err()
+    );
     assert!(e.contains("nothing to resume"), "{e}");
 }

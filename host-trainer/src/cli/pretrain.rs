@@ -101,16 +101,32 @@ pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
     use host_trainer::train::pretrain::{self, PretrainRequest, RunOptions};
 
     let device = host_trainer::device::parse_device(&a.device)?;
-    let opts = RunOptions { out: a.resume.clone().unwrap_or(a.out.clone()), device, stop_after: a.stop_after, progress: !a.quiet };
+    let opts = RunOptions {
+        out: a.resume.clone().unwrap_or(a.out.clone()),
+        device,
+        stop_after: a.stop_after,
+        progress: !a.quiet,
+    };
     let summary = if let Some(dir) = &a.resume {
         if a.out != *dir {
-            anyhow::bail!("--resume {} continues in its own folder; pass the same path as --out", dir.display());
+            anyhow::bail!(
+                "--resume {} continues in its own folder; pass the same path as --out",
+                dir.display()
+            );
         }
         pretrain::resume(dir, a.epochs_set.then_some(a.epochs), &opts)?
     } else {
         let method = Method::parse(&a.method, Some(&a.version))?;
-        let arch: Arch = a.arch.parse().map_err(|e: String| anyhow::anyhow!("--arch: {e}"))?;
-        let model = ResNetConfig { arch, width: a.width, small_stem: !a.imagenet_stem, num_classes: None };
+        let arch: Arch = a
+            .arch
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--arch: {e}"))?;
+        let model = ResNetConfig {
+            arch,
+            width: a.width,
+            small_stem: !a.imagenet_stem,
+            num_classes: None,
+        };
         let req = PretrainRequest {
             method,
             data: a.data.clone(),
@@ -125,7 +141,11 @@ pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
             ema_momentum: a.momentum,
             dim: a.dim,
             aug: a.aug.clone(),
-            bn_groups: if a.no_shuffle_bn { Some(1) } else { a.bn_groups },
+            bn_groups: if a.no_shuffle_bn {
+                Some(1)
+            } else {
+                a.bn_groups
+            },
             seed: a.seed,
             knn_images: a.knn_images,
             log_every: a.log_every,

@@ -1,11 +1,26 @@
 //! MAFL landmark evaluation (paper §4.2): the inter-ocular-normalised error.
 //!
-//! Only the metric is here so far; the `eval landmarks` training loop is a later step.
+//! [`evaluate`] fine-tunes the paper's head (1×1 conv C→128, BN, LeakyReLU, FC → 10) and, unless
+//! frozen, the backbone on the MAFL training list, then measures the error on the MAFL test list.
 //! The error of one landmark of one image is `‖pred − gt‖ / ‖gt_lefteye − gt_righteye‖`; it is
 //! scale-invariant, so it is the same in the model's resized frame and the original crop. The
 //! reported `iod_error` is 100 × its mean over images and the 5 landmarks; `per_landmark` is 100 ×
 //! the mean over images of each landmark (CelebA order, [`LANDMARK_NAMES`]). Images whose two
 //! ground-truth eyes coincide have no defined error and are skipped (as runtime-core's `IodError`).
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use candle_core::{Device, Tensor};
+
+use crate::augment::loader::{epoch_order, ImageSource, Loader, LoaderSpec};
+use crate::augment::AugmentConfig;
+use crate::data::{mafl_crop, CelebA, LabelledImages};
+use crate::model::landmarks::LandmarkModel;
+use crate::model::{Arch, BnMode, ResNet, ResNetConfig};
+use crate::train::optim::{Sgd, SgdConfig};
+use crate::train::schedule::{lr_at, Schedule};
+
 use anyhow::{bail, Result};
 
 use crate::data::{Landmarks, LANDMARK_NAMES, NUM_LANDMARKS};
@@ -34,9 +49,15 @@ impl IodReport {
 /// The inter-ocular error of `pred` against `gt` (same frame, pairs by index).
 pub fn iod_error(pred: &[Landmarks], gt: &[Landmarks]) -> Result<IodReport> {
     if pred.len() != gt.len() {
-        bail!("{} predictions for {} ground-truth faces", pred.len(), gt.len());
+        bail!(
+            "{} predictions for {} ground-truth faces",
+            pred.len(),
+            gt.len()
+        );
     }
-    let dist = |a: [f32; 2], b: [f32; 2]| ((a[0] as f64 - b[0] as f64).powi(2) + (a[1] as f64 - b[1] as f64).powi(2)).sqrt();
+    let dist = |a: [f32; 2], b: [f32; 2]| {
+        ((a[0] as f64 - b[0] as f64).powi(2) + (a[1] as f64 - b[1] as f64).powi(2)).sqrt()
+    };
     let mut sums = [0f64; NUM_LANDMARKS];
     let mut images = 0usize;
     for (p, g) in pred.iter().zip(gt) {
@@ -69,7 +90,13 @@ mod tests {
 
     fn gt() -> Landmarks {
         // Eyes 10 px apart.
-        [[10.0, 10.0], [20.0, 10.0], [15.0, 15.0], [11.0, 20.0], [19.0, 20.0]]
+        [
+            [10.0, 10.0],
+            [20.0, 10.0],
+            [15.0, 15.0],
+            [11.0, 20.0],
+            [19.0, 20.0],
+        ]
     }
 
     #[test]
@@ -85,12 +112,19 @@ mod tests {
         let g3 = [[1.0, 1.0]; 5];
         let r = iod_error(&[p1, p2, g3], &[gt(), g2, g3]).unwrap();
         assert_eq!(r.images, 2);
-        assert!((r.per_landmark[0] - 25.0).abs() < 1e-9, "{:?}", r.per_landmark);
+        assert!(
+            (r.per_landmark[0] - 25.0).abs() < 1e-9,
+            "{:?}",
+            r.per_landmark
+        );
         assert!((r.per_landmark[2] - 5.0).abs() < 1e-9);
         assert_eq!(r.per_landmark[1], 0.0);
         // (50 + 10) / (2 images · 5 landmarks).
         assert!((r.iod_error - 6.0).abs() < 1e-9);
-        assert_eq!(r.per_landmark_json()["lefteye"], serde_json::json!(r.per_landmark[0]));
+        assert_eq!(
+            r.per_landmark_json()["lefteye"],
+            serde_json::json!(r.per_landmark[0])
+        );
 
         // runtime-core's streaming metric agrees.
         let pt = |l: &Landmarks| l.map(|[x, y]| Point { x, y });
@@ -106,4 +140,250 @@ mod tests {
         assert!(iod_error(&[gt()], &[]).is_err());
         assert!(iod_error(&[[[0.0; 2]; 5]], &[[[0.0; 2]; 5]]).is_err());
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `eval landmarks`: fine-tune the paper's head (and by default the backbone) on MAFL.
+// ---------------------------------------------------------------------------------------------
+
+/// Where the backbone comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackboneSource {
+    /// A pretrained backbone file.
+    File(PathBuf),
+    /// Random initialisation (the paper's "scratch" row), seeded.
+    Scratch { arch: Arch, width: f32 },
+}
+
+/// `host-trainer eval landmarks` settings.
+#[derive(Debug, Clone)]
+pub struct LandmarkConfig {
+    pub backbone: BackboneSource,
+    pub data: PathBuf,
+    pub image_size: usize,
+    pub epochs: usize,
+    pub batch: usize,
+    /// Learning rate at this batch size; default: the paper's 0.02 at batch 128, scaled.
+    pub lr: Option<f64>,
+    /// Train the head only (backbone frozen in eval mode); the paper fine-tunes everything.
+    pub frozen: bool,
+    pub seed: u64,
+}
+
+/// What the evaluation measured.
+#[derive(Debug, Clone)]
+pub struct LandmarkReport {
+    pub iod: IodReport,
+    pub train_images: usize,
+    pub test_images: usize,
+    /// Mean training loss (MSE on normalised coordinates) of the last epoch.
+    pub final_loss: f64,
+    pub backbone_fnv64: String,
+    pub seconds: f64,
+}
+
+/// MAFL images as the model sees them: the aligned CelebA image cropped to the MAFL square
+/// ([`mafl_crop`]), landmarks moved with it. The eval transform then resizes the square.
+struct MaflSource(LabelledImages);
+
+impl ImageSource for MaflSource {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn load(&self, i: usize) -> Result<(image::RgbImage, usize, Option<Landmarks>)> {
+        let (img, label, lm) = self.0.load(i)?;
+        let lm = lm.with_context(|| {
+            format!(
+                "{}: no landmarks for this image",
+                self.0.items[i].0.display()
+            )
+        })?;
+        let (img, lm) = mafl_crop(&img, &lm);
+        Ok((img, label, Some(lm)))
+    }
+}
+
+/// Paper §4.2 learning rate: 0.02 at batch 128, scaled linearly.
+pub fn default_lr(batch: usize) -> f64 {
+    0.02 * batch as f64 / 128.0
+}
+
+fn open_mafl(root: &Path) -> Result<(LabelledImages, LabelledImages)> {
+    let celeba = CelebA::open_preferring_exact(root)?;
+    let (train, test) = (celeba.mafl_train(), celeba.mafl_test());
+    if train.is_empty() || test.is_empty() {
+        bail!(
+            "{}: the MAFL lists give {} training and {} test images; both must be non-empty",
+            root.display(),
+            train.len(),
+            test.len()
+        );
+    }
+    train.check_files()?;
+    test.check_files()?;
+    Ok((train, test))
+}
+
+/// `[B, 10]` normalised targets from a batch's landmarks (output pixels / size).
+fn targets(lms: &[Landmarks], size: usize, device: &Device) -> Result<Tensor> {
+    let flat: Vec<f32> = lms
+        .iter()
+        .flat_map(|l| l.iter().flatten().map(|v| v / size as f32))
+        .collect();
+    Ok(Tensor::from_vec(
+        flat,
+        (lms.len(), 2 * NUM_LANDMARKS),
+        device,
+    )?)
+}
+
+fn predict(model: &LandmarkModel, x: &Tensor, mode: BnMode, frozen: bool) -> Result<Tensor> {
+    Ok(if frozen {
+        let map = model.backbone.forward_map(x, BnMode::Eval)?.detach();
+        model.head.forward(&map, mode)?
+    } else {
+        model.forward(x, mode)?
+    })
+}
+
+/// Fine-tune on the MAFL training list, then measure the IOD error on the MAFL test list.
+pub fn evaluate(cfg: &LandmarkConfig, device: &Device) -> Result<(LandmarkModel, LandmarkReport)> {
+    let started = std::time::Instant::now();
+    if cfg.epochs == 0 || cfg.batch < 2 {
+        bail!(
+            "--epochs must be at least 1 and --batch at least 2 (batch norm trains on the batch)"
+        );
+    }
+    let (train, test) = open_mafl(&cfg.data)?;
+    let (backbone, hash) = match &cfg.backbone {
+        BackboneSource::File(p) => super::open_backbone(p, device)?,
+        BackboneSource::Scratch { arch, width } => {
+            let c = ResNetConfig {
+                arch: *arch,
+                width: *width,
+                small_stem: true,
+                num_classes: None,
+            };
+            (ResNet::new(&c, cfg.seed, device)?, "scratch".to_string())
+        }
+    };
+    let model = LandmarkModel::new(backbone, cfg.image_size, cfg.seed)?;
+    let params = if cfg.frozen {
+        model.head.named_params()
+    } else {
+        model.named_params()
+    };
+    let base_lr = cfg.lr.unwrap_or_else(|| default_lr(cfg.batch));
+    let mut sgd = Sgd::new(
+        params,
+        SgdConfig {
+            momentum: 0.9,
+            ..SgdConfig::pretrain(base_lr, 1e-4)
+        },
+    )?;
+    let view = vec![AugmentConfig::none(cfg.image_size)];
+    let train_src: Arc<dyn ImageSource> = Arc::new(MaflSource(train.clone()));
+    let mut final_loss = f64::NAN;
+    for epoch in 0..cfg.epochs {
+        sgd.set_lr(lr_at(epoch, cfg.epochs, base_lr, &Schedule::Cosine));
+        let order = epoch_order(train.len(), cfg.seed, epoch as u64);
+        // Drop a short last batch when there is more than one: a 1-image batch has no BN statistics.
+        let spec = LoaderSpec {
+            drop_last: train.len() > cfg.batch,
+            ..LoaderSpec::new(cfg.batch, view.clone(), cfg.seed, epoch as u64)
+        };
+        let (mut sum, mut n) = (0.0, 0usize);
+        for b in Loader::new(train_src.clone(), order, spec)? {
+            let b = b?;
+            let lms = b
+                .landmarks
+                .as_ref()
+                .and_then(|l| l.first())
+                .context("MAFL batch without landmarks")?;
+            let x = b.view_tensor(0, device)?;
+            let pred = predict(&model, &x, BnMode::TRAIN, cfg.frozen)?;
+            let loss = (pred - targets(lms, cfg.image_size, device)?)?
+                .sqr()?
+                .mean_all()?;
+            let v = f64::from(loss.to_scalar::<f32>()?);
+            if !v.is_finite() {
+                bail!("the landmark loss became {v} in epoch {epoch}; try a lower --lr");
+            }
+            sgd.backward_step(&loss)?;
+            sum += v;
+            n += 1;
+        }
+        final_loss = sum / n.max(1) as f64;
+    }
+    let test_src: Arc<dyn ImageSource> = Arc::new(MaflSource(test.clone()));
+    let (mut preds, mut gts) = (Vec::new(), Vec::new());
+    let spec = LoaderSpec::new(cfg.batch.max(1), view, 0, 0);
+    for b in Loader::new(test_src, (0..test.len()).collect(), spec)? {
+        let b = b?;
+        let lms = b
+            .landmarks
+            .as_ref()
+            .and_then(|l| l.first())
+            .context("MAFL batch without landmarks")?;
+        let x = b.view_tensor(0, device)?;
+        let out: Vec<Vec<f32>> = predict(&model, &x, BnMode::Eval, cfg.frozen)?.to_vec2()?;
+        let s = cfg.image_size as f32;
+        for (row, gt) in out.iter().zip(lms) {
+            let mut p = [[0f32; 2]; NUM_LANDMARKS];
+            for (k, pt) in p.iter_mut().enumerate() {
+                *pt = [row[2 * k] * s, row[2 * k + 1] * s];
+            }
+            preds.push(p);
+            gts.push(*gt);
+        }
+    }
+    let iod = iod_error(&preds, &gts)?;
+    let report = LandmarkReport {
+        iod,
+        train_images: train.len(),
+        test_images: test.len(),
+        final_loss,
+        backbone_fnv64: hash,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok((model, report))
+}
+
+/// The JSON result: `iod_error` (%) and `per_landmark` (%), with the configuration.
+pub fn to_json(cfg: &LandmarkConfig, r: &LandmarkReport) -> serde_json::Value {
+    serde_json::json!({
+        "command": "eval landmarks",
+        "backbone": match &cfg.backbone {
+            BackboneSource::File(p) => p.display().to_string(),
+            BackboneSource::Scratch { arch, width } => format!("scratch:{arch}:{width}"),
+        },
+        "backbone_fnv64": r.backbone_fnv64,
+        "data": cfg.data.display().to_string(),
+        "image_size": cfg.image_size,
+        "epochs": cfg.epochs,
+        "batch": cfg.batch,
+        "lr": cfg.lr.unwrap_or_else(|| default_lr(cfg.batch)),
+        "frozen": cfg.frozen,
+        "seed": cfg.seed,
+        "train_images": r.train_images,
+        "test_images": r.test_images,
+        "final_loss": r.final_loss,
+        "iod_error": r.iod.iod_error,
+        "per_landmark": r.iod.per_landmark_json(),
+        "images": r.iod.images,
+        "seconds": r.seconds,
+    })
+}
+
+/// A small table for people.
+pub fn to_text(r: &LandmarkReport) -> String {
+    let mut s = format!(
+        "MAFL landmarks: IOD error {:.2}% over {} test images ({} training images)\n",
+        r.iod.iod_error, r.iod.images, r.train_images
+    );
+    for (name, v) in LANDMARK_NAMES.iter().zip(r.iod.per_landmark) {
+        s.push_str(&format!("  {name:<11} {v:6.2}%\n"));
+    }
+    s
 }

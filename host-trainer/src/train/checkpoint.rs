@@ -29,29 +29,48 @@ pub struct CheckpointMeta<C> {
 }
 
 /// Serialise named tensors and the metadata to safetensors bytes.
-pub fn to_bytes<C: Serialize>(tensors: &[(String, Tensor)], meta: &CheckpointMeta<C>) -> Result<Vec<u8>> {
+pub fn to_bytes<C: Serialize>(
+    tensors: &[(String, Tensor)],
+    meta: &CheckpointMeta<C>,
+) -> Result<Vec<u8>> {
     let json = serde_json::to_string(meta)?;
     let cpu: Vec<(String, Tensor)> = tensors
         .iter()
         .map(|(n, t)| Ok((n.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
         .collect::<Result<_>>()?;
-    Ok(safetensors::serialize(cpu, Some(HashMap::from([(META_KEY.to_string(), json)])))?)
+    Ok(safetensors::serialize(
+        cpu,
+        Some(HashMap::from([(META_KEY.to_string(), json)])),
+    )?)
 }
 
 /// Read a checkpoint written by [`to_bytes`]: its tensors (on `device`) and metadata.
-pub fn read<C: for<'de> Deserialize<'de>>(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, CheckpointMeta<C>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+pub fn read<C: for<'de> Deserialize<'de>>(
+    path: &Path,
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, CheckpointMeta<C>)> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", path.display()))?;
     let json = header
         .metadata()
         .as_ref()
         .and_then(|m| m.get(META_KEY))
-        .with_context(|| format!("{}: not a host-trainer training checkpoint (no `{META_KEY}` metadata)", path.display()))?;
-    let meta: CheckpointMeta<C> =
-        serde_json::from_str(json).with_context(|| format!("{}: unreadable `{META_KEY}` metadata", path.display()))?;
+        .with_context(|| {
+            format!(
+                "{}: not a host-trainer training checkpoint (no `{META_KEY}` metadata)",
+                path.display()
+            )
+        })?;
+    let meta: CheckpointMeta<C> = serde_json::from_str(json)
+        .with_context(|| format!("{}: unreadable `{META_KEY}` metadata", path.display()))?;
     if meta.format != CHECKPOINT_FORMAT {
-        bail!("{}: checkpoint format {} (this build reads {CHECKPOINT_FORMAT})", path.display(), meta.format);
+        bail!(
+            "{}: checkpoint format {} (this build reads {CHECKPOINT_FORMAT})",
+            path.display(),
+            meta.format
+        );
     }
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)
         .with_context(|| format!("{}: reading tensors", path.display()))?;
@@ -62,7 +81,10 @@ pub fn read<C: for<'de> Deserialize<'de>>(path: &Path, device: &Device) -> Resul
 pub fn with_prefix(tensors: &HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor> {
     tensors
         .iter()
-        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|rest| (rest.to_string(), v.clone())))
+        .filter_map(|(k, v)| {
+            k.strip_prefix(prefix)
+                .map(|rest| (rest.to_string(), v.clone()))
+        })
         .collect()
 }
 
@@ -74,10 +96,18 @@ mod tests {
     fn round_trip_keeps_tensors_and_meta_and_is_byte_stable() {
         let dev = Device::Cpu;
         let t = vec![
-            ("b.x".to_string(), Tensor::new(&[1f32, 2.0, 3.0], &dev).unwrap()),
+            (
+                "b.x".to_string(),
+                Tensor::new(&[1f32, 2.0, 3.0], &dev).unwrap(),
+            ),
             ("a.y".to_string(), Tensor::new(&[7i64], &dev).unwrap()),
         ];
-        let meta = CheckpointMeta { format: CHECKPOINT_FORMAT, config: "cfg".to_string(), next_epoch: 3, global_step: 42 };
+        let meta = CheckpointMeta {
+            format: CHECKPOINT_FORMAT,
+            config: "cfg".to_string(),
+            next_epoch: 3,
+            global_step: 42,
+        };
         let bytes = to_bytes(&t, &meta).unwrap();
         assert_eq!(bytes, to_bytes(&t, &meta).unwrap());
         let d = tempfile::tempdir().unwrap();

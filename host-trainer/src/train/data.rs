@@ -80,13 +80,22 @@ pub fn open_pretrain_data(root: &Path, seed: u64) -> Result<PretrainData> {
     let (kind, list) = pretrain_list(root)?;
     list.check_files()?;
     let (train, heldout) = holdout_split(&list, HOLDOUT_FRACTION, seed);
-    Ok(PretrainData { kind, root: root.to_owned(), train, heldout })
+    Ok(PretrainData {
+        kind,
+        root: root.to_owned(),
+        train,
+        heldout,
+    })
 }
 
 /// Split every class: `round(fraction·n)` images (at least 1 when the class has 2 or more) go to
 /// the held-out list, chosen by a shuffle keyed by `seed` and the class, the rest stay. Item order
 /// within each part follows the input order, so the split is independent of anything else.
-pub fn holdout_split(list: &LabelledImages, fraction: f64, seed: u64) -> (LabelledImages, LabelledImages) {
+pub fn holdout_split(
+    list: &LabelledImages,
+    fraction: f64,
+    seed: u64,
+) -> (LabelledImages, LabelledImages) {
     use rand::seq::SliceRandom;
     let mut per_class: Vec<Vec<usize>> = vec![Vec::new(); list.num_classes()];
     for (i, (_, label)) in list.items.iter().enumerate() {
@@ -110,7 +119,10 @@ pub fn holdout_split(list: &LabelledImages, fraction: f64, seed: u64) -> (Labell
             root: list.root.clone(),
             items: keep.iter().map(|&i| list.items[i].clone()).collect(),
             class_names: list.class_names.clone(),
-            landmarks: list.landmarks.as_ref().map(|l| keep.iter().map(|&i| l[i]).collect()),
+            landmarks: list
+                .landmarks
+                .as_ref()
+                .map(|l| keep.iter().map(|&i| l[i]).collect()),
         }
     };
     (pick(false), pick(true))

@@ -38,9 +38,21 @@ pub fn extract_features(
 }
 
 /// Weighted-kNN top-1 accuracy (%) of `query` against `bank` (both L2-normalised rows).
-pub fn knn_top1(bank: &Tensor, bank_labels: &[usize], query: &Tensor, query_labels: &[usize], k: usize, t: f32) -> Result<f64> {
+pub fn knn_top1(
+    bank: &Tensor,
+    bank_labels: &[usize],
+    query: &Tensor,
+    query_labels: &[usize],
+    k: usize,
+    t: f32,
+) -> Result<f64> {
     let sims: Vec<Vec<f32>> = query.matmul(&bank.t()?)?.to_vec2()?;
-    let classes = bank_labels.iter().chain(query_labels).copied().max().map_or(0, |m| m + 1);
+    let classes = bank_labels
+        .iter()
+        .chain(query_labels)
+        .copied()
+        .max()
+        .map_or(0, |m| m + 1);
     let mut correct = 0usize;
     for (row, &truth) in sims.iter().zip(query_labels) {
         let mut order: Vec<usize> = (0..row.len()).collect();
@@ -64,7 +76,11 @@ mod tests {
     fn knn_votes_by_weighted_nearest_neighbours() {
         let dev = Device::Cpu;
         // Bank: two tight clusters on the unit circle, class 0 near (1,0), class 1 near (0,1).
-        let bank = Tensor::new(&[[1f32, 0.0], [0.995, 0.0998], [0.0, 1.0], [0.0998, 0.995]], &dev).unwrap();
+        let bank = Tensor::new(
+            &[[1f32, 0.0], [0.995, 0.0998], [0.0, 1.0], [0.0998, 0.995]],
+            &dev,
+        )
+        .unwrap();
         let q = Tensor::new(&[[0.98f32, 0.199], [0.199, 0.98], [0.6, 0.8]], &dev).unwrap();
         let acc = knn_top1(&bank, &[0, 0, 1, 1], &q, &[0, 1, 1], 2, 0.1).unwrap();
         assert!((acc - 100.0).abs() < 1e-9, "{acc}");

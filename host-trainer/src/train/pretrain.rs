@@ -82,8 +82,15 @@ impl PretrainConfig {
         let method = self.method()?;
         ensure!(self.epochs > 0, "--epochs must be at least 1");
         ensure!(self.batch_size > 0, "--batch-size must be at least 1");
-        ensure!(self.image_size >= 8, "--image-size {} is too small (at least 8)", self.image_size);
-        ensure!(self.lr.is_finite() && self.lr > 0.0, "--lr must be a positive number");
+        ensure!(
+            self.image_size >= 8,
+            "--image-size {} is too small (at least 8)",
+            self.image_size
+        );
+        ensure!(
+            self.lr.is_finite() && self.lr > 0.0,
+            "--lr must be a positive number"
+        );
         self.model.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         if method.is_contrastive() {
             ensure!(self.queue > 0, "--queue must be positive");
@@ -97,7 +104,10 @@ impl PretrainConfig {
                 );
             }
             ensure!(self.tau > 0.0, "--tau must be positive");
-            ensure!((0.0..=1.0).contains(&self.ema_momentum), "--momentum must be in [0, 1]");
+            ensure!(
+                (0.0..=1.0).contains(&self.ema_momentum),
+                "--momentum must be in [0, 1]"
+            );
             ensure!(self.bn_groups >= 1, "--bn-groups must be at least 1");
             if self.batch_size % self.bn_groups != 0 || self.batch_size / self.bn_groups < 2 {
                 bail!(
@@ -171,7 +181,9 @@ struct Trainer {
 }
 
 fn prefixed(prefix: &str, vars: Vec<(String, Var)>) -> Vec<(String, Var)> {
-    vars.into_iter().map(|(n, v)| (format!("{prefix}{n}"), v)).collect()
+    vars.into_iter()
+        .map(|(n, v)| (format!("{prefix}{n}"), v))
+        .collect()
 }
 
 impl Trainer {
@@ -180,14 +192,23 @@ impl Trainer {
         let encoder = ResNet::new(&cfg.model, cfg.seed, &device)?;
         let feat = cfg.model.feature_dim();
         let (head, key) = if method.is_contrastive() {
-            let kind = cfg.head.context("contrastive method without a projection head")?;
+            let kind = cfg
+                .head
+                .context("contrastive method without a projection head")?;
             let head = Head::new(kind, feat, cfg.dim, cfg.seed, &device)?;
             let k_enc = ResNet::new(&cfg.model, cfg.seed, &device)?;
             k_enc.copy_from(&encoder)?;
             let k_head = Head::new(kind, feat, cfg.dim, cfg.seed, &device)?;
             copy_into(&k_head.named_vars(), &head.named_vars())?;
             let queue = LabelQueue::new(cfg.queue, cfg.dim, cfg.seed, &device)?;
-            (Some(head), Some(KeySide { encoder: k_enc, head: k_head, queue }))
+            (
+                Some(head),
+                Some(KeySide {
+                    encoder: k_enc,
+                    head: k_head,
+                    queue,
+                }),
+            )
         } else {
             (None, None)
         };
@@ -197,24 +218,60 @@ impl Trainer {
         }
         let sgd = Sgd::new(
             params,
-            SgdConfig { momentum: cfg.sgd_momentum, ..SgdConfig::pretrain(cfg.lr, cfg.weight_decay) },
+            SgdConfig {
+                momentum: cfg.sgd_momentum,
+                ..SgdConfig::pretrain(cfg.lr, cfg.weight_decay)
+            },
         )?;
-        Ok(Trainer { cfg, method, device, encoder, head, key, sgd, next_epoch: 0, global_step: 0 })
+        Ok(Trainer {
+            cfg,
+            method,
+            device,
+            encoder,
+            head,
+            key,
+            sgd,
+            next_epoch: 0,
+            global_step: 0,
+        })
     }
 
     /// Every tensor that evolves during training, by checkpoint name.
     fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
-        let mut t: Vec<(String, Tensor)> =
-            self.encoder.all_tensors().into_iter().map(|(n, x)| (format!("encoder_q.{n}"), x)).collect();
+        let mut t: Vec<(String, Tensor)> = self
+            .encoder
+            .all_tensors()
+            .into_iter()
+            .map(|(n, x)| (format!("encoder_q.{n}"), x))
+            .collect();
         if let Some(h) = &self.head {
-            t.extend(h.named_vars().into_iter().map(|(n, v)| (format!("head_q.{n}"), v.as_detached_tensor())));
+            t.extend(
+                h.named_vars()
+                    .into_iter()
+                    .map(|(n, v)| (format!("head_q.{n}"), v.as_detached_tensor())),
+            );
         }
         if let Some(k) = &self.key {
-            t.extend(k.encoder.all_tensors().into_iter().map(|(n, x)| (format!("encoder_k.{n}"), x)));
-            t.extend(k.head.named_vars().into_iter().map(|(n, v)| (format!("head_k.{n}"), v.as_detached_tensor())));
+            t.extend(
+                k.encoder
+                    .all_tensors()
+                    .into_iter()
+                    .map(|(n, x)| (format!("encoder_k.{n}"), x)),
+            );
+            t.extend(
+                k.head
+                    .named_vars()
+                    .into_iter()
+                    .map(|(n, v)| (format!("head_k.{n}"), v.as_detached_tensor())),
+            );
             t.extend(k.queue.to_tensors()?);
         }
-        t.extend(self.sgd.state_tensors().into_iter().map(|(n, x)| (format!("optim.{n}"), x)));
+        t.extend(
+            self.sgd
+                .state_tensors()
+                .into_iter()
+                .map(|(n, x)| (format!("optim.{n}"), x)),
+        );
         Ok(t)
     }
 
@@ -233,7 +290,10 @@ impl Trainer {
     fn resume(dir: &Path, epochs: Option<usize>, device: Device) -> Result<Trainer> {
         let path = dir.join(LAST);
         if !path.is_file() {
-            bail!("--resume {}: no {LAST} there (nothing to resume)", dir.display());
+            bail!(
+                "--resume {}: no {LAST} there (nothing to resume)",
+                dir.display()
+            );
         }
         let (tensors, meta) = checkpoint::read::<PretrainConfig>(&path, &device)?;
         let mut cfg = meta.config;
@@ -243,7 +303,9 @@ impl Trainer {
         cfg.validate()?;
         let mut tr = Trainer::new(cfg, device.clone())?;
         let bytes_of = |prefix: &str| -> Result<Vec<u8>> {
-            let sub: Vec<(String, Tensor)> = checkpoint::with_prefix(&tensors, prefix).into_iter().collect();
+            let sub: Vec<(String, Tensor)> = checkpoint::with_prefix(&tensors, prefix)
+                .into_iter()
+                .collect();
             Ok(safetensors::serialize(sub, None)?)
         };
         tr.encoder
@@ -259,14 +321,20 @@ impl Trainer {
             k.head.load(&checkpoint::with_prefix(&tensors, "head_k."))?;
             k.queue = LabelQueue::from_tensors(&tensors, &device)?;
         }
-        tr.sgd.load_state_tensors(&checkpoint::with_prefix(&tensors, "optim."))?;
+        tr.sgd
+            .load_state_tensors(&checkpoint::with_prefix(&tensors, "optim."))?;
         tr.next_epoch = meta.next_epoch;
         tr.global_step = meta.global_step;
         Ok(tr)
     }
 
     /// One optimiser step on a batch: (loss, train top-1 in [0, 1]).
-    fn step(&mut self, batch: &crate::augment::loader::Batch, epoch: usize, step_in_epoch: u64) -> Result<(f64, f64)> {
+    fn step(
+        &mut self,
+        batch: &crate::augment::loader::Batch,
+        epoch: usize,
+        step_in_epoch: u64,
+    ) -> Result<(f64, f64)> {
         let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
         let xq = batch.view_tensor(0, &self.device)?;
         let (loss, acc, keys) = match self.method {
@@ -287,14 +355,24 @@ impl Trainer {
                 ema_update(&key.head.named_vars(), &head.named_vars(), m)?;
                 let xk = batch.view_tensor(1, &self.device)?;
                 let k = if groups > 1 {
-                    let sh = ShuffleBn::for_step(self.cfg.seed, epoch as u64, step_in_epoch, xk.dim(0)?, groups)?;
-                    let e = key.head.forward(&key.encoder.forward_features(&sh.shuffle(&xk)?, mode)?)?;
+                    let sh = ShuffleBn::for_step(
+                        self.cfg.seed,
+                        epoch as u64,
+                        step_in_epoch,
+                        xk.dim(0)?,
+                        groups,
+                    )?;
+                    let e = key
+                        .head
+                        .forward(&key.encoder.forward_features(&sh.shuffle(&xk)?, mode)?)?;
                     sh.unshuffle(&e)?
                 } else {
-                    key.head.forward(&key.encoder.forward_features(&xk, mode)?)?
+                    key.head
+                        .forward(&key.encoder.forward_features(&xk, mode)?)?
                 }
                 .detach();
-                let exemplar_labels = matches!(self.method, Method::Exemplar(_)).then_some(labels.as_slice());
+                let exemplar_labels =
+                    matches!(self.method, Method::Exemplar(_)).then_some(labels.as_slice());
                 let out = contrastive_loss(&q, &k, &key.queue, exemplar_labels, self.cfg.tau)?;
                 let acc = out.instance_accuracy()?;
                 (out.loss, acc, Some(out.keys))
@@ -363,7 +441,9 @@ impl PretrainRequest {
             image_size: self.image_size,
             epochs: self.epochs,
             batch_size: self.batch_size,
-            lr: self.lr.unwrap_or_else(|| super::schedule::scaled_lr(d.base_lr, self.batch_size)),
+            lr: self
+                .lr
+                .unwrap_or_else(|| super::schedule::scaled_lr(d.base_lr, self.batch_size)),
             weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
             sgd_momentum: d.sgd_momentum,
             schedule: d.schedule.clone(),
@@ -397,11 +477,17 @@ pub fn pretrain(req: &PretrainRequest, opts: &RunOptions) -> Result<PretrainSumm
     }
     let data = open_pretrain_data(&req.data, req.seed)?;
     if req.method.uses_labels() && data.num_classes() < 2 {
-        bail!("{}: {} needs labels of at least 2 classes, found {}", req.data.display(), req.method, data.num_classes());
+        bail!(
+            "{}: {} needs labels of at least 2 classes, found {}",
+            req.data.display(),
+            req.method,
+            data.num_classes()
+        );
     }
     let cfg = req.resolve(data.num_classes())?;
     let trainer = Trainer::new(cfg, opts.device.clone())?;
-    std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
     run_epochs(trainer, data, opts)
 }
 
@@ -416,7 +502,11 @@ fn run_epochs(mut tr: Trainer, data: PretrainData, opts: &RunOptions) -> Result<
     let started = Instant::now();
     let cfg = tr.cfg.clone();
     let train_src = source(&data.train);
-    let views = if tr.method.is_contrastive() { vec![cfg.aug.clone(); 2] } else { vec![cfg.aug.clone()] };
+    let views = if tr.method.is_contrastive() {
+        vec![cfg.aug.clone(); 2]
+    } else {
+        vec![cfg.aug.clone()]
+    };
     let steps_per_epoch = data.train.len() / cfg.batch_size;
     if steps_per_epoch == 0 {
         bail!(
@@ -447,9 +537,17 @@ fn run_epochs(mut tr: Trainer, data: PretrainData, opts: &RunOptions) -> Result<
         let lr = lr_at(epoch, cfg.epochs, cfg.lr, &cfg.schedule);
         tr.sgd.set_lr(lr);
         let order = epoch_order(data.train.len(), cfg.seed, epoch as u64);
-        let spec = LoaderSpec { drop_last: true, ..LoaderSpec::new(cfg.batch_size, views.clone(), cfg.seed, epoch as u64) };
+        let spec = LoaderSpec {
+            drop_last: true,
+            ..LoaderSpec::new(cfg.batch_size, views.clone(), cfg.seed, epoch as u64)
+        };
         let loader = Loader::new(train_src.clone(), order, spec)?;
-        let bar = progress_bar(opts.progress, loader.num_batches() as u64, epoch, cfg.epochs);
+        let bar = progress_bar(
+            opts.progress,
+            loader.num_batches() as u64,
+            epoch,
+            cfg.epochs,
+        );
         let (mut loss_sum, mut acc_sum, mut n) = (0.0, 0.0, 0usize);
         let epoch_start = Instant::now();
         let mut window = (Instant::now(), 0usize);
@@ -508,7 +606,9 @@ fn run_epochs(mut tr: Trainer, data: PretrainData, opts: &RunOptions) -> Result<
                 "epoch {}/{}: loss {mean_loss:.4}  lr {lr:.5}  {ips:.1} img/s{}",
                 epoch + 1,
                 cfg.epochs,
-                knn_top1.map(|k| format!("  kNN top-1 {k:.2}%")).unwrap_or_default()
+                knn_top1
+                    .map(|k| format!("  kNN top-1 {k:.2}%"))
+                    .unwrap_or_default()
             );
         }
         summary.final_loss = mean_loss;
@@ -532,7 +632,10 @@ pub fn save_backbone(encoder: &ResNet, path: &Path) -> Result<()> {
     cfg.num_classes = None;
     let backbone = ResNet::new(&cfg, 0, &Device::Cpu)?;
     let bytes = encoder.to_safetensors_bytes()?;
-    let opts = LoadOptions { ignore_unexpected: vec!["fc.".into()], ..LoadOptions::exact() };
+    let opts = LoadOptions {
+        ignore_unexpected: vec!["fc.".into()],
+        ..LoadOptions::exact()
+    };
     backbone.load_safetensors_bytes(&bytes, path, &opts)?;
     backbone.save_safetensors(path)?;
     Ok(())
@@ -545,10 +648,22 @@ fn knn_monitor(tr: &Trainer, data: &PretrainData, cfg: &PretrainConfig) -> Resul
     let bank_n = data.train.len().min(4 * q_n.max(250));
     let bank_idx: Vec<usize> = (0..bank_n).map(|i| i * data.train.len() / bank_n).collect();
     let bs = cfg.batch_size.max(64);
-    let (bank, bank_labels) =
-        knn::extract_features(&tr.encoder, source(&data.train), bank_idx, cfg.image_size, bs, &tr.device)?;
-    let (q, q_labels) =
-        knn::extract_features(&tr.encoder, source(&data.heldout), (0..q_n).collect(), cfg.image_size, bs, &tr.device)?;
+    let (bank, bank_labels) = knn::extract_features(
+        &tr.encoder,
+        source(&data.train),
+        bank_idx,
+        cfg.image_size,
+        bs,
+        &tr.device,
+    )?;
+    let (q, q_labels) = knn::extract_features(
+        &tr.encoder,
+        source(&data.heldout),
+        (0..q_n).collect(),
+        cfg.image_size,
+        bs,
+        &tr.device,
+    )?;
     knn::knn_top1(&bank, &bank_labels, &q, &q_labels, knn::KNN_K, knn::KNN_T)
 }
 
