@@ -24,6 +24,8 @@ enum Command {
     /// Evaluate transfer: few-shot recognition, base-class accuracy, linear probe.
     #[command(subcommand)]
     Eval(cli::eval::EvalCommand),
+    /// Print the main job's host-vs-runtime table from its output folder.
+    Report(cli::report::ReportArgs),
 }
 
 fn main() {
@@ -36,6 +38,7 @@ fn main() {
     let result = match cli.command {
         Command::Synth(c) => cli::synth::run(c),
         Command::Pretrain(a) => cli::pretrain::run(a),
+        Command::Report(a) => cli::report::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::Eval(c) => cli::eval::run(c),
     };
