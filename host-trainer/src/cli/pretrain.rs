@@ -13,9 +13,9 @@ pub struct PretrainArgs {
     /// supervised | moco | exemplar
     #[arg(long, required_unless_present = "resume", default_value = "")]
     pub method: String,
-    /// v1 | v2 (MoCo and Exemplar)
-    #[arg(long, default_value = "v2")]
-    pub version: String,
+    /// v1 | v2 (MoCo and Exemplar; default v2)
+    #[arg(long)]
+    pub version: Option<String>,
     /// Dataset root: a mini-ImageNet folder (train.csv...), a CelebA folder (identity_CelebA.txt...),
     /// or an ImageFolder (one sub-folder per class).
     #[arg(long, required_unless_present = "resume", default_value = "")]
@@ -116,7 +116,7 @@ pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
         }
         pretrain::resume(dir, a.epochs_set.then_some(a.epochs), &opts)?
     } else {
-        let method = Method::parse(&a.method, Some(&a.version))?;
+        let method = Method::parse(&a.method, a.version.as_deref())?;
         let arch: Arch = a
             .arch
             .parse()
