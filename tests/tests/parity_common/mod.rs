@@ -65,6 +65,11 @@ pub fn all_vars(net: &ResNet) -> Vec<(String, candle_core::Var)> {
 
 /// CHW → HWC.
 pub fn chw_to_hwc(x: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
+    assert_eq!(
+        x.len(),
+        c * h * w,
+        "input does not match the model's {h}×{w}×{c}"
+    );
     let mut out = vec![0f32; x.len()];
     for ch in 0..c {
         for p in 0..h * w {
