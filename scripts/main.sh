@@ -16,7 +16,7 @@ OUT=${OUT:-out/main}
 WIDTH=${WIDTH:-0.125}         # ResNet-18 width multiplier (0.125 → 8/16/32/64 channels)
 SIZE=${SIZE:-32}              # training / evaluation image side
 EPOCHS=${EPOCHS:-3}           # pretraining epochs (objects and faces)
-LM_EPOCHS=${LM_EPOCHS:-10}    # landmark fine-tuning epochs
+LM_EPOCHS=${LM_EPOCHS:-20}    # landmark fine-tuning epochs
 BATCH=${BATCH:-64}
 QUEUE=${QUEUE:-1024}
 PER_CLASS=${PER_CLASS:-30}    # synthetic objects per class (100 classes)
@@ -44,13 +44,13 @@ fi
 
 pretrain() { # data-name method
   local data=$1 m=$2 dir="$OUT/$1/$2"
-  local method=${m%-*} version=${m##*-}
-  [ "$method" = "$m" ] && version=v2
+  local method=${m%-*} version=()
+  [ "$method" != "$m" ] && version=(--version "${m##*-}")
   if [ -f "$dir/backbone.safetensors" ]; then return; fi
   if [ -f "$dir/last.safetensors" ]; then
     $HT pretrain --resume "$dir" --out "$dir"
   else
-    $HT pretrain --method "$method" --version "$version" --data "$OUT/data/$data" \
+    $HT pretrain --method "$method" "${version[@]}" --data "$OUT/data/$data" \
       --arch resnet18 --width "$WIDTH" --image-size "$SIZE" --epochs "$EPOCHS" \
       --batch-size "$BATCH" --queue "$QUEUE" --knn-images 300 --seed "$SEED" --out "$dir" --plot
   fi
