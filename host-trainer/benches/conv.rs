@@ -50,12 +50,15 @@ fn bench(c: &mut Criterion) {
         let r = randn(y.dims());
         let candle = |x: &Tensor, w: &Tensor| x.conv2d(w, p, s, 1, 1).unwrap();
         let fast = |x: &Tensor, w: &Tensor| kernels::conv2d(x, w, s, p).unwrap();
-        let impls: [(&str, &dyn Fn(&Tensor, &Tensor) -> Tensor); 2] = [("candle", &candle), ("fast", &fast)];
+        let impls: [(&str, &dyn Fn(&Tensor, &Tensor) -> Tensor); 2] =
+            [("candle", &candle), ("fast", &fast)];
 
         let mut g = c.benchmark_group(format!("fwd/{name}"));
         g.sample_size(10);
         for (label, f) in impls {
-            g.bench_function(BenchmarkId::from_parameter(label), |b| b.iter(|| black_box(f(&x, &w))));
+            g.bench_function(BenchmarkId::from_parameter(label), |b| {
+                b.iter(|| black_box(f(&x, &w)))
+            });
         }
         g.finish();
 
@@ -64,7 +67,10 @@ fn bench(c: &mut Criterion) {
         for (label, f) in impls {
             g.bench_function(BenchmarkId::from_parameter(label), |b| {
                 b.iter(|| {
-                    let loss = (f(xv.as_tensor(), wv.as_tensor()) * &r).unwrap().sum_all().unwrap();
+                    let loss = (f(xv.as_tensor(), wv.as_tensor()) * &r)
+                        .unwrap()
+                        .sum_all()
+                        .unwrap();
                     black_box(loss.backward().unwrap())
                 })
             });

@@ -52,7 +52,9 @@ fn bench_loader(c: &mut Criterion) {
             b.iter(|| {
                 let spec = LoaderSpec::new(64, vec![cfg.clone(), cfg.clone()], 7, 0);
                 let loader = Loader::new(src.clone(), (0..n).collect(), spec).expect("valid spec");
-                loader.map(|b| b.expect("in-memory source cannot fail").len()).sum::<usize>()
+                loader
+                    .map(|b| b.expect("in-memory source cannot fail").len())
+                    .sum::<usize>()
             })
         });
     }

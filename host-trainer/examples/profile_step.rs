@@ -51,7 +51,11 @@ fn bn_train(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<Tensor> {
     let c = x.dim(1)?;
     let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
     let xc = x.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
+    let var = xc
+        .sqr()?
+        .mean_keepdim(0)?
+        .mean_keepdim(2)?
+        .mean_keepdim(3)?;
     let xhat = xc.broadcast_div(&(var + 1e-5)?.sqrt()?)?;
     xhat.broadcast_mul(&gamma.reshape((1, c, 1, 1))?)?
         .broadcast_add(&beta.reshape((1, c, 1, 1))?)
@@ -76,7 +80,12 @@ impl ConvBn {
     fn new(ci: usize, co: usize, k: usize, stride: usize) -> Result<Self> {
         let std = (2.0 / (ci * k * k) as f64).sqrt();
         Ok(Self {
-            w: Var::from_tensor(&Tensor::randn(0f32, std as f32, (co, ci, k, k), &Device::Cpu)?)?,
+            w: Var::from_tensor(&Tensor::randn(
+                0f32,
+                std as f32,
+                (co, ci, k, k),
+                &Device::Cpu,
+            )?)?,
             gamma: Var::from_tensor(&Tensor::ones(co, DType::F32, &Device::Cpu)?)?,
             beta: Var::from_tensor(&Tensor::zeros(co, DType::F32, &Device::Cpu)?)?,
             stride,
@@ -86,7 +95,9 @@ impl ConvBn {
 
     fn fwd(&self, p: &mut Prof, x: &Tensor, relu: bool) -> Result<Tensor> {
         let ci = p.conv;
-        let y = p.time("conv", || conv(ci, x, self.w.as_tensor(), self.stride, self.pad))?;
+        let y = p.time("conv", || {
+            conv(ci, x, self.w.as_tensor(), self.stride, self.pad)
+        })?;
         let y = p.time("batchnorm", || {
             bn_train(&y, self.gamma.as_tensor(), self.beta.as_tensor())
         })?;
@@ -139,7 +150,9 @@ fn forward(p: &mut Prof, net: &(ConvBn, Vec<Block>), x: &Tensor) -> Result<Tenso
         let s = p.time("add", || y + short)?;
         h = p.time("relu", || s.relu())?;
     }
-    p.time("pool", || h.mean_keepdim(3)?.mean_keepdim(2)?.flatten_from(1))
+    p.time("pool", || {
+        h.mean_keepdim(3)?.mean_keepdim(2)?.flatten_from(1)
+    })
 }
 
 /// Median seconds of `reps` runs of the backward of `sum(f(x) ⊙ r)` minus that of `sum(x ⊙ r)`.
@@ -252,12 +265,17 @@ fn main() -> Result<()> {
         let g = Var::from_tensor(&Tensor::ones(c, DType::F32, &Device::Cpu)?)?;
         let b = Var::from_tensor(&Tensor::zeros(c, DType::F32, &Device::Cpu)?)?;
         let other = Tensor::randn(0f32, 1f32, (n, c, hw, hw), &Device::Cpu)?;
-        let t_bn = isolated_bwd(&x, reps, &|x| bn(conv_impl, x, g.as_tensor(), b.as_tensor()))?;
+        let t_bn = isolated_bwd(&x, reps, &|x| {
+            bn(conv_impl, x, g.as_tensor(), b.as_tensor())
+        })?;
         let t = Instant::now();
         for _ in 0..reps {
             bn(conv_impl, &x, g.as_tensor(), b.as_tensor())?;
         }
-        println!("  bn fwd {c:>3}ch {hw:>2}px: {:.4} s", t.elapsed().as_secs_f64() / reps as f64);
+        println!(
+            "  bn fwd {c:>3}ch {hw:>2}px: {:.4} s",
+            t.elapsed().as_secs_f64() / reps as f64
+        );
         let t_relu = isolated_bwd(&x, reps, &|x| x.relu())?;
         let t_add = isolated_bwd(&x, reps, &|x| x + &other)?;
         println!("  bn/relu/add bwd {c:>3}ch {hw:>2}px: {t_bn:.3} / {t_relu:.3} / {t_add:.3} s");

@@ -7,10 +7,13 @@ pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
     if spec == "cpu" {
         return Ok(Device::Cpu);
     }
-    if let Some(n) = spec.strip_prefix("cuda:").or(if spec == "cuda" { Some("0") } else { None }) {
-        let ordinal: usize = n
-            .parse()
-            .map_err(|_| anyhow::anyhow!("--device {spec}: expected cpu or cuda:N with N a GPU index"))?;
+    if let Some(n) = spec
+        .strip_prefix("cuda:")
+        .or(if spec == "cuda" { Some("0") } else { None })
+    {
+        let ordinal: usize = n.parse().map_err(|_| {
+            anyhow::anyhow!("--device {spec}: expected cpu or cuda:N with N a GPU index")
+        })?;
         if !cfg!(feature = "cuda") {
             anyhow::bail!(
                 "--device {spec}: this host-trainer was built without CUDA support; \

@@ -30,9 +30,11 @@ enum Command {
 
 fn main() {
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
-    let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let mut cli =
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // A resumed run keeps its epochs unless --epochs is given explicitly.
-    if let (Command::Pretrain(a), Some(("pretrain", m))) = (&mut cli.command, matches.subcommand()) {
+    if let (Command::Pretrain(a), Some(("pretrain", m))) = (&mut cli.command, matches.subcommand())
+    {
         a.epochs_set = m.value_source("epochs") == Some(clap::parser::ValueSource::CommandLine);
     }
     let result = match cli.command {

@@ -54,10 +54,22 @@ mod tests {
 
     #[test]
     fn same_path_same_stream_different_path_different_stream() {
-        let a: Vec<u32> = (0..8).map(|_| 0).scan(stream(7, &[1, 2]), |r, _: u32| Some(r.gen())).collect();
-        let b: Vec<u32> = (0..8).map(|_| 0).scan(stream(7, &[1, 2]), |r, _: u32| Some(r.gen())).collect();
-        let c: Vec<u32> = (0..8).map(|_| 0).scan(stream(7, &[1, 3]), |r, _: u32| Some(r.gen())).collect();
-        let d: Vec<u32> = (0..8).map(|_| 0).scan(stream(8, &[1, 2]), |r, _: u32| Some(r.gen())).collect();
+        let a: Vec<u32> = (0..8)
+            .map(|_| 0)
+            .scan(stream(7, &[1, 2]), |r, _: u32| Some(r.gen()))
+            .collect();
+        let b: Vec<u32> = (0..8)
+            .map(|_| 0)
+            .scan(stream(7, &[1, 2]), |r, _: u32| Some(r.gen()))
+            .collect();
+        let c: Vec<u32> = (0..8)
+            .map(|_| 0)
+            .scan(stream(7, &[1, 3]), |r, _: u32| Some(r.gen()))
+            .collect();
+        let d: Vec<u32> = (0..8)
+            .map(|_| 0)
+            .scan(stream(8, &[1, 2]), |r, _: u32| Some(r.gen()))
+            .collect();
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);

@@ -15,11 +15,21 @@ const RATIO: (f32, f32) = (3.0 / 4.0, 4.0 / 3.0);
 fn rrc_crops_respect_area_and_ratio_bounds() {
     let scale = (0.2f64, 1.0f64);
     let mut r = rng::stream(5, &[1]);
-    for (wi, hi) in [(32usize, 32usize), (84, 84), (178, 218), (300, 40), (7, 9), (1000, 640)] {
+    for (wi, hi) in [
+        (32usize, 32usize),
+        (84, 84),
+        (178, 218),
+        (300, 40),
+        (7, 9),
+        (1000, 640),
+    ] {
         let mut fallbacks = 0;
         for _ in 0..2000 {
             let c = rrc_params(wi, hi, (0.2, 1.0), RATIO, &mut r);
-            assert!(c.w > 0 && c.h > 0 && c.j + c.w <= wi && c.i + c.h <= hi, "{c:?} in {wi}×{hi}");
+            assert!(
+                c.w > 0 && c.h > 0 && c.j + c.w <= wi && c.i + c.h <= hi,
+                "{c:?} in {wi}×{hi}"
+            );
             if c == center_fallback(wi, hi, RATIO) {
                 fallbacks += 1;
                 continue;
@@ -30,7 +40,10 @@ fn rrc_crops_respect_area_and_ratio_bounds() {
             let lo_area = scale.0 * area;
             let hi_area = scale.1 * area;
             let (w_lo, w_hi, h_lo, h_hi) = (w - 0.5, w + 0.5, h - 0.5, h + 0.5);
-            assert!(w_hi * h_hi >= lo_area && w_lo.max(0.0) * h_lo.max(0.0) <= hi_area, "{c:?}");
+            assert!(
+                w_hi * h_hi >= lo_area && w_lo.max(0.0) * h_lo.max(0.0) <= hi_area,
+                "{c:?}"
+            );
             let (rlo, rhi) = (RATIO.0 as f64, RATIO.1 as f64);
             assert!(w_hi / h_lo.max(1e-9) >= rlo && w_lo / h_hi <= rhi, "{c:?}");
         }
@@ -47,7 +60,9 @@ fn rrc_crops_respect_area_and_ratio_bounds() {
 #[test]
 fn rrc_draws_spread_over_positions_and_scales() {
     let mut r = rng::stream(6, &[2]);
-    let crops: Vec<CropRect> = (0..3000).map(|_| rrc_params(200, 200, (0.08, 1.0), RATIO, &mut r)).collect();
+    let crops: Vec<CropRect> = (0..3000)
+        .map(|_| rrc_params(200, 200, (0.08, 1.0), RATIO, &mut r))
+        .collect();
     let areas: Vec<f64> = crops.iter().map(|c| (c.w * c.h) as f64 / 40000.0).collect();
     let small = areas.iter().filter(|&&a| a < 0.2).count();
     let big = areas.iter().filter(|&&a| a > 0.8).count();
@@ -68,7 +83,15 @@ fn rrc_impossible_ratio_falls_back_to_centre_crop() {
     for _ in 0..50 {
         let c = rrc_params(100, 10, (0.5, 1.0), (0.1, 0.1), &mut r);
         // in_ratio 10 > max 0.1 → h = 10, w = round(10·0.1) = 1, centred.
-        assert_eq!(c, CropRect { i: 0, j: 49, h: 10, w: 1 });
+        assert_eq!(
+            c,
+            CropRect {
+                i: 0,
+                j: 49,
+                h: 10,
+                w: 1
+            }
+        );
     }
 }
 
@@ -89,7 +112,13 @@ fn flip_twice_is_identity_for_image_and_landmarks() {
     assert_eq!(p.get(1, 0, 3), orig.get(1, 22, 3));
     geometry::hflip(&mut p);
     assert_eq!(p, orig);
-    let lm: Landmarks = [[3.5, 4.0], [18.25, 4.5], [11.0, 9.0], [5.0, 14.0], [17.0, 13.5]];
+    let lm: Landmarks = [
+        [3.5, 4.0],
+        [18.25, 4.5],
+        [11.0, 9.0],
+        [5.0, 14.0],
+        [17.0, 13.5],
+    ];
     let once = geometry::hflip_landmarks(&lm, 23);
     // The left eye after the flip is the mirrored right eye.
     assert_eq!(once[0], [23.0 - 18.25, 4.5]);
@@ -112,7 +141,11 @@ fn argmax(pixels: &[f32], c: usize, size: usize) -> ((usize, usize), f32) {
 fn landmark_maps_follow_the_image_for_crop_and_flip() {
     use rand::Rng as _;
     let (w, h, out) = (60usize, 48usize, 32usize);
-    let cfg = AugmentConfig { hflip: true, rrc: Some((0.3, 1.0)), ..AugmentConfig::none(out) };
+    let cfg = AugmentConfig {
+        hflip: true,
+        rrc: Some((0.3, 1.0)),
+        ..AugmentConfig::none(out)
+    };
     let mut checked = [0usize; 2];
     for case in 0..300u64 {
         let (px, py) = (3 + (case * 7 % 25) as usize, 4 + (case * 11 % 40) as usize);
@@ -143,7 +176,10 @@ fn landmark_maps_follow_the_image_for_crop_and_flip() {
         let (red_at, green_at) = if flip { (1, 0) } else { (0, 1) };
         for (k, p) in [(red_at, red), (green_at, green)] {
             let e = map(p);
-            assert!((got[k][0] - e[0]).abs() < 1e-4 && (got[k][1] - e[1]).abs() < 1e-4, "case {case}");
+            assert!(
+                (got[k][0] - e[0]).abs() < 1e-4 && (got[k][1] - e[1]).abs() < 1e-4,
+                "case {case}"
+            );
         }
 
         for (channel, k) in [(0, red_at), (1, green_at)] {
@@ -166,20 +202,33 @@ fn landmark_maps_follow_the_image_for_crop_and_flip() {
 #[test]
 fn eval_transform_is_deterministic_and_maps_landmarks() {
     let img = test_image(40, 30, 3);
-    let lm: Landmarks = [[10.0, 5.0], [30.0, 5.0], [20.0, 15.0], [12.0, 25.0], [28.0, 25.0]];
+    let lm: Landmarks = [
+        [10.0, 5.0],
+        [30.0, 5.0],
+        [20.0, 15.0],
+        [12.0, 25.0],
+        [28.0, 25.0],
+    ];
     let cfg = AugmentConfig::moco_v2(20);
     let a = eval_transform(&img, Some(&lm), &cfg).unwrap();
     let b = eval_transform(&img, Some(&lm), &cfg).unwrap();
     assert_eq!(a, b);
     // Stretch 40×30 → 20×20: x/2, y·2/3.
     let l = a.landmarks.unwrap();
-    assert!((l[1][0] - 15.0).abs() < 1e-5 && (l[1][1] - 5.0 * 20.0 / 30.0).abs() < 1e-5, "{l:?}");
+    assert!(
+        (l[1][0] - 15.0).abs() < 1e-5 && (l[1][1] - 5.0 * 20.0 / 30.0).abs() < 1e-5,
+        "{l:?}"
+    );
     // Pixel values: normalised mean of the 2×1.5 footprint lies within the input's range.
     let p = Planar::from_rgb8(&img);
-    let (lo, hi) = p.data[..1200].iter().fold((1.0f32, 0.0f32), |(a, b), &v| (a.min(v), b.max(v)));
+    let (lo, hi) = p.data[..1200]
+        .iter()
+        .fold((1.0f32, 0.0f32), |(a, b), &v| (a.min(v), b.max(v)));
     let m = cfg.mean[0];
     let s = cfg.std[0];
-    assert!(a.pixels[..400].iter().all(|&v| v * s + m >= lo - 1e-5 && v * s + m <= hi + 1e-5));
+    assert!(a.pixels[..400]
+        .iter()
+        .all(|&v| v * s + m >= lo - 1e-5 && v * s + m <= hi + 1e-5));
 }
 
 /// A resize to the same size with the whole image as the crop is the identity (then normalise).
@@ -190,7 +239,8 @@ fn identity_geometry_reproduces_pixels() {
     let p = Planar::from_rgb8(&img);
     for c in 0..3 {
         for k in 0..256 {
-            let v = a.pixels[c * 256 + k] * AugmentConfig::none(16).std[c] + AugmentConfig::none(16).mean[c];
+            let v = a.pixels[c * 256 + k] * AugmentConfig::none(16).std[c]
+                + AugmentConfig::none(16).mean[c];
             assert!((v - p.data[c * 256 + k]).abs() < 1e-5);
         }
     }
@@ -212,6 +262,12 @@ fn pipeline_output_is_a_function_of_the_stream() {
 #[test]
 fn empty_image_is_an_error_not_a_panic() {
     let img = RgbImage::new(0, 5);
-    let e = augment(&img, None, &AugmentConfig::moco_v1(8), &mut view_rng(0, 0, 0, 0)).unwrap_err();
+    let e = augment(
+        &img,
+        None,
+        &AugmentConfig::moco_v1(8),
+        &mut view_rng(0, 0, 0, 0),
+    )
+    .unwrap_err();
     assert!(format!("{e}").contains("empty"));
 }

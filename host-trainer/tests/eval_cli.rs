@@ -59,13 +59,19 @@ fn fewshot_is_reproducible_and_reports_the_population_interval() {
     let a = fewshot::evaluate(&cfg, &Device::Cpu).unwrap();
     let b = fewshot::evaluate(&cfg, &Device::Cpu).unwrap();
     assert_eq!(a, b, "same seed, same episodes and classifiers");
-    assert_eq!(a.results.iter().map(|r| r.shot).collect::<Vec<_>>(), vec![1, 5]);
+    assert_eq!(
+        a.results.iter().map(|r| r.shot).collect::<Vec<_>>(),
+        vec![1, 5]
+    );
     for (r, accs) in a.results.iter().zip(&a.per_episode) {
         assert_eq!(accs.len(), 8);
         // Each 5-way episode has 75 queries: accuracies are multiples of 100/75.
         for &x in accs {
             assert!((0.0..=100.0).contains(&x));
-            assert!(((x * 75.0 / 100.0) - (x * 75.0 / 100.0).round()).abs() < 1e-9, "{x}");
+            assert!(
+                ((x * 75.0 / 100.0) - (x * 75.0 / 100.0).round()).abs() < 1e-9,
+                "{x}"
+            );
         }
         // Independent formula: mean and 1.96·σ/√n with the population σ.
         let n = accs.len() as f64;
@@ -102,7 +108,10 @@ fn fewshot_rejects_bad_input_with_clear_errors() {
     std::fs::write(&junk, b"not a model at all").unwrap();
     let e = fewshot::evaluate(&fewshot_cfg(&data, &junk), &Device::Cpu).unwrap_err();
     let msg = format!("{e:#}");
-    assert!(msg.contains("junk.safetensors") && msg.contains("not a ResNet"), "{msg}");
+    assert!(
+        msg.contains("junk.safetensors") && msg.contains("not a ResNet"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -130,9 +139,15 @@ fn binary_fewshot_writes_json_with_accuracy_and_ci95() {
         .arg(&out)
         .output()
         .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let printed: serde_json::Value = serde_json::from_slice(&run.stdout).expect("--json prints only JSON");
-    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("fewshot.json")).unwrap()).unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let printed: serde_json::Value =
+        serde_json::from_slice(&run.stdout).expect("--json prints only JSON");
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("fewshot.json")).unwrap()).unwrap();
     assert_eq!(printed, written);
     assert_eq!(printed["command"], "eval fewshot");
     assert_eq!(printed["results"][1]["shot"], 5);
@@ -147,14 +162,20 @@ fn binary_fewshot_writes_json_with_accuracy_and_ci95() {
         &Device::Cpu,
     )
     .unwrap();
-    assert_eq!(printed["results"][0]["accuracy"].as_f64().unwrap(), lib.results[0].accuracy);
+    assert_eq!(
+        printed["results"][0]["accuracy"].as_f64().unwrap(),
+        lib.results[0].accuracy
+    );
 }
 
 #[test]
 fn base_and_linear_probes_run_end_to_end() {
     let d = tempfile::tempdir().unwrap();
     let (data, backbone) = setup(d.path());
-    let heldout = host_trainer::train::data::open_pretrain_data(&data, 0).unwrap().heldout.len();
+    let heldout = host_trainer::train::data::open_pretrain_data(&data, 0)
+        .unwrap()
+        .heldout
+        .len();
     for kind in [probe::ProbeKind::Base, probe::ProbeKind::Linear] {
         let recipe = match kind {
             probe::ProbeKind::Base => probe::ProbeRecipe {
@@ -181,7 +202,9 @@ fn base_and_linear_probes_run_end_to_end() {
         match kind {
             // 21 images → 2 held out per class: one to fit, one to test.
             probe::ProbeKind::Base => assert_eq!((r.fit_images, r.test_images), (16, 16)),
-            probe::ProbeKind::Linear => assert_eq!((r.fit_images, r.test_images), (16 * 21 - heldout, heldout)),
+            probe::ProbeKind::Linear => {
+                assert_eq!((r.fit_images, r.test_images), (16 * 21 - heldout, heldout))
+            }
         }
         let j = probe::to_json(&cfg, &r);
         assert_eq!(j["accuracy"].as_f64().unwrap(), r.accuracy);

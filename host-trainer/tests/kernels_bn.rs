@@ -26,7 +26,9 @@ fn reference(x: &Tensor, g: &Tensor, b: &Tensor, eps: f64) -> Tensor {
         .unwrap()
         .mean_keepdim(3)
         .unwrap();
-    let xhat = xc.broadcast_div(&(var + eps).unwrap().sqrt().unwrap()).unwrap();
+    let xhat = xc
+        .broadcast_div(&(var + eps).unwrap().sqrt().unwrap())
+        .unwrap();
     xhat.broadcast_mul(&g.reshape((1, c, 1, 1)).unwrap())
         .unwrap()
         .broadcast_add(&b.reshape((1, c, 1, 1)).unwrap())
@@ -45,15 +47,33 @@ fn flat(t: &Tensor) -> Vec<f64> {
 fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
     let (a, b) = (flat(a), flat(b));
-    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
     diff / b.iter().map(|y| y.abs()).fold(1e-30, f64::max)
 }
 
-fn setup(n: usize, c: usize, h: usize, w: usize, offset: f32, seed: u64) -> (Tensor, Tensor, Tensor, Tensor) {
+fn setup(
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    offset: f32,
+    seed: u64,
+) -> (Tensor, Tensor, Tensor, Tensor) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut t = |len: usize, lo: f32, hi: f32| -> Vec<f32> { (0..len).map(|_| rng.gen_range(lo..hi)).collect() };
+    let mut t = |len: usize, lo: f32, hi: f32| -> Vec<f32> {
+        (0..len).map(|_| rng.gen_range(lo..hi)).collect()
+    };
     let dev = &Device::Cpu;
-    let x = Tensor::from_vec(t(n * c * h * w, offset - 1.0, offset + 1.0), (n, c, h, w), dev).unwrap();
+    let x = Tensor::from_vec(
+        t(n * c * h * w, offset - 1.0, offset + 1.0),
+        (n, c, h, w),
+        dev,
+    )
+    .unwrap();
     let g = Tensor::from_vec(t(c, 0.5, 1.5), c, dev).unwrap();
     let b = Tensor::from_vec(t(c, -0.5, 0.5), c, dev).unwrap();
     let r = Tensor::from_vec(t(n * c * h * w, -1.0, 1.0), (n, c, h, w), dev).unwrap();
@@ -68,13 +88,18 @@ fn grads(
     r: &Tensor,
     f: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
 ) -> Vec<Tensor> {
-    let vs: Vec<Var> = [x, g, b].iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+    let vs: Vec<Var> = [x, g, b]
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
     let loss = (f(vs[0].as_tensor(), vs[1].as_tensor(), vs[2].as_tensor()) * r)
         .unwrap()
         .sum_all()
         .unwrap();
     let gs = loss.backward().unwrap();
-    vs.iter().map(|v| gs.get(v.as_tensor()).unwrap().clone()).collect()
+    vs.iter()
+        .map(|v| gs.get(v.as_tensor()).unwrap().clone())
+        .collect()
 }
 
 proptest! {
@@ -131,7 +156,11 @@ fn gradients_match_finite_differences() {
             args[which] = bump(-h);
             let lm = loss(&args[0], &args[1], &args[2]);
             let fd = (lp - lm) / (2.0 * h as f64);
-            assert!((fd - gv[i]).abs() <= 2e-3, "arg {which} [{i}]: fd {fd} vs {}", gv[i]);
+            assert!(
+                (fd - gv[i]).abs() <= 2e-3,
+                "arg {which} [{i}]: fd {fd} vs {}",
+                gv[i]
+            );
         }
     }
 }

@@ -57,7 +57,10 @@ fn case() -> impl Strategy<Value = Case> {
 fn rand_tensor(rng: &mut rand_chacha::ChaCha8Rng, shape: &[usize], dt: DType) -> Tensor {
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap().to_dtype(dt).unwrap()
+    Tensor::from_vec(v, shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dt)
+        .unwrap()
 }
 
 fn inputs(c: &Case, dt: DType) -> (Tensor, Tensor, rand_chacha::ChaCha8Rng) {
@@ -80,7 +83,11 @@ fn flat(t: &Tensor) -> Vec<f64> {
 fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
     let (a, b) = (flat(a), flat(b));
-    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
     let scale = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
     if diff == 0.0 {
         0.0
@@ -106,7 +113,12 @@ fn try_grads(
     ))
 }
 
-fn grads(x: &Tensor, w: &Tensor, r: &Tensor, conv: impl Fn(&Tensor, &Tensor) -> Tensor) -> (Tensor, Tensor) {
+fn grads(
+    x: &Tensor,
+    w: &Tensor,
+    r: &Tensor,
+    conv: impl Fn(&Tensor, &Tensor) -> Tensor,
+) -> (Tensor, Tensor) {
     try_grads(x, w, r, |x, w| Ok(conv(x, w))).unwrap()
 }
 
@@ -131,7 +143,8 @@ fn naive_grads(c: &Case, x: &Tensor, w: &Tensor, r: &Tensor) -> (Tensor, Tensor)
                                 if iy < 0 || ix < 0 || iy >= c.h as isize || ix >= c.w as isize {
                                     continue;
                                 }
-                                let xi = ((b * c.c_in + ci) * c.h + iy as usize) * c.w + ix as usize;
+                                let xi =
+                                    ((b * c.c_in + ci) * c.h + iy as usize) * c.w + ix as usize;
                                 let wi = ((o * c.c_in + ci) * c.k + ky) * c.k + kx;
                                 dx[xi] += wv[wi] * g;
                                 dw[wi] += xv[xi] * g;
@@ -215,7 +228,11 @@ proptest! {
 #[test]
 fn resnet_shapes_match_candle_including_multi_image_chunks() {
     // 4x4 maps → several images per GEMM chunk (gather/scatter paths); 1x1 stride-2 downsample.
-    for &(n, ci, co, hw, k, s, p) in &[(40, 8, 16, 4, 3, 1, 1), (9, 8, 16, 8, 1, 2, 0), (3, 3, 8, 11, 3, 1, 1)] {
+    for &(n, ci, co, hw, k, s, p) in &[
+        (40, 8, 16, 4, 3, 1, 1),
+        (9, 8, 16, 8, 1, 2, 0),
+        (3, 3, 8, 11, 3, 1, 1),
+    ] {
         let c = Case {
             n,
             c_in: ci,
@@ -233,8 +250,16 @@ fn resnet_shapes_match_candle_including_multi_image_chunks() {
         let r = rand_tensor(&mut rng, y_ref.dims(), DType::F32);
         let (dx, dw) = grads(&x, &w, &r, |x, w| kernels::conv2d(x, w, s, p).unwrap());
         let (dx_ref, dw_ref) = grads(&x, &w, &r, |x, w| x.conv2d(w, p, s, 1, 1).unwrap());
-        assert!(rel_err(&dx, &dx_ref) <= 1e-4, "dx {}", rel_err(&dx, &dx_ref));
-        assert!(rel_err(&dw, &dw_ref) <= 1e-4, "dw {}", rel_err(&dw, &dw_ref));
+        assert!(
+            rel_err(&dx, &dx_ref) <= 1e-4,
+            "dx {}",
+            rel_err(&dx, &dx_ref)
+        );
+        assert!(
+            rel_err(&dw, &dw_ref) <= 1e-4,
+            "dw {}",
+            rel_err(&dw, &dw_ref)
+        );
     }
 }
 
@@ -318,7 +343,10 @@ fn training_gradients_bit_identical_across_thread_counts() {
     let (x, w, mut rng) = inputs(&c, DType::F32);
     let r = rand_tensor(&mut rng, &[33, 6, 6, 6], DType::F32);
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         pool.install(|| {
             let (dx, dw) = grads(&x, &w, &r, |x, w| kernels::conv2d(x, w, 1, 1).unwrap());
             (flat(&dx), flat(&dw))

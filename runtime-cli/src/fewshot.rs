@@ -15,7 +15,9 @@ use anyhow::{anyhow, bail, Result};
 use host_trainer::data::{MiniImageNet, Split};
 use rayon::prelude::*;
 use runtime_core::metrics::episode_accuracy;
-use runtime_core::protocol::fewshot::{run_episodes, Episode, EpisodeSampler, FewShotHead, SampleError};
+use runtime_core::protocol::fewshot::{
+    run_episodes, Episode, EpisodeSampler, FewShotHead, SampleError,
+};
 use runtime_core::Task;
 use serde_json::json;
 

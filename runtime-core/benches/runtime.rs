@@ -41,19 +41,35 @@ fn model_pair(c: &mut Criterion, name: &str, make: impl Fn(Dtype) -> ModelBuilde
 /// Per-kernel timings: a one-op model per kernel, so the same executor path is measured.
 fn kernels(c: &mut Criterion) {
     use runtime_core::{LayerParams, Quant, Task};
-    let q = Quant { scale: 0.05, zp: -10 };
+    let q = Quant {
+        scale: 0.05,
+        zp: -10,
+    };
     let mk = |dtype: Dtype, op: &str| -> ModelBuilder {
         let mut b = ModelBuilder::new(dtype, Task::Features);
         let x = b.input([16, 16, 32], &[0.0; 32], &[1.0; 32], q).unwrap();
-        let (wq, ws, bq): (Vec<i8>, Vec<f32>, Vec<i32>) = ((0..32 * 9 * 32).map(|i| (i % 200) as i8 - 100).collect(), vec![0.001; 32], vec![5; 32]);
+        let (wq, ws, bq): (Vec<i8>, Vec<f32>, Vec<i32>) = (
+            (0..32 * 9 * 32).map(|i| (i % 200) as i8 - 100).collect(),
+            vec![0.001; 32],
+            vec![5; 32],
+        );
         let wf: Vec<f32> = wq.iter().map(|&v| v as f32 * 0.001).collect();
         let bf = vec![0.01f32; 32];
         let p = match dtype {
-            Dtype::Int8 => LayerParams::I8 { weights: &wq, w_scale: &ws, bias: &bq },
-            Dtype::F32 => LayerParams::F32 { weights: &wf, bias: &bf },
+            Dtype::Int8 => LayerParams::I8 {
+                weights: &wq,
+                w_scale: &ws,
+                bias: &bq,
+            },
+            Dtype::F32 => LayerParams::F32 {
+                weights: &wf,
+                bias: &bf,
+            },
         };
         let y = match op {
-            "conv3x3" => b.conv("c", x, 32, [3, 3], [1, 1], [1; 4], true, p, q).unwrap(),
+            "conv3x3" => b
+                .conv("c", x, 32, [3, 3], [1, 1], [1; 4], true, p, q)
+                .unwrap(),
             "add" => b.add(x, x, true, q).unwrap(),
             "maxpool3x3s2" => b.maxpool(x, [3, 3], [2, 2], [1; 4]).unwrap(),
             "mean" => b.mean(x, q).unwrap(),
@@ -63,8 +79,15 @@ fn kernels(c: &mut Criterion) {
                 let wfc: Vec<i8> = (0..32 * 32).map(|i| (i % 200) as i8 - 100).collect();
                 let wff: Vec<f32> = wfc.iter().map(|&v| v as f32 * 0.001).collect();
                 let p = match dtype {
-                    Dtype::Int8 => LayerParams::I8 { weights: &wfc, w_scale: &ws, bias: &bq },
-                    Dtype::F32 => LayerParams::F32 { weights: &wff, bias: &bf },
+                    Dtype::Int8 => LayerParams::I8 {
+                        weights: &wfc,
+                        w_scale: &ws,
+                        bias: &bq,
+                    },
+                    Dtype::F32 => LayerParams::F32 {
+                        weights: &wff,
+                        bias: &bf,
+                    },
                 };
                 b.fc("f", m, 32, false, p, q).unwrap()
             }
@@ -80,9 +103,13 @@ fn kernels(c: &mut Criterion) {
             let m = Model::parse(&bytes).unwrap();
             let mut arena = vec![0u8; m.arena_bytes()];
             let mut out = vec![0f32; m.output_len()];
-            let x: Vec<f32> = (0..m.input_len()).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect();
+            let x: Vec<f32> = (0..m.input_len())
+                .map(|i| (i % 13) as f32 * 0.1 - 0.6)
+                .collect();
             m.load_input_f32(&x, &mut arena).unwrap();
-            g.bench_function(format!("{dtype:?}"), |bch| bch.iter(|| m.run(&mut arena, &mut out).unwrap()));
+            g.bench_function(format!("{dtype:?}"), |bch| {
+                bch.iter(|| m.run(&mut arena, &mut out).unwrap())
+            });
         }
         g.finish();
     }
@@ -90,7 +117,9 @@ fn kernels(c: &mut Criterion) {
 
 fn models(c: &mut Criterion) {
     model_pair(c, "resnet8_32px", |d| zoo::resnet8(d, 1).unwrap());
-    model_pair(c, "resnet18_84px_w64", |d| zoo::resnet18(d, 84, 64, 1).unwrap());
+    model_pair(c, "resnet18_84px_w64", |d| {
+        zoo::resnet18(d, 84, 64, 1).unwrap()
+    });
 }
 
 criterion_group!(benches, kernels, models);

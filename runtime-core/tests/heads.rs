@@ -8,9 +8,17 @@ use runtime_core::heads::HeadError;
 use runtime_core::metrics::{episode_accuracy, IodError};
 
 /// `n_way` clusters around random unit-ish directions in `dim` dims, `shots` each.
-fn clusters(n_way: usize, shots: usize, dim: usize, spread: f32, seed: u64) -> (Vec<f32>, Vec<u8>, Vec<Vec<f32>>) {
+fn clusters(
+    n_way: usize,
+    shots: usize,
+    dim: usize,
+    spread: f32,
+    seed: u64,
+) -> (Vec<f32>, Vec<u8>, Vec<Vec<f32>>) {
     let mut rng = SplitMix64::new(seed);
-    let centres: Vec<Vec<f32>> = (0..n_way).map(|_| (0..dim).map(|_| rng.unit_f32() * 2.0 - 1.0).collect()).collect();
+    let centres: Vec<Vec<f32>> = (0..n_way)
+        .map(|_| (0..dim).map(|_| rng.unit_f32() * 2.0 - 1.0).collect())
+        .collect();
     let (mut f, mut l) = (Vec::new(), Vec::new());
     for s in 0..shots {
         for (c, centre) in centres.iter().enumerate() {
@@ -49,12 +57,27 @@ fn centroid_cosine_hand_case() {
 
 #[test]
 fn heads_reject_bad_support() {
-    assert_eq!(NearestCentroid::<2, 2>::fit(&[1.0, 0.0], &[0], 2, 2).err(), Some(HeadError::Label)); // class 1 empty
-    assert_eq!(NearestCentroid::<2, 2>::fit(&[1.0, 0.0, 1.0], &[0, 1], 2, 2).err(), Some(HeadError::Shape));
-    assert_eq!(NearestCentroid::<2, 2>::fit(&[0.0; 6], &[0, 1], 2, 3).err(), Some(HeadError::Capacity));
-    assert_eq!(NearestCentroid::<2, 2>::fit(&[0.0; 4], &[0, 2], 2, 2).err(), Some(HeadError::Label));
+    assert_eq!(
+        NearestCentroid::<2, 2>::fit(&[1.0, 0.0], &[0], 2, 2).err(),
+        Some(HeadError::Label)
+    ); // class 1 empty
+    assert_eq!(
+        NearestCentroid::<2, 2>::fit(&[1.0, 0.0, 1.0], &[0, 1], 2, 2).err(),
+        Some(HeadError::Shape)
+    );
+    assert_eq!(
+        NearestCentroid::<2, 2>::fit(&[0.0; 6], &[0, 1], 2, 3).err(),
+        Some(HeadError::Capacity)
+    );
+    assert_eq!(
+        NearestCentroid::<2, 2>::fit(&[0.0; 4], &[0, 2], 2, 2).err(),
+        Some(HeadError::Label)
+    );
     let r = SgdRecipe::default();
-    assert_eq!(LinearClassifier::<2, 2>::fit(&[0.0; 4], &[0, 3], 2, 2, &r, 0).err(), Some(HeadError::Label));
+    assert_eq!(
+        LinearClassifier::<2, 2>::fit(&[0.0; 4], &[0, 3], 2, 2, &r, 0).err(),
+        Some(HeadError::Label)
+    );
 }
 
 #[test]
@@ -71,7 +94,10 @@ fn linear_classifier_reaches_100_percent_on_separable_support() {
 #[test]
 fn linear_classifier_is_deterministic_in_seed() {
     let (f, l, _) = clusters(3, 2, 8, 0.5, 9);
-    let r = SgdRecipe { epochs: 3, ..SgdRecipe::default() };
+    let r = SgdRecipe {
+        epochs: 3,
+        ..SgdRecipe::default()
+    };
     let (a, b, c) = (
         LinearClassifier::<3, 8>::fit(&f, &l, 3, 8, &r, 1).unwrap(),
         LinearClassifier::<3, 8>::fit(&f, &l, 3, 8, &r, 1).unwrap(),
@@ -91,7 +117,11 @@ fn linear_classifier_is_deterministic_in_seed() {
 fn linear_first_step_matches_hand_formula() {
     let f = [2.0f32, -1.0];
     let l = [0u8, 1];
-    let r = SgdRecipe { epochs: 1, batch: 2, ..SgdRecipe::default() };
+    let r = SgdRecipe {
+        epochs: 1,
+        batch: 2,
+        ..SgdRecipe::default()
+    };
     let h = LinearClassifier::<2, 1>::fit(&f, &l, 2, 1, &r, 5).unwrap();
     // Reproduce: init from the same PRNG (weights row-major then bias, U(-1,1)/sqrt(1)).
     let mut rng = SplitMix64::new(5);
@@ -113,8 +143,12 @@ fn linear_first_step_matches_hand_formula() {
         }
     }
     // First step: buffer = grad + wd·p; p -= lr·buffer.
-    let exp_w: Vec<f32> = (0..2).map(|c| w[c] - 0.01 * (gw[c] + 0.001 * w[c])).collect();
-    let exp_b: Vec<f32> = (0..2).map(|c| b[c] - 0.01 * (gb[c] + 0.001 * b[c])).collect();
+    let exp_w: Vec<f32> = (0..2)
+        .map(|c| w[c] - 0.01 * (gw[c] + 0.001 * w[c]))
+        .collect();
+    let exp_b: Vec<f32> = (0..2)
+        .map(|c| b[c] - 0.01 * (gb[c] + 0.001 * b[c]))
+        .collect();
     let mut z = [0f32; 2];
     h.logits(&[1.0], &mut z).unwrap();
     for c in 0..2 {

@@ -45,7 +45,11 @@ fn naive_rdbp(x: i64, e: i64) -> i64 {
 }
 
 fn naive_mbqm(x: i64, m: i64, shift: i64) -> i64 {
-    let shifted = if shift > 0 { (x << shift).clamp(i32::MIN as i64, i32::MAX as i64) } else { x };
+    let shifted = if shift > 0 {
+        (x << shift).clamp(i32::MIN as i64, i32::MAX as i64)
+    } else {
+        x
+    };
     naive_rdbp(naive_srdhm(shifted, m), if shift > 0 { 0 } else { -shift })
 }
 
@@ -86,21 +90,51 @@ struct WinCase {
 }
 
 fn window(max_hw: usize, max_c: usize, max_k: usize) -> impl Strategy<Value = WinCase> {
-    (1..=max_hw, 1..=max_hw, 1..=max_c, 1..=max_k, 1..=max_k, 1usize..=3, 1usize..=3)
-        .prop_flat_map(|(h, w, c, kh, kw, sh, sw)| (Just((h, w, c, kh, kw, sh, sw)), 0..kh, 0..kw, 0..kh, 0..kw))
-        .prop_filter_map("window fits", |((h, w, c, kh, kw, sh, sw), pt, pl, pb, pr)| {
-            let oh = Window::out_dim(h, kh, sh, pt, pb)?;
-            let ow = Window::out_dim(w, kw, sw, pl, pr)?;
-            let win = Window { in_h: h, in_w: w, in_c: c, out_h: oh, out_w: ow, kh, kw, stride_h: sh, stride_w: sw, pad_top: pt, pad_left: pl };
-            Some(WinCase { win, pad_bottom: pb, pad_right: pr })
+    (
+        1..=max_hw,
+        1..=max_hw,
+        1..=max_c,
+        1..=max_k,
+        1..=max_k,
+        1usize..=3,
+        1usize..=3,
+    )
+        .prop_flat_map(|(h, w, c, kh, kw, sh, sw)| {
+            (Just((h, w, c, kh, kw, sh, sw)), 0..kh, 0..kw, 0..kh, 0..kw)
         })
+        .prop_filter_map(
+            "window fits",
+            |((h, w, c, kh, kw, sh, sw), pt, pl, pb, pr)| {
+                let oh = Window::out_dim(h, kh, sh, pt, pb)?;
+                let ow = Window::out_dim(w, kw, sw, pl, pr)?;
+                let win = Window {
+                    in_h: h,
+                    in_w: w,
+                    in_c: c,
+                    out_h: oh,
+                    out_w: ow,
+                    kh,
+                    kw,
+                    stride_h: sh,
+                    stride_w: sw,
+                    pad_top: pt,
+                    pad_left: pl,
+                };
+                Some(WinCase {
+                    win,
+                    pad_bottom: pb,
+                    pad_right: pr,
+                })
+            },
+        )
 }
 
 /// The input pixel (iy, ix) for output (oy, ox) and tap (ky, kx), or None in the padding.
 fn tap(w: &Window, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
     let iy = (oy * w.stride_h + ky) as i64 - w.pad_top as i64;
     let ix = (ox * w.stride_w + kx) as i64 - w.pad_left as i64;
-    (iy >= 0 && ix >= 0 && (iy as usize) < w.in_h && (ix as usize) < w.in_w).then_some((iy as usize, ix as usize))
+    (iy >= 0 && ix >= 0 && (iy as usize) < w.in_h && (ix as usize) < w.in_w)
+        .then_some((iy as usize, ix as usize))
 }
 
 #[derive(Debug, Clone)]
@@ -130,7 +164,19 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
             -128i32..=127,
             any::<bool>(),
         )
-            .prop_map(|(wc, out_c, input, weights, bias, mults, in_zp, out_zp, relu)| ConvCase { wc, out_c, input, weights, bias, mults, in_zp, out_zp, relu })
+            .prop_map(
+                |(wc, out_c, input, weights, bias, mults, in_zp, out_zp, relu)| ConvCase {
+                    wc,
+                    out_c,
+                    input,
+                    weights,
+                    bias,
+                    mults,
+                    in_zp,
+                    out_zp,
+                    relu,
+                },
+            )
     })
 }
 
@@ -343,7 +389,19 @@ proptest! {
 
 #[test]
 fn kernels_reject_wrong_lengths() {
-    let w = Window { in_h: 2, in_w: 2, in_c: 1, out_h: 2, out_w: 2, kh: 1, kw: 1, stride_h: 1, stride_w: 1, pad_top: 0, pad_left: 0 };
+    let w = Window {
+        in_h: 2,
+        in_w: 2,
+        in_c: 1,
+        out_h: 2,
+        out_w: 2,
+        kh: 1,
+        kw: 1,
+        stride_h: 1,
+        stride_w: 1,
+        pad_top: 0,
+        pad_left: 0,
+    };
     let mut out = [0i8; 3];
     assert!(maxpool_i8(&w, -128, 127, &[0i8; 4], &mut out).is_err());
     let mut outf = [0f32; 2];

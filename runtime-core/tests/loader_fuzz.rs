@@ -8,7 +8,10 @@ use proptest::prelude::*;
 use runtime_core::{write_safetensors, Dtype, Model, RawTensor};
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000)
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
 }
 
 /// Loads; if accepted, runs on a zero input. Must never panic; must not fail to run.
@@ -17,8 +20,12 @@ fn load_and_run(bytes: &[u8]) {
         let mut arena = vec![0u8; m.arena_bytes()];
         let mut out = vec![0f32; m.output_len()];
         match m.dtype() {
-            Dtype::Int8 => m.run_int8(&vec![0i8; m.input_len()], &mut arena, &mut out).unwrap(),
-            Dtype::F32 => m.run_f32(&vec![0f32; m.input_len()], &mut arena, &mut out).unwrap(),
+            Dtype::Int8 => m
+                .run_int8(&vec![0i8; m.input_len()], &mut arena, &mut out)
+                .unwrap(),
+            Dtype::F32 => m
+                .run_f32(&vec![0f32; m.input_len()], &mut arena, &mut out)
+                .unwrap(),
         }
     }
 }
@@ -75,8 +82,30 @@ enum TextMut {
 }
 
 fn text_mut() -> impl Strategy<Value = TextMut> {
-    let values = prop_oneof![Just(0i64), Just(-1), Just(-129), Just(128), Just(1 << 31), Just(i64::MAX), -3i64..40];
-    let toks = prop_oneof![Just("relu"), Just("conv"), Just("k=0"), Just("pad=9"), Just("stride=0"), Just("shape=0,1,1"), Just("zp=200"), Just("s=31"), Just("m=-5"), Just("rtgraph"), Just("in=999"), Just("scale=nan"), Just("w=c1.bias")];
+    let values = prop_oneof![
+        Just(0i64),
+        Just(-1),
+        Just(-129),
+        Just(128),
+        Just(1 << 31),
+        Just(i64::MAX),
+        -3i64..40
+    ];
+    let toks = prop_oneof![
+        Just("relu"),
+        Just("conv"),
+        Just("k=0"),
+        Just("pad=9"),
+        Just("stride=0"),
+        Just("shape=0,1,1"),
+        Just("zp=200"),
+        Just("s=31"),
+        Just("m=-5"),
+        Just("rtgraph"),
+        Just("in=999"),
+        Just("scale=nan"),
+        Just("w=c1.bias")
+    ];
     prop_oneof![
         5 => (any::<usize>(), values).prop_map(|(i, v)| TextMut::Value(i, v)),
         1 => any::<usize>().prop_map(TextMut::Drop),
@@ -87,7 +116,10 @@ fn text_mut() -> impl Strategy<Value = TextMut> {
 }
 
 fn mutate_text(text: &str, muts: &[TextMut]) -> String {
-    let mut lines: Vec<Vec<String>> = text.lines().map(|l| l.split(' ').map(String::from).collect()).collect();
+    let mut lines: Vec<Vec<String>> = text
+        .lines()
+        .map(|l| l.split(' ').map(String::from).collect())
+        .collect();
     for m in muts {
         let n = lines.len().max(1);
         match m {
@@ -121,12 +153,20 @@ fn mutate_text(text: &str, muts: &[TextMut]) -> String {
             }
         }
     }
-    lines.iter().map(|l| l.join(" ")).collect::<Vec<_>>().join("\n")
+    lines
+        .iter()
+        .map(|l| l.join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn base(dtype: Dtype) -> (Vec<u8>, String, Vec<RawTensor>) {
     let b = common::tiny(dtype, 7);
-    (b.to_bytes().unwrap(), b.graph_text().unwrap(), b.params().to_vec())
+    (
+        b.to_bytes().unwrap(),
+        b.graph_text().unwrap(),
+        b.params().to_vec(),
+    )
 }
 
 proptest! {

@@ -25,45 +25,144 @@ fn with_text(edit: impl Fn(&str) -> String) -> Vec<u8> {
 
 #[test]
 fn rejects_each_malformed_class() {
-    assert_eq!(graph_err(&with_text(|t| t.replacen("rtgraph 1", "rtgraph 2", 1))), E::Version);
-    assert_eq!(graph_err(&with_text(|t| t.replacen("maxpool", "minpool", 1))), E::UnknownOp);
-    assert_eq!(graph_err(&with_text(|t| t.replacen("w=c1.weight", "w=nope", 1))), E::MissingTensor);
-    assert_eq!(graph_err(&with_text(|t| t.replacen("w=c1.weight", "w=c1.bias", 1))), E::Dtype);
-    assert_eq!(graph_err(&with_text(|t| t.replacen("stride=1,1 pad=1,0,1,2", "stride=2,2 pad=1,0,1,2", 1))), E::Shape);
-    assert_eq!(graph_err(&with_text(|t| t.replacen("shape=6,7,3", "shape=0,7,3", 1))), E::ZeroDim);
-    assert_eq!(graph_err(&with_text(|t| t.replacen("zp=-2", "zp=-129", 1))), E::ZeroPointRange);
-    assert_eq!(graph_err(&with_text(|t| t.replacen(" ma=", " ma=-", 1))), E::MultiplierRange);
-    assert_eq!(graph_err(&with_text(|t| t.replacen(" sa=", " sa=5", 1))), E::ShiftRange);
-    assert_eq!(graph_err(&with_text(|t| t.replacen("pad=1,0,1,2", "pad=3,0,1,2", 1))), E::Window);
+    assert_eq!(
+        graph_err(&with_text(|t| t.replacen("rtgraph 1", "rtgraph 2", 1))),
+        E::Version
+    );
+    assert_eq!(
+        graph_err(&with_text(|t| t.replacen("maxpool", "minpool", 1))),
+        E::UnknownOp
+    );
+    assert_eq!(
+        graph_err(&with_text(|t| t.replacen("w=c1.weight", "w=nope", 1))),
+        E::MissingTensor
+    );
+    assert_eq!(
+        graph_err(&with_text(|t| t.replacen("w=c1.weight", "w=c1.bias", 1))),
+        E::Dtype
+    );
+    assert_eq!(
+        graph_err(&with_text(|t| t.replacen(
+            "stride=1,1 pad=1,0,1,2",
+            "stride=2,2 pad=1,0,1,2",
+            1
+        ))),
+        E::Shape
+    );
+    assert_eq!(
+        graph_err(&with_text(|t| t.replacen("shape=6,7,3", "shape=0,7,3", 1))),
+        E::ZeroDim
+    );
+    assert_eq!(
+        graph_err(&with_text(|t| t.replacen("zp=-2", "zp=-129", 1))),
+        E::ZeroPointRange
+    );
+    assert_eq!(
+        graph_err(&with_text(|t| t.replacen(" ma=", " ma=-", 1))),
+        E::MultiplierRange
+    );
+    assert_eq!(
+        graph_err(&with_text(|t| t.replacen(" sa=", " sa=5", 1))),
+        E::ShiftRange
+    );
+    assert_eq!(
+        graph_err(&with_text(|t| t.replacen("pad=1,0,1,2", "pad=3,0,1,2", 1))),
+        E::Window
+    );
     // Huge windows would overflow the kernels' offset arithmetic.
-    assert_eq!(graph_err(&with_text(|t| t.replacen("maxpool in=1 out=2 k=2,2", "maxpool in=1 out=2 k=9223372036854775810,2", 1).replacen("pad=1,1,0,0", "pad=9223372036854775809,1,0,0", 1))), E::TooLarge);
-    assert_eq!(graph_err(&with_text(|t| t.replacen("scale=0.03", "scale=0", 1))), E::ScaleRange);
-    assert_eq!(graph_err(&with_text(|t| t.replacen("conv in=0", "conv in=1", 1))), E::NotYetComputed);
-    assert_eq!(graph_err(&with_text(|t| t.replacen(" relu", " relu bogus=1", 1))), E::UnknownKey);
-    assert_eq!(graph_err(&with_text(|t| t.replacen("stride=1,1", "stride=1,1 stride=2", 1))), E::DuplicateKey);
-    assert_eq!(graph_err(&with_text(|t| t.replacen("stride=1,1", "stride=x", 1))), E::BadValue("stride"));
-    assert_eq!(graph_err(&with_text(|t| t.replacen("tensor 1 ", "tensor 9 ", 1))), E::TensorId);
+    assert_eq!(
+        graph_err(&with_text(|t| t
+            .replacen(
+                "maxpool in=1 out=2 k=2,2",
+                "maxpool in=1 out=2 k=9223372036854775810,2",
+                1
+            )
+            .replacen("pad=1,1,0,0", "pad=9223372036854775809,1,0,0", 1))),
+        E::TooLarge
+    );
+    assert_eq!(
+        graph_err(&with_text(|t| t.replacen("scale=0.03", "scale=0", 1))),
+        E::ScaleRange
+    );
+    assert_eq!(
+        graph_err(&with_text(|t| t.replacen("conv in=0", "conv in=1", 1))),
+        E::NotYetComputed
+    );
+    assert_eq!(
+        graph_err(&with_text(|t| t.replacen(" relu", " relu bogus=1", 1))),
+        E::UnknownKey
+    );
+    assert_eq!(
+        graph_err(&with_text(|t| t.replacen(
+            "stride=1,1",
+            "stride=1,1 stride=2",
+            1
+        ))),
+        E::DuplicateKey
+    );
+    assert_eq!(
+        graph_err(&with_text(|t| t.replacen("stride=1,1", "stride=x", 1))),
+        E::BadValue("stride")
+    );
+    assert_eq!(
+        graph_err(&with_text(|t| t.replacen("tensor 1 ", "tensor 9 ", 1))),
+        E::TensorId
+    );
     // Max pool must keep its input's quantisation.
-    assert_eq!(graph_err(&with_text(|t| t.replacen("tensor 2 shape=3,4,4 scale=0.05", "tensor 2 shape=3,4,4 scale=0.06", 1))), E::PoolQuant);
+    assert_eq!(
+        graph_err(&with_text(|t| t.replacen(
+            "tensor 2 shape=3,4,4 scale=0.05",
+            "tensor 2 shape=3,4,4 scale=0.06",
+            1
+        ))),
+        E::PoolQuant
+    );
     // Wrong byte length / shape of a parameter vs the graph.
     let b = common::tiny(Dtype::Int8, 1);
     let mut params = b.params().to_vec();
     let p = params.iter_mut().find(|p| p.name == "fc.bias").unwrap();
     p.shape = vec![9];
     p.data.truncate(36);
-    assert_eq!(graph_err(&write_safetensors(&b.graph_text().unwrap(), &params)), E::Shape);
+    assert_eq!(
+        graph_err(&write_safetensors(&b.graph_text().unwrap(), &params)),
+        E::Shape
+    );
     // A weight of -128 breaks symmetric quantisation.
     let mut params = b.params().to_vec();
-    params.iter_mut().find(|p| p.name == "c2.weight").unwrap().data[0] = 0x80;
-    assert_eq!(graph_err(&write_safetensors(&b.graph_text().unwrap(), &params)), E::WeightRange);
+    params
+        .iter_mut()
+        .find(|p| p.name == "c2.weight")
+        .unwrap()
+        .data[0] = 0x80;
+    assert_eq!(
+        graph_err(&write_safetensors(&b.graph_text().unwrap(), &params)),
+        E::WeightRange
+    );
     // A bias beyond 2^30.
     let mut params = b.params().to_vec();
-    params.iter_mut().find(|p| p.name == "c2.bias").unwrap().data[..4].copy_from_slice(&(1i32 << 30 | 1).to_le_bytes());
-    assert_eq!(graph_err(&write_safetensors(&b.graph_text().unwrap(), &params)), E::BiasRange);
+    params
+        .iter_mut()
+        .find(|p| p.name == "c2.bias")
+        .unwrap()
+        .data[..4]
+        .copy_from_slice(&(1i32 << 30 | 1).to_le_bytes());
+    assert_eq!(
+        graph_err(&write_safetensors(&b.graph_text().unwrap(), &params)),
+        E::BiasRange
+    );
     // Missing graph, broken container.
-    assert_eq!(Model::parse(&write_safetensors("", &[])).err(), Some(ModelError::Graph { line: 1, kind: E::Header }));
+    assert_eq!(
+        Model::parse(&write_safetensors("", &[])).err(),
+        Some(ModelError::Graph {
+            line: 1,
+            kind: E::Header
+        })
+    );
     let good = b.to_bytes().unwrap();
-    assert_eq!(Model::parse(&good[..good.len() - 1]).err(), Some(ModelError::Container));
+    assert_eq!(
+        Model::parse(&good[..good.len() - 1]).err(),
+        Some(ModelError::Container)
+    );
 }
 
 #[test]
@@ -71,8 +170,18 @@ fn error_names_the_line() {
     let bytes = with_text(|t| t.replacen("maxpool", "minpool", 1));
     let text = common::tiny(Dtype::Int8, 1).graph_text().unwrap();
     let line = text.lines().position(|l| l.starts_with("maxpool")).unwrap() as u32 + 1;
-    assert_eq!(Model::parse(&bytes).err(), Some(ModelError::Graph { line, kind: E::UnknownOp }));
-    assert!(Model::parse(&bytes).err().unwrap().to_string().contains(&format!("line {line}")));
+    assert_eq!(
+        Model::parse(&bytes).err(),
+        Some(ModelError::Graph {
+            line,
+            kind: E::UnknownOp
+        })
+    );
+    assert!(Model::parse(&bytes)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains(&format!("line {line}")));
 }
 
 /// Runs the model node by node on separate buffers (no arena) with the same kernels via a
@@ -87,11 +196,17 @@ fn arena_reuse_does_not_change_results() {
             let m = Model::parse(&bytes).unwrap();
             // Sum of all tensor sizes = what an arena without reuse would need.
             let esize = if dtype == Dtype::Int8 { 1 } else { 4 };
-            let no_reuse: usize = m.tensors().iter().map(|t| (t.len() * esize).div_ceil(4) * 4).sum();
+            let no_reuse: usize = m
+                .tensors()
+                .iter()
+                .map(|t| (t.len() * esize).div_ceil(4) * 4)
+                .sum();
             assert!(m.arena_bytes() <= no_reuse + 3);
             // Same input in a fresh arena and in a garbage-filled one: same output (no reads
             // of uninitialised/stale memory).
-            let input: Vec<f32> = (0..m.input_len()).map(|i| ((i * 37 + seed as usize) % 17) as f32 / 8.0 - 1.0).collect();
+            let input: Vec<f32> = (0..m.input_len())
+                .map(|i| ((i * 37 + seed as usize) % 17) as f32 / 8.0 - 1.0)
+                .collect();
             let mut out1 = vec![0f32; m.output_len()];
             let mut out2 = vec![0f32; m.output_len()];
             let mut a1 = vec![0u8; m.arena_bytes()];
@@ -113,7 +228,9 @@ fn int8_tracks_f32_on_reference_models() {
     let bi = zoo::resnet8(Dtype::Int8, 3).unwrap().to_bytes().unwrap();
     let bf = zoo::resnet8(Dtype::F32, 3).unwrap().to_bytes().unwrap();
     let (mi, mf) = (Model::parse(&bi).unwrap(), Model::parse(&bf).unwrap());
-    let rgb: Vec<u8> = (0..mi.input_len()).map(|i| ((i * 7919) % 256) as u8).collect();
+    let rgb: Vec<u8> = (0..mi.input_len())
+        .map(|i| ((i * 7919) % 256) as u8)
+        .collect();
     let (mut ai, mut af) = (vec![0u8; mi.arena_bytes()], vec![0u8; mf.arena_bytes()]);
     let (mut oi, mut of) = (vec![0f32; 10], vec![0f32; 10]);
     mi.preprocess_rgb8(&rgb, &mut ai).unwrap();
@@ -121,10 +238,17 @@ fn int8_tracks_f32_on_reference_models() {
     mf.preprocess_rgb8(&rgb, &mut af).unwrap();
     mf.run(&mut af, &mut of).unwrap();
     let scale = of.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
-    let err = oi.iter().zip(&of).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let err = oi
+        .iter()
+        .zip(&of)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(err / scale < 0.25, "int8 {oi:?} vs f32 {of:?}");
     // MLPerf Tiny ResNet-8 footprint: ≈12.5 M MACs, arena well under TFLM's 100 KiB.
-    assert!((11_000_000..14_000_000).contains(&mi.macs()), "{}", mi.macs());
+    assert!(
+        (11_000_000..14_000_000).contains(&mi.macs()),
+        "{}",
+        mi.macs()
+    );
     assert!(mi.arena_bytes() < 100 * 1024, "{}", mi.arena_bytes());
 }
 
@@ -135,11 +259,26 @@ fn run_errors_are_typed() {
     let mut arena = vec![0u8; m.arena_bytes() - 1];
     let mut out = vec![0f32; m.output_len()];
     let input = vec![0i8; m.input_len()];
-    assert_eq!(m.run_int8(&input, &mut arena, &mut out), Err(RunError::ArenaTooSmall { need: m.arena_bytes(), got: arena.len() }));
+    assert_eq!(
+        m.run_int8(&input, &mut arena, &mut out),
+        Err(RunError::ArenaTooSmall {
+            need: m.arena_bytes(),
+            got: arena.len()
+        })
+    );
     let mut arena = vec![0u8; m.arena_bytes()];
-    assert!(matches!(m.run_int8(&input[1..], &mut arena, &mut out), Err(RunError::InputLen { .. })));
-    assert!(matches!(m.run_int8(&input, &mut arena, &mut out[1..]), Err(RunError::OutputLen { .. })));
-    assert_eq!(m.run_f32(&vec![0f32; m.input_len()], &mut arena, &mut out), Err(RunError::WrongDtype));
+    assert!(matches!(
+        m.run_int8(&input[1..], &mut arena, &mut out),
+        Err(RunError::InputLen { .. })
+    ));
+    assert!(matches!(
+        m.run_int8(&input, &mut arena, &mut out[1..]),
+        Err(RunError::OutputLen { .. })
+    ));
+    assert_eq!(
+        m.run_f32(&vec![0f32; m.input_len()], &mut arena, &mut out),
+        Err(RunError::WrongDtype)
+    );
 }
 
 #[test]
@@ -160,8 +299,15 @@ fn preprocess_quantises_like_the_formula() {
 }
 
 fn lifetimes() -> impl Strategy<Value = Vec<Lifetime>> {
-    proptest::collection::vec((1usize..5000, 0usize..30, 0usize..8), 1..40)
-        .prop_map(|v| v.into_iter().map(|(bytes, first, len)| Lifetime { bytes, first, last: first + len }).collect())
+    proptest::collection::vec((1usize..5000, 0usize..30, 0usize..8), 1..40).prop_map(|v| {
+        v.into_iter()
+            .map(|(bytes, first, len)| Lifetime {
+                bytes,
+                first,
+                last: first + len,
+            })
+            .collect()
+    })
 }
 
 proptest! {

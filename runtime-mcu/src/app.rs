@@ -61,7 +61,11 @@ pub enum AppError {
     /// heads' fixed capacity.
     Shape(&'static str),
     /// The static arena is smaller than the model's plan.
-    Arena { model: &'static str, need: usize, have: usize },
+    Arena {
+        model: &'static str,
+        need: usize,
+        have: usize,
+    },
     /// Inference failed.
     Run(&'static str, RunError),
     /// A few-shot head refused its inputs.
@@ -94,15 +98,28 @@ impl<'a> Images<'a> {
             return Err(AppError::Images("magic (expected RTIMG1)"));
         }
         let f = |i: usize| b[8 + i] as usize;
-        let im = Images { h: f(0), w: f(1), c: f(2), n_landmark: f(3), n_way: f(4), n_shot: f(5), n_query: f(6), pixels: &b[IMAGES_HEADER..] };
+        let im = Images {
+            h: f(0),
+            w: f(1),
+            c: f(2),
+            n_landmark: f(3),
+            n_way: f(4),
+            n_shot: f(5),
+            n_query: f(6),
+            pixels: &b[IMAGES_HEADER..],
+        };
         if im.h == 0 || im.w == 0 || im.c == 0 {
             return Err(AppError::Images("image shape"));
         }
         if im.n_way == 0 || im.n_way > MAX_WAY || im.n_shot == 0 || im.n_query == 0 {
-            return Err(AppError::Images("episode shape (n_way 1..=5, n_shot, n_query >= 1)"));
+            return Err(AppError::Images(
+                "episode shape (n_way 1..=5, n_shot, n_query >= 1)",
+            ));
         }
         if im.n_way * im.n_shot > MAX_IMAGES || im.n_way * im.n_query > MAX_IMAGES {
-            return Err(AppError::Images("too many support or query images (max 25)"));
+            return Err(AppError::Images(
+                "too many support or query images (max 25)",
+            ));
         }
         if im.pixels.len() != im.count() * im.image_len() {
             return Err(AppError::Images("pixel bytes do not match the header"));
@@ -136,16 +153,28 @@ impl<'a> Images<'a> {
 
     /// Query image `q` (class-major) and its label.
     pub fn query(&self, q: usize) -> (&'a [u8], u8) {
-        (self.image(self.n_landmark + self.n_way * self.n_shot + q), (q / self.n_query) as u8)
+        (
+            self.image(self.n_landmark + self.n_way * self.n_shot + q),
+            (q / self.n_query) as u8,
+        )
     }
 }
 
 /// Writes `images.bin` (the inverse of [`Images::parse`]); `images` in file order.
 #[allow(dead_code)] // used by the host-side fixture generator only
-pub fn encode_images(shape: [u8; 3], n_landmark: u8, n_way: u8, n_shot: u8, n_query: u8, images: &[&[u8]]) -> alloc::vec::Vec<u8> {
+pub fn encode_images(
+    shape: [u8; 3],
+    n_landmark: u8,
+    n_way: u8,
+    n_shot: u8,
+    n_query: u8,
+    images: &[&[u8]],
+) -> alloc::vec::Vec<u8> {
     let mut v = alloc::vec::Vec::new();
     v.extend_from_slice(IMAGES_MAGIC);
-    v.extend_from_slice(&[shape[0], shape[1], shape[2], n_landmark, n_way, n_shot, n_query, 0]);
+    v.extend_from_slice(&[
+        shape[0], shape[1], shape[2], n_landmark, n_way, n_shot, n_query, 0,
+    ]);
     for im in images {
         v.extend_from_slice(im);
     }
@@ -154,7 +183,13 @@ pub fn encode_images(shape: [u8; 3], n_landmark: u8, n_way: u8, n_shot: u8, n_qu
 
 /// Loads a model, checks it fits the arena and the images, and reports its static figures and
 /// the cost of loading (heap peak, instructions).
-fn load<'m, P: Platform>(p: &mut P, name: &'static str, bytes: &'m [u8], arena: &[u8], im: &Images) -> Result<Model<'m>, AppError> {
+fn load<'m, P: Platform>(
+    p: &mut P,
+    name: &'static str,
+    bytes: &'m [u8],
+    arena: &[u8],
+    im: &Images,
+) -> Result<Model<'m>, AppError> {
     p.reset_heap_peak();
     let t0 = p.now();
     let m = Model::parse(bytes).map_err(|e| AppError::Model(name, e))?;
@@ -170,18 +205,32 @@ fn load<'m, P: Platform>(p: &mut P, name: &'static str, bytes: &'m [u8], arena: 
         return Err(AppError::Shape(name));
     }
     if m.arena_bytes() > arena.len() {
-        return Err(AppError::Arena { model: name, need: m.arena_bytes(), have: arena.len() });
+        return Err(AppError::Arena {
+            model: name,
+            need: m.arena_bytes(),
+            have: arena.len(),
+        });
     }
     Ok(m)
 }
 
 /// Preprocesses one RGB8 image and runs the model; the output goes to `out` (dequantised).
 /// The first call per model reports its instruction counts.
-fn infer<P: Platform>(p: &mut P, name: &'static str, m: &Model, rgb: &[u8], arena: &mut [u8], out: &mut [f32], measure: bool) -> Result<(), AppError> {
+fn infer<P: Platform>(
+    p: &mut P,
+    name: &'static str,
+    m: &Model,
+    rgb: &[u8],
+    arena: &mut [u8],
+    out: &mut [f32],
+    measure: bool,
+) -> Result<(), AppError> {
     let t0 = p.now();
-    m.preprocess_rgb8(rgb, arena).map_err(|e| AppError::Run(name, e))?;
+    m.preprocess_rgb8(rgb, arena)
+        .map_err(|e| AppError::Run(name, e))?;
     let t1 = p.now();
-    m.run_i8_in_arena(arena).map_err(|e| AppError::Run(name, e))?;
+    m.run_i8_in_arena(arena)
+        .map_err(|e| AppError::Run(name, e))?;
     let t2 = p.now();
     // `run` = the int8 graph again + dequantisation: the public way to get real outputs. The
     // graph is deterministic, so the extra run only costs time (not measured).
@@ -243,9 +292,18 @@ pub fn run<P: Platform>(p: &mut P, fx: Fixtures, arena: &mut [u8]) -> Result<(),
         }
         let (sup, labels) = (&sup[..n_sup * dim], &sup_labels[..n_sup]);
         let t0 = p.now();
-        let lin = LinearClassifier::<MAX_WAY, MAX_DIM>::fit(sup, labels, im.n_way, dim, &SgdRecipe::default(), FIT_SEED).map_err(AppError::Head)?;
+        let lin = LinearClassifier::<MAX_WAY, MAX_DIM>::fit(
+            sup,
+            labels,
+            im.n_way,
+            dim,
+            &SgdRecipe::default(),
+            FIT_SEED,
+        )
+        .map_err(AppError::Head)?;
         let t1 = p.now();
-        let cen = NearestCentroid::<MAX_WAY, MAX_DIM>::fit(sup, labels, im.n_way, dim).map_err(AppError::Head)?;
+        let cen = NearestCentroid::<MAX_WAY, MAX_DIM>::fit(sup, labels, im.n_way, dim)
+            .map_err(AppError::Head)?;
         p.footprint("fewshot", "linear_fit_insns", t1 - t0);
         let (mut pred_lin, mut pred_cen) = ([0u32; MAX_IMAGES], [0u32; MAX_IMAGES]);
         let (mut ok_lin, mut ok_cen) = (0u32, 0u32);
@@ -264,7 +322,11 @@ pub fn run<P: Platform>(p: &mut P, fx: Fixtures, arena: &mut [u8]) -> Result<(),
         }
         p.result("fs_linear_pred", 0, &pred_lin[..n_qry]);
         p.result("fs_centroid_pred", 0, &pred_cen[..n_qry]);
-        p.result("fs_correct_linear_centroid_of", 0, &[ok_lin, ok_cen, n_qry as u32]);
+        p.result(
+            "fs_correct_linear_centroid_of",
+            0,
+            &[ok_lin, ok_cen, n_qry as u32],
+        );
     }
 
     // MLPerf-Tiny ResNet-8: one inference, for the footprint report (and parity).

@@ -35,7 +35,11 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
 #[exception]
 unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
     if !PANICKING.swap(true, Ordering::Relaxed) {
-        defmt::error!("HARDFAULT pc={=u32:#010x} lr={=u32:#010x}", frame.pc(), frame.lr());
+        defmt::error!(
+            "HARDFAULT pc={=u32:#010x} lr={=u32:#010x}",
+            frame.pc(),
+            frame.lr()
+        );
     }
     exit_fail()
 }

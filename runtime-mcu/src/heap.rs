@@ -31,7 +31,8 @@ impl PeakHeap {
 
     /// Starts a new peak measurement from the bytes in use now.
     pub fn reset_peak(&self) {
-        self.peak.store(self.live.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.peak
+            .store(self.live.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// Largest number of bytes that were allocated at the same time (requested sizes, without

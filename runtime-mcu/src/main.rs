@@ -54,7 +54,13 @@ impl app::Platform for Board {
             for (b, x) in buf.iter_mut().zip(chunk) {
                 *b = x.to_bits();
             }
-            defmt::info!("RESULT {=str} {=usize}.{=usize} {=[?]}", tag, idx, k, &buf[..chunk.len()]);
+            defmt::info!(
+                "RESULT {=str} {=usize}.{=usize} {=[?]}",
+                tag,
+                idx,
+                k,
+                &buf[..chunk.len()]
+            );
         }
     }
     fn footprint(&mut self, model: &str, key: &str, value: u64) {
@@ -72,7 +78,10 @@ fn main() -> ! {
     };
     icount::start(cp.SYST);
     let per_tick_milli = icount::calibrate();
-    defmt::info!("FOOTPRINT icount.insns_per_tick_x1000 {=u64}", per_tick_milli);
+    defmt::info!(
+        "FOOTPRINT icount.insns_per_tick_x1000 {=u64}",
+        per_tick_milli
+    );
     // Off by more than 0.1 %: not running under `-icount shift=0` on mps2-an386, so every
     // instruction count would be wrong. Refuse rather than report nonsense.
     if per_tick_milli.abs_diff(icount::INSNS_PER_TICK * 1000) > icount::INSNS_PER_TICK {
@@ -88,10 +97,16 @@ fn main() -> ! {
         fault::exit_fail()
     }
 
-    defmt::info!("FOOTPRINT board.heap_capacity_bytes {=usize}", heap::HEAP_BYTES);
+    defmt::info!(
+        "FOOTPRINT board.heap_capacity_bytes {=usize}",
+        heap::HEAP_BYTES
+    );
     defmt::info!("FOOTPRINT board.arena_capacity_bytes {=usize}", ARENA_BYTES);
     defmt::info!("FOOTPRINT board.peak_stack_bytes {=usize}", stack::peak());
-    defmt::info!("FOOTPRINT board.stack_capacity_bytes {=usize}", stack::capacity());
+    defmt::info!(
+        "FOOTPRINT board.stack_capacity_bytes {=usize}",
+        stack::capacity()
+    );
     defmt::info!("DONE");
     fault::exit_ok()
 }

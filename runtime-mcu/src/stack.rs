@@ -12,7 +12,10 @@ extern "C" {
 
 fn bounds() -> (usize, usize) {
     // Only the addresses of the linker symbols are taken, never their contents.
-    (&raw const __sheap as usize, &raw const _stack_start as usize)
+    (
+        &raw const __sheap as usize,
+        &raw const _stack_start as usize,
+    )
 }
 
 /// Paints the unused stack. Call first thing in `main`, before interrupts are enabled.

@@ -22,7 +22,10 @@ use runtime_core::model::zoo;
 use runtime_core::{Dtype, LayerParams, ModelBuilder, Quant, Task, TensorId};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 // ---------------------------------------------------------------- fixture generator
@@ -34,11 +37,23 @@ const N_SHOT: usize = 2;
 const N_QUERY: usize = 3;
 const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-const Q_IN: Quant = Quant { scale: 3.0 / 127.0, zp: 0 };
-const Q_RELU: Quant = Quant { scale: 8.0 / 255.0, zp: -128 };
-const Q_LIN: Quant = Quant { scale: 4.0 / 127.0, zp: 0 };
+const Q_IN: Quant = Quant {
+    scale: 3.0 / 127.0,
+    zp: 0,
+};
+const Q_RELU: Quant = Quant {
+    scale: 8.0 / 255.0,
+    zp: -128,
+};
+const Q_LIN: Quant = Quant {
+    scale: 4.0 / 127.0,
+    zp: 0,
+};
 /// Landmark outputs are fractions of the image side: [0, 2) leaves room for points outside.
-const Q_LM: Quant = Quant { scale: 2.0 / 255.0, zp: -128 };
+const Q_LM: Quant = Quant {
+    scale: 2.0 / 255.0,
+    zp: -128,
+};
 
 fn normal(rng: &mut SplitMix64) -> f32 {
     (0..12).map(|_| rng.unit_f32()).sum::<f32>() - 6.0
@@ -51,15 +66,29 @@ struct Int8Layer {
     bias: Vec<i32>,
 }
 
-fn int8_layer(rng: &mut SplitMix64, out_c: usize, fan_in: usize, in_scale: f32, bias_mean: f32) -> Int8Layer {
+fn int8_layer(
+    rng: &mut SplitMix64,
+    out_c: usize,
+    fan_in: usize,
+    in_scale: f32,
+    bias_mean: f32,
+) -> Int8Layer {
     let std = (2.0 / fan_in as f32).sqrt();
-    let mut l = Int8Layer { w: Vec::new(), scale: Vec::new(), bias: Vec::new() };
+    let mut l = Int8Layer {
+        w: Vec::new(),
+        scale: Vec::new(),
+        bias: Vec::new(),
+    };
     for _ in 0..out_c {
         let row: Vec<f32> = (0..fan_in).map(|_| normal(rng) * std).collect();
         let s = row.iter().fold(1e-8f32, |m, v| m.max(v.abs())) / 127.0;
-        l.w.extend(row.iter().map(|v| (v / s).round().clamp(-127.0, 127.0) as i8));
+        l.w.extend(
+            row.iter()
+                .map(|v| (v / s).round().clamp(-127.0, 127.0) as i8),
+        );
         l.scale.push(s);
-        l.bias.push(((bias_mean + 0.1 * normal(rng)) / (in_scale * s)).round() as i32);
+        l.bias
+            .push(((bias_mean + 0.1 * normal(rng)) / (in_scale * s)).round() as i32);
     }
     l
 }
@@ -69,13 +98,36 @@ fn int8_layer(rng: &mut SplitMix64, out_c: usize, fan_in: usize, in_scale: f32, 
 fn landmark_model(seed: u64) -> Vec<u8> {
     let mut rng = SplitMix64::new(seed);
     let mut b = ModelBuilder::new(Dtype::Int8, Task::Landmarks);
-    let x = b.input([PX, PX, 3], &IMAGENET_MEAN, &IMAGENET_STD, Q_IN).unwrap();
-    let mut conv = |b: &mut ModelBuilder, name: &str, x: TensorId, out_c: usize, k: usize, stride: usize, relu: bool| {
+    let x = b
+        .input([PX, PX, 3], &IMAGENET_MEAN, &IMAGENET_STD, Q_IN)
+        .unwrap();
+    let mut conv = |b: &mut ModelBuilder,
+                    name: &str,
+                    x: TensorId,
+                    out_c: usize,
+                    k: usize,
+                    stride: usize,
+                    relu: bool| {
         let xd = b.desc(x).unwrap();
         let l = int8_layer(&mut rng, out_c, k * k * xd.c, xd.scale, 0.0);
-        let p = LayerParams::I8 { weights: &l.w, w_scale: &l.scale, bias: &l.bias };
+        let p = LayerParams::I8 {
+            weights: &l.w,
+            w_scale: &l.scale,
+            bias: &l.bias,
+        };
         let q = if relu { Q_RELU } else { Q_LIN };
-        b.conv(name, x, out_c, [k, k], [stride, stride], [k / 2; 4], relu, p, q).unwrap()
+        b.conv(
+            name,
+            x,
+            out_c,
+            [k, k],
+            [stride, stride],
+            [k / 2; 4],
+            relu,
+            p,
+            q,
+        )
+        .unwrap()
     };
     let h = conv(&mut b, "stem.0", x, 8, 3, 2, true);
     let h = conv(&mut b, "stem.1", h, 16, 3, 2, true);
@@ -83,7 +135,11 @@ fn landmark_model(seed: u64) -> Vec<u8> {
     let h = b.leaky_relu(h, 0.01, Q_LIN).unwrap();
     let hd = b.desc(h).unwrap();
     let l = int8_layer(&mut rng, 10, hd.len(), hd.scale, 0.5);
-    let p = LayerParams::I8 { weights: &l.w, w_scale: &l.scale, bias: &l.bias };
+    let p = LayerParams::I8 {
+        weights: &l.w,
+        w_scale: &l.scale,
+        bias: &l.bias,
+    };
     let y = b.fc("head.fc", h, 10, false, p, Q_LM).unwrap();
     b.output(y).unwrap();
     b.to_bytes().unwrap()
@@ -102,9 +158,17 @@ fn images(seed: u64) -> Vec<u8> {
             for x in 0..PX {
                 let (dx, dy) = (x as f32 - cx, y as f32 - cy);
                 let face = (dx / 10.0).powi(2) + (dy / 13.0).powi(2) < 1.0;
-                let eye = [-4.0f32, 4.0].iter().any(|ex| (dx - ex).powi(2) + (dy + 4.0).powi(2) < 3.0);
+                let eye = [-4.0f32, 4.0]
+                    .iter()
+                    .any(|ex| (dx - ex).powi(2) + (dy + 4.0).powi(2) < 3.0);
                 let mouth = dy > 5.0 && dy < 7.0 && dx.abs() < 4.0;
-                let rgb = if eye || mouth { [40, 20, 20] } else if face { [220, 170, 140] } else { [60, 90, 140] };
+                let rgb = if eye || mouth {
+                    [40, 20, 20]
+                } else if face {
+                    [220, 170, 140]
+                } else {
+                    [60, 90, 140]
+                };
                 for c in 0..3 {
                     let n = (rng.below(21) as i32) - 10;
                     im[(y * PX + x) * 3 + c] = (rgb[c] + n).clamp(0, 255) as u8;
@@ -114,7 +178,13 @@ fn images(seed: u64) -> Vec<u8> {
         all.push(im);
     }
     let class_image = |rng: &mut SplitMix64, k: usize| {
-        let hue = [[230, 60, 50], [60, 200, 70], [50, 80, 230], [220, 210, 60], [170, 60, 200]][k];
+        let hue = [
+            [230, 60, 50],
+            [60, 200, 70],
+            [50, 80, 230],
+            [220, 210, 60],
+            [170, 60, 200],
+        ][k];
         let angle = k as f32 * std::f32::consts::PI / N_WAY as f32;
         let phase = rng.unit_f32() * 6.0;
         let mut im = vec![0u8; PX * PX * 3];
@@ -138,15 +208,31 @@ fn images(seed: u64) -> Vec<u8> {
         }
     }
     let refs: Vec<&[u8]> = all.iter().map(|v| v.as_slice()).collect();
-    app::encode_images([PX as u8, PX as u8, 3], N_LANDMARK as u8, N_WAY as u8, N_SHOT as u8, N_QUERY as u8, &refs)
+    app::encode_images(
+        [PX as u8, PX as u8, 3],
+        N_LANDMARK as u8,
+        N_WAY as u8,
+        N_SHOT as u8,
+        N_QUERY as u8,
+        &refs,
+    )
 }
 
 /// Every fixture file: (name, bytes). Deterministic: fixed seeds, integer/f32 maths only.
 fn generate() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("landmark.safetensors", landmark_model(11)),
-        ("backbone.safetensors", zoo::resnet18(Dtype::Int8, PX, 8, 12).unwrap().to_bytes().unwrap()),
-        ("resnet8.safetensors", zoo::resnet8(Dtype::Int8, 13).unwrap().to_bytes().unwrap()),
+        (
+            "backbone.safetensors",
+            zoo::resnet18(Dtype::Int8, PX, 8, 12)
+                .unwrap()
+                .to_bytes()
+                .unwrap(),
+        ),
+        (
+            "resnet8.safetensors",
+            zoo::resnet8(Dtype::Int8, 13).unwrap().to_bytes().unwrap(),
+        ),
         ("images.bin", images(14)),
     ]
 }
@@ -202,9 +288,21 @@ impl app::Platform for Host {
 
 fn host_results() -> Vec<String> {
     let dir = root().join("fixtures/mcu");
-    let read = |n: &str| std::fs::read(dir.join(n)).unwrap_or_else(|e| panic!("{}: {e}", dir.join(n).display()));
-    let (lm, bb, r8, im) = (read("landmark.safetensors"), read("backbone.safetensors"), read("resnet8.safetensors"), read("images.bin"));
-    let fx = app::Fixtures { landmark: &lm, backbone: &bb, resnet8: &r8, images: &im };
+    let read = |n: &str| {
+        std::fs::read(dir.join(n)).unwrap_or_else(|e| panic!("{}: {e}", dir.join(n).display()))
+    };
+    let (lm, bb, r8, im) = (
+        read("landmark.safetensors"),
+        read("backbone.safetensors"),
+        read("resnet8.safetensors"),
+        read("images.bin"),
+    );
+    let fx = app::Fixtures {
+        landmark: &lm,
+        backbone: &bb,
+        resnet8: &r8,
+        images: &im,
+    };
     let mut host = Host { lines: Vec::new() };
     let mut arena = vec![0u8; 1 << 20];
     app::run(&mut host, fx, &mut arena).unwrap_or_else(|e| panic!("host run failed: {e:?}"));
@@ -216,20 +314,48 @@ fn host_program_runs_and_the_episode_is_learnable() {
     // The host half alone (no QEMU needed): every result is produced, and the fitted classifier
     // beats chance on the synthetic episode, so the parity check compares meaningful numbers.
     let lines = host_results();
-    let count = |tag: &str| lines.iter().filter(|l| l.starts_with(&format!("{tag} "))).count();
+    let count = |tag: &str| {
+        lines
+            .iter()
+            .filter(|l| l.starts_with(&format!("{tag} ")))
+            .count()
+    };
     assert_eq!(count("lm_out"), N_LANDMARK);
-    assert_eq!(count("fs_query_feat"), N_WAY * N_QUERY * 4, "64-dim features print as 4 chunks of 16");
-    let correct = lines.iter().find(|l| l.starts_with("fs_correct_linear_centroid_of ")).expect("accuracy line");
-    let nums: Vec<u32> = correct.rsplit('[').next().unwrap().trim_end_matches(']').split(", ").map(|s| s.parse().unwrap()).collect();
+    assert_eq!(
+        count("fs_query_feat"),
+        N_WAY * N_QUERY * 4,
+        "64-dim features print as 4 chunks of 16"
+    );
+    let correct = lines
+        .iter()
+        .find(|l| l.starts_with("fs_correct_linear_centroid_of "))
+        .expect("accuracy line");
+    let nums: Vec<u32> = correct
+        .rsplit('[')
+        .next()
+        .unwrap()
+        .trim_end_matches(']')
+        .split(", ")
+        .map(|s| s.parse().unwrap())
+        .collect();
     assert_eq!(nums[2] as usize, N_WAY * N_QUERY);
-    assert!(nums[0] as usize > N_QUERY, "linear head at chance: {correct}");
+    assert!(
+        nums[0] as usize > N_QUERY,
+        "linear head at chance: {correct}"
+    );
 }
 
 #[test]
 fn mcu_matches_host_bit_for_bit() {
-    if Command::new("qemu-system-arm").arg("--version").output().is_err() {
+    if Command::new("qemu-system-arm")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         if std::env::var_os("CI").is_some() {
-            panic!("qemu-system-arm is missing under CI: scripts/setup.sh should have installed it");
+            panic!(
+                "qemu-system-arm is missing under CI: scripts/setup.sh should have installed it"
+            );
         }
         eprintln!("SKIP mcu_matches_host_bit_for_bit: qemu-system-arm not installed (run scripts/mcu.sh setup)");
         return;
@@ -249,11 +375,23 @@ fn mcu_matches_host_bit_for_bit() {
         "scripts/mcu.sh failed ({}): panic, hard fault, hang or build error\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
         out.status
     );
-    let mcu: Vec<String> = stdout.lines().filter_map(|l| l.split_once("RESULT ").map(|(_, r)| r.trim_end().to_string())).collect();
+    let mcu: Vec<String> = stdout
+        .lines()
+        .filter_map(|l| {
+            l.split_once("RESULT ")
+                .map(|(_, r)| r.trim_end().to_string())
+        })
+        .collect();
     let host = host_results();
     assert!(!host.is_empty());
     for (i, (m, h)) in mcu.iter().zip(&host).enumerate() {
         assert_eq!(m, h, "result line {i} differs (MCU left, host right)");
     }
-    assert_eq!(mcu.len(), host.len(), "the MCU printed {} result lines, the host {}", mcu.len(), host.len());
+    assert_eq!(
+        mcu.len(),
+        host.len(),
+        "the MCU printed {} result lines, the host {}",
+        mcu.len(),
+        host.len()
+    );
 }

@@ -69,7 +69,9 @@ pub fn gaussian_blur(img: &mut Planar, sigma: f32) {
 
 /// The σ actually used at `out_size`: the configured range, rescaled from its reference size.
 pub fn sigma_range(cfg: &BlurCfg, out_size: usize) -> (f32, f32) {
-    let s = cfg.reference_size.map_or(1.0, |r| out_size as f32 / r as f32);
+    let s = cfg
+        .reference_size
+        .map_or(1.0, |r| out_size as f32 / r as f32);
     (cfg.sigma.0 * s, cfg.sigma.1 * s)
 }
 
@@ -98,7 +100,11 @@ mod tests {
         // σ = 1/3 → r = 1, taps ∝ [e^{-4.5}, 1, e^{-4.5}].
         let k = gaussian_kernel(1.0 / 3.0);
         let e = (-4.5f64).exp();
-        let expect = [e / (1.0 + 2.0 * e), 1.0 / (1.0 + 2.0 * e), e / (1.0 + 2.0 * e)];
+        let expect = [
+            e / (1.0 + 2.0 * e),
+            1.0 / (1.0 + 2.0 * e),
+            e / (1.0 + 2.0 * e),
+        ];
         assert_eq!(k.len(), 3);
         for (a, b) in k.iter().zip(expect) {
             assert!((*a as f64 - b).abs() < 1e-7);
@@ -107,7 +113,11 @@ mod tests {
 
     #[test]
     fn constant_image_is_preserved() {
-        let mut p = Planar { width: 5, height: 7, data: vec![0.37; 3 * 35] };
+        let mut p = Planar {
+            width: 5,
+            height: 7,
+            data: vec![0.37; 3 * 35],
+        };
         gaussian_blur(&mut p, 1.7);
         assert!(p.data.iter().all(|v| (v - 0.37).abs() < 1e-6));
     }
@@ -129,15 +139,25 @@ mod tests {
                 assert!((v - k[dx] * k[dy]).abs() < 1e-6);
             }
         }
-        assert!(p.data[w * h..].iter().all(|&v| v == 0.0), "other channels untouched");
+        assert!(
+            p.data[w * h..].iter().all(|&v| v == 0.0),
+            "other channels untouched"
+        );
     }
 
     #[test]
     fn sigma_scales_with_output_size() {
-        let cfg = BlurCfg { sigma: (0.1, 2.0), p: 0.5, reference_size: Some(224) };
+        let cfg = BlurCfg {
+            sigma: (0.1, 2.0),
+            p: 0.5,
+            reference_size: Some(224),
+        };
         let (lo, hi) = sigma_range(&cfg, 112);
         assert!((lo - 0.05).abs() < 1e-7 && (hi - 1.0).abs() < 1e-7);
-        let cfg = BlurCfg { reference_size: None, ..cfg };
+        let cfg = BlurCfg {
+            reference_size: None,
+            ..cfg
+        };
         assert_eq!(sigma_range(&cfg, 112), (0.1, 2.0));
     }
 }

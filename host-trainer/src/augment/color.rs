@@ -126,19 +126,32 @@ impl JitterParams {
     pub fn sample(cfg: &ColorJitterCfg, rng: &mut Rng) -> Self {
         let mut order = [0, 1, 2, 3];
         order.shuffle(rng);
-        let mut factor =
-            |x: f32| (x > 0.0).then(|| uniform(rng, (1.0 - x as f64).max(0.0), 1.0 + x as f64) as f32);
+        let mut factor = |x: f32| {
+            (x > 0.0).then(|| uniform(rng, (1.0 - x as f64).max(0.0), 1.0 + x as f64) as f32)
+        };
         let brightness = factor(cfg.b);
         let contrast = factor(cfg.c);
         let saturation = factor(cfg.s);
         let hue = (cfg.h > 0.0).then(|| uniform(rng, -cfg.h as f64, cfg.h as f64) as f32);
-        JitterParams { order, brightness, contrast, saturation, hue }
+        JitterParams {
+            order,
+            brightness,
+            contrast,
+            saturation,
+            hue,
+        }
     }
 
     /// Apply the components in `order`.
     pub fn apply(&self, img: &mut Planar) {
         for op in self.order {
-            match (op, self.brightness, self.contrast, self.saturation, self.hue) {
+            match (
+                op,
+                self.brightness,
+                self.contrast,
+                self.saturation,
+                self.hue,
+            ) {
                 (0, Some(f), ..) => adjust_brightness(img, f),
                 (1, _, Some(f), ..) => adjust_contrast(img, f),
                 (2, _, _, Some(f), _) => adjust_saturation(img, f),
@@ -161,7 +174,11 @@ mod tests {
     use super::*;
 
     fn pixel(r: f32, g: f32, b: f32) -> Planar {
-        Planar { width: 1, height: 1, data: vec![r, g, b] }
+        Planar {
+            width: 1,
+            height: 1,
+            data: vec![r, g, b],
+        }
     }
 
     #[test]
@@ -169,10 +186,24 @@ mod tests {
         // Pure red shifted by 1/3 turn is pure green; by −1/3 pure blue.
         let mut p = pixel(1.0, 0.0, 0.0);
         adjust_hue(&mut p, 1.0 / 3.0);
-        assert!(p.data.iter().zip([0.0, 1.0, 0.0]).all(|(a, b)| (a - b).abs() < 1e-5), "{:?}", p.data);
+        assert!(
+            p.data
+                .iter()
+                .zip([0.0, 1.0, 0.0])
+                .all(|(a, b)| (a - b).abs() < 1e-5),
+            "{:?}",
+            p.data
+        );
         let mut p = pixel(1.0, 0.0, 0.0);
         adjust_hue(&mut p, -1.0 / 3.0);
-        assert!(p.data.iter().zip([0.0, 0.0, 1.0]).all(|(a, b)| (a - b).abs() < 1e-5), "{:?}", p.data);
+        assert!(
+            p.data
+                .iter()
+                .zip([0.0, 0.0, 1.0])
+                .all(|(a, b)| (a - b).abs() < 1e-5),
+            "{:?}",
+            p.data
+        );
         // (0.8, 0.4, 0.2): max r, so h = (bc − gc)/6 with bc = (0.8−0.2)/0.6 = 1,
         // gc = (0.8−0.4)/0.6 = 2/3 → h = 1/18 (orange); s = 0.6/0.8 = 0.75, v = 0.8.
         // Shift +0.1 → h = 0.15556, h·6 = 0.93333 (sector 0, f = 0.93333): (v, t, p) with
@@ -182,12 +213,20 @@ mod tests {
         let mut p = pixel(0.8, 0.4, 0.2);
         adjust_hue(&mut p, 0.1);
         let expect = [0.8, 0.76, 0.2];
-        assert!(p.data.iter().zip(expect).all(|(a, b)| (a - b).abs() < 1e-5), "{:?}", p.data);
+        assert!(
+            p.data.iter().zip(expect).all(|(a, b)| (a - b).abs() < 1e-5),
+            "{:?}",
+            p.data
+        );
     }
 
     #[test]
     fn blends_match_formulas() {
-        let mut p = Planar { width: 2, height: 1, data: vec![0.2, 0.6, 0.4, 0.8, 0.1, 0.3] };
+        let mut p = Planar {
+            width: 2,
+            height: 1,
+            data: vec![0.2, 0.6, 0.4, 0.8, 0.1, 0.3],
+        };
         let orig = p.clone();
         adjust_brightness(&mut p, 1.5);
         for (a, b) in p.data.iter().zip(&orig.data) {
@@ -209,7 +248,11 @@ mod tests {
     #[test]
     fn identity_factors_leave_image_unchanged() {
         let data: Vec<f32> = (0..48).map(|k| ((k * 37) % 101) as f32 / 100.0).collect();
-        let orig = Planar { width: 4, height: 4, data };
+        let orig = Planar {
+            width: 4,
+            height: 4,
+            data,
+        };
         let mut p = orig.clone();
         let params = JitterParams {
             order: [3, 1, 0, 2],
@@ -227,7 +270,11 @@ mod tests {
     #[test]
     fn grayscale_channels_equal() {
         let data: Vec<f32> = (0..27).map(|k| ((k * 13) % 17) as f32 / 16.0).collect();
-        let mut p = Planar { width: 3, height: 3, data };
+        let mut p = Planar {
+            width: 3,
+            height: 3,
+            data,
+        };
         grayscale(&mut p);
         let n = p.plane_len();
         assert_eq!(p.data[..n], p.data[n..2 * n]);
@@ -236,14 +283,23 @@ mod tests {
 
     #[test]
     fn factors_drawn_in_torchvision_ranges() {
-        let cfg = ColorJitterCfg { b: 0.4, c: 1.5, s: 0.0, h: 0.1, p: 1.0 };
+        let cfg = ColorJitterCfg {
+            b: 0.4,
+            c: 1.5,
+            s: 0.0,
+            h: 0.1,
+            p: 1.0,
+        };
         let mut rng = crate::rng::stream(1, &[99]);
         for _ in 0..500 {
             let j = JitterParams::sample(&cfg, &mut rng);
             let b = j.brightness.unwrap();
             assert!((0.6..1.4).contains(&b));
             let c = j.contrast.unwrap();
-            assert!((0.0..2.5).contains(&c), "contrast lower bound clamps at 0: {c}");
+            assert!(
+                (0.0..2.5).contains(&c),
+                "contrast lower bound clamps at 0: {c}"
+            );
             assert!(j.saturation.is_none());
             assert!(j.hue.unwrap().abs() <= 0.1);
             let mut o = j.order;

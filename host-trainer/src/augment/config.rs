@@ -89,9 +89,19 @@ fn default_ratio() -> (f32, f32) {
 }
 
 /// MoCo v2's / Table 1's jitter: ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8.
-const V2_JITTER: ColorJitterCfg = ColorJitterCfg { b: 0.4, c: 0.4, s: 0.4, h: 0.1, p: 0.8 };
+const V2_JITTER: ColorJitterCfg = ColorJitterCfg {
+    b: 0.4,
+    c: 0.4,
+    s: 0.4,
+    h: 0.1,
+    p: 0.8,
+};
 /// MoCo v2's blur: σ ∈ U(0.1, 2.0) at 224 px, p 0.5.
-const V2_BLUR: BlurCfg = BlurCfg { sigma: (0.1, 2.0), p: 0.5, reference_size: Some(BLUR_REFERENCE_SIZE) };
+const V2_BLUR: BlurCfg = BlurCfg {
+    sigma: (0.1, 2.0),
+    p: 0.5,
+    reference_size: Some(BLUR_REFERENCE_SIZE),
+};
 /// Contrastive RRC scale (paper Table 1 footnote: 0.2 unsupervised, 0.08 supervised).
 pub const RRC_SCALE_UNSUPERVISED: (f32, f32) = (0.2, 1.0);
 pub const RRC_SCALE_SUPERVISED: (f32, f32) = (0.08, 1.0);
@@ -119,7 +129,13 @@ impl AugmentConfig {
         AugmentConfig {
             hflip: true,
             rrc: Some(RRC_SCALE_UNSUPERVISED),
-            color_jitter: Some(ColorJitterCfg { b: 0.4, c: 0.4, s: 0.4, h: 0.4, p: 1.0 }),
+            color_jitter: Some(ColorJitterCfg {
+                b: 0.4,
+                c: 0.4,
+                s: 0.4,
+                h: 0.4,
+                p: 1.0,
+            }),
             grayscale_p: 0.2,
             gray_before_jitter: true,
             ..Self::none(out_size)
@@ -185,7 +201,11 @@ impl AugmentConfig {
             blur: None,
             ..defaults.clone()
         };
-        let tokens: Vec<&str> = list.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
+        let tokens: Vec<&str> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .collect();
         if tokens.is_empty() {
             bail!("--aug list {list:?} is empty (use `none` for no augmentation)");
         }
@@ -212,7 +232,10 @@ impl AugmentConfig {
                 if allowed.contains(&args.len()) {
                     Ok(())
                 } else {
-                    bail!("--aug item {tok:?}: expected {allowed:?} parameters, got {}", args.len())
+                    bail!(
+                        "--aug item {tok:?}: expected {allowed:?} parameters, got {}",
+                        args.len()
+                    )
                 }
             };
             match name {
@@ -256,7 +279,8 @@ impl AugmentConfig {
                 ),
             }
         }
-        c.validate().with_context(|| format!("--aug list {list:?}"))?;
+        c.validate()
+            .with_context(|| format!("--aug list {list:?}"))?;
         Ok(c)
     }
 
@@ -320,7 +344,11 @@ impl AugmentConfig {
         prob("RandomGrayscale", self.grayscale_p)?;
         if let Some(b) = self.blur {
             if !(b.sigma.0 > 0.0 && b.sigma.0 <= b.sigma.1 && b.sigma.1.is_finite()) {
-                bail!("GaussianBlur sigma ({}, {}) must satisfy 0 < min ≤ max", b.sigma.0, b.sigma.1);
+                bail!(
+                    "GaussianBlur sigma ({}, {}) must satisfy 0 < min ≤ max",
+                    b.sigma.0,
+                    b.sigma.1
+                );
             }
             if b.reference_size == Some(0) {
                 bail!("GaussianBlur reference size must be positive");
@@ -345,12 +373,17 @@ mod tests {
 
     #[test]
     fn table1_levels_are_cumulative_and_level5_unsupervised_is_moco_v2() {
-        let names: Vec<String> = (0..=5).map(|l| AugmentConfig::table1(l, 32).to_aug_list()).collect();
+        let names: Vec<String> = (0..=5)
+            .map(|l| AugmentConfig::table1(l, 32).to_aug_list())
+            .collect();
         assert_eq!(names[0], "none");
         assert_eq!(names[1], "hflip");
         assert!(names[2].starts_with("hflip,rrc:0.08:1"));
         for l in 1..=5 {
-            assert!(names[l].starts_with(&names[l - 1].replace("none", "")), "{names:?}");
+            assert!(
+                names[l].starts_with(&names[l - 1].replace("none", "")),
+                "{names:?}"
+            );
         }
         let unsup = AugmentConfig::table1(5, 32).with_rrc_scale(RRC_SCALE_UNSUPERVISED);
         assert_eq!(unsup, AugmentConfig::moco_v2(32));
@@ -358,7 +391,11 @@ mod tests {
 
     #[test]
     fn parse_round_trips_and_uses_defaults() {
-        for c in [AugmentConfig::moco_v1(84), AugmentConfig::moco_v2(32), AugmentConfig::none(16)] {
+        for c in [
+            AugmentConfig::moco_v1(84),
+            AugmentConfig::moco_v2(32),
+            AugmentConfig::none(16),
+        ] {
             let back = AugmentConfig::parse_aug_list(&c.to_aug_list(), &c).unwrap();
             assert_eq!(back, c);
         }
@@ -368,10 +405,23 @@ mod tests {
         assert_eq!(c.rrc, Some((0.2, 1.0)));
         assert_eq!(c.color_jitter, None);
         assert_eq!(c.grayscale_p, 0.0);
-        assert_eq!(c.blur, Some(V2_BLUR), "v1 has no blur: v2's values are the fallback");
+        assert_eq!(
+            c.blur,
+            Some(V2_BLUR),
+            "v1 has no blur: v2's values are the fallback"
+        );
         assert!(c.gray_before_jitter, "order comes from the defaults");
         let c = AugmentConfig::parse_aug_list("jitter:0.1:0.2:0.3:0.05,gray:0.5", &v1).unwrap();
-        assert_eq!(c.color_jitter, Some(ColorJitterCfg { b: 0.1, c: 0.2, s: 0.3, h: 0.05, p: 1.0 }));
+        assert_eq!(
+            c.color_jitter,
+            Some(ColorJitterCfg {
+                b: 0.1,
+                c: 0.2,
+                s: 0.3,
+                h: 0.05,
+                p: 1.0
+            })
+        );
         assert_eq!(c.grayscale_p, 0.5);
     }
 

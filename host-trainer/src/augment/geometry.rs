@@ -66,7 +66,12 @@ pub fn center_fallback(width: usize, height: usize, ratio: (f32, f32)) -> CropRe
     } else {
         (width, height)
     };
-    CropRect { i: (height - h) / 2, j: (width - w) / 2, h, w }
+    CropRect {
+        i: (height - h) / 2,
+        j: (width - w) / 2,
+        h,
+        w,
+    }
 }
 
 /// `torch.empty(1).uniform_(a, b)`: `a + (b − a)·U[0, 1)`; also fine for `a == b`.
@@ -77,7 +82,12 @@ pub(crate) fn uniform(rng: &mut Rng, a: f64, b: f64) -> f64 {
 /// The centred square of side `fraction · min(H, W)` (at least one pixel).
 pub fn center_square(width: usize, height: usize, fraction: f32) -> CropRect {
     let side = py_round(width.min(height) as f64 * fraction as f64).clamp(1, width.min(height));
-    CropRect { i: (height - side) / 2, j: (width - side) / 2, h: side, w: side }
+    CropRect {
+        i: (height - side) / 2,
+        j: (width - side) / 2,
+        h: side,
+        w: side,
+    }
 }
 
 /// Resampling taps of one axis: output `o` reads `len[o]` inputs from `start[o]` with
@@ -142,7 +152,8 @@ pub fn crop_resize(img: &image::RgbImage, rect: CropRect, out_w: usize, out_h: u
     let mut tmp = vec![0.0f32; 3 * rect.h * out_w];
     let plane_tmp = rect.h * out_w;
     for y in 0..rect.h {
-        let row = &raw[((rect.i + y) * src_w + rect.j) * 3..((rect.i + y) * src_w + rect.j + rect.w) * 3];
+        let row =
+            &raw[((rect.i + y) * src_w + rect.j) * 3..((rect.i + y) * src_w + rect.j + rect.w) * 3];
         for o in 0..out_w {
             let (s, n) = (tx.start[o], tx.len[o]);
             let w = &tx.weights[o * tx.ksize..o * tx.ksize + n];
@@ -183,7 +194,12 @@ pub fn crop_resize(img: &image::RgbImage, rect: CropRect, out_w: usize, out_h: u
 }
 
 /// Where landmarks go under crop + resize: `x' = (x − j)·W_o/w`, `y' = (y − i)·H_o/h`.
-pub fn crop_resize_landmarks(lm: &Landmarks, rect: CropRect, out_w: usize, out_h: usize) -> Landmarks {
+pub fn crop_resize_landmarks(
+    lm: &Landmarks,
+    rect: CropRect,
+    out_w: usize,
+    out_h: usize,
+) -> Landmarks {
     let sx = out_w as f32 / rect.w as f32;
     let sy = out_h as f32 / rect.h as f32;
     lm.map(|[x, y]| [(x - rect.j as f32) * sx, (y - rect.i as f32) * sy])
@@ -221,11 +237,35 @@ mod tests {
     #[test]
     fn fallback_clamps_ratio() {
         // Very wide image: height kept, width = round(H·4/3).
-        assert_eq!(center_fallback(100, 10, (0.75, 4.0 / 3.0)), CropRect { i: 0, j: 43, h: 10, w: 13 });
+        assert_eq!(
+            center_fallback(100, 10, (0.75, 4.0 / 3.0)),
+            CropRect {
+                i: 0,
+                j: 43,
+                h: 10,
+                w: 13
+            }
+        );
         // Very tall image: width kept, height = round(W/(3/4)).
-        assert_eq!(center_fallback(9, 100, (0.75, 4.0 / 3.0)), CropRect { i: 44, j: 0, h: 12, w: 9 });
+        assert_eq!(
+            center_fallback(9, 100, (0.75, 4.0 / 3.0)),
+            CropRect {
+                i: 44,
+                j: 0,
+                h: 12,
+                w: 9
+            }
+        );
         // Ratio inside the range: whole image.
-        assert_eq!(center_fallback(40, 36, (0.75, 4.0 / 3.0)), CropRect { i: 0, j: 0, h: 36, w: 40 });
+        assert_eq!(
+            center_fallback(40, 36, (0.75, 4.0 / 3.0)),
+            CropRect {
+                i: 0,
+                j: 0,
+                h: 36,
+                w: 40
+            }
+        );
     }
 
     #[test]
@@ -243,7 +283,10 @@ mod tests {
         let expect = [[1.0, 0.0], [0.75, 0.25], [0.25, 0.75], [0.0, 1.0]];
         for (o, e) in expect.iter().enumerate() {
             let d = dense(o);
-            assert!((d[0] - e[0]).abs() < 1e-6 && (d[1] - e[1]).abs() < 1e-6, "{o}: {d:?}");
+            assert!(
+                (d[0] - e[0]).abs() < 1e-6 && (d[1] - e[1]).abs() < 1e-6,
+                "{o}: {d:?}"
+            );
         }
         // Downsampling 4 → 2 with antialias: centre 1.0, triangle of half-width 2 over pixel
         // centres 0.5, 1.5, 2.5 → weights 0.75, 0.75, 0.25 (pixel 2 at distance 1.5) normalised.

@@ -66,13 +66,19 @@ impl Batch {
         device: &candle_core::Device,
     ) -> candle_core::Result<candle_core::Tensor> {
         let data = self.views.get(v).ok_or_else(|| {
-            candle_core::Error::Msg(format!("batch has {} views, asked for view {v}", self.views.len()))
+            candle_core::Error::Msg(format!(
+                "batch has {} views, asked for view {v}",
+                self.views.len()
+            ))
         })?;
         candle_core::Tensor::from_slice(data, (self.len(), 3, self.size, self.size), device)
     }
 
     /// Labels as a `(B,)` u32 tensor (what candle's cross-entropy takes).
-    pub fn labels_tensor(&self, device: &candle_core::Device) -> candle_core::Result<candle_core::Tensor> {
+    pub fn labels_tensor(
+        &self,
+        device: &candle_core::Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
         let l: Vec<u32> = self.labels.iter().map(|&x| x as u32).collect();
         candle_core::Tensor::from_vec(l, self.len(), device)
     }
@@ -84,11 +90,16 @@ impl Batch {
         v: usize,
         device: &candle_core::Device,
     ) -> candle_core::Result<Option<candle_core::Tensor>> {
-        let Some(all) = &self.landmarks else { return Ok(None) };
+        let Some(all) = &self.landmarks else {
+            return Ok(None);
+        };
         let lm = all.get(v).ok_or_else(|| {
             candle_core::Error::Msg(format!("batch has {} views, asked for view {v}", all.len()))
         })?;
-        let flat: Vec<f32> = lm.iter().flat_map(|l| l.iter().flatten().copied()).collect();
+        let flat: Vec<f32> = lm
+            .iter()
+            .flat_map(|l| l.iter().flatten().copied())
+            .collect();
         let n = flat.len() / self.len().max(1);
         candle_core::Tensor::from_vec(flat, (self.len(), n), device).map(Some)
     }
@@ -107,13 +118,20 @@ pub fn load_batch(
     let items: Vec<(usize, Vec<super::Augmented>, bool)> = indices
         .par_iter()
         .map(|&i| -> Result<_> {
-            let (img, label, lm) = source.load(i).with_context(|| format!("loading dataset image {i}"))?;
+            let (img, label, lm) = source
+                .load(i)
+                .with_context(|| format!("loading dataset image {i}"))?;
             let augs = views
                 .iter()
                 .enumerate()
                 .map(|(v, cfg)| {
-                    augment(&img, lm.as_ref(), cfg, &mut view_rng(seed, epoch, i as u64, v as u64))
-                        .with_context(|| format!("augmenting dataset image {i}, view {v}"))
+                    augment(
+                        &img,
+                        lm.as_ref(),
+                        cfg,
+                        &mut view_rng(seed, epoch, i as u64, v as u64),
+                    )
+                    .with_context(|| format!("augmenting dataset image {i}, view {v}"))
                 })
                 .collect::<Result<Vec<_>>>()?;
             Ok((label, augs, lm.is_some()))
@@ -150,7 +168,9 @@ pub fn load_batch(
 }
 
 fn common_size(views: &[AugmentConfig]) -> Result<usize> {
-    let first = views.first().ok_or_else(|| anyhow!("the loader needs at least one view"))?;
+    let first = views
+        .first()
+        .ok_or_else(|| anyhow!("the loader needs at least one view"))?;
     if let Some(v) = views.iter().position(|c| c.out_size != first.out_size) {
         bail!(
             "all views must share one output size: view 0 is {} px, view {v} is {} px",
@@ -180,7 +200,15 @@ pub struct LoaderSpec {
 impl LoaderSpec {
     /// Batch size, views, seed and epoch; keep the last short batch, prefetch 2, global pool.
     pub fn new(batch_size: usize, views: Vec<AugmentConfig>, seed: u64, epoch: u64) -> Self {
-        LoaderSpec { batch_size, drop_last: false, views, seed, epoch, prefetch: 2, pool: None }
+        LoaderSpec {
+            batch_size,
+            drop_last: false,
+            views,
+            seed,
+            epoch,
+            prefetch: 2,
+            pool: None,
+        }
     }
 }
 
@@ -202,13 +230,17 @@ impl Loader {
         }
         common_size(&spec.views)?;
         for (v, c) in spec.views.iter().enumerate() {
-            c.validate().with_context(|| format!("augmentation of view {v}"))?;
+            c.validate()
+                .with_context(|| format!("augmentation of view {v}"))?;
         }
         let n = source.len();
         if let Some(&bad) = order.iter().find(|&&i| i >= n) {
             bail!("index order names image {bad}, but the source has {n} images");
         }
-        let mut chunks: Vec<Vec<usize>> = order.chunks(spec.batch_size).map(<[usize]>::to_vec).collect();
+        let mut chunks: Vec<Vec<usize>> = order
+            .chunks(spec.batch_size)
+            .map(<[usize]>::to_vec)
+            .collect();
         if spec.drop_last && chunks.last().is_some_and(|c| c.len() < spec.batch_size) {
             chunks.pop();
         }
@@ -230,7 +262,13 @@ impl Loader {
                 }
             })
             .context("spawning the loader thread")?;
-        Ok(Loader { rx: Some(rx), worker: Some(worker), num_batches, yielded: 0, done: false })
+        Ok(Loader {
+            rx: Some(rx),
+            worker: Some(worker),
+            num_batches,
+            yielded: 0,
+            done: false,
+        })
     }
 
     /// Batches this epoch will yield if nothing fails.
@@ -248,7 +286,11 @@ impl Loader {
                 .unwrap_or_else(|| "unknown panic".into()),
             _ => "worker ended early".into(),
         };
-        anyhow!("the loader thread stopped after {} of {} batches: {why}", self.yielded, self.num_batches)
+        anyhow!(
+            "the loader thread stopped after {} of {} batches: {why}",
+            self.yielded,
+            self.num_batches
+        )
     }
 }
 

@@ -24,8 +24,8 @@ use anyhow::{bail, Result};
 use rand::Rng as _;
 
 pub use config::{
-    AugmentConfig, BlurCfg, ColorJitterCfg, FixedGeometry, IMAGENET_MEAN, IMAGENET_STD, RRC_SCALE_SUPERVISED,
-    RRC_SCALE_UNSUPERVISED,
+    AugmentConfig, BlurCfg, ColorJitterCfg, FixedGeometry, IMAGENET_MEAN, IMAGENET_STD,
+    RRC_SCALE_SUPERVISED, RRC_SCALE_UNSUPERVISED,
 };
 pub use geometry::CropRect;
 pub use loader::{epoch_order, Batch, ImageSource, Loader, LoaderSpec};
@@ -50,7 +50,12 @@ pub fn view_rng(seed: u64, epoch: u64, index: u64, view: u64) -> Rng {
 /// The crop of the fixed (non-random) geometry.
 fn fixed_rect(width: usize, height: usize, fixed: FixedGeometry) -> CropRect {
     match fixed {
-        FixedGeometry::Stretch => CropRect { i: 0, j: 0, h: height, w: width },
+        FixedGeometry::Stretch => CropRect {
+            i: 0,
+            j: 0,
+            h: height,
+            w: width,
+        },
         FixedGeometry::CenterCrop { fraction } => geometry::center_square(width, height, fraction),
     }
 }
@@ -114,7 +119,10 @@ pub fn augment(
         lm = lm.map(|l| geometry::hflip_landmarks(&l, cfg.out_size));
     }
     p.normalize(cfg.mean, cfg.std);
-    Ok(Augmented { pixels: p.data, landmarks: lm })
+    Ok(Augmented {
+        pixels: p.data,
+        landmarks: lm,
+    })
 }
 
 /// The deterministic evaluation transform matching `cfg`: its fixed geometry, resize to
@@ -128,5 +136,8 @@ pub fn eval_transform(
     cfg.validate()?;
     let (mut p, lm) = crop_to_output(img, landmarks, fixed_rect(w, h, cfg.fixed), cfg.out_size);
     p.normalize(cfg.mean, cfg.std);
-    Ok(Augmented { pixels: p.data, landmarks: lm })
+    Ok(Augmented {
+        pixels: p.data,
+        landmarks: lm,
+    })
 }

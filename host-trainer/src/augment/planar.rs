@@ -14,7 +14,11 @@ pub struct Planar {
 impl Planar {
     /// A black image.
     pub fn zeros(width: usize, height: usize) -> Self {
-        Planar { width, height, data: vec![0.0; 3 * width * height] }
+        Planar {
+            width,
+            height,
+            data: vec![0.0; 3 * width * height],
+        }
     }
 
     /// Pixels per plane.
@@ -53,7 +57,9 @@ impl Planar {
         let n = self.plane_len();
         for c in 0..3 {
             let inv = 1.0 / std[c];
-            self.data[c * n..(c + 1) * n].iter_mut().for_each(|v| *v = (*v - mean[c]) * inv);
+            self.data[c * n..(c + 1) * n]
+                .iter_mut()
+                .for_each(|v| *v = (*v - mean[c]) * inv);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! One file per sub-command: argument parsing and printing only; the work is in the library.
-pub mod pretrain;
-pub mod report;
 pub mod eval;
 pub mod export;
+pub mod pretrain;
+pub mod report;
 pub mod synth;

@@ -25,14 +25,19 @@ fn read(path: &Path) -> Result<Option<Value>> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?))
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(serde_json::from_str(&text).with_context(|| {
+        format!("{}: not JSON", path.display())
+    })?))
 }
 
 /// `accuracy ± ci95` of `shot` in a few-shot result.
 fn shot(v: &Option<Value>, shot: u64) -> Option<(f64, f64)> {
     let r = v.as_ref()?.get("results")?.as_array()?;
-    let s = r.iter().find(|x| x.get("shot").and_then(Value::as_u64) == Some(shot))?;
+    let s = r
+        .iter()
+        .find(|x| x.get("shot").and_then(Value::as_u64) == Some(shot))?;
     Some((s.get("accuracy")?.as_f64()?, s.get("ci95")?.as_f64()?))
 }
 
@@ -41,7 +46,8 @@ fn iod(v: &Option<Value>) -> Option<f64> {
 }
 
 fn cell(x: Option<(f64, f64)>) -> String {
-    x.map(|(a, c)| format!("{a:.2} ± {c:.2}")).unwrap_or_else(|| "-".into())
+    x.map(|(a, c)| format!("{a:.2} ± {c:.2}"))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn cell1(x: Option<f64>) -> String {
@@ -50,7 +56,12 @@ fn cell1(x: Option<f64>) -> String {
 
 fn methods(dir: &Path) -> Vec<String> {
     let mut m: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     m.sort();
     m
@@ -68,7 +79,11 @@ struct Row {
 fn row(dir: &Path, m: &str) -> Result<Row> {
     let o = dir.join("objects").join(m);
     let f = dir.join("faces").join(m);
-    let fs = [read(&o.join("fewshot.json"))?, read(&o.join("runtime_fewshot_f32.json"))?, read(&o.join("runtime_fewshot_int8.json"))?];
+    let fs = [
+        read(&o.join("fewshot.json"))?,
+        read(&o.join("runtime_fewshot_f32.json"))?,
+        read(&o.join("runtime_fewshot_int8.json"))?,
+    ];
     let lm = [
         read(&f.join("landmarks").join("landmarks.json"))?,
         read(&f.join("runtime_mafl_f32.json"))?,
@@ -84,7 +99,10 @@ fn row(dir: &Path, m: &str) -> Result<Row> {
 
 pub fn run(a: ReportArgs) -> Result<()> {
     if !a.dir.is_dir() {
-        anyhow::bail!("{}: no such folder (run scripts/main.sh first)", a.dir.display());
+        anyhow::bail!(
+            "{}: no such folder (run scripts/main.sh first)",
+            a.dir.display()
+        );
     }
     let mut names = methods(&a.dir.join("objects"));
     for n in methods(&a.dir.join("faces")) {
@@ -92,7 +110,10 @@ pub fn run(a: ReportArgs) -> Result<()> {
             names.push(n);
         }
     }
-    let rows = names.iter().map(|m| row(&a.dir, m)).collect::<Result<Vec<_>>>()?;
+    let rows = names
+        .iter()
+        .map(|m| row(&a.dir, m))
+        .collect::<Result<Vec<_>>>()?;
     if a.json {
         let side = |x: &[Option<(f64, f64)>; 3]| serde_json::json!({"host": x[0], "runtime_f32": x[1], "runtime_int8": x[2]});
         let v: Vec<Value> = rows
@@ -109,14 +130,22 @@ pub fn run(a: ReportArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("5-way few-shot accuracy (%, ± 95% interval) on the novel classes, and MAFL IOD error (%)");
+    println!(
+        "5-way few-shot accuracy (%, ± 95% interval) on the novel classes, and MAFL IOD error (%)"
+    );
     println!("host = candle f32 backbone; runtime = the exported model on runtime-core (f32 graph / int8)\n");
     println!(
         "| method | 1-shot host | 1-shot rt f32 | 1-shot rt int8 | 5-shot host | 5-shot rt f32 | 5-shot rt int8 | IOD host | IOD rt f32 | IOD rt int8 |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
-        let c: Vec<String> = r.one.iter().chain(&r.five).map(|x| cell(*x)).chain(r.iod.iter().map(|x| cell1(*x))).collect();
+        let c: Vec<String> = r
+            .one
+            .iter()
+            .chain(&r.five)
+            .map(|x| cell(*x))
+            .chain(r.iod.iter().map(|x| cell1(*x)))
+            .collect();
         println!("| {} | {} |", r.method, c.join(" | "));
     }
     Ok(())

@@ -7,7 +7,8 @@ pub const NUM_LANDMARKS: usize = 5;
 pub type Landmarks = [[f32; 2]; NUM_LANDMARKS];
 
 /// Column-pair names as in `list_landmarks_align_celeba.txt`.
-pub const LANDMARK_NAMES: [&str; NUM_LANDMARKS] = ["lefteye", "righteye", "nose", "leftmouth", "rightmouth"];
+pub const LANDMARK_NAMES: [&str; NUM_LANDMARKS] =
+    ["lefteye", "righteye", "nose", "leftmouth", "rightmouth"];
 
 /// A horizontal flip turns the left eye into the right eye (and mouth corners likewise):
 /// `flipped[i] = original[FLIP_PERMUTATION[i]]` after mirroring x.

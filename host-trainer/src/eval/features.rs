@@ -41,7 +41,9 @@ pub fn extract(
     for b in Loader::new(source, indices.to_vec(), spec)? {
         let b = b?;
         let x = b.view_tensor(0, device)?;
-        let f = net.forward_features(&x, BnMode::Eval).context("backbone forward pass")?;
+        let f = net
+            .forward_features(&x, BnMode::Eval)
+            .context("backbone forward pass")?;
         let rows: Vec<Vec<f32>> = f.to_vec2()?;
         for r in rows {
             if r.len() != dim {
@@ -54,5 +56,9 @@ pub fn extract(
     if seen != indices {
         bail!("internal: the loader returned images out of order");
     }
-    Ok(Features { dim, indices: seen, data })
+    Ok(Features {
+        dim,
+        indices: seen,
+        data,
+    })
 }

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Result};
 use candle_core::Device;
 use runtime_core::metrics::episode_accuracy;
-use runtime_core::protocol::fewshot::{run_episodes, Episode, EpisodeSampler, FewShotHead, SampleError, MAX_DIM, MAX_WAY};
+use runtime_core::protocol::fewshot::{
+    run_episodes, Episode, EpisodeSampler, FewShotHead, SampleError, MAX_DIM, MAX_WAY,
+};
 use serde_json::json;
 
 use super::features;
@@ -52,10 +54,21 @@ pub struct FewShotReport {
     pub backbone_fnv64: String,
 }
 
-fn sample_error(e: SampleError, csv: &std::path::Path, cfg: &FewShotConfig, shot: usize) -> anyhow::Error {
+fn sample_error(
+    e: SampleError,
+    csv: &std::path::Path,
+    cfg: &FewShotConfig,
+    shot: usize,
+) -> anyhow::Error {
     let msg = match e {
-        SampleError::TooFewClasses { classes, way } => format!("the split has {classes} classes, {way}-way episodes need {way}"),
-        SampleError::TooFewImages { class, images, needed } => {
+        SampleError::TooFewClasses { classes, way } => {
+            format!("the split has {classes} classes, {way}-way episodes need {way}")
+        }
+        SampleError::TooFewImages {
+            class,
+            images,
+            needed,
+        } => {
             format!(
                 "class {class} has {images} images, {shot}-shot episodes with {} queries need {needed}",
                 cfg.query
@@ -69,7 +82,10 @@ fn sample_error(e: SampleError, csv: &std::path::Path, cfg: &FewShotConfig, shot
 /// Runs the protocol.
 pub fn evaluate(cfg: &FewShotConfig, device: &Device) -> Result<FewShotReport> {
     if cfg.way > MAX_WAY {
-        bail!("--way {}: the heads hold at most {MAX_WAY} classes", cfg.way);
+        bail!(
+            "--way {}: the heads hold at most {MAX_WAY} classes",
+            cfg.way
+        );
     }
     if cfg.shots.is_empty() || cfg.episodes == 0 {
         bail!("need at least one --shot value and one episode");
@@ -91,9 +107,15 @@ pub fn evaluate(cfg: &FewShotConfig, device: &Device) -> Result<FewShotReport> {
             query: cfg.query,
             seed: cfg.seed,
         };
-        sampler.check(&sizes).map_err(|e| sample_error(e, &csv, cfg, shot))?;
+        sampler
+            .check(&sizes)
+            .map_err(|e| sample_error(e, &csv, cfg, shot))?;
         let eps = (0..cfg.episodes)
-            .map(|e| sampler.episode(e, &class_images).map_err(|err| sample_error(err, &csv, cfg, shot)))
+            .map(|e| {
+                sampler
+                    .episode(e, &class_images)
+                    .map_err(|err| sample_error(err, &csv, cfg, shot))
+            })
             .collect::<Result<Vec<_>>>()?;
         for ep in &eps {
             for &(_, i) in ep.support.iter().chain(&ep.query) {
@@ -106,20 +128,44 @@ pub fn evaluate(cfg: &FewShotConfig, device: &Device) -> Result<FewShotReport> {
     let (net, hash) = super::open_backbone(&cfg.backbone, device)?;
     let dim = net.config().feature_dim();
     if dim > MAX_DIM {
-        bail!("{}: {dim} features, the heads hold at most {MAX_DIM}", cfg.backbone.display());
+        bail!(
+            "{}: {dim} features, the heads hold at most {MAX_DIM}",
+            cfg.backbone.display()
+        );
     }
     let todo: Vec<usize> = (0..list.len()).filter(|&i| needed[i]).collect();
-    let feats = features::extract(&net, crate::train::data::source(&list), &todo, cfg.image_size, cfg.batch, device)?;
+    let feats = features::extract(
+        &net,
+        crate::train::data::source(&list),
+        &todo,
+        cfg.image_size,
+        cfg.batch,
+        device,
+    )?;
     let mut row_of = vec![usize::MAX; list.len()];
     for (r, &i) in feats.indices.iter().enumerate() {
         row_of[i] = r;
     }
-    let feature = |i: usize| row_of.get(i).filter(|&&r| r != usize::MAX).map(|&r| feats.row(r));
+    let feature = |i: usize| {
+        row_of
+            .get(i)
+            .filter(|&&r| r != usize::MAX)
+            .map(|&r| feats.row(r))
+    };
     let threads = rayon::current_num_threads();
     let mut results = Vec::new();
     let mut per_episode = Vec::new();
     for (&shot, eps) in cfg.shots.iter().zip(&episodes) {
-        let accs = run_episodes(eps, feature, dim, cfg.classifier, cfg.seed, shot, threads, &|| {})?;
+        let accs = run_episodes(
+            eps,
+            feature,
+            dim,
+            cfg.classifier,
+            cfg.seed,
+            shot,
+            threads,
+            &|| {},
+        )?;
         let (accuracy, ci95) = episode_accuracy(&accs).ok_or_else(|| anyhow!("no episodes"))?;
         results.push(ShotResult {
             shot,
@@ -174,7 +220,10 @@ pub fn to_text(cfg: &FewShotConfig, r: &FewShotReport) -> String {
         r.images_embedded
     );
     for x in &r.results {
-        s += &format!("\n  {:>4}  {:>10.2}  {:>6.2}  {:>8}", x.shot, x.accuracy, x.ci95, x.episodes);
+        s += &format!(
+            "\n  {:>4}  {:>10.2}  {:>6.2}  {:>8}",
+            x.shot, x.accuracy, x.ci95, x.episodes
+        );
     }
     s
 }

@@ -291,17 +291,32 @@ pub fn evaluate(cfg: &LandmarkConfig, device: &Device) -> Result<(LandmarkModel,
     // moving the outputs into the image).
     let mut mean = [0f64; 2 * NUM_LANDMARKS];
     let mut count = 0usize;
-    for b in Loader::new(train_src.clone(), (0..train.len()).collect(), LoaderSpec::new(cfg.batch, view.clone(), 0, 0))? {
+    for b in Loader::new(
+        train_src.clone(),
+        (0..train.len()).collect(),
+        LoaderSpec::new(cfg.batch, view.clone(), 0, 0),
+    )? {
         let b = b?;
-        for lm in b.landmarks.as_ref().and_then(|l| l.first()).context("MAFL batch without landmarks")? {
+        for lm in b
+            .landmarks
+            .as_ref()
+            .and_then(|l| l.first())
+            .context("MAFL batch without landmarks")?
+        {
             for (k, v) in lm.iter().flatten().enumerate() {
                 mean[k] += f64::from(*v) / cfg.image_size as f64;
             }
             count += 1;
         }
     }
-    let bias: Vec<f32> = mean.iter().map(|m| (m / count.max(1) as f64) as f32).collect();
-    let fc_bias = model.head.var("head.fc.bias").context("landmark head without head.fc.bias")?;
+    let bias: Vec<f32> = mean
+        .iter()
+        .map(|m| (m / count.max(1) as f64) as f32)
+        .collect();
+    let fc_bias = model
+        .head
+        .var("head.fc.bias")
+        .context("landmark head without head.fc.bias")?;
     fc_bias.set(&Tensor::from_vec(bias, 2 * NUM_LANDMARKS, device)?)?;
     let mut final_loss = f64::NAN;
     for epoch in 0..cfg.epochs {

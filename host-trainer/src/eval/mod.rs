@@ -34,8 +34,10 @@ pub fn fnv64_hex(bytes: &[u8]) -> String {
 /// Opens `--backbone FILE` as a ResNet (clear error naming the file when it is not one) and
 /// hashes its bytes.
 pub fn open_backbone(path: &Path, device: &Device) -> Result<(ResNet, String)> {
-    let bytes = std::fs::read(path).with_context(|| format!("--backbone {}: cannot read", path.display()))?;
-    let net = ResNet::open(path, device).with_context(|| format!("--backbone {}: not a ResNet backbone file", path.display()))?;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("--backbone {}: cannot read", path.display()))?;
+    let net = ResNet::open(path, device)
+        .with_context(|| format!("--backbone {}: not a ResNet backbone file", path.display()))?;
     Ok((net, fnv64_hex(&bytes)))
 }
 
@@ -44,7 +46,8 @@ pub fn write_result(dir: &Path, name: &str, value: &serde_json::Value) -> Result
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(name);
     let text = serde_json::to_string_pretty(value)? + "\n";
-    crate::fsutil::write_atomic(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    crate::fsutil::write_atomic(&path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 

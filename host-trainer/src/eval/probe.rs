@@ -86,12 +86,24 @@ impl Probe {
     /// Predicted class of each row of `x` (`[n, dim]`).
     pub fn predict(&self, x: &Tensor) -> Result<Vec<usize>> {
         let logits = x.matmul(&self.w.t()?)?.broadcast_add(&self.b)?;
-        Ok(logits.argmax(1)?.to_vec1::<u32>()?.into_iter().map(|c| c as usize).collect())
+        Ok(logits
+            .argmax(1)?
+            .to_vec1::<u32>()?
+            .into_iter()
+            .map(|c| c as usize)
+            .collect())
     }
 }
 
 /// Fits `Linear(dim → classes)` on rows `x` (`n × dim`, row-major) with labels `y`.
-pub fn fit(x: &[f32], y: &[usize], dim: usize, classes: usize, r: &ProbeRecipe, device: &Device) -> Result<Probe> {
+pub fn fit(
+    x: &[f32],
+    y: &[usize],
+    dim: usize,
+    classes: usize,
+    r: &ProbeRecipe,
+    device: &Device,
+) -> Result<Probe> {
     let n = y.len();
     if n == 0 || dim == 0 || x.len() != n * dim || classes == 0 || r.batch == 0 {
         bail!("probe: {n} samples of dim {dim} for {classes} classes (need a non-empty fit set)");
@@ -112,15 +124,24 @@ pub fn fit(x: &[f32], y: &[usize], dim: usize, classes: usize, r: &ProbeRecipe, 
         weight_decay: r.weight_decay,
         nesterov: false,
     };
-    let mut opt = Sgd::new(vec![("weight".into(), w.clone()), ("bias".into(), b.clone())], cfg)?;
+    let mut opt = Sgd::new(
+        vec![("weight".into(), w.clone()), ("bias".into(), b.clone())],
+        cfg,
+    )?;
     for epoch in 0..r.epochs {
         opt.set_lr(lr_at(epoch, r.epochs, base_lr, &Schedule::Cosine));
         let order = epoch_order(n, r.seed, epoch as u64);
         for chunk in order.chunks(r.batch) {
-            let idx = Tensor::from_vec(chunk.iter().map(|&i| i as u32).collect::<Vec<_>>(), chunk.len(), device)?;
+            let idx = Tensor::from_vec(
+                chunk.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                chunk.len(),
+                device,
+            )?;
             let xb = xt.index_select(&idx, 0)?;
             let yb = yt.index_select(&idx, 0)?;
-            let logits = xb.matmul(&w.as_tensor().t()?)?.broadcast_add(b.as_tensor())?;
+            let logits = xb
+                .matmul(&w.as_tensor().t()?)?
+                .broadcast_add(b.as_tensor())?;
             let loss = candle_nn::loss::cross_entropy(&logits, &yb)?;
             opt.backward_step(&loss)?;
         }
@@ -219,10 +240,27 @@ pub fn evaluate(cfg: &ProbeConfig, device: &Device) -> Result<ProbeReport> {
         ),
     };
     if fit_idx.is_empty() || test_idx.is_empty() {
-        bail!("{}: too few held-out images per class to fit and test a probe", cfg.data.display());
+        bail!(
+            "{}: too few held-out images per class to fit and test a probe",
+            cfg.data.display()
+        );
     }
-    let mut fit_f = features::extract(&net, source(fit_list), &fit_idx, cfg.image_size, cfg.batch, device)?;
-    let mut test_f = features::extract(&net, source(test_list), &test_idx, cfg.image_size, cfg.batch, device)?;
+    let mut fit_f = features::extract(
+        &net,
+        source(fit_list),
+        &fit_idx,
+        cfg.image_size,
+        cfg.batch,
+        device,
+    )?;
+    let mut test_f = features::extract(
+        &net,
+        source(test_list),
+        &test_idx,
+        cfg.image_size,
+        cfg.batch,
+        device,
+    )?;
     let fit_y = labelled(fit_list, &mut fit_f);
     let test_y = labelled(test_list, &mut test_f);
     let probe = fit(&fit_f.data, &fit_y, fit_f.dim, classes, &cfg.recipe, device)?;

@@ -28,7 +28,10 @@ fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
         .map(|ch| {
             let m = (n * hw) as f64;
             let planes = || (0..n).map(move |b| &x[(b * c + ch) * hw..(b * c + ch + 1) * hw]);
-            let mean = planes().map(|p| p.iter().map(|&v| v as f64).sum::<f64>()).sum::<f64>() / m;
+            let mean = planes()
+                .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
+                .sum::<f64>()
+                / m;
             let var = planes()
                 .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
                 .sum::<f64>()
@@ -70,7 +73,12 @@ impl BnTrain {
     }
 }
 
-fn vec_f32<'a>(s: &'a CpuStorage, l: &Layout, c: usize, what: &str) -> Result<std::borrow::Cow<'a, [f32]>> {
+fn vec_f32<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    c: usize,
+    what: &str,
+) -> Result<std::borrow::Cow<'a, [f32]>> {
     if l.dims() != [c] {
         bail!(
             "kernels::batch_norm_train: {what} must have shape [{c}], got {:?}",
@@ -104,7 +112,11 @@ impl CustomOp3 for BnTrain {
             for ch in 0..c {
                 // Centre first: folding the mean into the shift would cancel catastrophically
                 // for channels whose mean is large relative to their spread.
-                let (mu, scale, shift) = (self.mean[ch], (gamma[ch] as f64 * self.inv_std(ch)) as f32, beta[ch]);
+                let (mu, scale, shift) = (
+                    self.mean[ch],
+                    (gamma[ch] as f64 * self.inv_std(ch)) as f32,
+                    beta[ch],
+                );
                 let src = &x[(b * c + ch) * hw..(b * c + ch + 1) * hw];
                 for (d, &v) in yb[ch * hw..(ch + 1) * hw].iter_mut().zip(src) {
                     *d = (v - mu) * scale + shift;
@@ -173,7 +185,9 @@ impl CustomOp3 for BnTrainGrad {
         let gamma = vec_f32(s2, l2, c, "gamma")?;
         let dy = contiguous_f32(s3, l3, "batch-norm output gradient")?;
         let m = (n * hw) as f64;
-        let inv_std: Vec<f64> = (0..c).map(|ch| 1.0 / (self.var[ch] as f64 + self.eps).sqrt()).collect();
+        let inv_std: Vec<f64> = (0..c)
+            .map(|ch| 1.0 / (self.var[ch] as f64 + self.eps).sqrt())
+            .collect();
         // Per-channel sums, one task per channel, fixed order.
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
@@ -191,20 +205,28 @@ impl CustomOp3 for BnTrainGrad {
             })
             .collect();
         let mut out = vec![0f32; x.len() + 2 * c];
-        out[..x.len()].par_chunks_mut(c * hw).enumerate().for_each(|(b, ob)| {
-            for ch in 0..c {
-                let (mu, is) = (self.mean[ch] as f64, inv_std[ch]);
-                let k = gamma[ch] as f64 * is;
-                let (mean_dy, mean_dyx) = (sums[ch].0 / m, sums[ch].1 / m);
-                // dx = k·(dy − mean_dy − x̂·mean_dyx), x̂ = (x − mu)·is, as a·dy + bc·(x − mu) + c0.
-                let (a, bc, c0) = (k as f32, (-k * mean_dyx * is) as f32, (-k * mean_dy) as f32);
-                let mu = mu as f32;
-                let r = (b * c + ch) * hw..(b * c + ch + 1) * hw;
-                for ((o, &g), &v) in ob[ch * hw..(ch + 1) * hw].iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
-                    *o = a * g + bc * (v - mu) + c0;
+        out[..x.len()]
+            .par_chunks_mut(c * hw)
+            .enumerate()
+            .for_each(|(b, ob)| {
+                for ch in 0..c {
+                    let (mu, is) = (self.mean[ch] as f64, inv_std[ch]);
+                    let k = gamma[ch] as f64 * is;
+                    let (mean_dy, mean_dyx) = (sums[ch].0 / m, sums[ch].1 / m);
+                    // dx = k·(dy − mean_dy − x̂·mean_dyx), x̂ = (x − mu)·is, as a·dy + bc·(x − mu) + c0.
+                    let (a, bc, c0) =
+                        (k as f32, (-k * mean_dyx * is) as f32, (-k * mean_dy) as f32);
+                    let mu = mu as f32;
+                    let r = (b * c + ch) * hw..(b * c + ch + 1) * hw;
+                    for ((o, &g), &v) in ob[ch * hw..(ch + 1) * hw]
+                        .iter_mut()
+                        .zip(&dy[r.clone()])
+                        .zip(&x[r])
+                    {
+                        *o = a * g + bc * (v - mu) + c0;
+                    }
                 }
-            }
-        });
+            });
         let nx = x.len();
         for ch in 0..c {
             out[nx + ch] = sums[ch].1 as f32;
@@ -228,7 +250,12 @@ pub struct BatchNormTrain {
 /// Training-mode batch-norm of an NCHW tensor with per-channel `gamma`, `beta` of shape `(C,)`.
 ///
 /// CPU f32: fused custom op with a fused backward. Elsewhere: the same maths as tensor ops.
-pub fn batch_norm_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<BatchNormTrain> {
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<BatchNormTrain> {
     let c = x.dim(1)?;
     if x.device().is_cpu()
         && [x.dtype(), gamma.dtype(), beta.dtype()]
@@ -251,7 +278,11 @@ pub fn batch_norm_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> 
     }
     let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
     let xc = x.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
+    let var = xc
+        .sqr()?
+        .mean_keepdim(0)?
+        .mean_keepdim(2)?
+        .mean_keepdim(3)?;
     let xhat = xc.broadcast_div(&(&var + eps)?.sqrt()?)?;
     let y = xhat
         .broadcast_mul(&gamma.reshape((1, c, 1, 1))?)?

@@ -103,12 +103,17 @@ impl Geom {
 
     /// Images per chunk: enough to give each GEMM at least [`MIN_COLS_PER_CHUNK`] columns.
     pub fn images_per_chunk(&self) -> usize {
-        MIN_COLS_PER_CHUNK.div_ceil(self.p().max(1)).clamp(1, self.n.max(1))
+        MIN_COLS_PER_CHUNK
+            .div_ceil(self.p().max(1))
+            .clamp(1, self.n.max(1))
     }
 
     fn chunks(&self) -> Vec<(usize, usize)> {
         let g = self.images_per_chunk();
-        (0..self.n).step_by(g).map(|b0| (b0, (b0 + g).min(self.n))).collect()
+        (0..self.n)
+            .step_by(g)
+            .map(|b0| (b0, (b0 + g).min(self.n)))
+            .collect()
     }
 
     /// Number of weight-gradient partial sums: a function of the shape only.
@@ -169,7 +174,11 @@ fn fill_im2col_row(g: &Geom, plane: &[f32], ky: usize, kx: usize, dst: &mut [f32
 #[inline]
 fn valid_range(k: usize, pad: usize, stride: usize, len: usize, out_len: usize) -> (usize, usize) {
     // o·s + k ≥ pad  ⇔  o ≥ ceil((pad − k)/s)
-    let lo = if k >= pad { 0 } else { (pad - k).div_ceil(stride) };
+    let lo = if k >= pad {
+        0
+    } else {
+        (pad - k).div_ceil(stride)
+    };
     // o·s + k − pad ≤ len − 1  ⇔  o ≤ (len − 1 + pad − k)/s
     let hi = if len + pad > k {
         ((len - 1 + pad - k) / stride + 1).min(out_len)
@@ -285,7 +294,8 @@ fn gather_rows(src: &[f32], rows: usize, p: usize, b0: usize, b1: usize, dst: &m
     let ncols = (b1 - b0) * p;
     for (i, b) in (b0..b1).enumerate() {
         for r in 0..rows {
-            dst[r * ncols + i * p..r * ncols + (i + 1) * p].copy_from_slice(&src[(b * rows + r) * p..][..p]);
+            dst[r * ncols + i * p..r * ncols + (i + 1) * p]
+                .copy_from_slice(&src[(b * rows + r) * p..][..p]);
         }
     }
 }
@@ -302,15 +312,43 @@ pub fn conv2d_forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
             let n_img = out_chunk.len() / g.out_len();
             let ncols = n_img * p;
             let mut col = vec![0f32; k * ncols];
-            im2col(g, &x[b0 * g.in_len()..(b0 + n_img) * g.in_len()], n_img, &mut col);
+            im2col(
+                g,
+                &x[b0 * g.in_len()..(b0 + n_img) * g.in_len()],
+                n_img,
+                &mut col,
+            );
             if n_img == 1 {
-                matmul(co, p, k, out_chunk, (p, 1), false, w, (k, 1), &col, (ncols, 1));
+                matmul(
+                    co,
+                    p,
+                    k,
+                    out_chunk,
+                    (p, 1),
+                    false,
+                    w,
+                    (k, 1),
+                    &col,
+                    (ncols, 1),
+                );
             } else {
                 let mut tmp = vec![0f32; co * ncols];
-                matmul(co, ncols, k, &mut tmp, (ncols, 1), false, w, (k, 1), &col, (ncols, 1));
+                matmul(
+                    co,
+                    ncols,
+                    k,
+                    &mut tmp,
+                    (ncols, 1),
+                    false,
+                    w,
+                    (k, 1),
+                    &col,
+                    (ncols, 1),
+                );
                 for i in 0..n_img {
                     for c in 0..co {
-                        out_chunk[(i * co + c) * p..][..p].copy_from_slice(&tmp[c * ncols + i * p..][..p]);
+                        out_chunk[(i * co + c) * p..][..p]
+                            .copy_from_slice(&tmp[c * ncols + i * p..][..p]);
                     }
                 }
             }
@@ -365,7 +403,10 @@ pub fn conv2d_weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let partials: Vec<Vec<f32>> = (0..n_groups)
         .into_par_iter()
         .map(|r| {
-            let (c0, c1) = (r * chunks.len() / n_groups, (r + 1) * chunks.len() / n_groups);
+            let (c0, c1) = (
+                r * chunks.len() / n_groups,
+                (r + 1) * chunks.len() / n_groups,
+            );
             let mut acc = vec![0f32; co * k];
             for (j, &(b0, b1)) in chunks[c0..c1].iter().enumerate() {
                 let n_img = b1 - b0;
@@ -409,7 +450,11 @@ pub fn conv2d_weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
 }
 
 /// Borrows an f32 CPU storage as a contiguous slice, copying only when the layout is strided.
-pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<Cow<'a, [f32]>> {
+pub(crate) fn contiguous_f32<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<Cow<'a, [f32]>> {
     let v = match s {
         CpuStorage::F32(v) => v,
         _ => bail!("kernels: {what} must be f32"),
@@ -427,7 +472,8 @@ fn gather_strided(v: &[f32], l: &Layout) -> Vec<f32> {
     let mut out = Vec::with_capacity(n);
     let mut idx = vec![0usize; dims.len()];
     for _ in 0..n {
-        let off: usize = l.start_offset() + idx.iter().zip(strides).map(|(i, s)| i * s).sum::<usize>();
+        let off: usize =
+            l.start_offset() + idx.iter().zip(strides).map(|(i, s)| i * s).sum::<usize>();
         out.push(v[off]);
         for d in (0..dims.len()).rev() {
             idx[d] += 1;
@@ -459,8 +505,19 @@ impl CustomOp2 for Conv2dOp {
         "fast-conv2d"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::new(dims4(l1, "input")?, dims4(l2, "weight")?, self.stride, self.padding)?;
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(
+            dims4(l1, "input")?,
+            dims4(l2, "weight")?,
+            self.stride,
+            self.padding,
+        )?;
         let x = contiguous_f32(s1, l1, "input")?;
         let w = contiguous_f32(s2, l2, "weight")?;
         let y = conv2d_forward(&g, &x, &w);
@@ -469,7 +526,13 @@ impl CustomOp2 for Conv2dOp {
 
     /// Gradients as further custom ops (no double backward: they use `apply_op2_no_bwd`). A
     /// gradient is only computed for an argument that autograd tracks (e.g. not for the images).
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (_, _, h, wd) = x.dims4()?;
         let dx = if x.track_op() {
             let op = Conv2dInputGrad {
@@ -512,10 +575,21 @@ impl CustomOp2 for Conv2dInputGrad {
         "fast-conv2d-input-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (n, c_out, ho, wo) = dims4(l1, "output gradient")?;
         let wdims = dims4(l2, "weight")?;
-        let g = Geom::new((n, wdims.1, self.h, self.w), wdims, self.stride, self.padding)?;
+        let g = Geom::new(
+            (n, wdims.1, self.h, self.w),
+            wdims,
+            self.stride,
+            self.padding,
+        )?;
         if (g.c_out, g.ho, g.wo) != (c_out, ho, wo) {
             bail!(
                 "kernels::conv2d input grad: gradient shape {:?} does not match geometry {g:?}",
@@ -543,10 +617,21 @@ impl CustomOp2 for Conv2dWeightGrad {
         "fast-conv2d-weight-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let xd = dims4(l1, "input")?;
         let (n, c_out, ho, wo) = dims4(l2, "output gradient")?;
-        let g = Geom::new(xd, (c_out, xd.1, self.kh, self.kw), self.stride, self.padding)?;
+        let g = Geom::new(
+            xd,
+            (c_out, xd.1, self.kh, self.kw),
+            self.stride,
+            self.padding,
+        )?;
         if (g.n, g.ho, g.wo) != (n, ho, wo) {
             bail!(
                 "kernels::conv2d weight grad: gradient shape {:?} does not match geometry {g:?}",
@@ -556,7 +641,10 @@ impl CustomOp2 for Conv2dWeightGrad {
         let x = contiguous_f32(s1, l1, "input")?;
         let dy = contiguous_f32(s2, l2, "output gradient")?;
         let dw = conv2d_weight_grad(&g, &x, &dy);
-        Ok((CpuStorage::F32(dw), Shape::from((g.c_out, g.c_in, g.kh, g.kw))))
+        Ok((
+            CpuStorage::F32(dw),
+            Shape::from((g.c_out, g.c_in, g.kh, g.kw)),
+        ))
     }
 }
 
@@ -577,10 +665,12 @@ mod tests {
                                 for kx in 0..g.kw {
                                     let iy = (oy * g.stride + ky) as isize - g.pad as isize;
                                     let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
                                         continue;
                                     }
-                                    let xv = x[((b * g.c_in + c) * g.h + iy as usize) * g.w + ix as usize];
+                                    let xv = x[((b * g.c_in + c) * g.h + iy as usize) * g.w
+                                        + ix as usize];
                                     let wv = w[((o * g.c_in + c) * g.kh + ky) * g.kw + kx];
                                     s += xv as f64 * wv as f64;
                                 }
@@ -605,7 +695,10 @@ mod tests {
         // weights at positions (1,1),(1,2),(2,1),(2,2).
         let g = Geom::new((1, 1, 2, 2), (1, 1, 3, 3), 2, 1).unwrap();
         let w = [0., 0., 0., 0., 1., 10., 0., 100., 1000.];
-        assert_eq!(conv2d_forward(&g, &[1., 2., 3., 4.], &w), vec![1. + 20. + 300. + 4000.]);
+        assert_eq!(
+            conv2d_forward(&g, &[1., 2., 3., 4.], &w),
+            vec![1. + 20. + 300. + 4000.]
+        );
     }
 
     #[test]
@@ -613,8 +706,12 @@ mod tests {
         // P = 4 → 64 images per chunk: exercises the gather/scatter paths.
         for &(n, stride, pad, k) in &[(70, 1, 1, 3), (5, 2, 0, 1), (3, 2, 2, 5)] {
             let g = Geom::new((n, 3, 4, 3), (4, 3, k, k), stride, pad).unwrap();
-            let x: Vec<f32> = (0..n * 3 * 12).map(|i| ((i * 37 % 101) as f32 - 50.) / 25.).collect();
-            let w: Vec<f32> = (0..4 * 3 * k * k).map(|i| ((i * 53 % 97) as f32 - 48.) / 30.).collect();
+            let x: Vec<f32> = (0..n * 3 * 12)
+                .map(|i| ((i * 37 % 101) as f32 - 50.) / 25.)
+                .collect();
+            let w: Vec<f32> = (0..4 * 3 * k * k)
+                .map(|i| ((i * 53 % 97) as f32 - 48.) / 30.)
+                .collect();
             let y = conv2d_forward(&g, &x, &w);
             let r = naive(&g, &x, &w);
             for (a, b) in y.iter().zip(&r) {
@@ -626,27 +723,48 @@ mod tests {
     #[test]
     fn adjoint_identities() {
         // <conv(x, w), dy> = <x, input_grad(dy, w)> = <w, weight_grad(x, dy)>.
-        for &(n, stride, pad, k, h, wd) in &[(3, 2, 1, 3, 7, 5), (70, 1, 0, 1, 2, 2), (2, 1, 3, 5, 4, 6)] {
+        for &(n, stride, pad, k, h, wd) in
+            &[(3, 2, 1, 3, 7, 5), (70, 1, 0, 1, 2, 2), (2, 1, 3, 5, 4, 6)]
+        {
             let g = Geom::new((n, 2, h, wd), (3, 2, k, k), stride, pad).unwrap();
             let x: Vec<f32> = (0..n * 2 * h * wd)
                 .map(|i| ((i * 37 % 101) as f32 - 50.) / 25.)
                 .collect();
-            let w: Vec<f32> = (0..3 * 2 * k * k).map(|i| ((i * 53 % 97) as f32 - 48.) / 30.).collect();
-            let dy: Vec<f32> = (0..n * 3 * g.p()).map(|i| ((i * 29 % 89) as f32 - 44.) / 20.).collect();
-            let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();
+            let w: Vec<f32> = (0..3 * 2 * k * k)
+                .map(|i| ((i * 53 % 97) as f32 - 48.) / 30.)
+                .collect();
+            let dy: Vec<f32> = (0..n * 3 * g.p())
+                .map(|i| ((i * 29 % 89) as f32 - 44.) / 20.)
+                .collect();
+            let dot = |a: &[f32], b: &[f32]| {
+                a.iter()
+                    .zip(b)
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum::<f64>()
+            };
             let lhs = dot(&naive(&g, &x, &w), &dy);
             let via_x = dot(&x, &conv2d_input_grad(&g, &dy, &w));
             let via_w = dot(&w, &conv2d_weight_grad(&g, &x, &dy));
-            assert!((lhs - via_x).abs() <= 1e-4 * (1. + lhs.abs()), "{lhs} vs {via_x}");
-            assert!((lhs - via_w).abs() <= 1e-4 * (1. + lhs.abs()), "{lhs} vs {via_w}");
+            assert!(
+                (lhs - via_x).abs() <= 1e-4 * (1. + lhs.abs()),
+                "{lhs} vs {via_x}"
+            );
+            assert!(
+                (lhs - via_w).abs() <= 1e-4 * (1. + lhs.abs()),
+                "{lhs} vs {via_w}"
+            );
         }
     }
 
     #[test]
     fn weight_grad_bitwise_independent_of_thread_count() {
         let g = Geom::new((37, 4, 6, 6), (5, 4, 3, 3), 1, 1).unwrap();
-        let x: Vec<f32> = (0..37 * 4 * 36).map(|i| ((i * 37 % 101) as f32 - 50.) / 25.).collect();
-        let dy: Vec<f32> = (0..37 * 5 * 36).map(|i| ((i * 29 % 89) as f32 - 44.) / 20.).collect();
+        let x: Vec<f32> = (0..37 * 4 * 36)
+            .map(|i| ((i * 37 % 101) as f32 - 50.) / 25.)
+            .collect();
+        let dy: Vec<f32> = (0..37 * 5 * 36)
+            .map(|i| ((i * 29 % 89) as f32 - 44.) / 20.)
+            .collect();
         let run = |t| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(t)

@@ -62,13 +62,27 @@ pub fn batch_norm_train(
     let mut ys = Vec::with_capacity(groups);
     let (mut mean_sum, mut var_sum): (Option<Tensor>, Option<Tensor>) = (None, None);
     for g in 0..groups {
-        let xg = if groups == 1 { x.clone() } else { x.narrow(0, g * per, per)? };
+        let xg = if groups == 1 {
+            x.clone()
+        } else {
+            x.narrow(0, g * per, per)?
+        };
         let r = crate::kernels::batch_norm_train(&xg, gamma, beta, BN_EPS)?;
         ys.push(r.y);
-        mean_sum = Some(match mean_sum { Some(m) => (m + r.mean)?, None => r.mean });
-        var_sum = Some(match var_sum { Some(v) => (v + r.var)?, None => r.var });
+        mean_sum = Some(match mean_sum {
+            Some(m) => (m + r.mean)?,
+            None => r.mean,
+        });
+        var_sum = Some(match var_sum {
+            Some(v) => (v + r.var)?,
+            None => r.var,
+        });
     }
-    let y = if groups == 1 { ys.pop().expect("one group") } else { Tensor::cat(&ys, 0)? };
+    let y = if groups == 1 {
+        ys.pop().expect("one group")
+    } else {
+        Tensor::cat(&ys, 0)?
+    };
     let g = groups as f64;
     let stats = BatchStats {
         mean: (mean_sum.expect("groups >= 1").detach() / g)?,

@@ -18,9 +18,18 @@ pub struct NearestCentroid<const W: usize, const D: usize> {
 
 impl<const W: usize, const D: usize> NearestCentroid<W, D> {
     /// Fits centroids from `labels.len()` support features (row-major, `dim` each).
-    pub fn fit(features: &[f32], labels: &[u8], n_way: usize, dim: usize) -> Result<Self, HeadError> {
+    pub fn fit(
+        features: &[f32],
+        labels: &[u8],
+        n_way: usize,
+        dim: usize,
+    ) -> Result<Self, HeadError> {
         check_support(features, labels, n_way, dim, W, D)?;
-        let mut c = NearestCentroid { n_way, dim, centroids: [[0.0; D]; W] };
+        let mut c = NearestCentroid {
+            n_way,
+            dim,
+            centroids: [[0.0; D]; W],
+        };
         for (f, &l) in features.chunks_exact(dim).zip(labels) {
             let n = norm(f).max(1e-12);
             for (a, &x) in c.centroids[l as usize][..dim].iter_mut().zip(f) {
@@ -42,7 +51,12 @@ impl<const W: usize, const D: usize> NearestCentroid<W, D> {
         }
         let n = norm(feature).max(1e-12);
         for (s, row) in scores.iter_mut().zip(&self.centroids[..self.n_way]) {
-            *s = row[..self.dim].iter().zip(feature).map(|(a, b)| a * b).sum::<f32>() / n;
+            *s = row[..self.dim]
+                .iter()
+                .zip(feature)
+                .map(|(a, b)| a * b)
+                .sum::<f32>()
+                / n;
         }
         Ok(())
     }

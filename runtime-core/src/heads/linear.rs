@@ -24,7 +24,14 @@ pub struct SgdRecipe {
 
 impl Default for SgdRecipe {
     fn default() -> Self {
-        SgdRecipe { lr: 0.01, momentum: 0.9, dampening: 0.9, weight_decay: 0.001, epochs: 100, batch: 4 }
+        SgdRecipe {
+            lr: 0.01,
+            momentum: 0.9,
+            dampening: 0.9,
+            weight_decay: 0.001,
+            epochs: 100,
+            batch: 4,
+        }
     }
 }
 
@@ -48,7 +55,14 @@ struct Momentum<const W: usize, const D: usize> {
 
 impl<const W: usize, const D: usize> LinearClassifier<W, D> {
     /// Fits the classifier on the support set (row-major features, `dim` each).
-    pub fn fit(features: &[f32], labels: &[u8], n_way: usize, dim: usize, recipe: &SgdRecipe, seed: u64) -> Result<Self, HeadError> {
+    pub fn fit(
+        features: &[f32],
+        labels: &[u8],
+        n_way: usize,
+        dim: usize,
+        recipe: &SgdRecipe,
+        seed: u64,
+    ) -> Result<Self, HeadError> {
         check_support(features, labels, n_way, dim, W, D)?;
         let n = labels.len();
         if n > MAX_SUPPORT || recipe.batch == 0 {
@@ -56,7 +70,12 @@ impl<const W: usize, const D: usize> LinearClassifier<W, D> {
         }
         let mut rng = SplitMix64::new(seed);
         let bound = 1.0 / libm::sqrtf(dim as f32);
-        let mut m = LinearClassifier { n_way, dim, w: [[0.0; D]; W], b: [0.0; W] };
+        let mut m = LinearClassifier {
+            n_way,
+            dim,
+            w: [[0.0; D]; W],
+            b: [0.0; W],
+        };
         for row in m.w[..n_way].iter_mut() {
             for x in row[..dim].iter_mut() {
                 *x = (2.0 * rng.unit_f32() - 1.0) * bound;
@@ -65,7 +84,11 @@ impl<const W: usize, const D: usize> LinearClassifier<W, D> {
         for x in m.b[..n_way].iter_mut() {
             *x = (2.0 * rng.unit_f32() - 1.0) * bound;
         }
-        let mut mom = Momentum { w: [[0.0; D]; W], b: [0.0; W], started: false };
+        let mut mom = Momentum {
+            w: [[0.0; D]; W],
+            b: [0.0; W],
+            started: false,
+        };
         let mut gw = [[0.0f32; D]; W];
         let mut gb = [0.0f32; W];
         let mut perm: heapless::Vec<u16, MAX_SUPPORT> = (0..n as u16).collect();
@@ -84,7 +107,10 @@ impl<const W: usize, const D: usize> LinearClassifier<W, D> {
                     for c in 0..n_way {
                         let g = p[c] * inv_b;
                         gb[c] += g;
-                        gw[c][..dim].iter_mut().zip(x).for_each(|(a, &xi)| *a += g * xi);
+                        gw[c][..dim]
+                            .iter_mut()
+                            .zip(x)
+                            .for_each(|(a, &xi)| *a += g * xi);
                     }
                 }
                 m.sgd_step(&gw, &gb, &mut mom, recipe);
@@ -93,13 +119,23 @@ impl<const W: usize, const D: usize> LinearClassifier<W, D> {
         Ok(m)
     }
 
-    fn sgd_step(&mut self, gw: &[[f32; D]; W], gb: &[f32; W], mom: &mut Momentum<W, D>, r: &SgdRecipe) {
+    fn sgd_step(
+        &mut self,
+        gw: &[[f32; D]; W],
+        gb: &[f32; W],
+        mom: &mut Momentum<W, D>,
+        r: &SgdRecipe,
+    ) {
         let (n_way, dim) = (self.n_way, self.dim);
         let first = !mom.started;
         mom.started = true;
         let upd = |p: &mut f32, g: f32, buf: &mut f32| {
             let d = g + r.weight_decay * *p;
-            *buf = if first { d } else { r.momentum * *buf + (1.0 - r.dampening) * d };
+            *buf = if first {
+                d
+            } else {
+                r.momentum * *buf + (1.0 - r.dampening) * d
+            };
             *p -= r.lr * *buf;
         };
         for c in 0..n_way {
@@ -112,7 +148,12 @@ impl<const W: usize, const D: usize> LinearClassifier<W, D> {
 
     fn logits_into(&self, x: &[f32], out: &mut [f32]) {
         for (c, o) in out.iter_mut().enumerate() {
-            *o = self.b[c] + self.w[c][..self.dim].iter().zip(x).map(|(a, b)| a * b).sum::<f32>();
+            *o = self.b[c]
+                + self.w[c][..self.dim]
+                    .iter()
+                    .zip(x)
+                    .map(|(a, b)| a * b)
+                    .sum::<f32>();
         }
     }
 

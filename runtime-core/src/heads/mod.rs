@@ -30,7 +30,14 @@ impl std::error::Error for HeadError {}
 
 /// Checks a support set: `features.len() == labels.len()·dim`, labels `< n_way`, every class
 /// present, within capacities.
-pub(crate) fn check_support(features: &[f32], labels: &[u8], n_way: usize, dim: usize, max_way: usize, max_dim: usize) -> Result<(), HeadError> {
+pub(crate) fn check_support(
+    features: &[f32],
+    labels: &[u8],
+    n_way: usize,
+    dim: usize,
+    max_way: usize,
+    max_dim: usize,
+) -> Result<(), HeadError> {
     if n_way == 0 || dim == 0 || labels.is_empty() {
         return Err(HeadError::Shape);
     }

@@ -40,7 +40,11 @@ pub struct TensorId(pub u16);
 pub enum LayerParams<'x> {
     /// Symmetric int8 weights in [−127, 127] with one scale per output channel, and an i32 bias
     /// at scale `in_scale · w_scale[c]`.
-    I8 { weights: &'x [i8], w_scale: &'x [f32], bias: &'x [i32] },
+    I8 {
+        weights: &'x [i8],
+        w_scale: &'x [f32],
+        bias: &'x [i32],
+    },
     /// f32 weights and bias.
     F32 { weights: &'x [f32], bias: &'x [f32] },
 }
@@ -134,17 +138,32 @@ impl ModelBuilder {
 
     /// Shape and quantisation of a tensor built so far.
     pub fn desc(&self, t: TensorId) -> Result<TensorDesc, BuildError> {
-        self.tensors.get(t.0 as usize).copied().ok_or(BuildError::Graph)
+        self.tensors
+            .get(t.0 as usize)
+            .copied()
+            .ok_or(BuildError::Graph)
     }
 
     fn int8(&self) -> bool {
         self.dtype == Dtype::Int8
     }
 
-    fn new_tensor(&mut self, h: usize, w: usize, c: usize, q: Quant) -> Result<TensorId, BuildError> {
+    fn new_tensor(
+        &mut self,
+        h: usize,
+        w: usize,
+        c: usize,
+        q: Quant,
+    ) -> Result<TensorId, BuildError> {
         let id = u16::try_from(self.tensors.len()).map_err(|_| BuildError::Graph)?;
         let q = if self.int8() { q } else { Quant::NONE };
-        self.tensors.push(TensorDesc { h, w, c, scale: q.scale, zp: q.zp });
+        self.tensors.push(TensorDesc {
+            h,
+            w,
+            c,
+            scale: q.scale,
+            zp: q.zp,
+        });
         let _ = write!(self.lines, "tensor {id} shape={h},{w},{c}");
         if self.int8() {
             let _ = write!(self.lines, " scale={} zp={}", q.scale, q.zp);
@@ -153,17 +172,37 @@ impl ModelBuilder {
         Ok(TensorId(id))
     }
 
-    fn param(&mut self, name: String, dtype: &'static str, shape: &[usize], data: Vec<u8>) -> Result<String, BuildError> {
-        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) || self.params.iter().any(|p| p.name == name) {
+    fn param(
+        &mut self,
+        name: String,
+        dtype: &'static str,
+        shape: &[usize],
+        data: Vec<u8>,
+    ) -> Result<String, BuildError> {
+        if name.is_empty()
+            || name.chars().any(|c| c.is_whitespace() || c.is_control())
+            || self.params.iter().any(|p| p.name == name)
+        {
             return Err(BuildError::Name);
         }
-        self.params.push(RawTensor { name: name.clone(), dtype, shape: shape.to_vec(), data });
+        self.params.push(RawTensor {
+            name: name.clone(),
+            dtype,
+            shape: shape.to_vec(),
+            data,
+        });
         Ok(name)
     }
 
     /// Declares the input `[h, w, c]` with per-channel normalisation (on [0, 1] pixels) and its
     /// quantisation.
-    pub fn input(&mut self, shape: [usize; 3], mean: &[f32], std: &[f32], q: Quant) -> Result<TensorId, BuildError> {
+    pub fn input(
+        &mut self,
+        shape: [usize; 3],
+        mean: &[f32],
+        std: &[f32],
+        q: Quant,
+    ) -> Result<TensorId, BuildError> {
         if self.input.is_some() {
             return Err(BuildError::Graph);
         }
@@ -171,24 +210,45 @@ impl ModelBuilder {
             return Err(BuildError::Params);
         }
         let t = self.new_tensor(shape[0], shape[1], shape[2], q)?;
-        let _ = writeln!(self.lines, "input {} mean={} std={}", t.0, list(mean), list(std));
+        let _ = writeln!(
+            self.lines,
+            "input {} mean={} std={}",
+            t.0,
+            list(mean),
+            list(std)
+        );
         self.input = Some(t);
         Ok(t)
     }
 
     /// Writes the weights/bias (and for int8 the derived multipliers/shifts) of a conv/fc layer
     /// and returns the `w=… b=… [m=… s=…]` fields.
-    fn layer_params(&mut self, name: &str, x: &TensorDesc, out: &TensorDesc, wshape: &[usize], p: LayerParams) -> Result<String, BuildError> {
+    fn layer_params(
+        &mut self,
+        name: &str,
+        x: &TensorDesc,
+        out: &TensorDesc,
+        wshape: &[usize],
+        p: LayerParams,
+    ) -> Result<String, BuildError> {
         let n: usize = wshape.iter().product();
         let oc = wshape[0];
         match (p, self.dtype) {
-            (LayerParams::I8 { weights, w_scale, bias }, Dtype::Int8) => {
+            (
+                LayerParams::I8 {
+                    weights,
+                    w_scale,
+                    bias,
+                },
+                Dtype::Int8,
+            ) => {
                 if weights.len() != n || w_scale.len() != oc || bias.len() != oc {
                     return Err(BuildError::Params);
                 }
                 let (mut m, mut s) = (Vec::with_capacity(oc), Vec::with_capacity(oc));
                 for &ws in w_scale {
-                    let (mq, sq) = quantize_multiplier(x.scale as f64 * ws as f64 / out.scale as f64);
+                    let (mq, sq) =
+                        quantize_multiplier(x.scale as f64 * ws as f64 / out.scale as f64);
                     m.push(mq);
                     s.push(sq);
                 }
@@ -229,7 +289,13 @@ impl ModelBuilder {
         let xd = self.desc(x)?;
         let oh = Window::out_dim(xd.h, k[0], stride[0], pad[0], pad[2]).ok_or(BuildError::Shape)?;
         let ow = Window::out_dim(xd.w, k[1], stride[1], pad[1], pad[3]).ok_or(BuildError::Shape)?;
-        let od = TensorDesc { h: oh, w: ow, c: out_c, scale: out_q.scale, zp: out_q.zp };
+        let od = TensorDesc {
+            h: oh,
+            w: ow,
+            c: out_c,
+            scale: out_q.scale,
+            zp: out_q.zp,
+        };
         let fields = self.layer_params(name, &xd, &od, &[out_c, k[0], k[1], xd.c], p)?;
         let y = self.new_tensor(oh, ow, out_c, out_q)?;
         let _ = writeln!(
@@ -248,17 +314,43 @@ impl ModelBuilder {
     }
 
     /// Fully connected `in_len → out_len` over the input flattened in HWC order.
-    pub fn fc(&mut self, name: &str, x: TensorId, out_len: usize, relu: bool, p: LayerParams, out_q: Quant) -> Result<TensorId, BuildError> {
+    pub fn fc(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        out_len: usize,
+        relu: bool,
+        p: LayerParams,
+        out_q: Quant,
+    ) -> Result<TensorId, BuildError> {
         let xd = self.desc(x)?;
-        let od = TensorDesc { h: 1, w: 1, c: out_len, scale: out_q.scale, zp: out_q.zp };
+        let od = TensorDesc {
+            h: 1,
+            w: 1,
+            c: out_len,
+            scale: out_q.scale,
+            zp: out_q.zp,
+        };
         let fields = self.layer_params(name, &xd, &od, &[out_len, xd.len()], p)?;
         let y = self.new_tensor(1, 1, out_len, out_q)?;
-        let _ = writeln!(self.lines, "fc in={} out={} {fields}{}", x.0, y.0, if relu { " relu" } else { "" });
+        let _ = writeln!(
+            self.lines,
+            "fc in={} out={} {fields}{}",
+            x.0,
+            y.0,
+            if relu { " relu" } else { "" }
+        );
         Ok(y)
     }
 
     /// Residual add `a + b` (same shape), optional fused ReLU.
-    pub fn add(&mut self, a: TensorId, b: TensorId, relu: bool, out_q: Quant) -> Result<TensorId, BuildError> {
+    pub fn add(
+        &mut self,
+        a: TensorId,
+        b: TensorId,
+        relu: bool,
+        out_q: Quant,
+    ) -> Result<TensorId, BuildError> {
         let (da, db) = (self.desc(a)?, self.desc(b)?);
         if (da.h, da.w, da.c) != (db.h, db.w, db.c) {
             return Err(BuildError::Shape);
@@ -269,7 +361,9 @@ impl ModelBuilder {
             let twice_max = 2.0 * (da.scale as f64).max(db.scale as f64);
             let (ma, sa) = quantize_multiplier(da.scale as f64 / twice_max);
             let (mb, sb) = quantize_multiplier(db.scale as f64 / twice_max);
-            let (m, s) = quantize_multiplier(twice_max / ((1i64 << ADD_LEFT_SHIFT) as f64 * out_q.scale as f64));
+            let (m, s) = quantize_multiplier(
+                twice_max / ((1i64 << ADD_LEFT_SHIFT) as f64 * out_q.scale as f64),
+            );
             let _ = write!(self.lines, " ma={ma} sa={sa} mb={mb} sb={sb} m={m} s={s}");
         }
         let _ = writeln!(self.lines, "{}", if relu { " relu" } else { "" });
@@ -277,11 +371,25 @@ impl ModelBuilder {
     }
 
     /// Max pool; the output keeps the input's quantisation.
-    pub fn maxpool(&mut self, x: TensorId, k: [usize; 2], stride: [usize; 2], pad: [usize; 4]) -> Result<TensorId, BuildError> {
+    pub fn maxpool(
+        &mut self,
+        x: TensorId,
+        k: [usize; 2],
+        stride: [usize; 2],
+        pad: [usize; 4],
+    ) -> Result<TensorId, BuildError> {
         let xd = self.desc(x)?;
         let oh = Window::out_dim(xd.h, k[0], stride[0], pad[0], pad[2]).ok_or(BuildError::Shape)?;
         let ow = Window::out_dim(xd.w, k[1], stride[1], pad[1], pad[3]).ok_or(BuildError::Shape)?;
-        let y = self.new_tensor(oh, ow, xd.c, Quant { scale: xd.scale, zp: xd.zp })?;
+        let y = self.new_tensor(
+            oh,
+            ow,
+            xd.c,
+            Quant {
+                scale: xd.scale,
+                zp: xd.zp,
+            },
+        )?;
         let _ = writeln!(
             self.lines,
             "maxpool in={} out={} k={},{} stride={},{} pad={}",
@@ -302,7 +410,8 @@ impl ModelBuilder {
         let y = self.new_tensor(1, 1, xd.c, out_q)?;
         let _ = write!(self.lines, "mean in={} out={}", x.0, y.0);
         if self.int8() {
-            let (m, s) = quantize_multiplier(xd.scale as f64 / (out_q.scale as f64 * (xd.h * xd.w) as f64));
+            let (m, s) =
+                quantize_multiplier(xd.scale as f64 / (out_q.scale as f64 * (xd.h * xd.w) as f64));
             let _ = write!(self.lines, " m={m} s={s}");
         }
         self.lines.push('\n');
@@ -310,7 +419,12 @@ impl ModelBuilder {
     }
 
     /// LeakyReLU with slope `alpha ≥ 0` for negative inputs.
-    pub fn leaky_relu(&mut self, x: TensorId, alpha: f32, out_q: Quant) -> Result<TensorId, BuildError> {
+    pub fn leaky_relu(
+        &mut self,
+        x: TensorId,
+        alpha: f32,
+        out_q: Quant,
+    ) -> Result<TensorId, BuildError> {
         let xd = self.desc(x)?;
         if !(alpha.is_finite() && alpha >= 0.0) {
             return Err(BuildError::Params);
@@ -379,7 +493,13 @@ fn json_str(out: &mut String, s: &str) {
 /// Public so tests and tools can write deliberately odd files with the same container code.
 pub fn write_safetensors(graph: &str, params: &[RawTensor]) -> Vec<u8> {
     let mut order: Vec<&RawTensor> = params.iter().collect();
-    order.sort_by_key(|p| if p.dtype == "I8" || p.dtype == "U8" { 1 } else { 0 });
+    order.sort_by_key(|p| {
+        if p.dtype == "I8" || p.dtype == "U8" {
+            1
+        } else {
+            0
+        }
+    });
     let mut h = String::from("{\"__metadata__\":{");
     json_str(&mut h, GRAPH_KEY);
     h.push(':');
@@ -389,7 +509,14 @@ pub fn write_safetensors(graph: &str, params: &[RawTensor]) -> Vec<u8> {
     for p in &order {
         h.push(',');
         json_str(&mut h, &p.name);
-        let _ = write!(h, ":{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}", p.dtype, list(&p.shape), off, off + p.data.len());
+        let _ = write!(
+            h,
+            ":{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
+            p.dtype,
+            list(&p.shape),
+            off,
+            off + p.data.len()
+        );
         off += p.data.len();
     }
     h.push('}');

@@ -89,7 +89,9 @@ impl fmt::Display for ModelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ModelError::Container => f.write_str("malformed safetensors container"),
-            ModelError::MissingGraph => f.write_str("no `rt.graph` entry in the safetensors metadata"),
+            ModelError::MissingGraph => {
+                f.write_str("no `rt.graph` entry in the safetensors metadata")
+            }
             ModelError::Graph { line, kind } => write!(f, "graph line {line}: {kind}"),
         }
     }
@@ -115,9 +117,15 @@ pub enum RunError {
 impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RunError::ArenaTooSmall { need, got } => write!(f, "arena of {got} bytes, model needs {need}"),
-            RunError::InputLen { expected, got } => write!(f, "input of {got} values, model takes {expected}"),
-            RunError::OutputLen { expected, got } => write!(f, "output of {got} values, model gives {expected}"),
+            RunError::ArenaTooSmall { need, got } => {
+                write!(f, "arena of {got} bytes, model needs {need}")
+            }
+            RunError::InputLen { expected, got } => {
+                write!(f, "input of {got} values, model takes {expected}")
+            }
+            RunError::OutputLen { expected, got } => {
+                write!(f, "output of {got} values, model gives {expected}")
+            }
             RunError::WrongDtype => f.write_str("entry point does not match the model dtype"),
             RunError::Internal => f.write_str("internal runtime error"),
         }

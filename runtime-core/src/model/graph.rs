@@ -27,7 +27,10 @@ struct Fields<'t> {
 
 impl<'t> Fields<'t> {
     fn new(tokens: core::str::SplitAsciiWhitespace<'t>) -> R<Self> {
-        let mut f = Fields { kv: heapless::Vec::new(), relu: false };
+        let mut f = Fields {
+            kv: heapless::Vec::new(),
+            relu: false,
+        };
         for tok in tokens {
             match tok.split_once('=') {
                 Some((k, v)) => {
@@ -75,7 +78,9 @@ impl<'t> Fields<'t> {
 
     /// `t,l,b,r` or a single `p` (all sides).
     fn pad(&mut self) -> R<[usize; 4]> {
-        let Some(v) = self.opt("pad") else { return Ok([0; 4]) };
+        let Some(v) = self.opt("pad") else {
+            return Ok([0; 4]);
+        };
         let mut out = [0usize; 4];
         match list(v, &mut out).ok_or(E::BadValue("pad"))? {
             1 => Ok([out[0]; 4]),
@@ -145,7 +150,10 @@ impl<'a> Loader<'a, '_> {
             StDtype::I8 => 1usize,
             _ => 4,
         };
-        let n = shape.iter().try_fold(elem, |a, &d| a.checked_mul(d)).ok_or(E::TooLarge)?;
+        let n = shape
+            .iter()
+            .try_fold(elem, |a, &d| a.checked_mul(d))
+            .ok_or(E::TooLarge)?;
         let data = v.data();
         if data.len() != n {
             return Err(E::Shape);
@@ -190,7 +198,12 @@ impl<'a> Loader<'a, '_> {
     }
 
     /// Scalar `mult`/`shift` pair from keys.
-    fn scalar_requant(f: &mut Fields<'_>, mk: &'static str, sk: &'static str, max_shift: i32) -> R<(i32, i32)> {
+    fn scalar_requant(
+        f: &mut Fields<'_>,
+        mk: &'static str,
+        sk: &'static str,
+        max_shift: i32,
+    ) -> R<(i32, i32)> {
         let m: i32 = f.num(mk)?;
         let s: i32 = f.num(sk)?;
         check_mult_shift(m, s, max_shift)?;
@@ -282,9 +295,16 @@ fn mul(a: usize, b: usize) -> R<usize> {
 pub(super) fn parse(bytes: &[u8]) -> Result<Model<'_>, ModelError> {
     let st = SafeTensors::deserialize(bytes).map_err(|_| ModelError::Container)?;
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|_| ModelError::Container)?;
-    let text = meta.metadata().as_ref().and_then(|m| m.get(GRAPH_KEY)).ok_or(ModelError::MissingGraph)?;
+    let text = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(GRAPH_KEY))
+        .ok_or(ModelError::MissingGraph)?;
     let mut line_no = 0u32;
-    parse_text(&st, text, &mut line_no).map_err(|kind| ModelError::Graph { line: line_no, kind })
+    parse_text(&st, text, &mut line_no).map_err(|kind| ModelError::Graph {
+        line: line_no,
+        kind,
+    })
 }
 
 fn parse_text<'a>(st: &SafeTensors<'a>, text: &str, line_no: &mut u32) -> R<Model<'a>> {
@@ -298,7 +318,11 @@ fn parse_text<'a>(st: &SafeTensors<'a>, text: &str, line_no: &mut u32) -> R<Mode
         let (n, l) = lines.next().ok_or(E::Header)?;
         let (head, rest) = l.split_once(' ').ok_or(E::Header)?;
         if head != want {
-            return Err(if want == "rtgraph" { E::Version } else { E::Header });
+            return Err(if want == "rtgraph" {
+                E::Version
+            } else {
+                E::Header
+            });
         }
         Ok((n, rest.trim()))
     };
@@ -323,8 +347,17 @@ fn parse_text<'a>(st: &SafeTensors<'a>, text: &str, line_no: &mut u32) -> R<Mode
         _ => return Err(E::BadValue("task")),
     };
 
-    let mut ld = Loader { st, weight_bytes: 0 };
-    let mut g = Graph { tensors: Vec::new(), produced_by: Vec::new(), last_use: Vec::new(), nodes: Vec::new(), input: None };
+    let mut ld = Loader {
+        st,
+        weight_bytes: 0,
+    };
+    let mut g = Graph {
+        tensors: Vec::new(),
+        produced_by: Vec::new(),
+        last_use: Vec::new(),
+        nodes: Vec::new(),
+        input: None,
+    };
     let mut output: Option<u16> = None;
     let mut mean = heapless::Vec::<f32, MAX_INPUT_CHANNELS>::new();
     let mut std = heapless::Vec::<f32, MAX_INPUT_CHANNELS>::new();
@@ -338,7 +371,10 @@ fn parse_text<'a>(st: &SafeTensors<'a>, text: &str, line_no: &mut u32) -> R<Mode
         let mut f;
         match op {
             "tensor" => {
-                let id: u16 = toks.next().and_then(|t| t.parse().ok()).ok_or(E::TensorId)?;
+                let id: u16 = toks
+                    .next()
+                    .and_then(|t| t.parse().ok())
+                    .ok_or(E::TensorId)?;
                 if id as usize != g.tensors.len() || g.tensors.len() >= MAX_TENSORS {
                     return Err(E::TensorId);
                 }
@@ -354,19 +390,32 @@ fn parse_text<'a>(st: &SafeTensors<'a>, text: &str, line_no: &mut u32) -> R<Mode
                 if len > MAX_ELEMENTS {
                     return Err(E::TooLarge);
                 }
-                let (scale, zp) = if int8 { (f.num::<f32>("scale")?, f.num::<i32>("zp")?) } else { (1.0, 0) };
+                let (scale, zp) = if int8 {
+                    (f.num::<f32>("scale")?, f.num::<i32>("zp")?)
+                } else {
+                    (1.0, 0)
+                };
                 if !finite_pos(scale) {
                     return Err(E::ScaleRange);
                 }
                 check_zp(zp)?;
-                g.tensors.push(TensorDesc { h: s[0], w: s[1], c: s[2], scale, zp });
+                g.tensors.push(TensorDesc {
+                    h: s[0],
+                    w: s[1],
+                    c: s[2],
+                    scale,
+                    zp,
+                });
                 g.produced_by.push(None);
                 g.last_use.push(0);
                 f.finish()?;
                 continue;
             }
             "input" | "output" => {
-                let id: u16 = toks.next().and_then(|t| t.parse().ok()).ok_or(E::TensorId)?;
+                let id: u16 = toks
+                    .next()
+                    .and_then(|t| t.parse().ok())
+                    .ok_or(E::TensorId)?;
                 let d = *g.tensors.get(id as usize).ok_or(E::TensorId)?;
                 f = Fields::new(toks)?;
                 if op == "output" {
@@ -375,7 +424,9 @@ fn parse_text<'a>(st: &SafeTensors<'a>, text: &str, line_no: &mut u32) -> R<Mode
                     }
                     output = Some(id);
                 } else {
-                    if g.input.is_some() || g.produced_by.get(id as usize).copied().flatten().is_some() {
+                    if g.input.is_some()
+                        || g.produced_by.get(id as usize).copied().flatten().is_some()
+                    {
                         return Err(E::Header);
                     }
                     g.input = Some(id);
@@ -385,7 +436,9 @@ fn parse_text<'a>(st: &SafeTensors<'a>, text: &str, line_no: &mut u32) -> R<Mode
                     if nm != d.c || ns != d.c {
                         return Err(E::Shape);
                     }
-                    if m[..nm].iter().any(|x| !x.is_finite()) || !sd[..ns].iter().all(|&x| finite_pos(x)) {
+                    if m[..nm].iter().any(|x| !x.is_finite())
+                        || !sd[..ns].iter().all(|&x| finite_pos(x))
+                    {
                         return Err(E::ScaleRange);
                     }
                     mean.extend_from_slice(&m[..nm]).map_err(|_| E::Shape)?;
@@ -421,12 +474,30 @@ fn parse_text<'a>(st: &SafeTensors<'a>, text: &str, line_no: &mut u32) -> R<Mode
                 let kern = if int8 {
                     let weights = ld.weights_i8(f.req("w")?, &wshape)?;
                     let (bias, mult, shift) = ld.requant(&mut f, oc)?;
-                    let (act_min, act_max) = crate::ops::requant::activation_range_i8(relu, dout.zp);
-                    Kernel::ConvI8(ConvI8 { win, out_c: oc, weights, bias, mult, shift, in_zp: di.zp, out_zp: dout.zp, act_min, act_max })
+                    let (act_min, act_max) =
+                        crate::ops::requant::activation_range_i8(relu, dout.zp);
+                    Kernel::ConvI8(ConvI8 {
+                        win,
+                        out_c: oc,
+                        weights,
+                        bias,
+                        mult,
+                        shift,
+                        in_zp: di.zp,
+                        out_zp: dout.zp,
+                        act_min,
+                        act_max,
+                    })
                 } else {
                     let weights = ld.f32s(f.req("w")?, &wshape)?;
                     let bias = ld.f32s(f.req("b")?, &[oc])?;
-                    Kernel::ConvF32(ConvF32 { win, out_c: oc, weights, bias, relu })
+                    Kernel::ConvF32(ConvF32 {
+                        win,
+                        out_c: oc,
+                        weights,
+                        bias,
+                        relu,
+                    })
                 };
                 (kern, macs, 1u8, 0u16)
             }
@@ -443,12 +514,30 @@ fn parse_text<'a>(st: &SafeTensors<'a>, text: &str, line_no: &mut u32) -> R<Mode
                 let kern = if int8 {
                     let weights = ld.weights_i8(f.req("w")?, &[ol, il])?;
                     let (bias, mult, shift) = ld.requant(&mut f, ol)?;
-                    let (act_min, act_max) = crate::ops::requant::activation_range_i8(relu, dout.zp);
-                    Kernel::FcI8(FcI8 { in_len: il, out_len: ol, weights, bias, mult, shift, in_zp: di.zp, out_zp: dout.zp, act_min, act_max })
+                    let (act_min, act_max) =
+                        crate::ops::requant::activation_range_i8(relu, dout.zp);
+                    Kernel::FcI8(FcI8 {
+                        in_len: il,
+                        out_len: ol,
+                        weights,
+                        bias,
+                        mult,
+                        shift,
+                        in_zp: di.zp,
+                        out_zp: dout.zp,
+                        act_min,
+                        act_max,
+                    })
                 } else {
                     let weights = ld.f32s(f.req("w")?, &[ol, il])?;
                     let bias = ld.f32s(f.req("b")?, &[ol])?;
-                    Kernel::FcF32(FcF32 { in_len: il, out_len: ol, weights, bias, relu })
+                    Kernel::FcF32(FcF32 {
+                        in_len: il,
+                        out_len: ol,
+                        weights,
+                        bias,
+                        relu,
+                    })
                 };
                 (kern, macs, 1, 0)
             }
@@ -464,9 +553,23 @@ fn parse_text<'a>(st: &SafeTensors<'a>, text: &str, line_no: &mut u32) -> R<Mode
                     // two rescaled inputs then fits in i32 exactly.
                     let (a_mult, a_shift) = Loader::scalar_requant(&mut f, "ma", "sa", 0)?;
                     let (b_mult, b_shift) = Loader::scalar_requant(&mut f, "mb", "sb", 0)?;
-                    let (out_mult, out_shift) = Loader::scalar_requant(&mut f, "m", "s", SHIFT_MAX)?;
-                    let (act_min, act_max) = crate::ops::requant::activation_range_i8(relu, dout.zp);
-                    Kernel::AddI8(AddI8 { a_zp: da.zp, a_mult, a_shift, b_zp: db.zp, b_mult, b_shift, out_zp: dout.zp, out_mult, out_shift, act_min, act_max })
+                    let (out_mult, out_shift) =
+                        Loader::scalar_requant(&mut f, "m", "s", SHIFT_MAX)?;
+                    let (act_min, act_max) =
+                        crate::ops::requant::activation_range_i8(relu, dout.zp);
+                    Kernel::AddI8(AddI8 {
+                        a_zp: da.zp,
+                        a_mult,
+                        a_shift,
+                        b_zp: db.zp,
+                        b_mult,
+                        b_shift,
+                        out_zp: dout.zp,
+                        out_mult,
+                        out_shift,
+                        act_min,
+                        act_max,
+                    })
                 } else {
                     Kernel::AddF32 { relu }
                 };
@@ -502,7 +605,14 @@ fn parse_text<'a>(st: &SafeTensors<'a>, text: &str, line_no: &mut u32) -> R<Mode
                 }
                 let kern = if int8 {
                     let (mult, shift) = Loader::scalar_requant(&mut f, "m", "s", SHIFT_MAX)?;
-                    Kernel::MeanI8(MeanI8 { hw, c: di.c, in_zp: di.zp, out_zp: dout.zp, mult, shift })
+                    Kernel::MeanI8(MeanI8 {
+                        hw,
+                        c: di.c,
+                        in_zp: di.zp,
+                        out_zp: dout.zp,
+                        mult,
+                        shift,
+                    })
                 } else {
                     Kernel::MeanF32 { hw, c: di.c }
                 };
@@ -520,9 +630,18 @@ fn parse_text<'a>(st: &SafeTensors<'a>, text: &str, line_no: &mut u32) -> R<Mode
                     return Err(E::ScaleRange);
                 }
                 let kern = if int8 {
-                    let (id_mult, id_shift) = Loader::scalar_requant(&mut f, "mi", "si", SHIFT_MAX)?;
-                    let (alpha_mult, alpha_shift) = Loader::scalar_requant(&mut f, "ma", "sa", SHIFT_MAX)?;
-                    Kernel::LeakyI8(LeakyI8 { in_zp: di.zp, out_zp: dout.zp, id_mult, id_shift, alpha_mult, alpha_shift })
+                    let (id_mult, id_shift) =
+                        Loader::scalar_requant(&mut f, "mi", "si", SHIFT_MAX)?;
+                    let (alpha_mult, alpha_shift) =
+                        Loader::scalar_requant(&mut f, "ma", "sa", SHIFT_MAX)?;
+                    Kernel::LeakyI8(LeakyI8 {
+                        in_zp: di.zp,
+                        out_zp: dout.zp,
+                        id_mult,
+                        id_shift,
+                        alpha_mult,
+                        alpha_shift,
+                    })
                 } else {
                     Kernel::LeakyF32 { alpha }
                 };
@@ -531,14 +650,26 @@ fn parse_text<'a>(st: &SafeTensors<'a>, text: &str, line_no: &mut u32) -> R<Mode
             _ => return Err(E::UnknownOp),
         };
         f.finish()?;
-        g.nodes.push(Node { kernel, inputs: [node_in, second], n_inputs: n_in, output: node_out, macs });
+        g.nodes.push(Node {
+            kernel,
+            inputs: [node_in, second],
+            n_inputs: n_in,
+            output: node_out,
+            macs,
+        });
     }
 
     // Whole-graph checks.
     *line_no = 0;
     let input = g.input.ok_or(E::Header)?;
     let output = output.ok_or(E::Output)?;
-    if g.nodes.is_empty() || g.produced_by.get(output as usize).copied().flatten().is_none() {
+    if g.nodes.is_empty()
+        || g.produced_by
+            .get(output as usize)
+            .copied()
+            .flatten()
+            .is_none()
+    {
         return Err(E::Output);
     }
     let last = g.nodes.len() - 1;
@@ -551,8 +682,16 @@ fn parse_text<'a>(st: &SafeTensors<'a>, text: &str, line_no: &mut u32) -> R<Mode
             g.produced_by[i].ok_or(E::NeverProduced)?
         };
         // The output must survive to the end (it is read after the last op).
-        let end = if i == output as usize { last } else { g.last_use[i].max(first) };
-        lives.push(Lifetime { bytes: mul(d.len(), esize)?, first, last: end });
+        let end = if i == output as usize {
+            last
+        } else {
+            g.last_use[i].max(first)
+        };
+        lives.push(Lifetime {
+            bytes: mul(d.len(), esize)?,
+            first,
+            last: end,
+        });
     }
     let mut offsets = alloc::vec![0usize; lives.len()];
     let plan_bytes = plan(&lives, &mut offsets).ok_or(E::TooLarge)?;

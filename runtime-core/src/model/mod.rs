@@ -8,12 +8,16 @@ mod error;
 mod graph;
 pub mod zoo;
 
-pub use builder::{write_safetensors, BuildError, LayerParams, ModelBuilder, Quant, RawTensor, TensorId};
+pub use builder::{
+    write_safetensors, BuildError, LayerParams, ModelBuilder, Quant, RawTensor, TensorId,
+};
 pub use error::{GraphError, ModelError, RunError};
 
 use alloc::vec::Vec;
 
-use crate::ops::{self, add::AddI8, conv2d::*, fully_connected::*, leaky_relu::LeakyI8, mean::MeanI8, Window};
+use crate::ops::{
+    self, add::AddI8, conv2d::*, fully_connected::*, leaky_relu::LeakyI8, mean::MeanI8, Window,
+};
 
 /// Format version this runtime reads (first graph line `rtgraph 1`).
 pub const FORMAT_VERSION: u32 = 1;
@@ -226,7 +230,10 @@ impl<'a> Model<'a> {
     }
 
     fn range(&self, t: u16) -> (usize, usize) {
-        (self.offsets[t as usize] / self.elem_size(), self.tensors[t as usize].len())
+        (
+            self.offsets[t as usize] / self.elem_size(),
+            self.tensors[t as usize].len(),
+        )
     }
 
     fn elem_size(&self) -> usize {
@@ -238,7 +245,10 @@ impl<'a> Model<'a> {
 
     fn check_arena(&self, arena: &[u8]) -> Result<(), RunError> {
         if arena.len() < self.arena_bytes() {
-            return Err(RunError::ArenaTooSmall { need: self.arena_bytes(), got: arena.len() });
+            return Err(RunError::ArenaTooSmall {
+                need: self.arena_bytes(),
+                got: arena.len(),
+            });
         }
         Ok(())
     }
@@ -257,23 +267,31 @@ impl<'a> Model<'a> {
         }
         self.check_arena(arena)?;
         let skip = arena.as_ptr().align_offset(core::mem::align_of::<f32>());
-        let bytes = arena.get_mut(skip..skip + self.plan_bytes).ok_or(RunError::Internal)?;
+        let bytes = arena
+            .get_mut(skip..skip + self.plan_bytes)
+            .ok_or(RunError::Internal)?;
         // SAFETY: `bytes` starts f32-aligned (align_offset), its length is a multiple of 4
         // (the planner rounds to ALIGN), every bit pattern is a valid f32, and the exclusive
         // borrow is carried over.
-        Ok(unsafe { core::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut f32, bytes.len() / 4) })
+        Ok(unsafe {
+            core::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut f32, bytes.len() / 4)
+        })
     }
 
     /// The input slot of an int8 model's arena, to fill in place (e.g. from a camera).
     pub fn input_slot_i8<'b>(&self, arena: &'b mut [u8]) -> Result<&'b mut [i8], RunError> {
         let (o, n) = self.range(self.input);
-        self.arena_i8(arena)?.get_mut(o..o + n).ok_or(RunError::Internal)
+        self.arena_i8(arena)?
+            .get_mut(o..o + n)
+            .ok_or(RunError::Internal)
     }
 
     /// The input slot of an f32 model's arena.
     pub fn input_slot_f32<'b>(&self, arena: &'b mut [u8]) -> Result<&'b mut [f32], RunError> {
         let (o, n) = self.range(self.input);
-        self.arena_f32(arena)?.get_mut(o..o + n).ok_or(RunError::Internal)
+        self.arena_f32(arena)?
+            .get_mut(o..o + n)
+            .ok_or(RunError::Internal)
     }
 
     /// Writes an already-normalised f32 input (`(pixel/255 − mean)/std`, HWC) into the arena,
@@ -317,28 +335,43 @@ impl<'a> Model<'a> {
 
     fn expect_input(&self, got: usize) -> Result<(), RunError> {
         if got != self.input_len() {
-            return Err(RunError::InputLen { expected: self.input_len(), got });
+            return Err(RunError::InputLen {
+                expected: self.input_len(),
+                got,
+            });
         }
         Ok(())
     }
 
     fn expect_output(&self, got: usize) -> Result<(), RunError> {
         if got != self.output_len() {
-            return Err(RunError::OutputLen { expected: self.output_len(), got });
+            return Err(RunError::OutputLen {
+                expected: self.output_len(),
+                got,
+            });
         }
         Ok(())
     }
 
     /// Runs an int8 model on a quantised input; returns the raw int8 output (a view into the
     /// arena), for bit-exact comparisons.
-    pub fn run_int8_raw<'b>(&self, input_q: &[i8], arena: &'b mut [u8]) -> Result<&'b [i8], RunError> {
+    pub fn run_int8_raw<'b>(
+        &self,
+        input_q: &[i8],
+        arena: &'b mut [u8],
+    ) -> Result<&'b [i8], RunError> {
         self.expect_input(input_q.len())?;
         self.input_slot_i8(arena)?.copy_from_slice(input_q);
         self.run_i8_in_arena(arena)
     }
 
     /// Runs an int8 model on a quantised input and dequantises the output into `out`.
-    pub fn run_int8(&self, input_q: &[i8], arena: &mut [u8], out: &mut [f32]) -> Result<(), RunError> {
+    pub fn run_int8(
+        &self,
+        input_q: &[i8],
+        arena: &mut [u8],
+        out: &mut [f32],
+    ) -> Result<(), RunError> {
         self.expect_output(out.len())?;
         let d = self.output_desc();
         let y = self.run_int8_raw(input_q, arena)?;
@@ -347,7 +380,12 @@ impl<'a> Model<'a> {
     }
 
     /// Runs an f32 model.
-    pub fn run_f32(&self, input: &[f32], arena: &mut [u8], out: &mut [f32]) -> Result<(), RunError> {
+    pub fn run_f32(
+        &self,
+        input: &[f32],
+        arena: &mut [u8],
+        out: &mut [f32],
+    ) -> Result<(), RunError> {
         self.expect_output(out.len())?;
         self.expect_input(input.len())?;
         self.input_slot_f32(arena)?.copy_from_slice(input);
@@ -397,7 +435,9 @@ impl<'a> Model<'a> {
             let (out, x0, x1) = self.views(a, n)?;
             let r = match &n.kernel {
                 Kernel::ConvF32(p) => ops::conv2d::conv2d_f32(p, x0, out),
-                Kernel::AddF32 { relu } => ops::add::add_f32(x0, x1.ok_or(RunError::Internal)?, out, *relu),
+                Kernel::AddF32 { relu } => {
+                    ops::add::add_f32(x0, x1.ok_or(RunError::Internal)?, out, *relu)
+                }
                 Kernel::MaxPoolF32(w) => ops::maxpool::maxpool_f32(w, x0, out),
                 Kernel::MeanF32 { hw, c } => ops::mean::mean_f32(*hw, *c, x0, out),
                 Kernel::FcF32(p) => ops::fully_connected::fully_connected_f32(p, x0, out),
@@ -414,7 +454,11 @@ impl<'a> Model<'a> {
     /// Splits the arena into the node's output (mutable) and its inputs (shared). The planner
     /// guarantees they are disjoint; if not, this reports `Internal` rather than aliasing.
     #[allow(clippy::type_complexity)]
-    fn views<'b, T>(&self, arena: &'b mut [T], n: &Node) -> Result<(&'b mut [T], &'b [T], Option<&'b [T]>), RunError> {
+    fn views<'b, T>(
+        &self,
+        arena: &'b mut [T],
+        n: &Node,
+    ) -> Result<(&'b mut [T], &'b [T], Option<&'b [T]>), RunError> {
         let (oo, ol) = self.range(n.output);
         let end = oo.checked_add(ol).ok_or(RunError::Internal)?;
         if end > arena.len() {
@@ -434,7 +478,11 @@ impl<'a> Model<'a> {
             }
         };
         let x0 = pick(n.inputs[0])?;
-        let x1 = if n.n_inputs > 1 { Some(pick(n.inputs[1])?) } else { None };
+        let x1 = if n.n_inputs > 1 {
+            Some(pick(n.inputs[1])?)
+        } else {
+            None
+        };
         Ok((out, x0, x1))
     }
 }

@@ -40,7 +40,8 @@ pub fn add_i8(p: &AddI8, a: &[i8], b: &[i8], output: &mut [i8]) -> Result<(), Ke
         let r2 = multiply_by_quantized_multiplier(s2, p.b_mult, p.b_shift);
         // |r1|,|r2| ≤ 255·2²⁰ when multipliers ≤ 1 (shift ≤ 0); saturate for larger ones.
         let sum = r1.saturating_add(r2);
-        let v = multiply_by_quantized_multiplier(sum, p.out_mult, p.out_shift).saturating_add(p.out_zp);
+        let v =
+            multiply_by_quantized_multiplier(sum, p.out_mult, p.out_shift).saturating_add(p.out_zp);
         *y = v.clamp(p.act_min, p.act_max) as i8;
     }
     Ok(())

@@ -44,7 +44,13 @@ fn lens_ok(w: &Window, out_c: usize, input: usize, output: usize, weights: usize
 /// int8 convolution; see the module docs for the formula.
 pub fn conv2d_i8(p: &ConvI8, input: &[i8], output: &mut [i8]) -> Result<(), KernelError> {
     let w = &p.win;
-    check(lens_ok(w, p.out_c, input.len(), output.len(), p.weights.len()))?;
+    check(lens_ok(
+        w,
+        p.out_c,
+        input.len(),
+        output.len(),
+        p.weights.len(),
+    ))?;
     check(p.bias.len() == p.out_c && p.mult.len() == p.out_c && p.shift.len() == p.out_c)?;
     let (ic, kw) = (w.in_c, w.kw);
     for oy in 0..w.out_h {
@@ -58,12 +64,14 @@ pub fn conv2d_i8(p: &ConvI8, input: &[i8], output: &mut [i8]) -> Result<(), Kern
                 for ky in ky_s..ky_e {
                     let iy = (iy0 + ky as isize) as usize;
                     let row_x = (iy * w.in_w) as isize + ix0;
-                    let xs = &input[((row_x + kx_s as isize) as usize) * ic..][..(kx_e - kx_s) * ic];
+                    let xs =
+                        &input[((row_x + kx_s as isize) as usize) * ic..][..(kx_e - kx_s) * ic];
                     let ws = &w_oc[(ky * kw + kx_s) * ic..][..(kx_e - kx_s) * ic];
                     acc += dot_i8(xs, ws, p.in_zp);
                 }
                 acc += p.bias.get(oc);
-                let y = multiply_by_quantized_multiplier(acc, p.mult.get(oc), p.shift.get(oc)).saturating_add(p.out_zp);
+                let y = multiply_by_quantized_multiplier(acc, p.mult.get(oc), p.shift.get(oc))
+                    .saturating_add(p.out_zp);
                 *o = y.clamp(p.act_min, p.act_max) as i8;
             }
         }
@@ -74,13 +82,22 @@ pub fn conv2d_i8(p: &ConvI8, input: &[i8], output: &mut [i8]) -> Result<(), Kern
 /// `Σ (x − zp)·w`, written so the compiler vectorises it.
 #[inline(always)]
 pub(crate) fn dot_i8(xs: &[i8], ws: &[i8], zp: i32) -> i32 {
-    xs.iter().zip(ws).map(|(&x, &w)| (x as i32 - zp) * w as i32).sum()
+    xs.iter()
+        .zip(ws)
+        .map(|(&x, &w)| (x as i32 - zp) * w as i32)
+        .sum()
 }
 
 /// f32 convolution: `y = bias[c] + Σ x·w`, then `max(y, 0)` if `relu`.
 pub fn conv2d_f32(p: &ConvF32, input: &[f32], output: &mut [f32]) -> Result<(), KernelError> {
     let w = &p.win;
-    check(lens_ok(w, p.out_c, input.len(), output.len(), p.weights.len()))?;
+    check(lens_ok(
+        w,
+        p.out_c,
+        input.len(),
+        output.len(),
+        p.weights.len(),
+    ))?;
     check(p.bias.len() == p.out_c)?;
     let (ic, kw) = (w.in_c, w.kw);
     for oy in 0..w.out_h {

@@ -41,14 +41,19 @@ pub fn fully_connected_i8(p: &FcI8, input: &[i8], output: &mut [i8]) -> Result<(
     check(p.bias.len() == p.out_len && p.mult.len() == p.out_len && p.shift.len() == p.out_len)?;
     for (o, y) in output.iter_mut().enumerate() {
         let acc = dot_i8(input, &p.weights[o * p.in_len..][..p.in_len], p.in_zp) + p.bias.get(o);
-        let v = multiply_by_quantized_multiplier(acc, p.mult.get(o), p.shift.get(o)).saturating_add(p.out_zp);
+        let v = multiply_by_quantized_multiplier(acc, p.mult.get(o), p.shift.get(o))
+            .saturating_add(p.out_zp);
         *y = v.clamp(p.act_min, p.act_max) as i8;
     }
     Ok(())
 }
 
 /// f32 fully connected.
-pub fn fully_connected_f32(p: &FcF32, input: &[f32], output: &mut [f32]) -> Result<(), KernelError> {
+pub fn fully_connected_f32(
+    p: &FcF32,
+    input: &[f32],
+    output: &mut [f32],
+) -> Result<(), KernelError> {
     check(input.len() == p.in_len && output.len() == p.out_len)?;
     check(p.weights.len() == p.in_len * p.out_len && p.bias.len() == p.out_len)?;
     for (o, y) in output.iter_mut().enumerate() {

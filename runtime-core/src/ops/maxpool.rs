@@ -5,8 +5,21 @@
 use super::{check, KernelError, Window};
 
 /// int8 max pool over `win` (channels `win.in_c` are pooled independently).
-pub fn maxpool_i8(win: &Window, act_min: i32, act_max: i32, input: &[i8], output: &mut [i8]) -> Result<(), KernelError> {
-    pool(win, input, output, i8::MIN, |a, b| a.max(b), |v| (v as i32).clamp(act_min, act_max) as i8)
+pub fn maxpool_i8(
+    win: &Window,
+    act_min: i32,
+    act_max: i32,
+    input: &[i8],
+    output: &mut [i8],
+) -> Result<(), KernelError> {
+    pool(
+        win,
+        input,
+        output,
+        i8::MIN,
+        |a, b| a.max(b),
+        |v| (v as i32).clamp(act_min, act_max) as i8,
+    )
 }
 
 /// f32 max pool over `win`.

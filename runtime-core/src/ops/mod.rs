@@ -118,7 +118,13 @@ pub struct Window {
 impl Window {
     /// Output size along one axis: `(in + pad_a + pad_b − k) / stride + 1`, or `None` if the
     /// window never fits or the sum overflows.
-    pub fn out_dim(input: usize, k: usize, stride: usize, pad_a: usize, pad_b: usize) -> Option<usize> {
+    pub fn out_dim(
+        input: usize,
+        k: usize,
+        stride: usize,
+        pad_a: usize,
+        pad_b: usize,
+    ) -> Option<usize> {
         let padded = input.checked_add(pad_a)?.checked_add(pad_b)?;
         if stride == 0 || k == 0 || padded < k {
             return None;
@@ -144,6 +150,10 @@ fn clip(o: usize, stride: usize, pad: usize, k: usize, n: usize) -> (isize, usiz
     let origin = (o * stride) as isize - pad as isize;
     let start = if origin < 0 { (-origin) as usize } else { 0 }.min(k);
     let end_lim = n as isize - origin;
-    let end = if end_lim <= 0 { 0 } else { (end_lim as usize).min(k) };
+    let end = if end_lim <= 0 {
+        0
+    } else {
+        (end_lim as usize).min(k)
+    };
     (origin, start, end.max(start))
 }

@@ -95,13 +95,19 @@ mod tests {
     #[test]
     fn srdhm_hand_cases() {
         // 2^30 * 2^30 / 2^31 = 2^29 exactly.
-        assert_eq!(saturating_rounding_doubling_high_mul(1 << 30, 1 << 30), 1 << 29);
+        assert_eq!(
+            saturating_rounding_doubling_high_mul(1 << 30, 1 << 30),
+            1 << 29
+        );
         // 3 * 2^30 / 2^31 = 1.5 -> 2. gemmlowp's negative nudge is 1 - 2^30, so an exact
         // negative tie -1.5 goes to -1 (a known gemmlowp quirk we must reproduce), -1.75 -> -2.
         assert_eq!(saturating_rounding_doubling_high_mul(3, 1 << 30), 2);
         assert_eq!(saturating_rounding_doubling_high_mul(-3, 1 << 30), -1);
         assert_eq!(saturating_rounding_doubling_high_mul(-7, 1 << 29), -2);
-        assert_eq!(saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN), i32::MAX);
+        assert_eq!(
+            saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN),
+            i32::MAX
+        );
     }
 
     #[test]
@@ -148,6 +154,9 @@ mod tests {
         let (q, s) = quantize_multiplier(0.25);
         assert_eq!(multiply_by_quantized_multiplier(-6, q, s), -2);
         // Left shift saturates instead of overflowing.
-        assert_eq!(multiply_by_quantized_multiplier(i32::MAX, 1 << 30, 30), (i32::MAX >> 1) + 1);
+        assert_eq!(
+            multiply_by_quantized_multiplier(i32::MAX, 1 << 30, 30),
+            (i32::MAX >> 1) + 1
+        );
     }
 }

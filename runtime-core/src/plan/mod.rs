@@ -35,7 +35,10 @@ pub fn plan(tensors: &[Lifetime], offsets: &mut [usize]) -> Option<usize> {
     // Largest first; ties by birth then index so the plan is deterministic.
     order.sort_by(|&a, &b| {
         let (ta, tb) = (&tensors[a], &tensors[b]);
-        tb.bytes.cmp(&ta.bytes).then(ta.first.cmp(&tb.first)).then(a.cmp(&b))
+        tb.bytes
+            .cmp(&ta.bytes)
+            .then(ta.first.cmp(&tb.first))
+            .then(a.cmp(&b))
     });
     let mut placed: Vec<usize> = Vec::with_capacity(tensors.len());
     let mut busy: Vec<(usize, usize)> = Vec::new();

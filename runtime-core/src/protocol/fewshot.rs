@@ -191,7 +191,13 @@ impl std::error::Error for EpisodeError {}
 /// protocol, so host and device numbers differ only by their features. Dispatches to a head
 /// capacity that fits `dim` (the heads keep their state in fixed arrays on the stack, as on the
 /// MCU: the largest tier needs several MiB of stack — use [`run_episodes`] or a big-stack thread).
-pub fn episode_accuracy_pct<'a, F>(ep: &Episode, feature: F, dim: usize, head: FewShotHead, seed: u64) -> Result<f64, EpisodeError>
+pub fn episode_accuracy_pct<'a, F>(
+    ep: &Episode,
+    feature: F,
+    dim: usize,
+    head: FewShotHead,
+    seed: u64,
+) -> Result<f64, EpisodeError>
 where
     F: Fn(usize) -> Option<&'a [f32]>,
 {
@@ -206,13 +212,23 @@ where
     }
 }
 
-fn episode_with<'a, const D: usize, F>(ep: &Episode, feature: F, dim: usize, head: FewShotHead, seed: u64) -> Result<f64, EpisodeError>
+fn episode_with<'a, const D: usize, F>(
+    ep: &Episode,
+    feature: F,
+    dim: usize,
+    head: FewShotHead,
+    seed: u64,
+) -> Result<f64, EpisodeError>
 where
     F: Fn(usize) -> Option<&'a [f32]>,
 {
     use crate::heads::centroid::NearestCentroid;
     use crate::heads::linear::{LinearClassifier, SgdRecipe};
-    let feat = |i: usize| feature(i).filter(|f| f.len() == dim).ok_or(EpisodeError::MissingFeature(i));
+    let feat = |i: usize| {
+        feature(i)
+            .filter(|f| f.len() == dim)
+            .ok_or(EpisodeError::MissingFeature(i))
+    };
     let way = ep.classes.len();
     let mut xs = Vec::with_capacity(ep.support.len() * dim);
     let mut labels = Vec::with_capacity(ep.support.len());
@@ -223,13 +239,22 @@ where
     let mut correct = 0usize;
     match head {
         FewShotHead::Linear => {
-            let h = LinearClassifier::<MAX_WAY, D>::fit(&xs, &labels, way, dim, &SgdRecipe::default(), seed).map_err(EpisodeError::Head)?;
+            let h = LinearClassifier::<MAX_WAY, D>::fit(
+                &xs,
+                &labels,
+                way,
+                dim,
+                &SgdRecipe::default(),
+                seed,
+            )
+            .map_err(EpisodeError::Head)?;
             for &(label, i) in &ep.query {
                 correct += (h.predict(feat(i)?).map_err(EpisodeError::Head)? == label) as usize;
             }
         }
         FewShotHead::Centroid => {
-            let h = NearestCentroid::<MAX_WAY, D>::fit(&xs, &labels, way, dim).map_err(EpisodeError::Head)?;
+            let h = NearestCentroid::<MAX_WAY, D>::fit(&xs, &labels, way, dim)
+                .map_err(EpisodeError::Head)?;
             for &(label, i) in &ep.query {
                 correct += (h.predict(feat(i)?).map_err(EpisodeError::Head)? == label) as usize;
             }
@@ -264,29 +289,43 @@ where
     let threads = threads.clamp(1, episodes.len().max(1));
     let next = core::sync::atomic::AtomicUsize::new(0);
     let mut out: Vec<Option<Result<f64, EpisodeError>>> = alloc::vec![None; episodes.len()];
-    let results = std::thread::scope(|s| -> Result<Vec<Vec<(usize, Result<f64, EpisodeError>)>>, EpisodeError> {
-        let mut handles = Vec::new();
-        for t in 0..threads {
-            let (next, feature) = (&next, &feature);
-            let h = std::thread::Builder::new().name(alloc::format!("episodes-{t}")).stack_size(EPISODE_STACK).spawn_scoped(s, move || {
-                let mut mine = Vec::new();
-                loop {
-                    let e = next.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-                    let Some(ep) = episodes.get(e) else { break };
-                    let r = episode_accuracy_pct(ep, feature, dim, head, classifier_seed(seed, shot, e as u64));
-                    on_done();
-                    let stop = r.is_err();
-                    mine.push((e, r));
-                    if stop {
-                        break;
-                    }
-                }
-                mine
-            });
-            handles.push(h.map_err(|_| EpisodeError::Threads)?);
-        }
-        Ok(handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect())
-    })?;
+    let results = std::thread::scope(
+        |s| -> Result<Vec<Vec<(usize, Result<f64, EpisodeError>)>>, EpisodeError> {
+            let mut handles = Vec::new();
+            for t in 0..threads {
+                let (next, feature) = (&next, &feature);
+                let h = std::thread::Builder::new()
+                    .name(alloc::format!("episodes-{t}"))
+                    .stack_size(EPISODE_STACK)
+                    .spawn_scoped(s, move || {
+                        let mut mine = Vec::new();
+                        loop {
+                            let e = next.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+                            let Some(ep) = episodes.get(e) else { break };
+                            let r = episode_accuracy_pct(
+                                ep,
+                                feature,
+                                dim,
+                                head,
+                                classifier_seed(seed, shot, e as u64),
+                            );
+                            on_done();
+                            let stop = r.is_err();
+                            mine.push((e, r));
+                            if stop {
+                                break;
+                            }
+                        }
+                        mine
+                    });
+                handles.push(h.map_err(|_| EpisodeError::Threads)?);
+            }
+            Ok(handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect())
+        },
+    )?;
     for (e, r) in results.into_iter().flatten() {
         out[e] = Some(r);
     }
@@ -451,17 +490,33 @@ mod tests {
     #[test]
     fn both_heads_are_perfect_on_separable_features_and_a_relabel_scores_zero() {
         let (cls, feats) = separable(6, 8, 8);
-        let s = EpisodeSampler { way: 5, shot: 1, query: 3, seed: 2 };
+        let s = EpisodeSampler {
+            way: 5,
+            shot: 1,
+            query: 3,
+            seed: 2,
+        };
         for e in 0..5 {
             let ep = s.episode(e, &cls).unwrap();
             for head in [FewShotHead::Linear, FewShotHead::Centroid] {
-                let a = episode_accuracy_pct(&ep, |i| feats.get(i).map(|f| &f[..]), 8, head, 1).unwrap();
+                let a = episode_accuracy_pct(&ep, |i| feats.get(i).map(|f| &f[..]), 8, head, 1)
+                    .unwrap();
                 assert_eq!(a, 100.0, "{head:?} episode {e}");
             }
             // Every query labelled with the next class: nothing can be right.
             let way = ep.classes.len();
-            let wrong = Episode { query: ep.query.iter().map(|&(l, i)| ((l + 1) % way, i)).collect(), ..ep.clone() };
-            let a = episode_accuracy_pct(&wrong, |i| feats.get(i).map(|f| &f[..]), 8, FewShotHead::Centroid, 1).unwrap();
+            let wrong = Episode {
+                query: ep.query.iter().map(|&(l, i)| ((l + 1) % way, i)).collect(),
+                ..ep.clone()
+            };
+            let a = episode_accuracy_pct(
+                &wrong,
+                |i| feats.get(i).map(|f| &f[..]),
+                8,
+                FewShotHead::Centroid,
+                1,
+            )
+            .unwrap();
             assert_eq!(a, 0.0);
         }
     }
@@ -471,9 +526,20 @@ mod tests {
     fn run_episodes_is_independent_of_the_thread_count_and_reports_missing_features() {
         // Noisy features so the linear head's accuracy varies from episode to episode.
         let mut rng = SplitMix64::new(9);
-        let feats: Vec<Vec<f32>> = (0..60).map(|i| (0..6).map(|j| rng.unit_f32() + if j == i / 10 { 0.5 } else { 0.0 }).collect()).collect();
+        let feats: Vec<Vec<f32>> = (0..60)
+            .map(|i| {
+                (0..6)
+                    .map(|j| rng.unit_f32() + if j == i / 10 { 0.5 } else { 0.0 })
+                    .collect()
+            })
+            .collect();
         let cls: Vec<Vec<usize>> = (0..6).map(|c| (c * 10..c * 10 + 10).collect()).collect();
-        let s = EpisodeSampler { way: 3, shot: 2, query: 4, seed: 4 };
+        let s = EpisodeSampler {
+            way: 3,
+            shot: 2,
+            query: 4,
+            seed: 4,
+        };
         let eps: Vec<Episode> = (0..12).map(|e| s.episode(e, &cls).unwrap()).collect();
         let f = |i: usize| feats.get(i).map(|f| &f[..]);
         let one = run_episodes(&eps, f, 6, FewShotHead::Linear, 4, 2, 1, &|| {}).unwrap();
@@ -481,9 +547,22 @@ mod tests {
         assert_eq!(one, three);
         // Episode e is scored with classifier_seed(seed, shot, e).
         for (e, ep) in eps.iter().enumerate() {
-            assert_eq!(one[e], episode_accuracy_pct(ep, f, 6, FewShotHead::Linear, classifier_seed(4, 2, e as u64)).unwrap());
+            assert_eq!(
+                one[e],
+                episode_accuracy_pct(
+                    ep,
+                    f,
+                    6,
+                    FewShotHead::Linear,
+                    classifier_seed(4, 2, e as u64)
+                )
+                .unwrap()
+            );
         }
         let short = |i: usize| if i == eps[3].query[0].1 { None } else { f(i) };
-        assert_eq!(run_episodes(&eps, short, 6, FewShotHead::Centroid, 4, 2, 2, &|| {}), Err(EpisodeError::MissingFeature(eps[3].query[0].1)));
+        assert_eq!(
+            run_episodes(&eps, short, 6, FewShotHead::Centroid, 4, 2, 2, &|| {}),
+            Err(EpisodeError::MissingFeature(eps[3].query[0].1))
+        );
     }
 }

@@ -2,4 +2,7 @@
 //! runtime-mcu), so one seed means the same episodes everywhere.
 pub mod fewshot;
 
-pub use fewshot::{classifier_seed, episode_accuracy_pct, Episode, EpisodeError, EpisodeSampler, FewShotHead, SampleError};
+pub use fewshot::{
+    classifier_seed, episode_accuracy_pct, Episode, EpisodeError, EpisodeSampler, FewShotHead,
+    SampleError,
+};
