@@ -8,108 +8,25 @@
 //!   [`host_trainer::data::Landmarks`] (pixel `i` covers `[i, i+1)`), so a resize by `k` maps
 //!   `x → k·x` exactly and its inverse is `x → x/k`.
 //!
-//! The resize is PIL's bilinear ("triangle") filter, antialiased when shrinking — the same
-//! algorithm, in the same f32 operation order, as `host_trainer::augment::geometry::crop_resize`
-//! on the `augment` branch (what `augment::eval_transform` uses). When enlarging it is exactly
-//! bilinear with half-pixel centres (torch `align_corners=False`, edge clamped). It lives here,
-//! in one function, until that module is merged; then this file should call it instead.
+//! The resize is the host's (`host_trainer::augment::geometry::crop_resize`): PIL's bilinear
+//! ("triangle") filter, antialiased when shrinking; exactly bilinear with half-pixel centres when
+//! enlarging.
+use host_trainer::augment::geometry::crop_resize;
+use host_trainer::augment::CropRect;
 use image::RgbImage;
 
-/// Resampling taps of one axis: output `o` reads `len[o]` inputs from `start[o]` with
-/// `weights[o*ksize ..]`.
-struct Taps {
-    start: Vec<usize>,
-    len: Vec<usize>,
-    weights: Vec<f32>,
-    ksize: usize,
-}
-
-/// PIL's triangle filter, widened by the shrink factor so every input pixel contributes.
-/// `in_len`, `out_len` ≥ 1.
-fn taps(in_len: usize, out_len: usize) -> Taps {
-    let scale = in_len as f64 / out_len as f64;
-    let filterscale = scale.max(1.0);
-    let support = filterscale;
-    let ksize = support.ceil() as usize * 2 + 1;
-    let mut t = Taps {
-        start: Vec::with_capacity(out_len),
-        len: Vec::with_capacity(out_len),
-        weights: vec![0.0; out_len * ksize],
-        ksize,
-    };
-    for o in 0..out_len {
-        let center = (o as f64 + 0.5) * scale;
-        // PIL truncates towards zero here; `max(0)` makes that a floor.
-        let xmin = ((center - support + 0.5).floor().max(0.0) as usize).min(in_len - 1);
-        let xmax = ((center + support + 0.5).floor() as usize).clamp(xmin + 1, in_len);
-        let n = (xmax - xmin).min(ksize);
-        let tri = |k: usize| {
-            let x = ((xmin + k) as f64 - center + 0.5) / filterscale;
-            (1.0 - x.abs()).max(0.0)
-        };
-        let sum: f64 = (0..n).map(tri).sum();
-        let w = &mut t.weights[o * ksize..o * ksize + n];
-        if sum > 0.0 {
-            for (k, wk) in w.iter_mut().enumerate() {
-                *wk = (tri(k) / sum) as f32;
-            }
-        } else {
-            w[0] = 1.0;
-        }
-        t.start.push(xmin);
-        t.len.push(n);
-    }
-    t
-}
-
-/// Resizes a whole RGB8 image to `out_w × out_h`, giving planar (CHW) floats in [0, 1] —
-/// the host's layout, so the arithmetic is the host's. Separable: rows first, then columns.
+/// Resizes a whole RGB8 image to `out_w × out_h`, giving planar (CHW) floats in [0, 1]: the
+/// host's own resize (`augment::geometry::crop_resize` over the full image, what
+/// `augment::eval_transform` does with the "stretch" geometry), so the arithmetic is the host's.
 /// The image and the output must be non-empty (callers check with [`check_size`]).
 pub fn resize_planar(img: &RgbImage, out_w: usize, out_h: usize) -> Vec<f32> {
-    let (src_w, src_h) = (img.width() as usize, img.height() as usize);
-    let raw = img.as_raw();
-    let tx = taps(src_w, out_w);
-    let ty = taps(src_h, out_h);
-    let plane_tmp = src_h * out_w;
-    let mut tmp = vec![0.0f32; 3 * plane_tmp];
-    for y in 0..src_h {
-        let row = &raw[y * src_w * 3..(y + 1) * src_w * 3];
-        for o in 0..out_w {
-            let (s, n) = (tx.start[o], tx.len[o]);
-            let w = &tx.weights[o * tx.ksize..o * tx.ksize + n];
-            let (mut r, mut g, mut b) = (0.0f32, 0.0f32, 0.0f32);
-            for (k, &wk) in w.iter().enumerate() {
-                let p = &row[(s + k) * 3..(s + k) * 3 + 3];
-                r += wk * p[0] as f32;
-                g += wk * p[1] as f32;
-                b += wk * p[2] as f32;
-            }
-            tmp[y * out_w + o] = r;
-            tmp[plane_tmp + y * out_w + o] = g;
-            tmp[2 * plane_tmp + y * out_w + o] = b;
-        }
-    }
-    let plane = out_w * out_h;
-    let mut out = vec![0.0f32; 3 * plane];
-    for c in 0..3 {
-        let src = &tmp[c * plane_tmp..(c + 1) * plane_tmp];
-        let dst = &mut out[c * plane..(c + 1) * plane];
-        for o in 0..out_h {
-            let (s, n) = (ty.start[o], ty.len[o]);
-            let w = &ty.weights[o * ty.ksize..o * ty.ksize + n];
-            let drow = &mut dst[o * out_w..(o + 1) * out_w];
-            for (k, &wk) in w.iter().enumerate() {
-                let wk = wk * (1.0 / 255.0);
-                let srow = &src[(s + k) * out_w..(s + k + 1) * out_w];
-                for (d, &v) in drow.iter_mut().zip(srow) {
-                    *d += wk * v;
-                }
-            }
-            // Rounding in the weights can push a white pixel a hair above 1.
-            drow.iter_mut().for_each(|d| *d = d.clamp(0.0, 1.0));
-        }
-    }
-    out
+    let full = CropRect {
+        i: 0,
+        j: 0,
+        h: img.height() as usize,
+        w: img.width() as usize,
+    };
+    crop_resize(img, full, out_w, out_h).data
 }
 
 /// Planar [0, 1] pixels → the model's HWC input, normalised as the host's `Planar::normalize`
