@@ -48,7 +48,7 @@ pretrain() { # data-name method
   [ "$method" != "$m" ] && version=(--version "${m##*-}")
   if [ -f "$dir/backbone.safetensors" ]; then return; fi
   if [ -f "$dir/last.safetensors" ]; then
-    $HT pretrain --resume "$dir" --out "$dir"
+    $HT pretrain --resume "$dir"
   else
     $HT pretrain --method "$method" "${version[@]}" --data "$OUT/data/$data" \
       --arch resnet18 --width "$WIDTH" --image-size "$SIZE" --epochs "$EPOCHS" \

@@ -6,7 +6,7 @@ mod cli;
 /// Pretrain ResNet backbones (supervised, MoCo v1/v2, Exemplar v1/v2), evaluate their transfer
 /// (few-shot recognition, facial landmarks), and export int8 models for the runtime.
 #[derive(Parser, Debug)]
-#[command(name = "host-trainer", version, about, propagate_version = true)]
+#[command(name = "host-trainer", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,5 +49,15 @@ fn main() {
         // error for the user, never a panic or a backtrace.
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks its definitions (unique names, valid defaults) only in debug builds, at parse
+    /// time: this makes a malformed command line a test failure instead of a user's panic.
+    #[test]
+    fn command_line_definition_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

@@ -153,3 +153,59 @@ fn bad_requests_fail_clearly() {
     );
     assert!(e.contains("nothing to resume"), "{e}");
 }
+
+/// The binary itself: bad command lines exit 1 with a one-line `error:` (no panic, no backtrace).
+#[test]
+fn the_cli_rejects_bad_pretraining_requests() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("o");
+    let out = out.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "pretrain", "--method", "simclr", "--data", ".", "--out", out,
+            ],
+            "unknown method",
+        ),
+        (
+            &[
+                "pretrain",
+                "--method",
+                "moco",
+                "--version",
+                "v9",
+                "--data",
+                ".",
+                "--out",
+                out,
+            ],
+            "unknown version",
+        ),
+        (
+            &[
+                "pretrain",
+                "--method",
+                "moco",
+                "--data",
+                "/no/such/dir",
+                "--out",
+                out,
+            ],
+            "/no/such/dir",
+        ),
+        (&["pretrain", "--resume", out], "nothing to resume"),
+    ];
+    for (args, want) in cases {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_host-trainer"))
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.starts_with("error:") && err.contains(want),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -11,15 +11,15 @@ use clap::Args;
 #[derive(Args, Debug)]
 pub struct PretrainArgs {
     /// supervised | moco | exemplar
-    #[arg(long, required_unless_present = "resume", default_value = "")]
-    pub method: String,
+    #[arg(long, required_unless_present = "resume")]
+    pub method: Option<String>,
     /// v1 | v2 (MoCo and Exemplar; default v2)
     #[arg(long)]
     pub version: Option<String>,
     /// Dataset root: a mini-ImageNet folder (train.csv...), a CelebA folder (identity_CelebA.txt...),
     /// or an ImageFolder (one sub-folder per class).
-    #[arg(long, required_unless_present = "resume", default_value = "")]
-    pub data: PathBuf,
+    #[arg(long, required_unless_present = "resume")]
+    pub data: Option<PathBuf>,
     /// resnet18 | resnet34 | resnet50
     #[arg(long, default_value = "resnet18")]
     pub arch: String,
@@ -72,8 +72,9 @@ pub struct PretrainArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Output folder: last.safetensors (resumable), backbone.safetensors, metrics.jsonl.
-    #[arg(long)]
-    pub out: PathBuf,
+    /// With --resume it defaults to (and must be) the resumed folder.
+    #[arg(long, required_unless_present = "resume")]
+    pub out: Option<PathBuf>,
     /// Continue the run saved in this folder (its config is reused; --epochs may extend it).
     #[arg(long)]
     pub resume: Option<PathBuf>,
@@ -101,22 +102,28 @@ pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
     use host_trainer::train::pretrain::{self, PretrainRequest, RunOptions};
 
     let device = host_trainer::device::parse_device(&a.device)?;
+    let out = match (&a.resume, &a.out) {
+        (Some(r), Some(o)) if r != o => anyhow::bail!(
+            "--resume {} continues in its own folder; drop --out or pass the same path",
+            r.display()
+        ),
+        (Some(r), _) => r.clone(),
+        (None, Some(o)) => o.clone(),
+        (None, None) => anyhow::bail!("--out is required for a new run"),
+    };
     let opts = RunOptions {
-        out: a.resume.clone().unwrap_or(a.out.clone()),
+        out,
         device,
         stop_after: a.stop_after,
         progress: !a.quiet,
     };
     let summary = if let Some(dir) = &a.resume {
-        if a.out != *dir {
-            anyhow::bail!(
-                "--resume {} continues in its own folder; pass the same path as --out",
-                dir.display()
-            );
-        }
         pretrain::resume(dir, a.epochs_set.then_some(a.epochs), &opts)?
     } else {
-        let method = Method::parse(&a.method, a.version.as_deref())?;
+        let method = Method::parse(
+            a.method.as_deref().unwrap_or_default(),
+            a.version.as_deref(),
+        )?;
         let arch: Arch = a
             .arch
             .parse()
@@ -129,7 +136,7 @@ pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
         };
         let req = PretrainRequest {
             method,
-            data: a.data.clone(),
+            data: a.data.clone().unwrap_or_default(),
             model,
             image_size: a.image_size,
             epochs: a.epochs,
