@@ -19,6 +19,7 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod export;
+pub mod fixtures;
 pub mod fsutil;
 pub mod kernels;
 pub mod method;

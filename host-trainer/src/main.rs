@@ -26,6 +26,8 @@ enum Command {
     Eval(cli::eval::EvalCommand),
     /// Print the main job's host-vs-runtime table from its output folder.
     Report(cli::report::ReportArgs),
+    /// Regenerate the committed test fixtures (`--out fixtures/tiny`) byte for byte.
+    Fixtures(cli::fixtures::FixturesArgs),
 }
 
 fn main() {
@@ -43,6 +45,7 @@ fn main() {
         Command::Report(a) => cli::report::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::Eval(c) => cli::eval::run(c),
+        Command::Fixtures(a) => cli::fixtures::run(a),
     };
     if let Err(e) = result {
         // `{:#}` prints the whole context chain on one line ("reading X: line 3: ..."): a clear

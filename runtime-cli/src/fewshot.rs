@@ -15,9 +15,7 @@ use anyhow::{anyhow, bail, Result};
 use host_trainer::data::{MiniImageNet, Split};
 use rayon::prelude::*;
 use runtime_core::metrics::episode_accuracy;
-use runtime_core::protocol::fewshot::{
-    run_episodes, Episode, EpisodeSampler, FewShotHead, SampleError,
-};
+use runtime_core::protocol::fewshot::{class_images, plan_episodes, run_episodes, FewShotHead};
 use runtime_core::Task;
 use serde_json::json;
 
@@ -95,26 +93,6 @@ pub struct FewShotResult {
     pub images_embedded: usize,
 }
 
-fn sample_error(e: SampleError, csv: &Path, spec: &FewShotSpec, shot: usize) -> anyhow::Error {
-    let msg = match e {
-        SampleError::TooFewClasses { classes, way } => {
-            format!("the split has {classes} classes, {way}-way episodes need {way}")
-        }
-        SampleError::TooFewImages {
-            class,
-            images,
-            needed,
-        } => {
-            format!(
-                "class {class} has {images} images, {shot}-shot episodes with {} queries need {needed}",
-                spec.query
-            )
-        }
-        SampleError::Empty => "--way, --shot and --query must be at least 1".into(),
-    };
-    anyhow!("{}: {msg}", csv.display())
-}
-
 /// Runs the protocol.
 pub fn evaluate(
     model_path: &Path,
@@ -144,41 +122,18 @@ pub fn evaluate(
     let csv = data.join(spec.split.split().file_name());
     let list = MiniImageNet::open(data)?.split(spec.split.split())?;
     list.check_files()?;
-    let mut class_images = vec![Vec::new(); list.num_classes()];
-    for (i, (_, label)) in list.items.iter().enumerate() {
-        class_images[*label].push(i);
-    }
-
+    let class_images = class_images(list.items.iter().map(|(_, c)| *c), list.num_classes());
     // Draw every episode first: the union of their images is what must be embedded.
-    let mut episodes: Vec<Vec<Episode>> = Vec::with_capacity(spec.shots.len());
-    let mut needed = vec![false; list.len()];
-    for &shot in &spec.shots {
-        let sampler = EpisodeSampler {
-            way: spec.way,
-            shot,
-            query: spec.query,
-            seed: spec.seed,
-        };
-        let sizes: Vec<usize> = class_images.iter().map(Vec::len).collect();
-        sampler
-            .check(&sizes)
-            .map_err(|e| sample_error(e, &csv, spec, shot))?;
-        let eps = (0..spec.episodes)
-            .into_par_iter()
-            .map(|e| {
-                sampler
-                    .episode(e, &class_images)
-                    .map_err(|err| sample_error(err, &csv, spec, shot))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        for ep in &eps {
-            for &(_, i) in ep.support.iter().chain(&ep.query) {
-                needed[i] = true;
-            }
-        }
-        episodes.push(eps);
-    }
-    let todo: Vec<usize> = (0..list.len()).filter(|&i| needed[i]).collect();
+    let plan = plan_episodes(
+        &class_images,
+        spec.way,
+        &spec.shots,
+        spec.query,
+        spec.episodes,
+        spec.seed,
+    )
+    .map_err(|e| anyhow!("{}: {e}", csv.display()))?;
+    let todo = &plan.images;
 
     let bar = progress::bar(todo.len() as u64, "embedding images", show_progress);
     let embedded: Vec<Vec<f32>> = todo
@@ -205,7 +160,7 @@ pub fn evaluate(
     let total: u64 = spec.episodes * spec.shots.len() as u64;
     let bar = progress::bar(total, "episodes", show_progress);
     let mut results = Vec::new();
-    for (&shot, eps) in spec.shots.iter().zip(&episodes) {
+    for (&shot, eps) in spec.shots.iter().zip(&plan.episodes) {
         let accs = run_episodes(
             eps,
             |i| features.get(i).and_then(|f| f.as_deref()),

@@ -1,6 +1,7 @@
 //! One file per sub-command: argument parsing and printing only; the work is in the library.
 pub mod eval;
 pub mod export;
+pub mod fixtures;
 pub mod pretrain;
 pub mod report;
 pub mod synth;

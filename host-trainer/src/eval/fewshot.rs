@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Result};
 use candle_core::Device;
 use runtime_core::metrics::episode_accuracy;
 use runtime_core::protocol::fewshot::{
-    run_episodes, Episode, EpisodeSampler, FewShotHead, SampleError, MAX_DIM, MAX_WAY,
+    class_images, plan_episodes, run_episodes, FewShotHead, MAX_DIM, MAX_WAY,
 };
 use serde_json::json;
 
@@ -54,31 +54,6 @@ pub struct FewShotReport {
     pub backbone_fnv64: String,
 }
 
-fn sample_error(
-    e: SampleError,
-    csv: &std::path::Path,
-    cfg: &FewShotConfig,
-    shot: usize,
-) -> anyhow::Error {
-    let msg = match e {
-        SampleError::TooFewClasses { classes, way } => {
-            format!("the split has {classes} classes, {way}-way episodes need {way}")
-        }
-        SampleError::TooFewImages {
-            class,
-            images,
-            needed,
-        } => {
-            format!(
-                "class {class} has {images} images, {shot}-shot episodes with {} queries need {needed}",
-                cfg.query
-            )
-        }
-        SampleError::Empty => "--way, --shot and --query must be at least 1".into(),
-    };
-    anyhow!("{}: {msg}", csv.display())
-}
-
 /// Runs the protocol.
 pub fn evaluate(cfg: &FewShotConfig, device: &Device) -> Result<FewShotReport> {
     if cfg.way > MAX_WAY {
@@ -93,37 +68,16 @@ pub fn evaluate(cfg: &FewShotConfig, device: &Device) -> Result<FewShotReport> {
     // Check the split before the (slower) backbone load: bad data fails fast.
     let csv = cfg.data.join(cfg.split.file_name());
     let list = MiniImageNet::open(&cfg.data)?.split(cfg.split)?;
-    let mut class_images = vec![Vec::new(); list.num_classes()];
-    for (i, (_, label)) in list.items.iter().enumerate() {
-        class_images[*label].push(i);
-    }
-    let sizes: Vec<usize> = class_images.iter().map(Vec::len).collect();
-    let mut episodes: Vec<Vec<Episode>> = Vec::with_capacity(cfg.shots.len());
-    let mut needed = vec![false; list.len()];
-    for &shot in &cfg.shots {
-        let sampler = EpisodeSampler {
-            way: cfg.way,
-            shot,
-            query: cfg.query,
-            seed: cfg.seed,
-        };
-        sampler
-            .check(&sizes)
-            .map_err(|e| sample_error(e, &csv, cfg, shot))?;
-        let eps = (0..cfg.episodes)
-            .map(|e| {
-                sampler
-                    .episode(e, &class_images)
-                    .map_err(|err| sample_error(err, &csv, cfg, shot))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        for ep in &eps {
-            for &(_, i) in ep.support.iter().chain(&ep.query) {
-                needed[i] = true;
-            }
-        }
-        episodes.push(eps);
-    }
+    let class_images = class_images(list.items.iter().map(|(_, c)| *c), list.num_classes());
+    let plan = plan_episodes(
+        &class_images,
+        cfg.way,
+        &cfg.shots,
+        cfg.query,
+        cfg.episodes,
+        cfg.seed,
+    )
+    .map_err(|e| anyhow!("{}: {e}", csv.display()))?;
     list.check_files()?;
     let (net, hash) = super::open_backbone(&cfg.backbone, device)?;
     let dim = net.config().feature_dim();
@@ -133,11 +87,11 @@ pub fn evaluate(cfg: &FewShotConfig, device: &Device) -> Result<FewShotReport> {
             cfg.backbone.display()
         );
     }
-    let todo: Vec<usize> = (0..list.len()).filter(|&i| needed[i]).collect();
+    let todo = &plan.images;
     let feats = features::extract(
         &net,
         crate::train::data::source(&list),
-        &todo,
+        todo,
         cfg.image_size,
         cfg.batch,
         device,
@@ -155,7 +109,7 @@ pub fn evaluate(cfg: &FewShotConfig, device: &Device) -> Result<FewShotReport> {
     let threads = rayon::current_num_threads();
     let mut results = Vec::new();
     let mut per_episode = Vec::new();
-    for (&shot, eps) in cfg.shots.iter().zip(&episodes) {
+    for (&shot, eps) in cfg.shots.iter().zip(&plan.episodes) {
         let accs = run_episodes(
             eps,
             feature,

@@ -17,6 +17,7 @@ use std::path::Path;
 
 use super::graph::Graph;
 use super::ExportError;
+use crate::augment::{geometry, CropRect};
 use crate::data::{self, CelebA, LabelledImages, MiniImageNet, Split};
 use crate::rng::{purpose, stream};
 
@@ -190,23 +191,22 @@ pub fn detect_format(dir: &Path) -> CalibFormat {
     }
 }
 
-/// Resize (stretch, triangle filter) to `size × size` and normalise with `mean`/`std` into CHW
-/// f32 — the evaluation-time preprocessing (no crop beyond the dataset's own, e.g. MAFL).
+/// The evaluation-time preprocessing of the host's pipeline: the whole image resized ("stretch")
+/// to `size × size` by [`crate::augment::geometry::crop_resize`] and normalised with
+/// `mean`/`std` into CHW f32 — exactly what [`crate::augment::eval_transform`] does with
+/// [`AugmentConfig::none`] (and what runtime-cli's preprocessing does), so calibration sees the
+/// very inputs the model is evaluated on. No crop beyond the dataset's own (e.g. MAFL).
+/// The image must be non-empty ([`calibration_inputs`] checks).
 pub fn preprocess(img: &image::RgbImage, size: usize, mean: &[f32; 3], std: &[f32; 3]) -> Vec<f32> {
-    let r = image::imageops::resize(
-        img,
-        size as u32,
-        size as u32,
-        image::imageops::FilterType::Triangle,
-    );
-    let mut out = vec![0f32; 3 * size * size];
-    for (x, y, p) in r.enumerate_pixels() {
-        for c in 0..3 {
-            out[(c * size + y as usize) * size + x as usize] =
-                (p.0[c] as f32 / 255.0 - mean[c]) / std[c];
-        }
-    }
-    out
+    let full = CropRect {
+        i: 0,
+        j: 0,
+        h: img.height() as usize,
+        w: img.width() as usize,
+    };
+    let mut p = geometry::crop_resize(img, full, size, size);
+    p.normalize(*mean, *std);
+    p.data
 }
 
 /// `n` images of the dataset in `dir`, chosen by a permutation from `seed` (purpose
@@ -249,6 +249,12 @@ pub fn calibration_inputs(
         .iter()
         .map(|&i| {
             let (img, _, lm) = list.load(i)?;
+            if img.width() == 0 || img.height() == 0 {
+                return Err(ExportError::Input {
+                    path: list.items[i].0.clone(),
+                    msg: "empty image".into(),
+                });
+            }
             let img = match (format, lm) {
                 (CalibFormat::CelebA, Some(lm)) => data::mafl_crop(&img, &lm).0,
                 _ => img,
@@ -296,6 +302,24 @@ mod tests {
             (lo - (-0.485 / 0.229)).abs() < 1e-6 && (hi - (1.0 - 0.406) / 0.225).abs() < 1e-6,
             "{lo} {hi}"
         );
+    }
+
+    /// Calibration preprocesses exactly as the eval pipeline (bit for bit), on a non-square
+    /// image that is both shrunk and stretched.
+    #[test]
+    fn preprocess_is_the_eval_transform() {
+        use crate::augment::{eval_transform, AugmentConfig};
+        let img = image::RgbImage::from_fn(13, 7, |x, y| {
+            image::Rgb([(x * 19) as u8, (y * 37) as u8, ((x * y) % 251) as u8])
+        });
+        let (mean, std) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+        let cfg = AugmentConfig {
+            mean,
+            std,
+            ..AugmentConfig::none(5)
+        };
+        let want = eval_transform(&img, None, &cfg).unwrap().pixels;
+        assert_eq!(preprocess(&img, 5, &mean, &std), want);
     }
 
     #[test]

@@ -121,6 +121,105 @@ pub fn choose_distinct(rng: &mut SplitMix64, n: usize, k: usize) -> Vec<usize> {
     pool
 }
 
+/// Every episode of a multi-shot evaluation, drawn up front, and the images they use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpisodePlan {
+    /// `episodes[k][e]`: episode `e` of the `shots[k]`-shot setting.
+    pub episodes: Vec<Vec<Episode>>,
+    /// The image indices some episode uses (support or query), ascending, each once: the only
+    /// images that need features.
+    pub images: Vec<usize>,
+}
+
+/// Why [`plan_episodes`] could not draw the episodes: the sampler's error and the shot setting
+/// it arose in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct PlanError {
+    pub shot: usize,
+    pub query: usize,
+    pub error: SampleError,
+}
+
+impl core::fmt::Display for PlanError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.error {
+            SampleError::TooFewClasses { classes, way } => {
+                write!(
+                    f,
+                    "the split has {classes} classes, {way}-way episodes need {way}"
+                )
+            }
+            SampleError::TooFewImages {
+                class,
+                images,
+                needed,
+            } => write!(
+                f,
+                "class {class} has {images} images, {}-shot episodes with {} queries need {needed}",
+                self.shot, self.query
+            ),
+            SampleError::Empty => write!(f, "--way, --shot and --query must be at least 1"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for PlanError {}
+
+/// Draws episodes `0..episodes` of every shot setting in `shots` (in that order) with the shared
+/// [`EpisodeSampler`], checking the split first, and marks which images they use. This is the
+/// one planning step of the protocol: host-trainer and runtime-cli embed exactly
+/// [`EpisodePlan::images`] and score [`EpisodePlan::episodes`], so with the same arguments they
+/// see the same episodes.
+pub fn plan_episodes(
+    class_images: &[Vec<usize>],
+    way: usize,
+    shots: &[usize],
+    query: usize,
+    episodes: u64,
+    seed: u64,
+) -> Result<EpisodePlan, PlanError> {
+    let sizes: Vec<usize> = class_images.iter().map(|c| c.len()).collect();
+    let mut all = Vec::with_capacity(shots.len());
+    let mut images = Vec::new();
+    for &shot in shots {
+        let err = |error| PlanError { shot, query, error };
+        let sampler = EpisodeSampler {
+            way,
+            shot,
+            query,
+            seed,
+        };
+        sampler.check(&sizes).map_err(err)?;
+        let mut eps = Vec::with_capacity(episodes as usize);
+        for e in 0..episodes {
+            let ep = sampler.episode(e, class_images).map_err(err)?;
+            images.extend(ep.support.iter().chain(&ep.query).map(|&(_, i)| i));
+            eps.push(ep);
+        }
+        all.push(eps);
+    }
+    images.sort_unstable();
+    images.dedup();
+    Ok(EpisodePlan {
+        episodes: all,
+        images,
+    })
+}
+
+/// Groups image indices by class: `labels[i]` is image `i`'s class (below `classes`), the result
+/// lists each class's images in index order, the `class_images` [`plan_episodes`] takes.
+pub fn class_images(labels: impl IntoIterator<Item = usize>, classes: usize) -> Vec<Vec<usize>> {
+    let mut out = alloc::vec![Vec::new(); classes];
+    for (i, c) in labels.into_iter().enumerate() {
+        if let Some(v) = out.get_mut(c) {
+            v.push(i);
+        }
+    }
+    out
+}
+
 /// Most classes per episode the heads are instantiated for by [`episode_accuracy_pct`].
 pub const MAX_WAY: usize = 20;
 /// Largest feature dimension the heads are instantiated for (ResNet-50 has 2048).
@@ -458,6 +557,56 @@ mod tests {
             }
         }
         assert!(seen.iter().all(|&b| b), "{seen:?}");
+    }
+
+    /// The plan is, shot by shot, exactly the sampler's episodes 0..n, and its image list is the
+    /// sorted union of their images (computed here naively with a bitmap).
+    #[test]
+    fn plan_is_the_samplers_episodes_and_their_image_union() {
+        let labels = [0, 1, 2, 0, 1, 2, 0, 1, 2, 3, 3, 3, 0, 1, 2, 3];
+        let cls = class_images(labels.iter().copied(), 4);
+        assert_eq!(cls[0], vec![0, 3, 6, 12]);
+        assert_eq!(cls[3], vec![9, 10, 11, 15]);
+        let plan = plan_episodes(&cls, 3, &[1, 2], 1, 4, 7).unwrap();
+        assert_eq!(plan.episodes.len(), 2);
+        let mut used = vec![false; labels.len()];
+        for (k, shot) in [1usize, 2].into_iter().enumerate() {
+            let s = EpisodeSampler {
+                way: 3,
+                shot,
+                query: 1,
+                seed: 7,
+            };
+            assert_eq!(plan.episodes[k].len(), 4);
+            for e in 0..4 {
+                let ep = s.episode(e, &cls).unwrap();
+                for &(_, i) in ep.support.iter().chain(&ep.query) {
+                    used[i] = true;
+                }
+                assert_eq!(plan.episodes[k][e as usize], ep);
+            }
+        }
+        let want: Vec<usize> = (0..labels.len()).filter(|&i| used[i]).collect();
+        assert_eq!(plan.images, want);
+        // A split too small for one of the shot settings names that setting.
+        let e = plan_episodes(&cls, 3, &[1, 4], 1, 2, 7).unwrap_err();
+        assert_eq!(
+            e,
+            PlanError {
+                shot: 4,
+                query: 1,
+                error: SampleError::TooFewImages {
+                    class: 0,
+                    images: 4,
+                    needed: 5
+                }
+            }
+        );
+        assert_eq!(
+            alloc::format!("{e}"),
+            "class 0 has 4 images, 4-shot episodes with 1 queries need 5"
+        );
+        assert!(plan_episodes(&cls, 5, &[1], 1, 2, 7).is_err());
     }
 
     #[test]

@@ -3,6 +3,6 @@
 pub mod fewshot;
 
 pub use fewshot::{
-    classifier_seed, episode_accuracy_pct, Episode, EpisodeError, EpisodeSampler, FewShotHead,
-    SampleError,
+    class_images, classifier_seed, episode_accuracy_pct, plan_episodes, Episode, EpisodeError,
+    EpisodePlan, EpisodeSampler, FewShotHead, PlanError, SampleError,
 };
