@@ -24,6 +24,9 @@ enum Command {
     /// Evaluate transfer: few-shot recognition, base-class accuracy, linear probe.
     #[command(subcommand)]
     Eval(cli::eval::EvalCommand),
+    /// Time full training steps (forward/backward split) on random data; `--baseline` compares
+    /// with candle's own CPU ops.
+    BenchStep(cli::bench_step::BenchStepArgs),
     /// Print the main job's host-vs-runtime table from its output folder.
     Report(cli::report::ReportArgs),
 }
@@ -41,6 +44,7 @@ fn main() {
         Command::Synth(c) => cli::synth::run(c),
         Command::Pretrain(a) => cli::pretrain::run(a),
         Command::Report(a) => cli::report::run(a),
+        Command::BenchStep(a) => cli::bench_step::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::Eval(c) => cli::eval::run(c),
     };
