@@ -48,6 +48,7 @@ fn request() -> PretrainRequest {
 }
 
 fn bench(c: &mut Criterion) {
+    host_trainer::device::configure_cpu_threads();
     let req = request();
     let mut g = c.benchmark_group("moco_v2_step_resnet18_32px");
     g.sample_size(10);

@@ -32,6 +32,7 @@ enum Command {
 }
 
 fn main() {
+    host_trainer::device::configure_cpu_threads();
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     let mut cli =
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
