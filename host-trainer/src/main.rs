@@ -24,6 +24,9 @@ enum Command {
     /// Evaluate transfer: few-shot recognition, base-class accuracy, linear probe.
     #[command(subcommand)]
     Eval(cli::eval::EvalCommand),
+    /// Time full training steps (forward/backward split) on random data; `--baseline` compares
+    /// with candle's own CPU ops.
+    BenchStep(cli::bench_step::BenchStepArgs),
     /// Print the main job's host-vs-runtime table from its output folder.
     Report(cli::report::ReportArgs),
     /// Regenerate the committed test fixtures (`--out fixtures/tiny`) byte for byte.
@@ -31,6 +34,7 @@ enum Command {
 }
 
 fn main() {
+    host_trainer::device::configure_cpu_threads();
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     let mut cli =
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -43,6 +47,7 @@ fn main() {
         Command::Synth(c) => cli::synth::run(c),
         Command::Pretrain(a) => cli::pretrain::run(a),
         Command::Report(a) => cli::report::run(a),
+        Command::BenchStep(a) => cli::bench_step::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::Eval(c) => cli::eval::run(c),
         Command::Fixtures(a) => cli::fixtures::run(a),
