@@ -1,8 +1,10 @@
 //! `eval fewshot`: Chen et al.'s few-shot protocol on a features model, with the heads fitted by
 //! runtime-core's on-device code.
 //!
-//! Episodes come from runtime-core's shared [`EpisodeSampler`] (episode `e` of a `shot`-shot run
-//! is a pure function of `(seed, shot, e)`), so the host's `eval fewshot` with the same seed sees
+//! Episodes are drawn by runtime-core's [`plan_episodes`], the planner host-trainer's `eval
+//! fewshot` calls too, with the shared
+//! [`EpisodeSampler`](runtime_core::protocol::fewshot::EpisodeSampler) (episode `e` of a
+//! `shot`-shot run is a pure function of `(seed, shot, e)`), so the host with the same seed sees
 //! the same episodes. Each image that some episode uses is embedded once (parallel over images,
 //! one arena per worker); then episodes are classified in parallel and gathered in order, so the
 //! result does not depend on the thread count.

@@ -1,6 +1,7 @@
 //! `eval fewshot`: Chen et al.'s (2019) few-shot protocol on frozen host features (paper §4.1).
 //!
-//! Episodes come from runtime-core's [`EpisodeSampler`] and are scored by runtime-core's
+//! Episodes are drawn by runtime-core's [`plan_episodes`] (its shared
+//! [`EpisodeSampler`](runtime_core::protocol::fewshot::EpisodeSampler)) and scored by runtime-core's
 //! [`run_episodes`] (the linear head of episode `e` seeded by `classifier_seed(seed, shot, e)`),
 //! the very code runtime-cli runs on int8 features: with the same `--seed`, host and device see
 //! the same episodes and fit the same classifiers, so their numbers differ only by the features.
