@@ -194,8 +194,9 @@ pub fn detect_format(dir: &Path) -> CalibFormat {
 /// The evaluation-time preprocessing of the host's pipeline: the whole image resized ("stretch")
 /// to `size × size` by [`crate::augment::geometry::crop_resize`] and normalised with
 /// `mean`/`std` into CHW f32 — exactly what [`crate::augment::eval_transform`] does with
-/// [`crate::augment::AugmentConfig::none`] (and what runtime-cli's preprocessing does), so calibration sees the
-/// very inputs the model is evaluated on. No crop beyond the dataset's own (e.g. MAFL).
+/// [`crate::augment::AugmentConfig::none`] (and what runtime-cli's preprocessing does), so
+/// calibration sees the very inputs the model is evaluated on. No crop beyond the dataset's own
+/// (e.g. MAFL).
 /// The image must be non-empty ([`calibration_inputs`] checks).
 pub fn preprocess(img: &image::RgbImage, size: usize, mean: &[f32; 3], std: &[f32; 3]) -> Vec<f32> {
     let full = CropRect {
