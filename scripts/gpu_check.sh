@@ -51,5 +51,11 @@ done
 # 3. Few-shot evaluation of the MoCo-v2 backbone with GPU features.
 run fewshot 120 "$BIN" eval fewshot --backbone "$WORK/mocoversionv2/backbone.safetensors" --data "$WORK/objects" \
   --image-size 32 --episodes 200 --device $DEV --out "$WORK/fewshot"
+# 4. The CPU step on 2 pinned cores of this quiet machine, candle vs PyTorch in the same run (the
+#    machine CPU differs from the 2-core dev machine: a second data point for the CPU ratio).
+if [ "${CPU_RATIO:-1}" = 1 ] && command -v taskset >/dev/null; then
+  RAYON_NUM_THREADS=2 run cpu_ratio_2cores 240 taskset -c 0,1 python3 scripts/bench_torch_step.py --device cpu --threads 2 \
+    --batch 64 --queue 4096 --warmup 1 --steps 3 --candle-cmd "$BIN bench-step --device cpu --batch-size 64 --queue 4096 --warmup 1 --steps 3 --json"
+fi
 grep -h '"img_per_sec"\|images_per_sec' "$WORK"/*.out > "$OUT/summary.txt" 2>/dev/null
 echo "done" | tee -a "$log"
