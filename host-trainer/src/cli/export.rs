@@ -18,9 +18,10 @@ pub struct ExportArgs {
     /// Number of calibration images, drawn deterministically; more than the dataset has is an error.
     #[arg(long, default_value_t = 100)]
     pub calib_images: usize,
-    /// Clip activation ranges at the (100−P)-th/P-th percentiles instead of min/max, e.g. 99.99.
-    #[arg(long)]
-    pub percentile: Option<f32>,
+    /// Clip activation ranges at the (100−P)-th/P-th percentiles; 100 = plain min/max. The
+    /// default 99.9 keeps outliers from eating the int8 resolution (measured in export/mod.rs).
+    #[arg(long, default_value_t = host_trainer::export::DEFAULT_PERCENTILE)]
+    pub percentile: f32,
     /// Backbone input side in pixels (default: the file's `image_size` metadata, else 32).
     /// Landmark models always use their own input size.
     #[arg(long)]
@@ -45,7 +46,7 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
         seed: a.seed,
         opts: ExportOptions {
             dtype: if a.f32 { Dtype::F32 } else { Dtype::Int8 },
-            percentile: a.percentile,
+            percentile: Some(a.percentile),
         },
     };
     let e =

@@ -2,8 +2,8 @@
 //!
 //! The graph runs in candle ([`Graph::eval`], batched) — the same function as the runtime's f32
 //! path, which the f32 parity test proves — and each tensor's range is recorded:
-//! * min/max (default): nothing saturates on the calibration set;
-//! * `percentile P` (e.g. 99.99): the range is clipped to the (100−P)-th and P-th percentiles
+//! * min/max (`percentile` None or 100): nothing saturates on the calibration set;
+//! * `percentile P` (the exporter's default is 99.9, see `export::DEFAULT_PERCENTILE`): the range is clipped to the (100−P)-th and P-th percentiles
 //!   of the tensor's values over all images, positions and channels, trading a few saturated
 //!   outliers for a finer step everywhere else. Percentiles come from a 2048-bin histogram over
 //!   the min/max range (a second pass); the clip points are the outer edges of the bins holding

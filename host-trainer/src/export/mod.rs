@@ -50,17 +50,35 @@ pub enum ExportError {
     Candle(#[from] candle_core::Error),
 }
 
+/// The default calibration clip: activation ranges at the 0.1st/99.9th percentiles.
+///
+/// Why not min/max: one outlier activation over the calibration set stretches a tensor's range
+/// and costs every other value its resolution. Measured on the study's landmark models
+/// (ResNet-18 ×0.125, 32 px, 200 calibration faces; MAFL IOD error, host f32 40.69 %): min/max
+/// gave 89.21 % in int8, percentile 99.99 gave 45.25 %, 99.9 gave 42.33 %. Few-shot features
+/// do not care (MoCo-v2 backbone, 600 episodes, host 44.90 / 56.81 %: min/max 44.56 / 56.75,
+/// 99.9 45.13 / 57.13).
+pub const DEFAULT_PERCENTILE: f32 = 99.9;
+
 /// Options of one export.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ExportOptions {
     /// `Dtype::Int8` (calibrated) or `Dtype::F32` (the same graph unquantised).
     pub dtype: Dtype,
-    /// Clip calibration ranges at the (100−P)/P percentiles instead of min/max.
+    /// Clip calibration ranges at the (100−P)/P percentiles; `None` (or 100): min/max.
     pub percentile: Option<f32>,
 }
 
 impl ExportOptions {
+    /// int8 with the default calibration ([`DEFAULT_PERCENTILE`]).
     pub fn int8() -> Self {
+        ExportOptions {
+            dtype: Dtype::Int8,
+            percentile: Some(DEFAULT_PERCENTILE),
+        }
+    }
+    /// int8 calibrated by plain min/max over the calibration set.
+    pub fn int8_minmax() -> Self {
         ExportOptions {
             dtype: Dtype::Int8,
             percentile: None,
@@ -131,8 +149,8 @@ pub fn export_graph(
         Dtype::Int8 => {
             let r = calibrate::calibrate(g, calib, opts.percentile)?;
             let mode = match opts.percentile {
-                Some(p) => format!("percentile {p} over {} images", calib.len()),
-                None => format!("min/max over {} images", calib.len()),
+                Some(p) if p < 100.0 => format!("percentile {p} over {} images", calib.len()),
+                _ => format!("min/max over {} images", calib.len()),
             };
             (Some(tensor_quants(g, &r)), g.shapes.len() - 1, mode)
         }
