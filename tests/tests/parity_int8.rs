@@ -152,7 +152,10 @@ proptest! {
         fw.set(&(fw.as_tensor() * 0.1).unwrap()).unwrap();
         let fb = m.head.var("head.fc.bias").unwrap();
         fb.set(&(fb.as_tensor().zeros_like().unwrap() + 0.5).unwrap()).unwrap();
-        let e = export_landmarks(&m, &cal, &ExportOptions::int8()).unwrap();
+        // Min/max: this checks the int8 arithmetic against candle; the default percentile clip
+        // suits trained heads (see export::DEFAULT_PERCENTILE) but widens this random head's
+        // error (ResNet-34: 0.022–0.030 over 25 seeds, above the bound).
+        let e = export_landmarks(&m, &cal, &ExportOptions::int8_minmax()).unwrap();
         let xs = held_out(SIZE);
         let want = m.forward(&batch(&xs), BnMode::Eval).unwrap();
         let mut sum = 0f64;
