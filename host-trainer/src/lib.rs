@@ -25,4 +25,5 @@ pub mod method;
 pub mod model;
 pub mod plot;
 pub mod rng;
+pub mod study;
 pub mod train;

@@ -24,8 +24,8 @@ enum Command {
     /// Evaluate transfer: few-shot recognition, base-class accuracy, linear probe.
     #[command(subcommand)]
     Eval(cli::eval::EvalCommand),
-    /// Print the main job's host-vs-runtime table from its output folder.
-    Report(cli::report::ReportArgs),
+    /// The paper's comparisons end to end (resumable): tables, figures, host and runtime.
+    Study(cli::study::StudyArgs),
 }
 
 fn main() {
@@ -40,7 +40,7 @@ fn main() {
     let result = match cli.command {
         Command::Synth(c) => cli::synth::run(c),
         Command::Pretrain(a) => cli::pretrain::run(a),
-        Command::Report(a) => cli::report::run(a),
+        Command::Study(a) => cli::study::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::Eval(c) => cli::eval::run(c),
     };

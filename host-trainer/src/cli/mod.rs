@@ -2,5 +2,5 @@
 pub mod eval;
 pub mod export;
 pub mod pretrain;
-pub mod report;
+pub mod study;
 pub mod synth;
