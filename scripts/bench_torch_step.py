@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Time one MoCo-v2 training step in PyTorch on the CPU, as the reference for the candle trainer.
+"""Time one MoCo-v2 training step in PyTorch (CPU by default, `--device cuda` for the GPU check), as
+the reference for the candle trainer.
 
 Model: torchvision ResNet-18 with the small-image stem (conv1 3x3 stride 1 padding 1, no
 maxpool), MLP projection head 512-512-128, query encoder trained by SGD (momentum 0.9, weight
@@ -59,6 +60,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", type=str, default="cpu", help="cpu or cuda (the GPU check of the cuda feature)")
     ap.add_argument("--candle-img-per-sec", type=float, default=None)
     ap.add_argument("--candle-cmd", type=str, default=None, help="command printing a JSON line with img_per_sec")
     args = ap.parse_args()
@@ -68,19 +70,21 @@ def main():
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    q_enc = build_encoder(torch, torchvision, args.dim)
-    k_enc = build_encoder(torch, torchvision, args.dim)
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    q_enc = build_encoder(torch, torchvision, args.dim).to(dev)
+    k_enc = build_encoder(torch, torchvision, args.dim).to(dev)
     k_enc.load_state_dict(q_enc.state_dict())
     for p in k_enc.parameters():
         p.requires_grad_(False)
     q_enc.train()
     k_enc.train()
-    queue = torch.nn.functional.normalize(torch.randn(args.dim, args.queue), dim=0)
+    queue = torch.nn.functional.normalize(torch.randn(args.dim, args.queue, device=dev), dim=0)
     opt = torch.optim.SGD(q_enc.parameters(), lr=0.03, momentum=0.9, weight_decay=1e-4)
     tau, m = 0.2, 0.999
     # Two augmented views are already tensors: augmentation is timed separately in the trainer.
-    im_q = torch.randn(args.batch, 3, args.size, args.size)
-    im_k = torch.randn(args.batch, 3, args.size, args.size)
+    im_q = torch.randn(args.batch, 3, args.size, args.size, device=dev)
+    im_k = torch.randn(args.batch, 3, args.size, args.size, device=dev)
 
     def step():
         nonlocal queue
@@ -92,7 +96,7 @@ def main():
         l_pos = (q * k).sum(dim=1, keepdim=True)
         l_neg = q @ queue
         logits = torch.cat([l_pos, l_neg], dim=1) / tau
-        labels = torch.zeros(args.batch, dtype=torch.long)
+        labels = torch.zeros(args.batch, dtype=torch.long, device=dev)
         loss = torch.nn.functional.cross_entropy(logits, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -103,10 +107,13 @@ def main():
 
     # Forward/backward split of the query encoder alone, for the report.
     def split():
+        sync()
         t0 = time.perf_counter()
         loss = q_enc(im_q).square().sum()
+        sync()
         t1 = time.perf_counter()
         loss.backward()
+        sync()
         t2 = time.perf_counter()
         q_enc.zero_grad(set_to_none=True)
         return t1 - t0, t2 - t1
@@ -115,8 +122,10 @@ def main():
         step()
     times = []
     for _ in range(args.steps):
+        sync()
         t = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - t)
     times.sort()
     med = times[len(times) // 2]
@@ -124,6 +133,7 @@ def main():
     result = {
         "framework": "pytorch",
         "torch_version": torch.__version__,
+        "device": args.device,
         "threads": args.threads,
         "batch": args.batch,
         "size": args.size,

@@ -1,5 +1,23 @@
-//! `--device cpu|cuda:N`, with a clear error when CUDA support was not compiled in.
+//! `--device cpu|cuda:N`, with a clear error when CUDA support was not compiled in; and the CPU
+//! thread set-up every host-trainer process starts with.
 use candle_core::Device;
+
+/// Give candle's own CPU thread pool a single thread, unless `CANDLE_NUM_THREADS` is set.
+///
+/// Why: candle 0.11 runs its element-wise CPU ops on a private pool whose threads *spin* at a
+/// barrier after every op. During pretraining the data loader's rayon threads share the cores,
+/// so the spinning threads wait for workers that are not scheduled: `perf` showed 63 % of a
+/// MoCo-v2 epoch in `BarrierGuard::drop` and the pool's spin loop. The heavy ops (convolution,
+/// batch-norm: [`crate::kernels`]) run on rayon, not on that pool, so one candle thread costs
+/// nothing there. Measured on the 2-core machine while it was loaded (load average ≈ 10):
+/// one epoch of MoCo-v2 (ResNet-18 ×0.125, 32 px, batch 64) ran at 16.9 img/s with the default
+/// and 62.8 img/s with one thread. `.cargo/config.toml` sets the same for `cargo test`/`bench`.
+/// Must run before the first candle op (the pool is created once, on first use).
+pub fn configure_cpu_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
 
 /// Parse a `--device` value into a candle device.
 pub fn parse_device(spec: &str) -> anyhow::Result<Device> {

@@ -26,9 +26,13 @@ enum Command {
     Eval(cli::eval::EvalCommand),
     /// The paper's comparisons end to end (resumable): tables, figures, host and runtime.
     Study(cli::study::StudyArgs),
+    /// Time full training steps (forward/backward split) on random data; `--baseline` compares
+    /// with candle's own CPU ops.
+    BenchStep(cli::bench_step::BenchStepArgs),
 }
 
 fn main() {
+    host_trainer::device::configure_cpu_threads();
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     let mut cli =
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -41,6 +45,7 @@ fn main() {
         Command::Synth(c) => cli::synth::run(c),
         Command::Pretrain(a) => cli::pretrain::run(a),
         Command::Study(a) => cli::study::run(a),
+        Command::BenchStep(a) => cli::bench_step::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::Eval(c) => cli::eval::run(c),
     };

@@ -1,4 +1,5 @@
 //! One file per sub-command: argument parsing and printing only; the work is in the library.
+pub mod bench_step;
 pub mod eval;
 pub mod export;
 pub mod pretrain;

@@ -257,7 +257,8 @@ pub fn batch_norm_train(
     eps: f64,
 ) -> Result<BatchNormTrain> {
     let c = x.dim(1)?;
-    if x.device().is_cpu()
+    if super::cpu_kernels_enabled()
+        && x.device().is_cpu()
         && [x.dtype(), gamma.dtype(), beta.dtype()]
             .iter()
             .all(|d| *d == candle_core::DType::F32)

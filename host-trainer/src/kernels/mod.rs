@@ -16,14 +16,35 @@ pub mod conv;
 
 pub use batchnorm::{batch_norm_train, BatchNormTrain};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use candle_core::{DType, Result, Tensor};
+
+/// Process-wide switch between these kernels and candle's own CPU ops. Only benchmarks turn it
+/// off (`host-trainer bench-step --candle-ops`), to measure the speed-up against candle's ops in
+/// the same process; training always runs with it on.
+static CPU_KERNELS: AtomicBool = AtomicBool::new(true);
+
+/// Use these kernels (`true`, the default) or candle's own ops (`false`) on the CPU.
+pub fn set_cpu_kernels(enabled: bool) {
+    CPU_KERNELS.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether CPU f32 tensors go through these kernels.
+pub fn cpu_kernels_enabled() -> bool {
+    CPU_KERNELS.load(Ordering::Relaxed)
+}
 
 /// 2-D convolution, NCHW input `x`, OIHW weight `w`, groups 1, dilation 1, no bias.
 ///
 /// Same semantics as `x.conv2d(w, padding, stride, 1, 1)`; on the CPU with f32 tensors the
 /// forward and both gradients run as im2col/col2im + GEMM ([`conv::Conv2dOp`]).
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+    if cpu_kernels_enabled()
+        && x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+    {
         x.apply_op2(w, conv::Conv2dOp { stride, padding })
     } else {
         x.conv2d(w, padding, stride, 1, 1)

@@ -1,0 +1,66 @@
+//! One full MoCo-v2 training step (ResNet-18, small-image stem, 32 px, batch 64, CPU) through the
+//! trainer's own step code (`train::pretrain::StepBench`): query and key forwards, EMA, loss,
+//! backward, SGD, enqueue. The second group times the same step with candle's own CPU
+//! conv2d/batch-norm (the "before"), in the same run, so the two are comparable.
+//!
+//! Run: `cargo bench -p host-trainer --bench pretrain_step` (about 4 minutes on 2 cores).
+//! `STEP_BENCH_WIDTH` / `STEP_BENCH_BATCH` shrink the model for a quick look.
+//! The same step timed against PyTorch: `scripts/bench_torch_step.py` (see its docstring).
+
+use candle_core::Device;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use host_trainer::method::Method;
+use host_trainer::model::{Arch, ResNetConfig};
+use host_trainer::train::pretrain::{PretrainRequest, StepBench};
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn request() -> PretrainRequest {
+    PretrainRequest {
+        method: Method::parse("moco", Some("v2")).expect("moco-v2 parses"),
+        data: Default::default(),
+        model: ResNetConfig {
+            arch: Arch::Resnet18,
+            width: env_or("STEP_BENCH_WIDTH", 1.0f32),
+            small_stem: true,
+            num_classes: None,
+        },
+        image_size: 32,
+        epochs: 1,
+        batch_size: env_or("STEP_BENCH_BATCH", 64usize),
+        lr: None,
+        weight_decay: None,
+        queue: Some(4096),
+        tau: None,
+        ema_momentum: None,
+        dim: None,
+        aug: None,
+        bn_groups: None,
+        seed: 0,
+        knn_images: 0,
+        log_every: 1,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    host_trainer::device::configure_cpu_threads();
+    let req = request();
+    let mut g = c.benchmark_group("moco_v2_step_resnet18_32px");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(req.batch_size as u64));
+    for (name, kernels) in [("kernels", true), ("candle_ops", false)] {
+        host_trainer::kernels::set_cpu_kernels(kernels);
+        let mut step = StepBench::new(&req, 64, Device::Cpu).expect("bench setup");
+        g.bench_function(name, |b| b.iter(|| step.step().expect("step")));
+    }
+    host_trainer::kernels::set_cpu_kernels(true);
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,175 @@
+//! `host-trainer bench-step`: time full pretraining steps (forward and backward separately) on a
+//! random batch, through the trainer's own step code. Its JSON line (`img_per_sec`) is what
+//! `scripts/bench_torch_step.py --candle-cmd` reads to print the candle/PyTorch ratio.
+use anyhow::Result;
+use clap::Args;
+use serde::Serialize;
+
+use host_trainer::method::Method;
+use host_trainer::model::{Arch, ResNetConfig};
+use host_trainer::train::pretrain::{PretrainRequest, StepBench, StepTiming};
+
+/// Time training steps of one method on random data (no data loading, no checkpoints).
+#[derive(Args, Debug)]
+pub struct BenchStepArgs {
+    /// supervised | moco | exemplar
+    #[arg(long, default_value = "moco")]
+    pub method: String,
+    /// v1 | v2 (MoCo and Exemplar; default v2)
+    #[arg(long)]
+    pub version: Option<String>,
+    /// resnet18 | resnet34 | resnet50
+    #[arg(long, default_value = "resnet18")]
+    pub arch: String,
+    /// Width multiplier of the ResNet's channels.
+    #[arg(long, default_value_t = 1.0)]
+    pub width: f32,
+    /// Use the ImageNet stem instead of the small-image stem.
+    #[arg(long)]
+    pub imagenet_stem: bool,
+    #[arg(long, default_value_t = 32)]
+    pub image_size: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Queue length K (MoCo/Exemplar); 4096 like scripts/bench_torch_step.py.
+    #[arg(long, default_value_t = 4096)]
+    pub queue: usize,
+    /// Timed steps (after the warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Untimed steps first (allocator and caches warm up).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// cpu | cuda:N
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Also time the same steps with candle's own CPU conv2d/batch-norm (the "before"), in this
+    /// process, and print the speed-up.
+    #[arg(long)]
+    pub baseline: bool,
+    /// One JSON object on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Median forward/backward seconds of the timed steps, and the throughput they give.
+#[derive(Debug, Serialize)]
+pub struct StepReport {
+    pub ops: &'static str,
+    pub steps: usize,
+    pub forward_s: f64,
+    pub backward_s: f64,
+    pub step_s: f64,
+    pub img_per_sec: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+fn time_steps(bench: &mut StepBench, a: &BenchStepArgs, ops: &'static str) -> Result<StepReport> {
+    let bar = indicatif::ProgressBar::new((a.warmup + a.steps) as u64);
+    if a.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_message(ops);
+    for _ in 0..a.warmup {
+        bench.step()?;
+        bar.inc(1);
+    }
+    let mut t: Vec<StepTiming> = Vec::with_capacity(a.steps);
+    for _ in 0..a.steps {
+        t.push(bench.step()?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let step_s = median(t.iter().map(StepTiming::total_s).collect());
+    Ok(StepReport {
+        ops,
+        steps: a.steps,
+        forward_s: median(t.iter().map(|x| x.forward_s).collect()),
+        backward_s: median(t.iter().map(|x| x.backward_s).collect()),
+        step_s,
+        img_per_sec: bench.batch_size() as f64 / step_s,
+    })
+}
+
+pub fn run(a: BenchStepArgs) -> Result<()> {
+    anyhow::ensure!(a.steps > 0, "--steps must be at least 1");
+    let device = host_trainer::device::parse_device(&a.device)?;
+    let method = Method::parse(&a.method, a.version.as_deref())?;
+    let arch: Arch = a
+        .arch
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--arch: {e}"))?;
+    let req = PretrainRequest {
+        method,
+        data: Default::default(),
+        model: ResNetConfig {
+            arch,
+            width: a.width,
+            small_stem: !a.imagenet_stem,
+            num_classes: None,
+        },
+        image_size: a.image_size,
+        epochs: 1,
+        batch_size: a.batch_size,
+        lr: None,
+        weight_decay: None,
+        queue: Some(a.queue),
+        tau: None,
+        ema_momentum: None,
+        dim: None,
+        aug: None,
+        bn_groups: None,
+        seed: 0,
+        knn_images: 0,
+        log_every: 1,
+    };
+    let threads = rayon::current_num_threads();
+    let mut reports = Vec::new();
+    host_trainer::kernels::set_cpu_kernels(true);
+    reports.push(time_steps(
+        &mut StepBench::new(&req, 64, device.clone())?,
+        &a,
+        if device.is_cpu() { "kernels" } else { "candle" },
+    )?);
+    if a.baseline && device.is_cpu() {
+        host_trainer::kernels::set_cpu_kernels(false);
+        let r = time_steps(&mut StepBench::new(&req, 64, device.clone())?, &a, "candle");
+        host_trainer::kernels::set_cpu_kernels(true);
+        reports.push(r?);
+    }
+    let speedup = (reports.len() == 2).then(|| reports[0].img_per_sec / reports[1].img_per_sec);
+    if a.json {
+        let v = serde_json::json!({
+            "method": method.to_string(), "arch": a.arch, "width": a.width,
+            "image_size": a.image_size, "batch_size": a.batch_size, "queue": a.queue,
+            "device": a.device, "threads": threads,
+            "img_per_sec": reports[0].img_per_sec,
+            "runs": reports, "speedup_vs_candle_ops": speedup,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "{method} {} width {} {}px batch {} on {} ({threads} threads):",
+            a.arch, a.width, a.image_size, a.batch_size, a.device
+        );
+        for r in &reports {
+            println!(
+                "  {:8} step {:.3} s (forward {:.3} s, backward {:.3} s)  {:.1} img/s",
+                r.ops, r.step_s, r.forward_s, r.backward_s, r.img_per_sec
+            );
+        }
+        if let Some(s) = speedup {
+            println!("  speed-up of the kernels over candle's ops: {s:.2}x");
+        }
+    }
+    Ok(())
+}
