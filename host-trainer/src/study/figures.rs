@@ -197,7 +197,7 @@ fn dot(img: &mut RgbImage, x: f32, y: f32, r: f32, c: [u8; 3]) {
 pub fn landmarks_png(models: &[(String, PathBuf)], root: &Path, faces: usize, device: &Device, path: &Path) -> Result<()> {
     crate::plot::init_font();
     let faces = faces.max(1);
-    let (w, h) = (LABEL_W + CELL * faces as u32, 30 + CELL * models.len() as u32);
+    let (w, h) = ((LABEL_W + CELL * faces as u32).max(520), 30 + CELL * models.len() as u32);
     let mut canvas = RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
     for (row, (_, file)) in models.iter().enumerate() {
         if !file.is_file() {

@@ -57,6 +57,8 @@ pub enum Verdict {
     Holds,
     /// Right direction, but within the combined interval.
     HoldsWithinNoise,
+    /// Exactly equal figures.
+    Tie,
     /// Wrong direction, within the combined interval.
     ReversedWithinNoise,
     /// Wrong direction beyond the combined interval.
@@ -70,6 +72,7 @@ impl Verdict {
         match self {
             Verdict::Holds => "holds",
             Verdict::HoldsWithinNoise => "holds, but within the noise",
+            Verdict::Tie => "tie (equal figures)",
             Verdict::ReversedWithinNoise => "reversed, within the noise",
             Verdict::Reversed => "does not reproduce (reversed beyond the noise)",
             Verdict::Missing => "not measured",
@@ -97,6 +100,8 @@ pub fn verdict(margin: f64, ci: f64) -> Verdict {
         Verdict::Holds
     } else if margin > 0.0 {
         Verdict::HoldsWithinNoise
+    } else if margin == 0.0 {
+        Verdict::Tie
     } else if margin >= -ci {
         Verdict::ReversedWithinNoise
     } else {
@@ -372,7 +377,7 @@ pub fn markdown(r: &StudyResults) -> String {
     s += &format!("\n## Wall time\n\nTotal {:.1} min over {} finished steps (summed across restarts).\n\n", r.wall_seconds.total / 60.0, r.wall_seconds.steps.len());
     s += "| step | seconds |\n|---|---|\n";
     for (id, t) in &r.wall_seconds.steps {
-        s += &format!("| {id} | {t:.0} |\n");
+        s += &format!("| {id} | {t:.1} |\n");
     }
     s
 }
@@ -414,6 +419,7 @@ mod tests {
         assert_eq!(verdict(0.5, 1.0), Verdict::HoldsWithinNoise);
         assert_eq!(verdict(-0.5, 1.0), Verdict::ReversedWithinNoise);
         assert_eq!(verdict(-1.5, 1.0), Verdict::Reversed);
+        assert_eq!(verdict(0.0, 0.0), Verdict::Tie);
     }
 
     #[test]
