@@ -25,7 +25,13 @@ fn tiny_study_runs_resumes_and_redoes_one_step() {
     let first = study::run(&plan, &opts).unwrap();
     assert_eq!(first.executed.len(), plan.steps.len());
     assert!(first.skipped.is_empty());
-    for f in ["results.json", "results.md", "fewshot.png", "landmarks.png", "study.json"] {
+    for f in [
+        "results.json",
+        "results.md",
+        "fewshot.png",
+        "landmarks.png",
+        "study.json",
+    ] {
         assert!(dir.path().join(f).is_file(), "{f} missing");
     }
     let res = read_json(&dir.path().join("results.json"));
@@ -35,7 +41,9 @@ fn tiny_study_runs_resumes_and_redoes_one_step() {
     for r in rows {
         for c in r["fewshot"].as_array().unwrap() {
             for side in ["host", "runtime_int8"] {
-                let a = c[side]["value"].as_f64().unwrap_or_else(|| panic!("{r}: no {side}"));
+                let a = c[side]["value"]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("{r}: no {side}"));
                 assert!((0.0..=100.0).contains(&a), "{a}");
                 assert!(c[side]["ci95"].as_f64().unwrap() >= 0.0);
             }
@@ -44,11 +52,20 @@ fn tiny_study_runs_resumes_and_redoes_one_step() {
         assert!(r["iod_runtime_int8"]["value"].as_f64().unwrap() > 0.0);
         assert!(r["base"]["value"].as_f64().is_some());
     }
-    assert_eq!(res["ablation"].as_array().unwrap().len(), p.ablation.levels.len());
+    assert_eq!(
+        res["ablation"].as_array().unwrap().len(),
+        p.ablation.levels.len()
+    );
     let steps = res["wall_seconds"]["steps"].as_array().unwrap();
     assert_eq!(steps.len(), plan.steps.len());
     let md = std::fs::read_to_string(dir.path().join("results.md")).unwrap();
-    for needle in ["## Table 4 layout", "## Table 5 layout", "## Table 1 layout", "| scratch |", "orderings"] {
+    for needle in [
+        "## Table 4 layout",
+        "## Table 5 layout",
+        "## Table 1 layout",
+        "| scratch |",
+        "orderings",
+    ] {
         assert!(md.contains(needle), "results.md lacks {needle:?}:\n{md}");
     }
 

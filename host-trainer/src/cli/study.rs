@@ -81,10 +81,25 @@ pub fn run(a: StudyArgs) -> Result<()> {
     let plan = Plan::new(p)?;
     if a.dry_run {
         println!("{}", serde_json::to_string_pretty(&plan.preset)?);
+        for (name, src) in [
+            ("objects", &plan.preset.objects),
+            ("faces", &plan.preset.faces),
+        ] {
+            if let preset::DataSource::Folder(f) = src {
+                let state = if f.is_dir() { "found" } else { "NOT FOUND" };
+                println!("{name}: {} ({state})", f.display());
+            }
+        }
         let n = plan.steps.len();
         for (i, s) in plan.steps.iter().enumerate() {
             let done = study::read_record(&a.out, &s.id)?.is_some();
-            println!("[{}/{n}] {} ({}){}", i + 1, s.title, s.id, if done { " — done" } else { "" });
+            println!(
+                "[{}/{n}] {} ({}){}",
+                i + 1,
+                s.title,
+                s.id,
+                if done { " — done" } else { "" }
+            );
         }
         return Ok(());
     }

@@ -26,7 +26,12 @@ pub struct FacePrediction {
 
 /// Predictions of `model` on the first `n` MAFL test faces of `root` (the evaluation transform
 /// of `eval landmarks`: MAFL crop, resize, normalise; eval-mode BN).
-pub fn predict_mafl_test(model: &LandmarkModel, root: &Path, n: usize, device: &Device) -> Result<Vec<FacePrediction>> {
+pub fn predict_mafl_test(
+    model: &LandmarkModel,
+    root: &Path,
+    n: usize,
+    device: &Device,
+) -> Result<Vec<FacePrediction>> {
     let celeba = CelebA::open_preferring_exact(root)?;
     let test = celeba.mafl_test();
     let s = model.input_size;
@@ -40,24 +45,37 @@ pub fn predict_mafl_test(model: &LandmarkModel, root: &Path, n: usize, device: &
         let mut items = Vec::new();
         for i in start..end {
             let (img, _, lm) = test.load(i)?;
-            let lm = lm.with_context(|| format!("{}: no landmarks for this image", test.items[i].0.display()))?;
+            let lm = lm.with_context(|| {
+                format!("{}: no landmarks for this image", test.items[i].0.display())
+            })?;
             let (crop, lm) = mafl_crop(&img, &lm);
             let a = eval_transform(&crop, Some(&lm), &cfg)?;
             pixels.extend_from_slice(&a.pixels);
-            let gt = a.landmarks.context("the eval transform dropped the landmarks")?;
+            let gt = a
+                .landmarks
+                .context("the eval transform dropped the landmarks")?;
             items.push((crop, gt));
         }
         let x = Tensor::from_vec(pixels, (end - start, 3, s, s), device)?;
         let rows: Vec<Vec<f32>> = model.forward(&x, BnMode::Eval)?.to_vec2()?;
         for ((crop, gt), row) in items.into_iter().zip(rows) {
             if row.len() != 2 * NUM_LANDMARKS {
-                bail!("the landmark model gave {} outputs, expected {}", row.len(), 2 * NUM_LANDMARKS);
+                bail!(
+                    "the landmark model gave {} outputs, expected {}",
+                    row.len(),
+                    2 * NUM_LANDMARKS
+                );
             }
             let mut pred = [[0f32; 2]; NUM_LANDMARKS];
             for (k, p) in pred.iter_mut().enumerate() {
                 *p = [row[2 * k] * s as f32, row[2 * k + 1] * s as f32];
             }
-            out.push(FacePrediction { crop, input_size: s, pred, gt });
+            out.push(FacePrediction {
+                crop,
+                input_size: s,
+                pred,
+                gt,
+            });
         }
         start = end;
     }
@@ -101,7 +119,11 @@ pub fn fewshot_png(r: &StudyResults, path: &Path) -> Result<()> {
     let top = r
         .rows
         .iter()
-        .flat_map(|x| x.fewshot.iter().filter_map(|c| c.host.map(|f| f.value + f.ci95.unwrap_or(0.0))))
+        .flat_map(|x| {
+            x.fewshot
+                .iter()
+                .filter_map(|c| c.host.map(|f| f.value + f.ci95.unwrap_or(0.0)))
+        })
         .fold(0f64, f64::max)
         .max(100.0 / r.preset.fewshot.way as f64)
         * 1.1;
@@ -110,7 +132,10 @@ pub fn fewshot_png(r: &StudyResults, path: &Path) -> Result<()> {
     let n = names.len().max(1) as f64;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            format!("{}-way few-shot accuracy on the novel classes (host f32, 95% intervals)", r.preset.fewshot.way),
+            format!(
+                "{}-way few-shot accuracy on the novel classes (host f32, 95% intervals)",
+                r.preset.fewshot.way
+            ),
             ("sans-serif", 20),
         )
         .margin(12)
@@ -141,14 +166,33 @@ pub fn fewshot_png(r: &StudyResults, path: &Path) -> Result<()> {
         let mut bars = Vec::new();
         let mut whiskers = Vec::new();
         for (i, row) in r.rows.iter().enumerate() {
-            let Some(f) = row.fewshot.iter().find(|c| c.shot == shot).and_then(|c| c.host) else { continue };
+            let Some(f) = row
+                .fewshot
+                .iter()
+                .find(|c| c.shot == shot)
+                .and_then(|c| c.host)
+            else {
+                continue;
+            };
             let x0 = i as f64 - 0.4 + j as f64 * w;
-            bars.push(Rectangle::new([(x0, 0.0), (x0 + w * 0.9, f.value)], colour.filled()));
+            bars.push(Rectangle::new(
+                [(x0, 0.0), (x0 + w * 0.9, f.value)],
+                colour.filled(),
+            ));
             let c = f.ci95.unwrap_or(0.0);
             let xm = x0 + w * 0.45;
-            whiskers.push(PathElement::new(vec![(xm, f.value - c), (xm, f.value + c)], BLACK.stroke_width(2)));
-            whiskers.push(PathElement::new(vec![(xm - w * 0.2, f.value + c), (xm + w * 0.2, f.value + c)], BLACK.stroke_width(2)));
-            whiskers.push(PathElement::new(vec![(xm - w * 0.2, f.value - c), (xm + w * 0.2, f.value - c)], BLACK.stroke_width(2)));
+            whiskers.push(PathElement::new(
+                vec![(xm, f.value - c), (xm, f.value + c)],
+                BLACK.stroke_width(2),
+            ));
+            whiskers.push(PathElement::new(
+                vec![(xm - w * 0.2, f.value + c), (xm + w * 0.2, f.value + c)],
+                BLACK.stroke_width(2),
+            ));
+            whiskers.push(PathElement::new(
+                vec![(xm - w * 0.2, f.value - c), (xm + w * 0.2, f.value - c)],
+                BLACK.stroke_width(2),
+            ));
         }
         chart
             .draw_series(bars)
@@ -159,7 +203,10 @@ pub fn fewshot_png(r: &StudyResults, path: &Path) -> Result<()> {
     }
     let chance = 100.0 / r.preset.fewshot.way as f64;
     chart
-        .draw_series(std::iter::once(PathElement::new(vec![(-0.5, chance), (n - 0.5, chance)], BLACK.mix(0.4))))
+        .draw_series(std::iter::once(PathElement::new(
+            vec![(-0.5, chance), (n - 0.5, chance)],
+            BLACK.mix(0.4),
+        )))
         .map_err(|e| err(&e))?
         .label("chance")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLACK.mix(0.4)));
@@ -170,7 +217,8 @@ pub fn fewshot_png(r: &StudyResults, path: &Path) -> Result<()> {
         .border_style(BLACK)
         .draw()
         .map_err(|e| err(&e))?;
-    root.present().with_context(|| format!("writing {}", path.display()))?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -181,8 +229,14 @@ const LABEL_W: u32 = 130;
 
 fn dot(img: &mut RgbImage, x: f32, y: f32, r: f32, c: [u8; 3]) {
     let (w, h) = img.dimensions();
-    let (x0, x1) = ((x - r).floor().max(0.0) as u32, ((x + r).ceil() as u32).min(w.saturating_sub(1)));
-    let (y0, y1) = ((y - r).floor().max(0.0) as u32, ((y + r).ceil() as u32).min(h.saturating_sub(1)));
+    let (x0, x1) = (
+        (x - r).floor().max(0.0) as u32,
+        ((x + r).ceil() as u32).min(w.saturating_sub(1)),
+    );
+    let (y0, y1) = (
+        (y - r).floor().max(0.0) as u32,
+        ((y + r).ceil() as u32).min(h.saturating_sub(1)),
+    );
     for py in y0..=y1 {
         for px in x0..=x1 {
             if (px as f32 - x).powi(2) + (py as f32 - y).powi(2) <= r * r {
@@ -194,25 +248,44 @@ fn dot(img: &mut RgbImage, x: f32, y: f32, r: f32, c: [u8; 3]) {
 
 /// The Figure-3 grid: one row per `(method, landmark model file)` (a missing file leaves its row
 /// blank), `faces` MAFL test faces per row; ground truth green, prediction red.
-pub fn landmarks_png(models: &[(String, PathBuf)], root: &Path, faces: usize, device: &Device, path: &Path) -> Result<()> {
+pub fn landmarks_png(
+    models: &[(String, PathBuf)],
+    root: &Path,
+    faces: usize,
+    device: &Device,
+    path: &Path,
+) -> Result<()> {
     crate::plot::init_font();
     let faces = faces.max(1);
-    let (w, h) = ((LABEL_W + CELL * faces as u32).max(520), 30 + CELL * models.len() as u32);
+    let (w, h) = (
+        (LABEL_W + CELL * faces as u32).max(520),
+        30 + CELL * models.len() as u32,
+    );
     let mut canvas = RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
     for (row, (_, file)) in models.iter().enumerate() {
         if !file.is_file() {
             continue;
         }
-        let model = LandmarkModel::open(file, device).with_context(|| format!("opening {}", file.display()))?;
-        for (col, f) in predict_mafl_test(&model, root, faces, device)?.iter().enumerate() {
-            let mut cell = image::imageops::resize(&f.crop, CELL, CELL, image::imageops::FilterType::Triangle);
+        let model = LandmarkModel::open(file, device)
+            .with_context(|| format!("opening {}", file.display()))?;
+        for (col, f) in predict_mafl_test(&model, root, faces, device)?
+            .iter()
+            .enumerate()
+        {
+            let mut cell =
+                image::imageops::resize(&f.crop, CELL, CELL, image::imageops::FilterType::Triangle);
             let scale = CELL as f32 / f.input_size as f32;
             for (pts, c) in [(&f.gt, [0, 200, 0]), (&f.pred, [230, 0, 0])] {
                 for p in pts.iter() {
                     dot(&mut cell, p[0] * scale, p[1] * scale, 3.5, c);
                 }
             }
-            image::imageops::replace(&mut canvas, &cell, (LABEL_W + CELL * col as u32) as i64, (30 + CELL * row as u32) as i64);
+            image::imageops::replace(
+                &mut canvas,
+                &cell,
+                (LABEL_W + CELL * col as u32) as i64,
+                (30 + CELL * row as u32) as i64,
+            );
         }
     }
     let mut raw = canvas.into_raw();
@@ -220,19 +293,32 @@ pub fn landmarks_png(models: &[(String, PathBuf)], root: &Path, faces: usize, de
         let err = draw_err(path);
         let area = BitMapBackend::with_buffer(&mut raw, (w, h)).into_drawing_area();
         let style = ("sans-serif", 16).into_font().color(&BLACK);
-        area.draw_text("MAFL test faces: ground truth green, prediction red", &style, (LABEL_W as i32, 6))
-            .map_err(|e| err(&e))?;
+        area.draw_text(
+            "MAFL test faces: ground truth green, prediction red",
+            &style,
+            (LABEL_W as i32, 6),
+        )
+        .map_err(|e| err(&e))?;
         for (row, (m, file)) in models.iter().enumerate() {
-            let label = if file.is_file() { m.clone() } else { format!("{m} (missing)") };
-            area.draw_text(&label, &style, (6, (30 + CELL * row as u32 + CELL / 2) as i32))
-                .map_err(|e| err(&e))?;
+            let label = if file.is_file() {
+                m.clone()
+            } else {
+                format!("{m} (missing)")
+            };
+            area.draw_text(
+                &label,
+                &style,
+                (6, (30 + CELL * row as u32 + CELL / 2) as i32),
+            )
+            .map_err(|e| err(&e))?;
         }
         area.present().map_err(|e| err(&e))?;
     }
     let img = RgbImage::from_raw(w, h, raw).context("internal: canvas size")?;
     let mut bytes = std::io::Cursor::new(Vec::new());
     img.write_to(&mut bytes, image::ImageFormat::Png)?;
-    crate::fsutil::write_atomic(path, bytes.get_ref()).with_context(|| format!("writing {}", path.display()))?;
+    crate::fsutil::write_atomic(path, bytes.get_ref())
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -252,10 +338,21 @@ mod tests {
 
     #[test]
     fn per_image_errors_average_to_the_library_error() {
-        let gt: Landmarks = [[10.0, 10.0], [20.0, 10.0], [15.0, 15.0], [12.0, 20.0], [18.0, 20.0]];
+        let gt: Landmarks = [
+            [10.0, 10.0],
+            [20.0, 10.0],
+            [15.0, 15.0],
+            [12.0, 20.0],
+            [18.0, 20.0],
+        ];
         let mut off = gt;
         off[2][0] += 5.0; // nose off by half the inter-ocular distance → 50 / 5 = 10%.
-        let mk = |pred| FacePrediction { crop: RgbImage::new(1, 1), input_size: 32, pred, gt };
+        let mk = |pred| FacePrediction {
+            crop: RgbImage::new(1, 1),
+            input_size: 32,
+            pred,
+            gt,
+        };
         let faces = vec![mk(gt), mk(off)];
         let (m, _) = per_image_iod(&faces).unwrap();
         let lib = iod_error(&[gt, off], &[gt, gt]).unwrap().iod_error;

@@ -61,7 +61,9 @@ impl Domain {
 pub enum Action {
     Synth(Domain),
     /// Save a random-init backbone (seeded) as `dir/backbone.safetensors`.
-    InitScratch { dir: PathBuf },
+    InitScratch {
+        dir: PathBuf,
+    },
     Pretrain {
         domain: Domain,
         method: String,
@@ -69,13 +71,27 @@ pub enum Action {
         epochs: usize,
         dir: PathBuf,
     },
-    FewShot { dir: PathBuf },
-    BaseProbe { dir: PathBuf },
-    Landmarks { dir: PathBuf },
+    FewShot {
+        dir: PathBuf,
+    },
+    BaseProbe {
+        dir: PathBuf,
+    },
+    Landmarks {
+        dir: PathBuf,
+    },
     /// Export `model` to an int8 runtime model `out`, calibrated on `domain`'s data.
-    ExportInt8 { domain: Domain, model: PathBuf, out: PathBuf },
-    RuntimeFewShot { model: PathBuf },
-    RuntimeMafl { model: PathBuf },
+    ExportInt8 {
+        domain: Domain,
+        model: PathBuf,
+        out: PathBuf,
+    },
+    RuntimeFewShot {
+        model: PathBuf,
+    },
+    RuntimeMafl {
+        model: PathBuf,
+    },
     FigureFewShot,
     FigureLandmarks,
 }
@@ -155,11 +171,16 @@ impl Plan {
     pub fn new(preset: Preset) -> Result<Plan> {
         preset.validate()?;
         let mut s = Vec::new();
-        let mut push = |id: String, title: String, action: Action| s.push(Step { id, title, action });
+        let mut push =
+            |id: String, title: String, action: Action| s.push(Step { id, title, action });
         for d in [Domain::Objects, Domain::Faces] {
             let synthetic = !matches!(data_source(&preset, d), DataSource::Folder(_));
             if synthetic {
-                push(ids::synth(d.name()), format!("synth {}", d.name()), Action::Synth(d));
+                push(
+                    ids::synth(d.name()),
+                    format!("synth {}", d.name()),
+                    Action::Synth(d),
+                );
             }
         }
         for m in rows(&preset) {
@@ -186,19 +207,55 @@ impl Plan {
                 }
                 match d {
                     Domain::Objects => {
-                        push(ids::fewshot(&m), format!("few-shot {m} (host f32)"), Action::FewShot { dir: dir.clone() });
-                        push(ids::base(&m), format!("base-class probe {m} (host f32)"), Action::BaseProbe { dir: dir.clone() });
+                        push(
+                            ids::fewshot(&m),
+                            format!("few-shot {m} (host f32)"),
+                            Action::FewShot { dir: dir.clone() },
+                        );
+                        push(
+                            ids::base(&m),
+                            format!("base-class probe {m} (host f32)"),
+                            Action::BaseProbe { dir: dir.clone() },
+                        );
                         let model = dir.join(BACKBONE);
                         let out = dir.join("model.int8.safetensors");
-                        push(ids::export(d.name(), &m), format!("export {m} objects backbone (int8)"), Action::ExportInt8 { domain: d, model, out: out.clone() });
-                        push(ids::runtime_fewshot(&m), format!("few-shot {m} (runtime int8)"), Action::RuntimeFewShot { model: out });
+                        push(
+                            ids::export(d.name(), &m),
+                            format!("export {m} objects backbone (int8)"),
+                            Action::ExportInt8 {
+                                domain: d,
+                                model,
+                                out: out.clone(),
+                            },
+                        );
+                        push(
+                            ids::runtime_fewshot(&m),
+                            format!("few-shot {m} (runtime int8)"),
+                            Action::RuntimeFewShot { model: out },
+                        );
                     }
                     Domain::Faces => {
-                        push(ids::landmarks(&m), format!("landmarks {m} (host f32)"), Action::Landmarks { dir: dir.clone() });
+                        push(
+                            ids::landmarks(&m),
+                            format!("landmarks {m} (host f32)"),
+                            Action::Landmarks { dir: dir.clone() },
+                        );
                         let model = dir.join("landmarks").join("landmarks.safetensors");
                         let out = dir.join("landmarks.int8.safetensors");
-                        push(ids::export(d.name(), &m), format!("export {m} landmark model (int8)"), Action::ExportInt8 { domain: d, model, out: out.clone() });
-                        push(ids::runtime_mafl(&m), format!("landmarks {m} (runtime int8)"), Action::RuntimeMafl { model: out });
+                        push(
+                            ids::export(d.name(), &m),
+                            format!("export {m} landmark model (int8)"),
+                            Action::ExportInt8 {
+                                domain: d,
+                                model,
+                                out: out.clone(),
+                            },
+                        );
+                        push(
+                            ids::runtime_mafl(&m),
+                            format!("landmarks {m} (runtime int8)"),
+                            Action::RuntimeMafl { model: out },
+                        );
                     }
                 }
             }
@@ -215,13 +272,31 @@ impl Plan {
                         epochs,
                         dir: dir.clone(),
                     };
-                    push(ids::ablation_pretrain(m, k), format!("ablation: pretrain {m} on objects, {label} ({aug}, {epochs} epochs)"), action);
-                    push(ids::ablation_fewshot(m, k), format!("ablation: few-shot {m}, {label}"), Action::FewShot { dir });
+                    push(
+                        ids::ablation_pretrain(m, k),
+                        format!(
+                            "ablation: pretrain {m} on objects, {label} ({aug}, {epochs} epochs)"
+                        ),
+                        action,
+                    );
+                    push(
+                        ids::ablation_fewshot(m, k),
+                        format!("ablation: few-shot {m}, {label}"),
+                        Action::FewShot { dir },
+                    );
                 }
             }
         }
-        push(ids::FIGURE_FEWSHOT.into(), "figure fewshot.png".into(), Action::FigureFewShot);
-        push(ids::FIGURE_LANDMARKS.into(), "figure landmarks.png".into(), Action::FigureLandmarks);
+        push(
+            ids::FIGURE_FEWSHOT.into(),
+            "figure fewshot.png".into(),
+            Action::FigureFewShot,
+        );
+        push(
+            ids::FIGURE_LANDMARKS.into(),
+            "figure landmarks.png".into(),
+            Action::FigureLandmarks,
+        );
         Ok(Plan { preset, steps: s })
     }
 }
@@ -271,9 +346,14 @@ pub fn read_record(out: &Path, id: &str) -> Result<Option<StepRecord>> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let rec: StepRecord = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a step record (delete it to redo the step)", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let rec: StepRecord = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not a step record (delete it to redo the step)",
+            path.display()
+        )
+    })?;
     Ok(Some(rec))
 }
 
@@ -282,7 +362,8 @@ fn write_record(out: &Path, rec: &StepRecord) -> Result<()> {
     let dir = out.join(STEPS_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let text = serde_json::to_string_pretty(rec)? + "\n";
-    crate::fsutil::write_atomic(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    crate::fsutil::write_atomic(&path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The settings that define a study's results (device and the ablation switch excluded: a restart
@@ -298,8 +379,10 @@ fn identity(p: &Preset) -> Value {
 fn check_study_file(plan: &Plan, out: &Path) -> Result<()> {
     let path = out.join(STUDY_FILE);
     if path.is_file() {
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let old: Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let old: Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
         let old_id = old.get("identity").cloned().unwrap_or(Value::Null);
         if old_id != identity(&plan.preset) {
             bail!(
@@ -324,13 +407,19 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
     let mut summary = RunSummary::default();
     for (i, step) in plan.steps.iter().enumerate() {
         if let Some(rec) = read_record(&opts.out, &step.id)? {
-            eprintln!("[{}/{n}] {} … done earlier ({:.0} s)", i + 1, step.title, rec.seconds);
+            eprintln!(
+                "[{}/{n}] {} … done earlier ({:.0} s)",
+                i + 1,
+                step.title,
+                rec.seconds
+            );
             summary.skipped.push(step.id.clone());
             continue;
         }
         eprintln!("[{}/{n}] {} …", i + 1, step.title);
         let t = Instant::now();
-        let result = execute(plan, step, opts).with_context(|| format!("step {} ({})", step.id, step.title))?;
+        let result = execute(plan, step, opts)
+            .with_context(|| format!("step {} ({})", step.id, step.title))?;
         let seconds = t.elapsed().as_secs_f64();
         write_record(
             &opts.out,
@@ -356,10 +445,16 @@ pub fn locate_runtime_cli(explicit: Option<PathBuf>) -> Result<PathBuf> {
         if p.is_file() {
             return Ok(p);
         }
-        bail!("--runtime-cli {}: no such file (build it: cargo build --release -p runtime-cli)", p.display());
+        bail!(
+            "--runtime-cli {}: no such file (build it: cargo build --release -p runtime-cli)",
+            p.display()
+        );
     }
     let name = format!("runtime-cli{}", std::env::consts::EXE_SUFFIX);
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         let p = dir.join(&name);
         if p.is_file() {
             return Ok(p);
@@ -377,7 +472,11 @@ pub fn locate_runtime_cli(explicit: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 fn model_config(p: &Preset) -> Result<ResNetConfig> {
-    let arch: Arch = p.pretrain.arch.parse().map_err(|e: String| anyhow::anyhow!("preset {}: arch: {e}", p.name))?;
+    let arch: Arch = p
+        .pretrain
+        .arch
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("preset {}: arch: {e}", p.name))?;
     Ok(ResNetConfig {
         arch,
         width: p.pretrain.width,
@@ -400,7 +499,13 @@ fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Value> {
             pretrain::save_backbone(&net, &path)?;
             Ok(json!({"backbone": path, "seed": p.seed}))
         }
-        Action::Pretrain { domain, method, aug, epochs, dir } => {
+        Action::Pretrain {
+            domain,
+            method,
+            aug,
+            epochs,
+            dir,
+        } => {
             let dir = out.join(dir);
             let m: Method = method.parse()?;
             let d = m.defaults();
@@ -414,7 +519,8 @@ fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Value> {
                 eprintln!("  resuming {} from {LAST}", dir.display());
                 pretrain::resume(&dir, None, &ropts)?
             } else {
-                let lr = d.base_lr * p.pretrain.batch as f64 / d.base_batch as f64 * p.pretrain.lr_scale;
+                let lr =
+                    d.base_lr * p.pretrain.batch as f64 / d.base_batch as f64 * p.pretrain.lr_scale;
                 let req = PretrainRequest {
                     method: m,
                     data: data_dir(p, out, *domain),
@@ -424,9 +530,17 @@ fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Value> {
                     batch_size: p.pretrain.batch,
                     lr: Some(lr),
                     weight_decay: None,
-                    queue: if m.is_contrastive() { p.pretrain.queue } else { None },
+                    queue: if m.is_contrastive() {
+                        p.pretrain.queue
+                    } else {
+                        None
+                    },
                     tau: None,
-                    ema_momentum: if m.is_contrastive() { p.pretrain.ema_momentum } else { None },
+                    ema_momentum: if m.is_contrastive() {
+                        p.pretrain.ema_momentum
+                    } else {
+                        None
+                    },
                     dim: None,
                     aug: aug.clone(),
                     bn_groups: None,
@@ -492,7 +606,8 @@ fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Value> {
             };
             let (model, report) = landmarks::evaluate(&cfg, &opts.device)?;
             let lm_dir = dir.join("landmarks");
-            std::fs::create_dir_all(&lm_dir).with_context(|| format!("creating {}", lm_dir.display()))?;
+            std::fs::create_dir_all(&lm_dir)
+                .with_context(|| format!("creating {}", lm_dir.display()))?;
             model.save(&lm_dir.join("landmarks.safetensors"))?;
             let mut v = landmarks::to_json(&cfg, &report);
             // The per-image errors give the interval the library's mean does not.
@@ -502,7 +617,11 @@ fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Value> {
             v["ci95"] = json!(ci);
             Ok(v)
         }
-        Action::ExportInt8 { domain, model, out: file } => {
+        Action::ExportInt8 {
+            domain,
+            model,
+            out: file,
+        } => {
             let req = ExportRequest {
                 model: out.join(model),
                 calib_data: Some(data_dir(p, out, *domain)),
@@ -511,9 +630,11 @@ fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Value> {
                 seed: p.seed,
                 opts: ExportOptions::int8(),
             };
-            let e = export::export_file(&req).with_context(|| format!("exporting {}", req.model.display()))?;
+            let e = export::export_file(&req)
+                .with_context(|| format!("exporting {}", req.model.display()))?;
             let path = out.join(file);
-            crate::fsutil::write_atomic(&path, &e.bytes).with_context(|| format!("writing {}", path.display()))?;
+            crate::fsutil::write_atomic(&path, &e.bytes)
+                .with_context(|| format!("writing {}", path.display()))?;
             let s = &e.summary;
             Ok(json!({
                 "model": path, "ops": s.ops, "macs": s.macs, "weight_bytes": s.weight_bytes,
@@ -567,12 +688,22 @@ fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Value> {
             let models: Vec<(String, PathBuf)> = rows(p)
                 .into_iter()
                 .map(|m| {
-                    let f = out.join("faces").join(&m).join("landmarks").join("landmarks.safetensors");
+                    let f = out
+                        .join("faces")
+                        .join(&m)
+                        .join("landmarks")
+                        .join("landmarks.safetensors");
                     (m, f)
                 })
                 .collect();
             let path = out.join("landmarks.png");
-            figures::landmarks_png(&models, &data_dir(p, out, Domain::Faces), p.figure_faces, &opts.device, &path)?;
+            figures::landmarks_png(
+                &models,
+                &data_dir(p, out, Domain::Faces),
+                p.figure_faces,
+                &opts.device,
+                &path,
+            )?;
             Ok(json!({"file": path}))
         }
     }
@@ -581,29 +712,43 @@ fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Value> {
 fn synth(p: &Preset, out: &Path, d: Domain) -> Result<Value> {
     let dir = data_dir(p, out, d);
     match data_source(p, d) {
-        DataSource::SynthObjects { classes, per_class, size } => {
+        DataSource::SynthObjects {
+            classes,
+            per_class,
+            size,
+        } => {
             let cfg = objects::ObjectsConfig {
                 classes: *classes,
                 per_class: *per_class,
                 size: *size,
                 seed: p.seed,
             };
-            let s = objects::generate_objects(&cfg, &dir).with_context(|| format!("synth objects into {}", dir.display()))?;
+            let s = objects::generate_objects(&cfg, &dir)
+                .with_context(|| format!("synth objects into {}", dir.display()))?;
             crate::data::synth::preview::objects_preview(&cfg, &out.join("objects_preview.png"))?;
-            Ok(json!({"dir": dir, "classes": classes, "per_class": per_class, "size": size,
-                      "per_split": s.per_split.iter().map(|(c, i)| json!({"classes": c, "images": i})).collect::<Vec<_>>()}))
+            Ok(
+                json!({"dir": dir, "classes": classes, "per_class": per_class, "size": size,
+                      "per_split": s.per_split.iter().map(|(c, i)| json!({"classes": c, "images": i})).collect::<Vec<_>>()}),
+            )
         }
-        DataSource::SynthFaces { identities, per_identity, size } => {
+        DataSource::SynthFaces {
+            identities,
+            per_identity,
+            size,
+        } => {
             let cfg = faces::FacesConfig {
                 identities: *identities,
                 per_identity: *per_identity,
                 size: *size,
                 seed: p.seed,
             };
-            let s = faces::generate_faces(&cfg, &dir).with_context(|| format!("synth faces into {}", dir.display()))?;
+            let s = faces::generate_faces(&cfg, &dir)
+                .with_context(|| format!("synth faces into {}", dir.display()))?;
             crate::data::synth::preview::faces_preview(&cfg, &out.join("faces_preview.png"))?;
-            Ok(json!({"dir": dir, "identities": identities, "per_identity": per_identity, "size": size,
-                      "images": s.images, "mafl_train": s.mafl_train, "mafl_test": s.mafl_test, "pretrain": s.pretrain}))
+            Ok(
+                json!({"dir": dir, "identities": identities, "per_identity": per_identity, "size": size,
+                      "images": s.images, "mafl_train": s.mafl_train, "mafl_test": s.mafl_test, "pretrain": s.pretrain}),
+            )
         }
         DataSource::Folder(f) => bail!("{}: a real dataset is not generated", f.display()),
     }
@@ -611,10 +756,12 @@ fn synth(p: &Preset, out: &Path, d: Domain) -> Result<Value> {
 
 /// Run `runtime-cli ARGS` and parse its `--json` output.
 fn run_runtime(bin: &Path, args: &[String]) -> Result<Value> {
-    let o = Command::new(bin)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {} (build it: cargo build --release -p runtime-cli)", bin.display()))?;
+    let o = Command::new(bin).args(args).output().with_context(|| {
+        format!(
+            "running {} (build it: cargo build --release -p runtime-cli)",
+            bin.display()
+        )
+    })?;
     if !o.status.success() {
         bail!(
             "{} {} failed ({}): {}",
@@ -624,7 +771,8 @@ fn run_runtime(bin: &Path, args: &[String]) -> Result<Value> {
             String::from_utf8_lossy(&o.stderr).trim()
         );
     }
-    serde_json::from_slice(&o.stdout).with_context(|| format!("{} {}: output is not JSON", bin.display(), args.join(" ")))
+    serde_json::from_slice(&o.stdout)
+        .with_context(|| format!("{} {}: output is not JSON", bin.display(), args.join(" ")))
 }
 
 #[cfg(test)]
@@ -644,16 +792,28 @@ mod tests {
         let mut p = preset::tiny();
         p.run_ablation = true;
         let with = Plan::new(p.clone()).unwrap();
-        assert_eq!(with.steps.len(), n + 2 * p.ablation.levels.len() * p.ablation.methods.len());
+        assert_eq!(
+            with.steps.len(),
+            n + 2 * p.ablation.levels.len() * p.ablation.methods.len()
+        );
     }
 
     #[test]
     fn real_folders_are_not_generated() {
         let p = preset::preset("paper", Some("/x/mini".into()), Some("/x/celeba".into())).unwrap();
         let plan = Plan::new(p.clone()).unwrap();
-        assert!(plan.steps.iter().all(|s| !matches!(s.action, Action::Synth(_))));
-        assert_eq!(data_dir(&p, Path::new("/o"), Domain::Faces), PathBuf::from("/x/celeba"));
-        assert_eq!(data_dir(&preset::tiny(), Path::new("/o"), Domain::Faces), PathBuf::from("/o/data/faces"));
+        assert!(plan
+            .steps
+            .iter()
+            .all(|s| !matches!(s.action, Action::Synth(_))));
+        assert_eq!(
+            data_dir(&p, Path::new("/o"), Domain::Faces),
+            PathBuf::from("/x/celeba")
+        );
+        assert_eq!(
+            data_dir(&preset::tiny(), Path::new("/o"), Domain::Faces),
+            PathBuf::from("/o/data/faces")
+        );
     }
 
     #[test]
@@ -663,7 +823,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let plan = Plan::new(preset::tiny()).unwrap();
         for s in &plan.steps {
-            let rec = StepRecord { id: s.id.clone(), title: s.title.clone(), seconds: 1.5, result: json!({}) };
+            let rec = StepRecord {
+                id: s.id.clone(),
+                title: s.title.clone(),
+                seconds: 1.5,
+                result: json!({}),
+            };
             write_record(dir.path(), &rec).unwrap();
         }
         let opts = RunOptions {
@@ -675,7 +840,10 @@ mod tests {
         let s = run(&plan, &opts).unwrap();
         assert!(s.executed.is_empty());
         assert_eq!(s.skipped.len(), plan.steps.len());
-        let res: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json")).unwrap()).unwrap();
+        let res: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("results.json")).unwrap(),
+        )
+        .unwrap();
         let total = res["wall_seconds"]["total"].as_f64().unwrap();
         assert!((total - 1.5 * plan.steps.len() as f64).abs() < 1e-9);
         // A broken record is an error naming the file, not a silent redo.
@@ -701,7 +869,9 @@ mod tests {
 
     #[test]
     fn missing_runtime_cli_says_how_to_build_it() {
-        let e = locate_runtime_cli(Some("/nonexistent/rc".into())).unwrap_err().to_string();
+        let e = locate_runtime_cli(Some("/nonexistent/rc".into()))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cargo build --release -p runtime-cli"), "{e}");
     }
 }

@@ -338,7 +338,10 @@ impl Preset {
         }
         for m in self.methods.iter().chain(&self.ablation.methods) {
             if m == "scratch" {
-                bail!("preset {}: `scratch` is added as the baseline row; do not list it", self.name);
+                bail!(
+                    "preset {}: `scratch` is added as the baseline row; do not list it",
+                    self.name
+                );
             }
             m.parse::<crate::method::Method>()
                 .map_err(|e| anyhow::anyhow!("preset {}: method {m:?}: {e}", self.name))?;
@@ -350,7 +353,10 @@ impl Preset {
             bail!("preset {}: few-shot needs episodes and shots", self.name);
         }
         if self.run_ablation && self.ablation.levels.is_empty() {
-            bail!("preset {}: --ablation augment with no augmentation levels", self.name);
+            bail!(
+                "preset {}: --ablation augment with no augmentation levels",
+                self.name
+            );
         }
         Ok(())
     }

@@ -110,14 +110,36 @@ pub fn verdict(margin: f64, ci: f64) -> Verdict {
 }
 
 /// `better` beats `worse`: higher wins unless `lower_is_better`.
-pub fn claim(text: String, paper: String, better: Option<Figure>, worse: Option<Figure>, lower_is_better: bool) -> Claim {
+pub fn claim(
+    text: String,
+    paper: String,
+    better: Option<Figure>,
+    worse: Option<Figure>,
+    lower_is_better: bool,
+) -> Claim {
     match (better, worse) {
         (Some(a), Some(b)) => {
-            let margin = if lower_is_better { b.value - a.value } else { a.value - b.value };
+            let margin = if lower_is_better {
+                b.value - a.value
+            } else {
+                a.value - b.value
+            };
             let ci = (a.ci95.unwrap_or(0.0).powi(2) + b.ci95.unwrap_or(0.0).powi(2)).sqrt();
-            Claim { claim: text, paper, margin: Some(margin), ci95: Some(ci), verdict: verdict(margin, ci) }
+            Claim {
+                claim: text,
+                paper,
+                margin: Some(margin),
+                ci95: Some(ci),
+                verdict: verdict(margin, ci),
+            }
         }
-        _ => Claim { claim: text, paper, margin: None, ci95: None, verdict: Verdict::Missing },
+        _ => Claim {
+            claim: text,
+            paper,
+            margin: None,
+            ci95: None,
+            verdict: Verdict::Missing,
+        },
     }
 }
 
@@ -141,12 +163,20 @@ pub struct StudyResults {
 
 fn fewshot_figure(v: &Value, shot: usize) -> Option<Figure> {
     let r = v.get("results")?.as_array()?;
-    let s = r.iter().find(|x| x.get("shot").and_then(Value::as_u64) == Some(shot as u64))?;
-    Some(Figure { value: s.get("accuracy")?.as_f64()?, ci95: s.get("ci95").and_then(Value::as_f64) })
+    let s = r
+        .iter()
+        .find(|x| x.get("shot").and_then(Value::as_u64) == Some(shot as u64))?;
+    Some(Figure {
+        value: s.get("accuracy")?.as_f64()?,
+        ci95: s.get("ci95").and_then(Value::as_f64),
+    })
 }
 
 fn scalar(v: &Value, key: &str) -> Option<Figure> {
-    Some(Figure { value: v.get(key)?.as_f64()?, ci95: v.get("ci95").and_then(Value::as_f64) })
+    Some(Figure {
+        value: v.get(key)?.as_f64()?,
+        ci95: v.get("ci95").and_then(Value::as_f64),
+    })
 }
 
 fn result_of(out: &Path, id: &str) -> Result<Option<Value>> {
@@ -172,8 +202,15 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
             .collect();
         let base = result_of(out, &ids::base(&m))?.and_then(|v| scalar(&v, "accuracy"));
         let iod_host = result_of(out, &ids::landmarks(&m))?.and_then(|v| scalar(&v, "iod_error"));
-        let iod_runtime_int8 = result_of(out, &ids::runtime_mafl(&m))?.and_then(|v| scalar(&v, "iod_error"));
-        table.push(MethodRow { method: m, base, fewshot, iod_host, iod_runtime_int8 });
+        let iod_runtime_int8 =
+            result_of(out, &ids::runtime_mafl(&m))?.and_then(|v| scalar(&v, "iod_error"));
+        table.push(MethodRow {
+            method: m,
+            base,
+            fewshot,
+            iod_host,
+            iod_runtime_int8,
+        });
     }
     let mut ablation = Vec::new();
     if p.run_ablation {
@@ -185,7 +222,11 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
                     cells.push((m.clone(), s, v.as_ref().and_then(|v| fewshot_figure(v, s))));
                 }
             }
-            ablation.push(AblationRow { label: label.clone(), aug: aug.clone(), cells });
+            ablation.push(AblationRow {
+                label: label.clone(),
+                aug: aug.clone(),
+                cells,
+            });
         }
     }
     let mut steps = Vec::new();
@@ -231,9 +272,19 @@ pub fn orderings(rows: &[MethodRow], ablation: &[AblationRow], shots: &[usize]) 
     let row = |m: &str| rows.iter().find(|r| r.method == m);
     let mut out = Vec::new();
     // Table 4, base classes: supervised > exemplar-v2 > moco-v2.
-    for (a, b) in [("supervised", "moco-v2"), ("exemplar-v2", "moco-v2"), ("supervised", "exemplar-v2")] {
+    for (a, b) in [
+        ("supervised", "moco-v2"),
+        ("exemplar-v2", "moco-v2"),
+        ("supervised", "exemplar-v2"),
+    ] {
         if let (Some(x), Some(y)) = (row(a), row(b)) {
-            out.push(claim(format!("base classes: {a} > {b}"), paper_pair(a, b, 0), x.base, y.base, false));
+            out.push(claim(
+                format!("base classes: {a} > {b}"),
+                paper_pair(a, b, 0),
+                x.base,
+                y.base,
+                false,
+            ));
         }
     }
     // Table 4, novel classes: exemplar-v2 > supervised > moco-v2.
@@ -243,11 +294,25 @@ pub fn orderings(rows: &[MethodRow], ablation: &[AblationRow], shots: &[usize]) 
             5 => 2,
             _ => usize::MAX,
         };
-        for (a, b) in [("exemplar-v2", "supervised"), ("supervised", "moco-v2"), ("exemplar-v2", "moco-v2")] {
+        for (a, b) in [
+            ("exemplar-v2", "supervised"),
+            ("supervised", "moco-v2"),
+            ("exemplar-v2", "moco-v2"),
+        ] {
             if let (Some(x), Some(y)) = (row(a), row(b)) {
                 let f = |r: &MethodRow| r.fewshot.iter().find(|c| c.shot == k).and_then(|c| c.host);
-                let paper = if col == usize::MAX { "-".into() } else { paper_pair(a, b, col) };
-                out.push(claim(format!("novel {k}-shot: {a} > {b}"), paper, f(x), f(y), false));
+                let paper = if col == usize::MAX {
+                    "-".into()
+                } else {
+                    paper_pair(a, b, col)
+                };
+                out.push(claim(
+                    format!("novel {k}-shot: {a} > {b}"),
+                    paper,
+                    f(x),
+                    f(y),
+                    false,
+                ));
             }
         }
     }
@@ -260,7 +325,13 @@ pub fn orderings(rows: &[MethodRow], ablation: &[AblationRow], shots: &[usize]) 
         ("exemplar-v2", "scratch"),
     ] {
         if let (Some(x), Some(y)) = (row(a), row(b)) {
-            out.push(claim(format!("landmark error: {a} < {b}"), paper_pair(a, b, 3), x.iod_host, y.iod_host, true));
+            out.push(claim(
+                format!("landmark error: {a} < {b}"),
+                paper_pair(a, b, 3),
+                x.iod_host,
+                y.iod_host,
+                true,
+            ));
         }
     }
     // Table 1: the contrastive model gains more from the added augmentations than the supervised
@@ -269,10 +340,18 @@ pub fn orderings(rows: &[MethodRow], ablation: &[AblationRow], shots: &[usize]) 
         if ablation.len() >= 2 {
             for &k in shots {
                 let gain = |m: &str| -> Option<Figure> {
-                    let get = |r: &AblationRow| r.cells.iter().find(|c| c.0 == m && c.1 == k).and_then(|c| c.2);
+                    let get = |r: &AblationRow| {
+                        r.cells
+                            .iter()
+                            .find(|c| c.0 == m && c.1 == k)
+                            .and_then(|c| c.2)
+                    };
                     let (a, b) = (get(last)?, get(first)?);
                     let ci = (a.ci95.unwrap_or(0.0).powi(2) + b.ci95.unwrap_or(0.0).powi(2)).sqrt();
-                    Some(Figure { value: a.value - b.value, ci95: Some(ci) })
+                    Some(Figure {
+                        value: a.value - b.value,
+                        ci95: Some(ci),
+                    })
                 };
                 out.push(claim(
                     format!("augmentation gain ({k}-shot): moco-v2 > supervised"),
@@ -289,7 +368,10 @@ pub fn orderings(rows: &[MethodRow], ablation: &[AblationRow], shots: &[usize]) 
 
 fn cell(f: Option<Figure>) -> String {
     match f {
-        Some(Figure { value, ci95: Some(c) }) => format!("{value:.2} ± {c:.2}"),
+        Some(Figure {
+            value,
+            ci95: Some(c),
+        }) => format!("{value:.2} ± {c:.2}"),
         Some(Figure { value, ci95: None }) => format!("{value:.2}"),
         None => "-".into(),
     }
@@ -334,14 +416,23 @@ pub fn markdown(r: &StudyResults) -> String {
     s += "\n## Table 5 layout: facial landmarks on MAFL (IOD error %, lower is better)\n\n";
     s += "| method | IOD error host | IOD error int8 |\n|---|---|---|\n";
     for row in &r.rows {
-        s += &format!("| {} | {} | {} |\n", row.method, cell(row.iod_host), cell(row.iod_runtime_int8));
+        s += &format!(
+            "| {} | {} | {} |\n",
+            row.method,
+            cell(row.iod_host),
+            cell(row.iod_runtime_int8)
+        );
     }
     if !r.ablation.is_empty() {
         s += &format!(
             "\n## Table 1 layout: pretraining augmentations (few-shot on the novel objects, host, {} epochs)\n\n| augmentation |",
             p.ablation.epochs
         );
-        let heads: Vec<(String, usize)> = r.ablation[0].cells.iter().map(|c| (c.0.clone(), c.1)).collect();
+        let heads: Vec<(String, usize)> = r.ablation[0]
+            .cells
+            .iter()
+            .map(|c| (c.0.clone(), c.1))
+            .collect();
         for (m, k) in &heads {
             s += &format!(" {m} {k}-shot |");
         }
@@ -363,18 +454,39 @@ pub fn markdown(r: &StudyResults) -> String {
     for c in &r.orderings {
         match (c.margin, c.ci95) {
             (Some(m), Some(ci)) => {
-                s += &format!("- {} (paper {}): {} — margin {m:+.2} vs interval {ci:.2}\n", c.claim, c.paper, c.verdict.text())
+                s += &format!(
+                    "- {} (paper {}): {} — margin {m:+.2} vs interval {ci:.2}\n",
+                    c.claim,
+                    c.paper,
+                    c.verdict.text()
+                )
             }
             _ => s += &format!("- {} (paper {}): {}\n", c.claim, c.paper, c.verdict.text()),
         }
     }
-    let held = r.orderings.iter().filter(|c| c.verdict == Verdict::Holds).count();
-    let rev = r.orderings.iter().filter(|c| c.verdict == Verdict::Reversed).count();
-    let measured = r.orderings.iter().filter(|c| c.verdict != Verdict::Missing).count();
+    let held = r
+        .orderings
+        .iter()
+        .filter(|c| c.verdict == Verdict::Holds)
+        .count();
+    let rev = r
+        .orderings
+        .iter()
+        .filter(|c| c.verdict == Verdict::Reversed)
+        .count();
+    let measured = r
+        .orderings
+        .iter()
+        .filter(|c| c.verdict != Verdict::Missing)
+        .count();
     s += &format!(
         "\n{held} of {measured} measured orderings hold beyond the noise, {rev} are reversed beyond it, the rest are within the noise.\n"
     );
-    s += &format!("\n## Wall time\n\nTotal {:.1} min over {} finished steps (summed across restarts).\n\n", r.wall_seconds.total / 60.0, r.wall_seconds.steps.len());
+    s += &format!(
+        "\n## Wall time\n\nTotal {:.1} min over {} finished steps (summed across restarts).\n\n",
+        r.wall_seconds.total / 60.0,
+        r.wall_seconds.steps.len()
+    );
     s += "| step | seconds |\n|---|---|\n";
     for (id, t) in &r.wall_seconds.steps {
         s += &format!("| {id} | {t:.1} |\n");
@@ -386,9 +498,11 @@ pub fn markdown(r: &StudyResults) -> String {
 pub fn write(r: &StudyResults, out: &Path) -> Result<()> {
     let json = serde_json::to_string_pretty(r)? + "\n";
     let pj = out.join("results.json");
-    crate::fsutil::write_atomic(&pj, json.as_bytes()).with_context(|| format!("writing {}", pj.display()))?;
+    crate::fsutil::write_atomic(&pj, json.as_bytes())
+        .with_context(|| format!("writing {}", pj.display()))?;
     let pm = out.join("results.md");
-    crate::fsutil::write_atomic(&pm, markdown(r).as_bytes()).with_context(|| format!("writing {}", pm.display()))?;
+    crate::fsutil::write_atomic(&pm, markdown(r).as_bytes())
+        .with_context(|| format!("writing {}", pm.display()))?;
     Ok(())
 }
 
@@ -397,7 +511,10 @@ mod tests {
     use super::*;
 
     fn f(v: f64, c: f64) -> Option<Figure> {
-        Some(Figure { value: v, ci95: Some(c) })
+        Some(Figure {
+            value: v,
+            ci95: Some(c),
+        })
     }
 
     fn row(m: &str, base: f64, one: f64, five: f64, iod: f64) -> MethodRow {
@@ -405,8 +522,16 @@ mod tests {
             method: m.into(),
             base: f(base, 1.0),
             fewshot: vec![
-                ShotCell { shot: 1, host: f(one, 0.8), runtime_int8: f(one - 0.1, 0.8) },
-                ShotCell { shot: 5, host: f(five, 0.6), runtime_int8: None },
+                ShotCell {
+                    shot: 1,
+                    host: f(one, 0.8),
+                    runtime_int8: f(one - 0.1, 0.8),
+                },
+                ShotCell {
+                    shot: 5,
+                    host: f(five, 0.6),
+                    runtime_int8: None,
+                },
             ],
             iod_host: f(iod, 0.3),
             iod_runtime_int8: None,
@@ -425,7 +550,13 @@ mod tests {
     #[test]
     fn claims_combine_intervals_and_respect_direction() {
         // Higher is better: 50 ± 3 vs 46 ± 4 → margin 4, interval 5 → within the noise.
-        let c = claim("a > b".into(), "-".into(), f(50.0, 3.0), f(46.0, 4.0), false);
+        let c = claim(
+            "a > b".into(),
+            "-".into(),
+            f(50.0, 3.0),
+            f(46.0, 4.0),
+            false,
+        );
         assert_eq!(c.margin, Some(4.0));
         assert!((c.ci95.unwrap() - 5.0).abs() < 1e-12);
         assert_eq!(c.verdict, Verdict::HoldsWithinNoise);
@@ -446,13 +577,26 @@ mod tests {
             row("scratch", 30.0, 30.0, 40.0, 20.0),
         ];
         let o = orderings(&rows, &[], &[1, 5]);
-        let get = |t: &str| o.iter().find(|c| c.claim == t).unwrap_or_else(|| panic!("{t} missing"));
+        let get = |t: &str| {
+            o.iter()
+                .find(|c| c.claim == t)
+                .unwrap_or_else(|| panic!("{t} missing"))
+        };
         // base: 80 − 70 = 10 vs √2 → holds.
-        assert_eq!(get("base classes: supervised > moco-v2").verdict, Verdict::Holds);
+        assert_eq!(
+            get("base classes: supervised > moco-v2").verdict,
+            Verdict::Holds
+        );
         // novel 1-shot: supervised 50 vs moco 49.5, interval √(0.64+0.64) ≈ 1.13 → within noise.
-        assert_eq!(get("novel 1-shot: supervised > moco-v2").verdict, Verdict::HoldsWithinNoise);
+        assert_eq!(
+            get("novel 1-shot: supervised > moco-v2").verdict,
+            Verdict::HoldsWithinNoise
+        );
         // novel 5-shot: exemplar 60 vs supervised 70 → reversed beyond √0.72.
-        assert_eq!(get("novel 5-shot: exemplar-v2 > supervised").verdict, Verdict::Reversed);
+        assert_eq!(
+            get("novel 5-shot: exemplar-v2 > supervised").verdict,
+            Verdict::Reversed
+        );
         // landmarks (lower is better): moco 6.0 vs supervised 8.0 → holds; margin +2.
         let c = get("landmark error: moco-v2 < supervised");
         assert_eq!(c.verdict, Verdict::Holds);
@@ -467,7 +611,10 @@ mod tests {
         let mk = |label: &str, s1: f64, m1: f64| AblationRow {
             label: label.into(),
             aug: "x".into(),
-            cells: vec![("supervised".into(), 1, f(s1, 0.5)), ("moco-v2".into(), 1, f(m1, 0.5))],
+            cells: vec![
+                ("supervised".into(), 1, f(s1, 0.5)),
+                ("moco-v2".into(), 1, f(m1, 0.5)),
+            ],
         };
         let ab = vec![mk("+ flip", 40.0, 30.0), mk("+ more", 42.0, 45.0)];
         let o = orderings(&[], &ab, &[1]);
@@ -480,20 +627,34 @@ mod tests {
 
     #[test]
     fn markdown_has_the_paper_layouts() {
-        let rows = vec![row("supervised", 80.0, 50.0, 70.0, 8.0), row("scratch", 30.0, 30.0, 40.0, 20.0)];
+        let rows = vec![
+            row("supervised", 80.0, 50.0, 70.0, 8.0),
+            row("scratch", 30.0, 30.0, 40.0, 20.0),
+        ];
         let r = StudyResults {
             preset: super::super::preset::tiny(),
             seed: 0,
             orderings: orderings(&rows, &[], &[1, 5]),
             rows,
             ablation: vec![],
-            wall_seconds: WallTime { steps: vec![("a".into(), 60.0), ("b".into(), 30.0)], total: 90.0 },
+            wall_seconds: WallTime {
+                steps: vec![("a".into(), 60.0), ("b".into(), 30.0)],
+                total: 90.0,
+            },
         };
         let md = markdown(&r);
         assert!(md.contains("| method | base acc (host) | 1-shot host | 1-shot int8 | 5-shot host | 5-shot int8 |"), "{md}");
-        assert!(md.contains("| supervised | 80.00 ± 1.00 | 50.00 ± 0.80 | 49.90 ± 0.80 | 70.00 ± 0.60 | - |"), "{md}");
+        assert!(
+            md.contains(
+                "| supervised | 80.00 ± 1.00 | 50.00 ± 0.80 | 49.90 ± 0.80 | 70.00 ± 0.60 | - |"
+            ),
+            "{md}"
+        );
         assert!(md.contains("| scratch | 20.00 ± 0.30 | - |"), "{md}");
-        assert!(md.contains("landmark error: supervised < scratch (paper 6.39 vs 24.6): holds"), "{md}");
+        assert!(
+            md.contains("landmark error: supervised < scratch (paper 6.39 vs 24.6): holds"),
+            "{md}"
+        );
         assert!(md.contains("Total 1.5 min over 2 finished steps"), "{md}");
         assert!(!md.contains("Table 1 layout"));
     }
