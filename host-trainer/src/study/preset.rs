@@ -242,14 +242,15 @@ pub fn main_job() -> Preset {
 
 /// The study on the embedded default: < 60 min on 2 CPU cores including `--ablation augment`.
 ///
-/// Budget (measured per-image costs on the shared 2-core machine: supervised ≈ 45 img/s,
-/// MoCo/Exemplar ≈ 31 img/s at width 0.125, 32 px): 3 epochs on 3 456 object images and 6 on
-/// ≈ 960 face images per method, 15 landmark epochs, and the ablation's 10 runs at 1 epoch. The
-/// objects have 60 images per class so that the base-class probe gets 6 held-out images per
-/// class (10%; 3 to fit, 3 to test) instead of the 1 to 3 of smaller sets. The learning
-/// rates are 4× the methods' linearly scaled defaults (0.1 → supervised at batch 64, 0.03 → MoCo
-/// and Exemplar at batch 64): with a few hundred steps the default 0.0075 leaves the contrastive
-/// loss at chance (measured in the `main` preset). The same factor applies to every method.
+/// Sized from a first measured run (16 min on the shared 2-core machine with 3 object epochs, 100
+/// face identities and a 1-epoch ablation, where the faces gave only 13 steps per epoch and 64
+/// MAFL test faces): 5 epochs on 3 456 object images and 6 on ≈ 2 400 face images per method,
+/// 250 identities (800 MAFL training and 200 test faces), 15 landmark epochs, and the ablation's
+/// 10 runs at 2 epochs. The objects have 60 images per class so that the base-class probe gets 6
+/// held-out images per class (10%: 3 to fit, 3 to test). The learning rates are 4× the methods'
+/// linearly scaled defaults (0.1 for supervised, 0.03 for MoCo and Exemplar at batch 64): with a
+/// few hundred steps the default 0.0075 leaves the contrastive loss at chance (measured in the
+/// `main` preset). The same factor applies to every method.
 pub fn small() -> Preset {
     Preset {
         name: "small".into(),
@@ -259,12 +260,12 @@ pub fn small() -> Preset {
             size: 32,
         },
         faces: DataSource::SynthFaces {
-            identities: 100,
+            identities: 250,
             per_identity: 16,
             size: 48,
         },
         pretrain: PretrainSettings {
-            epochs_objects: 3,
+            epochs_objects: 5,
             epochs_faces: 6,
             lr_scale: 4.0,
             knn_images: 0,
@@ -273,7 +274,7 @@ pub fn small() -> Preset {
         ablation: AblationSettings {
             methods: vec!["supervised".into(), "moco-v2".into()],
             levels: table1_levels(),
-            epochs: 1,
+            epochs: 2,
         },
         landmark_epochs: 15,
         ..main_job()
