@@ -21,6 +21,7 @@ fn tiny_study_runs_resumes_and_redoes_one_step() {
         device: host_trainer::device::parse_device("cpu").unwrap(),
         runtime_cli: PathBuf::from(env!("CARGO_BIN_EXE_runtime-cli")),
         progress: false,
+        stop_after: None,
     };
     let first = study::run(&plan, &opts).unwrap();
     assert_eq!(first.executed.len(), plan.steps.len());
@@ -82,4 +83,43 @@ fn tiny_study_runs_resumes_and_redoes_one_step() {
     assert_eq!(third.executed, vec![id.clone()]);
     let after = study::read_record(dir.path(), &id).unwrap().unwrap();
     assert_eq!(before.result["results"], after.result["results"]);
+}
+
+#[test]
+fn an_interrupted_pretraining_resumes_from_its_last_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = preset::tiny();
+    p.methods = vec!["supervised".into()];
+    p.pretrain.epochs_objects = 2;
+    let plan = Plan::new(p).unwrap();
+    let mut opts = RunOptions {
+        out: dir.path().to_path_buf(),
+        device: host_trainer::device::parse_device("cpu").unwrap(),
+        runtime_cli: PathBuf::from(env!("CARGO_BIN_EXE_runtime-cli")),
+        progress: false,
+        stop_after: Some(1),
+    };
+    let id = ids::pretrain("objects", "supervised");
+    let e = format!("{:#}", study::run(&plan, &opts).unwrap_err());
+    assert!(e.contains("stopped after epoch 1 of 2"), "{e}");
+    let run_dir = dir.path().join("objects").join("supervised");
+    assert!(run_dir.join("last.safetensors").is_file());
+    assert!(study::read_record(dir.path(), &id).unwrap().is_none());
+
+    opts.stop_after = None;
+    let s = study::run(&plan, &opts).unwrap();
+    // The synth steps were done before the interruption; the pretraining resumed, not restarted:
+    // its metrics hold each epoch exactly once.
+    assert!(s.skipped.contains(&ids::synth("objects")));
+    assert!(s.executed.contains(&id));
+    let rec = study::read_record(dir.path(), &id).unwrap().unwrap();
+    assert_eq!(rec.result["epochs_done"], 2);
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    let epochs: Vec<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["kind"] == "epoch")
+        .map(|v| v["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(epochs, [0, 1]);
 }

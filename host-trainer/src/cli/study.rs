@@ -54,6 +54,9 @@ pub struct StudyArgs {
     /// Print the resolved settings and the steps (done / to do), run nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Stop each pretraining after this many epochs of this invocation (a later run resumes it).
+    #[arg(long)]
+    pub stop_after: Option<usize>,
     /// No progress bars (the one line per step stays).
     #[arg(long)]
     pub quiet: bool,
@@ -109,6 +112,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
         device,
         runtime_cli: study::locate_runtime_cli(a.runtime_cli.clone())?,
         progress: !a.quiet,
+        stop_after: a.stop_after,
     };
     let s = study::run(&plan, &opts)?;
     eprintln!(

@@ -324,6 +324,9 @@ pub struct RunOptions {
     pub runtime_cli: PathBuf,
     /// Progress bars of the long steps (the one-line-per-step progress is always printed).
     pub progress: bool,
+    /// Stop each pretraining after this many epochs of this invocation: the step stays
+    /// unfinished (no record), the study stops with an error, and the next run resumes it.
+    pub stop_after: Option<usize>,
 }
 
 /// What one invocation did.
@@ -512,7 +515,7 @@ fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Value> {
             let ropts = pretrain::RunOptions {
                 out: dir.clone(),
                 device: opts.device.clone(),
-                stop_after: None,
+                stop_after: opts.stop_after,
                 progress: opts.progress,
             };
             let summary = if dir.join(LAST).is_file() {
@@ -550,6 +553,14 @@ fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Value> {
                 };
                 pretrain::pretrain(&req, &ropts)?
             };
+            if summary.epochs_done < summary.epochs {
+                bail!(
+                    "stopped after epoch {} of {} (--stop-after); run the study again to resume {}",
+                    summary.epochs_done,
+                    summary.epochs,
+                    dir.display()
+                );
+            }
             let metrics = dir.join(pretrain::METRICS);
             if metrics.is_file() {
                 crate::train::plot::plot_metrics(&metrics, &dir.join("curves.png"))?;
@@ -836,6 +847,7 @@ mod tests {
             device: Device::Cpu,
             runtime_cli: PathBuf::from("/nonexistent/runtime-cli"),
             progress: false,
+            stop_after: None,
         };
         let s = run(&plan, &opts).unwrap();
         assert!(s.executed.is_empty());
