@@ -13,6 +13,7 @@
 //! | SGD, schedules, checkpoints, the training loop | [`train`] |
 //! | few-shot, landmark and linear-probe protocols | [`eval`] |
 //! | BN folding, int8 calibration, safetensors export | [`export`] |
+//! | the paper's comparisons end to end (resumable plan, tables, figures) | [`study`] |
 
 pub mod augment;
 pub mod data;
@@ -26,4 +27,5 @@ pub mod method;
 pub mod model;
 pub mod plot;
 pub mod rng;
+pub mod study;
 pub mod train;

@@ -24,11 +24,11 @@ enum Command {
     /// Evaluate transfer: few-shot recognition, base-class accuracy, linear probe.
     #[command(subcommand)]
     Eval(cli::eval::EvalCommand),
+    /// The paper's comparisons end to end (resumable): tables, figures, host and runtime.
+    Study(cli::study::StudyArgs),
     /// Time full training steps (forward/backward split) on random data; `--baseline` compares
     /// with candle's own CPU ops.
     BenchStep(cli::bench_step::BenchStepArgs),
-    /// Print the main job's host-vs-runtime table from its output folder.
-    Report(cli::report::ReportArgs),
     /// Regenerate the committed test fixtures (`--out fixtures/tiny`) byte for byte.
     Fixtures(cli::fixtures::FixturesArgs),
 }
@@ -46,7 +46,7 @@ fn main() {
     let result = match cli.command {
         Command::Synth(c) => cli::synth::run(c),
         Command::Pretrain(a) => cli::pretrain::run(a),
-        Command::Report(a) => cli::report::run(a),
+        Command::Study(a) => cli::study::run(a),
         Command::BenchStep(a) => cli::bench_step::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::Eval(c) => cli::eval::run(c),

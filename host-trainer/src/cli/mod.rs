@@ -4,5 +4,5 @@ pub mod eval;
 pub mod export;
 pub mod fixtures;
 pub mod pretrain;
-pub mod report;
+pub mod study;
 pub mod synth;

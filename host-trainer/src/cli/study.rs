@@ -1,0 +1,127 @@
+//! `host-trainer study`: argument parsing; the plan, the runner and the tables are in
+//! `host_trainer::study`.
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use host_trainer::study::{self, preset, Plan};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Ablation {
+    /// The paper's Table 1: cumulative pretraining augmentations, supervised vs MoCo-v2.
+    Augment,
+}
+
+/// Run the paper's comparisons end to end (resumable): pretrain supervised, MoCo-v2 and
+/// Exemplar-v2 (plus a scratch baseline) on objects and faces, evaluate few-shot, base-class and
+/// landmark transfer on the host and on the runtime (int8), write results.json, results.md and
+/// the figures.
+#[derive(Args, Debug)]
+pub struct StudyArgs {
+    /// tiny | main | small | paper (paper needs --objects and --faces).
+    #[arg(long, default_value = "small")]
+    pub preset: String,
+    /// Output folder; re-running with the same folder skips finished steps.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Add an ablation.
+    #[arg(long, value_enum)]
+    pub ablation: Option<Ablation>,
+    /// A mini-ImageNet folder instead of the synthetic objects.
+    #[arg(long)]
+    pub objects: Option<PathBuf>,
+    /// A CelebA folder (with MAFL/) instead of the synthetic faces.
+    #[arg(long)]
+    pub faces: Option<PathBuf>,
+    /// Seed (data, initialisation, episodes).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Pretraining epochs (objects and faces).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Landmark fine-tuning epochs.
+    #[arg(long)]
+    pub landmark_epochs: Option<usize>,
+    /// Few-shot episodes.
+    #[arg(long)]
+    pub episodes: Option<u64>,
+    /// cpu, cuda or cuda:N (default: the preset's).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// The runtime-cli binary (default: next to host-trainer, then PATH).
+    #[arg(long)]
+    pub runtime_cli: Option<PathBuf>,
+    /// Print the resolved settings and the steps (done / to do), run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Stop each pretraining after this many epochs of this invocation (a later run resumes it).
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+    /// No progress bars (the one line per step stays).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn run(a: StudyArgs) -> Result<()> {
+    let mut p = preset::preset(&a.preset, a.objects.clone(), a.faces.clone())?;
+    p.run_ablation = a.ablation.is_some();
+    if let Some(s) = a.seed {
+        p.seed = s;
+    }
+    if let Some(e) = a.epochs {
+        p.pretrain.epochs_objects = e;
+        p.pretrain.epochs_faces = e;
+    }
+    if let Some(e) = a.landmark_epochs {
+        p.landmark_epochs = e;
+    }
+    if let Some(e) = a.episodes {
+        p.fewshot.episodes = e;
+    }
+    if let Some(d) = &a.device {
+        p.device = d.clone();
+    }
+    let plan = Plan::new(p)?;
+    if a.dry_run {
+        println!("{}", serde_json::to_string_pretty(&plan.preset)?);
+        for (name, src) in [
+            ("objects", &plan.preset.objects),
+            ("faces", &plan.preset.faces),
+        ] {
+            if let preset::DataSource::Folder(f) = src {
+                let state = if f.is_dir() { "found" } else { "NOT FOUND" };
+                println!("{name}: {} ({state})", f.display());
+            }
+        }
+        let n = plan.steps.len();
+        for (i, s) in plan.steps.iter().enumerate() {
+            let done = study::read_record(&a.out, &s.id)?.is_some();
+            println!(
+                "[{}/{n}] {} ({}){}",
+                i + 1,
+                s.title,
+                s.id,
+                if done { " — done" } else { "" }
+            );
+        }
+        return Ok(());
+    }
+    let device = host_trainer::device::parse_device(&plan.preset.device)?;
+    let opts = study::RunOptions {
+        out: a.out.clone(),
+        device,
+        runtime_cli: study::locate_runtime_cli(a.runtime_cli.clone())?,
+        progress: !a.quiet,
+        stop_after: a.stop_after,
+    };
+    let s = study::run(&plan, &opts)?;
+    eprintln!(
+        "study: {} steps run, {} done earlier, {:.1} min; tables in {}",
+        s.executed.len(),
+        s.skipped.len(),
+        s.seconds / 60.0,
+        a.out.join("results.md").display()
+    );
+    print!("{}", std::fs::read_to_string(a.out.join("results.md"))?);
+    Ok(())
+}

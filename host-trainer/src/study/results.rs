@@ -1,0 +1,661 @@
+//! The study's tables: collected from the step records, written as `results.json` (everything,
+//! machine-readable) and `results.md` (the paper's Tables 4, 5 and 1, and the orderings).
+//!
+//! The "orderings" are computed: for each of the paper's claims "A beats B", the margin A−B (in
+//! the direction the paper claims) is compared with the combined 95% interval
+//! √(ci_A² + ci_B²) of the two figures.
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::preset::Preset;
+use super::{ids, read_record, rows, Plan};
+
+/// A figure with its 95% interval half-width (`None` when the protocol gives none).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Figure {
+    pub value: f64,
+    pub ci95: Option<f64>,
+}
+
+/// One shot setting: host f32 and runtime int8 accuracy (%).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShotCell {
+    pub shot: usize,
+    pub host: Option<Figure>,
+    pub runtime_int8: Option<Figure>,
+}
+
+/// One method's figures (a row of Tables 4 and 5).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MethodRow {
+    pub method: String,
+    /// Base-class probe accuracy (%), host only (the runtime has no probe).
+    pub base: Option<Figure>,
+    pub fewshot: Vec<ShotCell>,
+    /// MAFL IOD error (%), lower is better.
+    pub iod_host: Option<Figure>,
+    pub iod_runtime_int8: Option<Figure>,
+}
+
+/// One row of the augmentation ablation: few-shot accuracy per (method, shot), host f32.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AblationRow {
+    pub label: String,
+    pub aug: String,
+    /// (method, shot, accuracy).
+    pub cells: Vec<(String, usize, Option<Figure>)>,
+}
+
+/// How a claim of the paper fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The margin exceeds the combined 95% interval.
+    Holds,
+    /// Right direction, but within the combined interval.
+    HoldsWithinNoise,
+    /// Exactly equal figures.
+    Tie,
+    /// Wrong direction, within the combined interval.
+    ReversedWithinNoise,
+    /// Wrong direction beyond the combined interval.
+    Reversed,
+    /// A figure is missing.
+    Missing,
+}
+
+impl Verdict {
+    fn text(self) -> &'static str {
+        match self {
+            Verdict::Holds => "holds",
+            Verdict::HoldsWithinNoise => "holds, but within the noise",
+            Verdict::Tie => "tie (equal figures)",
+            Verdict::ReversedWithinNoise => "reversed, within the noise",
+            Verdict::Reversed => "does not reproduce (reversed beyond the noise)",
+            Verdict::Missing => "not measured",
+        }
+    }
+}
+
+/// One of the paper's orderings, checked on the measured numbers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Claim {
+    /// e.g. "novel 1-shot: exemplar-v2 > supervised".
+    pub claim: String,
+    /// The paper's two figures, for reference.
+    pub paper: String,
+    /// Measured margin in the claimed direction (positive = as the paper says), in points.
+    pub margin: Option<f64>,
+    /// Combined 95% interval of the two figures.
+    pub ci95: Option<f64>,
+    pub verdict: Verdict,
+}
+
+/// Classify a margin (in the claimed direction) against a combined interval.
+pub fn verdict(margin: f64, ci: f64) -> Verdict {
+    if margin > ci {
+        Verdict::Holds
+    } else if margin > 0.0 {
+        Verdict::HoldsWithinNoise
+    } else if margin == 0.0 {
+        Verdict::Tie
+    } else if margin >= -ci {
+        Verdict::ReversedWithinNoise
+    } else {
+        Verdict::Reversed
+    }
+}
+
+/// `better` beats `worse`: higher wins unless `lower_is_better`.
+pub fn claim(
+    text: String,
+    paper: String,
+    better: Option<Figure>,
+    worse: Option<Figure>,
+    lower_is_better: bool,
+) -> Claim {
+    match (better, worse) {
+        (Some(a), Some(b)) => {
+            let margin = if lower_is_better {
+                b.value - a.value
+            } else {
+                a.value - b.value
+            };
+            let ci = (a.ci95.unwrap_or(0.0).powi(2) + b.ci95.unwrap_or(0.0).powi(2)).sqrt();
+            Claim {
+                claim: text,
+                paper,
+                margin: Some(margin),
+                ci95: Some(ci),
+                verdict: verdict(margin, ci),
+            }
+        }
+        _ => Claim {
+            claim: text,
+            paper,
+            margin: None,
+            ci95: None,
+            verdict: Verdict::Missing,
+        },
+    }
+}
+
+/// Per-step and total wall time, summed over the records (so across restarts).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WallTime {
+    pub steps: Vec<(String, f64)>,
+    pub total: f64,
+}
+
+/// Everything `results.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StudyResults {
+    pub preset: Preset,
+    pub seed: u64,
+    pub rows: Vec<MethodRow>,
+    pub ablation: Vec<AblationRow>,
+    pub orderings: Vec<Claim>,
+    pub wall_seconds: WallTime,
+}
+
+fn fewshot_figure(v: &Value, shot: usize) -> Option<Figure> {
+    let r = v.get("results")?.as_array()?;
+    let s = r
+        .iter()
+        .find(|x| x.get("shot").and_then(Value::as_u64) == Some(shot as u64))?;
+    Some(Figure {
+        value: s.get("accuracy")?.as_f64()?,
+        ci95: s.get("ci95").and_then(Value::as_f64),
+    })
+}
+
+fn scalar(v: &Value, key: &str) -> Option<Figure> {
+    Some(Figure {
+        value: v.get(key)?.as_f64()?,
+        ci95: v.get("ci95").and_then(Value::as_f64),
+    })
+}
+
+fn result_of(out: &Path, id: &str) -> Result<Option<Value>> {
+    Ok(read_record(out, id)?.map(|r| r.result))
+}
+
+/// Build the tables from the records under `out` (missing steps give empty cells).
+pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
+    let p = &plan.preset;
+    let mut table = Vec::new();
+    for m in rows(p) {
+        let fs = result_of(out, &ids::fewshot(&m))?;
+        let rt = result_of(out, &ids::runtime_fewshot(&m))?;
+        let fewshot = p
+            .fewshot
+            .shots
+            .iter()
+            .map(|&k| ShotCell {
+                shot: k,
+                host: fs.as_ref().and_then(|v| fewshot_figure(v, k)),
+                runtime_int8: rt.as_ref().and_then(|v| fewshot_figure(v, k)),
+            })
+            .collect();
+        let base = result_of(out, &ids::base(&m))?.and_then(|v| scalar(&v, "accuracy"));
+        let iod_host = result_of(out, &ids::landmarks(&m))?.and_then(|v| scalar(&v, "iod_error"));
+        let iod_runtime_int8 =
+            result_of(out, &ids::runtime_mafl(&m))?.and_then(|v| scalar(&v, "iod_error"));
+        table.push(MethodRow {
+            method: m,
+            base,
+            fewshot,
+            iod_host,
+            iod_runtime_int8,
+        });
+    }
+    let mut ablation = Vec::new();
+    if p.run_ablation {
+        for (k, (label, aug)) in p.ablation.levels.iter().enumerate() {
+            let mut cells = Vec::new();
+            for m in &p.ablation.methods {
+                let v = result_of(out, &ids::ablation_fewshot(m, k))?;
+                for &s in &p.fewshot.shots {
+                    cells.push((m.clone(), s, v.as_ref().and_then(|v| fewshot_figure(v, s))));
+                }
+            }
+            ablation.push(AblationRow {
+                label: label.clone(),
+                aug: aug.clone(),
+                cells,
+            });
+        }
+    }
+    let mut steps = Vec::new();
+    for s in &plan.steps {
+        if let Some(r) = read_record(out, &s.id)? {
+            steps.push((s.id.clone(), r.seconds));
+        }
+    }
+    let total = steps.iter().map(|(_, t)| t).sum();
+    let orderings = orderings(&table, &ablation, &p.fewshot.shots);
+    Ok(StudyResults {
+        preset: p.clone(),
+        seed: p.seed,
+        rows: table,
+        ablation,
+        orderings,
+        wall_seconds: WallTime { steps, total },
+    })
+}
+
+/// The paper's figures (Tables 4 and 5, ResNet-18 / mini-ImageNet / MAFL), for the "paper"
+/// column of the orderings: base, 1-shot, 5-shot, landmark error.
+fn paper_figures(method: &str) -> Option<[f64; 4]> {
+    match method {
+        "supervised" => Some([83.6, 54.60, 74.50, 6.39]),
+        "moco-v2" => Some([75.3, 52.14, 73.30, 5.89]),
+        "exemplar-v2" => Some([79.9, 55.33, 77.18, 5.89]),
+        "scratch" => Some([f64::NAN, f64::NAN, f64::NAN, 24.6]),
+        _ => None,
+    }
+}
+
+fn paper_pair(a: &str, b: &str, k: usize) -> String {
+    match (paper_figures(a), paper_figures(b)) {
+        (Some(x), Some(y)) => format!("{} vs {}", x[k], y[k]),
+        _ => "-".into(),
+    }
+}
+
+/// The paper's orderings checked on `rows` (and the ablation's "contrastive gains more from
+/// augmentation" claim).
+pub fn orderings(rows: &[MethodRow], ablation: &[AblationRow], shots: &[usize]) -> Vec<Claim> {
+    let row = |m: &str| rows.iter().find(|r| r.method == m);
+    let mut out = Vec::new();
+    // Table 4, base classes: supervised > exemplar-v2 > moco-v2.
+    for (a, b) in [
+        ("supervised", "moco-v2"),
+        ("exemplar-v2", "moco-v2"),
+        ("supervised", "exemplar-v2"),
+    ] {
+        if let (Some(x), Some(y)) = (row(a), row(b)) {
+            out.push(claim(
+                format!("base classes: {a} > {b}"),
+                paper_pair(a, b, 0),
+                x.base,
+                y.base,
+                false,
+            ));
+        }
+    }
+    // Table 4, novel classes: exemplar-v2 > supervised > moco-v2.
+    for &k in shots {
+        let col = match k {
+            1 => 1,
+            5 => 2,
+            _ => usize::MAX,
+        };
+        for (a, b) in [
+            ("exemplar-v2", "supervised"),
+            ("supervised", "moco-v2"),
+            ("exemplar-v2", "moco-v2"),
+        ] {
+            if let (Some(x), Some(y)) = (row(a), row(b)) {
+                let f = |r: &MethodRow| r.fewshot.iter().find(|c| c.shot == k).and_then(|c| c.host);
+                let paper = if col == usize::MAX {
+                    "-".into()
+                } else {
+                    paper_pair(a, b, col)
+                };
+                out.push(claim(
+                    format!("novel {k}-shot: {a} > {b}"),
+                    paper,
+                    f(x),
+                    f(y),
+                    false,
+                ));
+            }
+        }
+    }
+    // Table 5 (error, lower is better): moco-v2 and exemplar-v2 beat supervised; all beat scratch.
+    for (a, b) in [
+        ("moco-v2", "supervised"),
+        ("exemplar-v2", "supervised"),
+        ("supervised", "scratch"),
+        ("moco-v2", "scratch"),
+        ("exemplar-v2", "scratch"),
+    ] {
+        if let (Some(x), Some(y)) = (row(a), row(b)) {
+            out.push(claim(
+                format!("landmark error: {a} < {b}"),
+                paper_pair(a, b, 3),
+                x.iod_host,
+                y.iod_host,
+                true,
+            ));
+        }
+    }
+    // Table 1: the contrastive model gains more from the added augmentations than the supervised
+    // one (gain = last row − first row).
+    if let (Some(first), Some(last)) = (ablation.first(), ablation.last()) {
+        if ablation.len() >= 2 {
+            for &k in shots {
+                let gain = |m: &str| -> Option<Figure> {
+                    let get = |r: &AblationRow| {
+                        r.cells
+                            .iter()
+                            .find(|c| c.0 == m && c.1 == k)
+                            .and_then(|c| c.2)
+                    };
+                    let (a, b) = (get(last)?, get(first)?);
+                    let ci = (a.ci95.unwrap_or(0.0).powi(2) + b.ci95.unwrap_or(0.0).powi(2)).sqrt();
+                    Some(Figure {
+                        value: a.value - b.value,
+                        ci95: Some(ci),
+                    })
+                };
+                out.push(claim(
+                    format!("augmentation gain ({k}-shot): moco-v2 > supervised"),
+                    "ImageNet acc. +61.1 vs +6.4".into(),
+                    gain("moco-v2"),
+                    gain("supervised"),
+                    false,
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn cell(f: Option<Figure>) -> String {
+    match f {
+        Some(Figure {
+            value,
+            ci95: Some(c),
+        }) => format!("{value:.2} ± {c:.2}"),
+        Some(Figure { value, ci95: None }) => format!("{value:.2}"),
+        None => "-".into(),
+    }
+}
+
+/// `results.md`.
+pub fn markdown(r: &StudyResults) -> String {
+    let p = &r.preset;
+    let mut s = String::new();
+    s += &format!("# Study results (preset `{}`, seed {})\n\n", p.name, r.seed);
+    s += &format!(
+        "ResNet-18 at width {}, {} px, {} pretraining epochs on objects and {} on faces, batch {}; \
+         {} episodes of {}-way few-shot with {} queries per class; {} landmark epochs. \
+         Intervals are 95%: few-shot over episodes, base accuracy binomial over the test images, \
+         landmark error over the test faces. Host = candle f32; int8 = the exported model on runtime-core.\n\n",
+        p.pretrain.width,
+        p.pretrain.image_size,
+        p.pretrain.epochs_objects,
+        p.pretrain.epochs_faces,
+        p.pretrain.batch,
+        p.fewshot.episodes,
+        p.fewshot.way,
+        p.fewshot.query,
+        p.landmark_epochs
+    );
+    s += "## Table 4 layout: few-shot recognition on the novel classes (objects)\n\n| method | base acc (host) |";
+    for c in r.rows.first().map(|x| x.fewshot.as_slice()).unwrap_or(&[]) {
+        s += &format!(" {0}-shot host | {0}-shot int8 |", c.shot);
+    }
+    s += "\n|---|---|";
+    for _ in r.rows.first().map(|x| x.fewshot.as_slice()).unwrap_or(&[]) {
+        s += "---|---|";
+    }
+    s += "\n";
+    for row in &r.rows {
+        s += &format!("| {} | {} |", row.method, cell(row.base));
+        for c in &row.fewshot {
+            s += &format!(" {} | {} |", cell(c.host), cell(c.runtime_int8));
+        }
+        s += "\n";
+    }
+    s += "\n## Table 5 layout: facial landmarks on MAFL (IOD error %, lower is better)\n\n";
+    s += "| method | IOD error host | IOD error int8 |\n|---|---|---|\n";
+    for row in &r.rows {
+        s += &format!(
+            "| {} | {} | {} |\n",
+            row.method,
+            cell(row.iod_host),
+            cell(row.iod_runtime_int8)
+        );
+    }
+    if !r.ablation.is_empty() {
+        s += &format!(
+            "\n## Table 1 layout: pretraining augmentations (few-shot on the novel objects, host, {} epochs)\n\n| augmentation |",
+            p.ablation.epochs
+        );
+        let heads: Vec<(String, usize)> = r.ablation[0]
+            .cells
+            .iter()
+            .map(|c| (c.0.clone(), c.1))
+            .collect();
+        for (m, k) in &heads {
+            s += &format!(" {m} {k}-shot |");
+        }
+        s += "\n|---|";
+        for _ in &heads {
+            s += "---|";
+        }
+        s += "\n";
+        for row in &r.ablation {
+            s += &format!("| {} (`{}`) |", row.label, row.aug);
+            for c in &row.cells {
+                s += &format!(" {} |", cell(c.2));
+            }
+            s += "\n";
+        }
+    }
+    s += "\n## The paper's orderings on these numbers\n\n";
+    s += "Margin = measured difference in the paper's direction (points); it is compared with the combined 95% interval of the two figures.\n\n";
+    for c in &r.orderings {
+        match (c.margin, c.ci95) {
+            (Some(m), Some(ci)) => {
+                s += &format!(
+                    "- {} (paper {}): {} — margin {m:+.2} vs interval {ci:.2}\n",
+                    c.claim,
+                    c.paper,
+                    c.verdict.text()
+                )
+            }
+            _ => s += &format!("- {} (paper {}): {}\n", c.claim, c.paper, c.verdict.text()),
+        }
+    }
+    let held = r
+        .orderings
+        .iter()
+        .filter(|c| c.verdict == Verdict::Holds)
+        .count();
+    let rev = r
+        .orderings
+        .iter()
+        .filter(|c| c.verdict == Verdict::Reversed)
+        .count();
+    let measured = r
+        .orderings
+        .iter()
+        .filter(|c| c.verdict != Verdict::Missing)
+        .count();
+    s += &format!(
+        "\n{held} of {measured} measured orderings hold beyond the noise, {rev} are reversed beyond it, the rest are within the noise.\n"
+    );
+    s += &format!(
+        "\n## Wall time\n\nTotal {:.1} min over {} finished steps (summed across restarts).\n\n",
+        r.wall_seconds.total / 60.0,
+        r.wall_seconds.steps.len()
+    );
+    s += "| step | seconds |\n|---|---|\n";
+    for (id, t) in &r.wall_seconds.steps {
+        s += &format!("| {id} | {t:.1} |\n");
+    }
+    s
+}
+
+/// Write `results.json` and `results.md` into `out`.
+pub fn write(r: &StudyResults, out: &Path) -> Result<()> {
+    let json = serde_json::to_string_pretty(r)? + "\n";
+    let pj = out.join("results.json");
+    crate::fsutil::write_atomic(&pj, json.as_bytes())
+        .with_context(|| format!("writing {}", pj.display()))?;
+    let pm = out.join("results.md");
+    crate::fsutil::write_atomic(&pm, markdown(r).as_bytes())
+        .with_context(|| format!("writing {}", pm.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(v: f64, c: f64) -> Option<Figure> {
+        Some(Figure {
+            value: v,
+            ci95: Some(c),
+        })
+    }
+
+    fn row(m: &str, base: f64, one: f64, five: f64, iod: f64) -> MethodRow {
+        MethodRow {
+            method: m.into(),
+            base: f(base, 1.0),
+            fewshot: vec![
+                ShotCell {
+                    shot: 1,
+                    host: f(one, 0.8),
+                    runtime_int8: f(one - 0.1, 0.8),
+                },
+                ShotCell {
+                    shot: 5,
+                    host: f(five, 0.6),
+                    runtime_int8: None,
+                },
+            ],
+            iod_host: f(iod, 0.3),
+            iod_runtime_int8: None,
+        }
+    }
+
+    #[test]
+    fn verdicts_compare_margin_with_interval() {
+        assert_eq!(verdict(2.0, 1.0), Verdict::Holds);
+        assert_eq!(verdict(0.5, 1.0), Verdict::HoldsWithinNoise);
+        assert_eq!(verdict(-0.5, 1.0), Verdict::ReversedWithinNoise);
+        assert_eq!(verdict(-1.5, 1.0), Verdict::Reversed);
+        assert_eq!(verdict(0.0, 0.0), Verdict::Tie);
+    }
+
+    #[test]
+    fn claims_combine_intervals_and_respect_direction() {
+        // Higher is better: 50 ± 3 vs 46 ± 4 → margin 4, interval 5 → within the noise.
+        let c = claim(
+            "a > b".into(),
+            "-".into(),
+            f(50.0, 3.0),
+            f(46.0, 4.0),
+            false,
+        );
+        assert_eq!(c.margin, Some(4.0));
+        assert!((c.ci95.unwrap() - 5.0).abs() < 1e-12);
+        assert_eq!(c.verdict, Verdict::HoldsWithinNoise);
+        // Lower is better: 5 vs 9 with tiny intervals → holds.
+        let c = claim("a < b".into(), "-".into(), f(5.0, 0.1), f(9.0, 0.1), true);
+        assert_eq!(c.margin, Some(4.0));
+        assert_eq!(c.verdict, Verdict::Holds);
+        let c = claim("x".into(), "-".into(), None, f(1.0, 0.1), true);
+        assert_eq!(c.verdict, Verdict::Missing);
+    }
+
+    #[test]
+    fn orderings_on_hand_made_numbers() {
+        let rows = vec![
+            row("supervised", 80.0, 50.0, 70.0, 8.0),
+            row("moco-v2", 70.0, 49.5, 65.0, 6.0),
+            row("exemplar-v2", 75.0, 55.0, 60.0, 6.1),
+            row("scratch", 30.0, 30.0, 40.0, 20.0),
+        ];
+        let o = orderings(&rows, &[], &[1, 5]);
+        let get = |t: &str| {
+            o.iter()
+                .find(|c| c.claim == t)
+                .unwrap_or_else(|| panic!("{t} missing"))
+        };
+        // base: 80 − 70 = 10 vs √2 → holds.
+        assert_eq!(
+            get("base classes: supervised > moco-v2").verdict,
+            Verdict::Holds
+        );
+        // novel 1-shot: supervised 50 vs moco 49.5, interval √(0.64+0.64) ≈ 1.13 → within noise.
+        assert_eq!(
+            get("novel 1-shot: supervised > moco-v2").verdict,
+            Verdict::HoldsWithinNoise
+        );
+        // novel 5-shot: exemplar 60 vs supervised 70 → reversed beyond √0.72.
+        assert_eq!(
+            get("novel 5-shot: exemplar-v2 > supervised").verdict,
+            Verdict::Reversed
+        );
+        // landmarks (lower is better): moco 6.0 vs supervised 8.0 → holds; margin +2.
+        let c = get("landmark error: moco-v2 < supervised");
+        assert_eq!(c.verdict, Verdict::Holds);
+        assert!((c.margin.unwrap() - 2.0).abs() < 1e-12);
+        assert_eq!(c.paper, "5.89 vs 6.39");
+        // 3 base + 2 × 3 novel + 5 landmark claims, no ablation.
+        assert_eq!(o.len(), 3 + 6 + 5);
+    }
+
+    #[test]
+    fn ablation_gain_claim() {
+        let mk = |label: &str, s1: f64, m1: f64| AblationRow {
+            label: label.into(),
+            aug: "x".into(),
+            cells: vec![
+                ("supervised".into(), 1, f(s1, 0.5)),
+                ("moco-v2".into(), 1, f(m1, 0.5)),
+            ],
+        };
+        let ab = vec![mk("+ flip", 40.0, 30.0), mk("+ more", 42.0, 45.0)];
+        let o = orderings(&[], &ab, &[1]);
+        assert_eq!(o.len(), 1);
+        // gains: moco 15, supervised 2 → margin 13, interval √(4 × 0.25) = 1.
+        assert!((o[0].margin.unwrap() - 13.0).abs() < 1e-12);
+        assert!((o[0].ci95.unwrap() - 1.0).abs() < 1e-12);
+        assert_eq!(o[0].verdict, Verdict::Holds);
+    }
+
+    #[test]
+    fn markdown_has_the_paper_layouts() {
+        let rows = vec![
+            row("supervised", 80.0, 50.0, 70.0, 8.0),
+            row("scratch", 30.0, 30.0, 40.0, 20.0),
+        ];
+        let r = StudyResults {
+            preset: super::super::preset::tiny(),
+            seed: 0,
+            orderings: orderings(&rows, &[], &[1, 5]),
+            rows,
+            ablation: vec![],
+            wall_seconds: WallTime {
+                steps: vec![("a".into(), 60.0), ("b".into(), 30.0)],
+                total: 90.0,
+            },
+        };
+        let md = markdown(&r);
+        assert!(md.contains("| method | base acc (host) | 1-shot host | 1-shot int8 | 5-shot host | 5-shot int8 |"), "{md}");
+        assert!(
+            md.contains(
+                "| supervised | 80.00 ± 1.00 | 50.00 ± 0.80 | 49.90 ± 0.80 | 70.00 ± 0.60 | - |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| scratch | 20.00 ± 0.30 | - |"), "{md}");
+        assert!(
+            md.contains("landmark error: supervised < scratch (paper 6.39 vs 24.6): holds"),
+            "{md}"
+        );
+        assert!(md.contains("Total 1.5 min over 2 finished steps"), "{md}");
+        assert!(!md.contains("Table 1 layout"));
+    }
+}
