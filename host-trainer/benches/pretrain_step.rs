@@ -1,9 +1,10 @@
 //! One full MoCo-v2 training step (ResNet-18, small-image stem, 32 px, batch 64, CPU) through the
 //! trainer's own step code (`train::pretrain::StepBench`): query and key forwards, EMA, loss,
-//! backward, SGD, enqueue. The second group times the same step with candle's own CPU
-//! conv2d/batch-norm (the "before"), in the same run, so the two are comparable.
+//! backward, SGD, enqueue. With `STEP_BENCH_BASELINE=1` a second function times the same step
+//! with candle's own CPU conv2d/batch-norm (the "before"), in the same run, so the two are
+//! comparable (that one takes about 35 s per step on 2 cores).
 //!
-//! Run: `cargo bench -p host-trainer --bench pretrain_step` (about 4 minutes on 2 cores).
+//! Run: `cargo bench -p host-trainer --bench pretrain_step` (about 2 minutes on 2 cores).
 //! `STEP_BENCH_WIDTH` / `STEP_BENCH_BATCH` shrink the model for a quick look.
 //! The same step timed against PyTorch: `scripts/bench_torch_step.py` (see its docstring).
 
@@ -53,7 +54,11 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("moco_v2_step_resnet18_32px");
     g.sample_size(10);
     g.throughput(Throughput::Elements(req.batch_size as u64));
+    let baseline = std::env::var_os("STEP_BENCH_BASELINE").is_some();
     for (name, kernels) in [("kernels", true), ("candle_ops", false)] {
+        if !kernels && !baseline {
+            continue;
+        }
         host_trainer::kernels::set_cpu_kernels(kernels);
         let mut step = StepBench::new(&req, 64, Device::Cpu).expect("bench setup");
         g.bench_function(name, |b| b.iter(|| step.step().expect("step")));
