@@ -22,30 +22,14 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 fn request() -> PretrainRequest {
-    PretrainRequest {
-        method: Method::parse("moco", Some("v2")).expect("moco-v2 parses"),
-        data: Default::default(),
-        model: ResNetConfig {
-            arch: Arch::Resnet18,
-            width: env_or("STEP_BENCH_WIDTH", 1.0f32),
-            small_stem: true,
-            num_classes: None,
-        },
-        image_size: 32,
-        epochs: 1,
-        batch_size: env_or("STEP_BENCH_BATCH", 64usize),
-        lr: None,
-        weight_decay: None,
-        queue: Some(4096),
-        tau: None,
-        ema_momentum: None,
-        dim: None,
-        aug: None,
-        bn_groups: None,
-        seed: 0,
-        knn_images: 0,
-        log_every: 1,
-    }
+    let model = ResNetConfig {
+        arch: Arch::Resnet18,
+        width: env_or("STEP_BENCH_WIDTH", 1.0f32),
+        small_stem: true,
+        num_classes: None,
+    };
+    let method = Method::parse("moco", Some("v2")).expect("moco-v2 parses");
+    PretrainRequest::for_bench(method, model, 32, env_or("STEP_BENCH_BATCH", 64usize), 4096)
 }
 
 fn bench(c: &mut Criterion) {

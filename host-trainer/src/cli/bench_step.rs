@@ -108,30 +108,13 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
         .arch
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--arch: {e}"))?;
-    let req = PretrainRequest {
-        method,
-        data: Default::default(),
-        model: ResNetConfig {
-            arch,
-            width: a.width,
-            small_stem: !a.imagenet_stem,
-            num_classes: None,
-        },
-        image_size: a.image_size,
-        epochs: 1,
-        batch_size: a.batch_size,
-        lr: None,
-        weight_decay: None,
-        queue: Some(a.queue),
-        tau: None,
-        ema_momentum: None,
-        dim: None,
-        aug: None,
-        bn_groups: None,
-        seed: 0,
-        knn_images: 0,
-        log_every: 1,
+    let model = ResNetConfig {
+        arch,
+        width: a.width,
+        small_stem: !a.imagenet_stem,
+        num_classes: None,
     };
+    let req = PretrainRequest::for_bench(method, model, a.image_size, a.batch_size, a.queue);
     let threads = rayon::current_num_threads();
     let mut reports = Vec::new();
     host_trainer::kernels::set_cpu_kernels(true);

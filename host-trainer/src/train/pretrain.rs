@@ -468,7 +468,11 @@ impl StepBench {
             indices: (0..b).collect(),
             labels: (0..b).map(|_| rng.gen_range(0..num_classes)).collect(),
             views: (0..views)
-                .map(|_| (0..b * 3 * s * s).map(|_| rng.gen_range(-2.0..2.0)).collect())
+                .map(|_| {
+                    (0..b * 3 * s * s)
+                        .map(|_| rng.gen_range(-2.0..2.0))
+                        .collect()
+                })
                 .collect(),
             landmarks: None,
             size: s,
@@ -493,7 +497,11 @@ impl StepBench {
         let fwd = self.trainer.forward(&self.batch, 0, self.steps)?;
         dev.synchronize()?;
         let t1 = Instant::now();
-        ensure!(fwd.value.is_finite(), "bench step: the loss became {}", fwd.value);
+        ensure!(
+            fwd.value.is_finite(),
+            "bench step: the loss became {}",
+            fwd.value
+        );
         self.trainer.apply(fwd)?;
         dev.synchronize()?;
         self.steps += 1;
@@ -527,6 +535,36 @@ pub struct PretrainRequest {
 }
 
 impl PretrainRequest {
+    /// A request whose data is never read, with the method's defaults: what the step
+    /// benchmarks ([`StepBench`], `host-trainer bench-step`, the criterion bench) time.
+    pub fn for_bench(
+        method: Method,
+        model: ResNetConfig,
+        image_size: usize,
+        batch_size: usize,
+        queue: usize,
+    ) -> PretrainRequest {
+        PretrainRequest {
+            method,
+            data: PathBuf::new(),
+            model,
+            image_size,
+            epochs: 1,
+            batch_size,
+            lr: None,
+            weight_decay: None,
+            queue: Some(queue),
+            tau: None,
+            ema_momentum: None,
+            dim: None,
+            aug: None,
+            bn_groups: None,
+            seed: 0,
+            knn_images: 0,
+            log_every: 1,
+        }
+    }
+
     /// Resolve defaults (per method and version) into a full config.
     pub fn resolve(&self, num_classes: usize) -> Result<PretrainConfig> {
         use crate::method::AugPreset;
