@@ -42,7 +42,7 @@ pub struct LandmarkArgs {
     pub epochs: usize,
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
-    /// Learning rate (default 0.2 at batch 128, scaled to --batch; the paper uses 0.02 for 200 epochs).
+    /// Learning rate (default: the paper's 0.02 at batch 128, scaled to --batch).
     #[arg(long)]
     pub lr: Option<f64>,
     /// Train the head only, backbone frozen in eval mode (the paper fine-tunes all layers).

@@ -626,6 +626,20 @@ fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Value> {
             let (mean, ci) = figures::per_image_iod(&faces)?;
             v["iod_error_per_image_mean"] = json!(mean);
             v["ci95"] = json!(ci);
+            // Table 5's "mean face (no image)" row: the training mean predicted for the same test
+            // faces, with the same per-image interval, so the methods can be checked against it.
+            let base: Vec<f64> = faces
+                .iter()
+                .filter_map(|f| {
+                    landmarks::iod_error(&[report.mean_face], &[f.gt])
+                        .ok()
+                        .map(|r| r.iod_error)
+                })
+                .collect();
+            let (mf, mf_ci) = figures::mean_ci95(&base)
+                .context("no test face with distinct ground-truth eyes for the mean face")?;
+            v["mean_face_iod_error"] = json!(mf);
+            v["mean_face_ci95"] = json!(mf_ci);
             Ok(v)
         }
         Action::ExportInt8 {

@@ -327,7 +327,7 @@ pub fn paper() -> Preset {
 
 impl Preset {
     /// Learning rate of the landmark fine-tuning: the paper's 0.02 at batch 128 for `paper`, the
-    /// library default (0.2 at batch 128, for short CPU runs) otherwise.
+    /// library default (also the paper's 0.02 at batch 128, scaled to the batch) otherwise.
     pub fn landmark_lr(&self) -> Option<f64> {
         (self.name == "paper").then(|| 0.02 * self.landmark_batch as f64 / 128.0)
     }

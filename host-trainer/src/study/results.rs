@@ -156,6 +156,9 @@ pub struct StudyResults {
     pub preset: Preset,
     pub seed: u64,
     pub rows: Vec<MethodRow>,
+    /// Table 5's no-image baseline: the IOD error (%) of predicting the MAFL training faces' mean
+    /// landmarks for every test face (recorded by each landmark step; the first one found).
+    pub mean_face: Option<Figure>,
     pub ablation: Vec<AblationRow>,
     pub orderings: Vec<Claim>,
     pub wall_seconds: WallTime,
@@ -176,6 +179,14 @@ fn scalar(v: &Value, key: &str) -> Option<Figure> {
     Some(Figure {
         value: v.get(key)?.as_f64()?,
         ci95: v.get("ci95").and_then(Value::as_f64),
+    })
+}
+
+/// The mean-face baseline of a landmark step's result (`None` for records written before it).
+fn mean_face_figure(v: &Value) -> Option<Figure> {
+    Some(Figure {
+        value: v.get("mean_face_iod_error")?.as_f64()?,
+        ci95: v.get("mean_face_ci95").and_then(Value::as_f64),
     })
 }
 
@@ -236,11 +247,21 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
         }
     }
     let total = steps.iter().map(|(_, t)| t).sum();
-    let orderings = orderings(&table, &ablation, &p.fewshot.shots);
+    let mut mean_face = None;
+    for m in rows(p) {
+        if let Some(v) = result_of(out, &ids::landmarks(&m))? {
+            mean_face = mean_face_figure(&v);
+            if mean_face.is_some() {
+                break;
+            }
+        }
+    }
+    let orderings = orderings(&table, mean_face, &ablation, &p.fewshot.shots);
     Ok(StudyResults {
         preset: p.clone(),
         seed: p.seed,
         rows: table,
+        mean_face,
         ablation,
         orderings,
         wall_seconds: WallTime { steps, total },
@@ -268,7 +289,14 @@ fn paper_pair(a: &str, b: &str, k: usize) -> String {
 
 /// The paper's orderings checked on `rows` (and the ablation's "contrastive gains more from
 /// augmentation" claim).
-pub fn orderings(rows: &[MethodRow], ablation: &[AblationRow], shots: &[usize]) -> Vec<Claim> {
+/// `mean_face` is Table 5's no-image baseline: every method is also checked against it, since
+/// a landmark error that does not beat it means the fine-tuning learned nothing from the images.
+pub fn orderings(
+    rows: &[MethodRow],
+    mean_face: Option<Figure>,
+    ablation: &[AblationRow],
+    shots: &[usize],
+) -> Vec<Claim> {
     let row = |m: &str| rows.iter().find(|r| r.method == m);
     let mut out = Vec::new();
     // Table 4, base classes: supervised > exemplar-v2 > moco-v2.
@@ -333,6 +361,19 @@ pub fn orderings(rows: &[MethodRow], ablation: &[AblationRow], shots: &[usize]) 
                 true,
             ));
         }
+    }
+    // Not a claim of the paper but its premise: every method beats the mean face.
+    for r in rows {
+        out.push(claim(
+            format!(
+                "landmark error: {} < mean face (beats the mean face)",
+                r.method
+            ),
+            "-".into(),
+            r.iod_host,
+            mean_face,
+            true,
+        ));
     }
     // Table 1: the contrastive model gains more from the added augmentations than the supervised
     // one (gain = last row − first row).
@@ -423,6 +464,10 @@ pub fn markdown(r: &StudyResults) -> String {
             cell(row.iod_runtime_int8)
         );
     }
+    s += &format!(
+        "| mean face (no image) | {} | (same) |\n",
+        cell(r.mean_face)
+    );
     if !r.ablation.is_empty() {
         s += &format!(
             "\n## Table 1 layout: pretraining augmentations (few-shot on the novel objects, host, {} epochs)\n\n| augmentation |",
@@ -576,7 +621,7 @@ mod tests {
             row("exemplar-v2", 75.0, 55.0, 60.0, 6.1),
             row("scratch", 30.0, 30.0, 40.0, 20.0),
         ];
-        let o = orderings(&rows, &[], &[1, 5]);
+        let o = orderings(&rows, None, &[], &[1, 5]);
         let get = |t: &str| {
             o.iter()
                 .find(|c| c.claim == t)
@@ -602,8 +647,62 @@ mod tests {
         assert_eq!(c.verdict, Verdict::Holds);
         assert!((c.margin.unwrap() - 2.0).abs() < 1e-12);
         assert_eq!(c.paper, "5.89 vs 6.39");
-        // 3 base + 2 × 3 novel + 5 landmark claims, no ablation.
-        assert_eq!(o.len(), 3 + 6 + 5);
+        // 3 base + 2 × 3 novel + 5 landmark claims + 4 "beats the mean face" (not measured
+        // here: no baseline given), no ablation.
+        assert_eq!(o.len(), 3 + 6 + 5 + 4);
+        assert_eq!(
+            get("landmark error: scratch < mean face (beats the mean face)").verdict,
+            Verdict::Missing
+        );
+    }
+
+    /// Each method against the no-image baseline (lower is better): supervised 8.0 ± 0.3 vs
+    /// 10.0 ± 0.4 → margin 2, interval 0.5 → holds; scratch 20.0 vs 10.0 → margin −10, reversed;
+    /// a method without a landmark figure is "not measured".
+    #[test]
+    fn methods_are_checked_against_the_mean_face() {
+        let mut none = row("moco-v2", 70.0, 49.5, 65.0, 0.0);
+        none.iod_host = None;
+        let rows = vec![
+            row("supervised", 80.0, 50.0, 70.0, 8.0),
+            row("scratch", 30.0, 30.0, 40.0, 20.0),
+            none,
+        ];
+        let o = orderings(&rows, f(10.0, 0.4), &[], &[1]);
+        let get = |m: &str| {
+            o.iter()
+                .find(|c| {
+                    c.claim == format!("landmark error: {m} < mean face (beats the mean face)")
+                })
+                .unwrap_or_else(|| panic!("{m} missing"))
+        };
+        let s = get("supervised");
+        assert!((s.margin.unwrap() - 2.0).abs() < 1e-12);
+        assert!((s.ci95.unwrap() - 0.5).abs() < 1e-12);
+        assert_eq!(s.verdict, Verdict::Holds);
+        assert_eq!(s.paper, "-");
+        let sc = get("scratch");
+        assert!((sc.margin.unwrap() + 10.0).abs() < 1e-12);
+        assert_eq!(sc.verdict, Verdict::Reversed);
+        assert_eq!(get("moco-v2").verdict, Verdict::Missing);
+    }
+
+    #[test]
+    fn mean_face_figure_reads_the_landmark_record() {
+        let v = serde_json::json!({"iod_error": 30.0, "ci95": 2.0,
+            "mean_face_iod_error": 40.5, "mean_face_ci95": 1.5});
+        assert_eq!(
+            mean_face_figure(&v),
+            Some(Figure {
+                value: 40.5,
+                ci95: Some(1.5)
+            })
+        );
+        // A record from before the baseline existed.
+        assert_eq!(
+            mean_face_figure(&serde_json::json!({"iod_error": 30.0})),
+            None
+        );
     }
 
     #[test]
@@ -617,7 +716,7 @@ mod tests {
             ],
         };
         let ab = vec![mk("+ flip", 40.0, 30.0), mk("+ more", 42.0, 45.0)];
-        let o = orderings(&[], &ab, &[1]);
+        let o = orderings(&[], None, &ab, &[1]);
         assert_eq!(o.len(), 1);
         // gains: moco 15, supervised 2 → margin 13, interval √(4 × 0.25) = 1.
         assert!((o[0].margin.unwrap() - 13.0).abs() < 1e-12);
@@ -634,8 +733,9 @@ mod tests {
         let r = StudyResults {
             preset: super::super::preset::tiny(),
             seed: 0,
-            orderings: orderings(&rows, &[], &[1, 5]),
+            orderings: orderings(&rows, f(10.0, 0.4), &[], &[1, 5]),
             rows,
+            mean_face: f(10.0, 0.4),
             ablation: vec![],
             wall_seconds: WallTime {
                 steps: vec![("a".into(), 60.0), ("b".into(), 30.0)],
@@ -656,6 +756,16 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("Total 1.5 min over 2 finished steps"), "{md}");
+        assert!(
+            md.contains("| mean face (no image) | 10.00 ± 0.40 | (same) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "landmark error: supervised < mean face (beats the mean face) (paper -): holds"
+            ),
+            "{md}"
+        );
         assert!(!md.contains("Table 1 layout"));
     }
 }
