@@ -20,7 +20,7 @@ TARGET=${CARGO_TARGET_DIR:-target}
 echo "== building (release) =="
 cargo build --release --locked -p host-trainer -p runtime-cli
 
-args=(study --preset main --out "$OUT" --runtime-cli "$TARGET/release/runtime-cli")
+args=(study --preset main --out "$OUT")
 [ -n "${SEED:-}" ] && args+=(--seed "$SEED")
 [ -n "${EPOCHS:-}" ] && args+=(--epochs "$EPOCHS")
 [ -n "${LM_EPOCHS:-}" ] && args+=(--landmark-epochs "$LM_EPOCHS")

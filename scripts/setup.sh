@@ -9,3 +9,10 @@ bash scripts/setup-embedded.sh
 # runtime-mcu (QEMU run): qemu-system-arm from Debian and defmt-print; scripts/mcu.sh knows
 # what it needs and installs only what is missing.
 bash scripts/mcu.sh setup
+
+# `cargo fmt --check` and `cargo clippy` in the test command.
+for c in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$c"; then
+    rustup component add "$c"
+  fi
+done

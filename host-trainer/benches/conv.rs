@@ -11,7 +11,20 @@ use host_trainer::kernels;
 use std::hint::black_box;
 
 /// (name, c_in, c_out, input size, kernel, stride, padding, uses per ResNet-18 forward)
-pub const SHAPES: &[(&str, usize, usize, usize, usize, usize, usize, usize)] = &[
+pub type ConvShape = (
+    &'static str,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+);
+/// A conv implementation under test.
+type ConvFn<'a> = &'a dyn Fn(&Tensor, &Tensor) -> Tensor;
+
+pub const SHAPES: &[ConvShape] = &[
     ("stem_3to64_32px", 3, 64, 32, 3, 1, 1, 1),
     ("l1_64_32px", 64, 64, 32, 3, 1, 1, 4),
     ("l2_down3x3_64to128", 64, 128, 32, 3, 2, 1, 1),
@@ -50,8 +63,7 @@ fn bench(c: &mut Criterion) {
         let r = randn(y.dims());
         let candle = |x: &Tensor, w: &Tensor| x.conv2d(w, p, s, 1, 1).unwrap();
         let fast = |x: &Tensor, w: &Tensor| kernels::conv2d(x, w, s, p).unwrap();
-        let impls: [(&str, &dyn Fn(&Tensor, &Tensor) -> Tensor); 2] =
-            [("candle", &candle), ("fast", &fast)];
+        let impls: [(&str, ConvFn); 2] = [("candle", &candle), ("fast", &fast)];
 
         let mut g = c.benchmark_group(format!("fwd/{name}"));
         g.sample_size(10);

@@ -187,6 +187,7 @@ fn build(stage: &Path, work: &Path) -> Result<f64> {
         per_class: OBJECTS_PER_CLASS,
         size: OBJECT_SIZE,
         seed: SEED,
+        alignment: 1.0,
     };
     objects::generate_objects(&ocfg, &objects_dir).context("synth objects")?;
     let fcfg = faces::FacesConfig {
@@ -298,7 +299,7 @@ fn build(stage: &Path, work: &Path) -> Result<f64> {
 
     // Stand-alone images for `infer`: a face and an object larger than the model input.
     let (face, face_lm) = faces::render_face(SEED + 1, 0, 0, FACE_IMAGE_SIZE);
-    let specs = objects::class_specs(SEED, OBJECT_CLASSES)?;
+    let specs = objects::class_defs(SEED, OBJECT_CLASSES, 1.0)?;
     let object = objects::render_object(SEED, 0, &specs[0], OBJECTS_PER_CLASS, OBJECT_IMAGE_SIZE);
     for (name, img) in [(FACE_IMAGE, &face), (OBJECT_IMAGE, &object)] {
         let bytes = draw::png_bytes(img).with_context(|| format!("encoding {name}"))?;

@@ -16,16 +16,17 @@
 //! | the paper's comparisons end to end (resumable plan, tables, figures) | [`study`] |
 
 pub mod augment;
-pub mod data;
+/// The shared `data` crate (readers, generators, resize, random streams, atomic writes),
+/// re-exported so `host_trainer::data::…` keeps naming the one place datasets live.
+pub use data;
+pub use data::{fsutil, rng};
 pub mod device;
 pub mod eval;
 pub mod export;
 pub mod fixtures;
-pub mod fsutil;
 pub mod kernels;
 pub mod method;
 pub mod model;
 pub mod plot;
-pub mod rng;
 pub mod study;
 pub mod train;

@@ -19,6 +19,7 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
             per_class: 21,
             size: 16,
             seed: 3,
+            alignment: 1.0,
         },
         &data,
     )

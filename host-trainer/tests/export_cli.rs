@@ -39,6 +39,7 @@ fn export_cli_end_to_end() {
             per_class: 4,
             size: 32,
             seed: 1,
+            alignment: 1.0,
         },
         &data,
     )

@@ -17,6 +17,7 @@ fn tiny_objects(dir: &Path) {
         per_class: 10,
         size: 16,
         seed: 3,
+        alignment: 1.0,
     };
     generate_objects(&cfg, dir).expect("synthetic objects");
 }

@@ -36,6 +36,7 @@ fn objects_are_byte_identical_for_1_and_2_threads_and_readable() {
         per_class: 3,
         size: 16,
         seed: 7,
+        alignment: 1.0,
     };
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let s = with_threads(1, || objects::generate_objects(&cfg, a.path()).unwrap());
@@ -51,13 +52,48 @@ fn objects_are_byte_identical_for_1_and_2_threads_and_readable() {
     assert_eq!(test.class_counts(), vec![3, 3]);
     let (img, label, _) = test.load(4).unwrap();
     assert_eq!((img.dimensions(), label), ((16, 16), 1));
-    let spec = objects::class_specs(7, 10).unwrap()[9];
+    let spec = objects::ClassDef::Object(objects::class_specs(7, 10).unwrap()[9]);
     assert_eq!(img, objects::render_object(7, 9, &spec, 1, 16));
 
     // A different seed gives different data.
     let c = tempfile::tempdir().unwrap();
     objects::generate_objects(&objects::ObjectsConfig { seed: 8, ..cfg }, c.path()).unwrap();
     assert!(snapshot(c.path()) != sa);
+
+    // Another alignment changes only the novel classes: the train list and every train image
+    // are byte-identical, so one pretraining serves the whole alignment sweep.
+    let d = tempfile::tempdir().unwrap();
+    objects::generate_objects(
+        &objects::ObjectsConfig {
+            alignment: 0.0,
+            ..cfg.clone()
+        },
+        d.path(),
+    )
+    .unwrap();
+    let train = std::fs::read_to_string(a.path().join("train.csv")).unwrap();
+    assert_eq!(
+        train,
+        std::fs::read_to_string(d.path().join("train.csv")).unwrap()
+    );
+    for line in train.lines().skip(1) {
+        let f = line.split(',').next().unwrap();
+        let img = |root: &std::path::Path| std::fs::read(root.join("images").join(f)).unwrap();
+        assert_eq!(img(a.path()), img(d.path()), "{f}");
+    }
+    let test_img = |root: &std::path::Path| {
+        let t = std::fs::read_to_string(root.join("test.csv")).unwrap();
+        let f = t
+            .lines()
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .to_string();
+        std::fs::read(root.join("images").join(f)).unwrap()
+    };
+    assert_ne!(test_img(a.path()), test_img(d.path()));
 }
 
 #[test]

@@ -128,7 +128,7 @@ impl<'m, 'a> Runner<'m, 'a> {
 
 /// Loads an image for the CLI: PNG or JPEG (sniffed), non-empty; errors name the file.
 pub fn load_image(path: &Path) -> Result<RgbImage> {
-    let img = host_trainer::data::load_rgb(path)?;
+    let img = data::load_rgb(path)?;
     preprocess::check_size(&img).map_err(|m| anyhow!("{}: {m}", path.display()))?;
     Ok(img)
 }

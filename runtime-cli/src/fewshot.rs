@@ -13,18 +13,19 @@
 //! host protocol must use the same function to reproduce device numbers.
 use std::path::Path;
 
+use crate::episodes::run_episodes;
 use anyhow::{anyhow, bail, Result};
-use host_trainer::data::{MiniImageNet, Split};
+use data::{MiniImageNet, Split};
 use rayon::prelude::*;
 use runtime_core::metrics::episode_accuracy;
-use runtime_core::protocol::fewshot::{class_images, plan_episodes, run_episodes, FewShotHead};
+use runtime_core::protocol::fewshot::{class_images, plan_episodes, FewShotHead};
 use runtime_core::Task;
 use serde_json::json;
 
 use crate::engine::{self, Runner};
 use crate::progress;
 
-pub use runtime_core::protocol::fewshot::{classifier_seed, MAX_DIM, MAX_WAY};
+pub use runtime_core::protocol::fewshot::{classifier_seed, MAX_EPISODE_WAY};
 
 /// Few-shot head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -102,9 +103,9 @@ pub fn evaluate(
     spec: &FewShotSpec,
     show_progress: bool,
 ) -> Result<FewShotResult> {
-    if spec.way > MAX_WAY {
+    if spec.way > MAX_EPISODE_WAY {
         bail!(
-            "--way {}: the heads hold at most {MAX_WAY} classes",
+            "--way {}: an episode holds at most {MAX_EPISODE_WAY} classes",
             spec.way
         );
     }
@@ -115,12 +116,6 @@ pub fn evaluate(
     let model = engine::parse_model(&bytes, model_path)?;
     engine::require_task(&model, model_path, Task::Features, "eval fewshot")?;
     let dim = model.output_len();
-    if dim > MAX_DIM {
-        bail!(
-            "{}: {dim} features, the heads hold at most {MAX_DIM}",
-            model_path.display()
-        );
-    }
     let csv = data.join(spec.split.split().file_name());
     let list = MiniImageNet::open(data)?.split(spec.split.split())?;
     list.check_files()?;
@@ -156,9 +151,8 @@ pub fn evaluate(
         features[*i] = Some(f);
     }
 
-    // Episodes are scored by runtime-core's shared runner (big-stack workers for the heads'
-    // fixed arrays), exactly as host-trainer scores its candle features.
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Episodes are scored by the shared runner ([`run_episodes`]), exactly as host-trainer
+    // scores its candle features.
     let total: u64 = spec.episodes * spec.shots.len() as u64;
     let bar = progress::bar(total, "episodes", show_progress);
     let mut results = Vec::new();
@@ -170,7 +164,6 @@ pub fn evaluate(
             spec.classifier.head(),
             spec.seed,
             shot,
-            threads,
             &|| bar.inc(1),
         )
         .map_err(|e| anyhow!("{}: {e}", model_path.display()))?;

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
-use host_trainer::data::synth::preview::draw_dot;
-use host_trainer::data::{Landmarks, LANDMARK_NAMES};
+use data::synth::preview::draw_dot;
+use data::{Landmarks, LANDMARK_NAMES};
 use image::RgbImage;
 use runtime_core::heads::argmax;
 use runtime_core::Task;
@@ -116,7 +116,7 @@ pub fn draw(img: &RgbImage, l: &Landmarks, out: &Path) -> Result<()> {
         image::ImageFormat::Png,
     )
     .map_err(|e| anyhow!("{}: cannot encode PNG: {e}", out.display()))?;
-    host_trainer::fsutil::write_atomic(out, &bytes)
+    data::fsutil::write_atomic(out, &bytes)
         .map_err(|e| anyhow!("{}: cannot write: {e}", out.display()))
 }
 

@@ -7,7 +7,7 @@
 //! adds the crop offset to report points on the image as given. The IOD-normalised error is
 //! invariant to translation and uniform scale, so it is the same in any of these frames.
 use anyhow::{anyhow, Result};
-use host_trainer::data::{mafl_crop_window, Landmarks, NUM_LANDMARKS};
+use data::{mafl_crop_window, Landmarks, NUM_LANDMARKS};
 use image::RgbImage;
 use runtime_core::heads::landmarks::{decode, Point};
 

@@ -9,12 +9,14 @@
 //! | `inspect` | [`inspect`] |
 //! | `bench` | [`bench`] |
 //!
-//! Model loading and the per-thread runner are in [`engine`]; image → model input (the host's
+//! Model loading and the per-thread runner are in [`engine`]; the parallel few-shot episode
+//! runner, shared with host-trainer, in [`episodes`]; image → model input (the host's
 //! eval transform) in [`preprocess`]. Every error is one line naming the file at fault.
 
 pub mod bench;
 pub mod cli;
 pub mod engine;
+pub mod episodes;
 pub mod fewshot;
 pub mod infer;
 pub mod inspect;

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
-use host_trainer::data::{mafl_crop, CelebA, Landmarks, LANDMARK_NAMES, NUM_LANDMARKS};
+use data::{mafl_crop, CelebA, Landmarks, LANDMARK_NAMES, NUM_LANDMARKS};
 use rayon::prelude::*;
 use runtime_core::metrics::IodError;
 use runtime_core::Task;
@@ -37,12 +37,10 @@ pub struct MaflResult {
     pub skipped: u64,
 }
 
-/// Accumulates the overall error with runtime-core's [`IodError`] (the one definition of the
-/// metric) and the per-landmark sums alongside, skipping exactly the images it skips.
+/// runtime-core's [`IodError`] (the one definition of the metric) plus the images it skipped.
 #[derive(Default)]
 struct Accum {
     total: IodError,
-    per: [f64; NUM_LANDMARKS],
     skipped: u64,
 }
 
@@ -50,14 +48,6 @@ impl Accum {
     fn add(&mut self, pred: &Landmarks, gt: &Landmarks) {
         if !self.total.add(&points(pred), &points(gt)) {
             self.skipped += 1;
-            return;
-        }
-        let d = |a: [f32; 2], b: [f32; 2]| {
-            ((a[0] as f64 - b[0] as f64).powi(2) + (a[1] as f64 - b[1] as f64).powi(2)).sqrt()
-        };
-        let iod = d(gt[0], gt[1]);
-        for k in 0..NUM_LANDMARKS {
-            self.per[k] += d(pred[k], gt[k]) / iod;
         }
     }
 }
@@ -102,16 +92,16 @@ pub fn evaluate(
     for (p, g) in &pairs {
         acc.add(p, g);
     }
-    let Some(iod_error) = acc.total.value() else {
+    let (Some(iod_error), Some(per_landmark)) = (acc.total.value(), acc.total.per_landmark())
+    else {
         bail!(
             "{}: no MAFL image with distinct ground-truth eyes to evaluate",
             data.display()
         );
     };
-    let n = acc.total.images() as f64;
     Ok(MaflResult {
         iod_error,
-        per_landmark: acc.per.map(|s| 100.0 * s / n),
+        per_landmark,
         images: acc.total.images(),
         skipped: acc.skipped,
     })
@@ -169,7 +159,7 @@ mod tests {
         assert_eq!(a.skipped, 1);
         assert_eq!(a.total.images(), 1);
         assert!((a.total.value().unwrap() - 12.0).abs() < 1e-9);
-        let per: Vec<f64> = a.per.iter().map(|s| 100.0 * s).collect();
+        let per = a.total.per_landmark().unwrap();
         assert!(
             (per[0] - 10.0).abs() < 1e-9 && (per[2] - 50.0).abs() < 1e-9 && per[1] == 0.0,
             "{per:?}"

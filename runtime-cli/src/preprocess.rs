@@ -3,16 +3,16 @@
 //!
 //! * Few-shot / `infer` on feature models: the whole image is resized ("stretch") to the model's
 //!   input `W×H`, then normalised with the model's own mean/std.
-//! * Landmarks: the MAFL square crop ([`host_trainer::data::mafl_crop`]) first, then the same
+//! * Landmarks: the MAFL square crop ([`data::mafl_crop`]) first, then the same
 //!   resize. Landmarks live in the continuous pixel-centre convention of
-//!   [`host_trainer::data::Landmarks`] (pixel `i` covers `[i, i+1)`), so a resize by `k` maps
+//!   [`data::Landmarks`] (pixel `i` covers `[i, i+1)`), so a resize by `k` maps
 //!   `x → k·x` exactly and its inverse is `x → x/k`.
 //!
-//! The resize is the host's (`host_trainer::augment::geometry::crop_resize`): PIL's bilinear
+//! The resize is the host's (`data::geometry::crop_resize`): PIL's bilinear
 //! ("triangle") filter, antialiased when shrinking; exactly bilinear with half-pixel centres when
 //! enlarging.
-use host_trainer::augment::geometry::crop_resize;
-use host_trainer::augment::CropRect;
+use data::geometry::crop_resize;
+use data::geometry::CropRect;
 use image::RgbImage;
 
 /// Resizes a whole RGB8 image to `out_w × out_h`, giving planar (CHW) floats in [0, 1]: the

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use common::{cli, cli_env, fails, json, mafl_ground_truth, naive_iod, s, LANDMARK_NAMES};
 
-use host_trainer::data::synth::faces::{generate_faces, FacesConfig};
+use data::synth::faces::{generate_faces, FacesConfig};
 use runtime_core::model::zoo;
 use runtime_core::{Dtype, LayerParams, ModelBuilder, Quant, Task};
 use serde_json::Value;

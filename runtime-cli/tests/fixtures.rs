@@ -186,7 +186,14 @@ fn eval_fewshot_f32_reproduces_the_host_episodes() {
                 );
                 assert!((r["ci95"].as_f64().unwrap() - h["ci95"].as_f64().unwrap()).abs() < 1e-9);
             } else {
-                assert!((0.0..=100.0).contains(&a), "{a}");
+                // Same episodes, int8 features: within the host's own episode noise (twice its
+                // 95% half-interval; measured Δ −1.1 and +4.4 points against 4.4 and 8.3).
+                let bound = 2.0 * h["ci95"].as_f64().unwrap();
+                assert!(
+                    (a - b).abs() <= bound,
+                    "{name} {}-shot: int8 {a} vs host f32 {b} (bound {bound})",
+                    r["shot"]
+                );
             }
         }
     }

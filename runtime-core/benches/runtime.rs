@@ -1,16 +1,20 @@
 //! int8 vs f32, per kernel and whole model (MLPerf Tiny ResNet-8 at 32 px, ResNet-18 at 84 px,
 //! base width 64), one thread. Prints arena and weight bytes of each model.
-//! Run briefly: `cargo bench -p runtime-core -- --warm-up-time 1 --measurement-time 3`.
+//! Run briefly: `cargo bench -p runtime-core --features zoo -- --warm-up-time 1 --measurement-time 3`
+//! (without the `zoo` feature only the per-kernel benchmarks run).
 
 use criterion::{criterion_group, criterion_main, Criterion};
+#[cfg(feature = "zoo")]
 use runtime_core::model::zoo;
 use runtime_core::{Dtype, Model, ModelBuilder};
+#[cfg(feature = "zoo")]
 use std::hint::black_box;
 
 fn build(b: ModelBuilder) -> Vec<u8> {
     b.to_bytes().expect("zoo models are valid")
 }
 
+#[cfg(feature = "zoo")]
 fn model_pair(c: &mut Criterion, name: &str, make: impl Fn(Dtype) -> ModelBuilder) {
     let mut g = c.benchmark_group(name);
     g.sample_size(10);
@@ -115,6 +119,7 @@ fn kernels(c: &mut Criterion) {
     }
 }
 
+#[cfg(feature = "zoo")]
 fn models(c: &mut Criterion) {
     model_pair(c, "resnet8_32px", |d| zoo::resnet8(d, 1).unwrap());
     model_pair(c, "resnet18_84px_w64", |d| {
@@ -122,5 +127,8 @@ fn models(c: &mut Criterion) {
     });
 }
 
+#[cfg(feature = "zoo")]
 criterion_group!(benches, kernels, models);
+#[cfg(not(feature = "zoo"))]
+criterion_group!(benches, kernels);
 criterion_main!(benches);

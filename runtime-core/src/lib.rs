@@ -7,7 +7,30 @@
 //! * [`heads`]: few-shot (nearest centroid, on-device linear classifier) and landmark decoding.
 //! * [`metrics`]: episode accuracy with 95% interval, inter-ocular-distance error.
 //!
-//! `alloc` is used only while loading (the safetensors header map, the op list, the plan).
+//! # Allocation
+//!
+//! The crate is `no_std` and needs a global allocator (`alloc`). What allocates, and when:
+//! * [`Model::parse`]: the safetensors header (a map of tensor names, shapes and offsets, and
+//!   the graph text), freed when `parse` returns; the model's tensor, op and arena-offset lists
+//!   (a few bytes per op), kept for the model's life; scratch for the arena planner. Tensor data
+//!   is borrowed from the file bytes, never copied.
+//! * [`ModelBuilder`] and [`write_safetensors`]: the graph text, the parameter copies and the
+//!   output file (host-side tools and tests).
+//! * The few-shot protocol ([`protocol::fewshot`]: episode sampling, and
+//!   [`protocol::fewshot::episode_accuracy_pct`] with the heap-backed heads
+//!   [`heads::linear::LinearHead`] and [`heads::centroid::CentroidHead`]).
+//! * With the `zoo` feature, `model::zoo`'s random weights.
+//!
+//! Inference does not allocate: every `Model::run*` / `preprocess*` call works in the
+//! caller's arena (`&mut [u8]` of [`Model::arena_bytes`]) and output buffer, the kernels in
+//! [`ops`] take slices, and the fixed-capacity heads ([`heads::linear::LinearClassifier`],
+//! [`heads::centroid::NearestCentroid`]), [`heads::landmarks`] and [`metrics`] keep their state
+//! in fixed arrays. A firmware can therefore load once and then run without touching the heap.
+//!
+//! # Features
+//! * `std`: `std::error::Error` impls and the std-only episode runner.
+//! * `defmt`: `defmt::Format` on every public type.
+//! * `zoo`: `model::zoo`, random-weight reference models (ResNet-8, ResNet-18).
 #![no_std]
 
 extern crate alloc;

@@ -1,8 +1,8 @@
 //! Heads and metrics against hand-computed cases.
 
-use runtime_core::heads::centroid::NearestCentroid;
+use runtime_core::heads::centroid::{CentroidHead, NearestCentroid};
 use runtime_core::heads::landmarks::{decode, Point};
-use runtime_core::heads::linear::{LinearClassifier, SgdRecipe};
+use runtime_core::heads::linear::{LinearClassifier, LinearHead, SgdRecipe};
 use runtime_core::heads::rng::SplitMix64;
 use runtime_core::heads::HeadError;
 use runtime_core::metrics::{episode_accuracy, IodError};
@@ -153,6 +153,84 @@ fn linear_first_step_matches_hand_formula() {
     h.logits(&[1.0], &mut z).unwrap();
     for c in 0..2 {
         assert!((z[c] - (exp_w[c] + exp_b[c])).abs() < 1e-5, "{z:?}");
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// The heap-backed heads run the fixed-capacity heads' code: same logits and scores, bit for bit,
+/// also when the fixed head's capacity (its row stride) is larger than the features.
+#[test]
+fn heap_heads_match_fixed_capacity_heads_bitwise() {
+    let r = SgdRecipe {
+        epochs: 30,
+        ..SgdRecipe::default()
+    };
+    for (n_way, shots, dim, seed) in [(5, 5, 32, 1u64), (3, 2, 64, 2), (4, 1, 7, 3), (1, 3, 1, 4)] {
+        // Overlapping clusters, so the fit does not saturate and the logits are generic.
+        let (f, l, _) = clusters(n_way, shots, dim, 2.5, seed);
+        let (q, _, _) = clusters(n_way, 4, dim, 2.5, seed + 100);
+        let fixed = LinearClassifier::<5, 64>::fit(&f, &l, n_way, dim, &r, seed).unwrap();
+        let heap = LinearHead::fit(&f, &l, n_way, dim, &r, seed).unwrap();
+        let fixed_c = NearestCentroid::<5, 64>::fit(&f, &l, n_way, dim).unwrap();
+        let heap_c = CentroidHead::fit(&f, &l, n_way, dim).unwrap();
+        assert_eq!((heap.n_way(), heap.dim()), (n_way, dim));
+        for x in q.chunks(dim) {
+            let (mut a, mut b) = (vec![0f32; n_way], vec![0f32; n_way]);
+            fixed.logits(x, &mut a).unwrap();
+            heap.logits(x, &mut b).unwrap();
+            assert_eq!(bits(&a), bits(&b), "linear logits, {n_way}-way dim {dim}");
+            assert_eq!(fixed.predict(x).unwrap(), heap.predict(x).unwrap());
+            fixed_c.scores(x, &mut a).unwrap();
+            heap_c.scores(x, &mut b).unwrap();
+            assert_eq!(bits(&a), bits(&b), "centroid scores, {n_way}-way dim {dim}");
+            assert_eq!(fixed_c.predict(x).unwrap(), heap_c.predict(x).unwrap());
+        }
+    }
+}
+
+/// The heap-backed heads have no capacity limit on classes or dimensions; the same input
+/// checks as the fixed ones otherwise.
+#[test]
+fn heap_heads_take_any_size_and_check_their_inputs() {
+    let (f, l, centres) = clusters(30, 2, 5000, 0.2, 9);
+    let r = SgdRecipe {
+        epochs: 3,
+        ..SgdRecipe::default()
+    };
+    let lin = LinearHead::fit(&f, &l, 30, 5000, &r, 1).unwrap();
+    let cen = CentroidHead::fit(&f, &l, 30, 5000).unwrap();
+    for (c, centre) in centres.iter().enumerate() {
+        assert_eq!(cen.predict(centre).unwrap(), c);
+        assert_eq!(lin.predict(centre).unwrap(), c);
+    }
+    assert_eq!(
+        LinearClassifier::<5, 64>::fit(&f, &l, 30, 5000, &r, 1).err(),
+        Some(HeadError::Capacity)
+    );
+    assert_eq!(
+        CentroidHead::fit(&[0.0; 4], &[0, 2], 2, 2).err(),
+        Some(HeadError::Label)
+    );
+    assert_eq!(
+        LinearHead::fit(&[0.0; 3], &[0, 1], 2, 2, &r, 0).err(),
+        Some(HeadError::Shape)
+    );
+    assert_eq!(cen.predict(&[0.0; 3]).err(), Some(HeadError::Shape));
+    assert_eq!(
+        lin.logits(&centres[0], &mut [0.0; 29]).err(),
+        Some(HeadError::Shape)
+    );
+}
+
+#[test]
+fn head_errors_read_as_sentences() {
+    for e in [HeadError::Capacity, HeadError::Shape, HeadError::Label] {
+        let s = e.to_string();
+        assert!(s.len() > 30 && s.contains(' '), "{s}");
+        assert_ne!(s, format!("{e:?}"));
     }
 }
 

@@ -5,9 +5,12 @@
 mod common;
 
 use proptest::prelude::*;
+#[cfg(feature = "zoo")]
 use runtime_core::model::zoo;
 use runtime_core::plan::{plan, Lifetime};
-use runtime_core::{write_safetensors, Dtype, GraphError as E, Model, ModelError, RunError};
+use runtime_core::{
+    write_safetensors, BuildError, Dtype, GraphError as E, Model, ModelError, RawTensor, RunError,
+};
 
 fn graph_err(bytes: &[u8]) -> GraphError {
     match Model::parse(bytes) {
@@ -20,7 +23,7 @@ type GraphError = E;
 /// Rebuilds the tiny int8 model with `edit` applied to its graph text.
 fn with_text(edit: impl Fn(&str) -> String) -> Vec<u8> {
     let b = common::tiny(Dtype::Int8, 1);
-    write_safetensors(&edit(&b.graph_text().unwrap()), b.params())
+    write_safetensors(&edit(&b.graph_text().unwrap()), b.params()).unwrap()
 }
 
 #[test]
@@ -124,7 +127,7 @@ fn rejects_each_malformed_class() {
     p.shape = vec![9];
     p.data.truncate(36);
     assert_eq!(
-        graph_err(&write_safetensors(&b.graph_text().unwrap(), &params)),
+        graph_err(&write_safetensors(&b.graph_text().unwrap(), &params).unwrap()),
         E::Shape
     );
     // A weight of -128 breaks symmetric quantisation.
@@ -135,7 +138,7 @@ fn rejects_each_malformed_class() {
         .unwrap()
         .data[0] = 0x80;
     assert_eq!(
-        graph_err(&write_safetensors(&b.graph_text().unwrap(), &params)),
+        graph_err(&write_safetensors(&b.graph_text().unwrap(), &params).unwrap()),
         E::WeightRange
     );
     // A bias beyond 2^30.
@@ -147,12 +150,12 @@ fn rejects_each_malformed_class() {
         .data[..4]
         .copy_from_slice(&(1i32 << 30 | 1).to_le_bytes());
     assert_eq!(
-        graph_err(&write_safetensors(&b.graph_text().unwrap(), &params)),
+        graph_err(&write_safetensors(&b.graph_text().unwrap(), &params).unwrap()),
         E::BiasRange
     );
     // Missing graph, broken container.
     assert_eq!(
-        Model::parse(&write_safetensors("", &[])).err(),
+        Model::parse(&write_safetensors("", &[]).unwrap()).err(),
         Some(ModelError::Graph {
             line: 1,
             kind: E::Header
@@ -163,6 +166,57 @@ fn rejects_each_malformed_class() {
         Model::parse(&good[..good.len() - 1]).err(),
         Some(ModelError::Container)
     );
+}
+
+fn raw(name: &str, dtype: &'static str, shape: &[usize], data: &[u8]) -> RawTensor {
+    RawTensor {
+        name: name.into(),
+        dtype,
+        shape: shape.to_vec(),
+        data: data.to_vec(),
+    }
+}
+
+/// The container layout the fixtures depend on (they must regenerate byte for byte): the graph
+/// under `__metadata__`, then 4-byte tensors before 1-byte ones, each group in the caller's
+/// order (not by name), the JSON header padded with spaces to a multiple of 8.
+#[test]
+fn writer_layout_is_pinned() {
+    let params = [
+        raw("z.weight", "I8", &[2], &[1, 2]),
+        raw("y.bias", "I32", &[1], &[3, 0, 0, 0]),
+        raw("a.weight", "I8", &[1], &[4]),
+        raw("b.mult", "I32", &[1], &[5, 0, 0, 0]),
+    ];
+    let bytes = write_safetensors("g\n\"q\"", &params).unwrap();
+    let header = concat!(
+        r#"{"__metadata__":{"rt.graph":"g\n\"q\""},"#,
+        r#""y.bias":{"dtype":"I32","shape":[1],"data_offsets":[0,4]},"#,
+        r#""b.mult":{"dtype":"I32","shape":[1],"data_offsets":[4,8]},"#,
+        r#""z.weight":{"dtype":"I8","shape":[2],"data_offsets":[8,10]},"#,
+        r#""a.weight":{"dtype":"I8","shape":[1],"data_offsets":[10,11]}}"#,
+    );
+    let padded = format!("{header:<width$}", width = header.len().next_multiple_of(8));
+    let mut want = (padded.len() as u64).to_le_bytes().to_vec();
+    want.extend_from_slice(padded.as_bytes());
+    want.extend_from_slice(&[3, 0, 0, 0, 5, 0, 0, 0, 1, 2, 4]);
+    assert_eq!(
+        String::from_utf8_lossy(&bytes),
+        String::from_utf8_lossy(&want)
+    );
+    assert_eq!(bytes, want);
+}
+
+#[test]
+fn writer_refuses_what_safetensors_cannot_describe() {
+    let bad_dtype = [raw("w", "Q4", &[1], &[0])];
+    assert_eq!(
+        write_safetensors("", &bad_dtype),
+        Err(BuildError::Container)
+    );
+    let short = [raw("w", "I32", &[2], &[0; 4])];
+    assert_eq!(write_safetensors("", &short), Err(BuildError::Container));
+    assert!(BuildError::Container.to_string().contains("safetensors"));
 }
 
 #[test]
@@ -221,6 +275,8 @@ fn arena_reuse_does_not_change_results() {
     }
 }
 
+/// Needs the `zoo` feature (`cargo test -p runtime-core --features zoo`).
+#[cfg(feature = "zoo")]
 #[test]
 fn int8_tracks_f32_on_reference_models() {
     // The zoo gives the f32 model the dequantised int8 weights, so they differ only by

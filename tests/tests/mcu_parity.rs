@@ -370,6 +370,12 @@ fn mcu_matches_host_bit_for_bit() {
         .expect("run scripts/mcu.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // The run's log and footprint report, for scripts/test.sh to print (the MCU runs once).
+    let report = root().join("target").join("mcu-report.txt");
+    if let Some(dir) = report.parent() {
+        let _ = std::fs::create_dir_all(dir);
+        let _ = std::fs::write(&report, format!("{stdout}{stderr}"));
+    }
     assert!(
         out.status.success(),
         "scripts/mcu.sh failed ({}): panic, hard fault, hang or build error\n--- stdout\n{stdout}\n--- stderr\n{stderr}",

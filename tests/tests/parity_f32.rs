@@ -20,11 +20,12 @@ use proptest::prelude::*;
 const BOUND: f64 = 1e-4;
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 8, failure_persistence: None, ..ProptestConfig::default() })]
+    // Every (arch, stem) configuration runs in every case; the rest is drawn.
+    #![proptest_config(ProptestConfig { cases: 2, ..ProptestConfig::default() })]
 
     #[test]
-    fn f32_backbone_equals_candle_eval(a in 0usize..3, wide in any::<bool>(), small_stem in any::<bool>(),
-                                       size in 16usize..=32, seed in any::<u64>()) {
+    fn f32_backbone_equals_candle_eval(wide in any::<bool>(), size in 16usize..=32, seed in any::<u64>()) {
+      for (a, small_stem) in (0usize..3).flat_map(|a| [(a, false), (a, true)]) {
         let width = if wide { 0.125 } else { 0.0625 };
         let net = resnet(arch(a), width, small_stem, seed);
         randomise_bn(&all_vars(&net), seed ^ 0xb0);
@@ -35,10 +36,12 @@ proptest! {
         let d = max_rel_diff(&got, &want);
         eprintln!("f32 backbone {:?} w{} small {} {}px: max rel diff {:.2e}", arch(a), width, small_stem, size, d);
         prop_assert!(d <= BOUND, "{:?} w{} small {} {}px: max rel diff {:e}", arch(a), width, small_stem, size, d);
+      }
     }
 
     #[test]
-    fn f32_landmarks_equal_candle_eval(a in 0usize..3, small_stem in any::<bool>(), size in 16usize..=32, seed in any::<u64>()) {
+    fn f32_landmarks_equal_candle_eval(size in 16usize..=32, seed in any::<u64>()) {
+      for (a, small_stem) in (0usize..3).flat_map(|a| [(a, false), (a, true)]) {
         let net = resnet(arch(a), 0.0625, small_stem, seed);
         let m = LandmarkModel::new(net, size, seed ^ 7).unwrap();
         let mut vars = all_vars(&m.backbone);
@@ -52,6 +55,7 @@ proptest! {
         let d = max_rel_diff(&got, &want);
         eprintln!("f32 landmarks {:?} small {} {}px: max rel diff {:.2e}", arch(a), small_stem, size, d);
         prop_assert!(d <= BOUND, "{:?} small {} {}px: max rel diff {:e}", arch(a), small_stem, size, d);
+      }
     }
 }
 

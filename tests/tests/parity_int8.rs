@@ -61,6 +61,7 @@ fn dataset() -> &'static PathBuf {
                 per_class: 8,
                 size: SIZE as u32,
                 seed: 11,
+                alignment: 1.0,
             },
             &root,
         )
@@ -121,10 +122,12 @@ fn features_cosines(net: &ResNet, bytes: &[u8], xs: &[Vec<f32>]) -> Vec<f64> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 4, failure_persistence: None, ..ProptestConfig::default() })]
+    // Every configuration runs in every case; the rest is drawn.
+    #![proptest_config(ProptestConfig { cases: 1, ..ProptestConfig::default() })]
 
     #[test]
-    fn int8_features_close_to_candle(cfg in 0usize..5, pct in any::<bool>(), seed in any::<u64>()) {
+    fn int8_features_close_to_candle(pct in any::<bool>(), seed in any::<u64>()) {
+      for cfg in 0usize..5 {
         // (arch, small stem, input px, bound): see the module docs.
         let (a, small_stem, size, bound) = [(0, true, 32, COSINE_BOUND), (1, true, 32, 0.98), (0, false, 64, COSINE_BOUND), (1, false, 64, COSINE_BOUND_DEEP), (2, true, 32, COSINE_BOUND_DEEP)][cfg];
         let net = resnet(arch(a), 0.125, small_stem, seed);
@@ -138,10 +141,12 @@ proptest! {
         eprintln!("int8 features {:?} small_stem {} {}px percentile {}: mean cosine {:.5} (min {:.5}) over {} held-out images",
                   arch(a), small_stem, size, pct, mean, min, cos.len());
         prop_assert!(mean >= bound, "mean cosine {} < {}", mean, bound);
+      }
     }
 
     #[test]
-    fn int8_landmarks_close_to_candle(a in 0usize..2, seed in any::<u64>()) {
+    fn int8_landmarks_close_to_candle(seed in any::<u64>()) {
+      for a in 0usize..2 {
         let m = LandmarkModel::new(resnet(arch(a), 0.125, true, seed), SIZE, seed ^ 3).unwrap();
         let mut vars = all_vars(&m.backbone);
         vars.extend(m.head.all_tensors().into_iter().filter_map(|(n, _)| m.head.var(&n).map(|v| (n, v.clone()))));
@@ -170,6 +175,7 @@ proptest! {
         let mad = sum / n as f64;
         eprintln!("int8 landmarks {:?}: mean |int8 - f32| = {:.5} (normalised coords)", arch(a), mad);
         prop_assert!(mad <= LANDMARK_BOUND, "mean abs diff {}", mad);
+      }
     }
 }
 

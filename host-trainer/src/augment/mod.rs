@@ -16,9 +16,10 @@
 pub mod blur;
 pub mod color;
 pub mod config;
-pub mod geometry;
 pub mod loader;
-pub mod planar;
+/// Crop/resize/flip and the float image live in the shared `data` crate (runtime-cli resizes
+/// with the same code).
+pub use data::{geometry, planar};
 
 use anyhow::{bail, Result};
 use rand::Rng as _;

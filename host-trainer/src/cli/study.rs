@@ -48,9 +48,6 @@ pub struct StudyArgs {
     /// cpu, cuda or cuda:N (default: the preset's).
     #[arg(long)]
     pub device: Option<String>,
-    /// The runtime-cli binary (default: next to host-trainer, then PATH).
-    #[arg(long)]
-    pub runtime_cli: Option<PathBuf>,
     /// Print the resolved settings and the steps (done / to do), run nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -110,7 +107,6 @@ pub fn run(a: StudyArgs) -> Result<()> {
     let opts = study::RunOptions {
         out: a.out.clone(),
         device,
-        runtime_cli: study::locate_runtime_cli(a.runtime_cli.clone())?,
         progress: !a.quiet,
         stop_after: a.stop_after,
     };

@@ -33,6 +33,12 @@ pub struct ObjectsArgs {
     /// Seed: same seed and arguments give byte-identical files, whatever the thread count.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Fraction of the novel (val/test) classes defined by object factors, as the base classes
+    /// are; the rest are defined by the scene (backdrop, hue, clutter family), which varies
+    /// freely within base classes. 1 = aligned (the default), 0 = fully misaligned. The train
+    /// split does not depend on it.
+    #[arg(long, default_value_t = 1.0)]
+    pub alignment: f64,
     /// Also write a contact sheet PNG (8 classes × 8 instances) to this file.
     #[arg(long)]
     pub preview: Option<PathBuf>,
@@ -68,6 +74,7 @@ pub fn run(cmd: SynthCommand) -> anyhow::Result<()> {
                 per_class: a.per_class,
                 size: a.size,
                 seed: a.seed,
+                alignment: a.alignment,
             };
             let t = Instant::now();
             let s = objects::generate_objects(&cfg, &a.out)

@@ -1,8 +1,8 @@
 //! `eval fewshot`: Chen et al.'s (2019) few-shot protocol on frozen host features (paper §4.1).
 //!
 //! Episodes are drawn by runtime-core's [`plan_episodes`] (its shared
-//! [`EpisodeSampler`](runtime_core::protocol::fewshot::EpisodeSampler)) and scored by runtime-core's
-//! [`run_episodes`] (the linear head of episode `e` seeded by `classifier_seed(seed, shot, e)`),
+//! [`EpisodeSampler`](runtime_core::protocol::fewshot::EpisodeSampler)) and scored by the shared host
+//! runner [`run_episodes`] (runtime-core's episode scorer on rayon; the linear head of episode `e` seeded by `classifier_seed(seed, shot, e)`),
 //! the very code runtime-cli runs on int8 features: with the same `--seed`, host and device see
 //! the same episodes and fit the same classifiers, so their numbers differ only by the features.
 //! Each image some episode uses is embedded once, in eval mode.
@@ -10,10 +10,9 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Result};
 use candle_core::Device;
+use runtime_cli::episodes::run_episodes;
 use runtime_core::metrics::episode_accuracy;
-use runtime_core::protocol::fewshot::{
-    class_images, plan_episodes, run_episodes, FewShotHead, MAX_DIM, MAX_WAY,
-};
+use runtime_core::protocol::fewshot::{class_images, plan_episodes, FewShotHead, MAX_EPISODE_WAY};
 use serde_json::json;
 
 use super::features;
@@ -57,9 +56,9 @@ pub struct FewShotReport {
 
 /// Runs the protocol.
 pub fn evaluate(cfg: &FewShotConfig, device: &Device) -> Result<FewShotReport> {
-    if cfg.way > MAX_WAY {
+    if cfg.way > MAX_EPISODE_WAY {
         bail!(
-            "--way {}: the heads hold at most {MAX_WAY} classes",
+            "--way {}: an episode holds at most {MAX_EPISODE_WAY} classes",
             cfg.way
         );
     }
@@ -82,12 +81,6 @@ pub fn evaluate(cfg: &FewShotConfig, device: &Device) -> Result<FewShotReport> {
     list.check_files()?;
     let (net, hash) = super::open_backbone(&cfg.backbone, device)?;
     let dim = net.config().feature_dim();
-    if dim > MAX_DIM {
-        bail!(
-            "{}: {dim} features, the heads hold at most {MAX_DIM}",
-            cfg.backbone.display()
-        );
-    }
     let todo = &plan.images;
     let feats = features::extract(
         &net,
@@ -107,20 +100,10 @@ pub fn evaluate(cfg: &FewShotConfig, device: &Device) -> Result<FewShotReport> {
             .filter(|&&r| r != usize::MAX)
             .map(|&r| feats.row(r))
     };
-    let threads = rayon::current_num_threads();
     let mut results = Vec::new();
     let mut per_episode = Vec::new();
     for (&shot, eps) in cfg.shots.iter().zip(&plan.episodes) {
-        let accs = run_episodes(
-            eps,
-            feature,
-            dim,
-            cfg.classifier,
-            cfg.seed,
-            shot,
-            threads,
-            &|| {},
-        )?;
+        let accs = run_episodes(eps, feature, dim, cfg.classifier, cfg.seed, shot, &|| {})?;
         let (accuracy, ci95) = episode_accuracy(&accs).ok_or_else(|| anyhow!("no episodes"))?;
         results.push(ShotResult {
             shot,

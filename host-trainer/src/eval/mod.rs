@@ -3,12 +3,14 @@
 //!   scorer so host and device numbers differ only by their features;
 //! - [`probe`]: softmax-regression probes on frozen features: base-class accuracy (Table 4) and
 //!   the MoCo-style linear probe;
-//! - [`landmarks`]: MAFL facial-landmark regression (§4.2) with the inter-ocular error.
+//! - [`landmarks`]: MAFL facial-landmark fine-tuning (§4.2), scored by [`iod`] (the
+//!   inter-ocular error and the mean-face baseline).
 //!
 //! Every command returns a JSON value (configuration, backbone hash, results); [`write_result`]
 //! stores it atomically.
 pub mod features;
 pub mod fewshot;
+pub mod iod;
 pub mod landmarks;
 pub mod probe;
 
@@ -23,12 +25,7 @@ use crate::model::ResNet;
 /// a result without adding a cryptographic-hash crate (collisions are not a security concern
 /// here, only accidental mix-ups of files). Reported as `backbone_fnv64`.
 pub fn fnv64_hex(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", crate::rng::fnv1a64(bytes))
 }
 
 /// Opens `--backbone FILE` as a ResNet (clear error naming the file when it is not one) and

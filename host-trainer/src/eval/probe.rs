@@ -207,7 +207,7 @@ pub fn halves(list: &LabelledImages) -> (Vec<usize>, Vec<usize>) {
     let mut seen = vec![0usize; list.num_classes()];
     let (mut fit, mut test) = (Vec::new(), Vec::new());
     for (i, (_, c)) in list.items.iter().enumerate() {
-        if seen[*c] % 2 == 0 {
+        if seen[*c].is_multiple_of(2) {
             fit.push(i)
         } else {
             test.push(i)

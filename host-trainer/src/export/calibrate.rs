@@ -100,9 +100,8 @@ pub fn calibrate(
             add_to_histogram(&mut hist[i], &v, r.lo[i], r.hi[i]);
         }
     }
-    for i in 0..n {
-        let (lo, hi) = percentile_range(&hist[i], r.lo[i], r.hi[i], p);
-        (r.lo[i], r.hi[i]) = (lo, hi);
+    for (i, h) in hist.iter().enumerate() {
+        (r.lo[i], r.hi[i]) = percentile_range(h, r.lo[i], r.hi[i], p);
     }
     Ok(r)
 }

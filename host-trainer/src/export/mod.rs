@@ -164,7 +164,8 @@ pub fn export_graph(
     let about = format!("# host-trainer export: {about}; calibration {mode}");
     lines.insert(3.min(lines.len()), &about);
     let text = lines.join("\n") + "\n";
-    let bytes = runtime_core::write_safetensors(&text, mb.params());
+    let bytes = runtime_core::write_safetensors(&text, mb.params())
+        .map_err(|e| ExportError::Build(e.to_string()))?;
     let m = Model::parse(&bytes)
         .map_err(|e| ExportError::Build(format!("exported model does not load: {e}")))?;
     let summary = ExportSummary {

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::{DType, Result, Tensor};
 
 /// Process-wide switch between these kernels and candle's own CPU ops. Only benchmarks turn it
-/// off (`host-trainer bench-step --candle-ops`), to measure the speed-up against candle's ops in
+/// off (`host-trainer bench-step --baseline`), to measure the speed-up against candle's ops in
 /// the same process; training always runs with it on.
 static CPU_KERNELS: AtomicBool = AtomicBool::new(true);
 

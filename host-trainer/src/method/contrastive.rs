@@ -17,6 +17,28 @@ use candle_core::{bail, DType, Result, Tensor, D};
 
 use super::queue::LabelQueue;
 
+/// The loss of a model that has learnt nothing: −log of 1/(candidates), averaged over the
+/// batch, where the candidates of query i are the positive and the queue entries its softmax
+/// keeps — `ln(K+1)` for MoCo, `ln(1 + K − #{j: queue_label_j = y_i})` for Exemplar (−1 slots
+/// are kept). A run whose loss does not fall well below it has not learnt to discriminate.
+pub fn chance_loss(queue_labels: &[i64], exemplar_labels: Option<&[i64]>) -> f64 {
+    let k = queue_labels.len();
+    match exemplar_labels {
+        None => ((k + 1) as f64).ln(),
+        Some(ys) if !ys.is_empty() => {
+            let sum: f64 = ys
+                .iter()
+                .map(|&y| {
+                    let same = queue_labels.iter().filter(|&&l| l == y).count();
+                    ((1 + k - same) as f64).ln()
+                })
+                .sum();
+            sum / ys.len() as f64
+        }
+        Some(_) => ((k + 1) as f64).ln(),
+    }
+}
+
 /// What [`contrastive_loss`] returns.
 #[derive(Debug, Clone)]
 pub struct ContrastiveOutput {
@@ -159,5 +181,28 @@ mod tests {
             keys: Tensor::new(0f32, &dev).unwrap(),
         };
         assert_eq!(out.instance_accuracy().unwrap(), 0.5);
+    }
+
+    #[test]
+    fn chance_loss_counts_the_candidates_each_softmax_compares() {
+        // MoCo, K = 4: ln 5 whatever the labels.
+        assert_eq!(chance_loss(&[0, 1, -1, 1], None), 5f64.ln());
+        // Exemplar: query labels 1 and 2; queue holds label 1 twice, so query 0 keeps 2 of 4
+        // negatives (3 candidates) and query 1 keeps all 4 (5 candidates).
+        let c = chance_loss(&[0, 1, -1, 1], Some(&[1, 2]));
+        assert!((c - (3f64.ln() + 5f64.ln()) / 2.0).abs() < 1e-12, "{c}");
+        // When every logit is equal (queue entries = the positive key), the loss *is* the
+        // chance loss: check it against the loss function itself.
+        let dev = candle_core::Device::Cpu;
+        let v = Tensor::new(&[[1f32, 0.0], [1.0, 0.0]], &dev).unwrap();
+        let mut queue = LabelQueue::new(4, 2, 0, &dev).unwrap();
+        queue.enqueue(&v, Some(&[1, 1])).unwrap();
+        queue.enqueue(&v, Some(&[0, 3])).unwrap();
+        for ys in [None, Some(&[1i64, 2][..])] {
+            let out = contrastive_loss(&v, &v, &queue, ys, 0.2).unwrap();
+            let loss = f64::from(out.loss.to_scalar::<f32>().unwrap());
+            let want = chance_loss(queue.labels(), ys);
+            assert!((loss - want).abs() < 1e-5, "{ys:?}: {loss} vs {want}");
+        }
     }
 }

@@ -165,8 +165,7 @@ pub struct MethodDefaults {
     pub queue_len: usize,
     /// EMA momentum m for the key encoder: θk ← m·θk + (1−m)·θq.
     pub ema_momentum: f64,
-    /// Learning rate at [`MethodDefaults::base_batch`]; scale with
-    /// [`crate::train::schedule::scaled_lr`].
+    /// Learning rate at [`MethodDefaults::base_batch`]; [`MethodDefaults::lr_for_batch`] scales it.
     pub base_lr: f64,
     /// The batch size `base_lr` refers to (256 in both MoCo and the supervised recipe).
     pub base_batch: usize,
@@ -181,6 +180,13 @@ pub struct MethodDefaults {
 }
 
 impl MethodDefaults {
+    /// The default lr at `batch` by the linear scaling rule ([`scaled_lr`]).
+    ///
+    /// [`scaled_lr`]: crate::train::schedule::scaled_lr
+    pub fn lr_for_batch(&self, batch: usize) -> f64 {
+        crate::train::schedule::scaled_lr(self.base_lr, self.base_batch, batch)
+    }
+
     /// The defaults for `method`.
     ///
     /// Supervised uses lr 0.1 at batch 256 (the standard ImageNet recipe, Goyal et al. linear

@@ -13,38 +13,19 @@
 //! holds the backbone's `resnet_config` and [`LANDMARK_METADATA_KEY`] (JSON [`LandmarkMeta`]), so
 //! [`LandmarkModel::open`] rebuilds the model from the file alone and the exporter can tell a
 //! landmark model from a bare backbone.
-use super::checkpoint::{LoadOptions, ModelIoError};
-use super::config::{ResNetConfig, CONFIG_METADATA_KEY};
+pub use super::landmarks_io::{LandmarkMeta, LANDMARK_METADATA_KEY};
 use super::ops;
 use super::resnet::{BnMode, ResNet};
-use crate::rng::{purpose, stream};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand_distr::{Distribution, Normal, Uniform};
-use safetensors::SafeTensors;
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::collections::BTreeMap;
 
-/// Metadata key of the [`LandmarkMeta`] JSON in saved landmark models.
-pub const LANDMARK_METADATA_KEY: &str = "landmark_model";
 /// Hidden channels of the 1×1 conv (paper §4.2).
 pub const HIDDEN: usize = 128;
 /// PyTorch's `nn.LeakyReLU()` default negative slope.
 pub const LEAKY_SLOPE: f64 = 0.01;
 /// 5 landmarks × (x, y).
-pub const OUTPUTS: usize = 10;
-
-/// What the file records about the head, beside the backbone config.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LandmarkMeta {
-    /// Square model input side in pixels (the fc size depends on it).
-    pub input_size: usize,
-    pub hidden: usize,
-    /// Backbone feature map size at `input_size`.
-    pub map_h: usize,
-    pub map_w: usize,
-    pub leaky_slope: f64,
-}
+pub const OUTPUTS: usize = 2 * crate::data::NUM_LANDMARKS;
 
 /// Spatial size of the backbone's last feature map for a square `input` side, walking the same
 /// [`super::ConvSpec`]s as the forward pass (stem, max-pool, the first conv path of each block).
@@ -64,50 +45,24 @@ pub fn feature_map_size(net: &ResNet, input: usize) -> Option<usize> {
     Some(n)
 }
 
-/// The backbone's [`ResNetConfig`] from a file's metadata (validated).
-fn backbone_config(path: &Path, bytes: &[u8]) -> std::result::Result<ResNetConfig, ModelIoError> {
-    let (_, m) = SafeTensors::read_metadata(bytes).map_err(|e| ModelIoError::Format {
-        path: path.to_owned(),
-        msg: e.to_string(),
-    })?;
-    let json = m
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(CONFIG_METADATA_KEY))
-        .ok_or_else(|| ModelIoError::NoConfig {
-            path: path.to_owned(),
-        })?;
-    let bad = |msg: String| ModelIoError::BadConfig {
-        path: path.to_owned(),
-        msg,
-    };
-    let cfg: ResNetConfig = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
-    cfg.validate().map_err(bad)?;
-    Ok(cfg)
-}
-
 /// `head.conv` → `head.bn` → LeakyReLU → `head.fc`, with its BN running statistics.
 pub struct LandmarkHead {
     in_ch: usize,
-    map: (usize, usize),
+    pub(super) map: (usize, usize),
     params: BTreeMap<String, Var>,
     buffers: BTreeMap<String, Var>,
 }
 
-fn key(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 fn sample<D: Distribution<f32>>(seed: u64, name: &str, n: usize, dist: D) -> Vec<f32> {
-    let mut rng = stream(seed, &[purpose::INIT, key(name)]);
+    // Each tensor's stream is keyed by its name, so the initial weights do not change
+    // when, say, `num_classes` does.
+    let mut rng = crate::rng::init_stream(seed, name);
     (0..n).map(|_| dist.sample(&mut rng)).collect()
 }
 
 impl LandmarkHead {
     /// PyTorch-style init: conv kaiming_normal (fan_out, relu) like the backbone, BN 1/0 with
-    /// running 0/1, fc `nn.Linear`'s uniform ±1/√fan_in; one [`stream`] per tensor name.
+    /// running 0/1, fc `nn.Linear`'s uniform ±1/√fan_in; one [`crate::rng::init_stream`] per tensor name.
     pub fn new(
         in_ch: usize,
         map_h: usize,
@@ -201,7 +156,7 @@ impl LandmarkHead {
         self.params.get(name).or_else(|| self.buffers.get(name))
     }
 
-    fn get(&self, name: &str) -> Result<&Var> {
+    pub(super) fn get(&self, name: &str) -> Result<&Var> {
         self.var(name)
             .ok_or_else(|| candle_core::Error::Msg(format!("internal: {name} missing")))
     }
@@ -329,174 +284,12 @@ impl LandmarkModel {
         v.extend(self.head.named_params());
         v
     }
-
-    /// The head's description as stored in the file.
-    pub fn meta(&self) -> LandmarkMeta {
-        LandmarkMeta {
-            input_size: self.input_size,
-            hidden: HIDDEN,
-            map_h: self.head.map.0,
-            map_w: self.head.map.1,
-            leaky_slope: LEAKY_SLOPE,
-        }
-    }
-
-    /// Safetensors bytes: every backbone and head tensor, both configs in the metadata.
-    pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
-        let msg = |e: serde_json::Error| candle_core::Error::Msg(e.to_string());
-        let meta = HashMap::from([
-            (
-                CONFIG_METADATA_KEY.to_string(),
-                serde_json::to_string(self.backbone.config()).map_err(msg)?,
-            ),
-            (
-                LANDMARK_METADATA_KEY.to_string(),
-                serde_json::to_string(&self.meta()).map_err(msg)?,
-            ),
-        ]);
-        let tensors: Vec<(String, Tensor)> = self
-            .backbone
-            .all_tensors()
-            .into_iter()
-            .chain(self.head.all_tensors())
-            .map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?.contiguous()?)))
-            .collect::<Result<_>>()?;
-        safetensors::serialize(tensors, Some(meta))
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))
-    }
-
-    /// Writes the model atomically.
-    pub fn save(&self, path: &Path) -> std::result::Result<(), ModelIoError> {
-        let bytes = self
-            .to_safetensors_bytes()
-            .map_err(|e| ModelIoError::Tensor {
-                path: path.to_owned(),
-                name: "(all)".into(),
-                msg: e.to_string(),
-            })?;
-        crate::fsutil::write_atomic(path, &bytes).map_err(|source| ModelIoError::Io {
-            path: path.to_owned(),
-            source,
-        })
-    }
-
-    /// The [`LandmarkMeta`] of a file, `None` when it is not a landmark model.
-    pub fn read_meta(
-        path: &Path,
-        bytes: &[u8],
-    ) -> std::result::Result<Option<LandmarkMeta>, ModelIoError> {
-        let (_, m) = SafeTensors::read_metadata(bytes).map_err(|e| ModelIoError::Format {
-            path: path.to_owned(),
-            msg: e.to_string(),
-        })?;
-        let Some(json) = m
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(LANDMARK_METADATA_KEY))
-        else {
-            return Ok(None);
-        };
-        let bad = |msg: String| ModelIoError::Tensor {
-            path: path.to_owned(),
-            name: LANDMARK_METADATA_KEY.into(),
-            msg,
-        };
-        let meta: LandmarkMeta =
-            serde_json::from_str(json).map_err(|e| bad(format!("bad metadata: {e}")))?;
-        if meta.hidden != HIDDEN || meta.leaky_slope != LEAKY_SLOPE {
-            return Err(bad(format!("unsupported head (hidden {}, slope {}); this build has hidden {HIDDEN}, slope {LEAKY_SLOPE}", meta.hidden, meta.leaky_slope)));
-        }
-        Ok(Some(meta))
-    }
-
-    /// Rebuilds a model saved by [`Self::save`]; every tensor must be present with its shape.
-    pub fn open(path: &Path, device: &Device) -> std::result::Result<LandmarkModel, ModelIoError> {
-        let bytes = std::fs::read(path).map_err(|source| ModelIoError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_bytes(&bytes, path, device)
-    }
-
-    /// As [`Self::open`] from bytes already read (`path` names the file in errors).
-    pub fn from_bytes(
-        bytes: &[u8],
-        path: &Path,
-        device: &Device,
-    ) -> std::result::Result<LandmarkModel, ModelIoError> {
-        let meta = Self::read_meta(path, bytes)?.ok_or_else(|| ModelIoError::Format {
-            path: path.to_owned(),
-            msg: format!(
-                "no `{LANDMARK_METADATA_KEY}` metadata: not a landmark model saved by host-trainer"
-            ),
-        })?;
-        let bad_cfg = |msg: String| ModelIoError::BadConfig {
-            path: path.to_owned(),
-            msg,
-        };
-        let cfg = backbone_config(path, bytes)?;
-        let backbone = ResNet::new(&cfg, 0, device).map_err(|e| bad_cfg(e.to_string()))?;
-        let model =
-            LandmarkModel::new(backbone, meta.input_size, 0).map_err(|e| bad_cfg(e.to_string()))?;
-        if model.meta() != meta {
-            return Err(bad_cfg(format!(
-                "{LANDMARK_METADATA_KEY} {meta:?} does not match its backbone (expected map {:?})",
-                model.head.map
-            )));
-        }
-        let opts = LoadOptions {
-            ignore_unexpected: vec!["head.".into()],
-            ..LoadOptions::exact()
-        };
-        model.backbone.load_safetensors_bytes(bytes, path, &opts)?;
-        model.load_head(bytes, path)?;
-        Ok(model)
-    }
-
-    /// Loads every `head.*` tensor, checking names and shapes before setting anything.
-    fn load_head(&self, bytes: &[u8], path: &Path) -> std::result::Result<(), ModelIoError> {
-        let st = SafeTensors::deserialize(bytes).map_err(|e| ModelIoError::Format {
-            path: path.to_owned(),
-            msg: e.to_string(),
-        })?;
-        let err = |name: &str, msg: String| ModelIoError::Tensor {
-            path: path.to_owned(),
-            name: name.into(),
-            msg,
-        };
-        let mut staged = Vec::new();
-        for (name, t) in self.head.all_tensors() {
-            let view = st
-                .tensor(&name)
-                .map_err(|_| err(&name, "missing from the file".into()))?;
-            if view.shape() != t.dims() {
-                return Err(err(
-                    &name,
-                    format!("shape {:?}, expected {:?}", view.shape(), t.dims()),
-                ));
-            }
-            use candle_core::safetensors::Load;
-            let v = view
-                .load(&Device::Cpu)
-                .and_then(|v| v.to_dtype(t.dtype()))
-                .and_then(|v| v.to_device(t.device()))
-                .map_err(|e| err(&name, e.to_string()))?;
-            staged.push((name, v));
-        }
-        for (name, v) in staged {
-            self.head
-                .get(&name)
-                .and_then(|var| var.set(&v))
-                .map_err(|e| err(&name, e.to_string()))?;
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Arch;
+    use crate::model::{Arch, ResNetConfig};
 
     fn tiny(small_stem: bool) -> ResNet {
         let cfg = ResNetConfig {

@@ -10,6 +10,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod landmarks;
+pub mod landmarks_io;
 pub mod ops;
 pub mod resnet;
 

@@ -5,7 +5,6 @@
 //! the graph is written down once.
 use super::config::{BlockKind, ResNetConfig};
 use super::ops;
-use crate::rng::{purpose, stream};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand_distr::{Distribution, Normal, Uniform};
 use std::collections::BTreeMap;
@@ -185,16 +184,10 @@ fn build_graph(cfg: &ResNetConfig) -> (ConvSpec, Vec<BlockSpec>) {
     (stem, blocks)
 }
 
-/// FNV-1a of a parameter name: each tensor's init stream is keyed by its name, so the backbone's
-/// initial weights do not change when, say, `num_classes` does.
-fn name_key(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 fn sample<D: Distribution<f32>>(seed: u64, name: &str, n: usize, dist: D) -> Vec<f32> {
-    let mut rng = stream(seed, &[purpose::INIT, name_key(name)]);
+    // Each tensor's stream is keyed by its name, so the initial weights do not change
+    // when, say, `num_classes` does.
+    let mut rng = crate::rng::init_stream(seed, name);
     (0..n).map(|_| dist.sample(&mut rng)).collect()
 }
 

@@ -82,7 +82,7 @@ pub fn predict_mafl_test(
     Ok(out)
 }
 
-/// Mean of the per-image IOD errors (%) and its 95% interval half-width (1.96 · sd / √n); faces
+/// Mean of the per-image IOD errors (%) and its 95% interval half-width ([`mean_ci95`]); faces
 /// whose true eyes coincide are left out, as in [`iod_error`].
 pub fn per_image_iod(faces: &[FacePrediction]) -> Result<(f64, f64)> {
     let errs: Vec<f64> = faces
@@ -92,19 +92,7 @@ pub fn per_image_iod(faces: &[FacePrediction]) -> Result<(f64, f64)> {
     mean_ci95(&errs).context("no test face with distinct ground-truth eyes")
 }
 
-/// Mean and 95% interval half-width of a sample (normal approximation, sample sd).
-pub fn mean_ci95(x: &[f64]) -> Option<(f64, f64)> {
-    if x.is_empty() {
-        return None;
-    }
-    let n = x.len() as f64;
-    let mean = x.iter().sum::<f64>() / n;
-    if x.len() == 1 {
-        return Some((mean, 0.0));
-    }
-    let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    Some((mean, 1.96 * (var / n).sqrt()))
-}
+pub use runtime_core::metrics::mean_ci95;
 
 fn draw_err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> anyhow::Error + '_ {
     move |e| anyhow::anyhow!("drawing {}: {e}", path.display())
@@ -222,6 +210,97 @@ pub fn fewshot_png(r: &StudyResults, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `alignment.png`: few-shot accuracy (host f32) against the novel classes' alignment, one line
+/// per method (colour) and shot (solid: the largest shot, dashed: the others), 95% whiskers.
+pub fn alignment_png(r: &StudyResults, path: &Path) -> Result<()> {
+    crate::plot::init_font();
+    let err = draw_err(path);
+    let methods: Vec<String> = r.rows.iter().map(|x| x.method.clone()).collect();
+    let shots = r.preset.fewshot.shots.clone();
+    let top = r
+        .alignment
+        .iter()
+        .flat_map(|c| c.fewshot.iter().filter_map(|f| f.1))
+        .map(|f| f.value + f.ci95.unwrap_or(0.0))
+        .fold(100.0 / r.preset.fewshot.way as f64, f64::max)
+        * 1.1;
+    let root = BitMapBackend::new(path, (900, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "{}-way few-shot vs task alignment (1 = novel classes defined like the base ones)",
+                r.preset.fewshot.way
+            ),
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.05f64..1.05, 0f64..top.max(1.0))
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("alignment")
+        .y_desc("accuracy (%)")
+        .draw()
+        .map_err(|e| err(&e))?;
+    let last_shot = shots.last().copied();
+    for (i, m) in methods.iter().enumerate() {
+        let colour = Palette99::pick(i).to_rgba();
+        for &k in &shots {
+            let mut pts: Vec<(f64, f64, f64)> = r
+                .alignment
+                .iter()
+                .filter(|c| &c.method == m)
+                .filter_map(|c| {
+                    let f = c.fewshot.iter().find(|f| f.0 == k)?.1?;
+                    Some((c.alignment, f.value, f.ci95.unwrap_or(0.0)))
+                })
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            if pts.is_empty() {
+                continue;
+            }
+            let line: Vec<(f64, f64)> = pts.iter().map(|p| (p.0, p.1)).collect();
+            let style = colour.stroke_width(if Some(k) == last_shot { 3 } else { 1 });
+            let series = if Some(k) == last_shot {
+                chart.draw_series(LineSeries::new(line, style))
+            } else {
+                chart.draw_series(DashedLineSeries::new(line, 6, 4, style))
+            }
+            .map_err(|e| err(&e))?;
+            series
+                .label(format!("{m} {k}-shot"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], style));
+            chart
+                .draw_series(pts.iter().map(|&(a, v, c)| {
+                    PathElement::new(vec![(a, v - c), (a, v + c)], colour.stroke_width(1))
+                }))
+                .map_err(|e| err(&e))?;
+        }
+    }
+    let chance = 100.0 / r.preset.fewshot.way as f64;
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![(-0.05, chance), (1.05, chance)],
+            BLACK.mix(0.4),
+        )))
+        .map_err(|e| err(&e))?
+        .label("chance")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLACK.mix(0.4)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 /// Side of one face in `landmarks.png`.
 const CELL: u32 = 128;
 /// Width of the method-name column.
@@ -328,10 +407,10 @@ mod tests {
 
     #[test]
     fn mean_ci95_matches_a_hand_computation() {
-        // x = 1, 2, 3: mean 2, sample sd 1, ci = 1.96 / √3.
+        // x = 1, 2, 3: mean 2, population sd √(2/3), ci = 1.96·√(2/3)/√3 = 1.96·√2/3.
         let (m, c) = mean_ci95(&[1.0, 2.0, 3.0]).unwrap();
         assert!((m - 2.0).abs() < 1e-12);
-        assert!((c - 1.96 / 3f64.sqrt()).abs() < 1e-12);
+        assert!((c - 1.96 * 2f64.sqrt() / 3.0).abs() < 1e-12);
         assert_eq!(mean_ci95(&[]), None);
         assert_eq!(mean_ci95(&[4.0]), Some((4.0, 0.0)));
     }

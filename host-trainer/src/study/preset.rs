@@ -86,6 +86,11 @@ pub struct Preset {
     pub ablation: AblationSettings,
     /// Whether to run the ablation (`--ablation augment`).
     pub run_ablation: bool,
+    /// The alignment sweep (synthetic objects only): besides the main objects (alignment 1, the
+    /// novel classes defined like the base ones), few-shot on novel classes regenerated at each of
+    /// these alignments (see `data::synth::objects`). The base split is the same at every
+    /// alignment, so the backbones pretrained once serve the whole sweep.
+    pub alignments: Vec<f64>,
     /// Test faces per row of `landmarks.png`.
     pub figure_faces: usize,
     pub seed: u64,
@@ -183,6 +188,7 @@ pub fn tiny() -> Preset {
             epochs: 1,
         },
         run_ablation: false,
+        alignments: vec![0.0],
         figure_faces: 2,
         seed: 0,
         device: "cpu".into(),
@@ -234,6 +240,7 @@ pub fn main_job() -> Preset {
             epochs: 1,
         },
         run_ablation: false,
+        alignments: vec![],
         figure_faces: 6,
         seed: 0,
         device: "cpu".into(),
@@ -277,6 +284,7 @@ pub fn small() -> Preset {
             epochs: 2,
         },
         landmark_epochs: 15,
+        alignments: vec![0.5, 0.0],
         ..main_job()
     }
 }
@@ -319,6 +327,7 @@ pub fn paper() -> Preset {
             epochs: 200,
         },
         run_ablation: false,
+        alignments: vec![],
         figure_faces: 6,
         seed: 0,
         device: "cuda:0".into(),
@@ -329,13 +338,17 @@ impl Preset {
     /// Learning rate of the landmark fine-tuning: the paper's 0.02 at batch 128 for `paper`, the
     /// library default (also the paper's 0.02 at batch 128, scaled to the batch) otherwise.
     pub fn landmark_lr(&self) -> Option<f64> {
-        (self.name == "paper").then(|| 0.02 * self.landmark_batch as f64 / 128.0)
+        (self.name == "paper")
+            .then(|| crate::train::schedule::scaled_lr(0.02, 128, self.landmark_batch))
     }
 
     /// Checks the numbers that would otherwise fail deep inside a step.
     pub fn validate(&self) -> Result<()> {
         if self.methods.is_empty() {
             bail!("preset {}: no methods", self.name);
+        }
+        if let Some(a) = self.alignments.iter().find(|a| !(0.0..=1.0).contains(*a)) {
+            bail!("preset {}: alignment {a} outside [0, 1]", self.name);
         }
         for m in self.methods.iter().chain(&self.ablation.methods) {
             if m == "scratch" {

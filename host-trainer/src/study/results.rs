@@ -143,6 +143,112 @@ pub fn claim(
     }
 }
 
+/// What one pretraining run learnt (from its record): did the loss fall well below chance?
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PretrainRecord {
+    pub domain: String,
+    pub method: String,
+    pub final_loss: f64,
+    /// ln of the candidates each softmax compares (see `method::contrastive::chance_loss`).
+    pub chance_loss: f64,
+    /// `final_loss / chance_loss`.
+    pub loss_ratio: f64,
+    pub images_seen: u64,
+    pub knn_top1: Option<f64>,
+    pub knn_chance: Option<f64>,
+    /// Whether the run visibly learnt: loss ≤ [`LEARNT_LOSS_RATIO`] × chance and (when measured)
+    /// kNN top-1 ≥ [`LEARNT_KNN_FACTOR`] × chance. `false` is flagged in `results.md`.
+    pub learnt: bool,
+}
+
+/// A pretraining "visibly learnt" when its final loss is at most this fraction of chance.
+pub const LEARNT_LOSS_RATIO: f64 = 0.6;
+/// ... and its kNN top-1 is at least this many times chance.
+pub const LEARNT_KNN_FACTOR: f64 = 2.0;
+
+fn pretrain_record(domain: &str, method: &str, v: &Value) -> Option<PretrainRecord> {
+    let final_loss = v.get("final_loss")?.as_f64()?;
+    let chance_loss = v.get("chance_loss")?.as_f64()?;
+    let knn_top1 = v.get("knn_top1").and_then(Value::as_f64);
+    let knn_chance = v.get("knn_chance").and_then(Value::as_f64);
+    let loss_ratio = final_loss / chance_loss;
+    let knn_ok = match (knn_top1, knn_chance) {
+        (Some(k), Some(c)) => k >= LEARNT_KNN_FACTOR * c,
+        _ => true,
+    };
+    Some(PretrainRecord {
+        domain: domain.into(),
+        method: method.into(),
+        final_loss,
+        chance_loss,
+        loss_ratio,
+        images_seen: v.get("images_seen").and_then(Value::as_u64).unwrap_or(0),
+        knn_top1,
+        knn_chance,
+        learnt: loss_ratio <= LEARNT_LOSS_RATIO && knn_ok,
+    })
+}
+
+/// Few-shot accuracy (host f32) of one method on the novel classes at one alignment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlignmentCell {
+    pub alignment: f64,
+    pub method: String,
+    /// (shot, accuracy).
+    pub fewshot: Vec<(usize, Option<Figure>)>,
+}
+
+/// The predictions of the paper's argument (§3–4) for the alignment sweep, checked like the
+/// other orderings: supervised ahead when the novel task is aligned with the base labels,
+/// the instance-discriminative methods ahead when it is not, Exemplar ≥ MoCo throughout.
+pub fn alignment_claims(cells: &[AlignmentCell], shots: &[usize]) -> Vec<Claim> {
+    let fig = |m: &str, a: f64, k: usize| {
+        cells
+            .iter()
+            .find(|c| c.method == m && (c.alignment - a).abs() < 1e-9)
+            .and_then(|c| c.fewshot.iter().find(|f| f.0 == k))
+            .and_then(|f| f.1)
+    };
+    let mut alignments: Vec<f64> = cells.iter().map(|c| c.alignment).collect();
+    alignments.sort_by(|a, b| b.total_cmp(a));
+    alignments.dedup();
+    let (Some(&hi), Some(&lo)) = (alignments.first(), alignments.last()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for &k in shots {
+        for c in ["moco-v2", "exemplar-v2"] {
+            out.push(claim(
+                format!("alignment {hi}, {k}-shot: supervised > {c}"),
+                "predicted".into(),
+                fig("supervised", hi, k),
+                fig(c, hi, k),
+                false,
+            ));
+            if lo < hi {
+                out.push(claim(
+                    format!("alignment {lo}, {k}-shot: {c} > supervised"),
+                    "predicted".into(),
+                    fig(c, lo, k),
+                    fig("supervised", lo, k),
+                    false,
+                ));
+            }
+        }
+        for &a in &alignments {
+            out.push(claim(
+                format!("alignment {a}, {k}-shot: exemplar-v2 ≥ moco-v2"),
+                "predicted".into(),
+                fig("exemplar-v2", a, k),
+                fig("moco-v2", a, k),
+                false,
+            ));
+        }
+    }
+    out.retain(|c| c.verdict != Verdict::Missing);
+    out
+}
+
 /// Per-step and total wall time, summed over the records (so across restarts).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WallTime {
@@ -156,6 +262,12 @@ pub struct StudyResults {
     pub preset: Preset,
     pub seed: u64,
     pub rows: Vec<MethodRow>,
+    /// Each pretraining run's loss against chance, images seen and kNN monitor.
+    pub pretraining: Vec<PretrainRecord>,
+    /// The alignment sweep: few-shot per (alignment, method); alignment 1 is the main objects.
+    pub alignment: Vec<AlignmentCell>,
+    /// [`alignment_claims`] on it.
+    pub alignment_orderings: Vec<Claim>,
     /// Table 5's no-image baseline: the IOD error (%) of predicting the MAFL training faces' mean
     /// landmarks for every test face (recorded by each landmark step; the first one found).
     pub mean_face: Option<Figure>,
@@ -256,11 +368,53 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
             }
         }
     }
+    let mut pretraining = Vec::new();
+    for domain in ["objects", "faces"] {
+        for m in &p.methods {
+            if let Some(v) = result_of(out, &super::ids::pretrain(domain, m))? {
+                pretraining.extend(pretrain_record(domain, m, &v));
+            }
+        }
+    }
+    let mut alignment = Vec::new();
+    if !p.alignments.is_empty()
+        && plan
+            .steps
+            .iter()
+            .any(|s| s.id == super::ids::FIGURE_ALIGNMENT)
+    {
+        let cells = |a: f64, id: &dyn Fn(&str) -> String| -> Result<Vec<AlignmentCell>> {
+            let mut v = Vec::new();
+            for m in rows(p) {
+                let r = result_of(out, &id(&m))?;
+                let fewshot = p
+                    .fewshot
+                    .shots
+                    .iter()
+                    .map(|&k| (k, r.as_ref().and_then(|v| fewshot_figure(v, k))))
+                    .collect();
+                v.push(AlignmentCell {
+                    alignment: a,
+                    method: m,
+                    fewshot,
+                });
+            }
+            Ok(v)
+        };
+        alignment.extend(cells(1.0, &|m| ids::fewshot(m))?);
+        for &a in &p.alignments {
+            alignment.extend(cells(a, &|m| super::ids::aligned_fewshot(m, a))?);
+        }
+    }
+    let alignment_orderings = alignment_claims(&alignment, &p.fewshot.shots);
     let orderings = orderings(&table, mean_face, &ablation, &p.fewshot.shots);
     Ok(StudyResults {
         preset: p.clone(),
         seed: p.seed,
         rows: table,
+        pretraining,
+        alignment,
+        alignment_orderings,
         mean_face,
         ablation,
         orderings,
@@ -492,6 +646,71 @@ pub fn markdown(r: &StudyResults) -> String {
                 s += &format!(" {} |", cell(c.2));
             }
             s += "\n";
+        }
+    }
+    if !r.pretraining.is_empty() {
+        s += &format!(
+            "\n## Did each pretraining learn?\n\nA run visibly learnt when its final loss is at most {LEARNT_LOSS_RATIO} × chance (ln of the candidates its softmax compares) and its kNN top-1 on held-out base images is at least {LEARNT_KNN_FACTOR} × chance.\n\n| data | method | images seen | final loss | chance loss | ratio | kNN top-1 % (chance) | learnt |\n|---|---|---|---|---|---|---|---|\n"
+        );
+        for t in &r.pretraining {
+            let knn = match (t.knn_top1, t.knn_chance) {
+                (Some(k), Some(c)) => format!("{k:.2} ({c:.2})"),
+                (Some(k), None) => format!("{k:.2}"),
+                _ => "-".into(),
+            };
+            s += &format!(
+                "| {} | {} | {} | {:.3} | {:.3} | {:.2} | {knn} | {} |\n",
+                t.domain,
+                t.method,
+                t.images_seen,
+                t.final_loss,
+                t.chance_loss,
+                t.loss_ratio,
+                if t.learnt { "yes" } else { "**NO**" }
+            );
+        }
+        let not: Vec<String> = r
+            .pretraining
+            .iter()
+            .filter(|t| !t.learnt)
+            .map(|t| format!("{} {}", t.domain, t.method))
+            .collect();
+        if !not.is_empty() {
+            s += &format!(
+                "\n**Flag:** {} did not visibly learn; comparisons involving them measure who learnt anything, not the methods.\n",
+                not.join(", ")
+            );
+        }
+    }
+    if !r.alignment.is_empty() {
+        s += "\n## Task alignment: few-shot on novel classes defined like the base classes (1) or by what varies within them (0)\n\n";
+        s += "Host f32 accuracy (%). Alignment 1 is the main objects; at 0 the novel labels are the scene (backdrop, hue, clutter family) that base labels treat as nuisance. Same backbones, same episodes' protocol; only the novel classes change. See `alignment.png`.\n\n| alignment | method |";
+        for &k in &p.fewshot.shots {
+            s += &format!(" {k}-shot |");
+        }
+        s += "\n|---|---|";
+        for _ in &p.fewshot.shots {
+            s += "---|";
+        }
+        s += "\n";
+        for c in &r.alignment {
+            s += &format!("| {:.2} | {} |", c.alignment, c.method);
+            for (_, f) in &c.fewshot {
+                s += &format!(" {} |", cell(*f));
+            }
+            s += "\n";
+        }
+        if !r.alignment_orderings.is_empty() {
+            s += "\nThe paper's argument predicts (not measured in the paper; a controlled test of its mechanism here):\n\n";
+            for c in &r.alignment_orderings {
+                if let (Some(m), Some(ci)) = (c.margin, c.ci95) {
+                    s += &format!(
+                        "- {}: {} — margin {m:+.2} vs interval {ci:.2}\n",
+                        c.claim,
+                        c.verdict.text()
+                    );
+                }
+            }
         }
     }
     s += "\n## The paper's orderings on these numbers\n\n";
@@ -735,6 +954,24 @@ mod tests {
             seed: 0,
             orderings: orderings(&rows, f(10.0, 0.4), &[], &[1, 5]),
             rows,
+            alignment: vec![],
+            alignment_orderings: vec![],
+            pretraining: vec![
+                pretrain_record(
+                    "objects",
+                    "moco-v2",
+                    &serde_json::json!({"final_loss": 3.0, "chance_loss": 6.0, "images_seen": 1000,
+                                        "knn_top1": 30.0, "knn_chance": 10.0}),
+                )
+                .unwrap(),
+                pretrain_record(
+                    "objects",
+                    "exemplar-v2",
+                    &serde_json::json!({"final_loss": 4.0, "chance_loss": 6.0, "images_seen": 1000,
+                                        "knn_top1": 30.0, "knn_chance": 10.0}),
+                )
+                .unwrap(),
+            ],
             mean_face: f(10.0, 0.4),
             ablation: vec![],
             wall_seconds: WallTime {
@@ -742,7 +979,19 @@ mod tests {
                 total: 90.0,
             },
         };
+        // 3/6 = 0.5 ≤ 0.6 learnt; 4/6 = 0.67 did not.
+        assert!(r.pretraining[0].learnt && !r.pretraining[1].learnt);
         let md = markdown(&r);
+        assert!(
+            md.contains(
+                "| objects | moco-v2 | 1000 | 3.000 | 6.000 | 0.50 | 30.00 (10.00) | yes |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("**Flag:** objects exemplar-v2 did not visibly learn"),
+            "{md}"
+        );
         assert!(md.contains("| method | base acc (host) | 1-shot host | 1-shot int8 | 5-shot host | 5-shot int8 |"), "{md}");
         assert!(
             md.contains(

@@ -52,9 +52,10 @@ pub fn lr_at(epoch: usize, epochs: usize, base_lr: f64, schedule: &Schedule) -> 
     }
 }
 
-/// Linear scaling rule (Goyal et al. 2017, as in MoCo): `base` is the lr at batch 256.
-pub fn scaled_lr(base: f64, batch: usize) -> f64 {
-    base * batch as f64 / 256.0
+/// Linear scaling rule (Goyal et al. 2017, as in MoCo and the paper): the lr at `batch` when
+/// `base` is the lr at `base_batch`. The one place the rule is written.
+pub fn scaled_lr(base: f64, base_batch: usize, batch: usize) -> f64 {
+    base * batch as f64 / base_batch as f64
 }
 
 #[cfg(test)]
@@ -88,8 +89,9 @@ mod tests {
 
     #[test]
     fn linear_scaling() {
-        assert_eq!(scaled_lr(0.03, 256), 0.03);
-        assert_eq!(scaled_lr(0.03, 64), 0.0075);
-        assert_eq!(scaled_lr(0.1, 512), 0.2);
+        assert_eq!(scaled_lr(0.03, 256, 256), 0.03);
+        assert_eq!(scaled_lr(0.03, 256, 64), 0.0075);
+        assert_eq!(scaled_lr(0.1, 256, 512), 0.2);
+        assert_eq!(scaled_lr(0.02, 128, 32), 0.005);
     }
 }

@@ -5,6 +5,10 @@
 
 /// Number of landmarks.
 pub const N_LANDMARKS: usize = 5;
+/// Landmark names as CelebA's `list_landmarks_align_celeba.txt` columns name them (`lefteye_x`,
+/// `lefteye_y`, …), in output order.
+pub const LANDMARK_NAMES: [&str; N_LANDMARKS] =
+    ["lefteye", "righteye", "nose", "leftmouth", "rightmouth"];
 /// Index of the left eye in the decoded points.
 pub const LEFT_EYE: usize = 0;
 /// Index of the right eye in the decoded points.

@@ -6,8 +6,9 @@
 //! text of `FORMAT.md`, serialises a safetensors container, and finally re-loads it with
 //! [`Model::parse`] so a builder can never emit a file the runtime rejects.
 
+use alloc::borrow::Cow;
 use alloc::format;
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt::Write;
 
@@ -37,6 +38,7 @@ pub struct TensorId(pub u16);
 /// Parameters of a conv or fc layer, in the model's dtype. Weights are OHWI (conv) or
 /// `[out][in]` with the input flattened in HWC order (fc).
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum LayerParams<'x> {
     /// Symmetric int8 weights in [−127, 127] with one scale per output channel, and an i32 bias
     /// at scale `in_scale · w_scale[c]`.
@@ -52,6 +54,7 @@ pub enum LayerParams<'x> {
 /// Why the builder refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum BuildError {
     /// Layer parameters of the wrong dtype or length for the declared shape.
     Params,
@@ -63,14 +66,39 @@ pub enum BuildError {
     Graph,
     /// The serialised model failed its own validation.
     Invalid(ModelError),
+    /// [`write_safetensors`] cannot write the parameters: a dtype safetensors does not know, or
+    /// data whose length is not the shape's element count times the dtype size.
+    Container,
 }
 
 impl core::fmt::Display for BuildError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            BuildError::Invalid(e) => write!(f, "built model is invalid: {e}"),
-            other => core::fmt::Debug::fmt(other, f),
-        }
+        f.write_str(match self {
+            BuildError::Invalid(e) => return write!(f, "built model is invalid: {e}"),
+            BuildError::Params => {
+                "layer parameters of the wrong dtype or length: weights must hold out_c·kh·kw·in_c \
+                 (conv) or out·in (fc) values of the model's dtype, with one weight scale and one \
+                 bias per output channel; LeakyReLU's alpha must be finite and >= 0; the input \
+                 takes one mean and std per channel (at most 64)"
+            }
+            BuildError::Shape => {
+                "a shape that cannot be built: the window does not fit the (padded) input, or \
+                 the two inputs of an add differ in shape"
+            }
+            BuildError::Name => {
+                "a parameter tensor name is empty, repeated, or contains whitespace or control \
+                 characters; give each layer a distinct plain name"
+            }
+            BuildError::Graph => {
+                "input or output declared twice or never, or a TensorId this builder did not \
+                 create (or more than 65536 tensors)"
+            }
+            BuildError::Container => {
+                "cannot write the safetensors container: a tensor dtype safetensors does not \
+                 know, or data whose byte length is not the shape's element count times the \
+                 dtype size"
+            }
+        })
     }
 }
 
@@ -79,6 +107,7 @@ impl std::error::Error for BuildError {}
 
 /// A parameter tensor to serialise: name, safetensors dtype string, shape, little-endian bytes.
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct RawTensor {
     pub name: String,
     pub dtype: &'static str,
@@ -88,6 +117,7 @@ pub struct RawTensor {
 
 /// Builds a model graph and its parameter tensors; see the module docs.
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ModelBuilder {
     dtype: Dtype,
     tensors: Vec<TensorDesc>,
@@ -465,69 +495,107 @@ impl ModelBuilder {
 
     /// Serialises the model and checks it loads.
     pub fn to_bytes(&self) -> Result<Vec<u8>, BuildError> {
-        let bytes = write_safetensors(&self.graph_text()?, &self.params);
+        let bytes = write_safetensors(&self.graph_text()?, &self.params)?;
         Model::parse(&bytes).map_err(BuildError::Invalid)?;
         Ok(bytes)
     }
 }
 
-fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+/// A safetensors dtype from its header name (`"I8"`, `"I32"`, `"F32"`, …).
+fn st_dtype(name: &str) -> Option<safetensors::Dtype> {
+    use safetensors::Dtype as D;
+    Some(match name {
+        "BOOL" => D::BOOL,
+        "U8" => D::U8,
+        "I8" => D::I8,
+        "I16" => D::I16,
+        "U16" => D::U16,
+        "F16" => D::F16,
+        "BF16" => D::BF16,
+        "I32" => D::I32,
+        "U32" => D::U32,
+        "F32" => D::F32,
+        "F64" => D::F64,
+        "I64" => D::I64,
+        "U64" => D::U64,
+        _ => return None,
+    })
 }
 
-/// Writes a safetensors container (8-byte LE header length, JSON header padded with spaces to
-/// a multiple of 8, then the tensor data) with `graph` under `__metadata__["rt.graph"]`.
-/// 4-byte tensors are stored first so they stay 4-aligned when the buffer is.
-/// Public so tests and tools can write deliberately odd files with the same container code.
-pub fn write_safetensors(graph: &str, params: &[RawTensor]) -> Vec<u8> {
-    let mut order: Vec<&RawTensor> = params.iter().collect();
-    order.sort_by_key(|p| {
-        if p.dtype == "I8" || p.dtype == "U8" {
-            1
-        } else {
-            0
-        }
-    });
-    let mut h = String::from("{\"__metadata__\":{");
-    json_str(&mut h, GRAPH_KEY);
-    h.push(':');
-    json_str(&mut h, graph);
-    h.push('}');
-    let mut off = 0usize;
-    for p in &order {
-        h.push(',');
-        json_str(&mut h, &p.name);
-        let _ = write!(
-            h,
-            ":{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
-            p.dtype,
-            list(&p.shape),
-            off,
-            off + p.data.len()
-        );
-        off += p.data.len();
+/// A [`RawTensor`] as safetensors' serialiser sees it.
+struct StView<'p> {
+    dtype: safetensors::Dtype,
+    t: &'p RawTensor,
+}
+
+impl safetensors::View for StView<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
     }
-    h.push('}');
-    while h.len() % 8 != 0 {
-        h.push(' ');
+    fn shape(&self) -> &[usize] {
+        &self.t.shape
     }
-    let mut out = Vec::with_capacity(8 + h.len() + off);
-    out.extend_from_slice(&(h.len() as u64).to_le_bytes());
-    out.extend_from_slice(h.as_bytes());
-    for p in &order {
-        out.extend_from_slice(&p.data);
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.t.data)
     }
-    out
+    fn data_len(&self) -> usize {
+        self.t.data.len()
+    }
+}
+
+/// A tensor name that sorts by its position in the caller's list. `safetensors::serialize`
+/// orders tensors by descending dtype, then by key: with this key, tensors of one dtype keep
+/// the caller's order (the name itself is what `Display` writes into the header).
+struct InOrder<'p> {
+    index: usize,
+    name: &'p str,
+}
+
+impl PartialEq for InOrder<'_> {
+    fn eq(&self, o: &Self) -> bool {
+        self.index == o.index
+    }
+}
+impl Eq for InOrder<'_> {}
+impl PartialOrd for InOrder<'_> {
+    fn partial_cmp(&self, o: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for InOrder<'_> {
+    fn cmp(&self, o: &Self) -> core::cmp::Ordering {
+        self.index.cmp(&o.index)
+    }
+}
+impl AsRef<str> for InOrder<'_> {
+    fn as_ref(&self) -> &str {
+        self.name
+    }
+}
+impl core::fmt::Display for InOrder<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// Writes a safetensors container with `safetensors::serialize` (8-byte LE header length, JSON
+/// header padded with spaces to a multiple of 8, then the tensor data), with `graph` under
+/// `__metadata__["rt.graph"]`. Tensors are stored by descending dtype (so 4-byte tensors come
+/// before 1-byte ones and stay 4-aligned when the buffer is), and in the order of `params`
+/// within a dtype. Public so tests and tools can write deliberately odd graphs with the same
+/// container code; the container itself is always well formed, so a tensor safetensors cannot
+/// describe (unknown dtype name, data length ≠ element count × dtype size) is
+/// [`BuildError::Container`].
+pub fn write_safetensors(graph: &str, params: &[RawTensor]) -> Result<Vec<u8>, BuildError> {
+    let mut tensors = Vec::with_capacity(params.len());
+    for (index, t) in params.iter().enumerate() {
+        let dtype = st_dtype(t.dtype).ok_or(BuildError::Container)?;
+        let key = InOrder {
+            index,
+            name: &t.name,
+        };
+        tensors.push((key, StView { dtype, t }));
+    }
+    let meta = core::iter::once((GRAPH_KEY.to_string(), graph.to_string())).collect();
+    safetensors::serialize(tensors, Some(meta)).map_err(|_| BuildError::Container)
 }

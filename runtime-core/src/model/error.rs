@@ -1,11 +1,16 @@
 //! Typed errors for loading and running a model. They are `Copy` and carry the 1-based line of
 //! the graph text (`FORMAT.md`) at fault, so a CLI can print "model.safetensors: graph line 7: …".
+//! Their `Display` is a sentence a user can act on; `Debug` keeps the variant names.
 
 use core::fmt;
+
+use super::OpKind;
+use crate::ops::KernelError;
 
 /// Why a model file was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum ModelError {
     /// The safetensors container itself is malformed (header, offsets, dtypes, lengths).
     Container,
@@ -18,6 +23,7 @@ pub enum ModelError {
 /// What is wrong with a graph line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum GraphError {
     /// The first line is not `rtgraph <n>` with a supported `n`.
     Version,
@@ -77,21 +83,108 @@ pub enum GraphError {
 
 impl fmt::Display for GraphError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            GraphError::MissingKey(k) => write!(f, "missing key `{k}`"),
-            GraphError::BadValue(k) => write!(f, "bad value for `{k}`"),
-            other => fmt::Debug::fmt(other, f),
-        }
+        let msg = match self {
+            GraphError::MissingKey(k) => return write!(f, "missing required key `{k}=`"),
+            GraphError::BadValue(k) => {
+                return write!(
+                    f,
+                    "bad value for `{k}`: not a number, or not a list of the form FORMAT.md gives"
+                )
+            }
+            GraphError::Version => {
+                "unsupported format: the first graph line must be `rtgraph 1`; re-export the \
+                 model with a host-trainer that matches this runtime"
+            }
+            GraphError::UnknownOp => {
+                "unknown op or directive (known: tensor, input, output, conv, fc, add, maxpool, \
+                 mean, leaky)"
+            }
+            GraphError::BadToken => {
+                "unexpected token: tokens are `key=value` or the flag `relu` (once, on conv, fc \
+                 and add only), at most 16 per line"
+            }
+            GraphError::UnknownKey => {
+                "a `key=` this op does not take (FORMAT.md lists each op's keys)"
+            }
+            GraphError::DuplicateKey => "a key is given twice on this line",
+            GraphError::Header => {
+                "bad header: the graph must start with `rtgraph`, `dtype`, `task` lines in this \
+                 order and have exactly one `input` (never produced by an op) and one `output`"
+            }
+            GraphError::TensorId => {
+                "bad tensor id: tensors must be declared in order 0, 1, 2, ... (at most 4096) \
+                 before they are used"
+            }
+            GraphError::NotYetComputed => {
+                "the op reads a tensor that neither the input nor an earlier op produces; \
+                 reorder the ops"
+            }
+            GraphError::ProducedTwice => {
+                "the op writes a tensor that is already produced (or the input); give each op \
+                 its own output tensor"
+            }
+            GraphError::NeverProduced => {
+                "a declared tensor is never produced by an op (nor is it the input); remove it \
+                 or add the op that computes it"
+            }
+            GraphError::MissingTensor => "a parameter tensor named on this line is not in the file",
+            GraphError::Dtype => {
+                "a parameter tensor has the wrong dtype: int8 graphs take I8 weights and I32 \
+                 b/m/s, f32 graphs F32 weights and bias"
+            }
+            GraphError::Shape => {
+                "a parameter or activation shape does not match what the connected ops imply \
+                 (FORMAT.md gives each op's shapes)"
+            }
+            GraphError::ZeroDim => "a tensor dimension, kernel size or stride is zero",
+            GraphError::TooLarge => {
+                "a size exceeds the runtime's limits (FORMAT.md, Limits) or overflows"
+            }
+            GraphError::WeightRange => {
+                "an int8 weight is -128: weights must be symmetric in [-127, 127]"
+            }
+            GraphError::BiasRange => {
+                "an int32 bias is beyond +-2^30, which could overflow the i32 accumulator"
+            }
+            GraphError::MultiplierRange => {
+                "negative requantisation multiplier (must be in [0, 2^31-1])"
+            }
+            GraphError::ShiftRange => {
+                "requantisation shift outside [-31, 30] (add input shifts must also be <= 0)"
+            }
+            GraphError::ZeroPointRange => "zero point outside [-128, 127]",
+            GraphError::ScaleRange => {
+                "a scale, std, alpha or mean is not finite, or a scale or std is not positive"
+            }
+            GraphError::NonFinite => "an f32 parameter is NaN or infinite",
+            GraphError::Window => {
+                "padding is not smaller than the kernel, or the window does not fit the padded \
+                 input"
+            }
+            GraphError::Output => {
+                "the graph has no op, or its `output` tensor is not produced by an op"
+            }
+            GraphError::PoolQuant => {
+                "max pool must keep its input's scale and zero point bit for bit (it does not \
+                 requantise)"
+            }
+        };
+        f.write_str(msg)
     }
 }
 
 impl fmt::Display for ModelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ModelError::Container => f.write_str("malformed safetensors container"),
-            ModelError::MissingGraph => {
-                f.write_str("no `rt.graph` entry in the safetensors metadata")
-            }
+            ModelError::Container => f.write_str(
+                "malformed safetensors container (bad header length, header JSON, tensor dtypes \
+                 or offsets, or truncated data): check the file is complete and is a model file",
+            ),
+            ModelError::MissingGraph => f.write_str(
+                "no `rt.graph` entry in the safetensors metadata: not a runtime-core model \
+                 (export it with host-trainer or write it with ModelBuilder)",
+            ),
+            ModelError::Graph { line: 0, kind } => write!(f, "graph: {kind}"),
             ModelError::Graph { line, kind } => write!(f, "graph line {line}: {kind}"),
         }
     }
@@ -101,6 +194,7 @@ impl fmt::Display for ModelError {
 /// which was validated at load).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum RunError {
     /// The arena is smaller than [`crate::Model::arena_bytes`].
     ArenaTooSmall { need: usize, got: usize },
@@ -110,24 +204,41 @@ pub enum RunError {
     OutputLen { expected: usize, got: usize },
     /// An int8 entry point on an f32 model or vice versa.
     WrongDtype,
-    /// Internal inconsistency (a planner or kernel bug); reported instead of panicking.
+    /// A kernel refused its slices (a runtime bug: the loader checks every geometry).
+    Kernel { op: OpKind, error: KernelError },
+    /// Internal inconsistency (a planner or executor bug); reported instead of panicking.
     Internal,
 }
 
 impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RunError::ArenaTooSmall { need, got } => {
-                write!(f, "arena of {got} bytes, model needs {need}")
-            }
-            RunError::InputLen { expected, got } => {
-                write!(f, "input of {got} values, model takes {expected}")
-            }
-            RunError::OutputLen { expected, got } => {
-                write!(f, "output of {got} values, model gives {expected}")
-            }
-            RunError::WrongDtype => f.write_str("entry point does not match the model dtype"),
-            RunError::Internal => f.write_str("internal runtime error"),
+            RunError::ArenaTooSmall { need, got } => write!(
+                f,
+                "arena of {got} bytes is too small: the model needs {need} (Model::arena_bytes)"
+            ),
+            RunError::InputLen { expected, got } => write!(
+                f,
+                "input of {got} values, but the model takes {expected} (its input h*w*c)"
+            ),
+            RunError::OutputLen { expected, got } => write!(
+                f,
+                "output buffer of {got} values, but the model gives {expected}"
+            ),
+            RunError::WrongDtype => f.write_str(
+                "entry point does not match the model dtype: use the int8 entry points for int8 \
+                 models, the f32 ones for f32 models, or `run` for either",
+            ),
+            RunError::Kernel { op, error } => write!(
+                f,
+                "the {} kernel failed ({error}); this is a runtime-core bug, please report it \
+                 with the model file",
+                op.name()
+            ),
+            RunError::Internal => f.write_str(
+                "internal runtime error (arena plan or executor inconsistency); this is a \
+                 runtime-core bug, please report it with the model file",
+            ),
         }
     }
 }
@@ -135,4 +246,104 @@ impl fmt::Display for RunError {
 #[cfg(feature = "std")]
 impl std::error::Error for ModelError {}
 #[cfg(feature = "std")]
+impl std::error::Error for GraphError {}
+#[cfg(feature = "std")]
 impl std::error::Error for RunError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::format;
+    use alloc::string::ToString;
+
+    /// Every message is a sentence of its own, never the variant's Debug name.
+    fn sentence(shown: &str, debug: &str) {
+        assert!(
+            shown.len() >= 20 && shown.contains(' '),
+            "{debug}: {shown:?}"
+        );
+        assert!(
+            !shown.contains(debug),
+            "{debug} shows its Debug name: {shown:?}"
+        );
+    }
+
+    #[test]
+    fn every_error_displays_an_actionable_sentence() {
+        use GraphError as G;
+        let graph = [
+            G::Version,
+            G::UnknownOp,
+            G::BadToken,
+            G::UnknownKey,
+            G::DuplicateKey,
+            G::MissingKey("stride"),
+            G::BadValue("pad"),
+            G::Header,
+            G::TensorId,
+            G::NotYetComputed,
+            G::ProducedTwice,
+            G::NeverProduced,
+            G::MissingTensor,
+            G::Dtype,
+            G::Shape,
+            G::ZeroDim,
+            G::TooLarge,
+            G::WeightRange,
+            G::BiasRange,
+            G::MultiplierRange,
+            G::ShiftRange,
+            G::ZeroPointRange,
+            G::ScaleRange,
+            G::NonFinite,
+            G::Window,
+            G::Output,
+            G::PoolQuant,
+        ];
+        for g in graph {
+            sentence(&g.to_string(), &format!("{g:?}"));
+        }
+        assert_eq!(
+            G::ShiftRange.to_string(),
+            "requantisation shift outside [-31, 30] (add input shifts must also be <= 0)"
+        );
+        assert!(G::MissingKey("stride").to_string().contains("`stride=`"));
+        for m in [ModelError::Container, ModelError::MissingGraph] {
+            sentence(&m.to_string(), &format!("{m:?}"));
+        }
+        let at = |line| ModelError::Graph {
+            line,
+            kind: G::Window,
+        };
+        assert!(at(7).to_string().starts_with("graph line 7: padding"));
+        assert!(at(0).to_string().starts_with("graph: padding"));
+        let run = [
+            RunError::ArenaTooSmall { need: 10, got: 5 },
+            RunError::InputLen {
+                expected: 3,
+                got: 4,
+            },
+            RunError::OutputLen {
+                expected: 3,
+                got: 4,
+            },
+            RunError::WrongDtype,
+            RunError::Kernel {
+                op: OpKind::Conv2d,
+                error: KernelError,
+            },
+            RunError::Internal,
+        ];
+        for r in run {
+            sentence(&r.to_string(), &format!("{r:?}"));
+        }
+        assert!(run[4].to_string().contains("conv kernel"));
+        use crate::model::BuildError as B;
+        for b in [B::Params, B::Shape, B::Name, B::Graph, B::Container] {
+            sentence(&b.to_string(), &format!("{b:?}"));
+        }
+        assert!(B::Invalid(ModelError::Container)
+            .to_string()
+            .starts_with("built model is invalid: malformed safetensors container"));
+    }
+}

@@ -9,6 +9,7 @@
 //! here can panic or index out of bounds whatever the bytes.
 
 use alloc::vec::Vec;
+use safetensors::tensor::Metadata;
 use safetensors::{Dtype as StDtype, SafeTensors};
 
 use super::error::{GraphError as E, ModelError};
@@ -131,19 +132,46 @@ fn check_mult_shift(m: i32, s: i32, max_shift: i32) -> R<()> {
     Ok(())
 }
 
+/// The parsed safetensors header and the data section it indexes.
+struct Container<'a> {
+    meta: Metadata,
+    data: &'a [u8],
+}
+
+impl<'a> Container<'a> {
+    /// Parses the header once (`SafeTensors::read_metadata` checks the JSON, the dtypes, that
+    /// offsets are contiguous and match each shape, and that they cover the buffer exactly).
+    fn parse(bytes: &'a [u8]) -> Result<Self, ModelError> {
+        let (n, meta) = SafeTensors::read_metadata(bytes).map_err(|_| ModelError::Container)?;
+        let data = 8usize
+            .checked_add(n)
+            .and_then(|start| bytes.get(start..))
+            .ok_or(ModelError::Container)?;
+        Ok(Container { meta, data })
+    }
+
+    /// A tensor's dtype, shape and bytes, borrowed (no copy of the shape, unlike
+    /// `SafeTensors::tensor`).
+    fn tensor(&self, name: &str) -> Option<(StDtype, &[usize], &'a [u8])> {
+        let info = self.meta.info(name)?;
+        let (s, e) = info.data_offsets;
+        Some((info.dtype, &info.shape, self.data.get(s..e)?))
+    }
+}
+
 struct Loader<'a, 'st> {
-    st: &'st SafeTensors<'a>,
+    st: &'st Container<'a>,
     weight_bytes: usize,
 }
 
 impl<'a> Loader<'a, '_> {
     /// Fetches a parameter tensor, checking dtype, exact shape and byte length.
     fn param(&mut self, name: &str, dtype: StDtype, shape: &[usize]) -> R<&'a [u8]> {
-        let v = self.st.tensor(name).map_err(|_| E::MissingTensor)?;
-        if v.dtype() != dtype {
+        let (v_dtype, v_shape, data) = self.st.tensor(name).ok_or(E::MissingTensor)?;
+        if v_dtype != dtype {
             return Err(E::Dtype);
         }
-        if v.shape() != shape {
+        if v_shape != shape {
             return Err(E::Shape);
         }
         let elem = match dtype {
@@ -154,7 +182,6 @@ impl<'a> Loader<'a, '_> {
             .iter()
             .try_fold(elem, |a, &d| a.checked_mul(d))
             .ok_or(E::TooLarge)?;
-        let data = v.data();
         if data.len() != n {
             return Err(E::Shape);
         }
@@ -293,9 +320,9 @@ fn mul(a: usize, b: usize) -> R<usize> {
 }
 
 pub(super) fn parse(bytes: &[u8]) -> Result<Model<'_>, ModelError> {
-    let st = SafeTensors::deserialize(bytes).map_err(|_| ModelError::Container)?;
-    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|_| ModelError::Container)?;
-    let text = meta
+    let st = Container::parse(bytes)?;
+    let text = st
+        .meta
         .metadata()
         .as_ref()
         .and_then(|m| m.get(GRAPH_KEY))
@@ -307,7 +334,7 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Model<'_>, ModelError> {
     })
 }
 
-fn parse_text<'a>(st: &SafeTensors<'a>, text: &str, line_no: &mut u32) -> R<Model<'a>> {
+fn parse_text<'a>(st: &Container<'a>, text: &str, line_no: &mut u32) -> R<Model<'a>> {
     let mut lines = text.lines().enumerate().filter_map(|(i, l)| {
         let l = l.trim();
         (!l.is_empty() && !l.starts_with('#')).then_some((i as u32 + 1, l))

@@ -6,6 +6,7 @@
 mod builder;
 mod error;
 mod graph;
+#[cfg(feature = "zoo")]
 pub mod zoo;
 
 pub use builder::{
@@ -91,7 +92,23 @@ pub enum OpKind {
     LeakyRelu,
 }
 
+impl OpKind {
+    /// The op's name in the graph text (`FORMAT.md`): `conv`, `add`, `maxpool`, `mean`, `fc`,
+    /// `leaky`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Conv2d => "conv",
+            OpKind::Add => "add",
+            OpKind::MaxPool => "maxpool",
+            OpKind::Mean => "mean",
+            OpKind::FullyConnected => "fc",
+            OpKind::LeakyRelu => "leaky",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub(crate) enum Kernel<'a> {
     ConvI8(ConvI8<'a>),
     ConvF32(ConvF32<'a>),
@@ -109,6 +126,7 @@ pub(crate) enum Kernel<'a> {
 
 /// One op of the graph: its kernel and the activation tensors it reads and writes.
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Node<'a> {
     pub(crate) kernel: Kernel<'a>,
     pub(crate) inputs: [u16; 2],
@@ -145,6 +163,7 @@ impl Node<'_> {
 
 /// A validated model borrowing its parameters from the file bytes.
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Model<'a> {
     pub(crate) dtype: Dtype,
     pub(crate) task: Task,
@@ -315,18 +334,28 @@ impl<'a> Model<'a> {
     /// mean/std and writes it into the arena's input slot (quantised for int8 models).
     pub fn preprocess_rgb8(&self, rgb: &[u8], arena: &mut [u8]) -> Result<(), RunError> {
         self.expect_input(rgb.len())?;
-        let c = self.input_desc().c;
         let d = self.input_desc();
-        let norm = |i: usize, p: u8| (p as f32 / 255.0 - self.mean[i % c]) / self.std[i % c];
+        // Pixel by pixel (HWC): channel k is normalised with mean[k] and std[k] (c of each,
+        // checked at load).
+        let mean = self.mean.get(..d.c).ok_or(RunError::Internal)?;
+        let std = self.std.get(..d.c).ok_or(RunError::Internal)?;
+        let norm = |p: u8, m: f32, s: f32| (p as f32 / 255.0 - m) / s;
+        let pixels = rgb.chunks_exact(d.c);
         match self.dtype {
             Dtype::F32 => {
-                for (i, (x, &p)) in self.input_slot_f32(arena)?.iter_mut().zip(rgb).enumerate() {
-                    *x = norm(i, p);
+                let slot = self.input_slot_f32(arena)?;
+                for (px, rgb_px) in slot.chunks_exact_mut(d.c).zip(pixels) {
+                    for ((x, &p), (&m, &s)) in px.iter_mut().zip(rgb_px).zip(mean.iter().zip(std)) {
+                        *x = norm(p, m, s);
+                    }
                 }
             }
             Dtype::Int8 => {
-                for (i, (q, &p)) in self.input_slot_i8(arena)?.iter_mut().zip(rgb).enumerate() {
-                    *q = quantize(norm(i, p), d.scale, d.zp);
+                let slot = self.input_slot_i8(arena)?;
+                for (px, rgb_px) in slot.chunks_exact_mut(d.c).zip(pixels) {
+                    for ((q, &p), (&m, &s)) in px.iter_mut().zip(rgb_px).zip(mean.iter().zip(std)) {
+                        *q = quantize(norm(p, m, s), d.scale, d.zp);
+                    }
                 }
             }
         }
@@ -421,7 +450,10 @@ impl<'a> Model<'a> {
                 Kernel::LeakyI8(p) => ops::leaky_relu::leaky_relu_i8(p, x0, out),
                 _ => return Err(RunError::Internal),
             };
-            r.map_err(|_| RunError::Internal)?;
+            r.map_err(|error| RunError::Kernel {
+                op: n.kind(),
+                error,
+            })?;
         }
         let (o, len) = self.range(self.output);
         let a: &'b [i8] = a;
@@ -429,6 +461,9 @@ impl<'a> Model<'a> {
     }
 
     /// Runs an f32 model on the input already in the arena; returns the output view.
+    // Never inlined: callers such as `run` would otherwise carry every f32 kernel inline, which
+    // on the MCU (int8 only) bloats them and costs registers in their own loops.
+    #[inline(never)]
     pub fn run_f32_in_arena<'b>(&self, arena: &'b mut [u8]) -> Result<&'b [f32], RunError> {
         let a = self.arena_f32(arena)?;
         for n in &self.nodes {
@@ -444,7 +479,10 @@ impl<'a> Model<'a> {
                 Kernel::LeakyF32 { alpha } => ops::leaky_relu::leaky_relu_f32(*alpha, x0, out),
                 _ => return Err(RunError::Internal),
             };
-            r.map_err(|_| RunError::Internal)?;
+            r.map_err(|error| RunError::Kernel {
+                op: n.kind(),
+                error,
+            })?;
         }
         let (o, len) = self.range(self.output);
         let a: &'b [f32] = a;

@@ -6,6 +6,8 @@
 //! channel; the f32 model gets the *dequantised* weights, so both dtypes compute the same
 //! function up to activation quantisation. Activation scales are fixed guesses (not
 //! calibrated): this is about speed and memory, not accuracy.
+//!
+//! Needs the `zoo` cargo feature (off by default).
 
 use alloc::vec::Vec;
 
@@ -36,6 +38,7 @@ impl Gen {
         (0..12).map(|_| self.rng.unit_f32()).sum::<f32>() - 6.0
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn layer(
         &mut self,
         name: &str,

@@ -11,6 +11,7 @@ use super::{check, F32Le, I32Le, KernelError, Window};
 
 /// Parameters of an int8 convolution (borrowed from the model file).
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ConvI8<'a> {
     pub win: Window,
     pub out_c: usize,
@@ -27,6 +28,7 @@ pub struct ConvI8<'a> {
 
 /// Parameters of an f32 convolution.
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ConvF32<'a> {
     pub win: Window,
     pub out_c: usize,

@@ -10,6 +10,7 @@ use super::{check, F32Le, I32Le, KernelError};
 
 /// Parameters of an int8 fully connected layer.
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct FcI8<'a> {
     pub in_len: usize,
     pub out_len: usize,
@@ -26,6 +27,7 @@ pub struct FcI8<'a> {
 
 /// Parameters of an f32 fully connected layer.
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct FcF32<'a> {
     pub in_len: usize,
     pub out_len: usize,

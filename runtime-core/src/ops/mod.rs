@@ -18,13 +18,20 @@ pub mod requant;
 /// the model loader validates geometry before any kernel runs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub struct KernelError;
 
 impl core::fmt::Display for KernelError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("kernel slice lengths do not match its geometry")
+        f.write_str(
+            "kernel input, output or parameter slices whose lengths do not match its geometry \
+             (size them from the op's shapes, as the model loader does)",
+        )
     }
 }
+
+#[cfg(feature = "std")]
+impl std::error::Error for KernelError {}
 
 pub(crate) fn check(ok: bool) -> Result<(), KernelError> {
     if ok {
@@ -36,6 +43,7 @@ pub(crate) fn check(ok: bool) -> Result<(), KernelError> {
 
 /// A borrowed little-endian `i32` array (e.g. a bias or per-channel multiplier tensor).
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct I32Le<'a>(&'a [u8]);
 
 impl<'a> I32Le<'a> {
@@ -61,6 +69,7 @@ impl<'a> I32Le<'a> {
 
 /// A borrowed little-endian `f32` array (f32 weights and biases).
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct F32Le<'a>(&'a [u8]);
 
 impl<'a> F32Le<'a> {

@@ -1,5 +1,6 @@
 //! The few-shot episode sampler of Chen et al. (2019), shared by every program that evaluates the
-//! protocol (host-trainer on candle features, runtime-cli and runtime-mcu on int8 features), so the
+//! protocol (host-trainer on candle features, runtime-cli on int8 features; the MCU firmware runs one
+//! fixed episode and does not sample), so the
 //! same `seed` gives the same episodes everywhere and results compare number for number.
 //!
 //! Episode `e` of a `shot`-shot evaluation is drawn from its own stream keyed by
@@ -7,11 +8,14 @@
 //! the first `shot` are the support set, the rest the queries.
 use alloc::vec::Vec;
 
+use crate::heads::centroid::CentroidHead;
+use crate::heads::linear::{LinearHead, SgdRecipe};
 use crate::heads::rng::SplitMix64;
 
 /// Errors of the sampler: the protocol cannot be run on this split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum SampleError {
     /// Fewer classes than `way`.
     TooFewClasses { classes: usize, way: usize },
@@ -25,10 +29,35 @@ pub enum SampleError {
     Empty,
 }
 
+impl core::fmt::Display for SampleError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            SampleError::TooFewClasses { classes, way } => write!(
+                f,
+                "the split has {classes} classes, {way}-way episodes need {way}; lower the way"
+            ),
+            SampleError::TooFewImages {
+                class,
+                images,
+                needed,
+            } => write!(
+                f,
+                "class {class} has {images} images, episodes need {needed} (shot + query) per \
+                 class; lower the shot or query count"
+            ),
+            SampleError::Empty => f.write_str("way, shot and query must each be at least 1"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for SampleError {}
+
 /// One episode: positions are indices into the per-class image lists given to the sampler.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Episode {
-    /// The `way` classes of the episode, in episode-label order (label i = classes[i]).
+    /// The `way` classes of the episode, in episode-label order (label `i` = `classes[i]`).
     pub classes: Vec<usize>,
     /// `(episode label, image index)` of the support images, `shot` per class, class-major.
     pub support: Vec<(usize, usize)>,
@@ -39,6 +68,7 @@ pub struct Episode {
 /// Draws episodes over classes whose image lists are given by `class_images[c]` (indices into
 /// whatever the caller's dataset is).
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct EpisodeSampler {
     pub way: usize,
     pub shot: usize,
@@ -123,6 +153,7 @@ pub fn choose_distinct(rng: &mut SplitMix64, n: usize, k: usize) -> Vec<usize> {
 
 /// Every episode of a multi-shot evaluation, drawn up front, and the images they use.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct EpisodePlan {
     /// `episodes[k][e]`: episode `e` of the `shots[k]`-shot setting.
     pub episodes: Vec<Vec<Episode>>,
@@ -135,6 +166,7 @@ pub struct EpisodePlan {
 /// it arose in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub struct PlanError {
     pub shot: usize,
     pub query: usize,
@@ -220,10 +252,6 @@ pub fn class_images(labels: impl IntoIterator<Item = usize>, classes: usize) -> 
     out
 }
 
-/// Most classes per episode the heads are instantiated for by [`episode_accuracy_pct`].
-pub const MAX_WAY: usize = 20;
-/// Largest feature dimension the heads are instantiated for (ResNet-50 has 2048).
-pub const MAX_DIM: usize = 4096;
 /// Mixed into the user's seed so the classifier stream differs from the episode stream.
 pub const CLASSIFIER_SEED_TAG: u64 = 0x11EA_C1A5_0000_0000;
 
@@ -258,26 +286,33 @@ impl FewShotHead {
 /// Why an episode could not be scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum EpisodeError {
-    /// The head refused the support set (capacity, shapes, labels).
+    /// The head refused the support set (shapes, labels).
     Head(crate::heads::HeadError),
     /// The caller has no feature row (of length `dim`) for this image index.
     MissingFeature(usize),
-    /// More than [`MAX_DIM`] feature dimensions or [`MAX_WAY`] classes.
+    /// More classes than the heads' `u8` labels can name ([`MAX_EPISODE_WAY`]).
     TooLarge { way: usize, dim: usize },
-    /// The operating system refused to start the worker threads.
-    Threads,
 }
+
+/// Most classes per episode [`episode_accuracy_pct`] scores: support labels are `u8`.
+pub const MAX_EPISODE_WAY: usize = u8::MAX as usize + 1;
 
 impl core::fmt::Display for EpisodeError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             EpisodeError::Head(e) => write!(f, "the few-shot head refused the support set: {e}"),
-            EpisodeError::MissingFeature(i) => write!(f, "internal: image {i} has no feature row"),
-            EpisodeError::Threads => write!(f, "cannot start the episode worker threads"),
-            EpisodeError::TooLarge { way, dim } => {
-                write!(f, "{way}-way episodes of {dim} features: the heads hold at most {MAX_WAY} classes and {MAX_DIM} features")
-            }
+            EpisodeError::MissingFeature(i) => write!(
+                f,
+                "no feature row of the expected length for image {i}: embed every image the \
+                 episode plan lists (EpisodePlan::images) with the same feature dimension"
+            ),
+            EpisodeError::TooLarge { way, dim } => write!(
+                f,
+                "{way}-way episodes (of {dim} features): the few-shot heads take at most \
+                 {MAX_EPISODE_WAY} classes per episode; use a smaller --way"
+            ),
         }
     }
 }
@@ -287,9 +322,10 @@ impl std::error::Error for EpisodeError {}
 
 /// Accuracy (%) of one episode: fit `head` on the support features, classify the queries.
 /// `feature(i)` gives the `dim` features of image index `i`. This is THE episode scorer of the
-/// protocol, so host and device numbers differ only by their features. Dispatches to a head
-/// capacity that fits `dim` (the heads keep their state in fixed arrays on the stack, as on the
-/// MCU: the largest tier needs several MiB of stack — use [`run_episodes`] or a big-stack thread).
+/// protocol, so host and device numbers differ only by their features. It uses the heap-backed
+/// heads ([`LinearHead`], [`CentroidHead`]: any feature dimension, up to [`MAX_EPISODE_WAY`]
+/// classes), whose results are bit-identical to the MCU's fixed-capacity heads, and runs on any
+/// thread with an ordinary stack.
 pub fn episode_accuracy_pct<'a, F>(
     ep: &Episode,
     feature: F,
@@ -301,34 +337,14 @@ where
     F: Fn(usize) -> Option<&'a [f32]>,
 {
     let way = ep.classes.len();
-    if way > MAX_WAY || dim > MAX_DIM {
+    if way > MAX_EPISODE_WAY {
         return Err(EpisodeError::TooLarge { way, dim });
     }
-    match dim {
-        0..=64 => episode_with::<64, F>(ep, feature, dim, head, seed),
-        65..=512 => episode_with::<512, F>(ep, feature, dim, head, seed),
-        _ => episode_with::<MAX_DIM, F>(ep, feature, dim, head, seed),
-    }
-}
-
-fn episode_with<'a, const D: usize, F>(
-    ep: &Episode,
-    feature: F,
-    dim: usize,
-    head: FewShotHead,
-    seed: u64,
-) -> Result<f64, EpisodeError>
-where
-    F: Fn(usize) -> Option<&'a [f32]>,
-{
-    use crate::heads::centroid::NearestCentroid;
-    use crate::heads::linear::{LinearClassifier, SgdRecipe};
     let feat = |i: usize| {
         feature(i)
             .filter(|f| f.len() == dim)
             .ok_or(EpisodeError::MissingFeature(i))
     };
-    let way = ep.classes.len();
     let mut xs = Vec::with_capacity(ep.support.len() * dim);
     let mut labels = Vec::with_capacity(ep.support.len());
     for &(label, i) in &ep.support {
@@ -338,113 +354,20 @@ where
     let mut correct = 0usize;
     match head {
         FewShotHead::Linear => {
-            let h = LinearClassifier::<MAX_WAY, D>::fit(
-                &xs,
-                &labels,
-                way,
-                dim,
-                &SgdRecipe::default(),
-                seed,
-            )
-            .map_err(EpisodeError::Head)?;
+            let h = LinearHead::fit(&xs, &labels, way, dim, &SgdRecipe::default(), seed)
+                .map_err(EpisodeError::Head)?;
             for &(label, i) in &ep.query {
                 correct += (h.predict(feat(i)?).map_err(EpisodeError::Head)? == label) as usize;
             }
         }
         FewShotHead::Centroid => {
-            let h = NearestCentroid::<MAX_WAY, D>::fit(&xs, &labels, way, dim)
-                .map_err(EpisodeError::Head)?;
+            let h = CentroidHead::fit(&xs, &labels, way, dim).map_err(EpisodeError::Head)?;
             for &(label, i) in &ep.query {
                 correct += (h.predict(feat(i)?).map_err(EpisodeError::Head)? == label) as usize;
             }
         }
     }
     Ok(100.0 * correct as f64 / ep.query.len().max(1) as f64)
-}
-
-/// Stack size of the episode workers: room for the largest head instantiation.
-#[cfg(feature = "std")]
-pub const EPISODE_STACK: usize = 64 << 20;
-
-/// Scores `episodes` of a `shot`-shot evaluation (episode `e` is `episodes[e]`, its classifier
-/// seeded by [`classifier_seed`]`(seed, shot, e)`) on `threads` big-stack worker threads; returns
-/// per-episode accuracies (%) in episode order, so the result does not depend on `threads`.
-/// `on_done` is called after each episode (progress bars).
-#[cfg(feature = "std")]
-#[allow(clippy::too_many_arguments)]
-pub fn run_episodes<'a, F>(
-    episodes: &[Episode],
-    feature: F,
-    dim: usize,
-    head: FewShotHead,
-    seed: u64,
-    shot: usize,
-    threads: usize,
-    on_done: &(dyn Fn() + Sync),
-) -> Result<Vec<f64>, EpisodeError>
-where
-    F: Fn(usize) -> Option<&'a [f32]> + Sync,
-{
-    let threads = threads.clamp(1, episodes.len().max(1));
-    let next = core::sync::atomic::AtomicUsize::new(0);
-    let mut out: Vec<Option<Result<f64, EpisodeError>>> = alloc::vec![None; episodes.len()];
-    let results = std::thread::scope(
-        |s| -> Result<Vec<Vec<(usize, Result<f64, EpisodeError>)>>, EpisodeError> {
-            let mut handles = Vec::new();
-            for t in 0..threads {
-                let (next, feature) = (&next, &feature);
-                let h = std::thread::Builder::new()
-                    .name(alloc::format!("episodes-{t}"))
-                    .stack_size(EPISODE_STACK)
-                    .spawn_scoped(s, move || {
-                        let mut mine = Vec::new();
-                        loop {
-                            let e = next.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-                            let Some(ep) = episodes.get(e) else { break };
-                            let r = episode_accuracy_pct(
-                                ep,
-                                feature,
-                                dim,
-                                head,
-                                classifier_seed(seed, shot, e as u64),
-                            );
-                            on_done();
-                            let stop = r.is_err();
-                            mine.push((e, r));
-                            if stop {
-                                break;
-                            }
-                        }
-                        mine
-                    });
-                handles.push(h.map_err(|_| EpisodeError::Threads)?);
-            }
-            Ok(handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect())
-        },
-    )?;
-    for (e, r) in results.into_iter().flatten() {
-        out[e] = Some(r);
-    }
-    // An error stops its worker (the others go on), so every episode not scored comes after an
-    // error of some worker: report the error of the earliest failing episode.
-    let mut accs = Vec::with_capacity(out.len());
-    let mut first_err = None;
-    for r in out {
-        match r {
-            Some(Ok(a)) => accs.push(a),
-            Some(Err(e)) => {
-                first_err.get_or_insert(e);
-            }
-            None => {}
-        }
-    }
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok(accs),
-    }
 }
 
 #[cfg(test)]
@@ -670,48 +593,32 @@ mod tests {
         }
     }
 
-    #[cfg(feature = "std")]
+    /// Beyond the old fixed-capacity limits (20 classes, 4096 features) on the test harness's
+    /// ordinary thread stack: the heads are heap-backed.
     #[test]
-    fn run_episodes_is_independent_of_the_thread_count_and_reports_missing_features() {
-        // Noisy features so the linear head's accuracy varies from episode to episode.
-        let mut rng = SplitMix64::new(9);
-        let feats: Vec<Vec<f32>> = (0..60)
-            .map(|i| {
-                (0..6)
-                    .map(|j| rng.unit_f32() + if j == i / 10 { 0.5 } else { 0.0 })
-                    .collect()
-            })
-            .collect();
-        let cls: Vec<Vec<usize>> = (0..6).map(|c| (c * 10..c * 10 + 10).collect()).collect();
+    fn episodes_score_any_dim_and_way_without_a_big_stack() {
+        let (cls, feats) = separable(25, 3, 5000);
         let s = EpisodeSampler {
-            way: 3,
-            shot: 2,
-            query: 4,
-            seed: 4,
+            way: 25,
+            shot: 1,
+            query: 2,
+            seed: 6,
         };
-        let eps: Vec<Episode> = (0..12).map(|e| s.episode(e, &cls).unwrap()).collect();
-        let f = |i: usize| feats.get(i).map(|f| &f[..]);
-        let one = run_episodes(&eps, f, 6, FewShotHead::Linear, 4, 2, 1, &|| {}).unwrap();
-        let three = run_episodes(&eps, f, 6, FewShotHead::Linear, 4, 2, 3, &|| {}).unwrap();
-        assert_eq!(one, three);
-        // Episode e is scored with classifier_seed(seed, shot, e).
-        for (e, ep) in eps.iter().enumerate() {
-            assert_eq!(
-                one[e],
-                episode_accuracy_pct(
-                    ep,
-                    f,
-                    6,
-                    FewShotHead::Linear,
-                    classifier_seed(4, 2, e as u64)
-                )
-                .unwrap()
-            );
+        let ep = s.episode(0, &cls).unwrap();
+        for head in [FewShotHead::Linear, FewShotHead::Centroid] {
+            let a =
+                episode_accuracy_pct(&ep, |i| feats.get(i).map(|f| &f[..]), 5000, head, 3).unwrap();
+            assert_eq!(a, 100.0, "{head:?}");
         }
-        let short = |i: usize| if i == eps[3].query[0].1 { None } else { f(i) };
+        // Labels are u8: 257 classes cannot be named.
+        let big = Episode {
+            classes: (0..257).collect(),
+            support: alloc::vec![(256, 0)],
+            query: alloc::vec![],
+        };
         assert_eq!(
-            run_episodes(&eps, short, 6, FewShotHead::Centroid, 4, 2, 2, &|| {}),
-            Err(EpisodeError::MissingFeature(eps[3].query[0].1))
+            episode_accuracy_pct(&big, |_| Some(&[0.0][..]), 1, FewShotHead::Centroid, 0),
+            Err(EpisodeError::TooLarge { way: 257, dim: 1 })
         );
     }
 }

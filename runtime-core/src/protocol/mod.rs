@@ -1,5 +1,5 @@
-//! Evaluation protocols shared by every program that runs them (host-trainer, runtime-cli,
-//! runtime-mcu), so one seed means the same episodes everywhere.
+//! Evaluation protocols shared by the programs that run them (host-trainer and runtime-cli;
+//! runtime-mcu runs one fixed episode), so one seed means the same episodes everywhere.
 pub mod fewshot;
 
 pub use fewshot::{

@@ -10,6 +10,7 @@ pub const QR: Quant = Quant {
 };
 pub const QL: Quant = Quant { scale: 0.04, zp: 3 };
 
+#[allow(clippy::type_complexity)]
 fn params(
     rng: &mut SplitMix64,
     dtype: Dtype,

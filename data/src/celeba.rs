@@ -423,7 +423,7 @@ fn read_mafl_list(
 pub fn mafl_crop_window(w: u32, h: u32) -> (u32, u32, u32) {
     let side = w.min(h);
     let y0 = (3 * (h - side) + 2) / 4;
-    let x0 = (w - side + 1) / 2;
+    let x0 = (w - side).div_ceil(2);
     (x0, y0, side)
 }
 

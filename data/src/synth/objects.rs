@@ -9,15 +9,29 @@
 //! colour (jitter within the palette), texture phase/scale, background, clutter (distractor
 //! shapes behind the object) and occlusion (a distractor in front of it).
 //!
+//! **Alignment** (`--alignment A`, a controlled experiment for the paper's §3–4 argument).
+//! Base (train) classes are always defined by the four *object* factors above, while the scene
+//! around the object — the backdrop pattern, the backdrop hue and the family of the clutter
+//! shapes — varies freely within each of them: base labels teach a supervised model to ignore
+//! it. The novel (val and test) classes are split by `A`: a fraction `A` of them are defined by
+//! object factors as the base classes are (scene free), the other `1 − A` by a *scene*
+//! combination ([`SceneSpec`]: backdrop × hue × clutter family), their object drawn at random per
+//! image from all admissible factor combinations. `A = 1` is the aligned task (identical output
+//! to the generator before the knob); `A = 0` is the misaligned one, whose labels are exactly
+//! what the base labels call nuisance. Which novel classes are scene-defined is spread evenly
+//! over the split (class `j` when ⌊(j+1)(1−A)⌋ > ⌊j(1−A)⌋). The train split — images and lists —
+//! does not depend on `A`, so one pretraining serves every alignment. The knob and its values
+//! were fixed before any result was seen; nothing here is tuned to the paper's expectation.
+//!
 //! Output (`DIR`): `images/<class><8-digit instance>.png` (as in the real
 //! `n0153282900000005.jpg`), `train.csv` / `val.csv` / `test.csv` with header `filename,label`
 //! and class names `s0000`, `s0001`, ... Classes are split 64 % / 16 % / 20 % in class order
 //! (100 → 64/16/20).
 use super::draw::{hsv, mix, Affine, Canvas, Layer, Paint, Rgb, Shape};
 use super::{create_dir, permutation, split_counts, write_image_file, write_list_file};
-use crate::data::mini_imagenet::IMAGE_DIR;
-use crate::data::{DataError, Split};
+use crate::mini_imagenet::IMAGE_DIR;
 use crate::rng::{purpose::SYNTH_OBJECTS, stream, Rng};
+use crate::{DataError, Split};
 use rand::Rng as _;
 use rayon::prelude::*;
 use std::f32::consts::PI;
@@ -36,6 +50,7 @@ const SS: u32 = 3;
 // Sub-purposes under `SYNTH_OBJECTS`.
 const TAG_CLASSES: u64 = 0;
 const TAG_IMAGE: u64 = 1;
+const TAG_SCENES: u64 = 2;
 
 /// `host-trainer synth objects` arguments.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +59,8 @@ pub struct ObjectsConfig {
     pub per_class: usize,
     pub size: u32,
     pub seed: u64,
+    /// Fraction of the novel classes defined by object factors (see the module docs); 1 = all.
+    pub alignment: f64,
 }
 
 impl Default for ObjectsConfig {
@@ -53,6 +70,7 @@ impl Default for ObjectsConfig {
             per_class: 60,
             size: 32,
             seed: 0,
+            alignment: 1.0,
         }
     }
 }
@@ -74,6 +92,74 @@ impl ClassSpec {
             + (self.palette != o.palette) as usize
             + (self.parts != o.parts) as usize
     }
+}
+
+/// Backdrop patterns (gradient, noise, stripes, checks), backdrop hues and clutter families of a
+/// scene-defined class.
+pub const NUM_BACKDROPS: usize = 4;
+pub const NUM_HUES: usize = 10;
+pub const NUM_CLUTTER: usize = NUM_SHAPES;
+
+/// The scene factors defining a misaligned novel class. `hue` is a check digit of the other two
+/// (`(backdrop + clutter) mod NUM_HUES`), so two scene classes differ in at least two factors,
+/// as object classes do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SceneSpec {
+    pub backdrop: usize,
+    pub hue: usize,
+    pub clutter: usize,
+}
+
+/// What defines a class: its object (base classes, aligned novel classes) or its scene.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClassDef {
+    Object(ClassSpec),
+    Scene(SceneSpec),
+}
+
+/// Whether novel class `j` (0-based within the novel classes) is scene-defined at `alignment`.
+pub fn is_scene_class(j: usize, alignment: f64) -> bool {
+    let m = (1.0 - alignment).clamp(0.0, 1.0);
+    ((j + 1) as f64 * m + 1e-9).floor() > (j as f64 * m + 1e-9).floor()
+}
+
+/// The definitions of classes `0..n` at `alignment`: the object classes of [`class_specs`], with
+/// the novel ones that [`is_scene_class`] picks replaced by distinct scene combinations.
+pub fn class_defs(seed: u64, n: usize, alignment: f64) -> Result<Vec<ClassDef>, DataError> {
+    if !(0.0..=1.0).contains(&alignment) {
+        return Err(DataError::Config(format!(
+            "--alignment {alignment}: must be in [0, 1]"
+        )));
+    }
+    let specs = class_specs(seed, n)?;
+    let n_train = split_counts(n, SPLIT_FRACTIONS)[0];
+    let mut pool = Vec::with_capacity(NUM_BACKDROPS * NUM_CLUTTER);
+    for backdrop in 0..NUM_BACKDROPS {
+        for clutter in 0..NUM_CLUTTER {
+            pool.push(SceneSpec {
+                backdrop,
+                hue: (backdrop + clutter) % NUM_HUES,
+                clutter,
+            });
+        }
+    }
+    let order = permutation(pool.len(), &mut stream(seed, &[SYNTH_OBJECTS, TAG_SCENES]));
+    let mut next_scene = order.into_iter().map(|i| pool[i]);
+    let mut out = Vec::with_capacity(n);
+    for (c, spec) in specs.into_iter().enumerate() {
+        if c >= n_train && is_scene_class(c - n_train, alignment) {
+            let scene = next_scene.next().ok_or_else(|| {
+                DataError::Config(format!(
+                    "--classes {n} --alignment {alignment}: more than {} scene-defined classes",
+                    NUM_BACKDROPS * NUM_CLUTTER
+                ))
+            })?;
+            out.push(ClassDef::Scene(scene));
+        } else {
+            out.push(ClassDef::Object(spec));
+        }
+    }
+    Ok(out)
 }
 
 pub fn class_name(class: usize) -> String {
@@ -299,8 +385,9 @@ fn random_colour(r: &mut Rng, sat: std::ops::Range<f32>, val: std::ops::Range<f3
 }
 
 /// A random shape of random family, colour and texture: clutter and occluders.
-fn distractor(r: &mut Rng, radius: f32, cx: f32, cy: f32) -> Option<Layer> {
-    let fam = r.gen_range(0..NUM_SHAPES);
+fn distractor(r: &mut Rng, radius: f32, cx: f32, cy: f32, family: Option<usize>) -> Option<Layer> {
+    let drawn = r.gen_range(0..NUM_SHAPES);
+    let fam = family.unwrap_or(drawn);
     let a = random_colour(r, 0.2..0.8, 0.3..0.95);
     let b = random_colour(r, 0.2..0.8, 0.3..0.95);
     let tex = if r.gen_bool(0.5) {
@@ -320,11 +407,11 @@ fn distractor(r: &mut Rng, radius: f32, cx: f32, cy: f32) -> Option<Layer> {
     Layer::new(Shape::Polygon(family_outline(fam)), paint, place)
 }
 
-/// Render instance `instance` of class `class` (whose factors are `spec`) at `size × size`.
+/// Render instance `instance` of class `class` (defined by `def`) at `size × size`.
 pub fn render_object(
     seed: u64,
     class: usize,
-    spec: &ClassSpec,
+    def: &ClassDef,
     instance: usize,
     size: u32,
 ) -> image::RgbImage {
@@ -334,15 +421,38 @@ pub fn render_object(
     );
     let s = size as f32;
     let mut layers: Vec<Layer> = Vec::with_capacity(16);
+    // A scene-defined class fixes the scene and draws its object; an object-defined class draws
+    // its scene (with exactly the draws of the generator before scene classes existed).
+    let scene = match def {
+        ClassDef::Scene(sc) => Some(*sc),
+        ClassDef::Object(_) => None,
+    };
 
-    // Background: a dull gradient, noise or low-contrast pattern over the whole picture.
-    let bg_a = random_colour(r, 0.05..0.4, 0.3..0.9);
-    let bg_b = mix(
+    // Background: a dull gradient, noise or low-contrast pattern over the whole picture; a scene
+    // class's backdrop has its hue (both colours within ±12° of it) and its pattern.
+    let mut bg_a = random_colour(r, 0.05..0.4, 0.3..0.9);
+    let mut bg_b = mix(
         bg_a,
         random_colour(r, 0.05..0.4, 0.3..0.9),
         r.gen_range(0.3..1.0),
     );
-    let bg = match r.gen_range(0..4) {
+    // (i32, as before the knob: the type decides how many random bits the draw takes.)
+    let drawn_kind: i32 = r.gen_range(0..4);
+    let kind = scene.map_or(drawn_kind, |sc| sc.backdrop as i32);
+    if let Some(sc) = scene {
+        let h = 360.0 * sc.hue as f32 / NUM_HUES as f32;
+        bg_a = hsv(
+            h + r.gen_range(-12.0..12.0),
+            r.gen_range(0.35..0.6),
+            r.gen_range(0.45..0.9),
+        );
+        bg_b = hsv(
+            h + r.gen_range(-12.0..12.0),
+            r.gen_range(0.35..0.6),
+            r.gen_range(0.3..0.7),
+        );
+    }
+    let bg = match kind {
         0 => Paint::Gradient {
             a: bg_a,
             b: bg_b,
@@ -372,12 +482,34 @@ pub fn render_object(
         Affine::place(s / 2.0, s / 2.0, 0.0, s / 2.0, s / 2.0),
     ));
 
-    // Clutter behind the object.
-    for _ in 0..r.gen_range(0..=3) {
+    // Clutter behind the object (a scene class: 2–3 shapes of its family).
+    let clutter = scene.map(|sc| sc.clutter);
+    let n_clutter = if scene.is_some() {
+        r.gen_range(2..=3)
+    } else {
+        r.gen_range(0..=3)
+    };
+    for _ in 0..n_clutter {
         let rad = s * r.gen_range(0.07..0.16);
         let (x, y) = (r.gen_range(0.0..s), r.gen_range(0.0..s));
-        layers.extend(distractor(r, rad, x, y));
+        layers.extend(distractor(r, rad, x, y, clutter));
     }
+    let spec = match def {
+        ClassDef::Object(spec) => *spec,
+        ClassDef::Scene(_) => {
+            let (shape, texture, parts) = (
+                r.gen_range(0..NUM_SHAPES),
+                r.gen_range(0..NUM_TEXTURES),
+                r.gen_range(0..NUM_PARTS),
+            );
+            ClassSpec {
+                shape,
+                texture,
+                palette: (shape + texture + parts) % NUM_PALETTES,
+                parts,
+            }
+        }
+    };
 
     // The object: placement, deformation, colours.
     let radius = s * r.gen_range(0.22..0.34);
@@ -444,7 +576,7 @@ pub fn render_object(
         let a = r.gen_range(0.0..2.0 * PI);
         let d = radius * r.gen_range(0.6..1.1);
         let rad = s * r.gen_range(0.1..0.18);
-        layers.extend(distractor(r, rad, cx + d * a.cos(), cy + d * a.sin()));
+        layers.extend(distractor(r, rad, cx + d * a.cos(), cy + d * a.sin(), None));
     }
     Canvas::render(size, size, [0.5; 3], &layers, SS).to_rgb8()
 }
@@ -467,7 +599,7 @@ pub fn generate_objects(cfg: &ObjectsConfig, out: &Path) -> Result<ObjectsSummar
         return Err(DataError::Config("--per-class must be at least 1".into()));
     }
     let counts = class_split(cfg.classes)?;
-    let specs = class_specs(cfg.seed, cfg.classes)?;
+    let specs = class_defs(cfg.seed, cfg.classes, cfg.alignment)?;
     let img_dir = out.join(IMAGE_DIR);
     create_dir(&img_dir)?;
     let jobs: Vec<(usize, usize)> = (0..cfg.classes)
@@ -542,8 +674,73 @@ mod tests {
     }
 
     #[test]
+    fn alignment_picks_scene_classes_evenly_and_leaves_base_classes_alone() {
+        let count = |a: f64| (0..20).filter(|&j| is_scene_class(j, a)).count();
+        assert_eq!(
+            (count(1.0), count(0.5), count(0.0), count(0.75)),
+            (0, 10, 20, 5)
+        );
+        // Every other class at 0.5.
+        assert!((0..20).all(|j| is_scene_class(j, 0.5) == (j % 2 == 1)));
+        let objects = class_defs(5, 100, 1.0).unwrap();
+        for a in [0.0, 0.5] {
+            let d = class_defs(5, 100, a).unwrap();
+            // Base classes and the object-defined novel classes keep their definitions.
+            assert_eq!(d[..64], objects[..64]);
+            let mut scenes = Vec::new();
+            for (c, (x, o)) in d.iter().zip(&objects).enumerate().skip(64) {
+                match x {
+                    ClassDef::Object(_) => assert_eq!(x, o, "class {c}"),
+                    ClassDef::Scene(sc) => scenes.push(*sc),
+                }
+            }
+            assert_eq!(scenes.len(), 36 - (36.0 * a) as usize);
+            // Distinct in at least two of the three scene factors.
+            for (i, p) in scenes.iter().enumerate() {
+                assert_eq!(p.hue, (p.backdrop + p.clutter) % NUM_HUES);
+                for q in &scenes[i + 1..] {
+                    let diff = (p.backdrop != q.backdrop) as usize
+                        + (p.hue != q.hue) as usize
+                        + (p.clutter != q.clutter) as usize;
+                    assert!(diff >= 2, "{p:?} {q:?}");
+                }
+            }
+        }
+        assert!(class_defs(5, 100, 1.5).is_err());
+    }
+
+    #[test]
+    fn a_scene_class_fixes_the_scene_and_varies_the_object() {
+        let sc = ClassDef::Scene(SceneSpec {
+            backdrop: 2,
+            hue: 7,
+            clutter: 5,
+        });
+        let a = render_object(1, 80, &sc, 0, 32);
+        let b = render_object(1, 80, &sc, 1, 32);
+        assert_ne!(a, b);
+        // The backdrop is saturated around hue 252° (7/10 of the circle): the corner pixels (scene,
+        // rarely covered) are blue-violet far more often than in object-defined images.
+        let bluish = |img: &image::RgbImage| {
+            let p = img.get_pixel(0, 0).0;
+            (p[2] as i32 > p[1] as i32 + 20) as usize
+        };
+        let scene_blue: usize = (0..40)
+            .map(|i| bluish(&render_object(1, 80, &sc, i, 32)))
+            .sum();
+        let obj = class_defs(1, 100, 1.0).unwrap()[80];
+        let obj_blue: usize = (0..40)
+            .map(|i| bluish(&render_object(1, 80, &obj, i, 32)))
+            .sum();
+        assert!(
+            scene_blue >= 30 && scene_blue > 2 * obj_blue,
+            "{scene_blue} vs {obj_blue}"
+        );
+    }
+
+    #[test]
     fn render_is_deterministic_and_instances_differ() {
-        let spec = class_specs(0, 1).unwrap()[0];
+        let spec = ClassDef::Object(class_specs(0, 1).unwrap()[0]);
         let a = render_object(0, 0, &spec, 0, 24);
         assert_eq!(a, render_object(0, 0, &spec, 0, 24));
         assert_ne!(a, render_object(0, 0, &spec, 1, 24));

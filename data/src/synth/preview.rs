@@ -4,14 +4,14 @@
 //! show exactly what is on disk without reading it back.
 use super::draw::png_bytes;
 use super::faces::{render_face, FacesConfig};
-use super::objects::{class_specs, render_object, ObjectsConfig};
-use crate::data::{DataError, Landmarks};
+use super::objects::{class_defs, render_object, ObjectsConfig};
+use crate::{DataError, Landmarks};
 use image::{Rgb, RgbImage};
 use std::path::Path;
 
 const GRID: usize = 8;
 const GAP: u32 = 2;
-/// Landmark dot colours in [`crate::data::LANDMARK_NAMES`] order.
+/// Landmark dot colours in [`crate::LANDMARK_NAMES`] order.
 const DOT_COLOURS: [[u8; 3]; 5] = [
     [255, 0, 0],
     [0, 255, 0],
@@ -86,7 +86,7 @@ pub fn draw_dot(img: &mut RgbImage, p: [f32; 2], r: f32, colour: [u8; 3]) {
 
 /// Objects: one row per class (8 classes spread over train, val and test), 8 instances each.
 pub fn objects_preview(cfg: &ObjectsConfig, path: &Path) -> Result<(), DataError> {
-    let specs = class_specs(cfg.seed, cfg.classes)?;
+    let specs = class_defs(cfg.seed, cfg.classes, cfg.alignment)?;
     let k = zoom_for(cfg.size);
     let rows = GRID.min(specs.len());
     let tiles: Vec<Vec<RgbImage>> = (0..rows)

@@ -1,5 +1,11 @@
-//! Datasets: readers for the real formats (mini-ImageNet CSV, ImageFolder, CelebA, MAFL) and the
-//! embedded synthetic generators that write the same formats.
+//! data: what host-trainer and runtime-cli share, so that the deployment side reads the same
+//! files the same way without compiling candle.
+//!
+//! * Readers for the real formats (mini-ImageNet CSV, ImageFolder, CelebA, MAFL) and the embedded
+//!   synthetic generators ([`synth`]) that write the same formats.
+//! * [`geometry`] (crop, PIL-exact bilinear resize, flip, landmark maps) and [`planar`] (the float
+//!   CHW image): the resize both the trainer's eval transform and runtime-cli's preprocessing use.
+//! * [`rng`]: the seeded purpose-keyed random streams; [`fsutil`]: atomic writes.
 //!
 //! One reader per format, all producing the same [`LabelledImages`] list, so the batch loader has
 //! a single thing to consume: `len()` and `load(i) -> (image, label, Option<landmarks>)`.
@@ -9,10 +15,14 @@
 
 pub mod celeba;
 pub mod error;
+pub mod fsutil;
+pub mod geometry;
 pub mod image_folder;
 pub mod labelled;
 pub mod landmarks;
 pub mod mini_imagenet;
+pub mod planar;
+pub mod rng;
 pub mod synth;
 pub(crate) mod text;
 

@@ -1,15 +1,15 @@
 //! Geometric transforms: RandomResizedCrop parameters, crop + resize, horizontal flip, and the
 //! matching landmark maps.
 //!
-//! Coordinates follow the pixel-centre convention of [`crate::data::Landmarks`]: pixel `(i, j)`
+//! Coordinates follow the pixel-centre convention of [`crate::Landmarks`]: pixel `(i, j)`
 //! covers `[i, i+1) × [j, j+1)`, so its centre is `i + 0.5`. Resampling is defined in the same
 //! continuous coordinates (output pixel centre `x_o + 0.5` samples the crop at `(x_o + 0.5)·w/W_o`),
 //! which is what makes the landmark map `x' = (x − j)·W_o/w` exact rather than off by half a pixel.
 use rand::Rng as _;
 
-use super::planar::Planar;
-use crate::data::{Landmarks, FLIP_PERMUTATION};
+use crate::planar::Planar;
 use crate::rng::Rng;
+use crate::{Landmarks, FLIP_PERMUTATION};
 
 /// A crop rectangle in integer pixels, named as torchvision's `get_params` returns it:
 /// top row `i`, left column `j`, height `h`, width `w`.
@@ -75,7 +75,7 @@ pub fn center_fallback(width: usize, height: usize, ratio: (f32, f32)) -> CropRe
 }
 
 /// `torch.empty(1).uniform_(a, b)`: `a + (b − a)·U[0, 1)`; also fine for `a == b`.
-pub(crate) fn uniform(rng: &mut Rng, a: f64, b: f64) -> f64 {
+pub fn uniform(rng: &mut Rng, a: f64, b: f64) -> f64 {
     a + (b - a) * rng.gen::<f64>()
 }
 

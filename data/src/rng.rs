@@ -25,11 +25,24 @@ pub fn stream(seed: u64, path: &[u64]) -> Rng {
     ChaCha8Rng::from_seed(key)
 }
 
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+/// FNV-1a 64-bit hash: keys a stream by a name (a parameter's init stream by its tensor name, so
+/// the initial weights do not change when another tensor is added) and identifies files in
+/// result records. Not a cryptographic hash.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The init stream of the parameter `name`: `stream(seed, [INIT, fnv1a64(name)])`.
+pub fn init_stream(seed: u64, name: &str) -> Rng {
+    stream(seed, &[purpose::INIT, fnv1a64(name.as_bytes())])
+}
+
+/// SplitMix64's output function (one step from state `z`): the one SplitMix of the project is
+/// runtime-core's, which the device shuffles and initialises with.
+fn mix(z: u64) -> u64 {
+    runtime_core::heads::rng::SplitMix64::new(z).next_u64()
 }
 
 /// Purpose tags for [`stream`] paths, so that two modules never share a stream by accident.
@@ -73,5 +86,12 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);
+    }
+
+    #[test]
+    fn fnv1a64_matches_the_published_vectors() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
     }
 }

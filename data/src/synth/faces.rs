@@ -11,7 +11,7 @@
 //! use while discarding pose — the landmarks need exactly the pose.
 //!
 //! Geometry: the face is designed in a canonical frame whose unit is half the image width, with
-//! the origin at the centre of the MAFL crop square ([`crate::data::mafl_crop_window`]) and y
+//! the origin at the centre of the MAFL crop square ([`crate::mafl_crop_window`]) and y
 //! down; the pose maps it into pixels. The five landmarks are canonical points (eye centres, the
 //! nose tip = bottom of the nose, the two ends of the mouth) mapped by the same transform, so
 //! they are exact — pixel `(i, j)` covers `[i, i+1) × [j, j+1)`.
@@ -25,12 +25,12 @@
 //! random permutation of (identity, image) so names do not reveal identities.
 use super::draw::{hsv, mix, scale_rgb, Affine, Canvas, Layer, Paint, Rgb, Shape};
 use super::{create_dir, permutation, split_counts, write_image_file, write_list_file};
-use crate::data::celeba::{
+use crate::celeba::{
     mafl_crop_window, CELEBA_IMAGE_DIR, IDENTITY_FILE, LANDMARK_COLUMNS, LANDMARK_FILE, MAFL_DIR,
     MAFL_TEST_FILE, MAFL_TRAIN_FILE, PARTITION_FILE, SYNTH_EXACT_LANDMARK_FILE,
 };
-use crate::data::{DataError, Landmarks};
 use crate::rng::{purpose::SYNTH_FACES, stream, Rng};
+use crate::{DataError, Landmarks};
 use rand::Rng as _;
 use rayon::prelude::*;
 use std::f32::consts::PI;
@@ -571,8 +571,8 @@ pub fn face_layers(size: u32, id: &Identity, v: &Variation) -> (Vec<Layer>, Land
             );
         }
     }
-    drop(add);
-    // The background goes below everything, in pixel coordinates.
+    let _ = add; // the closure borrows `layers` mutably: end that borrow here
+                 // The background goes below everything, in pixel coordinates.
     let bg = Layer::new(
         Shape::Rect,
         v.background.clone(),

@@ -1,7 +1,6 @@
-//! End to end: the `tiny` study plan with the real runtime-cli binary — every step runs, the
+//! End to end: the `tiny` study plan with runtime-cli's evaluation in process — every step runs, the
 //! result files exist and hold sane figures, a second run skips everything, and deleting one
 //! step's record redoes only that step (with the same result: every step is seeded).
-use std::path::PathBuf;
 
 use host_trainer::study::{self, ids, preset, Plan, RunOptions};
 use serde_json::Value;
@@ -19,7 +18,6 @@ fn tiny_study_runs_resumes_and_redoes_one_step() {
     let opts = RunOptions {
         out: dir.path().to_path_buf(),
         device: host_trainer::device::parse_device("cpu").unwrap(),
-        runtime_cli: PathBuf::from(env!("CARGO_BIN_EXE_runtime-cli")),
         progress: false,
         stop_after: None,
     };
@@ -31,6 +29,7 @@ fn tiny_study_runs_resumes_and_redoes_one_step() {
         "results.md",
         "fewshot.png",
         "landmarks.png",
+        "alignment.png",
         "study.json",
     ] {
         assert!(dir.path().join(f).is_file(), "{f} missing");
@@ -41,13 +40,24 @@ fn tiny_study_runs_resumes_and_redoes_one_step() {
     assert_eq!(names, ["supervised", "moco-v2", "exemplar-v2", "scratch"]);
     for r in rows {
         for c in r["fewshot"].as_array().unwrap() {
-            for side in ["host", "runtime_int8"] {
-                let a = c[side]["value"]
-                    .as_f64()
-                    .unwrap_or_else(|| panic!("{r}: no {side}"));
-                assert!((0.0..=100.0).contains(&a), "{a}");
-                assert!(c[side]["ci95"].as_f64().unwrap() >= 0.0);
-            }
+            let figure = |side: &str| {
+                let v = &c[side];
+                let (a, ci) = (v["value"].as_f64(), v["ci95"].as_f64());
+                let (a, ci) = a.zip(ci).unwrap_or_else(|| panic!("{r}: no {side}"));
+                assert!(
+                    (0.0..=100.0).contains(&a) && ci >= 0.0,
+                    "{side}: {a} ± {ci}"
+                );
+                (a, ci)
+            };
+            let ((host, host_ci), (int8, _)) = (figure("host"), figure("runtime_int8"));
+            // The same episodes on int8 features: within twice the host's episode interval
+            // (plus one query's worth, for an interval of zero).
+            let bound = 2.0 * host_ci + 100.0 / (p.fewshot.way * p.fewshot.query) as f64;
+            assert!(
+                (host - int8).abs() <= bound,
+                "{r}: int8 {int8} vs host {host} (bound {bound})"
+            );
         }
         assert!(r["iod_host"]["value"].as_f64().unwrap() > 0.0);
         assert!(r["iod_runtime_int8"]["value"].as_f64().unwrap() > 0.0);
@@ -59,6 +69,43 @@ fn tiny_study_runs_resumes_and_redoes_one_step() {
     );
     let steps = res["wall_seconds"]["steps"].as_array().unwrap();
     assert_eq!(steps.len(), plan.steps.len());
+    // Every pretraining records what it learnt: its loss against chance and what it saw.
+    let pre = res["pretraining"].as_array().unwrap();
+    assert_eq!(
+        pre.len(),
+        2 * p.methods.len(),
+        "objects and faces per method"
+    );
+    for t in pre {
+        let (loss, chance) = (
+            t["final_loss"].as_f64().unwrap(),
+            t["chance_loss"].as_f64().unwrap(),
+        );
+        assert!(loss.is_finite() && loss > 0.0, "{t}");
+        let expected_chance = match t["method"].as_str().unwrap() {
+            // MoCo compares the positive with the whole queue (64 in `tiny`).
+            "moco-v2" => 65f64.ln(),
+            // Exemplar drops the same-label entries: fewer candidates than MoCo.
+            "exemplar-v2" => {
+                assert!(chance < 65f64.ln() && chance > 0.0, "{t}");
+                chance
+            }
+            // Supervised: ln of the classes (6 base object classes; face identities vary).
+            _ => chance,
+        };
+        assert!((chance - expected_chance).abs() < 1e-9, "{t}");
+        assert!(t["images_seen"].as_u64().unwrap() > 0, "{t}");
+        assert!((t["loss_ratio"].as_f64().unwrap() - loss / chance).abs() < 1e-9);
+    }
+    // The alignment sweep: every method at alignment 1 (the main objects) and at 0.
+    let cells = res["alignment"].as_array().unwrap();
+    assert_eq!(cells.len(), 2 * rows.len());
+    for c in cells {
+        for f in c["fewshot"].as_array().unwrap() {
+            let a = f[1]["value"].as_f64().unwrap();
+            assert!((0.0..=100.0).contains(&a), "{c}");
+        }
+    }
     let md = std::fs::read_to_string(dir.path().join("results.md")).unwrap();
     for needle in [
         "## Table 4 layout",
@@ -66,6 +113,8 @@ fn tiny_study_runs_resumes_and_redoes_one_step() {
         "## Table 1 layout",
         "| scratch |",
         "orderings",
+        "## Did each pretraining learn?",
+        "## Task alignment",
     ] {
         assert!(md.contains(needle), "results.md lacks {needle:?}:\n{md}");
     }
@@ -95,7 +144,6 @@ fn an_interrupted_pretraining_resumes_from_its_last_epoch() {
     let mut opts = RunOptions {
         out: dir.path().to_path_buf(),
         device: host_trainer::device::parse_device("cpu").unwrap(),
-        runtime_cli: PathBuf::from(env!("CARGO_BIN_EXE_runtime-cli")),
         progress: false,
         stop_after: Some(1),
     };

@@ -1,0 +1,324 @@
+//! The study's plan: its steps, in order, from a preset (what to run, never how).
+
+use super::preset::{DataSource, Preset};
+use crate::train::pretrain::BACKBONE;
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+/// The two downstream domains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Domain {
+    Objects,
+    Faces,
+}
+
+impl Domain {
+    pub fn name(self) -> &'static str {
+        match self {
+            Domain::Objects => "objects",
+            Domain::Faces => "faces",
+        }
+    }
+}
+
+/// What a step does. Paths are relative to the study folder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Synth(Domain),
+    /// The objects regenerated with their novel classes at `alignment` (the sweep).
+    SynthAligned {
+        alignment: f64,
+    },
+    /// Save a random-init backbone (seeded) as `dir/backbone.safetensors`.
+    InitScratch {
+        dir: PathBuf,
+    },
+    Pretrain {
+        domain: Domain,
+        method: String,
+        aug: Option<String>,
+        epochs: usize,
+        dir: PathBuf,
+    },
+    /// Few-shot on the main objects (`alignment: None`) or on the sweep's copy at an alignment.
+    FewShot {
+        dir: PathBuf,
+        alignment: Option<f64>,
+    },
+    BaseProbe {
+        dir: PathBuf,
+    },
+    Landmarks {
+        dir: PathBuf,
+    },
+    /// Export `model` to an int8 runtime model `out`, calibrated on `domain`'s data.
+    ExportInt8 {
+        domain: Domain,
+        model: PathBuf,
+        out: PathBuf,
+    },
+    RuntimeFewShot {
+        model: PathBuf,
+    },
+    RuntimeMafl {
+        model: PathBuf,
+    },
+    FigureFewShot,
+    FigureLandmarks,
+    FigureAlignment,
+}
+
+/// One step of the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// Stable identifier; names the record file `steps/<id>.json`.
+    pub id: String,
+    /// One-line description for the progress output.
+    pub title: String,
+    pub action: Action,
+}
+
+/// Step identifiers: the one place they are spelled (the results tables look records up by them).
+pub mod ids {
+    pub fn synth(domain: &str) -> String {
+        format!("synth.{domain}")
+    }
+    pub fn pretrain(domain: &str, method: &str) -> String {
+        format!("{domain}.{method}.pretrain")
+    }
+    pub fn fewshot(method: &str) -> String {
+        format!("objects.{method}.fewshot")
+    }
+    pub fn base(method: &str) -> String {
+        format!("objects.{method}.base")
+    }
+    pub fn runtime_fewshot(method: &str) -> String {
+        format!("objects.{method}.runtime-fewshot-int8")
+    }
+    pub fn landmarks(method: &str) -> String {
+        format!("faces.{method}.landmarks")
+    }
+    pub fn runtime_mafl(method: &str) -> String {
+        format!("faces.{method}.runtime-mafl-int8")
+    }
+    pub fn export(domain: &str, method: &str) -> String {
+        format!("{domain}.{method}.export-int8")
+    }
+    pub fn ablation_pretrain(method: &str, level: usize) -> String {
+        format!("ablation.{method}.{level}.pretrain")
+    }
+    pub fn ablation_fewshot(method: &str, level: usize) -> String {
+        format!("ablation.{method}.{level}.fewshot")
+    }
+    pub fn synth_aligned(alignment: f64) -> String {
+        format!("synth.objects-a{alignment:.2}")
+    }
+    pub fn aligned_fewshot(method: &str, alignment: f64) -> String {
+        format!("alignment.{alignment:.2}.{method}.fewshot")
+    }
+    pub const FIGURE_FEWSHOT: &str = "figure.fewshot";
+    pub const FIGURE_ALIGNMENT: &str = "figure.alignment";
+    pub const FIGURE_LANDMARKS: &str = "figure.landmarks";
+}
+
+/// The resolved study: settings and the ordered steps.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub preset: Preset,
+    pub steps: Vec<Step>,
+}
+
+/// Method rows of the tables: the preset's methods, then `scratch`.
+pub fn rows(p: &Preset) -> Vec<String> {
+    let mut r = p.methods.clone();
+    r.push(SCRATCH.to_string());
+    r
+}
+
+impl Plan {
+    /// All steps of `preset`, in execution order.
+    pub fn new(preset: Preset) -> Result<Plan> {
+        preset.validate()?;
+        let mut s = Vec::new();
+        let mut push =
+            |id: String, title: String, action: Action| s.push(Step { id, title, action });
+        for d in [Domain::Objects, Domain::Faces] {
+            let synthetic = !matches!(data_source(&preset, d), DataSource::Folder(_));
+            if synthetic {
+                push(
+                    ids::synth(d.name()),
+                    format!("synth {}", d.name()),
+                    Action::Synth(d),
+                );
+            }
+        }
+        for m in rows(&preset) {
+            for d in [Domain::Objects, Domain::Faces] {
+                let dir = PathBuf::from(d.name()).join(&m);
+                let id = ids::pretrain(d.name(), &m);
+                if m == SCRATCH {
+                    let title = format!("random-init backbone for {}", d.name());
+                    push(id, title, Action::InitScratch { dir: dir.clone() });
+                } else {
+                    let epochs = match d {
+                        Domain::Objects => preset.pretrain.epochs_objects,
+                        Domain::Faces => preset.pretrain.epochs_faces,
+                    };
+                    let title = format!("pretrain {m} on {} ({epochs} epochs)", d.name());
+                    let action = Action::Pretrain {
+                        domain: d,
+                        method: m.clone(),
+                        aug: None,
+                        epochs,
+                        dir: dir.clone(),
+                    };
+                    push(id, title, action);
+                }
+                match d {
+                    Domain::Objects => {
+                        push(
+                            ids::fewshot(&m),
+                            format!("few-shot {m} (host f32)"),
+                            Action::FewShot {
+                                dir: dir.clone(),
+                                alignment: None,
+                            },
+                        );
+                        push(
+                            ids::base(&m),
+                            format!("base-class probe {m} (host f32)"),
+                            Action::BaseProbe { dir: dir.clone() },
+                        );
+                        let model = dir.join(BACKBONE);
+                        let out = dir.join("model.int8.safetensors");
+                        push(
+                            ids::export(d.name(), &m),
+                            format!("export {m} objects backbone (int8)"),
+                            Action::ExportInt8 {
+                                domain: d,
+                                model,
+                                out: out.clone(),
+                            },
+                        );
+                        push(
+                            ids::runtime_fewshot(&m),
+                            format!("few-shot {m} (runtime int8)"),
+                            Action::RuntimeFewShot { model: out },
+                        );
+                    }
+                    Domain::Faces => {
+                        push(
+                            ids::landmarks(&m),
+                            format!("landmarks {m} (host f32)"),
+                            Action::Landmarks { dir: dir.clone() },
+                        );
+                        let model = dir.join("landmarks").join("landmarks.safetensors");
+                        let out = dir.join("landmarks.int8.safetensors");
+                        push(
+                            ids::export(d.name(), &m),
+                            format!("export {m} landmark model (int8)"),
+                            Action::ExportInt8 {
+                                domain: d,
+                                model,
+                                out: out.clone(),
+                            },
+                        );
+                        push(
+                            ids::runtime_mafl(&m),
+                            format!("landmarks {m} (runtime int8)"),
+                            Action::RuntimeMafl { model: out },
+                        );
+                    }
+                }
+            }
+        }
+        if preset.run_ablation {
+            for (k, (label, aug)) in preset.ablation.levels.iter().enumerate() {
+                for m in &preset.ablation.methods {
+                    let dir = PathBuf::from("ablation").join(m).join(k.to_string());
+                    let epochs = preset.ablation.epochs;
+                    let action = Action::Pretrain {
+                        domain: Domain::Objects,
+                        method: m.clone(),
+                        aug: Some(aug.clone()),
+                        epochs,
+                        dir: dir.clone(),
+                    };
+                    push(
+                        ids::ablation_pretrain(m, k),
+                        format!(
+                            "ablation: pretrain {m} on objects, {label} ({aug}, {epochs} epochs)"
+                        ),
+                        action,
+                    );
+                    push(
+                        ids::ablation_fewshot(m, k),
+                        format!("ablation: few-shot {m}, {label}"),
+                        Action::FewShot {
+                            dir,
+                            alignment: None,
+                        },
+                    );
+                }
+            }
+        }
+        let sweep = !matches!(preset.objects, DataSource::Folder(_));
+        if sweep && !preset.alignments.is_empty() {
+            for &a in &preset.alignments {
+                push(
+                    ids::synth_aligned(a),
+                    format!("synth objects, novel classes at alignment {a}"),
+                    Action::SynthAligned { alignment: a },
+                );
+                for m in rows(&preset) {
+                    push(
+                        ids::aligned_fewshot(&m, a),
+                        format!("few-shot {m} at alignment {a} (host f32)"),
+                        Action::FewShot {
+                            dir: PathBuf::from(Domain::Objects.name()).join(&m),
+                            alignment: Some(a),
+                        },
+                    );
+                }
+            }
+            push(
+                ids::FIGURE_ALIGNMENT.into(),
+                "figure alignment.png".into(),
+                Action::FigureAlignment,
+            );
+        }
+        push(
+            ids::FIGURE_FEWSHOT.into(),
+            "figure fewshot.png".into(),
+            Action::FigureFewShot,
+        );
+        push(
+            ids::FIGURE_LANDMARKS.into(),
+            "figure landmarks.png".into(),
+            Action::FigureLandmarks,
+        );
+        Ok(Plan { preset, steps: s })
+    }
+}
+
+pub(super) fn data_source(p: &Preset, d: Domain) -> &DataSource {
+    match d {
+        Domain::Objects => &p.objects,
+        Domain::Faces => &p.faces,
+    }
+}
+
+/// The sweep's objects at `alignment` (generated under `out/data/`).
+pub fn aligned_objects_dir(out: &Path, alignment: f64) -> PathBuf {
+    out.join("data").join(format!("objects-a{alignment:.2}"))
+}
+
+/// The dataset root of `d`: the generated copy under `out/data/`, or the real folder.
+pub fn data_dir(p: &Preset, out: &Path, d: Domain) -> PathBuf {
+    match data_source(p, d) {
+        DataSource::Folder(f) => f.clone(),
+        _ => out.join("data").join(d.name()),
+    }
+}
