@@ -171,3 +171,58 @@ fn an_interrupted_pretraining_resumes_from_its_last_epoch() {
         .collect();
     assert_eq!(epochs, [0, 1]);
 }
+
+/// `--seeds 2`: two complete tiny studies in `seed-0/` and `seed-1/`, and the tables across
+/// them; the aggregate is recomputed here from the two per-seed `results.json`.
+#[test]
+fn two_seeds_aggregate_what_each_seed_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = preset::tiny();
+    let opts = RunOptions {
+        out: dir.path().to_path_buf(),
+        device: host_trainer::device::parse_device("cpu").unwrap(),
+        progress: false,
+        stop_after: None,
+    };
+    let (summary, agg) = study::seeds::run(&p, 2, &opts).unwrap();
+    assert_eq!(agg.seeds, vec![0, 1]);
+    assert!(summary.skipped.is_empty());
+    let res = read_json(&dir.path().join("results.json"));
+    assert_eq!(res["seeds"], serde_json::json!([0, 1]));
+    let per: Vec<Value> = [0, 1]
+        .iter()
+        .map(|s| read_json(&dir.path().join(format!("seed-{s}")).join("results.json")))
+        .collect();
+    assert_ne!(
+        per[0]["rows"], per[1]["rows"],
+        "different seeds, different results"
+    );
+    for (i, row) in res["rows"].as_array().unwrap().iter().enumerate() {
+        // Few-shot host accuracy of the first shot setting: mean of the two seeds.
+        let v: Vec<f64> = per
+            .iter()
+            .map(|r| {
+                r["rows"][i]["fewshot"][0]["host"]["value"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect();
+        let got = &row["fewshot"][0][1];
+        assert!((got["mean"].as_f64().unwrap() - (v[0] + v[1]) / 2.0).abs() < 1e-9);
+        // Population sd of two values is |a − b|/2; interval 1.96·sd/√2.
+        let ci = 1.96 * ((v[0] - v[1]).abs() / 2.0) / 2f64.sqrt();
+        assert!(
+            (got["ci95_seeds"].as_f64().unwrap() - ci).abs() < 1e-9,
+            "{got}"
+        );
+        assert_eq!(got["values"], serde_json::json!(v));
+    }
+    let md = std::fs::read_to_string(dir.path().join("results.md")).unwrap();
+    assert!(
+        md.contains("over 2 seeds") && md.contains("judged across seeds"),
+        "{md}"
+    );
+    // A second invocation resumes: nothing left to run.
+    let (again, _) = study::seeds::run(&p, 2, &opts).unwrap();
+    assert!(again.executed.is_empty(), "{:?}", again.executed);
+}

@@ -48,6 +48,11 @@ pub struct StudyArgs {
     /// cpu, cuda or cuda:N (default: the preset's).
     #[arg(long)]
     pub device: Option<String>,
+    /// Run the whole study for this many seeds (the preset's seed, +1, …), each in
+    /// `OUT/seed-<s>/`, and write tables across seeds (mean ± 95% interval across seeds) to
+    /// `OUT/results.md` and `OUT/results.json`.
+    #[arg(long, default_value_t = 1)]
+    pub seeds: usize,
     /// Print the resolved settings and the steps (done / to do), run nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -110,6 +115,19 @@ pub fn run(a: StudyArgs) -> Result<()> {
         progress: !a.quiet,
         stop_after: a.stop_after,
     };
+    if a.seeds > 1 {
+        let (s, agg) = study::seeds::run(&plan.preset, a.seeds, &opts)?;
+        eprintln!(
+            "study: seeds {:?}: {} steps run, {} done earlier, {:.1} min; tables in {}",
+            agg.seeds,
+            s.executed.len(),
+            s.skipped.len(),
+            s.seconds / 60.0,
+            a.out.join("results.md").display()
+        );
+        print!("{}", std::fs::read_to_string(a.out.join("results.md"))?);
+        return Ok(());
+    }
     let s = study::run(&plan, &opts)?;
     eprintln!(
         "study: {} steps run, {} done earlier, {:.1} min; tables in {}",

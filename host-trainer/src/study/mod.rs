@@ -14,6 +14,7 @@
 pub mod figures;
 pub mod preset;
 pub mod results;
+pub mod seeds;
 
 mod execute;
 mod plan;

@@ -68,7 +68,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    fn text(self) -> &'static str {
+    pub fn text(self) -> &'static str {
         match self {
             Verdict::Holds => "holds",
             Verdict::HoldsWithinNoise => "holds, but within the noise",
