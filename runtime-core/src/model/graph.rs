@@ -238,13 +238,18 @@ impl<'a> Loader<'a, '_> {
     }
 }
 
-/// Loader state shared by all op lines: declared tensors and which are computed.
+/// Loader state shared by all graph lines: declared tensors, which are computed, the nodes so
+/// far, the input (with its normalisation) and the output.
+#[derive(Default)]
 struct Graph<'a> {
     tensors: Vec<TensorDesc>,
     produced_by: Vec<Option<usize>>,
     last_use: Vec<usize>,
     nodes: Vec<Node<'a>>,
     input: Option<u16>,
+    output: Option<u16>,
+    mean: heapless::Vec<f32, MAX_INPUT_CHANNELS>,
+    std: heapless::Vec<f32, MAX_INPUT_CHANNELS>,
 }
 
 impl Graph<'_> {
@@ -334,362 +339,486 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Model<'_>, ModelError> {
     })
 }
 
+/// The tokens of one line after its first word.
+type Toks<'t> = core::str::SplitAsciiWhitespace<'t>;
+
+/// An op line's parser: reads its fields, records its reads and writes in the graph and loads
+/// its parameters; returns the node (the caller checks every field was used, then pushes it).
+type OpParser =
+    for<'a, 'st> fn(&mut Fields<'_>, &mut Graph<'a>, &mut Loader<'a, 'st>, bool) -> R<Node<'a>>;
+
+/// Parses the graph text into a checked model; `line_no` follows the line being parsed (0 during
+/// the whole-graph checks) so `parse` can report where an error is.
 fn parse_text<'a>(st: &Container<'a>, text: &str, line_no: &mut u32) -> R<Model<'a>> {
     let mut lines = text.lines().enumerate().filter_map(|(i, l)| {
         let l = l.trim();
         (!l.is_empty() && !l.starts_with('#')).then_some((i as u32 + 1, l))
     });
-
-    // Header: version, dtype, task, in this order.
-    let mut next = |want: &str| -> R<(u32, &str)> {
-        let (n, l) = lines.next().ok_or(E::Header)?;
-        let (head, rest) = l.split_once(' ').ok_or(E::Header)?;
-        if head != want {
-            return Err(if want == "rtgraph" {
-                E::Version
-            } else {
-                E::Header
-            });
-        }
-        Ok((n, rest.trim()))
-    };
-    *line_no = 1;
-    let (n, v) = next("rtgraph")?;
-    *line_no = n;
-    if v.parse::<u32>() != Ok(FORMAT_VERSION) {
-        return Err(E::Version);
-    }
-    let (n, v) = next("dtype")?;
-    *line_no = n;
-    let dtype = match v {
-        "i8" => Dtype::Int8,
-        "f32" => Dtype::F32,
-        _ => return Err(E::BadValue("dtype")),
-    };
-    let (n, v) = next("task")?;
-    *line_no = n;
-    let task = match v {
-        "features" => Task::Features,
-        "landmarks" => Task::Landmarks,
-        _ => return Err(E::BadValue("task")),
-    };
-
+    let (dtype, task) = parse_header(&mut lines, line_no)?;
+    let int8 = dtype == Dtype::Int8;
     let mut ld = Loader {
         st,
         weight_bytes: 0,
     };
-    let mut g = Graph {
-        tensors: Vec::new(),
-        produced_by: Vec::new(),
-        last_use: Vec::new(),
-        nodes: Vec::new(),
-        input: None,
-    };
-    let mut output: Option<u16> = None;
-    let mut mean = heapless::Vec::<f32, MAX_INPUT_CHANNELS>::new();
-    let mut std = heapless::Vec::<f32, MAX_INPUT_CHANNELS>::new();
-    let int8 = dtype == Dtype::Int8;
+    let mut g = Graph::default();
 
     for (n, l) in lines {
         *line_no = n;
         let mut toks = l.split_ascii_whitespace();
         let op = toks.next().ok_or(E::BadToken)?;
-        // `tensor`/`input`/`output` take a positional id first.
-        let mut f;
-        match op {
+        let parse_op: OpParser = match op {
+            // Declarations take a positional id first and add no node.
             "tensor" => {
-                let id: u16 = toks
-                    .next()
-                    .and_then(|t| t.parse().ok())
-                    .ok_or(E::TensorId)?;
-                if id as usize != g.tensors.len() || g.tensors.len() >= MAX_TENSORS {
-                    return Err(E::TensorId);
-                }
-                f = Fields::new(toks)?;
-                let mut s = [0usize; 3];
-                if list(f.req("shape")?, &mut s) != Some(3) {
-                    return Err(E::BadValue("shape"));
-                }
-                if s.contains(&0) {
-                    return Err(E::ZeroDim);
-                }
-                let len = mul(mul(s[0], s[1])?, s[2])?;
-                if len > MAX_ELEMENTS {
-                    return Err(E::TooLarge);
-                }
-                let (scale, zp) = if int8 {
-                    (f.num::<f32>("scale")?, f.num::<i32>("zp")?)
-                } else {
-                    (1.0, 0)
-                };
-                if !finite_pos(scale) {
-                    return Err(E::ScaleRange);
-                }
-                check_zp(zp)?;
-                g.tensors.push(TensorDesc {
-                    h: s[0],
-                    w: s[1],
-                    c: s[2],
-                    scale,
-                    zp,
-                });
-                g.produced_by.push(None);
-                g.last_use.push(0);
-                f.finish()?;
+                parse_tensor(toks, &mut g, int8)?;
                 continue;
             }
-            "input" | "output" => {
-                let id: u16 = toks
-                    .next()
-                    .and_then(|t| t.parse().ok())
-                    .ok_or(E::TensorId)?;
-                let d = *g.tensors.get(id as usize).ok_or(E::TensorId)?;
-                f = Fields::new(toks)?;
-                if op == "output" {
-                    if output.is_some() {
-                        return Err(E::Header);
-                    }
-                    output = Some(id);
-                } else {
-                    if g.input.is_some()
-                        || g.produced_by.get(id as usize).copied().flatten().is_some()
-                    {
-                        return Err(E::Header);
-                    }
-                    g.input = Some(id);
-                    let (mut m, mut sd) = ([0f32; MAX_INPUT_CHANNELS], [0f32; MAX_INPUT_CHANNELS]);
-                    let nm = list(f.req("mean")?, &mut m).ok_or(E::BadValue("mean"))?;
-                    let ns = list(f.req("std")?, &mut sd).ok_or(E::BadValue("std"))?;
-                    if nm != d.c || ns != d.c {
-                        return Err(E::Shape);
-                    }
-                    if m[..nm].iter().any(|x| !x.is_finite())
-                        || !sd[..ns].iter().all(|&x| finite_pos(x))
-                    {
-                        return Err(E::ScaleRange);
-                    }
-                    mean.extend_from_slice(&m[..nm]).map_err(|_| E::Shape)?;
-                    std.extend_from_slice(&sd[..ns]).map_err(|_| E::Shape)?;
-                }
-                f.finish()?;
+            "input" => {
+                parse_input(toks, &mut g)?;
                 continue;
             }
-            _ => f = Fields::new(toks)?,
-        }
+            "output" => {
+                parse_output(toks, &mut g)?;
+                continue;
+            }
+            "conv" => parse_conv,
+            "fc" => parse_fc,
+            "add" => parse_add,
+            "maxpool" => parse_maxpool,
+            "mean" => parse_mean,
+            "leaky" => parse_leaky,
+            _ => unknown_op,
+        };
+        let mut f = Fields::new(toks)?;
         if g.nodes.len() >= MAX_TENSORS {
             return Err(E::TooLarge);
         }
-        let relu = f.relu;
-        let (node_in, node_out);
-        let (kernel, macs, n_in, second) = match op {
-            "conv" => {
-                let (ti, to) = (f.tensor_id("in")?, f.tensor_id("out")?);
-                let (di, dout) = (g.read(ti)?, g.write(to)?);
-                (node_in, node_out) = (ti, to);
-                let k = f.pair("k")?;
-                let stride = f.pair("stride")?;
-                let pad = f.pad()?;
-                let win = window(&di, k, stride, pad)?;
-                let oc = dout.c;
-                expect_shape(&dout, win.out_h, win.out_w, oc)?;
-                let red = mul(mul(k[0], k[1])?, di.c)?;
-                if red > MAX_REDUCTION {
-                    return Err(E::TooLarge);
-                }
-                let wshape = [oc, k[0], k[1], di.c];
-                let macs = (red as u64) * (dout.len() as u64);
-                let kern = if int8 {
-                    let weights = ld.weights_i8(f.req("w")?, &wshape)?;
-                    let (bias, mult, shift) = ld.requant(&mut f, oc)?;
-                    let (act_min, act_max) =
-                        crate::ops::requant::activation_range_i8(relu, dout.zp);
-                    Kernel::ConvI8(ConvI8 {
-                        win,
-                        out_c: oc,
-                        weights,
-                        bias,
-                        mult,
-                        shift,
-                        in_zp: di.zp,
-                        out_zp: dout.zp,
-                        act_min,
-                        act_max,
-                    })
-                } else {
-                    let weights = ld.f32s(f.req("w")?, &wshape)?;
-                    let bias = ld.f32s(f.req("b")?, &[oc])?;
-                    Kernel::ConvF32(ConvF32 {
-                        win,
-                        out_c: oc,
-                        weights,
-                        bias,
-                        relu,
-                    })
-                };
-                (kern, macs, 1u8, 0u16)
-            }
-            "fc" => {
-                let (ti, to) = (f.tensor_id("in")?, f.tensor_id("out")?);
-                let (di, dout) = (g.read(ti)?, g.write(to)?);
-                (node_in, node_out) = (ti, to);
-                expect_shape(&dout, 1, 1, dout.c)?;
-                let (il, ol) = (di.len(), dout.c);
-                if il > MAX_REDUCTION {
-                    return Err(E::TooLarge);
-                }
-                let macs = (il as u64) * (ol as u64);
-                let kern = if int8 {
-                    let weights = ld.weights_i8(f.req("w")?, &[ol, il])?;
-                    let (bias, mult, shift) = ld.requant(&mut f, ol)?;
-                    let (act_min, act_max) =
-                        crate::ops::requant::activation_range_i8(relu, dout.zp);
-                    Kernel::FcI8(FcI8 {
-                        in_len: il,
-                        out_len: ol,
-                        weights,
-                        bias,
-                        mult,
-                        shift,
-                        in_zp: di.zp,
-                        out_zp: dout.zp,
-                        act_min,
-                        act_max,
-                    })
-                } else {
-                    let weights = ld.f32s(f.req("w")?, &[ol, il])?;
-                    let bias = ld.f32s(f.req("b")?, &[ol])?;
-                    Kernel::FcF32(FcF32 {
-                        in_len: il,
-                        out_len: ol,
-                        weights,
-                        bias,
-                        relu,
-                    })
-                };
-                (kern, macs, 1, 0)
-            }
-            "add" => {
-                let (ta, tb, to) = (f.tensor_id("a")?, f.tensor_id("b")?, f.tensor_id("out")?);
-                let (da, db, dout) = (g.read(ta)?, g.read(tb)?, g.write(to)?);
-                (node_in, node_out) = (ta, to);
-                if !same_shape(&da, &db) || !same_shape(&da, &dout) {
-                    return Err(E::Shape);
-                }
-                let kern = if int8 {
-                    // Input multipliers are ≤ 1 (s/(2·max)), so their shifts are ≤ 0: the sum of
-                    // two rescaled inputs then fits in i32 exactly.
-                    let (a_mult, a_shift) = Loader::scalar_requant(&mut f, "ma", "sa", 0)?;
-                    let (b_mult, b_shift) = Loader::scalar_requant(&mut f, "mb", "sb", 0)?;
-                    let (out_mult, out_shift) =
-                        Loader::scalar_requant(&mut f, "m", "s", SHIFT_MAX)?;
-                    let (act_min, act_max) =
-                        crate::ops::requant::activation_range_i8(relu, dout.zp);
-                    Kernel::AddI8(AddI8 {
-                        a_zp: da.zp,
-                        a_mult,
-                        a_shift,
-                        b_zp: db.zp,
-                        b_mult,
-                        b_shift,
-                        out_zp: dout.zp,
-                        out_mult,
-                        out_shift,
-                        act_min,
-                        act_max,
-                    })
-                } else {
-                    Kernel::AddF32 { relu }
-                };
-                (kern, dout.len() as u64, 2, tb)
-            }
-            "maxpool" => {
-                let (ti, to) = (f.tensor_id("in")?, f.tensor_id("out")?);
-                let (di, dout) = (g.read(ti)?, g.write(to)?);
-                (node_in, node_out) = (ti, to);
-                let win = window(&di, f.pair("k")?, f.pair("stride")?, f.pad()?)?;
-                expect_shape(&dout, win.out_h, win.out_w, di.c)?;
-                if relu {
-                    return Err(E::BadToken);
-                }
-                let kern = if int8 {
-                    if dout.scale.to_bits() != di.scale.to_bits() || dout.zp != di.zp {
-                        return Err(E::PoolQuant);
-                    }
-                    Kernel::MaxPoolI8(win)
-                } else {
-                    Kernel::MaxPoolF32(win)
-                };
-                (kern, (dout.len() as u64) * (win.kh * win.kw) as u64, 1, 0)
-            }
-            "mean" => {
-                let (ti, to) = (f.tensor_id("in")?, f.tensor_id("out")?);
-                let (di, dout) = (g.read(ti)?, g.write(to)?);
-                (node_in, node_out) = (ti, to);
-                expect_shape(&dout, 1, 1, di.c)?;
-                let hw = mul(di.h, di.w)?;
-                if hw > 1 << 22 || relu {
-                    return Err(if relu { E::BadToken } else { E::TooLarge });
-                }
-                let kern = if int8 {
-                    let (mult, shift) = Loader::scalar_requant(&mut f, "m", "s", SHIFT_MAX)?;
-                    Kernel::MeanI8(MeanI8 {
-                        hw,
-                        c: di.c,
-                        in_zp: di.zp,
-                        out_zp: dout.zp,
-                        mult,
-                        shift,
-                    })
-                } else {
-                    Kernel::MeanF32 { hw, c: di.c }
-                };
-                (kern, di.len() as u64, 1, 0)
-            }
-            "leaky" => {
-                let (ti, to) = (f.tensor_id("in")?, f.tensor_id("out")?);
-                let (di, dout) = (g.read(ti)?, g.write(to)?);
-                (node_in, node_out) = (ti, to);
-                if !same_shape(&di, &dout) || relu {
-                    return Err(if relu { E::BadToken } else { E::Shape });
-                }
-                let alpha: f32 = f.num("alpha")?;
-                if !alpha.is_finite() {
-                    return Err(E::ScaleRange);
-                }
-                let kern = if int8 {
-                    let (id_mult, id_shift) =
-                        Loader::scalar_requant(&mut f, "mi", "si", SHIFT_MAX)?;
-                    let (alpha_mult, alpha_shift) =
-                        Loader::scalar_requant(&mut f, "ma", "sa", SHIFT_MAX)?;
-                    Kernel::LeakyI8(LeakyI8 {
-                        in_zp: di.zp,
-                        out_zp: dout.zp,
-                        id_mult,
-                        id_shift,
-                        alpha_mult,
-                        alpha_shift,
-                    })
-                } else {
-                    Kernel::LeakyF32 { alpha }
-                };
-                (kern, di.len() as u64, 1, 0)
-            }
-            _ => return Err(E::UnknownOp),
-        };
+        let node = parse_op(&mut f, &mut g, &mut ld, int8)?;
         f.finish()?;
-        g.nodes.push(Node {
-            kernel,
-            inputs: [node_in, second],
-            n_inputs: n_in,
-            output: node_out,
-            macs,
-        });
+        g.nodes.push(node);
     }
 
-    // Whole-graph checks.
     *line_no = 0;
+    finish_model(g, dtype, task, ld.weight_bytes)
+}
+
+/// Header: `rtgraph`, `dtype`, `task`, in this order; errors before the first is found are line 1.
+fn parse_header<'t>(
+    lines: &mut impl Iterator<Item = (u32, &'t str)>,
+    line_no: &mut u32,
+) -> R<(Dtype, Task)> {
+    *line_no = 1;
+    let (n, v) = header_line(lines, "rtgraph")?;
+    *line_no = n;
+    parse_version(v)?;
+    let (n, v) = header_line(lines, "dtype")?;
+    *line_no = n;
+    let dtype = parse_dtype(v)?;
+    let (n, v) = header_line(lines, "task")?;
+    *line_no = n;
+    let task = parse_task(v)?;
+    Ok((dtype, task))
+}
+
+/// The next line, which must be `want <value>`: its number and the trimmed value.
+fn header_line<'t>(
+    lines: &mut impl Iterator<Item = (u32, &'t str)>,
+    want: &str,
+) -> R<(u32, &'t str)> {
+    let (n, l) = lines.next().ok_or(E::Header)?;
+    let (head, rest) = l.split_once(' ').ok_or(E::Header)?;
+    if head != want {
+        return Err(if want == "rtgraph" {
+            E::Version
+        } else {
+            E::Header
+        });
+    }
+    Ok((n, rest.trim()))
+}
+
+/// `rtgraph <version>`: only [`FORMAT_VERSION`] is accepted.
+fn parse_version(v: &str) -> R<()> {
+    if v.parse::<u32>() != Ok(FORMAT_VERSION) {
+        return Err(E::Version);
+    }
+    Ok(())
+}
+
+/// `dtype i8|f32`.
+fn parse_dtype(v: &str) -> R<Dtype> {
+    match v {
+        "i8" => Ok(Dtype::Int8),
+        "f32" => Ok(Dtype::F32),
+        _ => Err(E::BadValue("dtype")),
+    }
+}
+
+/// `task features|landmarks`.
+fn parse_task(v: &str) -> R<Task> {
+    match v {
+        "features" => Ok(Task::Features),
+        "landmarks" => Ok(Task::Landmarks),
+        _ => Err(E::BadValue("task")),
+    }
+}
+
+/// The positional tensor id that follows `tensor`, `input` and `output`.
+fn positional_id(toks: &mut Toks<'_>) -> R<u16> {
+    toks.next().and_then(|t| t.parse().ok()).ok_or(E::TensorId)
+}
+
+/// `tensor <id> shape=H,W,C [scale= zp=]`: declares the next activation tensor.
+fn parse_tensor(mut toks: Toks<'_>, g: &mut Graph<'_>, int8: bool) -> R<()> {
+    let id = positional_id(&mut toks)?;
+    if id as usize != g.tensors.len() || g.tensors.len() >= MAX_TENSORS {
+        return Err(E::TensorId);
+    }
+    let mut f = Fields::new(toks)?;
+    let mut s = [0usize; 3];
+    if list(f.req("shape")?, &mut s) != Some(3) {
+        return Err(E::BadValue("shape"));
+    }
+    if s.contains(&0) {
+        return Err(E::ZeroDim);
+    }
+    let len = mul(mul(s[0], s[1])?, s[2])?;
+    if len > MAX_ELEMENTS {
+        return Err(E::TooLarge);
+    }
+    let (scale, zp) = if int8 {
+        (f.num::<f32>("scale")?, f.num::<i32>("zp")?)
+    } else {
+        (1.0, 0)
+    };
+    if !finite_pos(scale) {
+        return Err(E::ScaleRange);
+    }
+    check_zp(zp)?;
+    g.tensors.push(TensorDesc {
+        h: s[0],
+        w: s[1],
+        c: s[2],
+        scale,
+        zp,
+    });
+    g.produced_by.push(None);
+    g.last_use.push(0);
+    f.finish()
+}
+
+/// `input <id> mean=… std=…`: the input tensor and its per-channel normalisation.
+fn parse_input(mut toks: Toks<'_>, g: &mut Graph<'_>) -> R<()> {
+    let id = positional_id(&mut toks)?;
+    let d = *g.tensors.get(id as usize).ok_or(E::TensorId)?;
+    let mut f = Fields::new(toks)?;
+    if g.input.is_some() || g.produced_by.get(id as usize).copied().flatten().is_some() {
+        return Err(E::Header);
+    }
+    g.input = Some(id);
+    let (mut m, mut sd) = ([0f32; MAX_INPUT_CHANNELS], [0f32; MAX_INPUT_CHANNELS]);
+    let nm = list(f.req("mean")?, &mut m).ok_or(E::BadValue("mean"))?;
+    let ns = list(f.req("std")?, &mut sd).ok_or(E::BadValue("std"))?;
+    if nm != d.c || ns != d.c {
+        return Err(E::Shape);
+    }
+    if m[..nm].iter().any(|x| !x.is_finite()) || !sd[..ns].iter().all(|&x| finite_pos(x)) {
+        return Err(E::ScaleRange);
+    }
+    g.mean.extend_from_slice(&m[..nm]).map_err(|_| E::Shape)?;
+    g.std.extend_from_slice(&sd[..ns]).map_err(|_| E::Shape)?;
+    f.finish()
+}
+
+/// `output <id>`: the output tensor (checked to be produced once the whole graph is read).
+fn parse_output(mut toks: Toks<'_>, g: &mut Graph<'_>) -> R<()> {
+    let id = positional_id(&mut toks)?;
+    g.tensors.get(id as usize).ok_or(E::TensorId)?;
+    let f = Fields::new(toks)?;
+    if g.output.is_some() {
+        return Err(E::Header);
+    }
+    g.output = Some(id);
+    f.finish()
+}
+
+/// `conv in= out= k= stride= [pad=] w= b= [m= s=] [relu]`: 2-D convolution.
+fn parse_conv<'a>(
+    f: &mut Fields<'_>,
+    g: &mut Graph<'a>,
+    ld: &mut Loader<'a, '_>,
+    int8: bool,
+) -> R<Node<'a>> {
+    let relu = f.relu;
+    let (ti, to) = (f.tensor_id("in")?, f.tensor_id("out")?);
+    let (di, dout) = (g.read(ti)?, g.write(to)?);
+    let k = f.pair("k")?;
+    let stride = f.pair("stride")?;
+    let pad = f.pad()?;
+    let win = window(&di, k, stride, pad)?;
+    let oc = dout.c;
+    expect_shape(&dout, win.out_h, win.out_w, oc)?;
+    let red = mul(mul(k[0], k[1])?, di.c)?;
+    if red > MAX_REDUCTION {
+        return Err(E::TooLarge);
+    }
+    let wshape = [oc, k[0], k[1], di.c];
+    let macs = (red as u64) * (dout.len() as u64);
+    let kernel = if int8 {
+        let weights = ld.weights_i8(f.req("w")?, &wshape)?;
+        let (bias, mult, shift) = ld.requant(f, oc)?;
+        let (act_min, act_max) = crate::ops::requant::activation_range_i8(relu, dout.zp);
+        Kernel::ConvI8(ConvI8 {
+            win,
+            out_c: oc,
+            weights,
+            bias,
+            mult,
+            shift,
+            in_zp: di.zp,
+            out_zp: dout.zp,
+            act_min,
+            act_max,
+        })
+    } else {
+        let weights = ld.f32s(f.req("w")?, &wshape)?;
+        let bias = ld.f32s(f.req("b")?, &[oc])?;
+        Kernel::ConvF32(ConvF32 {
+            win,
+            out_c: oc,
+            weights,
+            bias,
+            relu,
+        })
+    };
+    Ok(Node {
+        kernel,
+        inputs: [ti, 0],
+        n_inputs: 1,
+        output: to,
+        macs,
+    })
+}
+
+/// `fc in= out= w= b= [m= s=] [relu]`: fully connected over the input flattened in HWC order.
+fn parse_fc<'a>(
+    f: &mut Fields<'_>,
+    g: &mut Graph<'a>,
+    ld: &mut Loader<'a, '_>,
+    int8: bool,
+) -> R<Node<'a>> {
+    let relu = f.relu;
+    let (ti, to) = (f.tensor_id("in")?, f.tensor_id("out")?);
+    let (di, dout) = (g.read(ti)?, g.write(to)?);
+    expect_shape(&dout, 1, 1, dout.c)?;
+    let (il, ol) = (di.len(), dout.c);
+    if il > MAX_REDUCTION {
+        return Err(E::TooLarge);
+    }
+    let macs = (il as u64) * (ol as u64);
+    let kernel = if int8 {
+        let weights = ld.weights_i8(f.req("w")?, &[ol, il])?;
+        let (bias, mult, shift) = ld.requant(f, ol)?;
+        let (act_min, act_max) = crate::ops::requant::activation_range_i8(relu, dout.zp);
+        Kernel::FcI8(FcI8 {
+            in_len: il,
+            out_len: ol,
+            weights,
+            bias,
+            mult,
+            shift,
+            in_zp: di.zp,
+            out_zp: dout.zp,
+            act_min,
+            act_max,
+        })
+    } else {
+        let weights = ld.f32s(f.req("w")?, &[ol, il])?;
+        let bias = ld.f32s(f.req("b")?, &[ol])?;
+        Kernel::FcF32(FcF32 {
+            in_len: il,
+            out_len: ol,
+            weights,
+            bias,
+            relu,
+        })
+    };
+    Ok(Node {
+        kernel,
+        inputs: [ti, 0],
+        n_inputs: 1,
+        output: to,
+        macs,
+    })
+}
+
+/// `add a= b= out= [ma= sa= mb= sb= m= s=] [relu]`: elementwise add of equal shapes.
+fn parse_add<'a>(
+    f: &mut Fields<'_>,
+    g: &mut Graph<'a>,
+    _ld: &mut Loader<'a, '_>,
+    int8: bool,
+) -> R<Node<'a>> {
+    let relu = f.relu;
+    let (ta, tb, to) = (f.tensor_id("a")?, f.tensor_id("b")?, f.tensor_id("out")?);
+    let (da, db, dout) = (g.read(ta)?, g.read(tb)?, g.write(to)?);
+    if !same_shape(&da, &db) || !same_shape(&da, &dout) {
+        return Err(E::Shape);
+    }
+    let kernel = if int8 {
+        // Input multipliers are ≤ 1 (s/(2·max)), so their shifts are ≤ 0: the sum of
+        // two rescaled inputs then fits in i32 exactly.
+        let (a_mult, a_shift) = Loader::scalar_requant(f, "ma", "sa", 0)?;
+        let (b_mult, b_shift) = Loader::scalar_requant(f, "mb", "sb", 0)?;
+        let (out_mult, out_shift) = Loader::scalar_requant(f, "m", "s", SHIFT_MAX)?;
+        let (act_min, act_max) = crate::ops::requant::activation_range_i8(relu, dout.zp);
+        Kernel::AddI8(AddI8 {
+            a_zp: da.zp,
+            a_mult,
+            a_shift,
+            b_zp: db.zp,
+            b_mult,
+            b_shift,
+            out_zp: dout.zp,
+            out_mult,
+            out_shift,
+            act_min,
+            act_max,
+        })
+    } else {
+        Kernel::AddF32 { relu }
+    };
+    Ok(Node {
+        kernel,
+        inputs: [ta, tb],
+        n_inputs: 2,
+        output: to,
+        macs: dout.len() as u64,
+    })
+}
+
+/// `maxpool in= out= k= stride= [pad=]`: max over the window's in-image taps.
+fn parse_maxpool<'a>(
+    f: &mut Fields<'_>,
+    g: &mut Graph<'a>,
+    _ld: &mut Loader<'a, '_>,
+    int8: bool,
+) -> R<Node<'a>> {
+    let relu = f.relu;
+    let (ti, to) = (f.tensor_id("in")?, f.tensor_id("out")?);
+    let (di, dout) = (g.read(ti)?, g.write(to)?);
+    let win = window(&di, f.pair("k")?, f.pair("stride")?, f.pad()?)?;
+    expect_shape(&dout, win.out_h, win.out_w, di.c)?;
+    if relu {
+        return Err(E::BadToken);
+    }
+    let kernel = if int8 {
+        if dout.scale.to_bits() != di.scale.to_bits() || dout.zp != di.zp {
+            return Err(E::PoolQuant);
+        }
+        Kernel::MaxPoolI8(win)
+    } else {
+        Kernel::MaxPoolF32(win)
+    };
+    Ok(Node {
+        kernel,
+        inputs: [ti, 0],
+        n_inputs: 1,
+        output: to,
+        macs: (dout.len() as u64) * (win.kh * win.kw) as u64,
+    })
+}
+
+/// `mean in= out= [m= s=]`: global average pool H×W×C → 1×1×C.
+fn parse_mean<'a>(
+    f: &mut Fields<'_>,
+    g: &mut Graph<'a>,
+    _ld: &mut Loader<'a, '_>,
+    int8: bool,
+) -> R<Node<'a>> {
+    let relu = f.relu;
+    let (ti, to) = (f.tensor_id("in")?, f.tensor_id("out")?);
+    let (di, dout) = (g.read(ti)?, g.write(to)?);
+    expect_shape(&dout, 1, 1, di.c)?;
+    let hw = mul(di.h, di.w)?;
+    if hw > 1 << 22 || relu {
+        return Err(if relu { E::BadToken } else { E::TooLarge });
+    }
+    let kernel = if int8 {
+        let (mult, shift) = Loader::scalar_requant(f, "m", "s", SHIFT_MAX)?;
+        Kernel::MeanI8(MeanI8 {
+            hw,
+            c: di.c,
+            in_zp: di.zp,
+            out_zp: dout.zp,
+            mult,
+            shift,
+        })
+    } else {
+        Kernel::MeanF32 { hw, c: di.c }
+    };
+    Ok(Node {
+        kernel,
+        inputs: [ti, 0],
+        n_inputs: 1,
+        output: to,
+        macs: di.len() as u64,
+    })
+}
+
+/// `leaky in= out= alpha= [mi= si= ma= sa=]`: LeakyReLU.
+fn parse_leaky<'a>(
+    f: &mut Fields<'_>,
+    g: &mut Graph<'a>,
+    _ld: &mut Loader<'a, '_>,
+    int8: bool,
+) -> R<Node<'a>> {
+    let relu = f.relu;
+    let (ti, to) = (f.tensor_id("in")?, f.tensor_id("out")?);
+    let (di, dout) = (g.read(ti)?, g.write(to)?);
+    if !same_shape(&di, &dout) || relu {
+        return Err(if relu { E::BadToken } else { E::Shape });
+    }
+    let alpha: f32 = f.num("alpha")?;
+    if !alpha.is_finite() {
+        return Err(E::ScaleRange);
+    }
+    let kernel = if int8 {
+        let (id_mult, id_shift) = Loader::scalar_requant(f, "mi", "si", SHIFT_MAX)?;
+        let (alpha_mult, alpha_shift) = Loader::scalar_requant(f, "ma", "sa", SHIFT_MAX)?;
+        Kernel::LeakyI8(LeakyI8 {
+            in_zp: di.zp,
+            out_zp: dout.zp,
+            id_mult,
+            id_shift,
+            alpha_mult,
+            alpha_shift,
+        })
+    } else {
+        Kernel::LeakyF32 { alpha }
+    };
+    Ok(Node {
+        kernel,
+        inputs: [ti, 0],
+        n_inputs: 1,
+        output: to,
+        macs: di.len() as u64,
+    })
+}
+
+/// Any other op name: `UnknownOp`, after the fields and node-count checks every op line gets.
+fn unknown_op<'a>(
+    _f: &mut Fields<'_>,
+    _g: &mut Graph<'a>,
+    _ld: &mut Loader<'a, '_>,
+    _int8: bool,
+) -> R<Node<'a>> {
+    Err(E::UnknownOp)
+}
+
+/// Whole-graph checks (an input, a produced output, every tensor produced) and the arena plan.
+fn finish_model<'a>(g: Graph<'a>, dtype: Dtype, task: Task, weight_bytes: usize) -> R<Model<'a>> {
     let input = g.input.ok_or(E::Header)?;
-    let output = output.ok_or(E::Output)?;
+    let output = g.output.ok_or(E::Output)?;
     if g.nodes.is_empty()
         || g.produced_by
             .get(output as usize)
@@ -700,7 +829,7 @@ fn parse_text<'a>(st: &Container<'a>, text: &str, line_no: &mut u32) -> R<Model<
         return Err(E::Output);
     }
     let last = g.nodes.len() - 1;
-    let esize = if int8 { 1 } else { 4 };
+    let esize = if dtype == Dtype::Int8 { 1 } else { 4 };
     let mut lives = Vec::with_capacity(g.tensors.len());
     for (i, d) in g.tensors.iter().enumerate() {
         let first = if i == input as usize {
@@ -729,10 +858,10 @@ fn parse_text<'a>(st: &Container<'a>, text: &str, line_no: &mut u32) -> R<Model<
         nodes: g.nodes,
         input,
         output,
-        mean,
-        std,
+        mean: g.mean,
+        std: g.std,
         offsets,
         plan_bytes,
-        weight_bytes: ld.weight_bytes,
+        weight_bytes,
     })
 }
