@@ -26,3 +26,14 @@ fi
 echo "== runtime-core builds for thumbv7em-none-eabihf (no_std) =="
 cargo build -p runtime-core --target thumbv7em-none-eabihf --locked
 cargo build -p runtime-core --target thumbv7em-none-eabihf --features defmt --locked
+
+echo "== runtime-ffi: C API header check, C example vs runtime-cli, Cortex-M4F cross-build =="
+if [ "$(cbindgen --version 2>/dev/null)" != "cbindgen 0.29.4" ]; then
+  cargo install cbindgen --version 0.29.4 --locked
+fi
+if ! command -v arm-none-eabi-gcc >/dev/null 2>&1 || [ ! -d /usr/lib/arm-none-eabi/newlib ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-arm-none-eabi libnewlib-arm-none-eabi
+fi
+bash runtime-ffi/check.sh
+RT_FFI_PROFILE=dev bash runtime-ffi/run_c_example.sh
+bash runtime-ffi/build_thumbv7em.sh

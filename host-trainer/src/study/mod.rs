@@ -2,9 +2,11 @@
 //!
 //! synth → pretrain (each method, plus a random-init `scratch` row, on objects and faces) →
 //! host evaluation (few-shot, base-class probe, landmarks) → int8 export → runtime evaluation
-//! (runtime-cli's evaluation, called as a library: the
-//! same episodes and JSON as `runtime-cli eval … --json`) → optional Table-1 augmentation ablation → figures →
-//! `results.json` + `results.md`.
+//! (runtime-cli's evaluations called as a library: the same episodes and JSON as
+//! `runtime-cli eval … --json`) → optional Table-1 augmentation ablation → the alignment sweep →
+//! figures → `results.json` + `results.md`. Modules: [`preset`] (sizes), [`plan`] (the steps),
+//! [`execute`] (one step), [`records`] (step records), [`results`] (tables), [`figures`],
+//! [`seeds`] (`--seeds N`).
 //!
 //! Resumability: every step writes one record `OUT/steps/<id>.json` (its result and its wall
 //! time) atomically when it finishes; a step whose record exists is skipped, so an interrupted

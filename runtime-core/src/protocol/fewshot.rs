@@ -1,7 +1,7 @@
 //! The few-shot episode sampler of Chen et al. (2019), shared by every program that evaluates the
-//! protocol (host-trainer on candle features, runtime-cli on int8 features; the MCU firmware runs one
-//! fixed episode and does not sample), so the
-//! same `seed` gives the same episodes everywhere and results compare number for number.
+//! protocol (host-trainer on candle features, runtime-cli on int8 features; the MCU firmware runs
+//! one fixed episode and does not sample), so the same `seed` gives the same episodes everywhere
+//! and results compare number for number.
 //!
 //! Episode `e` of a `shot`-shot evaluation is drawn from its own stream keyed by
 //! `(seed, shot, e)`: `way` distinct classes, then `shot + query` distinct images of each class;
