@@ -7,8 +7,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::preset::Preset;
 use super::{ids, read_record, rows, Plan};
@@ -166,13 +166,21 @@ pub const LEARNT_LOSS_RATIO: f64 = 0.6;
 /// ... and its kNN top-1 is at least this many times chance.
 pub const LEARNT_KNN_FACTOR: f64 = 2.0;
 
-fn pretrain_record(domain: &str, method: &str, v: &Value) -> Option<PretrainRecord> {
-    let final_loss = v.get("final_loss")?.as_f64()?;
-    let chance_loss = v.get("chance_loss")?.as_f64()?;
-    let knn_top1 = v.get("knn_top1").and_then(Value::as_f64);
-    let knn_chance = v.get("knn_chance").and_then(Value::as_f64);
+/// The fields the tables read from a pretraining step's record (its `PretrainSummary`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct PretrainRec {
+    pub final_loss: Option<f64>,
+    pub chance_loss: Option<f64>,
+    #[serde(default)]
+    pub images_seen: u64,
+    pub knn_top1: Option<f64>,
+    pub knn_chance: Option<f64>,
+}
+
+fn pretrain_record(domain: &str, method: &str, v: &PretrainRec) -> Option<PretrainRecord> {
+    let (final_loss, chance_loss) = (v.final_loss?, v.chance_loss?);
     let loss_ratio = final_loss / chance_loss;
-    let knn_ok = match (knn_top1, knn_chance) {
+    let knn_ok = match (v.knn_top1, v.knn_chance) {
         (Some(k), Some(c)) => k >= LEARNT_KNN_FACTOR * c,
         _ => true,
     };
@@ -182,9 +190,9 @@ fn pretrain_record(domain: &str, method: &str, v: &Value) -> Option<PretrainReco
         final_loss,
         chance_loss,
         loss_ratio,
-        images_seen: v.get("images_seen").and_then(Value::as_u64).unwrap_or(0),
-        knn_top1,
-        knn_chance,
+        images_seen: v.images_seen,
+        knn_top1: v.knn_top1,
+        knn_chance: v.knn_chance,
         learnt: loss_ratio <= LEARNT_LOSS_RATIO && knn_ok,
     })
 }
@@ -276,34 +284,77 @@ pub struct StudyResults {
     pub wall_seconds: WallTime,
 }
 
-fn fewshot_figure(v: &Value, shot: usize) -> Option<Figure> {
-    let r = v.get("results")?.as_array()?;
-    let s = r
-        .iter()
-        .find(|x| x.get("shot").and_then(Value::as_u64) == Some(shot as u64))?;
-    Some(Figure {
-        value: s.get("accuracy")?.as_f64()?,
-        ci95: s.get("ci95").and_then(Value::as_f64),
-    })
+/// One shot setting of a few-shot record (host `eval fewshot` and runtime-cli's share the layout).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ShotRec {
+    pub shot: usize,
+    pub accuracy: f64,
+    pub ci95: Option<f64>,
 }
 
-fn scalar(v: &Value, key: &str) -> Option<Figure> {
-    Some(Figure {
-        value: v.get(key)?.as_f64()?,
-        ci95: v.get("ci95").and_then(Value::as_f64),
-    })
+/// A few-shot step's record, as the tables read it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FewShotRec {
+    #[serde(default)]
+    pub results: Vec<ShotRec>,
 }
 
-/// The mean-face baseline of a landmark step's result (`None` for records written before it).
-fn mean_face_figure(v: &Value) -> Option<Figure> {
-    Some(Figure {
-        value: v.get("mean_face_iod_error")?.as_f64()?,
-        ci95: v.get("mean_face_ci95").and_then(Value::as_f64),
-    })
+impl FewShotRec {
+    fn figure(&self, shot: usize) -> Option<Figure> {
+        let s = self.results.iter().find(|r| r.shot == shot)?;
+        Some(Figure {
+            value: s.accuracy,
+            ci95: s.ci95,
+        })
+    }
 }
 
-fn result_of(out: &Path, id: &str) -> Result<Option<Value>> {
-    Ok(read_record(out, id)?.map(|r| r.result))
+/// A base-class probe's record.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProbeRec {
+    pub accuracy: Option<f64>,
+    pub ci95: Option<f64>,
+}
+
+/// A landmark step's record (host, with the mean-face baseline; or runtime-cli's `eval mafl`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct LandmarkRec {
+    pub iod_error: Option<f64>,
+    pub ci95: Option<f64>,
+    /// The no-image baseline (host records only).
+    pub mean_face_iod_error: Option<f64>,
+    pub mean_face_ci95: Option<f64>,
+}
+
+impl LandmarkRec {
+    fn figure(&self) -> Option<Figure> {
+        Some(Figure {
+            value: self.iod_error?,
+            ci95: self.ci95,
+        })
+    }
+
+    /// The mean-face baseline (`None` for records written before it).
+    fn mean_face(&self) -> Option<Figure> {
+        Some(Figure {
+            value: self.mean_face_iod_error?,
+            ci95: self.mean_face_ci95,
+        })
+    }
+}
+
+/// The record of step `id` read as `T` (`None` if the step has not run). Fields a record lacks
+/// give empty cells; a field of the wrong type is an error naming the record's file.
+fn record<T: DeserializeOwned>(out: &Path, id: &str) -> Result<Option<T>> {
+    let Some(r) = read_record(out, id)? else {
+        return Ok(None);
+    };
+    serde_json::from_value(r.result).map(Some).with_context(|| {
+        format!(
+            "{}: a field the tables read has the wrong type (written by another version?)",
+            super::record_path(out, id).display()
+        )
+    })
 }
 
 /// Build the tables from the records under `out` (missing steps give empty cells).
@@ -311,22 +362,27 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
     let p = &plan.preset;
     let mut table = Vec::new();
     for m in rows(p) {
-        let fs = result_of(out, &ids::fewshot(&m))?;
-        let rt = result_of(out, &ids::runtime_fewshot(&m))?;
+        let fs: Option<FewShotRec> = record(out, &ids::fewshot(&m))?;
+        let rt: Option<FewShotRec> = record(out, &ids::runtime_fewshot(&m))?;
         let fewshot = p
             .fewshot
             .shots
             .iter()
             .map(|&k| ShotCell {
                 shot: k,
-                host: fs.as_ref().and_then(|v| fewshot_figure(v, k)),
-                runtime_int8: rt.as_ref().and_then(|v| fewshot_figure(v, k)),
+                host: fs.as_ref().and_then(|v| v.figure(k)),
+                runtime_int8: rt.as_ref().and_then(|v| v.figure(k)),
             })
             .collect();
-        let base = result_of(out, &ids::base(&m))?.and_then(|v| scalar(&v, "accuracy"));
-        let iod_host = result_of(out, &ids::landmarks(&m))?.and_then(|v| scalar(&v, "iod_error"));
+        let base = record::<ProbeRec>(out, &ids::base(&m))?.and_then(|v| {
+            Some(Figure {
+                value: v.accuracy?,
+                ci95: v.ci95,
+            })
+        });
+        let iod_host = record::<LandmarkRec>(out, &ids::landmarks(&m))?.and_then(|v| v.figure());
         let iod_runtime_int8 =
-            result_of(out, &ids::runtime_mafl(&m))?.and_then(|v| scalar(&v, "iod_error"));
+            record::<LandmarkRec>(out, &ids::runtime_mafl(&m))?.and_then(|v| v.figure());
         table.push(MethodRow {
             method: m,
             base,
@@ -340,9 +396,9 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
         for (k, (label, aug)) in p.ablation.levels.iter().enumerate() {
             let mut cells = Vec::new();
             for m in &p.ablation.methods {
-                let v = result_of(out, &ids::ablation_fewshot(m, k))?;
+                let v: Option<FewShotRec> = record(out, &ids::ablation_fewshot(m, k))?;
                 for &s in &p.fewshot.shots {
-                    cells.push((m.clone(), s, v.as_ref().and_then(|v| fewshot_figure(v, s))));
+                    cells.push((m.clone(), s, v.as_ref().and_then(|v| v.figure(s))));
                 }
             }
             ablation.push(AblationRow {
@@ -361,8 +417,8 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
     let total = steps.iter().map(|(_, t)| t).sum();
     let mut mean_face = None;
     for m in rows(p) {
-        if let Some(v) = result_of(out, &ids::landmarks(&m))? {
-            mean_face = mean_face_figure(&v);
+        if let Some(v) = record::<LandmarkRec>(out, &ids::landmarks(&m))? {
+            mean_face = v.mean_face();
             if mean_face.is_some() {
                 break;
             }
@@ -371,7 +427,7 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
     let mut pretraining = Vec::new();
     for domain in ["objects", "faces"] {
         for m in &p.methods {
-            if let Some(v) = result_of(out, &super::ids::pretrain(domain, m))? {
+            if let Some(v) = record::<PretrainRec>(out, &super::ids::pretrain(domain, m))? {
                 pretraining.extend(pretrain_record(domain, m, &v));
             }
         }
@@ -386,12 +442,12 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
         let cells = |a: f64, id: &dyn Fn(&str) -> String| -> Result<Vec<AlignmentCell>> {
             let mut v = Vec::new();
             for m in rows(p) {
-                let r = result_of(out, &id(&m))?;
+                let r: Option<FewShotRec> = record(out, &id(&m))?;
                 let fewshot = p
                     .fewshot
                     .shots
                     .iter()
-                    .map(|&k| (k, r.as_ref().and_then(|v| fewshot_figure(v, k))))
+                    .map(|&k| (k, r.as_ref().and_then(|v| v.figure(k))))
                     .collect();
                 v.push(AlignmentCell {
                     alignment: a,
@@ -907,11 +963,48 @@ mod tests {
     }
 
     #[test]
+    fn a_mistyped_record_field_is_an_error_naming_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = super::super::Plan::new(super::super::preset::tiny()).unwrap();
+        let id = ids::fewshot("moco-v2");
+        super::super::records::write_record(
+            dir.path(),
+            &super::super::StepRecord {
+                id: id.clone(),
+                title: "t".into(),
+                seconds: 1.0,
+                result: serde_json::json!({"results": [{"shot": 1, "accuracy": "high"}]}),
+            },
+        )
+        .unwrap();
+        let e = format!("{:#}", collect(&plan, dir.path()).unwrap_err());
+        assert!(
+            e.contains(&format!("{id}.json")) && e.contains("wrong type"),
+            "{e}"
+        );
+        // A record lacking the fields gives an empty cell instead.
+        super::super::records::write_record(
+            dir.path(),
+            &super::super::StepRecord {
+                id,
+                title: "t".into(),
+                seconds: 1.0,
+                result: serde_json::json!({}),
+            },
+        )
+        .unwrap();
+        let r = collect(&plan, dir.path()).unwrap();
+        assert!(r.rows[1].fewshot.iter().all(|c| c.host.is_none()));
+    }
+
+    #[test]
     fn mean_face_figure_reads_the_landmark_record() {
         let v = serde_json::json!({"iod_error": 30.0, "ci95": 2.0,
             "mean_face_iod_error": 40.5, "mean_face_ci95": 1.5});
         assert_eq!(
-            mean_face_figure(&v),
+            serde_json::from_value::<LandmarkRec>(v)
+                .unwrap()
+                .mean_face(),
             Some(Figure {
                 value: 40.5,
                 ci95: Some(1.5)
@@ -919,7 +1012,9 @@ mod tests {
         );
         // A record from before the baseline existed.
         assert_eq!(
-            mean_face_figure(&serde_json::json!({"iod_error": 30.0})),
+            serde_json::from_value::<LandmarkRec>(serde_json::json!({"iod_error": 30.0}))
+                .unwrap()
+                .mean_face(),
             None
         );
     }
@@ -960,15 +1055,21 @@ mod tests {
                 pretrain_record(
                     "objects",
                     "moco-v2",
-                    &serde_json::json!({"final_loss": 3.0, "chance_loss": 6.0, "images_seen": 1000,
-                                        "knn_top1": 30.0, "knn_chance": 10.0}),
+                    &serde_json::from_value(
+                        serde_json::json!({"final_loss": 3.0, "chance_loss": 6.0,
+                        "images_seen": 1000, "knn_top1": 30.0, "knn_chance": 10.0}),
+                    )
+                    .unwrap(),
                 )
                 .unwrap(),
                 pretrain_record(
                     "objects",
                     "exemplar-v2",
-                    &serde_json::json!({"final_loss": 4.0, "chance_loss": 6.0, "images_seen": 1000,
-                                        "knn_top1": 30.0, "knn_chance": 10.0}),
+                    &serde_json::from_value(
+                        serde_json::json!({"final_loss": 4.0, "chance_loss": 6.0,
+                        "images_seen": 1000, "knn_top1": 30.0, "knn_chance": 10.0}),
+                    )
+                    .unwrap(),
                 )
                 .unwrap(),
             ],
