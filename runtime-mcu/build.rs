@@ -1,11 +1,87 @@
-//! Puts `memory.x` where the linker (cortex-m-rt's `link.x`) looks for it, and rebuilds when
-//! it or an embedded fixture changes.
+//! Puts the selected board's `memory.x` where the linker (cortex-m-rt's `link.x`) looks for it,
+//! selects the embedded models, and rebuilds when either selection, the map or a fixture changes.
+//!
+//! * `MCU_BOARD`: a directory under `boards/` holding `memory.x` (the memory map) and `models`
+//!   (the models that fit it). `qemu-an386` (the default, and the board `scripts/mcu.sh` runs
+//!   under QEMU) or `stm32f411`.
+//! * `MCU_MODELS`: overrides the board's `models` (names separated by spaces or commas, from
+//!   `landmark`, `fewshot`, `resnet8`).
+//!
+//! Each selected model becomes `cfg(mcu_model = "<name>")`: the firmware embeds only those
+//! fixtures and runs only their part of the program. Environment variables and cfgs leave the
+//! crate's metadata hash alone, so the default build is byte for byte the QEMU build.
 use std::{env, fs, path::PathBuf};
 
+const DEFAULT_BOARD: &str = "qemu-an386";
+const MODELS: [&str; 3] = ["landmark", "fewshot", "resnet8"];
+
 fn main() {
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    fs::copy("memory.x", out.join("memory.x")).expect("copy memory.x into OUT_DIR");
-    println!("cargo:rustc-link-search={}", out.display());
-    println!("cargo:rerun-if-changed=memory.x");
+    println!("cargo:rerun-if-env-changed=MCU_BOARD");
+    println!("cargo:rerun-if-env-changed=MCU_MODELS");
     println!("cargo:rerun-if-changed=../fixtures/mcu");
+    println!(
+        "cargo::rustc-check-cfg=cfg(mcu_model, values(\"{}\"))",
+        MODELS.join("\", \"")
+    );
+
+    let board = env::var("MCU_BOARD").unwrap_or_default();
+    let board = if board.is_empty() {
+        DEFAULT_BOARD
+    } else {
+        board.as_str()
+    };
+    let dir = PathBuf::from("boards").join(board);
+    let (map, models_file) = (dir.join("memory.x"), dir.join("models"));
+    if !map.is_file() || !models_file.is_file() {
+        panic!(
+            "MCU_BOARD={board}: no {} and {} (boards: {})",
+            map.display(),
+            models_file.display(),
+            known_boards().join(", ")
+        );
+    }
+    println!("cargo:rerun-if-changed={}", map.display());
+    println!("cargo:rerun-if-changed={}", models_file.display());
+
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    fs::copy(&map, out.join("memory.x")).expect("copy the board's memory.x into OUT_DIR");
+    println!("cargo:rustc-link-search={}", out.display());
+
+    let models = match env::var("MCU_MODELS") {
+        Ok(list) if !list.trim().is_empty() => list,
+        _ => fs::read_to_string(&models_file)
+            .unwrap_or_else(|e| panic!("{}: {e}", models_file.display()))
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    let mut any = false;
+    for name in models.split([' ', ',', '\t']).filter(|s| !s.is_empty()) {
+        if !MODELS.contains(&name) {
+            panic!(
+                "unknown model '{name}' (MCU_MODELS or {}): expected some of {}",
+                models_file.display(),
+                MODELS.join(", ")
+            );
+        }
+        println!("cargo:rustc-cfg=mcu_model=\"{name}\"");
+        any = true;
+    }
+    if !any {
+        panic!("no models selected for board {board}");
+    }
+}
+
+fn known_boards() -> Vec<String> {
+    let Ok(d) = fs::read_dir("boards") else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = d
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("memory.x").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
 }

@@ -4,8 +4,17 @@
 #
 #   scripts/mcu.sh                 setup + build + run + report (what the test command calls)
 #   scripts/mcu.sh setup           install only what is missing (idempotent)
-#   scripts/mcu.sh build           cargo build --release; prints the ELF path
+#   scripts/mcu.sh build [BOARD]   cargo build --release for BOARD (default qemu-an386); prints
+#                                  the ELF path
 #   scripts/mcu.sh qemu ELF        run one ELF, decoded log on stdout (the cargo runner)
+#   scripts/mcu.sh boards          build every board in runtime-mcu/boards/ (compile and size only,
+#                                  no run), print its flash/RAM use against the board's map; fails
+#                                  if a board's build does not fit its map (the linker checks)
+#
+# Boards: runtime-mcu/boards/<name>/memory.x (the memory map) and models (the models that fit it);
+# runtime-mcu/build.rs reads MCU_BOARD, and MCU_MODELS, which overrides the board's models
+# (MCU_MODELS="landmark fewshot" scripts/mcu.sh runs that subset under QEMU). The QEMU run always
+# builds qemu-an386. Builds go to $CARGO_TARGET_DIR (default runtime-mcu/target).
 #
 # Exit status: 0 only if the firmware ran to the end and exited with semihosting code 0.
 # A panic or hard fault exits 1 (the firmware reports it over semihosting); a hang is killed by
@@ -17,16 +26,28 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TARGET=thumbv7em-none-eabihf
+BOARDS="$ROOT/runtime-mcu/boards"
+QEMU_BOARD=qemu-an386
+ALL_MODELS="landmark fewshot resnet8"
 MCU_TIMEOUT="${MCU_TIMEOUT:-300}"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 log() { echo "mcu.sh: $*" >&2; }
 
-setup() {
+# What a build and its size report need: the rust target and llvm-size or readelf.
+setup_build() {
     if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
         log "installing rust target $TARGET"
         rustup target add "$TARGET"
     fi
+    if ! command -v llvm-size >/dev/null && ! command -v readelf >/dev/null; then
+        log "need llvm-size or readelf for the footprint report (apt-get install binutils)"
+        return 1
+    fi
+}
+
+setup() {
+    setup_build
     if ! command -v qemu-system-arm >/dev/null; then
         log "installing qemu-system-arm (Debian)"
         local sudo=""
@@ -41,19 +62,39 @@ setup() {
         log "installing defmt-print 1.x"
         cargo install defmt-print --locked --version '^1'
     fi
-    if ! command -v llvm-size >/dev/null && ! command -v readelf >/dev/null; then
-        log "need llvm-size or readelf for the footprint report (apt-get install binutils)"
-        return 1
-    fi
 }
 
 elf_path() {
     echo "${CARGO_TARGET_DIR:-$ROOT/runtime-mcu/target}/$TARGET/release/runtime-mcu"
 }
 
+# build [BOARD]: the firmware for BOARD (default qemu-an386) with the board's models or
+# $MCU_MODELS; prints the ELF path. A build that does not fit the board's map fails to link.
 build() {
-    (cd "$ROOT/runtime-mcu" && cargo build --release --locked 1>&2) || return 1
+    local board="${1:-$QEMU_BOARD}"
+    (cd "$ROOT/runtime-mcu" && MCU_BOARD="$board" cargo build --release --locked 1>&2) || return 1
     elf_path
+}
+
+# region_bytes MEMORY_X REGION: LENGTH of FLASH or RAM in a memory.x, in bytes (K and M suffixes).
+region_bytes() {
+    local v
+    v="$(sed -nE "s/^[[:space:]]*$2[[:space:]]*:.*LENGTH[[:space:]]*=[[:space:]]*([0-9A-Fa-fx]+[KM]?).*/\1/p" "$1" | head -n1)"
+    case "$v" in
+        "") log "$1: no LENGTH for $2"; return 1 ;;
+        *K) echo $((${v%K} * 1024)) ;;
+        *M) echo $((${v%M} * 1024 * 1024)) ;;
+        *) echo $((v)) ;;
+    esac
+}
+
+# The models a build of BOARD embeds: $MCU_MODELS, else the board's `models` file.
+board_models() {
+    local m="${MCU_MODELS:-}"
+    [ -n "${m// /}" ] || m="$(grep -v '^[[:space:]]*#' "$BOARDS/$1/models")"
+    # Unquoted on purpose: one space between names.
+    # shellcheck disable=SC2086
+    echo $(tr ',' ' ' <<<"$m")
 }
 
 # qemu ELF [RAWFILE]: runs the ELF; the raw defmt stream is kept in RAWFILE (or a temp file) and
@@ -96,8 +137,13 @@ sections() {
     fi
 }
 
+# report ELF DECODED [BOARD]: sections against BOARD's map (default qemu-an386), then every
+# FOOTPRINT line of the decoded log (none for a board that was only built).
 report() {
-    local elf="$1" decoded="$2"
+    local elf="$1" decoded="$2" board="${3:-$QEMU_BOARD}"
+    local flash_cap ram_cap
+    flash_cap="$(region_bytes "$BOARDS/$board/memory.x" FLASH)" || return 1
+    ram_cap="$(region_bytes "$BOARDS/$board/memory.x" RAM)" || return 1
     local secs
     secs="$(sections "$elf")"
     sec() { echo "$secs" | awk -v n="$1" '$1 == n { s += $2 } END { print s + 0 }'; }
@@ -110,12 +156,12 @@ report() {
     printf '%-34s %10s\n' "flash .text" "$text"
     printf '%-34s %10s\n' "flash .rodata (models, images)" "$rodata"
     printf '%-34s %10s\n' "flash .data load image" "$data"
-    printf '%-34s %10s  of 1048576\n' "flash total" "$((vt + text + rodata + data))"
+    printf '%-34s %10s  of %s\n' "flash total" "$((vt + text + rodata + data))" "$flash_cap"
     printf '%-34s %10s\n' "static RAM .data" "$data"
     printf '%-34s %10s  (heap + arenas inside)\n' "static RAM .bss" "$bss"
-    printf '%-34s %10s  of 262144\n' "static RAM total" "$((data + bss + uninit))"
+    printf '%-34s %10s  of %s\n' "static RAM total" "$((data + bss + uninit))" "$ram_cap"
     # Every FOOTPRINT line the firmware printed (heap, stack, arena, instructions per inference).
-    grep -E '^(INFO +)?FOOTPRINT ' <<<"$decoded" | sed -E 's/^(INFO +)?FOOTPRINT //' |
+    { grep -E '^(INFO +)?FOOTPRINT ' <<<"$decoded" || true; } | sed -E 's/^(INFO +)?FOOTPRINT //' |
         awk '{ printf "%-34s %10s\n", $1, $2; v[$1] = $2 }
              END {
                  # Instructions per MAC = executed instructions of one inference / its MACs.
@@ -127,12 +173,79 @@ report() {
              }'
 }
 
+# boards: builds every board with its models (compile and size only) and reports each against
+# its map; a board whose models do not fit fails. A board built with fewer than all models is
+# also tried with all of them, to show what does not fit (informational, never a failure).
+boards() {
+    setup_build
+    local tgt="${CARGO_TARGET_DIR:-$ROOT/runtime-mcu/target}/$TARGET/release/boards"
+    mkdir -p "$tgt"
+    local summary="" rc=0 dir board models elf err
+    err="$(mktemp)"
+    for dir in "$BOARDS"/*/; do
+        board="$(basename "$dir")"
+        [ -f "$dir/memory.x" ] && [ -f "$dir/models" ] || continue
+        models="$(board_models "$board")"
+        log "building board $board (models: $models)"
+        if ! elf="$(build "$board" 2>"$err")"; then
+            cat "$err" >&2
+            log "board $board: build FAILED (models: $models): see the linker error above"
+            summary+="$(printf '%-12s %-26s %s' "$board" "${models// /+}" \
+                "BUILD FAILED: $(why_not "$err")")"$'\n'
+            rc=1
+            continue
+        fi
+        cp "$elf" "$tgt/$board.elf"
+        echo "=== board $board (runtime-mcu/boards/$board, models: $models; compile and size only) ==="
+        report "$tgt/$board.elf" "" "$board"
+        summary+="$(board_line "$board" "$models" "$tgt/$board.elf")"$'\n'
+        if [ "$models" != "$ALL_MODELS" ]; then
+            log "board $board: trying all models ($ALL_MODELS), expected not to fit"
+            if elf="$(MCU_MODELS="$ALL_MODELS" build "$board" 2>"$err")"; then
+                cp "$elf" "$tgt/$board-all.elf"
+                summary+="$(board_line "$board" "$ALL_MODELS" "$tgt/$board-all.elf") (fits: add to its models?)"$'\n'
+            else
+                summary+="$(printf '%-12s %-26s %s' "$board" "${ALL_MODELS// /+}" \
+                    "does not fit: $(why_not "$err")")"$'\n'
+            fi
+        fi
+    done
+    rm -f "$err"
+    echo "=== boards: flash and static RAM used / capacity (stack gets the rest of RAM; the maps keep 32 KiB for it) ==="
+    printf '%-12s %-26s %-24s %-24s %s\n' board models flash RAM "stack room"
+    printf '%s' "$summary"
+    return "$rc"
+}
+
+# why_not ERRFILE: the linker's reasons in a failed build's output, on one line.
+why_not() {
+    {
+        grep -oE "section '[^']*' will not fit in region '[^']*': overflowed by [0-9]+ bytes" "$1" |
+            head -n1
+        grep -oE 'ERROR\(runtime-mcu\): [^"]*' "$1" | head -n1
+    } | paste -sd ';' - | sed 's/;/; /g'
+}
+
+# board_line BOARD MODELS ELF: one summary row.
+board_line() {
+    local board="$1" models="$2" elf="$3" secs flash ram fc rc
+    secs="$(sections "$elf")"
+    flash="$(awk '$1 ~ /^\.(vector_table|text|rodata|data)$/ { s += $2 } END { print s + 0 }' <<<"$secs")"
+    ram="$(awk '$1 ~ /^\.(data|bss|uninit)$/ { s += $2 } END { print s + 0 }' <<<"$secs")"
+    fc="$(region_bytes "$BOARDS/$board/memory.x" FLASH)"
+    rc="$(region_bytes "$BOARDS/$board/memory.x" RAM)"
+    printf '%-12s %-26s %-24s %-24s %s' "$board" "${models// /+}" \
+        "$flash / $fc ($(((200 * flash / fc + 1) / 2))%)" "$ram / $rc ($(((200 * ram / rc + 1) / 2))%)" \
+        "$((rc - ram))"
+}
+
 main() {
     local cmd="${1:-all}"
     case "$cmd" in
         setup) setup ;;
-        build) build ;;
+        build) shift; build "$@" ;;
         qemu) shift; run_qemu "$@" ;;
+        boards) boards ;;
         all)
             setup
             local elf decoded rc=0
@@ -149,7 +262,7 @@ main() {
             fi
             report "$elf" "$decoded"
             ;;
-        *) log "unknown command '$cmd' (setup | build | qemu ELF | all)"; return 2 ;;
+        *) log "unknown command '$cmd' (setup | build [BOARD] | qemu ELF | boards | all)"; return 2 ;;
     esac
 }
 

@@ -25,7 +25,29 @@ pub const MAX_IMAGES: usize = 25;
 /// Seed of the on-device classifier fit (weights init and per-epoch permutations).
 pub const FIT_SEED: u64 = 0x5EED_F00D;
 
-/// The embedded files (see `fixtures/mcu/README.md`).
+/// Which parts of the program a build runs: all of them on the host and in the QEMU firmware; a
+/// board with less flash leaves models out (`runtime-mcu/README.md` "Boards") and their parts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Parts {
+    /// Landmark prediction (the landmark model).
+    pub landmark: bool,
+    /// The few-shot episode (the backbone and the on-device heads).
+    pub fewshot: bool,
+    /// The MLPerf-Tiny ResNet-8 inference.
+    pub resnet8: bool,
+}
+
+impl Parts {
+    /// The whole program.
+    pub const ALL: Parts = Parts {
+        landmark: true,
+        fewshot: true,
+        resnet8: true,
+    };
+}
+
+/// The embedded files (see `fixtures/mcu/README.md`). A model whose part is not in
+/// [`Platform::PARTS`] is never read (the firmware passes an empty slice).
 #[derive(Clone, Copy)]
 pub struct Fixtures<'a> {
     pub landmark: &'a [u8],
@@ -36,6 +58,9 @@ pub struct Fixtures<'a> {
 
 /// Where results and measurements go: defmt on the MCU, strings on the host.
 pub trait Platform {
+    /// The parts of the program [`run`] runs (a constant, so a build without a part drops its
+    /// code).
+    const PARTS: Parts = Parts::ALL;
     /// Instructions executed so far (the host returns 0).
     fn now(&mut self) -> u64;
     /// Starts a new heap peak measurement.
@@ -242,12 +267,13 @@ fn infer<P: Platform>(
     Ok(())
 }
 
-/// Runs the whole program; `arena` is the one inference buffer all models share.
+/// Runs the program (the parts in [`Platform::PARTS`]); `arena` is the one inference buffer all
+/// models share.
 pub fn run<P: Platform>(p: &mut P, fx: Fixtures, arena: &mut [u8]) -> Result<(), AppError> {
     let im = Images::parse(fx.images)?;
 
     // Landmarks.
-    {
+    if P::PARTS.landmark {
         let name = "landmark";
         let m = load(p, name, fx.landmark, arena, &im)?;
         if m.output_len() != 2 * N_LANDMARKS {
@@ -267,7 +293,7 @@ pub fn run<P: Platform>(p: &mut P, fx: Fixtures, arena: &mut [u8]) -> Result<(),
     }
 
     // Few-shot episode.
-    {
+    if P::PARTS.fewshot {
         let name = "backbone";
         let m = load(p, name, fx.backbone, arena, &im)?;
         let dim = m.output_len();
@@ -330,7 +356,7 @@ pub fn run<P: Platform>(p: &mut P, fx: Fixtures, arena: &mut [u8]) -> Result<(),
     }
 
     // MLPerf-Tiny ResNet-8: one inference, for the footprint report (and parity).
-    {
+    if P::PARTS.resnet8 {
         let name = "resnet8";
         let m = load(p, name, fx.resnet8, arena, &im)?;
         let mut out = [0.0f32; 16];

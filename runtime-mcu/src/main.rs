@@ -21,20 +21,45 @@ mod icount;
 mod stack;
 
 /// The one inference arena, shared by the models (loaded one at a time). Sized for the largest
-/// plan (ResNet-8); `app::load` refuses a model whose plan does not fit.
-const ARENA_BYTES: usize = 48 * 1024;
+/// plan embedded: ResNet-8's 48 KiB, else 8 KiB (the landmark model and the backbone plan 5 KiB);
+/// `app::load` refuses a model whose plan does not fit. The embedded models are the board's
+/// (`boards/<name>/models`, or `MCU_MODELS`), selected by build.rs as `cfg(mcu_model = "…")`.
+const ARENA_BYTES: usize = if cfg!(mcu_model = "resnet8") {
+    48 * 1024
+} else {
+    8 * 1024
+};
 
 /// The fixture files, embedded in flash (`fixtures/mcu/README.md` says how they are made).
+/// A model the build leaves out is not embedded: an empty slice, never read (`Board::PARTS`).
 const FIXTURES: app::Fixtures<'static> = app::Fixtures {
-    landmark: include_bytes!("../../fixtures/mcu/landmark.safetensors"),
-    backbone: include_bytes!("../../fixtures/mcu/backbone.safetensors"),
-    resnet8: include_bytes!("../../fixtures/mcu/resnet8.safetensors"),
+    landmark: LANDMARK,
+    backbone: BACKBONE,
+    resnet8: RESNET8,
     images: include_bytes!("../../fixtures/mcu/images.bin"),
 };
+#[cfg(mcu_model = "landmark")]
+const LANDMARK: &[u8] = include_bytes!("../../fixtures/mcu/landmark.safetensors");
+#[cfg(not(mcu_model = "landmark"))]
+const LANDMARK: &[u8] = &[];
+#[cfg(mcu_model = "fewshot")]
+const BACKBONE: &[u8] = include_bytes!("../../fixtures/mcu/backbone.safetensors");
+#[cfg(not(mcu_model = "fewshot"))]
+const BACKBONE: &[u8] = &[];
+#[cfg(mcu_model = "resnet8")]
+const RESNET8: &[u8] = include_bytes!("../../fixtures/mcu/resnet8.safetensors");
+#[cfg(not(mcu_model = "resnet8"))]
+const RESNET8: &[u8] = &[];
 
 struct Board;
 
 impl app::Platform for Board {
+    /// The parts whose model this build embeds (all of them on qemu-an386).
+    const PARTS: app::Parts = app::Parts {
+        landmark: cfg!(mcu_model = "landmark"),
+        fewshot: cfg!(mcu_model = "fewshot"),
+        resnet8: cfg!(mcu_model = "resnet8"),
+    };
     fn now(&mut self) -> u64 {
         icount::now()
     }
