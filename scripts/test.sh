@@ -16,12 +16,16 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test (workspace; includes the runtime-mcu QEMU run) =="
 rm -f target/mcu-report.txt
-cargo test --workspace --locked
+mkdir -p target
+cargo test --workspace --locked 2>&1 | tee target/test-output.txt
 
 if [ -f target/mcu-report.txt ]; then
   echo "== runtime-mcu under QEMU: the parity test's run =="
   cat target/mcu-report.txt
 fi
+
+echo "== runtime-mcu board builds beyond QEMU (compile and size only) =="
+bash scripts/mcu.sh boards
 
 echo "== runtime-core builds for thumbv7em-none-eabihf (no_std) =="
 cargo build -p runtime-core --target thumbv7em-none-eabihf --locked
@@ -37,3 +41,7 @@ fi
 bash runtime-ffi/check.sh
 RT_FFI_PROFILE=dev bash runtime-ffi/run_c_example.sh
 bash runtime-ffi/build_thumbv7em.sh
+
+# One closing line for the whole run (every check above stops the script on failure).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' \
+  target/test-output.txt
