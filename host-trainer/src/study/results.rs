@@ -628,6 +628,18 @@ fn cell(f: Option<Figure>) -> String {
     }
 }
 
+/// Header and rule of the alignment table (`| alignment | method | k-shot |…`), shared with the
+/// multi-seed report.
+pub fn alignment_table_head(shots: &[usize]) -> String {
+    let mut s = String::from("| alignment | method |");
+    for k in shots {
+        s += &format!(" {k}-shot |");
+    }
+    s += "\n|---|---|";
+    s += &"---|".repeat(shots.len());
+    s + "\n"
+}
+
 /// `results.md`.
 pub fn markdown(r: &StudyResults) -> String {
     let p = &r.preset;
@@ -740,15 +752,8 @@ pub fn markdown(r: &StudyResults) -> String {
     }
     if !r.alignment.is_empty() {
         s += "\n## Task alignment: few-shot on novel classes defined like the base classes (1) or by what varies within them (0)\n\n";
-        s += "Host f32 accuracy (%). Alignment 1 is the main objects; at 0 the novel labels are the scene (backdrop, hue, clutter family) that base labels treat as nuisance. Same backbones, same episodes' protocol; only the novel classes change. See `alignment.png`.\n\n| alignment | method |";
-        for &k in &p.fewshot.shots {
-            s += &format!(" {k}-shot |");
-        }
-        s += "\n|---|---|";
-        for _ in &p.fewshot.shots {
-            s += "---|";
-        }
-        s += "\n";
+        s += "Host f32 accuracy (%). Alignment 1 is the main objects; at 0 the novel labels are the scene (backdrop, hue, clutter family) that base labels treat as nuisance. Same backbones, same episodes' protocol; only the novel classes change. See `alignment.png`.\n\n";
+        s += &alignment_table_head(&p.fewshot.shots);
         for c in &r.alignment {
             s += &format!("| {:.2} | {} |", c.alignment, c.method);
             for (_, f) in &c.fewshot {

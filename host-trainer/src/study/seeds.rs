@@ -278,15 +278,8 @@ pub fn markdown(r: &SeedsResults) -> String {
         cell(&r.mean_face)
     );
     if !r.alignment.is_empty() {
-        s += "\n## Task alignment (few-shot, host f32)\n\n| alignment | method |";
-        for &k in &p.fewshot.shots {
-            s += &format!(" {k}-shot |");
-        }
-        s += "\n|---|---|";
-        for _ in &p.fewshot.shots {
-            s += "---|";
-        }
-        s += "\n";
+        s += "\n## Task alignment (few-shot, host f32)\n\n";
+        s += &results::alignment_table_head(&p.fewshot.shots);
         for c in &r.alignment {
             s += &format!("| {:.2} | {} |", c.alignment, c.method);
             for (_, f) in &c.fewshot {
