@@ -113,12 +113,18 @@ fn a_resumed_run_ends_byte_identical_to_an_uninterrupted_one() {
     tiny_objects(&data);
     for method in ["moco-v2", "supervised"] {
         let full = d.path().join(format!("{method}-full"));
-        pretrain::pretrain(&request(method, &data, 2), &opts(&full, None)).unwrap();
+        let s_full = pretrain::pretrain(&request(method, &data, 2), &opts(&full, None)).unwrap();
         let cut = d.path().join(format!("{method}-cut"));
         let s = pretrain::pretrain(&request(method, &data, 2), &opts(&cut, Some(1))).unwrap();
         assert_eq!(s.epochs_done, 1);
         assert!(s.backbone.is_none() && !cut.join(BACKBONE).exists());
-        pretrain::resume(&cut, None, &opts(&cut, None)).unwrap();
+        let s_resumed = pretrain::resume(&cut, None, &opts(&cut, None)).unwrap();
+        // The initial network's kNN is a property of the seed, whatever the run's history.
+        let init = s_full.knn_init_top1.expect("kNN at init measured");
+        assert!((0.0..=100.0).contains(&init));
+        assert_eq!(s.knn_init_top1, Some(init), "{method}");
+        assert_eq!(s_resumed.knn_init_top1, Some(init), "{method}");
+        assert_eq!(s_full.knn_queries, 6);
         let a = std::fs::read(full.join(BACKBONE)).unwrap();
         let b = std::fs::read(cut.join(BACKBONE)).unwrap();
         assert!(

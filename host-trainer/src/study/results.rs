@@ -156,8 +156,12 @@ pub struct PretrainRecord {
     pub images_seen: u64,
     pub knn_top1: Option<f64>,
     pub knn_chance: Option<f64>,
+    /// kNN top-1 of the same network at initialisation (same bank and queries).
+    pub knn_init_top1: Option<f64>,
     /// Whether the run visibly learnt: loss ≤ [`LEARNT_LOSS_RATIO`] × chance and (when measured)
-    /// kNN top-1 ≥ [`LEARNT_KNN_FACTOR`] × chance. `false` is flagged in `results.md`.
+    /// kNN top-1 ≥ [`LEARNT_KNN_FACTOR`] × chance and above the network's own kNN at
+    /// initialisation by more than [`LEARNT_KNN_INIT_SE`] binomial standard errors. `false` is
+    /// flagged in `results.md`.
     pub learnt: bool,
 }
 
@@ -165,6 +169,19 @@ pub struct PretrainRecord {
 pub const LEARNT_LOSS_RATIO: f64 = 0.6;
 /// ... and its kNN top-1 is at least this many times chance.
 pub const LEARNT_KNN_FACTOR: f64 = 2.0;
+/// ... and above the kNN top-1 of its own random initialisation by more than this many binomial
+/// standard errors √(p(1−p)/n) of the initial accuracy p over the n queries. Random
+/// convolutional features already classify far above guessing (the `scratch` rows), so beating
+/// guessing alone does not show that pretraining learnt anything.
+pub const LEARNT_KNN_INIT_SE: f64 = 2.0;
+
+/// Whether kNN top-1 `knn` (%) beats the initial network's `init` (%) over `queries` held-out
+/// images by more than [`LEARNT_KNN_INIT_SE`] standard errors.
+pub fn beats_init_knn(knn: f64, init: f64, queries: usize) -> bool {
+    let p = (init / 100.0).clamp(0.0, 1.0);
+    let se = 100.0 * (p * (1.0 - p) / queries.max(1) as f64).sqrt();
+    knn > init + LEARNT_KNN_INIT_SE * se
+}
 
 /// The fields the tables read from a pretraining step's record (its `PretrainSummary`).
 #[derive(Debug, Clone, Deserialize)]
@@ -175,6 +192,10 @@ pub struct PretrainRec {
     pub images_seen: u64,
     pub knn_top1: Option<f64>,
     pub knn_chance: Option<f64>,
+    #[serde(default)]
+    pub knn_init_top1: Option<f64>,
+    #[serde(default)]
+    pub knn_queries: usize,
 }
 
 fn pretrain_record(domain: &str, method: &str, v: &PretrainRec) -> Option<PretrainRecord> {
@@ -182,6 +203,10 @@ fn pretrain_record(domain: &str, method: &str, v: &PretrainRec) -> Option<Pretra
     let loss_ratio = final_loss / chance_loss;
     let knn_ok = match (v.knn_top1, v.knn_chance) {
         (Some(k), Some(c)) => k >= LEARNT_KNN_FACTOR * c,
+        _ => true,
+    };
+    let beats_init = match (v.knn_top1, v.knn_init_top1) {
+        (Some(k), Some(i)) => beats_init_knn(k, i, v.knn_queries),
         _ => true,
     };
     Some(PretrainRecord {
@@ -193,7 +218,8 @@ fn pretrain_record(domain: &str, method: &str, v: &PretrainRec) -> Option<Pretra
         images_seen: v.images_seen,
         knn_top1: v.knn_top1,
         knn_chance: v.knn_chance,
-        learnt: loss_ratio <= LEARNT_LOSS_RATIO && knn_ok,
+        knn_init_top1: v.knn_init_top1,
+        learnt: loss_ratio <= LEARNT_LOSS_RATIO && knn_ok && beats_init,
     })
 }
 
@@ -718,7 +744,7 @@ pub fn markdown(r: &StudyResults) -> String {
     }
     if !r.pretraining.is_empty() {
         s += &format!(
-            "\n## Did each pretraining learn?\n\nA run visibly learnt when its final loss is at most {LEARNT_LOSS_RATIO} × chance (ln of the candidates its softmax compares) and its kNN top-1 on held-out base images is at least {LEARNT_KNN_FACTOR} × chance.\n\n| data | method | images seen | final loss | chance loss | ratio | kNN top-1 % (chance) | learnt |\n|---|---|---|---|---|---|---|---|\n"
+            "\n## Did each pretraining learn?\n\nA run visibly learnt when its final loss is at most {LEARNT_LOSS_RATIO} × chance (ln of the candidates its softmax compares) and its kNN top-1 on held-out base images is at least {LEARNT_KNN_FACTOR} × chance and above the kNN of its own network at initialisation by more than {LEARNT_KNN_INIT_SE} binomial standard errors (random convolutional features are far above guessing).\n\n| data | method | images seen | final loss | chance loss | ratio | kNN top-1 % (chance) | kNN at init % | learnt |\n|---|---|---|---|---|---|---|---|---|\n"
         );
         for t in &r.pretraining {
             let knn = match (t.knn_top1, t.knn_chance) {
@@ -726,8 +752,11 @@ pub fn markdown(r: &StudyResults) -> String {
                 (Some(k), None) => format!("{k:.2}"),
                 _ => "-".into(),
             };
+            let init = t
+                .knn_init_top1
+                .map_or_else(|| "-".to_string(), |k| format!("{k:.2}"));
             s += &format!(
-                "| {} | {} | {} | {:.3} | {:.3} | {:.2} | {knn} | {} |\n",
+                "| {} | {} | {} | {:.3} | {:.3} | {:.2} | {knn} | {init} | {} |\n",
                 t.domain,
                 t.method,
                 t.images_seen,
@@ -1044,6 +1073,22 @@ mod tests {
     }
 
     #[test]
+    fn a_run_must_beat_its_own_initial_knn() {
+        // init 10 % over 100 queries: SE = √(0.1·0.9/100) = 3 points, so the bar is 16 %.
+        assert!(!beats_init_knn(16.0, 10.0, 100));
+        assert!(beats_init_knn(16.01, 10.0, 100));
+        let rec = |knn: f64| {
+            let v = serde_json::json!({"final_loss": 3.0, "chance_loss": 6.0, "images_seen": 10,
+                "knn_top1": knn, "knn_chance": 1.0, "knn_init_top1": 10.0, "knn_queries": 100});
+            pretrain_record("objects", "moco-v2", &serde_json::from_value(v).unwrap()).unwrap()
+        };
+        // Loss 0.5 × chance and kNN 15 × chance, yet no better than the random network: flagged.
+        assert!(!rec(15.0).learnt);
+        assert!(rec(17.0).learnt);
+        assert_eq!(rec(17.0).knn_init_top1, Some(10.0));
+    }
+
+    #[test]
     fn markdown_has_the_paper_layouts() {
         let rows = vec![
             row("supervised", 80.0, 50.0, 70.0, 8.0),
@@ -1090,7 +1135,7 @@ mod tests {
         let md = markdown(&r);
         assert!(
             md.contains(
-                "| objects | moco-v2 | 1000 | 3.000 | 6.000 | 0.50 | 30.00 (10.00) | yes |"
+                "| objects | moco-v2 | 1000 | 3.000 | 6.000 | 0.50 | 30.00 (10.00) | - | yes |"
             ),
             "{md}"
         );

@@ -67,6 +67,16 @@ pub struct PretrainSummary {
     pub knn_top1: Option<f64>,
     /// kNN top-1 of guessing (100 / number of training classes), for comparison.
     pub knn_chance: f64,
+    /// kNN top-1 (%) of this run's network *at initialisation* (its seed, before any step), on
+    /// the same bank and queries: the level a run must beat to have learnt more than random
+    /// convolutional features give (which are far above guessing). Recomputed from the seed on
+    /// resume, so it is the same however the run was split.
+    #[serde(default)]
+    pub knn_init_top1: Option<f64>,
+    /// Held-out queries of the kNN monitor (the binomial noise of `knn_top1` is
+    /// √(p(1−p)/knn_queries)).
+    #[serde(default)]
+    pub knn_queries: usize,
     pub images_per_sec: f64,
     pub backbone: Option<PathBuf>,
     pub wall_seconds: f64,
@@ -151,10 +161,17 @@ fn run_epochs(mut tr: Trainer, data: PretrainData, opts: &RunOptions) -> Result<
         images_seen: 0,
         knn_top1: None,
         knn_chance: 100.0 / data.num_classes().max(1) as f64,
+        knn_init_top1: None,
+        knn_queries: 0,
         images_per_sec: 0.0,
         backbone: None,
         wall_seconds: 0.0,
     };
+    if cfg.knn_images > 0 && !data.heldout.is_empty() {
+        let init = ResNet::new(&cfg.model, cfg.seed, &tr.device)?;
+        summary.knn_init_top1 = Some(knn_monitor(&init, &tr.device, &data, &cfg)?);
+        summary.knn_queries = cfg.knn_images.min(data.heldout.len());
+    }
     let mut images_seen = 0usize;
     let mut train_time = 0.0f64;
     for epoch in tr.next_epoch..last_epoch {
@@ -206,7 +223,7 @@ fn run_epochs(mut tr: Trainer, data: PretrainData, opts: &RunOptions) -> Result<
         let secs = epoch_start.elapsed().as_secs_f64();
         train_time += secs;
         let knn_top1 = if cfg.knn_images > 0 && !data.heldout.is_empty() {
-            Some(knn_monitor(&tr, &data, &cfg)?)
+            Some(knn_monitor(&tr.encoder, &tr.device, &data, &cfg)?)
         } else {
             None
         };
@@ -270,7 +287,12 @@ pub fn save_backbone(encoder: &ResNet, path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn knn_monitor(tr: &Trainer, data: &PretrainData, cfg: &PretrainConfig) -> Result<f64> {
+fn knn_monitor(
+    encoder: &ResNet,
+    device: &Device,
+    data: &PretrainData,
+    cfg: &PretrainConfig,
+) -> Result<f64> {
     // The bank: a fixed, evenly spread subset of the training images (at most 4 per held-out
     // image, to bound the cost per epoch); the queries: the first `knn_images` held-out images.
     let q_n = cfg.knn_images.min(data.heldout.len());
@@ -278,20 +300,20 @@ fn knn_monitor(tr: &Trainer, data: &PretrainData, cfg: &PretrainConfig) -> Resul
     let bank_idx: Vec<usize> = (0..bank_n).map(|i| i * data.train.len() / bank_n).collect();
     let bs = cfg.batch_size.max(64);
     let (bank, bank_labels) = knn::extract_features(
-        &tr.encoder,
+        encoder,
         source(&data.train),
         bank_idx,
         cfg.image_size,
         bs,
-        &tr.device,
+        device,
     )?;
     let (q, q_labels) = knn::extract_features(
-        &tr.encoder,
+        encoder,
         source(&data.heldout),
         (0..q_n).collect(),
         cfg.image_size,
         bs,
-        &tr.device,
+        device,
     )?;
     knn::knn_top1(&bank, &bank_labels, &q, &q_labels, knn::KNN_K, knn::KNN_T)
 }
