@@ -1,0 +1,292 @@
+//! x86-64 AVX-512 VNNI conv kernel (`std` feature: runtime CPU detection).
+//!
+//! `vpdpbusd` multiplies 4 unsigned bytes by 4 signed bytes and adds the 4 products to an `i32`
+//! lane without saturation (unlike `vpmaddubsw`, whose `i16` pair sums saturate). The column is
+//! made unsigned by flipping its sign bit, `u = x' + 128`, so `Σ u·w = Σ x'·w + 128·Σ w`: the
+//! packed bias absorbs `−128·Σ w` on top of the zero-point fold. Everything wraps modulo 2³²,
+//! so the result equals the portable path's (see [`super::super::prepared`]).
+//!
+//! Layout, made once at load ([`Packed::new`]): output channels in blocks of 16 (one `zmm` of
+//! `i32` accumulators), the reduction padded to a multiple of 4 with zero weights; block `b`,
+//! group `q` of 4 taps is 64 bytes `[lane 0: w[16b][4q..4q+4], lane 1: …]`. The kernel keeps
+//! 4 pixels × 32 channels (8 `zmm`) of accumulators, broadcasts 4 column bytes per pixel and
+//! issues 8 `vpdpbusd` per 2 weight loads; the requantisation runs 16 lanes at a time.
+
+use alloc::vec::Vec;
+use core::arch::x86_64::*;
+
+use super::super::conv2d::ConvI8;
+use super::super::prepared::ChanQ;
+use super::super::Window;
+
+/// Largest padded reduction the kernel takes (3×3×512, ResNet-18's last stage): its stack
+/// buffer is `PIXELS · MAX_K` bytes (18 KiB). Larger ones run the portable path.
+pub const MAX_K: usize = 4608;
+/// Output pixels per block.
+const PIXELS: usize = 4;
+
+/// Whether this CPU runs the VNNI kernel.
+pub fn available() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vnni")
+}
+
+/// Weights and per-channel requantisation constants laid out for the kernel.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Packed {
+    /// Reduction padded to a multiple of 4.
+    kp: usize,
+    /// Output-channel blocks of 16.
+    blocks: usize,
+    /// `blocks · kp · 16` bytes, see the module docs.
+    w: Vec<i8>,
+    /// `bias' − 128·Σ w` per (padded) channel.
+    bias: Vec<i32>,
+    mult: Vec<i32>,
+    /// `max(shift, 0)` and `max(−shift, 0)`.
+    lshift: Vec<i32>,
+    rshift: Vec<i32>,
+}
+
+impl Packed {
+    /// Packs `p` (with its folded bias) if this CPU has AVX-512 VNNI and the op fits the
+    /// kernel: `None` leaves the op to the portable path.
+    pub fn new(p: &ConvI8, chan: &[ChanQ]) -> Option<Packed> {
+        let w = &p.win;
+        let k = w.kh * w.kw * w.in_c;
+        let kp = k.div_ceil(4) * 4;
+        let oc = p.out_c;
+        let lens = p.weights.len() == oc * k && chan.len() == oc;
+        if !available() || kp > MAX_K || oc == 0 || !lens {
+            return None;
+        }
+        // The caller checked the loader's ranges (mult ≥ 0, so the SRDHM overflow case
+        // i32::MIN² cannot occur; shifts within TFLite's range).
+        let blocks = oc.div_ceil(16);
+        let ocp = blocks * 16;
+        let mut pw = alloc::vec![0i8; blocks * kp * 16];
+        for c in 0..oc {
+            let (b, lane) = (c / 16, c % 16);
+            for (kk, &v) in p.weights[c * k..][..k].iter().enumerate() {
+                pw[(b * kp + (kk / 4) * 4) * 16 + lane * 4 + kk % 4] = v;
+            }
+        }
+        let pad = |f: &dyn Fn(usize) -> i32| -> Vec<i32> {
+            (0..ocp).map(|c| if c < oc { f(c) } else { 0 }).collect()
+        };
+        let wsum = |c: usize| {
+            p.weights[c * k..][..k]
+                .iter()
+                .fold(0i32, |a, &v| a.wrapping_add(v as i32))
+        };
+        Some(Packed {
+            kp,
+            blocks,
+            bias: pad(&|c| chan[c].bias.wrapping_sub(wsum(c).wrapping_mul(128))),
+            mult: pad(&|c| chan[c].mult),
+            lshift: pad(&|c| chan[c].left as i32),
+            rshift: pad(&|c| chan[c].right as i32),
+            w: pw,
+        })
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.w.capacity()
+            + 4 * (self.bias.capacity()
+                + self.mult.capacity()
+                + self.lshift.capacity()
+                + self.rshift.capacity())
+    }
+}
+
+/// Runs the conv; `false` if it cannot (then the caller runs another path). The caller checked
+/// the slice lengths against `p`.
+pub(crate) fn conv(p: &ConvI8, pk: &Packed, input: &[i8], output: &mut [i8]) -> bool {
+    if pk.kp > MAX_K || pk.blocks != p.out_c.div_ceil(16) {
+        return false;
+    }
+    // SAFETY: `pk` exists only if `available()` said the CPU has these features.
+    unsafe { conv_vnni(p, pk, input, output) };
+    true
+}
+
+/// Column of pixel `(oy, ox)` as unsigned bytes `x' ^ 0x80` (padded taps: the zero point),
+/// zero beyond `k` up to `kp`.
+#[inline(always)]
+fn im2col_u8(w: &Window, input: &[i8], oy: usize, ox: usize, zp: i8, dst: &mut [u8], k: usize) {
+    let (iy0, ky_s, ky_e) = w.rows(oy);
+    let (ix0, kx_s, kx_e) = w.cols(ox);
+    let ic = w.in_c;
+    let row = w.kw * ic;
+    let full = ky_s == 0 && ky_e == w.kh && kx_s == 0 && kx_e == w.kw;
+    if !full {
+        dst[..k].fill(zp as u8 ^ 0x80);
+    }
+    dst[k..].fill(0);
+    let n = (kx_e - kx_s) * ic;
+    for ky in ky_s..ky_e {
+        let iy = (iy0 + ky as isize) as usize;
+        let src = ((iy * w.in_w) as isize + ix0 + kx_s as isize) as usize * ic;
+        for (d, &s) in dst[ky * row + kx_s * ic..][..n]
+            .iter_mut()
+            .zip(&input[src..][..n])
+        {
+            *d = s as u8 ^ 0x80;
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn conv_vnni(p: &ConvI8, pk: &Packed, input: &[i8], output: &mut [i8]) {
+    let w = &p.win;
+    let k = w.kh * w.kw * w.in_c;
+    let kp = pk.kp;
+    let zp = p.in_zp.clamp(-128, 127) as i8;
+    let mut cols = [0u8; PIXELS * MAX_K];
+    let n_px = w.out_h * w.out_w;
+    let mut px = 0;
+    while px < n_px {
+        let n = (n_px - px).min(PIXELS);
+        for s in 0..PIXELS {
+            // Missing pixels of the last block repeat the last one (computed, not written).
+            let q = px + s.min(n - 1);
+            let dst = &mut cols[s * kp..][..kp];
+            im2col_u8(w, input, q / w.out_w, q % w.out_w, zp, dst, k);
+        }
+        let mut b = 0;
+        while b < pk.blocks {
+            if b + 1 < pk.blocks {
+                let acc = block::<2>(&cols, kp, pk, b);
+                store(p, pk, output, px, n, b, &acc[0]);
+                store(p, pk, output, px, n, b + 1, &acc[1]);
+                b += 2;
+            } else {
+                let acc = block::<1>(&cols, kp, pk, b);
+                store(p, pk, output, px, n, b, &acc[0]);
+                b += 1;
+            }
+        }
+        px += n;
+    }
+}
+
+/// Accumulators `[block j][pixel s]` for channel blocks `b..b + NB` of the current 4 pixels.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn block<const NB: usize>(
+    cols: &[u8],
+    kp: usize,
+    pk: &Packed,
+    b: usize,
+) -> [[__m512i; PIXELS]; NB] {
+    let mut acc = [[_mm512_setzero_si512(); PIXELS]; NB];
+    for (j, a) in acc.iter_mut().enumerate() {
+        let bias = _mm512_loadu_si512(pk.bias.as_ptr().add((b + j) * 16) as *const _);
+        *a = [bias; PIXELS];
+    }
+    let wp = pk.w.as_ptr();
+    let cp = cols.as_ptr();
+    for q in 0..kp / 4 {
+        let mut wv = [_mm512_setzero_si512(); NB];
+        for (j, v) in wv.iter_mut().enumerate() {
+            *v = _mm512_loadu_si512(wp.add(((b + j) * kp + 4 * q) * 16) as *const _);
+        }
+        for s in 0..PIXELS {
+            let x = _mm512_set1_epi32((cp.add(s * kp + 4 * q) as *const i32).read_unaligned());
+            for j in 0..NB {
+                acc[j][s] = _mm512_dpbusd_epi32(acc[j][s], x, wv[j]);
+            }
+        }
+    }
+    acc
+}
+
+/// Requantises and writes channel block `b` of pixels `px..px + n`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn store(
+    p: &ConvI8,
+    pk: &Packed,
+    output: &mut [i8],
+    px: usize,
+    n: usize,
+    b: usize,
+    acc: &[__m512i; PIXELS],
+) {
+    let oc = p.out_c;
+    let c0 = b * 16;
+    let lanes = (oc - c0).min(16);
+    let mask: __mmask16 = if lanes == 16 {
+        0xffff
+    } else {
+        (1u16 << lanes) - 1
+    };
+    let mult = _mm512_loadu_si512(pk.mult.as_ptr().add(c0) as *const _);
+    let ls = _mm512_loadu_si512(pk.lshift.as_ptr().add(c0) as *const _);
+    let rs = _mm512_loadu_si512(pk.rshift.as_ptr().add(c0) as *const _);
+    let lo = _mm512_set1_epi32(p.act_min - p.out_zp);
+    let hi = _mm512_set1_epi32(p.act_max - p.out_zp);
+    let zp = _mm512_set1_epi32(p.out_zp);
+    for (s, &a) in acc.iter().enumerate().take(n) {
+        let y = mbqm16(a, mult, ls, rs);
+        let y = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(y, lo), hi), zp);
+        let dst = output.as_mut_ptr().add((px + s) * oc + c0);
+        _mm512_mask_cvtepi32_storeu_epi8(dst, mask, y);
+    }
+}
+
+/// 16 lanes of [`multiply_by_quantized_multiplier`](super::super::requant::multiply_by_quantized_multiplier)
+/// for `mult ≥ 0`: saturating left shift, SRDHM in 64-bit halves, rounding right shift.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn mbqm16(x: __m512i, mult: __m512i, ls: __m512i, rs: __m512i) -> __m512i {
+    // Left shift, saturating where it overflows (the reference clamps the i64 shift).
+    let y = _mm512_sllv_epi32(x, ls);
+    let ovf = _mm512_cmpneq_epi32_mask(_mm512_srav_epi32(y, ls), x);
+    let neg = _mm512_cmplt_epi32_mask(x, _mm512_setzero_si512());
+    let sat = _mm512_mask_blend_epi32(
+        neg,
+        _mm512_set1_epi32(i32::MAX),
+        _mm512_set1_epi32(i32::MIN),
+    );
+    let a = _mm512_mask_blend_epi32(ovf, y, sat);
+    let even = half(_mm512_mul_epi32(a, mult));
+    let odd = half(_mm512_mul_epi32(
+        _mm512_srli_epi64::<32>(a),
+        _mm512_srli_epi64::<32>(mult),
+    ));
+    let h = _mm512_mask_blend_epi32(0xaaaa, even, _mm512_slli_epi64::<32>(odd));
+    // RoundingDivideByPOT(h, rs).
+    let one = _mm512_set1_epi32(1);
+    let mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, rs), one);
+    let rem = _mm512_and_si512(h, mask);
+    let hneg = _mm512_cmplt_epi32_mask(h, _mm512_setzero_si512());
+    let thr = _mm512_mask_add_epi32(
+        _mm512_srli_epi32::<1>(mask),
+        hneg,
+        _mm512_srli_epi32::<1>(mask),
+        one,
+    );
+    let up = _mm512_cmpgt_epi32_mask(rem, thr);
+    _mm512_mask_add_epi32(_mm512_srav_epi32(h, rs), up, _mm512_srav_epi32(h, rs), one)
+}
+
+/// SRDHM on 64-bit products `ab`: `(ab + nudge) / 2³¹` truncated toward zero, nudge `2³⁰` or
+/// `1 − 2³⁰` by the sign of `ab`; the result sits in the low 32 bits of each lane.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn half(ab: __m512i) -> __m512i {
+    let neg = _mm512_cmplt_epi64_mask(ab, _mm512_setzero_si512());
+    let nudge = _mm512_mask_blend_epi64(
+        neg,
+        _mm512_set1_epi64(1 << 30),
+        _mm512_set1_epi64(1 - (1 << 30)),
+    );
+    let t = _mm512_add_epi64(ab, nudge);
+    let tneg = _mm512_cmplt_epi64_mask(t, _mm512_setzero_si512());
+    let t = _mm512_mask_add_epi64(t, tneg, t, _mm512_set1_epi64((1 << 31) - 1));
+    _mm512_srai_epi64::<31>(t)
+}
