@@ -1,7 +1,9 @@
 //! int8 vs f32, per kernel and whole model (MLPerf Tiny ResNet-8 at 32 px, ResNet-18 at 84 px,
 //! base width 64), one thread. Prints arena and weight bytes of each model.
-//! Run briefly: `cargo bench -p runtime-core --features zoo -- --warm-up-time 1 --measurement-time 3`
-//! (without the `zoo` feature only the per-kernel benchmarks run).
+//! Run briefly: `cargo bench -p runtime-core --features std,zoo -- --warm-up-time 1 --measurement-time 3`
+//! (without the `zoo` feature only the per-kernel benchmarks run; without `std` the host runs the
+//! portable int8 loop, not the AVX-512 VNNI kernel). `Int8-reference` is the same model on the
+//! reference kernels, the baseline measured in the same run.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 #[cfg(feature = "zoo")]
@@ -18,20 +20,35 @@ fn build(b: ModelBuilder) -> Vec<u8> {
 fn model_pair(c: &mut Criterion, name: &str, make: impl Fn(Dtype) -> ModelBuilder) {
     let mut g = c.benchmark_group(name);
     g.sample_size(10);
-    for dtype in [Dtype::Int8, Dtype::F32] {
+    // Int8 runs the fast kernels ("Int8") and, as the same-run baseline, the reference ones
+    // ("Int8-reference").
+    for (dtype, reference) in [
+        (Dtype::Int8, false),
+        (Dtype::Int8, true),
+        (Dtype::F32, false),
+    ] {
         let bytes = build(make(dtype));
-        let m = Model::parse(&bytes).unwrap();
+        let mut m = Model::parse(&bytes).unwrap();
+        m.set_reference_kernels(reference);
         println!(
-            "{name} {dtype:?}: arena {} B, weights {} B, {} MACs, file {} B",
+            "{name} {dtype:?}{}: arena {} B, weights {} B, prepared {} B, {} MACs, file {} B, kernels {:?}",
+            if reference { " (reference kernels)" } else { "" },
             m.arena_bytes(),
             m.weight_bytes(),
+            m.prepared_bytes(),
             m.macs(),
-            bytes.len()
+            bytes.len(),
+            m.kernel_backends(),
         );
         let mut arena = vec![0u8; m.arena_bytes()];
         let mut out = vec![0f32; m.output_len()];
         let rgb: Vec<u8> = (0..m.input_len()).map(|i| (i * 31 % 256) as u8).collect();
-        g.bench_function(format!("{dtype:?}"), |bch| {
+        let label = if reference {
+            format!("{dtype:?}-reference")
+        } else {
+            format!("{dtype:?}")
+        };
+        g.bench_function(label, |bch| {
             bch.iter(|| {
                 m.preprocess_rgb8(black_box(&rgb), &mut arena).unwrap();
                 m.run(&mut arena, &mut out).unwrap();

@@ -232,7 +232,7 @@ fn border_taps_hold_the_zero_point() {
         out_c: 17,
         input: (0..20).map(|i| (i * 13 % 256) as u8 as i8).collect(),
         weights: (0..17 * 45)
-            .map(|i| (i * 7 % 255) as i32 - 127)
+            .map(|i: i32| i * 7 % 255 - 127)
             .map(|v| v as i8)
             .collect(),
         bias: (0..17).map(|i| i * 1000 - 8000).collect(),
@@ -249,7 +249,7 @@ fn border_taps_hold_the_zero_point() {
     }
 }
 
-/// Where the CPU has AVX-512 VNNI, `PreparedI8::new` does pick that kernel (so the property
+/// Where the CPU has AVX-512 VNNI (and the build has `std`), `PreparedI8::new` does pick that kernel (so the property
 /// tests above check it, not only the portable loop).
 #[test]
 fn the_simd_kernel_is_the_one_tested() {
@@ -282,7 +282,8 @@ fn the_simd_kernel_is_the_one_tested() {
     assert!(want.iter().all(|&v| v == 8), "{want:?}");
     #[cfg(target_arch = "x86_64")]
     {
-        let vnni = std::is_x86_feature_detected!("avx512f")
+        let vnni = runtime_core::ops::prepared::X86_SIMD_BUILD
+            && std::is_x86_feature_detected!("avx512f")
             && std::is_x86_feature_detected!("avx512bw")
             && std::is_x86_feature_detected!("avx512vnni");
         assert_eq!(backend == "avx512vnni", vnni, "backend {backend}");

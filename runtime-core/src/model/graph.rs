@@ -885,5 +885,6 @@ fn finish_model<'a>(
         plan_bytes,
         weight_bytes,
         prepared,
+        reference_kernels: false,
     })
 }

@@ -189,6 +189,9 @@ pub struct Model<'a> {
     /// Folded biases (and packed weights where a SIMD kernel wants them) of every int8 conv
     /// and fc, made once by the loader (`ops::prepared`).
     pub(crate) prepared: Vec<PreparedI8>,
+    /// Run the reference int8 conv/fc kernels instead of the prepared ones (a baseline for
+    /// benchmarks; same results).
+    pub(crate) reference_kernels: bool,
 }
 
 impl<'a> Model<'a> {
@@ -219,9 +222,24 @@ impl<'a> Model<'a> {
     pub fn prepared_bytes(&self) -> usize {
         self.prepared.iter().map(PreparedI8::heap_bytes).sum()
     }
+    /// Runs int8 conv/fc on the reference kernels (`ops::conv2d::conv2d_i8`,
+    /// `ops::fully_connected::fully_connected_i8`) instead of the fast path: the same results,
+    /// for measuring the fast path against them in one process.
+    pub fn set_reference_kernels(&mut self, on: bool) {
+        self.reference_kernels = on;
+    }
     /// The int8 kernel each conv/fc runs on this machine, in op order (see
-    /// [`PreparedI8::backend`]).
+    /// [`PreparedI8::backend`]; `"reference"` everywhere after
+    /// [`Model::set_reference_kernels`]).
     pub fn kernel_backends(&self) -> Vec<&'static str> {
+        if self.reference_kernels {
+            return self
+                .nodes
+                .iter()
+                .filter(|n| matches!(n.kernel, Kernel::ConvI8(..) | Kernel::FcI8(..)))
+                .map(|_| "reference")
+                .collect();
+        }
         self.nodes
             .iter()
             .filter_map(|n| match &n.kernel {
@@ -473,6 +491,9 @@ impl<'a> Model<'a> {
         for n in &self.nodes {
             let (out, x0, x1) = self.views(a, n)?;
             let r = match &n.kernel {
+                Kernel::ConvI8(p, _) if self.reference_kernels => {
+                    ops::conv2d::conv2d_i8(p, x0, out)
+                }
                 Kernel::ConvI8(p, i) => {
                     let prep = self.prepared.get(*i as usize).ok_or(RunError::Internal)?;
                     ops::prepared::conv2d_i8_prepared(p, prep, x0, out)
@@ -480,6 +501,9 @@ impl<'a> Model<'a> {
                 Kernel::AddI8(p) => ops::add::add_i8(p, x0, x1.ok_or(RunError::Internal)?, out),
                 Kernel::MaxPoolI8(w) => ops::maxpool::maxpool_i8(w, -128, 127, x0, out),
                 Kernel::MeanI8(p) => ops::mean::mean_i8(p, x0, out),
+                Kernel::FcI8(p, _) if self.reference_kernels => {
+                    ops::fully_connected::fully_connected_i8(p, x0, out)
+                }
                 Kernel::FcI8(p, i) => {
                     let prep = self.prepared.get(*i as usize).ok_or(RunError::Internal)?;
                     ops::prepared::fully_connected_i8_prepared(p, prep, x0, out)

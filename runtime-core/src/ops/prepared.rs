@@ -28,6 +28,10 @@ use super::fully_connected::FcI8;
 use super::requant::{multiply_by_quantized_multiplier_split, SHIFT_MAX, SHIFT_MIN};
 use super::{check, KernelError, Window};
 
+/// Whether this build can choose the x86-64 AVX-512 VNNI kernel (with `std`, by run-time CPU
+/// detection); without `std` the host runs the portable loop.
+pub const X86_SIMD_BUILD: bool = cfg!(all(feature = "std", target_arch = "x86_64"));
+
 /// Largest `kh·kw·in_c` the portable path im2cols (a stack buffer of this many bytes); larger
 /// reductions (never in the zoo or the exported ResNets) run the reference kernel.
 pub const PORTABLE_MAX_K: usize = 4608;

@@ -196,8 +196,8 @@ unsafe fn block<const NB: usize>(
         }
         for s in 0..PIXELS {
             let x = _mm512_set1_epi32((cp.add(s * kp + 4 * q) as *const i32).read_unaligned());
-            for j in 0..NB {
-                acc[j][s] = _mm512_dpbusd_epi32(acc[j][s], x, wv[j]);
+            for (a, &v) in acc.iter_mut().zip(&wv) {
+                a[s] = _mm512_dpbusd_epi32(a[s], x, v);
             }
         }
     }
