@@ -291,3 +291,33 @@ fn the_simd_kernel_is_the_one_tested() {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = backend;
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// The AVX2 kernel (what CPUs without AVX-512 VNNI run), forced on machines that have VNNI.
+    #[test]
+    fn conv_avx2_matches_reference(c in case()) {
+        let bias = le(&c.bias);
+        let mult = le(&c.mults.iter().map(|m| m.0).collect::<Vec<_>>());
+        let shift = le(&c.mults.iter().map(|m| m.1).collect::<Vec<_>>());
+        let p = ConvI8 { win: c.win, out_c: c.out_c, weights: &c.weights, bias: I32Le::new(&bias),
+            mult: I32Le::new(&mult), shift: I32Le::new(&shift), in_zp: c.in_zp, out_zp: c.out_zp,
+            act_min: if c.relu { c.out_zp } else { -128 }, act_max: 127 };
+        let n = c.win.out_h * c.win.out_w * c.out_c;
+        let (mut want, mut got) = (vec![0i8; n], vec![0i8; n]);
+        conv2d_i8(&p, &c.input, &mut want).unwrap();
+        #[cfg(target_arch = "x86_64")]
+        let expect = runtime_core::ops::prepared::X86_SIMD_BUILD && std::is_x86_feature_detected!("avx2");
+        #[cfg(not(target_arch = "x86_64"))]
+        let expect = false;
+        match PreparedI8::new_avx2(&p) {
+            Some(prep) => {
+                prop_assert_eq!(prep.backend(&p), "avx2");
+                conv2d_i8_prepared(&p, &prep, &c.input, &mut got).unwrap();
+                prop_assert_eq!(want, got);
+            }
+            None => prop_assert!(!expect, "AVX2 available but not packed"),
+        }
+    }
+}

@@ -121,6 +121,20 @@ impl PreparedI8 {
         prep
     }
 
+    /// Like [`PreparedI8::new`] but packed for the x86-64 AVX2 kernel even where AVX-512 VNNI
+    /// is available; `None` if this build (no `std`, not x86-64) or CPU cannot run it. For tests.
+    pub fn new_avx2(p: &ConvI8) -> Option<Self> {
+        #[allow(unused_mut)]
+        let mut prep = Self::new_portable(p);
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        if prep.in_range {
+            prep.x86 = Some(super::arch::x86::Packed::new_avx2(p, &prep.chan)?);
+            return Some(prep);
+        }
+        let _ = &mut prep;
+        None
+    }
+
     /// Preparation of a fully connected layer (a 1×1 convolution of a 1×1×`in_len` image).
     pub fn new_fc(p: &FcI8) -> Self {
         Self::new(&fc_as_conv(p))
@@ -135,15 +149,15 @@ impl PreparedI8 {
         b
     }
 
-    /// Which kernel runs this op on this machine: `"avx512vnni"`, `"cortex-m4-dsp"` or
+    /// Which kernel runs this op on this machine: `"avx512vnni"`, `"avx2"`, `"cortex-m4-dsp"` or
     /// `"portable"` (shapes too large for the fixed buffers fall back to `"reference"`).
     pub fn backend(&self, p: &ConvI8) -> &'static str {
         if !self.in_range {
             return "reference";
         }
         #[cfg(all(feature = "std", target_arch = "x86_64"))]
-        if self.x86.is_some() {
-            return "avx512vnni";
+        if let Some(x) = &self.x86 {
+            return x.backend();
         }
         #[cfg(rt_dsp)]
         if super::arch::cortex_m::supports(&p.win) {

@@ -32,17 +32,24 @@ pub fn available() -> bool {
         && std::is_x86_feature_detected!("avx512vnni")
 }
 
+/// Whether this CPU runs the AVX2 kernel (used where VNNI is missing).
+pub fn avx2_available() -> bool {
+    std::is_x86_feature_detected!("avx2")
+}
+
 /// Weights and per-channel requantisation constants laid out for the kernel.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Packed {
+    /// For the AVX2 kernel (signed columns, `bias'` unchanged) instead of the VNNI one.
+    avx2: bool,
     /// Reduction padded to a multiple of 4.
     kp: usize,
     /// Output-channel blocks of 16.
     blocks: usize,
     /// `blocks · kp · 16` bytes, see the module docs.
     w: Vec<i8>,
-    /// `bias' − 128·Σ w` per (padded) channel.
+    /// `bias' − 128·Σ w` (VNNI) or `bias'` (AVX2) per (padded) channel.
     bias: Vec<i32>,
     mult: Vec<i32>,
     /// `max(shift, 0)` and `max(−shift, 0)`.
@@ -51,15 +58,43 @@ pub struct Packed {
 }
 
 impl Packed {
-    /// Packs `p` (with its folded bias) if this CPU has AVX-512 VNNI and the op fits the
-    /// kernel: `None` leaves the op to the portable path.
+    /// Packs `p` (with its folded bias) for the best kernel this CPU has (AVX-512 VNNI, else
+    /// AVX2) if the op fits it: `None` leaves the op to the portable path.
     pub fn new(p: &ConvI8, chan: &[ChanQ]) -> Option<Packed> {
+        if available() {
+            Self::new_for(p, chan, false)
+        } else if avx2_available() {
+            Self::new_for(p, chan, true)
+        } else {
+            None
+        }
+    }
+
+    /// Packs for the AVX2 kernel, if the CPU has AVX2 (for tests on VNNI machines).
+    pub fn new_avx2(p: &ConvI8, chan: &[ChanQ]) -> Option<Packed> {
+        if avx2_available() {
+            Self::new_for(p, chan, true)
+        } else {
+            None
+        }
+    }
+
+    /// The kernel this packing is for.
+    pub fn backend(&self) -> &'static str {
+        if self.avx2 {
+            "avx2"
+        } else {
+            "avx512vnni"
+        }
+    }
+
+    fn new_for(p: &ConvI8, chan: &[ChanQ], avx2: bool) -> Option<Packed> {
         let w = &p.win;
         let k = w.kh * w.kw * w.in_c;
         let kp = k.div_ceil(4) * 4;
         let oc = p.out_c;
         let lens = p.weights.len() == oc * k && chan.len() == oc;
-        if !available() || kp > MAX_K || oc == 0 || !lens {
+        if kp > MAX_K || oc == 0 || !lens {
             return None;
         }
         // The caller checked the loader's ranges (mult ≥ 0, so the SRDHM overflow case
@@ -81,10 +116,12 @@ impl Packed {
                 .iter()
                 .fold(0i32, |a, &v| a.wrapping_add(v as i32))
         };
+        let flip = if avx2 { 0 } else { 128 };
         Some(Packed {
+            avx2,
             kp,
             blocks,
-            bias: pad(&|c| chan[c].bias.wrapping_sub(wsum(c).wrapping_mul(128))),
+            bias: pad(&|c| chan[c].bias.wrapping_sub(wsum(c).wrapping_mul(flip))),
             mult: pad(&|c| chan[c].mult),
             lshift: pad(&|c| chan[c].left as i32),
             rshift: pad(&|c| chan[c].right as i32),
@@ -108,22 +145,39 @@ pub(crate) fn conv(p: &ConvI8, pk: &Packed, input: &[i8], output: &mut [i8]) -> 
     if pk.kp > MAX_K || pk.blocks != p.out_c.div_ceil(16) {
         return false;
     }
-    // SAFETY: `pk` exists only if `available()` said the CPU has these features.
-    unsafe { conv_vnni(p, pk, input, output) };
+    // SAFETY: `pk` exists only if `available()` (VNNI) or `avx2_available()` (AVX2) said the
+    // CPU has the kernel's features.
+    unsafe {
+        if pk.avx2 {
+            conv_avx2(p, pk, input, output)
+        } else {
+            conv_vnni(p, pk, input, output)
+        }
+    };
     true
 }
 
-/// Column of pixel `(oy, ox)` as unsigned bytes `x' ^ 0x80` (padded taps: the zero point),
-/// zero beyond `k` up to `kp`.
+/// Column of pixel `(oy, ox)` as bytes `x' ^ flip` (padded taps: the zero point), zero beyond
+/// `k` up to `kp`: `flip = 0x80` gives VNNI's unsigned bytes, `0` the signed ones.
 #[inline(always)]
-fn im2col_u8(w: &Window, input: &[i8], oy: usize, ox: usize, zp: i8, dst: &mut [u8], k: usize) {
+#[allow(clippy::too_many_arguments)]
+fn im2col_u8(
+    w: &Window,
+    input: &[i8],
+    oy: usize,
+    ox: usize,
+    zp: i8,
+    dst: &mut [u8],
+    k: usize,
+    flip: u8,
+) {
     let (iy0, ky_s, ky_e) = w.rows(oy);
     let (ix0, kx_s, kx_e) = w.cols(ox);
     let ic = w.in_c;
     let row = w.kw * ic;
     let full = ky_s == 0 && ky_e == w.kh && kx_s == 0 && kx_e == w.kw;
     if !full {
-        dst[..k].fill(zp as u8 ^ 0x80);
+        dst[..k].fill(zp as u8 ^ flip);
     }
     dst[k..].fill(0);
     let n = (kx_e - kx_s) * ic;
@@ -134,7 +188,7 @@ fn im2col_u8(w: &Window, input: &[i8], oy: usize, ox: usize, zp: i8, dst: &mut [
             .iter_mut()
             .zip(&input[src..][..n])
         {
-            *d = s as u8 ^ 0x80;
+            *d = s as u8 ^ flip;
         }
     }
 }
@@ -154,7 +208,7 @@ unsafe fn conv_vnni(p: &ConvI8, pk: &Packed, input: &[i8], output: &mut [i8]) {
             // Missing pixels of the last block repeat the last one (computed, not written).
             let q = px + s.min(n - 1);
             let dst = &mut cols[s * kp..][..kp];
-            im2col_u8(w, input, q / w.out_w, q % w.out_w, zp, dst, k);
+            im2col_u8(w, input, q / w.out_w, q % w.out_w, zp, dst, k, 0x80);
         }
         let mut b = 0;
         while b < pk.blocks {
@@ -289,4 +343,142 @@ unsafe fn half(ab: __m512i) -> __m512i {
     let tneg = _mm512_cmplt_epi64_mask(t, _mm512_setzero_si512());
     let t = _mm512_mask_add_epi64(t, tneg, t, _mm512_set1_epi64((1 << 31) - 1));
     _mm512_srai_epi64::<31>(t)
+}
+
+// ---------------------------------------------------------------- AVX2
+
+/// Output pixels per block of the AVX2 kernel (8 `ymm` accumulators for 16 channels × 2).
+const PIXELS_AVX2: usize = 2;
+
+/// The AVX2 kernel: the same packed weights, sign-extended to `i16` (`vpmovsxbw`, 4 channels ×
+/// 4 taps per `ymm`), the column's 4 taps sign-extended and broadcast, `vpmaddwd` (exact: each
+/// pair sum is at most 2·128·127) and `vpaddd`; the two partial sums per channel are added once
+/// at the end (`vphaddd`). No `vpmaddubsw`, whose `i16` saturation would not be exact.
+#[target_feature(enable = "avx2")]
+unsafe fn conv_avx2(p: &ConvI8, pk: &Packed, input: &[i8], output: &mut [i8]) {
+    let w = &p.win;
+    let k = w.kh * w.kw * w.in_c;
+    let kp = pk.kp;
+    let zp = p.in_zp.clamp(-128, 127) as i8;
+    let mut cols = [0u8; PIXELS_AVX2 * MAX_K];
+    let n_px = w.out_h * w.out_w;
+    let oc = p.out_c;
+    let lo = _mm256_set1_epi32(p.act_min - p.out_zp);
+    let hi = _mm256_set1_epi32(p.act_max - p.out_zp);
+    let ozp = _mm256_set1_epi32(p.out_zp);
+    let mut px = 0;
+    while px < n_px {
+        let n = (n_px - px).min(PIXELS_AVX2);
+        for s in 0..PIXELS_AVX2 {
+            let q = px + s.min(n - 1);
+            let dst = &mut cols[s * kp..][..kp];
+            im2col_u8(w, input, q / w.out_w, q % w.out_w, zp, dst, k, 0);
+        }
+        for b in 0..pk.blocks {
+            let acc = block_avx2(&cols, kp, pk, b);
+            let c0 = b * 16;
+            for (s, a) in acc.iter().enumerate().take(n) {
+                let out = &mut output[(px + s) * oc..][..oc];
+                for half in 0..2 {
+                    let (x, y) = (2 * half, 2 * half + 1);
+                    let sum = _mm256_permute4x64_epi64::<0xd8>(_mm256_hadd_epi32(a[x], a[y]));
+                    let c = c0 + 8 * half;
+                    let acc8 = _mm256_add_epi32(sum, load8(&pk.bias, c));
+                    let r = mbqm8(
+                        acc8,
+                        load8(&pk.mult, c),
+                        load8(&pk.lshift, c),
+                        load8(&pk.rshift, c),
+                    );
+                    let r = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(r, lo), hi), ozp);
+                    let mut v = [0i32; 8];
+                    _mm256_storeu_si256(v.as_mut_ptr() as *mut __m256i, r);
+                    for (o, &x) in out.iter_mut().skip(c).zip(&v) {
+                        *o = x as i8;
+                    }
+                }
+            }
+        }
+        px += n;
+    }
+}
+
+/// `v[c..c + 8]` (the per-channel vectors are padded to whole blocks of 16).
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn load8(v: &[i32], c: usize) -> __m256i {
+    _mm256_loadu_si256(v[c..c + 8].as_ptr() as *const __m256i)
+}
+
+/// Accumulators `[pixel][4 channels ×2 partial sums]` for channel block `b`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn block_avx2(cols: &[u8], kp: usize, pk: &Packed, b: usize) -> [[__m256i; 4]; PIXELS_AVX2] {
+    let mut acc = [[_mm256_setzero_si256(); 4]; PIXELS_AVX2];
+    let wp = pk.w.as_ptr().add(b * kp * 16);
+    let cp = cols.as_ptr();
+    for q in 0..kp / 4 {
+        let base = wp.add(q * 64);
+        let mut wv = [_mm256_setzero_si256(); 4];
+        for (c, v) in wv.iter_mut().enumerate() {
+            *v = _mm256_cvtepi8_epi16(_mm_loadu_si128(base.add(16 * c) as *const __m128i));
+        }
+        for (s, a) in acc.iter_mut().enumerate() {
+            let x32 = (cp.add(s * kp + 4 * q) as *const i32).read_unaligned();
+            let x = _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(x32)));
+            for (ac, &v) in a.iter_mut().zip(&wv) {
+                *ac = _mm256_add_epi32(*ac, _mm256_madd_epi16(v, x));
+            }
+        }
+    }
+    acc
+}
+
+/// 8 lanes of the split requantisation (see [`mbqm16`]) with AVX2 only.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn mbqm8(x: __m256i, mult: __m256i, ls: __m256i, rs: __m256i) -> __m256i {
+    let zero = _mm256_setzero_si256();
+    let y = _mm256_sllv_epi32(x, ls);
+    let fits = _mm256_cmpeq_epi32(_mm256_srav_epi32(y, ls), x);
+    let neg = _mm256_cmpgt_epi32(zero, x);
+    let sat = _mm256_blendv_epi8(
+        _mm256_set1_epi32(i32::MAX),
+        _mm256_set1_epi32(i32::MIN),
+        neg,
+    );
+    let a = _mm256_blendv_epi8(sat, y, fits);
+    let even = half8(_mm256_mul_epi32(a, mult));
+    let odd = half8(_mm256_mul_epi32(
+        _mm256_srli_epi64::<32>(a),
+        _mm256_srli_epi64::<32>(mult),
+    ));
+    let h = _mm256_blend_epi32::<0b1010_1010>(even, _mm256_slli_epi64::<32>(odd));
+    let one = _mm256_set1_epi32(1);
+    let mask = _mm256_sub_epi32(_mm256_sllv_epi32(one, rs), one);
+    let rem = _mm256_and_si256(h, mask);
+    let thr = _mm256_add_epi32(
+        _mm256_srli_epi32::<1>(mask),
+        _mm256_and_si256(_mm256_cmpgt_epi32(zero, h), one),
+    );
+    let up = _mm256_and_si256(_mm256_cmpgt_epi32(rem, thr), one);
+    _mm256_add_epi32(_mm256_srav_epi32(h, rs), up)
+}
+
+/// SRDHM on 64-bit products (see [`half`]); the low 32 bits of each lane hold the result, so a
+/// logical shift serves (AVX2 has no 64-bit arithmetic shift).
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn half8(ab: __m256i) -> __m256i {
+    let zero = _mm256_setzero_si256();
+    let neg = _mm256_cmpgt_epi64(zero, ab);
+    let nudge = _mm256_blendv_epi8(
+        _mm256_set1_epi64x(1 << 30),
+        _mm256_set1_epi64x(1 - (1 << 30)),
+        neg,
+    );
+    let t = _mm256_add_epi64(ab, nudge);
+    let tneg = _mm256_cmpgt_epi64(zero, t);
+    let t = _mm256_add_epi64(t, _mm256_and_si256(tneg, _mm256_set1_epi64x((1 << 31) - 1)));
+    _mm256_srli_epi64::<31>(t)
 }
