@@ -136,6 +136,66 @@ fn kernels(c: &mut Criterion) {
     }
 }
 
+/// One int8 3×3 conv (32×32×32 → 32 channels, pad 1) on every int8 kernel this machine has:
+/// the reference, the portable fast loop, and (x86-64 with `std`) AVX2 and AVX-512 VNNI.
+fn conv_backends(c: &mut Criterion) {
+    use runtime_core::ops::conv2d::{conv2d_i8, ConvI8};
+    use runtime_core::ops::prepared::{conv2d_i8_prepared, PreparedI8};
+    use runtime_core::ops::{I32Le, Window};
+    let (h, ic, oc) = (32, 32, 32);
+    let win = Window {
+        in_h: h,
+        in_w: h,
+        in_c: ic,
+        out_h: h,
+        out_w: h,
+        kh: 3,
+        kw: 3,
+        stride_h: 1,
+        stride_w: 1,
+        pad_top: 1,
+        pad_left: 1,
+    };
+    let w: Vec<i8> = (0..oc * 9 * ic)
+        .map(|i| (i * 37 % 255) as i8)
+        .map(|v| v.max(-127))
+        .collect();
+    let le = |v: Vec<i32>| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let (b, m, s) = (
+        le((0..oc as i32).map(|i| i * 100).collect()),
+        le(vec![1 << 30; oc]),
+        le(vec![-6; oc]),
+    );
+    let p = ConvI8 {
+        win,
+        out_c: oc,
+        weights: &w,
+        bias: I32Le::new(&b),
+        mult: I32Le::new(&m),
+        shift: I32Le::new(&s),
+        in_zp: -128,
+        out_zp: -128,
+        act_min: -128,
+        act_max: 127,
+    };
+    let x: Vec<i8> = (0..h * h * ic)
+        .map(|i| (i * 13 % 256) as u8 as i8)
+        .collect();
+    let mut y = vec![0i8; h * h * oc];
+    let mut g = c.benchmark_group("kernel/conv3x3_i8_32x32x32");
+    g.bench_function("reference", |bch| {
+        bch.iter(|| conv2d_i8(&p, &x, &mut y).unwrap())
+    });
+    let mut preps = vec![PreparedI8::new_portable(&p), PreparedI8::new(&p)];
+    preps.extend(PreparedI8::new_avx2(&p));
+    for prep in &preps {
+        g.bench_function(prep.backend(&p), |bch| {
+            bch.iter(|| conv2d_i8_prepared(&p, prep, &x, &mut y).unwrap())
+        });
+    }
+    g.finish();
+}
+
 #[cfg(feature = "zoo")]
 fn models(c: &mut Criterion) {
     model_pair(c, "resnet8_32px", |d| zoo::resnet8(d, 1).unwrap());
@@ -145,7 +205,7 @@ fn models(c: &mut Criterion) {
 }
 
 #[cfg(feature = "zoo")]
-criterion_group!(benches, kernels, models);
+criterion_group!(benches, kernels, conv_backends, models);
 #[cfg(not(feature = "zoo"))]
-criterion_group!(benches, kernels);
+criterion_group!(benches, kernels, conv_backends);
 criterion_main!(benches);
