@@ -38,7 +38,7 @@ pub fn avx2_available() -> bool {
 }
 
 /// Weights and per-channel requantisation constants laid out for the kernel.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Packed {
     /// For the AVX2 kernel (signed columns, `bias'` unchanged) instead of the VNNI one.
@@ -55,6 +55,18 @@ pub struct Packed {
     /// `max(shift, 0)` and `max(−shift, 0)`.
     lshift: Vec<i32>,
     rshift: Vec<i32>,
+}
+
+/// Sizes only: a model's `Debug` output should not list megabytes of packed weights.
+impl core::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Packed")
+            .field("kernel", &self.backend())
+            .field("kp", &self.kp)
+            .field("blocks", &self.blocks)
+            .field("heap_bytes", &self.heap_bytes())
+            .finish()
+    }
 }
 
 impl Packed {
