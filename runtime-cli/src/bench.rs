@@ -25,6 +25,11 @@ pub struct BenchResult {
     pub images_per_s: f64,
     pub macs: u64,
     pub dtype: &'static str,
+    /// int8 conv/fc kernel per op on this machine (`Model::kernel_backends`), summarised as
+    /// `name×count`; empty for f32 models.
+    pub kernels: String,
+    /// Heap bytes the loader added for the fast kernels (`Model::prepared_bytes`).
+    pub prepared_bytes: usize,
 }
 
 /// Nearest-rank percentile of sorted values: the smallest value with at least `p`% of the
@@ -36,12 +41,20 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Runs the benchmark.
-pub fn bench(path: &Path, runs: usize, warmup: usize) -> Result<BenchResult> {
+pub fn bench(
+    path: &Path,
+    runs: usize,
+    warmup: usize,
+    reference_kernels: bool,
+) -> Result<BenchResult> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
     let bytes = engine::read_model(path)?;
-    let model = engine::parse_model(&bytes, path)?;
+    let mut model = engine::parse_model(&bytes, path)?;
+    model.set_reference_kernels(reference_kernels);
+    let kernels = summarise(&model.kernel_backends());
+    let prepared_bytes = model.prepared_bytes();
     let mut runner = Runner::new(&model);
     let [h, w, _] = model.input_shape();
     let mut rng = SplitMix64::new(0);
@@ -71,7 +84,24 @@ pub fn bench(path: &Path, runs: usize, warmup: usize) -> Result<BenchResult> {
         images_per_s: runs as f64 / (total / 1e3),
         macs: model.macs(),
         dtype: engine::dtype_name(model.dtype()),
+        kernels,
+        prepared_bytes,
     })
+}
+
+/// `["a", "a", "b"]` → `"a×2 b×1"` (in first-seen order).
+pub fn summarise(names: &[&str]) -> String {
+    let mut seen: Vec<(&str, usize)> = Vec::new();
+    for &n in names {
+        match seen.iter_mut().find(|(m, _)| *m == n) {
+            Some((_, c)) => *c += 1,
+            None => seen.push((n, 1)),
+        }
+    }
+    seen.iter()
+        .map(|(n, c)| format!("{n}×{c}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `--json` form.
@@ -89,6 +119,8 @@ pub fn to_json(r: &BenchResult, path: &Path) -> serde_json::Value {
         "mean_ms": r.mean_ms,
         "images_per_s": r.images_per_s,
         "macs": r.macs,
+        "kernels": r.kernels,
+        "prepared_bytes": r.prepared_bytes,
     })
 }
 
@@ -96,7 +128,7 @@ pub fn to_json(r: &BenchResult, path: &Path) -> serde_json::Value {
 pub fn to_text(r: &BenchResult, path: &Path) -> String {
     let gmacs = r.macs as f64 * r.images_per_s / 1e9;
     format!(
-        "{} ({}, {:.2} M MACs), 1 thread, {} runs after {} warm-up:\n  latency p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms (mean {:.3} ms)\n  throughput {:.1} images/s ({:.2} GMAC/s)",
+        "{} ({}, {:.2} M MACs), 1 thread, {} runs after {} warm-up:\n  latency p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms (mean {:.3} ms)\n  throughput {:.1} images/s ({:.2} GMAC/s)\n  kernels: {} (prepared {} B)",
         path.display(),
         r.dtype,
         r.macs as f64 / 1e6,
@@ -107,13 +139,24 @@ pub fn to_text(r: &BenchResult, path: &Path) -> String {
         r.p99_ms,
         r.mean_ms,
         r.images_per_s,
-        gmacs
+        gmacs,
+        if r.kernels.is_empty() { "f32" } else { &r.kernels },
+        r.prepared_bytes
     )
 }
 
 #[cfg(test)]
 mod tests {
-    use super::percentile;
+    use super::{percentile, summarise};
+
+    #[test]
+    fn kernel_summary_counts_in_order() {
+        assert_eq!(
+            summarise(&["vnni", "vnni", "portable", "vnni"]),
+            "vnni×3 portable×1"
+        );
+        assert_eq!(summarise(&[]), "");
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

@@ -96,6 +96,10 @@ pub struct InferCmd {
     /// Use the pixels as they are: the image must be the model's input size (no crop/resize).
     #[arg(long)]
     pub exact_size: bool,
+    /// Print the raw int8 output tensor (int8 models; the whole image as the input, resized
+    /// unless --exact-size, no landmark crop), e.g. to compare with another runtime bit for bit.
+    #[arg(long, conflicts_with = "draw")]
+    pub raw: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -124,6 +128,10 @@ pub struct BenchCmd {
     /// Untimed runs first (caches, page faults, CPU clock).
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,
+    /// Run int8 conv/fc on runtime-core's reference kernels instead of the fast ones (the
+    /// baseline the fast path is measured against; same results).
+    #[arg(long)]
+    pub reference_kernels: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -173,6 +181,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 images: c.images,
                 draw: c.draw,
                 exact_size: c.exact_size,
+                raw: c.raw,
             };
             let (task, preds) = infer::run(&a)?;
             emit(
@@ -190,7 +199,7 @@ pub fn run(cli: Cli) -> Result<()> {
             )
         }
         Command::Bench(c) => {
-            let r = bench::bench(&c.model, c.runs, c.warmup)?;
+            let r = bench::bench(&c.model, c.runs, c.warmup, c.reference_kernels)?;
             emit(
                 c.json,
                 bench::to_json(&r, &c.model),

@@ -90,6 +90,17 @@ impl<'m, 'a> Runner<'m, 'a> {
         Ok(&self.out)
     }
 
+    /// Runs an int8 model on an already-normalised HWC input and returns the raw int8 output
+    /// (a view into the arena).
+    pub fn run_raw_i8(&mut self, x: &[f32]) -> Result<&[i8]> {
+        self.model
+            .load_input_f32(x, &mut self.arena)
+            .map_err(|e| anyhow!("inference: {e}"))?;
+        self.model
+            .run_i8_in_arena(&mut self.arena)
+            .map_err(|e| anyhow!("inference: {e}"))
+    }
+
     /// The host's eval transform for a whole image: stretch to the input size, normalise.
     pub fn normalised_input(&self, img: &RgbImage) -> Vec<f32> {
         let (w, h) = self.input_wh();

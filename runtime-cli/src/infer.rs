@@ -19,7 +19,12 @@ use crate::landmarks::{predict_on_aligned, predict_on_crop};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prediction {
     Landmarks(Landmarks),
-    Features { values: Vec<f32>, argmax: usize },
+    Features {
+        values: Vec<f32>,
+        argmax: usize,
+    },
+    /// `--raw`: the int8 output tensor as the model computed it.
+    Raw(Vec<i8>),
 }
 
 /// Options of the command.
@@ -30,6 +35,8 @@ pub struct InferArgs {
     pub draw: Option<PathBuf>,
     /// Feed pixels as they are: the image must be the model's input size (no crop, no resize).
     pub exact_size: bool,
+    /// Report the raw int8 output tensor instead of decoding it.
+    pub raw: bool,
 }
 
 /// Dot colours as in host-trainer's face previews: red left eye, green right eye, blue nose,
@@ -58,11 +65,26 @@ pub fn run(a: &InferArgs) -> Result<(Task, Vec<Prediction>)> {
             );
         }
     }
+    if a.raw && model.dtype() != runtime_core::Dtype::Int8 {
+        bail!(
+            "{}: --raw prints the int8 output tensor, but this is an f32 model",
+            a.model.display()
+        );
+    }
     let mut runner = Runner::new(&model);
     let mut preds = Vec::with_capacity(a.images.len());
     let mut first_img = None;
     for path in &a.images {
         let img = engine::load_image(path)?;
+        if a.raw {
+            let x = if a.exact_size {
+                runner.exact_input(&img, path)?
+            } else {
+                runner.normalised_input(&img)
+            };
+            preds.push(Prediction::Raw(runner.run_raw_i8(&x)?.to_vec()));
+            continue;
+        }
         let p = match model.task() {
             Task::Landmarks if a.exact_size => {
                 // Size check only: a same-size resize is the identity, bit for bit.
@@ -138,6 +160,9 @@ pub fn to_json(a: &InferArgs, task: Task, preds: &[Prediction]) -> serde_json::V
             Prediction::Features { values, argmax } => {
                 json!({"image": path.display().to_string(), "features": values, "argmax": argmax})
             }
+            Prediction::Raw(values) => {
+                json!({"image": path.display().to_string(), "raw_int8": values})
+            }
         })
         .collect();
     json!({
@@ -168,6 +193,10 @@ pub fn to_text(a: &InferArgs, preds: &[Prediction]) -> String {
                     shown.join(", "),
                     if values.len() > 8 { ", …" } else { "" }
                 );
+            }
+            Prediction::Raw(values) => {
+                let all: Vec<String> = values.iter().map(i8::to_string).collect();
+                s += &format!(" raw_int8[{}]=[{}]", values.len(), all.join(", "));
             }
         }
         s.push('\n');

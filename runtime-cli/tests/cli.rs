@@ -503,3 +503,75 @@ fn bench_reports_ordered_percentiles() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("p99"));
     fails(&["bench", "--model", s(&m), "--runs", "0"]);
 }
+
+/// `infer --raw` prints the int8 tensor that `infer` dequantises: `scale·(raw − zp)` is the
+/// feature vector, value for value, on a ResNet-8 whose outputs are not all equal.
+#[test]
+fn infer_raw_is_the_tensor_the_features_dequantise() {
+    let d = tempfile::tempdir().unwrap();
+    let bytes = zoo::resnet8(Dtype::Int8, 3).unwrap().to_bytes().unwrap();
+    let m = write(d.path(), "r8.safetensors", &bytes);
+    let img = d.path().join("img.png");
+    image::RgbImage::from_fn(32, 32, |x, y| {
+        image::Rgb([(x * 8) as u8, (y * 8) as u8, ((x * y) % 256) as u8])
+    })
+    .save(&img)
+    .unwrap();
+    let raw = json(&["infer", "--model", s(&m), "--raw", "--json", s(&img)]);
+    let raw: Vec<i64> = raw["results"][0]["raw_int8"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let feats = json(&["infer", "--model", s(&m), "--json", s(&img)]);
+    let feats = feats["results"][0]["features"].as_array().unwrap();
+    let od = runtime_core::Model::parse(&bytes).unwrap().output_desc();
+    assert_eq!(raw.len(), 10);
+    assert!(raw.iter().any(|&v| v != raw[0]), "{raw:?}");
+    for (r, f) in raw.iter().zip(feats) {
+        assert!((-128..=127).contains(r));
+        let want = od.scale * (*r as i32 - od.zp) as f32;
+        assert_eq!(f.as_f64().unwrap() as f32, want, "{raw:?} vs {feats:?}");
+    }
+    // Text form lists every value; an f32 model has no int8 tensor to print.
+    let o = cli(&["infer", "--model", s(&m), "--raw", s(&img)]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("raw_int8[10]"));
+    let f = write(
+        d.path(),
+        "f.safetensors",
+        &zoo::resnet8(Dtype::F32, 3).unwrap().to_bytes().unwrap(),
+    );
+    fails(&["infer", "--model", s(&f), "--raw", s(&img)]);
+}
+
+/// `bench --json` names the kernels it ran and the loader's extra bytes; with
+/// `--reference-kernels` every int8 conv/fc runs the reference kernel.
+#[test]
+fn bench_reports_its_kernels() {
+    let d = tempfile::tempdir().unwrap();
+    let m = write(
+        d.path(),
+        "r8.safetensors",
+        &zoo::resnet8(Dtype::Int8, 1).unwrap().to_bytes().unwrap(),
+    );
+    let fast = json(&["bench", "--model", s(&m), "--runs", "2", "--json"]);
+    let k = fast["kernels"].as_str().unwrap();
+    assert!(!k.is_empty() && !k.contains("reference"), "{fast}");
+    assert!(fast["prepared_bytes"].as_u64().unwrap() > 0, "{fast}");
+    let reference = json(&[
+        "bench",
+        "--model",
+        s(&m),
+        "--runs",
+        "2",
+        "--reference-kernels",
+        "--json",
+    ]);
+    // Every int8 conv and the fc of ResNet-8 on one kernel: the reference.
+    let r = reference["kernels"].as_str().unwrap();
+    assert!(
+        r.starts_with("reference×") && !r.contains(' '),
+        "{reference}"
+    );
+}

@@ -1,7 +1,9 @@
 //! int8 vs f32, per kernel and whole model (MLPerf Tiny ResNet-8 at 32 px, ResNet-18 at 84 px,
 //! base width 64), one thread. Prints arena and weight bytes of each model.
-//! Run briefly: `cargo bench -p runtime-core --features zoo -- --warm-up-time 1 --measurement-time 3`
-//! (without the `zoo` feature only the per-kernel benchmarks run).
+//! Run briefly: `cargo bench -p runtime-core --features std,zoo -- --warm-up-time 1 --measurement-time 3`
+//! (without the `zoo` feature only the per-kernel benchmarks run; without `std` the host runs the
+//! portable int8 loop, not the AVX-512 VNNI kernel). `Int8-reference` is the same model on the
+//! reference kernels, the baseline measured in the same run.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 #[cfg(feature = "zoo")]
@@ -18,20 +20,35 @@ fn build(b: ModelBuilder) -> Vec<u8> {
 fn model_pair(c: &mut Criterion, name: &str, make: impl Fn(Dtype) -> ModelBuilder) {
     let mut g = c.benchmark_group(name);
     g.sample_size(10);
-    for dtype in [Dtype::Int8, Dtype::F32] {
+    // Int8 runs the fast kernels ("Int8") and, as the same-run baseline, the reference ones
+    // ("Int8-reference").
+    for (dtype, reference) in [
+        (Dtype::Int8, false),
+        (Dtype::Int8, true),
+        (Dtype::F32, false),
+    ] {
         let bytes = build(make(dtype));
-        let m = Model::parse(&bytes).unwrap();
+        let mut m = Model::parse(&bytes).unwrap();
+        m.set_reference_kernels(reference);
         println!(
-            "{name} {dtype:?}: arena {} B, weights {} B, {} MACs, file {} B",
+            "{name} {dtype:?}{}: arena {} B, weights {} B, prepared {} B, {} MACs, file {} B, kernels {:?}",
+            if reference { " (reference kernels)" } else { "" },
             m.arena_bytes(),
             m.weight_bytes(),
+            m.prepared_bytes(),
             m.macs(),
-            bytes.len()
+            bytes.len(),
+            m.kernel_backends(),
         );
         let mut arena = vec![0u8; m.arena_bytes()];
         let mut out = vec![0f32; m.output_len()];
         let rgb: Vec<u8> = (0..m.input_len()).map(|i| (i * 31 % 256) as u8).collect();
-        g.bench_function(format!("{dtype:?}"), |bch| {
+        let label = if reference {
+            format!("{dtype:?}-reference")
+        } else {
+            format!("{dtype:?}")
+        };
+        g.bench_function(label, |bch| {
             bch.iter(|| {
                 m.preprocess_rgb8(black_box(&rgb), &mut arena).unwrap();
                 m.run(&mut arena, &mut out).unwrap();
@@ -119,6 +136,66 @@ fn kernels(c: &mut Criterion) {
     }
 }
 
+/// One int8 3×3 conv (32×32×32 → 32 channels, pad 1) on every int8 kernel this machine has:
+/// the reference, the portable fast loop, and (x86-64 with `std`) AVX2 and AVX-512 VNNI.
+fn conv_backends(c: &mut Criterion) {
+    use runtime_core::ops::conv2d::{conv2d_i8, ConvI8};
+    use runtime_core::ops::prepared::{conv2d_i8_prepared, PreparedI8};
+    use runtime_core::ops::{I32Le, Window};
+    let (h, ic, oc) = (32, 32, 32);
+    let win = Window {
+        in_h: h,
+        in_w: h,
+        in_c: ic,
+        out_h: h,
+        out_w: h,
+        kh: 3,
+        kw: 3,
+        stride_h: 1,
+        stride_w: 1,
+        pad_top: 1,
+        pad_left: 1,
+    };
+    let w: Vec<i8> = (0..oc * 9 * ic)
+        .map(|i| (i * 37 % 255) as i8)
+        .map(|v| v.max(-127))
+        .collect();
+    let le = |v: Vec<i32>| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let (b, m, s) = (
+        le((0..oc as i32).map(|i| i * 100).collect()),
+        le(vec![1 << 30; oc]),
+        le(vec![-6; oc]),
+    );
+    let p = ConvI8 {
+        win,
+        out_c: oc,
+        weights: &w,
+        bias: I32Le::new(&b),
+        mult: I32Le::new(&m),
+        shift: I32Le::new(&s),
+        in_zp: -128,
+        out_zp: -128,
+        act_min: -128,
+        act_max: 127,
+    };
+    let x: Vec<i8> = (0..h * h * ic)
+        .map(|i| (i * 13 % 256) as u8 as i8)
+        .collect();
+    let mut y = vec![0i8; h * h * oc];
+    let mut g = c.benchmark_group("kernel/conv3x3_i8_32x32x32");
+    g.bench_function("reference", |bch| {
+        bch.iter(|| conv2d_i8(&p, &x, &mut y).unwrap())
+    });
+    let mut preps = vec![PreparedI8::new_portable(&p), PreparedI8::new(&p)];
+    preps.extend(PreparedI8::new_avx2(&p));
+    for prep in &preps {
+        g.bench_function(prep.backend(&p), |bch| {
+            bch.iter(|| conv2d_i8_prepared(&p, prep, &x, &mut y).unwrap())
+        });
+    }
+    g.finish();
+}
+
 #[cfg(feature = "zoo")]
 fn models(c: &mut Criterion) {
     model_pair(c, "resnet8_32px", |d| zoo::resnet8(d, 1).unwrap());
@@ -128,7 +205,7 @@ fn models(c: &mut Criterion) {
 }
 
 #[cfg(feature = "zoo")]
-criterion_group!(benches, kernels, models);
+criterion_group!(benches, kernels, conv_backends, models);
 #[cfg(not(feature = "zoo"))]
-criterion_group!(benches, kernels);
+criterion_group!(benches, kernels, conv_backends);
 criterion_main!(benches);

@@ -13,7 +13,10 @@
 //! * [`Model::parse`]: the safetensors header (a map of tensor names, shapes and offsets, and
 //!   the graph text), freed when `parse` returns; the model's tensor, op and arena-offset lists
 //!   (a few bytes per op), kept for the model's life; scratch for the arena planner. Tensor data
-//!   is borrowed from the file bytes, never copied.
+//!   is borrowed from the file bytes, never copied; the fast int8 kernels' load-time
+//!   preparation ([`ops::prepared`]) keeps 16 B per output channel of each int8 conv/fc (folded
+//!   bias and requantisation constants) and, with `std` on an x86-64 CPU with AVX-512 VNNI, the
+//!   weights repacked for that kernel ([`Model::prepared_bytes`] reports the total).
 //! * [`ModelBuilder`] and [`write_safetensors`]: the graph text, the parameter copies and the
 //!   output file (host-side tools and tests).
 //! * The few-shot protocol ([`protocol::fewshot`]: episode sampling, and
@@ -28,7 +31,14 @@
 //! in fixed arrays. A firmware can therefore load once and then run without touching the heap.
 //!
 //! # Features
-//! * `std`: `std::error::Error` impls and the std-only episode runner.
+//! * `std`: `std::error::Error` impls, the std-only episode runner, and the AVX-512 VNNI int8
+//!   kernel on x86-64 (chosen at run time by CPU detection; without `std` the portable loop runs).
+//!
+//! # Kernels
+//! int8 conv/fc run on [`ops::prepared`] (zero point folded into the bias at load, im2col of a
+//! few pixels, a register-blocked inner loop per target: AVX-512 VNNI, Cortex-M4 SXTB16/SMLAD,
+//! or portable); [`ops::conv2d::conv2d_i8`] and [`ops::fully_connected::fully_connected_i8`]
+//! are the reference they are tested against bit for bit.
 //! * `defmt`: `defmt::Format` on every public type.
 //! * `zoo`: `model::zoo`, random-weight reference models (ResNet-8, ResNet-18).
 #![no_std]

@@ -14,6 +14,7 @@ use safetensors::{Dtype as StDtype, SafeTensors};
 
 use super::error::{GraphError as E, ModelError};
 use super::*;
+use crate::ops::prepared::PreparedI8;
 use crate::ops::requant::{SHIFT_MAX, SHIFT_MIN};
 use crate::ops::{bytes_as_i8, F32Le, I32Le};
 use crate::plan::{plan, Lifetime};
@@ -162,6 +163,8 @@ impl<'a> Container<'a> {
 struct Loader<'a, 'st> {
     st: &'st Container<'a>,
     weight_bytes: usize,
+    /// Load-time preparation of each int8 conv/fc (`ops::prepared`), indexed by the kernel.
+    prepared: Vec<PreparedI8>,
 }
 
 impl<'a> Loader<'a, '_> {
@@ -222,6 +225,13 @@ impl<'a> Loader<'a, '_> {
             check_mult_shift(mult.get(i), shift.get(i), SHIFT_MAX)?;
         }
         Ok((bias, mult, shift))
+    }
+
+    /// Stores an op's preparation; returns its index.
+    fn prepare(&mut self, p: PreparedI8) -> R<u16> {
+        let i = u16::try_from(self.prepared.len()).map_err(|_| E::TooLarge)?;
+        self.prepared.push(p);
+        Ok(i)
     }
 
     /// Scalar `mult`/`shift` pair from keys.
@@ -359,6 +369,7 @@ fn parse_text<'a>(st: &Container<'a>, text: &str, line_no: &mut u32) -> R<Model<
     let mut ld = Loader {
         st,
         weight_bytes: 0,
+        prepared: Vec::new(),
     };
     let mut g = Graph::default();
 
@@ -398,7 +409,7 @@ fn parse_text<'a>(st: &Container<'a>, text: &str, line_no: &mut u32) -> R<Model<
     }
 
     *line_no = 0;
-    finish_model(g, dtype, task, ld.weight_bytes)
+    finish_model(g, dtype, task, ld.weight_bytes, ld.prepared)
 }
 
 /// Header: `rtgraph`, `dtype`, `task`, in this order; errors before the first is found are line 1.
@@ -567,7 +578,7 @@ fn parse_conv<'a>(
         let weights = ld.weights_i8(f.req("w")?, &wshape)?;
         let (bias, mult, shift) = ld.requant(f, oc)?;
         let (act_min, act_max) = crate::ops::requant::activation_range_i8(relu, dout.zp);
-        Kernel::ConvI8(ConvI8 {
+        let p = ConvI8 {
             win,
             out_c: oc,
             weights,
@@ -578,7 +589,9 @@ fn parse_conv<'a>(
             out_zp: dout.zp,
             act_min,
             act_max,
-        })
+        };
+        let i = ld.prepare(PreparedI8::new(&p))?;
+        Kernel::ConvI8(p, i)
     } else {
         let weights = ld.f32s(f.req("w")?, &wshape)?;
         let bias = ld.f32s(f.req("b")?, &[oc])?;
@@ -619,7 +632,7 @@ fn parse_fc<'a>(
         let weights = ld.weights_i8(f.req("w")?, &[ol, il])?;
         let (bias, mult, shift) = ld.requant(f, ol)?;
         let (act_min, act_max) = crate::ops::requant::activation_range_i8(relu, dout.zp);
-        Kernel::FcI8(FcI8 {
+        let p = FcI8 {
             in_len: il,
             out_len: ol,
             weights,
@@ -630,7 +643,9 @@ fn parse_fc<'a>(
             out_zp: dout.zp,
             act_min,
             act_max,
-        })
+        };
+        let i = ld.prepare(PreparedI8::new_fc(&p))?;
+        Kernel::FcI8(p, i)
     } else {
         let weights = ld.f32s(f.req("w")?, &[ol, il])?;
         let bias = ld.f32s(f.req("b")?, &[ol])?;
@@ -816,7 +831,13 @@ fn unknown_op<'a>(
 }
 
 /// Whole-graph checks (an input, a produced output, every tensor produced) and the arena plan.
-fn finish_model<'a>(g: Graph<'a>, dtype: Dtype, task: Task, weight_bytes: usize) -> R<Model<'a>> {
+fn finish_model<'a>(
+    g: Graph<'a>,
+    dtype: Dtype,
+    task: Task,
+    weight_bytes: usize,
+    prepared: Vec<PreparedI8>,
+) -> R<Model<'a>> {
     let input = g.input.ok_or(E::Header)?;
     let output = g.output.ok_or(E::Output)?;
     if g.nodes.is_empty()
@@ -863,5 +884,7 @@ fn finish_model<'a>(g: Graph<'a>, dtype: Dtype, task: Task, weight_bytes: usize)
         offsets,
         plan_bytes,
         weight_bytes,
+        prepared,
+        reference_kernels: false,
     })
 }

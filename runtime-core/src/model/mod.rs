@@ -17,7 +17,8 @@ pub use error::{GraphError, ModelError, RunError};
 use alloc::vec::Vec;
 
 use crate::ops::{
-    self, add::AddI8, conv2d::*, fully_connected::*, leaky_relu::LeakyI8, mean::MeanI8, Window,
+    self, add::AddI8, conv2d::*, fully_connected::*, leaky_relu::LeakyI8, mean::MeanI8,
+    prepared::PreparedI8, Window,
 };
 
 /// Format version this runtime reads (first graph line `rtgraph 1`).
@@ -110,18 +111,26 @@ impl OpKind {
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub(crate) enum Kernel<'a> {
-    ConvI8(ConvI8<'a>),
+    /// The op and the index of its load-time preparation in `Model::prepared`.
+    ConvI8(ConvI8<'a>, u16),
     ConvF32(ConvF32<'a>),
     AddI8(AddI8),
-    AddF32 { relu: bool },
+    AddF32 {
+        relu: bool,
+    },
     MaxPoolI8(Window),
     MaxPoolF32(Window),
     MeanI8(MeanI8),
-    MeanF32 { hw: usize, c: usize },
-    FcI8(FcI8<'a>),
+    MeanF32 {
+        hw: usize,
+        c: usize,
+    },
+    FcI8(FcI8<'a>, u16),
     FcF32(FcF32<'a>),
     LeakyI8(LeakyI8),
-    LeakyF32 { alpha: f32 },
+    LeakyF32 {
+        alpha: f32,
+    },
 }
 
 /// One op of the graph: its kernel and the activation tensors it reads and writes.
@@ -139,11 +148,11 @@ impl Node<'_> {
     /// The operator.
     pub fn kind(&self) -> OpKind {
         match self.kernel {
-            Kernel::ConvI8(_) | Kernel::ConvF32(_) => OpKind::Conv2d,
+            Kernel::ConvI8(..) | Kernel::ConvF32(_) => OpKind::Conv2d,
             Kernel::AddI8(_) | Kernel::AddF32 { .. } => OpKind::Add,
             Kernel::MaxPoolI8(_) | Kernel::MaxPoolF32(_) => OpKind::MaxPool,
             Kernel::MeanI8(_) | Kernel::MeanF32 { .. } => OpKind::Mean,
-            Kernel::FcI8(_) | Kernel::FcF32(_) => OpKind::FullyConnected,
+            Kernel::FcI8(..) | Kernel::FcF32(_) => OpKind::FullyConnected,
             Kernel::LeakyI8(_) | Kernel::LeakyF32 { .. } => OpKind::LeakyRelu,
         }
     }
@@ -177,6 +186,12 @@ pub struct Model<'a> {
     pub(crate) offsets: Vec<usize>,
     pub(crate) plan_bytes: usize,
     pub(crate) weight_bytes: usize,
+    /// Folded biases (and packed weights where a SIMD kernel wants them) of every int8 conv
+    /// and fc, made once by the loader (`ops::prepared`).
+    pub(crate) prepared: Vec<PreparedI8>,
+    /// Run the reference int8 conv/fc kernels instead of the prepared ones (a baseline for
+    /// benchmarks; same results).
+    pub(crate) reference_kernels: bool,
 }
 
 impl<'a> Model<'a> {
@@ -201,6 +216,40 @@ impl<'a> Model<'a> {
     /// Total bytes of parameter tensors the graph uses (weights, biases, multipliers, shifts).
     pub fn weight_bytes(&self) -> usize {
         self.weight_bytes
+    }
+    /// Heap bytes the loader added for the fast int8 kernels (folded biases: 4 B per output
+    /// channel of each conv/fc; with `std` on an AVX-512 VNNI CPU also the packed weights).
+    pub fn prepared_bytes(&self) -> usize {
+        self.prepared.iter().map(PreparedI8::heap_bytes).sum()
+    }
+    /// Runs int8 conv/fc on the reference kernels (`ops::conv2d::conv2d_i8`,
+    /// `ops::fully_connected::fully_connected_i8`) instead of the fast path: the same results,
+    /// for measuring the fast path against them in one process.
+    pub fn set_reference_kernels(&mut self, on: bool) {
+        self.reference_kernels = on;
+    }
+    /// The int8 kernel each conv/fc runs on this machine, in op order (see
+    /// [`PreparedI8::backend`]; `"reference"` everywhere after
+    /// [`Model::set_reference_kernels`]).
+    pub fn kernel_backends(&self) -> Vec<&'static str> {
+        if self.reference_kernels {
+            return self
+                .nodes
+                .iter()
+                .filter(|n| matches!(n.kernel, Kernel::ConvI8(..) | Kernel::FcI8(..)))
+                .map(|_| "reference")
+                .collect();
+        }
+        self.nodes
+            .iter()
+            .filter_map(|n| match &n.kernel {
+                Kernel::ConvI8(p, i) => Some(self.prepared[*i as usize].backend(p)),
+                Kernel::FcI8(p, i) => {
+                    Some(self.prepared[*i as usize].backend(&ops::prepared::fc_as_conv(p)))
+                }
+                _ => None,
+            })
+            .collect()
     }
     /// Input shape `[h, w, c]`.
     pub fn input_shape(&self) -> [usize; 3] {
@@ -442,11 +491,23 @@ impl<'a> Model<'a> {
         for n in &self.nodes {
             let (out, x0, x1) = self.views(a, n)?;
             let r = match &n.kernel {
-                Kernel::ConvI8(p) => ops::conv2d::conv2d_i8(p, x0, out),
+                Kernel::ConvI8(p, _) if self.reference_kernels => {
+                    ops::conv2d::conv2d_i8(p, x0, out)
+                }
+                Kernel::ConvI8(p, i) => {
+                    let prep = self.prepared.get(*i as usize).ok_or(RunError::Internal)?;
+                    ops::prepared::conv2d_i8_prepared(p, prep, x0, out)
+                }
                 Kernel::AddI8(p) => ops::add::add_i8(p, x0, x1.ok_or(RunError::Internal)?, out),
                 Kernel::MaxPoolI8(w) => ops::maxpool::maxpool_i8(w, -128, 127, x0, out),
                 Kernel::MeanI8(p) => ops::mean::mean_i8(p, x0, out),
-                Kernel::FcI8(p) => ops::fully_connected::fully_connected_i8(p, x0, out),
+                Kernel::FcI8(p, _) if self.reference_kernels => {
+                    ops::fully_connected::fully_connected_i8(p, x0, out)
+                }
+                Kernel::FcI8(p, i) => {
+                    let prep = self.prepared.get(*i as usize).ok_or(RunError::Internal)?;
+                    ops::prepared::fully_connected_i8_prepared(p, prep, x0, out)
+                }
                 Kernel::LeakyI8(p) => ops::leaky_relu::leaky_relu_i8(p, x0, out),
                 _ => return Err(RunError::Internal),
             };

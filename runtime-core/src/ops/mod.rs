@@ -7,11 +7,13 @@
 //! [`KernelError`] instead of panicking.
 
 pub mod add;
+mod arch;
 pub mod conv2d;
 pub mod fully_connected;
 pub mod leaky_relu;
 pub mod maxpool;
 pub mod mean;
+pub mod prepared;
 pub mod requant;
 
 /// A kernel was handed slices that do not match its geometry (a caller bug, never user data:

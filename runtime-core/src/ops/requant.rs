@@ -18,15 +18,19 @@ pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
 }
 
 /// gemmlowp `RoundingDivideByPOT`: `x / 2^exponent` rounded half away from zero.
-/// `exponent` must be in `0..=31` (the loader guarantees it); computed in i64 so that
-/// `exponent = 31` is well defined.
+/// `exponent` must be in `0..=31` (the loader guarantees it).
+///
+/// Computed in `i32` (a Cortex-M4 has no 64-bit shifts): the mask `2^e − 1` is formed in `u32`,
+/// where `e = 31` is well defined, and every other quantity fits: the remainder and threshold
+/// are below 2³¹, and `(x >> e) + 1` cannot overflow for `e ≥ 1` (for `e = 0` the mask is 0,
+/// so nothing is added). This is gemmlowp's own `int32` formulation.
 #[inline(always)]
 pub fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
-    let x = x as i64;
-    let mask: i64 = (1i64 << exponent) - 1;
+    let e = exponent as u32 & 31;
+    let mask = ((1u32 << e) - 1) as i32;
     let remainder = x & mask;
-    let threshold = (mask >> 1) + i64::from(x < 0);
-    ((x >> exponent) + i64::from(remainder > threshold)) as i32
+    let threshold = (mask >> 1) + i32::from(x < 0);
+    (x >> e) + i32::from(remainder > threshold)
 }
 
 /// TFLite `MultiplyByQuantizedMultiplier(x, mult, shift)`: `x · mult · 2^shift / 2³¹`.
@@ -38,12 +42,48 @@ pub fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
 pub fn multiply_by_quantized_multiplier(x: i32, mult: i32, shift: i32) -> i32 {
     let left = if shift > 0 { shift } else { 0 };
     let right = if shift > 0 { 0 } else { -shift };
+    // Saturating `x << left` in i32: the shift overflowed iff shifting back loses bits.
     let shifted = if left == 0 {
         x
     } else {
-        ((x as i64) << left).clamp(i32::MIN as i64, i32::MAX as i64) as i32
+        let l = left as u32 & 31;
+        let y = x << l;
+        if y >> l == x {
+            y
+        } else if x < 0 {
+            i32::MIN
+        } else {
+            i32::MAX
+        }
     };
     rounding_divide_by_pot(saturating_rounding_doubling_high_mul(shifted, mult), right)
+}
+
+/// [`multiply_by_quantized_multiplier`] with the shift split once into `left = max(shift, 0)` and
+/// `right = max(−shift, 0)` and `mult ∈ [0, i32::MAX]` (the loader's range), for kernels that
+/// precompute per-channel constants; the same result for every `x`.
+///
+/// With `mult ≥ 0` the product's sign is the shifted input's, or the product is 0, where both
+/// of gemmlowp's nudges round to 0; and `i32::MIN · i32::MIN`, SRDHM's one saturating case,
+/// cannot occur. So the nudge is chosen from a 32-bit compare.
+#[inline(always)]
+pub fn multiply_by_quantized_multiplier_split(x: i32, mult: i32, left: u32, right: u32) -> i32 {
+    let shifted = if left == 0 {
+        x
+    } else {
+        let l = left & 31;
+        let y = x << l;
+        if y >> l == x {
+            y
+        } else if x < 0 {
+            i32::MIN
+        } else {
+            i32::MAX
+        }
+    };
+    let nudge: i64 = if shifted >= 0 { 1 << 30 } else { 1 - (1 << 30) };
+    let high = ((shifted as i64 * mult as i64 + nudge) / (1i64 << 31)) as i32;
+    rounding_divide_by_pot(high, right as i32)
 }
 
 /// Smallest and largest shift the loader accepts (TFLite's range after `QuantizeMultiplier`).

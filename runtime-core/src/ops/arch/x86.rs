@@ -1,0 +1,496 @@
+//! x86-64 AVX-512 VNNI conv kernel (`std` feature: runtime CPU detection).
+//!
+//! `vpdpbusd` multiplies 4 unsigned bytes by 4 signed bytes and adds the 4 products to an `i32`
+//! lane without saturation (unlike `vpmaddubsw`, whose `i16` pair sums saturate). The column is
+//! made unsigned by flipping its sign bit, `u = x' + 128`, so `Σ u·w = Σ x'·w + 128·Σ w`: the
+//! packed bias absorbs `−128·Σ w` on top of the zero-point fold. Everything wraps modulo 2³²,
+//! so the result equals the portable path's (see [`super::super::prepared`]).
+//!
+//! Layout, made once at load ([`Packed::new`]): output channels in blocks of 16 (one `zmm` of
+//! `i32` accumulators), the reduction padded to a multiple of 4 with zero weights; block `b`,
+//! group `q` of 4 taps is 64 bytes `[lane 0: w[16b][4q..4q+4], lane 1: …]`. The kernel keeps
+//! 4 pixels × 32 channels (8 `zmm`) of accumulators, broadcasts 4 column bytes per pixel and
+//! issues 8 `vpdpbusd` per 2 weight loads; the requantisation runs 16 lanes at a time.
+
+use alloc::vec::Vec;
+use core::arch::x86_64::*;
+
+use super::super::conv2d::ConvI8;
+use super::super::prepared::ChanQ;
+use super::super::Window;
+
+/// Largest padded reduction the kernel takes (3×3×512, ResNet-18's last stage): its stack
+/// buffer is `PIXELS · MAX_K` bytes (18 KiB). Larger ones run the portable path.
+pub const MAX_K: usize = 4608;
+/// Output pixels per block.
+const PIXELS: usize = 4;
+
+/// Whether this CPU runs the VNNI kernel.
+pub fn available() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vnni")
+}
+
+/// Whether this CPU runs the AVX2 kernel (used where VNNI is missing).
+pub fn avx2_available() -> bool {
+    std::is_x86_feature_detected!("avx2")
+}
+
+/// Weights and per-channel requantisation constants laid out for the kernel.
+#[derive(Clone)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Packed {
+    /// For the AVX2 kernel (signed columns, `bias'` unchanged) instead of the VNNI one.
+    avx2: bool,
+    /// Reduction padded to a multiple of 4.
+    kp: usize,
+    /// Output-channel blocks of 16.
+    blocks: usize,
+    /// `blocks · kp · 16` bytes, see the module docs.
+    w: Vec<i8>,
+    /// `bias' − 128·Σ w` (VNNI) or `bias'` (AVX2) per (padded) channel.
+    bias: Vec<i32>,
+    mult: Vec<i32>,
+    /// `max(shift, 0)` and `max(−shift, 0)`.
+    lshift: Vec<i32>,
+    rshift: Vec<i32>,
+}
+
+/// Sizes only: a model's `Debug` output should not list megabytes of packed weights.
+impl core::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Packed")
+            .field("kernel", &self.backend())
+            .field("kp", &self.kp)
+            .field("blocks", &self.blocks)
+            .field("heap_bytes", &self.heap_bytes())
+            .finish()
+    }
+}
+
+impl Packed {
+    /// Packs `p` (with its folded bias) for the best kernel this CPU has (AVX-512 VNNI, else
+    /// AVX2) if the op fits it: `None` leaves the op to the portable path.
+    pub fn new(p: &ConvI8, chan: &[ChanQ]) -> Option<Packed> {
+        if available() {
+            Self::new_for(p, chan, false)
+        } else if avx2_available() {
+            Self::new_for(p, chan, true)
+        } else {
+            None
+        }
+    }
+
+    /// Packs for the AVX2 kernel, if the CPU has AVX2 (for tests on VNNI machines).
+    pub fn new_avx2(p: &ConvI8, chan: &[ChanQ]) -> Option<Packed> {
+        if avx2_available() {
+            Self::new_for(p, chan, true)
+        } else {
+            None
+        }
+    }
+
+    /// The kernel this packing is for.
+    pub fn backend(&self) -> &'static str {
+        if self.avx2 {
+            "avx2"
+        } else {
+            "avx512vnni"
+        }
+    }
+
+    fn new_for(p: &ConvI8, chan: &[ChanQ], avx2: bool) -> Option<Packed> {
+        let w = &p.win;
+        let k = w.kh * w.kw * w.in_c;
+        let kp = k.div_ceil(4) * 4;
+        let oc = p.out_c;
+        let lens = p.weights.len() == oc * k && chan.len() == oc;
+        if kp > MAX_K || oc == 0 || !lens {
+            return None;
+        }
+        // The caller checked the loader's ranges (mult ≥ 0, so the SRDHM overflow case
+        // i32::MIN² cannot occur; shifts within TFLite's range).
+        let blocks = oc.div_ceil(16);
+        let ocp = blocks * 16;
+        let mut pw = alloc::vec![0i8; blocks * kp * 16];
+        for c in 0..oc {
+            let (b, lane) = (c / 16, c % 16);
+            for (kk, &v) in p.weights[c * k..][..k].iter().enumerate() {
+                pw[(b * kp + (kk / 4) * 4) * 16 + lane * 4 + kk % 4] = v;
+            }
+        }
+        let pad = |f: &dyn Fn(usize) -> i32| -> Vec<i32> {
+            (0..ocp).map(|c| if c < oc { f(c) } else { 0 }).collect()
+        };
+        let wsum = |c: usize| {
+            p.weights[c * k..][..k]
+                .iter()
+                .fold(0i32, |a, &v| a.wrapping_add(v as i32))
+        };
+        let flip = if avx2 { 0 } else { 128 };
+        Some(Packed {
+            avx2,
+            kp,
+            blocks,
+            bias: pad(&|c| chan[c].bias.wrapping_sub(wsum(c).wrapping_mul(flip))),
+            mult: pad(&|c| chan[c].mult),
+            lshift: pad(&|c| chan[c].left as i32),
+            rshift: pad(&|c| chan[c].right as i32),
+            w: pw,
+        })
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.w.capacity()
+            + 4 * (self.bias.capacity()
+                + self.mult.capacity()
+                + self.lshift.capacity()
+                + self.rshift.capacity())
+    }
+}
+
+/// Runs the conv; `false` if it cannot (then the caller runs another path). The caller checked
+/// the slice lengths against `p`.
+pub(crate) fn conv(p: &ConvI8, pk: &Packed, input: &[i8], output: &mut [i8]) -> bool {
+    if pk.kp > MAX_K || pk.blocks != p.out_c.div_ceil(16) {
+        return false;
+    }
+    // SAFETY: `pk` exists only if `available()` (VNNI) or `avx2_available()` (AVX2) said the
+    // CPU has the kernel's features.
+    unsafe {
+        if pk.avx2 {
+            conv_avx2(p, pk, input, output)
+        } else {
+            conv_vnni(p, pk, input, output)
+        }
+    };
+    true
+}
+
+/// Column of pixel `(oy, ox)` as bytes `x' ^ flip` (padded taps: the zero point), zero beyond
+/// `k` up to `kp`: `flip = 0x80` gives VNNI's unsigned bytes, `0` the signed ones.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn im2col_u8(
+    w: &Window,
+    input: &[i8],
+    oy: usize,
+    ox: usize,
+    zp: i8,
+    dst: &mut [u8],
+    k: usize,
+    flip: u8,
+) {
+    let (iy0, ky_s, ky_e) = w.rows(oy);
+    let (ix0, kx_s, kx_e) = w.cols(ox);
+    let ic = w.in_c;
+    let row = w.kw * ic;
+    let full = ky_s == 0 && ky_e == w.kh && kx_s == 0 && kx_e == w.kw;
+    if !full {
+        dst[..k].fill(zp as u8 ^ flip);
+    }
+    dst[k..].fill(0);
+    let n = (kx_e - kx_s) * ic;
+    for ky in ky_s..ky_e {
+        let iy = (iy0 + ky as isize) as usize;
+        let src = ((iy * w.in_w) as isize + ix0 + kx_s as isize) as usize * ic;
+        for (d, &s) in dst[ky * row + kx_s * ic..][..n]
+            .iter_mut()
+            .zip(&input[src..][..n])
+        {
+            *d = s as u8 ^ flip;
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn conv_vnni(p: &ConvI8, pk: &Packed, input: &[i8], output: &mut [i8]) {
+    let w = &p.win;
+    let k = w.kh * w.kw * w.in_c;
+    let kp = pk.kp;
+    let zp = p.in_zp.clamp(-128, 127) as i8;
+    let mut cols = [0u8; PIXELS * MAX_K];
+    let n_px = w.out_h * w.out_w;
+    let mut px = 0;
+    while px < n_px {
+        let n = (n_px - px).min(PIXELS);
+        for s in 0..PIXELS {
+            // Missing pixels of the last block repeat the last one (computed, not written).
+            let q = px + s.min(n - 1);
+            let dst = &mut cols[s * kp..][..kp];
+            im2col_u8(w, input, q / w.out_w, q % w.out_w, zp, dst, k, 0x80);
+        }
+        let mut b = 0;
+        while b < pk.blocks {
+            if b + 1 < pk.blocks {
+                let acc = block::<2>(&cols, kp, pk, b);
+                store(p, pk, output, px, n, b, &acc[0]);
+                store(p, pk, output, px, n, b + 1, &acc[1]);
+                b += 2;
+            } else {
+                let acc = block::<1>(&cols, kp, pk, b);
+                store(p, pk, output, px, n, b, &acc[0]);
+                b += 1;
+            }
+        }
+        px += n;
+    }
+}
+
+/// Accumulators `[block j][pixel s]` for channel blocks `b..b + NB` of the current 4 pixels.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn block<const NB: usize>(
+    cols: &[u8],
+    kp: usize,
+    pk: &Packed,
+    b: usize,
+) -> [[__m512i; PIXELS]; NB] {
+    let mut acc = [[_mm512_setzero_si512(); PIXELS]; NB];
+    for (j, a) in acc.iter_mut().enumerate() {
+        let bias = _mm512_loadu_si512(pk.bias.as_ptr().add((b + j) * 16) as *const _);
+        *a = [bias; PIXELS];
+    }
+    let wp = pk.w.as_ptr();
+    let cp = cols.as_ptr();
+    for q in 0..kp / 4 {
+        let mut wv = [_mm512_setzero_si512(); NB];
+        for (j, v) in wv.iter_mut().enumerate() {
+            *v = _mm512_loadu_si512(wp.add(((b + j) * kp + 4 * q) * 16) as *const _);
+        }
+        for s in 0..PIXELS {
+            let x = _mm512_set1_epi32((cp.add(s * kp + 4 * q) as *const i32).read_unaligned());
+            for (a, &v) in acc.iter_mut().zip(&wv) {
+                a[s] = _mm512_dpbusd_epi32(a[s], x, v);
+            }
+        }
+    }
+    acc
+}
+
+/// Requantises and writes channel block `b` of pixels `px..px + n`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn store(
+    p: &ConvI8,
+    pk: &Packed,
+    output: &mut [i8],
+    px: usize,
+    n: usize,
+    b: usize,
+    acc: &[__m512i; PIXELS],
+) {
+    let oc = p.out_c;
+    let c0 = b * 16;
+    let lanes = (oc - c0).min(16);
+    let mask: __mmask16 = if lanes == 16 {
+        0xffff
+    } else {
+        (1u16 << lanes) - 1
+    };
+    let mult = _mm512_loadu_si512(pk.mult.as_ptr().add(c0) as *const _);
+    let ls = _mm512_loadu_si512(pk.lshift.as_ptr().add(c0) as *const _);
+    let rs = _mm512_loadu_si512(pk.rshift.as_ptr().add(c0) as *const _);
+    let lo = _mm512_set1_epi32(p.act_min - p.out_zp);
+    let hi = _mm512_set1_epi32(p.act_max - p.out_zp);
+    let zp = _mm512_set1_epi32(p.out_zp);
+    for (s, &a) in acc.iter().enumerate().take(n) {
+        let y = mbqm16(a, mult, ls, rs);
+        let y = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(y, lo), hi), zp);
+        let dst = output.as_mut_ptr().add((px + s) * oc + c0);
+        _mm512_mask_cvtepi32_storeu_epi8(dst, mask, y);
+    }
+}
+
+/// 16 lanes of [`multiply_by_quantized_multiplier`](super::super::requant::multiply_by_quantized_multiplier)
+/// for `mult ≥ 0`: saturating left shift, SRDHM in 64-bit halves, rounding right shift.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn mbqm16(x: __m512i, mult: __m512i, ls: __m512i, rs: __m512i) -> __m512i {
+    // Left shift, saturating where it overflows (the reference clamps the i64 shift).
+    let y = _mm512_sllv_epi32(x, ls);
+    let ovf = _mm512_cmpneq_epi32_mask(_mm512_srav_epi32(y, ls), x);
+    let neg = _mm512_cmplt_epi32_mask(x, _mm512_setzero_si512());
+    let sat = _mm512_mask_blend_epi32(
+        neg,
+        _mm512_set1_epi32(i32::MAX),
+        _mm512_set1_epi32(i32::MIN),
+    );
+    let a = _mm512_mask_blend_epi32(ovf, y, sat);
+    let even = half(_mm512_mul_epi32(a, mult));
+    let odd = half(_mm512_mul_epi32(
+        _mm512_srli_epi64::<32>(a),
+        _mm512_srli_epi64::<32>(mult),
+    ));
+    let h = _mm512_mask_blend_epi32(0xaaaa, even, _mm512_slli_epi64::<32>(odd));
+    // RoundingDivideByPOT(h, rs).
+    let one = _mm512_set1_epi32(1);
+    let mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, rs), one);
+    let rem = _mm512_and_si512(h, mask);
+    let hneg = _mm512_cmplt_epi32_mask(h, _mm512_setzero_si512());
+    let thr = _mm512_mask_add_epi32(
+        _mm512_srli_epi32::<1>(mask),
+        hneg,
+        _mm512_srli_epi32::<1>(mask),
+        one,
+    );
+    let up = _mm512_cmpgt_epi32_mask(rem, thr);
+    _mm512_mask_add_epi32(_mm512_srav_epi32(h, rs), up, _mm512_srav_epi32(h, rs), one)
+}
+
+/// SRDHM on 64-bit products `ab`: `(ab + nudge) / 2³¹` truncated toward zero, nudge `2³⁰` or
+/// `1 − 2³⁰` by the sign of `ab`; the result sits in the low 32 bits of each lane.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn half(ab: __m512i) -> __m512i {
+    let neg = _mm512_cmplt_epi64_mask(ab, _mm512_setzero_si512());
+    let nudge = _mm512_mask_blend_epi64(
+        neg,
+        _mm512_set1_epi64(1 << 30),
+        _mm512_set1_epi64(1 - (1 << 30)),
+    );
+    let t = _mm512_add_epi64(ab, nudge);
+    let tneg = _mm512_cmplt_epi64_mask(t, _mm512_setzero_si512());
+    let t = _mm512_mask_add_epi64(t, tneg, t, _mm512_set1_epi64((1 << 31) - 1));
+    _mm512_srai_epi64::<31>(t)
+}
+
+// ---------------------------------------------------------------- AVX2
+
+/// Output pixels per block of the AVX2 kernel (8 `ymm` accumulators for 16 channels × 2).
+const PIXELS_AVX2: usize = 2;
+
+/// The AVX2 kernel: the same packed weights, sign-extended to `i16` (`vpmovsxbw`, 4 channels ×
+/// 4 taps per `ymm`), the column's 4 taps sign-extended and broadcast, `vpmaddwd` (exact: each
+/// pair sum is at most 2·128·127) and `vpaddd`; the two partial sums per channel are added once
+/// at the end (`vphaddd`). No `vpmaddubsw`, whose `i16` saturation would not be exact.
+#[target_feature(enable = "avx2")]
+unsafe fn conv_avx2(p: &ConvI8, pk: &Packed, input: &[i8], output: &mut [i8]) {
+    let w = &p.win;
+    let k = w.kh * w.kw * w.in_c;
+    let kp = pk.kp;
+    let zp = p.in_zp.clamp(-128, 127) as i8;
+    let mut cols = [0u8; PIXELS_AVX2 * MAX_K];
+    let n_px = w.out_h * w.out_w;
+    let oc = p.out_c;
+    let lo = _mm256_set1_epi32(p.act_min - p.out_zp);
+    let hi = _mm256_set1_epi32(p.act_max - p.out_zp);
+    let ozp = _mm256_set1_epi32(p.out_zp);
+    let mut px = 0;
+    while px < n_px {
+        let n = (n_px - px).min(PIXELS_AVX2);
+        for s in 0..PIXELS_AVX2 {
+            let q = px + s.min(n - 1);
+            let dst = &mut cols[s * kp..][..kp];
+            im2col_u8(w, input, q / w.out_w, q % w.out_w, zp, dst, k, 0);
+        }
+        for b in 0..pk.blocks {
+            let acc = block_avx2(&cols, kp, pk, b);
+            let c0 = b * 16;
+            for (s, a) in acc.iter().enumerate().take(n) {
+                let out = &mut output[(px + s) * oc..][..oc];
+                for half in 0..2 {
+                    let (x, y) = (2 * half, 2 * half + 1);
+                    let sum = _mm256_permute4x64_epi64::<0xd8>(_mm256_hadd_epi32(a[x], a[y]));
+                    let c = c0 + 8 * half;
+                    let acc8 = _mm256_add_epi32(sum, load8(&pk.bias, c));
+                    let r = mbqm8(
+                        acc8,
+                        load8(&pk.mult, c),
+                        load8(&pk.lshift, c),
+                        load8(&pk.rshift, c),
+                    );
+                    let r = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(r, lo), hi), ozp);
+                    let mut v = [0i32; 8];
+                    _mm256_storeu_si256(v.as_mut_ptr() as *mut __m256i, r);
+                    for (o, &x) in out.iter_mut().skip(c).zip(&v) {
+                        *o = x as i8;
+                    }
+                }
+            }
+        }
+        px += n;
+    }
+}
+
+/// `v[c..c + 8]` (the per-channel vectors are padded to whole blocks of 16).
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn load8(v: &[i32], c: usize) -> __m256i {
+    _mm256_loadu_si256(v[c..c + 8].as_ptr() as *const __m256i)
+}
+
+/// Accumulators `[pixel][4 channels ×2 partial sums]` for channel block `b`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn block_avx2(cols: &[u8], kp: usize, pk: &Packed, b: usize) -> [[__m256i; 4]; PIXELS_AVX2] {
+    let mut acc = [[_mm256_setzero_si256(); 4]; PIXELS_AVX2];
+    let wp = pk.w.as_ptr().add(b * kp * 16);
+    let cp = cols.as_ptr();
+    for q in 0..kp / 4 {
+        let base = wp.add(q * 64);
+        let mut wv = [_mm256_setzero_si256(); 4];
+        for (c, v) in wv.iter_mut().enumerate() {
+            *v = _mm256_cvtepi8_epi16(_mm_loadu_si128(base.add(16 * c) as *const __m128i));
+        }
+        for (s, a) in acc.iter_mut().enumerate() {
+            let x32 = (cp.add(s * kp + 4 * q) as *const i32).read_unaligned();
+            let x = _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(x32)));
+            for (ac, &v) in a.iter_mut().zip(&wv) {
+                *ac = _mm256_add_epi32(*ac, _mm256_madd_epi16(v, x));
+            }
+        }
+    }
+    acc
+}
+
+/// 8 lanes of the split requantisation (see [`mbqm16`]) with AVX2 only.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn mbqm8(x: __m256i, mult: __m256i, ls: __m256i, rs: __m256i) -> __m256i {
+    let zero = _mm256_setzero_si256();
+    let y = _mm256_sllv_epi32(x, ls);
+    let fits = _mm256_cmpeq_epi32(_mm256_srav_epi32(y, ls), x);
+    let neg = _mm256_cmpgt_epi32(zero, x);
+    let sat = _mm256_blendv_epi8(
+        _mm256_set1_epi32(i32::MAX),
+        _mm256_set1_epi32(i32::MIN),
+        neg,
+    );
+    let a = _mm256_blendv_epi8(sat, y, fits);
+    let even = half8(_mm256_mul_epi32(a, mult));
+    let odd = half8(_mm256_mul_epi32(
+        _mm256_srli_epi64::<32>(a),
+        _mm256_srli_epi64::<32>(mult),
+    ));
+    let h = _mm256_blend_epi32::<0b1010_1010>(even, _mm256_slli_epi64::<32>(odd));
+    let one = _mm256_set1_epi32(1);
+    let mask = _mm256_sub_epi32(_mm256_sllv_epi32(one, rs), one);
+    let rem = _mm256_and_si256(h, mask);
+    let thr = _mm256_add_epi32(
+        _mm256_srli_epi32::<1>(mask),
+        _mm256_and_si256(_mm256_cmpgt_epi32(zero, h), one),
+    );
+    let up = _mm256_and_si256(_mm256_cmpgt_epi32(rem, thr), one);
+    _mm256_add_epi32(_mm256_srav_epi32(h, rs), up)
+}
+
+/// SRDHM on 64-bit products (see [`half`]); the low 32 bits of each lane hold the result, so a
+/// logical shift serves (AVX2 has no 64-bit arithmetic shift).
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn half8(ab: __m256i) -> __m256i {
+    let zero = _mm256_setzero_si256();
+    let neg = _mm256_cmpgt_epi64(zero, ab);
+    let nudge = _mm256_blendv_epi8(
+        _mm256_set1_epi64x(1 << 30),
+        _mm256_set1_epi64x(1 - (1 << 30)),
+        neg,
+    );
+    let t = _mm256_add_epi64(ab, nudge);
+    let tneg = _mm256_cmpgt_epi64(zero, t);
+    let t = _mm256_add_epi64(t, _mm256_and_si256(tneg, _mm256_set1_epi64x((1 << 31) - 1)));
+    _mm256_srli_epi64::<31>(t)
+}

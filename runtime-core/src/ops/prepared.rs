@@ -1,0 +1,338 @@
+//! The fast int8 conv / fully connected path: load-time preparation and the blocked driver.
+//!
+//! [`conv2d_i8`](super::conv2d::conv2d_i8) and
+//! [`fully_connected_i8`](super::fully_connected::fully_connected_i8) stay the reference (they are
+//! what the parity tests check against naive i64 formulas); the model executor runs the kernels
+//! here instead, which compute the same integers in a different order:
+//!
+//! * **Bias fold** (once, at load): `bias'[c] = bias[c] − in_zp·Σ_k w[c][k]`, so that
+//!   `acc = bias'[c] + Σ_k x'[k]·w[c][k]` where `x'` is the im2col column with *padded taps
+//!   holding the input zero point*. Expanding `x' = (x' − zp) + zp` shows this is TFLite's
+//!   `bias + Σ (x − zp)·w` over the in-image taps, exactly: the inner loop has no subtraction.
+//!   All accumulation is wrapping `i32`: two's-complement addition is exact modulo 2³², and the
+//!   loader's bounds (`|bias| ≤ 2³⁰`, `K ≤ 32768`) keep the true accumulator inside `i32`, so the
+//!   wrapped sum *is* the true sum whatever the order or the intermediate values.
+//! * **im2col of a few pixels** into a stack buffer (1×1 convs read the input in place), then a
+//!   small register-blocked GEMM over output channels, then the same
+//!   [`multiply_by_quantized_multiplier`] requantisation as the reference.
+//!
+//! Back ends, chosen per op at run time: x86-64 AVX-512 VNNI (`std` feature, runtime detection,
+//! weights packed once at load, [`super::arch::x86`]), Cortex-M4 SXTB16/SMLAD
+//! ([`super::arch::cortex_m`], thumbv7em targets), and the portable loop below (every other
+//! target, and the fallback for shapes a back end's fixed buffers do not hold).
+
+use alloc::vec::Vec;
+
+use super::conv2d::{conv2d_i8, ConvI8};
+use super::fully_connected::FcI8;
+use super::requant::{multiply_by_quantized_multiplier_split, SHIFT_MAX, SHIFT_MIN};
+use super::{check, KernelError, Window};
+
+/// Whether this build can choose the x86-64 AVX-512 VNNI kernel (with `std`, by run-time CPU
+/// detection); without `std` the host runs the portable loop.
+pub const X86_SIMD_BUILD: bool = cfg!(all(feature = "std", target_arch = "x86_64"));
+
+/// Largest `kh·kw·in_c` the portable path im2cols (a stack buffer of this many bytes); larger
+/// reductions (never in the zoo or the exported ResNets) run the reference kernel.
+pub const PORTABLE_MAX_K: usize = 4608;
+
+/// What [`conv2d_i8_prepared`] needs beyond the op's parameters, computed once by
+/// [`PreparedI8::new`] (the model loader does this for every int8 conv and fc).
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct PreparedI8 {
+    /// Per output channel: the folded bias and the requantisation pair, decoded once (the
+    /// model file's little-endian bytes cost four byte loads each on a Cortex-M).
+    pub(crate) chan: Vec<ChanQ>,
+    /// Multipliers `≥ 0`, shifts and the input zero point in the loader's ranges: the fast
+    /// path's preconditions (otherwise every run takes the reference kernel).
+    in_range: bool,
+    /// Weights packed for the AVX-512 VNNI kernel, when the CPU has it.
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    pub(crate) x86: Option<super::arch::x86::Packed>,
+}
+
+/// One output channel's constants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub(crate) struct ChanQ {
+    /// `bias[c] − in_zp·Σ_k w[c][k]` (wrapping; see the module docs).
+    pub bias: i32,
+    pub mult: i32,
+    /// `max(shift, 0)` and `max(−shift, 0)`.
+    pub left: u32,
+    pub right: u32,
+}
+
+impl PreparedI8 {
+    /// Folds the input zero point into the bias (and, with `std` on an x86-64 CPU with AVX-512
+    /// VNNI, packs the weights). `p`'s slices must match its geometry (the loader checks this;
+    /// otherwise the fold is computed on what is there and the kernel reports the mismatch).
+    pub fn new(p: &ConvI8) -> Self {
+        let k = p.win.kh * p.win.kw * p.win.in_c;
+        let n = p
+            .out_c
+            .min(p.bias.len())
+            .min(p.mult.len())
+            .min(p.shift.len());
+        let chan: Vec<ChanQ> = (0..n)
+            .map(|c| {
+                let wsum = p
+                    .weights
+                    .get(c * k..(c + 1) * k)
+                    .unwrap_or(&[])
+                    .iter()
+                    .fold(0i32, |a, &w| a.wrapping_add(w as i32));
+                let shift = p.shift.get(c);
+                ChanQ {
+                    bias: p.bias.get(c).wrapping_sub(p.in_zp.wrapping_mul(wsum)),
+                    mult: p.mult.get(c),
+                    left: shift.clamp(0, SHIFT_MAX) as u32,
+                    right: (-shift).clamp(0, -SHIFT_MIN) as u32,
+                }
+            })
+            .collect();
+        // The split requantisation holds for the loader's ranges; anything else (only a
+        // direct caller can pass it) runs the reference kernel.
+        let in_range = (0..n)
+            .all(|c| p.mult.get(c) >= 0 && (SHIFT_MIN..=SHIFT_MAX).contains(&p.shift.get(c)))
+            && (-128..=127).contains(&p.in_zp);
+        PreparedI8 {
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            x86: if in_range {
+                super::arch::x86::Packed::new(p, &chan)
+            } else {
+                None
+            },
+            chan,
+            in_range,
+        }
+    }
+
+    /// Like [`PreparedI8::new`] but never packs for a SIMD kernel: the op then runs the
+    /// portable loop (on a Cortex-M4 build, the DSP kernel). For tests and comparisons.
+    pub fn new_portable(p: &ConvI8) -> Self {
+        #[allow(unused_mut)]
+        let mut prep = Self::new(p);
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        {
+            prep.x86 = None;
+        }
+        prep
+    }
+
+    /// Like [`PreparedI8::new`] but packed for the x86-64 AVX2 kernel even where AVX-512 VNNI
+    /// is available; `None` if this build (no `std`, not x86-64) or CPU cannot run it. For tests.
+    pub fn new_avx2(p: &ConvI8) -> Option<Self> {
+        #[allow(unused_mut)]
+        let mut prep = Self::new_portable(p);
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        if prep.in_range {
+            prep.x86 = Some(super::arch::x86::Packed::new_avx2(p, &prep.chan)?);
+            return Some(prep);
+        }
+        let _ = &mut prep;
+        None
+    }
+
+    /// Preparation of a fully connected layer (a 1×1 convolution of a 1×1×`in_len` image).
+    pub fn new_fc(p: &FcI8) -> Self {
+        Self::new(&fc_as_conv(p))
+    }
+
+    /// Heap bytes this preparation holds (folded biases, packed weights): the memory cost of the
+    /// fast path on top of the model file.
+    pub fn heap_bytes(&self) -> usize {
+        let b = self.chan.capacity() * core::mem::size_of::<ChanQ>();
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        let b = b + self.x86.as_ref().map_or(0, |x| x.heap_bytes());
+        b
+    }
+
+    /// Which kernel runs this op on this machine: `"avx512vnni"`, `"avx2"`, `"cortex-m4-dsp"` or
+    /// `"portable"` (shapes too large for the fixed buffers fall back to `"reference"`).
+    pub fn backend(&self, p: &ConvI8) -> &'static str {
+        if !self.in_range {
+            return "reference";
+        }
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        if let Some(x) = &self.x86 {
+            return x.backend();
+        }
+        #[cfg(rt_dsp)]
+        if super::arch::cortex_m::supports(&p.win) {
+            return "cortex-m4-dsp";
+        }
+        if direct_1x1(&p.win) || p.win.kh * p.win.kw * p.win.in_c <= PORTABLE_MAX_K {
+            "portable"
+        } else {
+            "reference"
+        }
+    }
+}
+
+/// A fully connected layer seen as a 1×1 convolution over a 1×1×`in_len` image (its weights,
+/// `[out][in]`, are then OHWI with H = W = 1).
+pub(crate) fn fc_as_conv<'a>(p: &FcI8<'a>) -> ConvI8<'a> {
+    ConvI8 {
+        win: Window {
+            in_h: 1,
+            in_w: 1,
+            in_c: p.in_len,
+            out_h: 1,
+            out_w: 1,
+            kh: 1,
+            kw: 1,
+            stride_h: 1,
+            stride_w: 1,
+            pad_top: 0,
+            pad_left: 0,
+        },
+        out_c: p.out_len,
+        weights: p.weights,
+        bias: p.bias,
+        mult: p.mult,
+        shift: p.shift,
+        in_zp: p.in_zp,
+        out_zp: p.out_zp,
+        act_min: p.act_min,
+        act_max: p.act_max,
+    }
+}
+
+/// A 1×1 window that never leaves the image: each pixel's column is `in_c` contiguous input
+/// bytes, read in place.
+pub(crate) fn direct_1x1(w: &Window) -> bool {
+    w.kh == 1
+        && w.kw == 1
+        && w.pad_top == 0
+        && w.pad_left == 0
+        && w.out_h.saturating_sub(1) * w.stride_h < w.in_h
+        && w.out_w.saturating_sub(1) * w.stride_w < w.in_w
+}
+
+/// Writes output pixel `(oy, ox)`'s column (`kh·kw·in_c` values, OHWI tap order) into `dst`,
+/// padded taps holding `zp`.
+#[inline(always)]
+pub(crate) fn im2col(w: &Window, input: &[i8], oy: usize, ox: usize, zp: i8, dst: &mut [i8]) {
+    let (iy0, ky_s, ky_e) = w.rows(oy);
+    let (ix0, kx_s, kx_e) = w.cols(ox);
+    let ic = w.in_c;
+    let row = w.kw * ic;
+    let full = ky_s == 0 && ky_e == w.kh && kx_s == 0 && kx_e == w.kw;
+    if !full {
+        dst.fill(zp);
+    }
+    let n = (kx_e - kx_s) * ic;
+    for ky in ky_s..ky_e {
+        let iy = (iy0 + ky as isize) as usize;
+        let src = ((iy * w.in_w) as isize + ix0 + kx_s as isize) as usize * ic;
+        dst[ky * row + kx_s * ic..][..n].copy_from_slice(&input[src..][..n]);
+    }
+}
+
+/// The input slice of pixel `(oy, ox)` of a [`direct_1x1`] conv.
+#[inline(always)]
+pub(crate) fn pixel_1x1<'x>(w: &Window, input: &'x [i8], oy: usize, ox: usize) -> &'x [i8] {
+    let px = oy * w.stride_h * w.in_w + ox * w.stride_w;
+    &input[px * w.in_c..][..w.in_c]
+}
+
+/// `clamp(MBQM(acc, mult, shift) + out_zp, act_min, act_max)`: the reference's epilogue.
+#[inline(always)]
+pub(crate) fn requant(p: &ConvI8, c: &ChanQ, acc: i32) -> i8 {
+    multiply_by_quantized_multiplier_split(acc, c.mult, c.left, c.right)
+        .saturating_add(p.out_zp)
+        .clamp(p.act_min, p.act_max) as i8
+}
+
+fn lens_ok(p: &ConvI8, prep: &PreparedI8, input: usize, output: usize) -> bool {
+    let w = &p.win;
+    input == w.in_h * w.in_w * w.in_c
+        && output == w.out_h * w.out_w * p.out_c
+        && p.weights.len() == p.out_c * w.kh * w.kw * w.in_c
+        && p.bias.len() == p.out_c
+        && p.mult.len() == p.out_c
+        && p.shift.len() == p.out_c
+        && prep.chan.len() == p.out_c
+}
+
+/// int8 convolution on the fast path; bit-identical to [`conv2d_i8`] for any `prep` made by
+/// [`PreparedI8::new`] from the same `p`. Multipliers must be `≥ 0` (the loader's rule).
+pub fn conv2d_i8_prepared(
+    p: &ConvI8,
+    prep: &PreparedI8,
+    input: &[i8],
+    output: &mut [i8],
+) -> Result<(), KernelError> {
+    check(lens_ok(p, prep, input.len(), output.len()))?;
+    if !prep.in_range {
+        return conv2d_i8(p, input, output);
+    }
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if let Some(pk) = &prep.x86 {
+        if super::arch::x86::conv(p, pk, input, output) {
+            return Ok(());
+        }
+    }
+    #[cfg(rt_dsp)]
+    if super::arch::cortex_m::supports(&p.win) {
+        super::arch::cortex_m::conv(p, &prep.chan, input, output);
+        return Ok(());
+    }
+    conv_portable(p, &prep.chan, input, output)
+}
+
+/// int8 fully connected on the fast path (see [`conv2d_i8_prepared`]); `prep` from
+/// [`PreparedI8::new_fc`].
+pub fn fully_connected_i8_prepared(
+    p: &FcI8,
+    prep: &PreparedI8,
+    input: &[i8],
+    output: &mut [i8],
+) -> Result<(), KernelError> {
+    conv2d_i8_prepared(&fc_as_conv(p), prep, input, output)
+}
+
+/// The portable path (the host without SIMD, any target): one pixel at a time, every output
+/// channel a straight dot product of the column with the channel's OHWI row.
+pub(crate) fn conv_portable(
+    p: &ConvI8,
+    chan: &[ChanQ],
+    input: &[i8],
+    output: &mut [i8],
+) -> Result<(), KernelError> {
+    let w = &p.win;
+    let k = w.kh * w.kw * w.in_c;
+    let direct = direct_1x1(w);
+    if !direct && k > PORTABLE_MAX_K {
+        return conv2d_i8(p, input, output);
+    }
+    let mut scratch = [0i8; PORTABLE_MAX_K];
+    let zp = p.in_zp.clamp(-128, 127) as i8;
+    for oy in 0..w.out_h {
+        for ox in 0..w.out_w {
+            let col: &[i8] = if direct {
+                pixel_1x1(w, input, oy, ox)
+            } else {
+                let dst = &mut scratch[..k];
+                im2col(w, input, oy, ox, zp, dst);
+                dst
+            };
+            let out_px = &mut output[(oy * w.out_w + ox) * p.out_c..][..p.out_c];
+            for (oc, (o, c)) in out_px.iter_mut().zip(chan).enumerate() {
+                let acc = c.bias.wrapping_add(dot(col, &p.weights[oc * k..][..k]));
+                *o = requant(p, c, acc);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `Σ x·w`, wrapping (exact: see the module docs); written so the compiler vectorises it.
+#[inline(always)]
+fn dot(xs: &[i8], ws: &[i8]) -> i32 {
+    xs.iter()
+        .zip(ws)
+        .fold(0i32, |a, (&x, &w)| a.wrapping_add(x as i32 * w as i32))
+}

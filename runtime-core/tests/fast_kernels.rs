@@ -1,0 +1,323 @@
+//! The fast int8 path (`ops::prepared`: folded bias, im2col blocks, SIMD kernels where the CPU
+//! has them) against the reference kernels, bit for bit, on random shapes and values. The
+//! reference kernels are themselves checked against naive i64 formulas in `kernels.rs`.
+//!
+//! On an x86-64 CPU with AVX-512 VNNI (and the `std` feature) `PreparedI8::new` packs for the
+//! VNNI kernel, so `conv_fast_matches_reference` checks that kernel; `new_portable` checks the
+//! portable loop on every machine. The Cortex-M4 kernel is checked bit for bit by
+//! `tests/tests/mcu_parity.rs` (whole models under QEMU against this host).
+
+use proptest::prelude::*;
+use runtime_core::ops::{
+    add::{add_i8, AddI8, ADD_TABLE_MIN_LEN},
+    conv2d::{conv2d_i8, ConvI8},
+    fully_connected::{fully_connected_i8, FcI8},
+    prepared::{conv2d_i8_prepared, fully_connected_i8_prepared, PreparedI8},
+    requant::{multiply_by_quantized_multiplier, multiply_by_quantized_multiplier_split},
+    I32Le, Window,
+};
+
+fn le(v: &[i32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Multipliers as the exporter makes them (mostly `[2³⁰, 2³¹)` with small negative shifts),
+/// plus the whole loader range.
+fn multiplier() -> impl Strategy<Value = (i32, i32)> {
+    prop_oneof![
+        8 => ((1i32 << 30)..=i32::MAX, -14i32..=1),
+        1 => (0i32..=i32::MAX, -31i32..=30),
+        1 => Just((0, 0)),
+    ]
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    win: Window,
+    out_c: usize,
+    input: Vec<i8>,
+    weights: Vec<i8>,
+    bias: Vec<i32>,
+    mults: Vec<(i32, i32)>,
+    in_zp: i32,
+    out_zp: i32,
+    relu: bool,
+}
+
+/// Geometry: 1×1 to 3×3 kernels (1×1 with strides, the in-place path), strides 1–3, any
+/// padding below the kernel size, channel counts across the SIMD blocks (16 output lanes,
+/// 4-byte groups) with remainders.
+fn case() -> impl Strategy<Value = Case> {
+    (
+        1usize..=7,
+        1usize..=7,
+        1usize..=40,
+        1usize..=3,
+        1usize..=3,
+        1usize..=3,
+        1usize..=40,
+        any::<u64>(),
+    )
+        .prop_flat_map(|(h, w, ic, kh, kw, s, oc, seed)| {
+            (
+                Just((h, w, ic, kh, kw, s, oc, seed)),
+                0..kh,
+                0..kh,
+                0..kw,
+                0..kw,
+                proptest::collection::vec(multiplier(), oc),
+                -128i32..=127,
+                -128i32..=127,
+                any::<bool>(),
+            )
+        })
+        .prop_filter_map(
+            "window must fit",
+            |((h, w, ic, kh, kw, s, oc, seed), pt, pb, pl, pr, mults, in_zp, out_zp, relu)| {
+                let out_h = Window::out_dim(h, kh, s, pt, pb)?;
+                let out_w = Window::out_dim(w, kw, s, pl, pr)?;
+                let win = Window {
+                    in_h: h,
+                    in_w: w,
+                    in_c: ic,
+                    out_h,
+                    out_w,
+                    kh,
+                    kw,
+                    stride_h: s,
+                    stride_w: s,
+                    pad_top: pt,
+                    pad_left: pl,
+                };
+                let mut rng = runtime_core::heads::rng::SplitMix64::new(seed);
+                let input = (0..h * w * ic).map(|_| rng.next_u64() as i8).collect();
+                let weights = (0..oc * kh * kw * ic)
+                    .map(|_| (rng.below(255) as i32 - 127) as i8)
+                    .collect();
+                let bias = (0..oc)
+                    .map(|_| (rng.below(1 << 31) as i32) - (1 << 30))
+                    .collect();
+                Some(Case {
+                    win,
+                    out_c: oc,
+                    input,
+                    weights,
+                    bias,
+                    mults,
+                    in_zp,
+                    out_zp,
+                    relu,
+                })
+            },
+        )
+}
+
+fn run_conv(c: &Case, portable: bool) -> (Vec<i8>, Vec<i8>, &'static str) {
+    let bias = le(&c.bias);
+    let mult = le(&c.mults.iter().map(|m| m.0).collect::<Vec<_>>());
+    let shift = le(&c.mults.iter().map(|m| m.1).collect::<Vec<_>>());
+    let p = ConvI8 {
+        win: c.win,
+        out_c: c.out_c,
+        weights: &c.weights,
+        bias: I32Le::new(&bias),
+        mult: I32Le::new(&mult),
+        shift: I32Le::new(&shift),
+        in_zp: c.in_zp,
+        out_zp: c.out_zp,
+        act_min: if c.relu { c.out_zp } else { -128 },
+        act_max: 127,
+    };
+    let n = c.win.out_h * c.win.out_w * c.out_c;
+    let (mut want, mut got) = (vec![0i8; n], vec![0i8; n]);
+    conv2d_i8(&p, &c.input, &mut want).unwrap();
+    let prep = if portable {
+        PreparedI8::new_portable(&p)
+    } else {
+        PreparedI8::new(&p)
+    };
+    conv2d_i8_prepared(&p, &prep, &c.input, &mut got).unwrap();
+    (want, got, prep.backend(&p))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn requant_split_matches(x in any::<i32>(), m in 0i32..=i32::MAX, s in -31i32..=30) {
+        let (l, r) = (s.max(0) as u32, (-s).max(0) as u32);
+        prop_assert_eq!(
+            multiply_by_quantized_multiplier_split(x, m, l, r),
+            multiply_by_quantized_multiplier(x, m, s)
+        );
+    }
+
+    #[test]
+    fn conv_fast_matches_reference(c in case()) {
+        let (want, got, backend) = run_conv(&c, false);
+        prop_assert_eq!(want, got, "backend {}", backend);
+    }
+
+    #[test]
+    fn conv_portable_matches_reference(c in case()) {
+        let (want, got, backend) = run_conv(&c, true);
+        prop_assert_ne!(backend, "avx512vnni");
+        prop_assert_eq!(want, got, "backend {}", backend);
+    }
+
+    #[test]
+    fn fc_fast_matches_reference(
+        (in_len, out_len) in (1usize..=300, 1usize..=40), seed in any::<u64>(),
+        in_zp in -128i32..=127, out_zp in -128i32..=127, relu in any::<bool>(), (m, s) in multiplier(),
+    ) {
+        let mut rng = runtime_core::heads::rng::SplitMix64::new(seed);
+        let input: Vec<i8> = (0..in_len).map(|_| rng.next_u64() as i8).collect();
+        let weights: Vec<i8> = (0..in_len * out_len).map(|_| (rng.below(255) as i32 - 127) as i8).collect();
+        let bias = le(&(0..out_len).map(|_| (rng.next_u64() as i32) >> 2).collect::<Vec<_>>());
+        let mult = le(&(0..out_len).map(|o| if o == 0 { m } else { (1 << 30) + rng.below(1 << 30) as i32 }).collect::<Vec<_>>());
+        let shift = le(&(0..out_len).map(|o| if o == 0 { s } else { -(rng.below(12) as i32) }).collect::<Vec<_>>());
+        let p = FcI8 { in_len, out_len, weights: &weights, bias: I32Le::new(&bias), mult: I32Le::new(&mult),
+            shift: I32Le::new(&shift), in_zp, out_zp, act_min: if relu { out_zp } else { -128 }, act_max: 127 };
+        let (mut want, mut got) = (vec![0i8; out_len], vec![0i8; out_len]);
+        fully_connected_i8(&p, &input, &mut want).unwrap();
+        fully_connected_i8_prepared(&p, &PreparedI8::new_fc(&p), &input, &mut got).unwrap();
+        prop_assert_eq!(want, got);
+    }
+
+    /// Long tensors take the tabulated add; short ones the direct formula (checked against the
+    /// naive one in kernels.rs): the same tensor added whole and in short pieces agrees.
+    #[test]
+    fn add_table_matches_direct(
+        seed in any::<u64>(), a_zp in -128i32..=127, b_zp in -128i32..=127, out_zp in -128i32..=127,
+        (a_mult, a_shift) in ((1i32 << 30)..=i32::MAX, -8i32..=0),
+        (b_mult, b_shift) in ((1i32 << 30)..=i32::MAX, -8i32..=0),
+        (out_mult, out_shift) in multiplier(), relu in any::<bool>(),
+    ) {
+        let n = 2 * ADD_TABLE_MIN_LEN + 37;
+        let mut rng = runtime_core::heads::rng::SplitMix64::new(seed);
+        let a: Vec<i8> = (0..n).map(|_| rng.next_u64() as i8).collect();
+        let b: Vec<i8> = (0..n).map(|_| rng.next_u64() as i8).collect();
+        let p = AddI8 { a_zp, a_mult, a_shift, b_zp, b_mult, b_shift, out_zp, out_mult, out_shift,
+            act_min: if relu { out_zp } else { -128 }, act_max: 127 };
+        let mut whole = vec![0i8; n];
+        add_i8(&p, &a, &b, &mut whole).unwrap();
+        let mut pieces = vec![0i8; n];
+        let piece = ADD_TABLE_MIN_LEN / 4;
+        for ((y, x1), x2) in pieces.chunks_mut(piece).zip(a.chunks(piece)).zip(b.chunks(piece)) {
+            add_i8(&p, x1, x2, y).unwrap();
+        }
+        prop_assert_eq!(whole, pieces);
+    }
+}
+
+/// Hand case: a 3×3 conv whose every output sits on the border (2×2 image, pad 1), input zero
+/// point −128 so padded taps differ from zero inputs: fast path == reference.
+#[test]
+fn border_taps_hold_the_zero_point() {
+    let win = Window {
+        in_h: 2,
+        in_w: 2,
+        in_c: 5,
+        out_h: 2,
+        out_w: 2,
+        kh: 3,
+        kw: 3,
+        stride_h: 1,
+        stride_w: 1,
+        pad_top: 1,
+        pad_left: 1,
+    };
+    let c = Case {
+        win,
+        out_c: 17,
+        input: (0..20).map(|i| (i * 13 % 256) as u8 as i8).collect(),
+        weights: (0..17 * 45)
+            .map(|i: i32| i * 7 % 255 - 127)
+            .map(|v| v as i8)
+            .collect(),
+        bias: (0..17).map(|i| i * 1000 - 8000).collect(),
+        mults: vec![(1 << 30, -3); 17],
+        in_zp: -128,
+        out_zp: 3,
+        relu: false,
+    };
+    for portable in [false, true] {
+        let (want, got, backend) = run_conv(&c, portable);
+        assert_eq!(want, got, "backend {backend}");
+        // Non-trivial: the outputs are not all one value.
+        assert!(want.iter().any(|&v| v != want[0]));
+    }
+}
+
+/// Where the CPU has AVX-512 VNNI (and the build has `std`), `PreparedI8::new` does pick that kernel (so the property
+/// tests above check it, not only the portable loop).
+#[test]
+fn the_simd_kernel_is_the_one_tested() {
+    let c = Case {
+        win: Window {
+            in_h: 3,
+            in_w: 3,
+            in_c: 8,
+            out_h: 3,
+            out_w: 3,
+            kh: 1,
+            kw: 1,
+            stride_h: 1,
+            stride_w: 1,
+            pad_top: 0,
+            pad_left: 0,
+        },
+        out_c: 4,
+        input: vec![1; 72],
+        weights: vec![2; 32],
+        bias: vec![0; 4],
+        mults: vec![(1 << 30, 0); 4],
+        in_zp: 0,
+        out_zp: 0,
+        relu: false,
+    };
+    let (want, got, backend) = run_conv(&c, false);
+    assert_eq!(want, got);
+    // 8 taps · 1 · 2 = 16, times 0.5.
+    assert!(want.iter().all(|&v| v == 8), "{want:?}");
+    #[cfg(target_arch = "x86_64")]
+    {
+        let vnni = runtime_core::ops::prepared::X86_SIMD_BUILD
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vnni");
+        assert_eq!(backend == "avx512vnni", vnni, "backend {backend}");
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = backend;
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// The AVX2 kernel (what CPUs without AVX-512 VNNI run), forced on machines that have VNNI.
+    #[test]
+    fn conv_avx2_matches_reference(c in case()) {
+        let bias = le(&c.bias);
+        let mult = le(&c.mults.iter().map(|m| m.0).collect::<Vec<_>>());
+        let shift = le(&c.mults.iter().map(|m| m.1).collect::<Vec<_>>());
+        let p = ConvI8 { win: c.win, out_c: c.out_c, weights: &c.weights, bias: I32Le::new(&bias),
+            mult: I32Le::new(&mult), shift: I32Le::new(&shift), in_zp: c.in_zp, out_zp: c.out_zp,
+            act_min: if c.relu { c.out_zp } else { -128 }, act_max: 127 };
+        let n = c.win.out_h * c.win.out_w * c.out_c;
+        let (mut want, mut got) = (vec![0i8; n], vec![0i8; n]);
+        conv2d_i8(&p, &c.input, &mut want).unwrap();
+        #[cfg(target_arch = "x86_64")]
+        let expect = runtime_core::ops::prepared::X86_SIMD_BUILD && std::is_x86_feature_detected!("avx2");
+        #[cfg(not(target_arch = "x86_64"))]
+        let expect = false;
+        match PreparedI8::new_avx2(&p) {
+            Some(prep) => {
+                prop_assert_eq!(prep.backend(&p), "avx2");
+                conv2d_i8_prepared(&p, &prep, &c.input, &mut got).unwrap();
+                prop_assert_eq!(want, got);
+            }
+            None => prop_assert!(!expect, "AVX2 available but not packed"),
+        }
+    }
+}
