@@ -16,3 +16,22 @@ for c in rustfmt clippy; do
     rustup component add "$c"
   fi
 done
+
+# host-trainer's ONNX protobuf types (candle-onnx) are generated at build time by prost-build,
+# which needs `protoc` (Debian's protobuf-compiler).
+if ! command -v protoc >/dev/null; then
+  echo "setup.sh: installing protobuf-compiler (Debian)"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends protobuf-compiler
+fi
+
+# onnxruntime (and the onnx checker) for host-trainer/tests/onnx_runtime.rs, which compares
+# `export --onnx` models run by onnxruntime with runtime-core. The test skips, saying so, only
+# if these cannot be imported, i.e. if this install failed.
+if ! python3 -c 'import onnxruntime, numpy, onnx' 2>/dev/null; then
+  echo "setup.sh: installing onnxruntime numpy onnx (PyPI)"
+  python3 -m pip install --quiet onnxruntime numpy onnx ||
+    echo "setup.sh: WARNING: pip install onnxruntime numpy onnx failed; the onnxruntime comparison will be skipped"
+fi

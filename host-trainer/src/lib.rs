@@ -12,7 +12,8 @@
 //! | supervised CE, MoCo v1/v2, Exemplar v1/v2 (paper eq. 2) | [`method`] |
 //! | SGD, schedules, checkpoints, the training loop | [`train`] |
 //! | few-shot, landmark and linear-probe protocols | [`eval`] |
-//! | BN folding, int8 calibration, safetensors export | [`export`] |
+//! | BN folding, int8 calibration, safetensors export, ONNX out | [`export`] |
+//! | PyTorch checkpoints in (torchvision, MoCo) | [`import`] |
 //! | the paper's comparisons end to end (resumable plan, tables, figures) | [`study`] |
 
 pub mod augment;
@@ -24,6 +25,7 @@ pub mod device;
 pub mod eval;
 pub mod export;
 pub mod fixtures;
+pub mod import;
 pub mod kernels;
 pub mod method;
 pub mod model;

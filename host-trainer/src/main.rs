@@ -29,6 +29,8 @@ enum Command {
     /// Time full training steps (forward/backward split) on random data; `--baseline` compares
     /// with candle's own CPU ops.
     BenchStep(cli::bench_step::BenchStepArgs),
+    /// Import a PyTorch ResNet checkpoint (torchvision, MoCo, any prefix) as a backbone file.
+    Import(cli::import::ImportArgs),
     /// Regenerate the committed test fixtures (`--out fixtures/tiny`) byte for byte.
     Fixtures(cli::fixtures::FixturesArgs),
 }
@@ -51,6 +53,7 @@ fn main() {
         Command::Export(a) => cli::export::run(a),
         Command::Eval(c) => cli::eval::run(c),
         Command::Fixtures(a) => cli::fixtures::run(a),
+        Command::Import(a) => cli::import::run(a),
     };
     if let Err(e) = result {
         // `{:#}` prints the whole context chain on one line ("reading X: line 3: ..."): a clear

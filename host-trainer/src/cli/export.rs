@@ -3,12 +3,13 @@ use anyhow::Context;
 use clap::Args;
 use host_trainer::export::{self, ExportOptions, ExportRequest};
 use runtime_core::Dtype;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     /// A backbone (`resnet_config` metadata) or landmark model (`landmark_model` metadata)
-    /// saved by host-trainer.
+    /// saved by host-trainer. With `--onnx` only, also an exported runtime model (`rt.graph`
+    /// metadata), which is then converted to ONNX as it is.
     #[arg(long)]
     pub model: PathBuf,
     /// Calibration dataset root: CelebA (MAFL training list, cropped), mini-ImageNet CSV (train
@@ -29,15 +30,36 @@ pub struct ExportArgs {
     /// Seed of the calibration image draw.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output model file (written atomically).
+    /// Output runtime model file (written atomically). At least one of `--out` and `--onnx`.
     #[arg(long)]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
+    /// Also (or only) write the exported model as standard ONNX (opset 13; int8 as
+    /// QLinearConv/QuantizeLinear/DequantizeLinear), the very parameters of the runtime file.
+    #[arg(long, value_name = "PATH")]
+    pub onnx: Option<PathBuf>,
     /// Write the same graph unquantised (f32); no calibration.
     #[arg(long)]
     pub f32: bool,
 }
 
 pub fn run(a: ExportArgs) -> anyhow::Result<()> {
+    if a.out.is_none() && a.onnx.is_none() {
+        anyhow::bail!("export needs --out PATH (runtime model), --onnx PATH, or both");
+    }
+    if let Some(onnx) = &a.onnx {
+        // An already-exported runtime model converts as it is (no calibration).
+        if export::onnx::is_runtime_model(&a.model)? {
+            if a.out.is_some() {
+                anyhow::bail!(
+                    "{} is already a runtime model: give only --onnx to convert it",
+                    a.model.display()
+                );
+            }
+            let bytes = std::fs::read(&a.model)
+                .with_context(|| format!("reading {}", a.model.display()))?;
+            return write_onnx(&a.model, &bytes, onnx);
+        }
+    }
     let req = ExportRequest {
         model: a.model.clone(),
         calib_data: a.calib_data,
@@ -51,14 +73,17 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
     };
     let e =
         export::export_file(&req).with_context(|| format!("exporting {}", a.model.display()))?;
-    host_trainer::fsutil::write_atomic(&a.out, &e.bytes)
-        .with_context(|| format!("writing {}", a.out.display()))?;
+    let out = a.out.as_ref().map(|p| p.display().to_string());
+    if let Some(p) = &a.out {
+        host_trainer::fsutil::write_atomic(p, &e.bytes)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
     let s = &e.summary;
     println!(
         "export: {} -> {} ({:?}, {:?}) input {}x{}x{} output {} | {} ops, {:.2} M MACs, weights {} B, arena {} B, file {} B | \
          calibration: {} ranges from {} images, {} clamped biases",
         a.model.display(),
-        a.out.display(),
+        out.as_deref().unwrap_or("(no runtime file)"),
         s.task,
         s.dtype,
         s.input_shape[0],
@@ -73,6 +98,25 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
         s.calibrated_tensors,
         s.calibration_images,
         s.clamped_biases
+    );
+    if let Some(onnx) = &a.onnx {
+        write_onnx(&a.model, &e.bytes, onnx)?;
+    }
+    Ok(())
+}
+
+/// Converts runtime model bytes (from `source`) to ONNX and writes them atomically.
+fn write_onnx(source: &Path, runtime_bytes: &[u8], out: &Path) -> anyhow::Result<()> {
+    let bytes = export::onnx::to_onnx(runtime_bytes)
+        .with_context(|| format!("converting {} to ONNX", source.display()))?;
+    host_trainer::fsutil::write_atomic(out, &bytes)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "export: {} -> {} (ONNX opset {}, {} B)",
+        source.display(),
+        out.display(),
+        export::onnx::OPSET,
+        bytes.len()
     );
     Ok(())
 }

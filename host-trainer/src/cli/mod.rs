@@ -3,6 +3,7 @@ pub mod bench_step;
 pub mod eval;
 pub mod export;
 pub mod fixtures;
+pub mod import;
 pub mod pretrain;
 pub mod study;
 pub mod synth;

@@ -14,6 +14,7 @@
 pub mod calibrate;
 pub mod fold;
 pub mod graph;
+pub mod onnx;
 pub mod quantize;
 
 use std::path::{Path, PathBuf};
