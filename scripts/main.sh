@@ -18,6 +18,7 @@ OUT=${OUT:-out/main}
 TARGET=${CARGO_TARGET_DIR:-target}
 
 echo "== building (release) =="
+bash scripts/setup-protoc.sh
 cargo build --release --locked -p host-trainer -p runtime-cli
 
 args=(study --preset main --out "$OUT")

@@ -17,15 +17,8 @@ for c in rustfmt clippy; do
   fi
 done
 
-# host-trainer's ONNX protobuf types (candle-onnx) are generated at build time by prost-build,
-# which needs `protoc` (Debian's protobuf-compiler).
-if ! command -v protoc >/dev/null; then
-  echo "setup.sh: installing protobuf-compiler (Debian)"
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends protobuf-compiler
-fi
+# host-trainer's ONNX protobuf types (candle-onnx) need `protoc` at build time.
+bash scripts/setup-protoc.sh
 
 # onnxruntime (and the onnx checker) for host-trainer/tests/onnx_runtime.rs, which compares
 # `export --onnx` models run by onnxruntime with runtime-core. The test skips, saying so, only
