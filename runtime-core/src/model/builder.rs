@@ -277,8 +277,10 @@ impl ModelBuilder {
                 }
                 let (mut m, mut s) = (Vec::with_capacity(oc), Vec::with_capacity(oc));
                 for &ws in w_scale {
-                    let (mq, sq) =
-                        quantize_multiplier(x.scale as f64 * ws as f64 / out.scale as f64);
+                    if !(ws.is_finite() && ws > 0.0) {
+                        return Err(BuildError::Params);
+                    }
+                    let (mq, sq) = super::layer_multiplier(x.scale, ws, out.scale);
                     m.push(mq);
                     s.push(sq);
                 }
@@ -287,7 +289,9 @@ impl ModelBuilder {
                 let b = self.param(format!("{name}.bias"), "I32", &[oc], i32_bytes(bias))?;
                 let mn = self.param(format!("{name}.mult"), "I32", &[oc], i32_bytes(&m))?;
                 let sn = self.param(format!("{name}.shift"), "I32", &[oc], i32_bytes(&s))?;
-                Ok(format!("w={w} b={b} m={mn} s={sn}"))
+                // The weight scales themselves, so a reader can check every multiplier.
+                let wsn = self.param(format!("{name}.wscale"), "F32", &[oc], f32_bytes(w_scale))?;
+                Ok(format!("w={w} b={b} m={mn} s={sn} ws={wsn}"))
             }
             (LayerParams::F32 { weights, bias }, Dtype::F32) => {
                 if weights.len() != n || bias.len() != oc {
