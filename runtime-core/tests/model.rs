@@ -397,17 +397,23 @@ proptest! {
 /// a file without them still loads and runs identically; f32 graphs may not carry them.
 #[test]
 fn weight_scales_explain_every_multiplier() {
-    let b = common::tiny(Dtype::Int8, 3);
+    let b = common::tiny_with_weight_scales(Dtype::Int8, 3);
     let text = b.graph_text().unwrap();
     let bytes = b.to_bytes().unwrap();
     let m = Model::parse(&bytes).unwrap();
     let f32s = |name: &str| -> Vec<f32> {
         let t = b.params().iter().find(|t| t.name == name).unwrap();
-        t.data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        t.data
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     };
     let i32s = |name: &str| -> Vec<i32> {
         let t = b.params().iter().find(|t| t.name == name).unwrap();
-        t.data.chunks(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect()
+        t.data
+            .chunks(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     };
     // Tensor scales by id, from the graph text.
     let scale_of = |id: &str| -> f64 {
@@ -415,7 +421,13 @@ fn weight_scales_explain_every_multiplier() {
             .lines()
             .find(|l| l.starts_with(&format!("tensor {id} ")))
             .unwrap();
-        let v = line.split("scale=").nth(1).unwrap().split(' ').next().unwrap();
+        let v = line
+            .split("scale=")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
         v.parse::<f32>().unwrap() as f64
     };
     let key = |l: &str, k: &str| -> String {
@@ -425,7 +437,10 @@ fn weight_scales_explain_every_multiplier() {
             .to_string()
     };
     let mut checked = 0;
-    for l in text.lines().filter(|l| l.starts_with("conv ") || l.starts_with("fc ")) {
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with("conv ") || l.starts_with("fc "))
+    {
         let (si, so) = (scale_of(&key(l, "in")), scale_of(&key(l, "out")));
         let (ws, mult, shift) = (f32s(&key(l, "ws")), i32s(&key(l, "m")), i32s(&key(l, "s")));
         for c in 0..ws.len() {
@@ -461,9 +476,16 @@ fn weight_scales_explain_every_multiplier() {
         let e = graph_err(&write_safetensors(&text, &params).unwrap());
         assert_eq!(e, E::WeightScale, "ws {nv}");
     }
-    // ws of the wrong dtype or shape.
-    let e = graph_err(&with_text(|t| t.replacen("ws=c1.wscale", "ws=c1.bias", 1)));
+    // ws of the wrong dtype.
+    let e = graph_err(
+        &write_safetensors(&text.replacen("ws=c1.wscale", "ws=c1.bias", 1), b.params()).unwrap(),
+    );
     assert_eq!(e, E::Dtype);
+    // Off by default: the plain builder writes none.
+    assert!(!common::tiny(Dtype::Int8, 3)
+        .graph_text()
+        .unwrap()
+        .contains("ws="));
     // Without ws (an older export): loads and computes the same.
     let plain = write_safetensors(
         &text
@@ -489,7 +511,10 @@ fn weight_scales_explain_every_multiplier() {
     );
     // f32 graphs take no ws.
     let f = common::tiny(Dtype::F32, 3);
-    let ft = f.graph_text().unwrap().replacen("w=c1.weight", "w=c1.weight ws=c1.bias", 1);
+    let ft = f
+        .graph_text()
+        .unwrap()
+        .replacen("w=c1.weight", "w=c1.weight ws=c1.bias", 1);
     assert_eq!(
         graph_err(&write_safetensors(&ft, f.params()).unwrap()),
         E::UnknownKey

@@ -245,7 +245,9 @@ impl<'a> Loader<'a, '_> {
         })?;
         for c in 0..n {
             let w = ws.get(c);
-            if !finite_pos(w) || layer_multiplier(in_scale, w, out_scale) != (mult.get(c), shift.get(c)) {
+            if !finite_pos(w)
+                || layer_multiplier(in_scale, w, out_scale) != (mult.get(c), shift.get(c))
+            {
                 return Err(E::WeightScale);
             }
         }
