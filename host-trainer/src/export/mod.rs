@@ -50,7 +50,10 @@ pub enum ExportError {
     Candle(#[from] candle_core::Error),
 }
 
-/// The default calibration clip: activation ranges at the 0.1st/99.9th percentiles.
+pub use calibrate::CalibMethod;
+
+/// The percentile of [`CalibMethod::Percentile`] when none is given (the exporter's default
+/// before per-tensor MSE/KL calibration; kept for `--calib percentile`).
 ///
 /// Why not min/max: one outlier activation over the calibration set stretches a tensor's range
 /// and costs every other value its resolution. Measured on the study's landmark models
@@ -60,34 +63,39 @@ pub enum ExportError {
 /// 99.9 45.13 / 57.13).
 pub const DEFAULT_PERCENTILE: f32 = 99.9;
 
+/// The exporter's default calibration (see README "int8 calibration" for the measurements
+/// behind the choice).
+pub const DEFAULT_CALIB: CalibMethod = CalibMethod::Percentile(DEFAULT_PERCENTILE);
+
 /// Options of one export.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ExportOptions {
     /// `Dtype::Int8` (calibrated) or `Dtype::F32` (the same graph unquantised).
     pub dtype: Dtype,
-    /// Clip calibration ranges at the (100−P)/P percentiles; `None` (or 100): min/max.
-    pub percentile: Option<f32>,
+    /// How each activation range is chosen (ignored for f32).
+    pub calib: CalibMethod,
 }
 
 impl ExportOptions {
-    /// int8 with the default calibration ([`DEFAULT_PERCENTILE`]).
+    /// int8 with the default calibration ([`DEFAULT_CALIB`]).
     pub fn int8() -> Self {
-        ExportOptions {
-            dtype: Dtype::Int8,
-            percentile: Some(DEFAULT_PERCENTILE),
-        }
+        Self::int8_with(DEFAULT_CALIB)
     }
     /// int8 calibrated by plain min/max over the calibration set.
     pub fn int8_minmax() -> Self {
+        Self::int8_with(CalibMethod::MinMax)
+    }
+    /// int8 with the given calibration.
+    pub fn int8_with(calib: CalibMethod) -> Self {
         ExportOptions {
             dtype: Dtype::Int8,
-            percentile: None,
+            calib,
         }
     }
     pub fn f32() -> Self {
         ExportOptions {
             dtype: Dtype::F32,
-            percentile: None,
+            calib: CalibMethod::MinMax,
         }
     }
 }
@@ -147,11 +155,8 @@ pub fn export_graph(
     let (quants, calibrated, mode) = match opts.dtype {
         Dtype::F32 => (None, 0, "none (f32)".to_string()),
         Dtype::Int8 => {
-            let r = calibrate::calibrate(g, calib, opts.percentile)?;
-            let mode = match opts.percentile {
-                Some(p) if p < 100.0 => format!("percentile {p} over {} images", calib.len()),
-                _ => format!("min/max over {} images", calib.len()),
-            };
+            let r = calibrate::calibrate(g, calib, opts.calib)?;
+            let mode = format!("{} over {} images", opts.calib.describe(), calib.len());
             (Some(tensor_quants(g, &r)), g.shapes.len() - 1, mode)
         }
     };
