@@ -557,9 +557,7 @@ mod tests {
         let values: Vec<f64> = h
             .iter()
             .enumerate()
-            .flat_map(|(k, &c)| {
-                std::iter::repeat(lo as f64 + (k as f64 + 0.5) * w).take(c as usize)
-            })
+            .flat_map(|(k, &c)| std::iter::repeat_n(lo as f64 + (k as f64 + 0.5) * w, c as usize))
             .collect();
         values
             .iter()
