@@ -281,7 +281,7 @@ fn build(stage: &Path, work: &Path) -> Result<f64> {
             seed: SEED,
             opts: ExportOptions {
                 dtype,
-                percentile: None,
+                calib: export::CalibMethod::MinMax,
             },
         };
         let e = export::export_file(&req).with_context(|| format!("exporting {name}"))?;

@@ -123,6 +123,51 @@ fn export_cli_end_to_end() {
     let m = Model::parse(&lb).unwrap();
     assert_eq!((m.task(), m.output_len()), (Task::Landmarks, 10));
 
+    // Every calibration method exports a loadable model and records itself in the file.
+    for (method, mode) in [
+        ("minmax", "min/max"),
+        ("mse", "MSE-optimal clip"),
+        ("kl", "KL (entropy) clip"),
+        ("percentile", "percentile 99.9"),
+    ] {
+        let o = d.path().join(format!("{method}.safetensors"));
+        let (ok, text) = export(&[
+            "--model",
+            s(&bb),
+            "--calib-data",
+            s(&data),
+            "--calib-images",
+            "6",
+            "--calib",
+            method,
+            "--out",
+            s(&o),
+        ]);
+        assert!(ok && text.contains(mode), "{method}: {text}");
+        let b = std::fs::read(&o).unwrap();
+        Model::parse(&b).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&b).unwrap();
+        let g = &meta.metadata().as_ref().unwrap()["rt.graph"];
+        assert!(
+            g.contains(&format!("calibration {mode} over 6 images")),
+            "{method}: {g}"
+        );
+    }
+    // A percentile with another method is refused.
+    let (ok, text) = export(&[
+        "--model",
+        s(&bb),
+        "--calib-data",
+        s(&data),
+        "--calib",
+        "mse",
+        "--percentile",
+        "99",
+        "--out",
+        s(&d.path().join("no.safetensors")),
+    ]);
+    assert!(!ok && text.contains("--percentile only applies"), "{text}");
+
     // Errors: not a ResNet, too many calibration images, int8 without data. No output written.
     let bad = d.path().join("notes.safetensors");
     std::fs::write(&bad, b"definitely not safetensors").unwrap();

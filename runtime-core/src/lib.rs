@@ -55,7 +55,7 @@ pub mod plan;
 pub mod protocol;
 
 pub use model::{
-    write_safetensors, BuildError, Dtype, GraphError, LayerParams, Model, ModelBuilder, ModelError,
-    OpKind, Quant, RawTensor, RunError, Task, TensorDesc, TensorId,
+    layer_multiplier, write_safetensors, BuildError, Dtype, GraphError, LayerParams, Model,
+    ModelBuilder, ModelError, OpKind, Quant, RawTensor, RunError, Task, TensorDesc, TensorId,
 };
 pub use ops::requant::quantize_multiplier;

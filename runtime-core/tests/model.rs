@@ -391,3 +391,132 @@ proptest! {
         prop_assert!(total >= peak);
     }
 }
+
+/// The stored weight scales (`ws=`): every multiplier of a built model is recomputed here from
+/// them with the TFLite formula; a scale that disagrees, is not positive or is NaN is refused;
+/// a file without them still loads and runs identically; f32 graphs may not carry them.
+#[test]
+fn weight_scales_explain_every_multiplier() {
+    let b = common::tiny_with_weight_scales(Dtype::Int8, 3);
+    let text = b.graph_text().unwrap();
+    let bytes = b.to_bytes().unwrap();
+    let m = Model::parse(&bytes).unwrap();
+    let f32s = |name: &str| -> Vec<f32> {
+        let t = b.params().iter().find(|t| t.name == name).unwrap();
+        t.data
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let i32s = |name: &str| -> Vec<i32> {
+        let t = b.params().iter().find(|t| t.name == name).unwrap();
+        t.data
+            .chunks(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    // Tensor scales by id, from the graph text.
+    let scale_of = |id: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("tensor {id} ")))
+            .unwrap();
+        let v = line
+            .split("scale=")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        v.parse::<f32>().unwrap() as f64
+    };
+    let key = |l: &str, k: &str| -> String {
+        l.split_ascii_whitespace()
+            .find_map(|t| t.strip_prefix(&format!("{k}=")))
+            .unwrap()
+            .to_string()
+    };
+    let mut checked = 0;
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with("conv ") || l.starts_with("fc "))
+    {
+        let (si, so) = (scale_of(&key(l, "in")), scale_of(&key(l, "out")));
+        let (ws, mult, shift) = (f32s(&key(l, "ws")), i32s(&key(l, "m")), i32s(&key(l, "s")));
+        for c in 0..ws.len() {
+            // TFLite QuantizeMultiplier written out: real = q·2^e with q in [0.5, 1).
+            let real = si * ws[c] as f64 / so;
+            let (mut q, mut e) = (real, 0i32);
+            while q >= 1.0 {
+                q /= 2.0;
+                e += 1;
+            }
+            while q < 0.5 {
+                q *= 2.0;
+                e -= 1;
+            }
+            let mut qm = (q * (1u64 << 31) as f64).round() as i64;
+            if qm == 1 << 31 {
+                qm /= 2;
+                e += 1;
+            }
+            assert_eq!((mult[c], shift[c]), (qm as i32, e), "{l} channel {c}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "{checked}");
+
+    // A scale that does not give the stored multiplier, a zero one, a NaN one.
+    for bad in [1.5f32, 0.0, f32::NAN] {
+        let mut params = b.params().to_vec();
+        let t = params.iter_mut().find(|t| t.name == "c1.wscale").unwrap();
+        let v = f32::from_le_bytes(t.data[..4].try_into().unwrap());
+        let nv = if bad == 1.5 { v * bad } else { bad };
+        t.data[..4].copy_from_slice(&nv.to_le_bytes());
+        let e = graph_err(&write_safetensors(&text, &params).unwrap());
+        assert_eq!(e, E::WeightScale, "ws {nv}");
+    }
+    // ws of the wrong dtype.
+    let e = graph_err(
+        &write_safetensors(&text.replacen("ws=c1.wscale", "ws=c1.bias", 1), b.params()).unwrap(),
+    );
+    assert_eq!(e, E::Dtype);
+    // Off by default: the plain builder writes none.
+    assert!(!common::tiny(Dtype::Int8, 3)
+        .graph_text()
+        .unwrap()
+        .contains("ws="));
+    // Without ws (an older export): loads and computes the same.
+    let plain = write_safetensors(
+        &text
+            .lines()
+            .map(|l| {
+                l.split(' ')
+                    .filter(|t| !t.starts_with("ws="))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        b.params(),
+    )
+    .unwrap();
+    let p = Model::parse(&plain).unwrap();
+    let mut a1 = vec![0u8; m.arena_bytes()];
+    let mut a2 = vec![0u8; p.arena_bytes()];
+    let input: Vec<i8> = (0..m.input_len()).map(|i| (i * 37 % 251) as i8).collect();
+    assert_eq!(
+        m.run_int8_raw(&input, &mut a1).unwrap(),
+        p.run_int8_raw(&input, &mut a2).unwrap()
+    );
+    // f32 graphs take no ws.
+    let f = common::tiny(Dtype::F32, 3);
+    let ft = f
+        .graph_text()
+        .unwrap()
+        .replacen("w=c1.weight", "w=c1.weight ws=c1.bias", 1);
+    assert_eq!(
+        graph_err(&write_safetensors(&ft, f.params()).unwrap()),
+        E::UnknownKey
+    );
+}

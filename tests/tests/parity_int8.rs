@@ -36,7 +36,8 @@ use host_trainer::data::{MiniImageNet, Split};
 use host_trainer::export::calibrate::{calibration_inputs, preprocess};
 use host_trainer::export::fold::{IMAGENET_MEAN, IMAGENET_STD};
 use host_trainer::export::{
-    export_backbone, export_file, export_landmarks, ExportError, ExportOptions, ExportRequest,
+    export_backbone, export_file, export_landmarks, CalibMethod, ExportError, ExportOptions,
+    ExportRequest,
 };
 use host_trainer::model::landmarks::LandmarkModel;
 use host_trainer::model::{BnMode, ResNet};
@@ -133,7 +134,7 @@ proptest! {
         let net = resnet(arch(a), 0.125, small_stem, seed);
         let cal = calib(size);
         data_bn(&|x| { net.forward_features(x, BnMode::TRAIN).unwrap(); }, &all_vars(&net), seed, &cal);
-        let opts = ExportOptions { percentile: pct.then_some(99.999), ..ExportOptions::int8() };
+        let opts = ExportOptions::int8_with(if pct { CalibMethod::Percentile(99.999) } else { CalibMethod::MinMax });
         let e = export_backbone(&net, size, &cal, &opts).unwrap();
         let cos = features_cosines(&net, &e.bytes, &held_out(size));
         let mean = cos.iter().sum::<f64>() / cos.len() as f64;

@@ -1,7 +1,7 @@
 //! `host-trainer export`: fold BN, calibrate, quantise, write the runtime model file.
 use anyhow::Context;
 use clap::Args;
-use host_trainer::export::{self, ExportOptions, ExportRequest};
+use host_trainer::export::{self, CalibMethod, ExportOptions, ExportRequest};
 use runtime_core::Dtype;
 use std::path::{Path, PathBuf};
 
@@ -19,10 +19,17 @@ pub struct ExportArgs {
     /// Number of calibration images, drawn deterministically; more than the dataset has is an error.
     #[arg(long, default_value_t = 100)]
     pub calib_images: usize,
-    /// Clip activation ranges at the (100−P)-th/P-th percentiles; 100 = plain min/max. The
-    /// default 99.9 keeps outliers from eating the int8 resolution (measured in export/mod.rs).
-    #[arg(long, default_value_t = host_trainer::export::DEFAULT_PERCENTILE)]
-    pub percentile: f32,
+    /// How each activation tensor's int8 range is chosen from the calibration images: `minmax`,
+    /// `percentile` (clip at --percentile), `mse` (the clip with the least quantisation MSE per
+    /// tensor) or `kl` (TensorRT's entropy calibration). Default: the exporter's
+    /// `export::DEFAULT_CALIB` (README "int8 calibration" has the measurements); `--percentile`
+    /// alone means `percentile`.
+    #[arg(long, value_enum)]
+    pub calib: Option<CalibArg>,
+    /// Clip activation ranges at the (100−P)-th/P-th percentiles (`--calib percentile`, default
+    /// 99.9); 100 = plain min/max.
+    #[arg(long)]
+    pub percentile: Option<f32>,
     /// Backbone input side in pixels (default: the file's `image_size` metadata, else 32).
     /// Landmark models always use their own input size.
     #[arg(long)]
@@ -40,6 +47,33 @@ pub struct ExportArgs {
     /// Write the same graph unquantised (f32); no calibration.
     #[arg(long)]
     pub f32: bool,
+}
+
+/// The `--calib` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CalibArg {
+    Minmax,
+    Percentile,
+    Mse,
+    Kl,
+}
+
+/// `--calib` and `--percentile` as one method; a percentile with another method is an error.
+pub fn calib_method(
+    calib: Option<CalibArg>,
+    percentile: Option<f32>,
+) -> anyhow::Result<CalibMethod> {
+    let p = percentile.unwrap_or(export::DEFAULT_PERCENTILE);
+    Ok(match (calib, percentile) {
+        (None, None) => export::DEFAULT_CALIB,
+        (None | Some(CalibArg::Percentile), _) => CalibMethod::Percentile(p),
+        (Some(m), Some(_)) => {
+            anyhow::bail!("--percentile only applies to --calib percentile (got --calib {m:?})")
+        }
+        (Some(CalibArg::Minmax), None) => CalibMethod::MinMax,
+        (Some(CalibArg::Mse), None) => CalibMethod::Mse,
+        (Some(CalibArg::Kl), None) => CalibMethod::Kl,
+    })
 }
 
 pub fn run(a: ExportArgs) -> anyhow::Result<()> {
@@ -60,6 +94,7 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
             return write_onnx(&a.model, &bytes, onnx);
         }
     }
+    let calib = calib_method(a.calib, a.percentile)?;
     let req = ExportRequest {
         model: a.model.clone(),
         calib_data: a.calib_data,
@@ -68,7 +103,7 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
         seed: a.seed,
         opts: ExportOptions {
             dtype: if a.f32 { Dtype::F32 } else { Dtype::Int8 },
-            percentile: Some(a.percentile),
+            calib,
         },
     };
     let e =
@@ -81,7 +116,7 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
     let s = &e.summary;
     println!(
         "export: {} -> {} ({:?}, {:?}) input {}x{}x{} output {} | {} ops, {:.2} M MACs, weights {} B, arena {} B, file {} B | \
-         calibration: {} ranges from {} images, {} clamped biases",
+         calibration: {} ranges from {} images ({}), {} clamped biases",
         a.model.display(),
         out.as_deref().unwrap_or("(no runtime file)"),
         s.task,
@@ -97,6 +132,7 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
         s.file_bytes,
         s.calibrated_tensors,
         s.calibration_images,
+        if s.dtype == Dtype::Int8 { calib.describe() } else { "none".into() },
         s.clamped_biases
     );
     if let Some(onnx) = &a.onnx {

@@ -361,7 +361,7 @@ impl Graph {
             }
         };
         let be = |e: runtime_core::BuildError| ExportError::Build(e.to_string());
-        let mut mb = ModelBuilder::new(dtype, self.task);
+        let mut mb = ModelBuilder::new(dtype, self.task).with_weight_scales();
         let [c, h, w] = self.shapes[0];
         let mut ids: Vec<TensorId> = vec![mb
             .input([h, w, c], &self.mean, &self.std, q(0)?)

@@ -126,6 +126,8 @@ pub struct ModelBuilder {
     params: Vec<RawTensor>,
     input: Option<TensorId>,
     output: Option<TensorId>,
+    /// Write each int8 conv/fc's weight scales as `ws=` ([`ModelBuilder::with_weight_scales`]).
+    weight_scales: bool,
 }
 
 fn i32_bytes(v: &[i32]) -> Vec<u8> {
@@ -163,7 +165,17 @@ impl ModelBuilder {
             params: Vec::new(),
             input: None,
             output: None,
+            weight_scales: false,
         }
+    }
+
+    /// Also store every int8 conv/fc's per-channel weight scales (`ws=`, `{layer}.wscale`,
+    /// FORMAT.md) so a reader can recompute each multiplier; the loader then checks them. Off by
+    /// default (4 bytes per output channel; the builder-made MCU fixtures stay as they are);
+    /// `host-trainer export` turns it on. Call before adding layers.
+    pub fn with_weight_scales(mut self) -> Self {
+        self.weight_scales = true;
+        self
     }
 
     /// Shape and quantisation of a tensor built so far.
@@ -277,8 +289,10 @@ impl ModelBuilder {
                 }
                 let (mut m, mut s) = (Vec::with_capacity(oc), Vec::with_capacity(oc));
                 for &ws in w_scale {
-                    let (mq, sq) =
-                        quantize_multiplier(x.scale as f64 * ws as f64 / out.scale as f64);
+                    if !(ws.is_finite() && ws > 0.0) {
+                        return Err(BuildError::Params);
+                    }
+                    let (mq, sq) = super::layer_multiplier(x.scale, ws, out.scale);
                     m.push(mq);
                     s.push(sq);
                 }
@@ -287,7 +301,12 @@ impl ModelBuilder {
                 let b = self.param(format!("{name}.bias"), "I32", &[oc], i32_bytes(bias))?;
                 let mn = self.param(format!("{name}.mult"), "I32", &[oc], i32_bytes(&m))?;
                 let sn = self.param(format!("{name}.shift"), "I32", &[oc], i32_bytes(&s))?;
-                Ok(format!("w={w} b={b} m={mn} s={sn}"))
+                if !self.weight_scales {
+                    return Ok(format!("w={w} b={b} m={mn} s={sn}"));
+                }
+                // The weight scales themselves, so a reader can check every multiplier.
+                let wsn = self.param(format!("{name}.wscale"), "F32", &[oc], f32_bytes(w_scale))?;
+                Ok(format!("w={w} b={b} m={mn} s={sn} ws={wsn}"))
             }
             (LayerParams::F32 { weights, bias }, Dtype::F32) => {
                 if weights.len() != n || bias.len() != oc {

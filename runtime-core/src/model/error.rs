@@ -79,6 +79,9 @@ pub enum GraphError {
     Output,
     /// The max pool output's scale/zero point differ from its input's (it must not requantise).
     PoolQuant,
+    /// A conv/fc `ws=` weight scale that is not finite and positive, or that does not give the
+    /// stored multiplier and shift (`quantize_multiplier(in_scale·ws[c]/out_scale)`).
+    WeightScale,
 }
 
 impl fmt::Display for GraphError {
@@ -167,6 +170,10 @@ impl fmt::Display for GraphError {
             GraphError::PoolQuant => {
                 "max pool must keep its input's scale and zero point bit for bit (it does not \
                  requantise)"
+            }
+            GraphError::WeightScale => {
+                "a weight scale (`ws=`) is not finite and positive, or does not give the stored \
+                 multiplier m[c], s[c] = quantize_multiplier(in_scale * ws[c] / out_scale)"
             }
         };
         f.write_str(msg)
@@ -299,6 +306,7 @@ mod tests {
             G::Window,
             G::Output,
             G::PoolQuant,
+            G::WeightScale,
         ];
         for g in graph {
             sentence(&g.to_string(), &format!("{g:?}"));

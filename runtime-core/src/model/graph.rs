@@ -234,6 +234,36 @@ impl<'a> Loader<'a, '_> {
         Ok(i)
     }
 
+    /// The optional per-channel weight scales `ws=` of an int8 conv/fc (`F32 [n]`): each finite
+    /// and positive, and each giving exactly the stored multiplier and shift
+    /// ([`layer_multiplier`]), so a file that carries them cannot disagree with them.
+    fn weight_scales(
+        &mut self,
+        f: &mut Fields<'_>,
+        n: usize,
+        in_scale: f32,
+        out_scale: f32,
+        mult: I32Le<'a>,
+        shift: I32Le<'a>,
+    ) -> R<()> {
+        let Some(name) = f.opt("ws") else {
+            return Ok(());
+        };
+        let ws = self.f32s(name, &[n]).map_err(|e| match e {
+            E::NonFinite => E::WeightScale,
+            e => e,
+        })?;
+        for c in 0..n {
+            let w = ws.get(c);
+            if !finite_pos(w)
+                || layer_multiplier(in_scale, w, out_scale) != (mult.get(c), shift.get(c))
+            {
+                return Err(E::WeightScale);
+            }
+        }
+        Ok(())
+    }
+
     /// Scalar `mult`/`shift` pair from keys.
     fn scalar_requant(
         f: &mut Fields<'_>,
@@ -577,6 +607,7 @@ fn parse_conv<'a>(
     let kernel = if int8 {
         let weights = ld.weights_i8(f.req("w")?, &wshape)?;
         let (bias, mult, shift) = ld.requant(f, oc)?;
+        ld.weight_scales(f, oc, di.scale, dout.scale, mult, shift)?;
         let (act_min, act_max) = crate::ops::requant::activation_range_i8(relu, dout.zp);
         let p = ConvI8 {
             win,
@@ -631,6 +662,7 @@ fn parse_fc<'a>(
     let kernel = if int8 {
         let weights = ld.weights_i8(f.req("w")?, &[ol, il])?;
         let (bias, mult, shift) = ld.requant(f, ol)?;
+        ld.weight_scales(f, ol, di.scale, dout.scale, mult, shift)?;
         let (act_min, act_max) = crate::ops::requant::activation_range_i8(relu, dout.zp);
         let p = FcI8 {
             in_len: il,

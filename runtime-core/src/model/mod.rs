@@ -21,6 +21,14 @@ use crate::ops::{
     prepared::PreparedI8, Window,
 };
 
+/// The fixed-point multiplier and shift of one int8 conv/fc output channel:
+/// `quantize_multiplier(in_scale·w_scale/out_scale)` computed in f64. The one definition the
+/// builder writes `m=`/`s=` with and the loader checks a `ws=` weight scale against, so any
+/// reader can recompute every multiplier from the scales stored in the file (FORMAT.md).
+pub fn layer_multiplier(in_scale: f32, w_scale: f32, out_scale: f32) -> (i32, i32) {
+    crate::ops::requant::quantize_multiplier(in_scale as f64 * w_scale as f64 / out_scale as f64)
+}
+
 /// Format version this runtime reads (first graph line `rtgraph 1`).
 pub const FORMAT_VERSION: u32 = 1;
 /// safetensors `__metadata__` key holding the graph text.

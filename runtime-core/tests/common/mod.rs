@@ -36,8 +36,21 @@ fn params(
 /// 6×6×3 → conv3×3 relu → maxpool → conv3×3 → add(conv1x1 shortcut) relu → leaky → mean → fc 10.
 /// Covers every op, residual lifetimes, asymmetric padding.
 pub fn tiny(dtype: Dtype, seed: u64) -> ModelBuilder {
+    tiny_from(ModelBuilder::new(dtype, Task::Landmarks), dtype, seed)
+}
+
+/// [`tiny`] with the per-channel weight scales stored (`ws=`).
+#[allow(dead_code)]
+pub fn tiny_with_weight_scales(dtype: Dtype, seed: u64) -> ModelBuilder {
+    tiny_from(
+        ModelBuilder::new(dtype, Task::Landmarks).with_weight_scales(),
+        dtype,
+        seed,
+    )
+}
+
+fn tiny_from(mut b: ModelBuilder, dtype: Dtype, seed: u64) -> ModelBuilder {
     let mut rng = SplitMix64::new(seed);
-    let mut b = ModelBuilder::new(dtype, Task::Landmarks);
     let x = b
         .input(
             [6, 7, 3],
