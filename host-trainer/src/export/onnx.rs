@@ -34,10 +34,11 @@
 //! Where the two engines legitimately differ (int8): runtime-core requantises with TFLite's
 //! fixed-point `MultiplyByQuantizedMultiplier` (two roundings) and quantises the input rounding
 //! half away from zero; ONNX `QuantizeLinear` and onnxruntime's requantisation round a float
-//! product once, half to even; the `add`/`mean`/`leaky` rows go through float. Each op can
-//! therefore land one step (1 LSB) apart, and a step early in the network can move later
-//! values by a few more (the bound the onnxruntime test asserts is in
-//! `host-trainer/tests/onnx_runtime.rs`).
+//! product once, half to even; the `add`/`mean`/`leaky` rows go through float. The outputs
+//! therefore differ by a few steps (measured up to 7 LSB on the fixtures); whether every single
+//! op stays within 1 LSB is *not* established — no per-op comparison exists yet — so the bound
+//! the onnxruntime test asserts (`host-trainer/tests/onnx_runtime.rs`) is an end-to-end one set
+//! from measurement.
 use std::collections::HashMap;
 
 use candle_onnx::onnx::{
