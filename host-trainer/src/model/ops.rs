@@ -116,10 +116,37 @@ pub fn ema_update(old: &Tensor, batch: &Tensor) -> Result<Tensor> {
 ///
 /// Padding is with zeros, which equals PyTorch's −∞ padding here because the input comes
 /// straight out of a ReLU (all values ≥ 0) and every window holds at least one real pixel.
+///
+/// Built from `maximum`s of shifted views rather than candle's `max_pool2d`, whose backward
+/// only supports kernel = stride (candle 0.11: "backward not supported for maxpool2d if ksize
+/// (3, 3) != stride (2, 2)"), which made every ImageNet-stem training fail. The max over a 3×3
+/// window is the max over its rows of the max over its columns, so the pool is two 1-D pools
+/// ([`max_pool_1d_k3_s2`]); the gradient reaches each window's maximum (PyTorch's rule; an exact
+/// tie between two positive values shares it, where PyTorch gives it to the first).
 pub fn max_pool_3x3_s2_after_relu(x: &Tensor) -> Result<Tensor> {
-    x.pad_with_zeros(D::Minus1, 1, 1)?
-        .pad_with_zeros(D::Minus2, 1, 1)?
-        .max_pool2d_with_stride(3, 2)
+    max_pool_1d_k3_s2(&max_pool_1d_k3_s2(x, 3)?, 2)
+}
+
+/// Kernel 3, stride 2, zero padding 1 along `dim` (values ≥ 0): output `i` is the max of padded
+/// positions `2i, 2i+1, 2i+2`. The padded axis, extended to `2(n_out+1)` zeros-padded entries,
+/// is viewed as `(n_out+1) × 2` pairs: position `2i` is pair `i` slot 0, `2i+1` pair `i` slot 1,
+/// `2i+2` pair `i+1` slot 0.
+fn max_pool_1d_k3_s2(x: &Tensor, dim: usize) -> Result<Tensor> {
+    let n = x.dim(dim)?;
+    let n_out = (n - 1) / 2 + 1;
+    let right = 2 * (n_out + 1) - n - 1;
+    let p = x.pad_with_zeros(dim, 1, right)?;
+    let mut pairs_shape = p.dims().to_vec();
+    pairs_shape[dim] = n_out + 1;
+    pairs_shape.insert(dim + 1, 2);
+    let pairs = p.reshape(pairs_shape)?;
+    let slot = |first: usize, s: usize| -> Result<Tensor> {
+        pairs
+            .narrow(dim, first, n_out)?
+            .narrow(dim + 1, s, 1)?
+            .squeeze(dim + 1)
+    };
+    slot(0, 0)?.maximum(&slot(0, 1)?)?.maximum(&slot(1, 0)?)
 }
 
 /// Global average pool: [B, C, H, W] → [B, C].
@@ -283,5 +310,60 @@ mod tests {
             .to_vec1::<f32>()
             .unwrap();
         assert_eq!(p, vec![5.0, 7.0, 13.0, 15.0]);
+    }
+
+    /// The stem pool against a naive loop (forward) and against routing each output's gradient
+    /// to its window's arg-max (backward), on odd and even sizes; distinct positive inputs, so
+    /// there are no ties.
+    #[test]
+    fn stem_max_pool_forward_and_backward_match_the_naive_rule() {
+        let dev = Device::Cpu;
+        for (h, w) in [(7usize, 6usize), (8, 9), (1, 4)] {
+            let n = 2 * 3 * h * w;
+            // A permutation of 1..=n scaled: distinct, positive.
+            let vals: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919) % n + 1) as f32 / n as f32)
+                .collect();
+            let x = candle_core::Var::from_tensor(
+                &Tensor::from_vec(vals.clone(), (2, 3, h, w), &dev).unwrap(),
+            )
+            .unwrap();
+            let y = max_pool_3x3_s2_after_relu(x.as_tensor()).unwrap();
+            let (ho, wo) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+            assert_eq!(y.dims(), &[2, 3, ho, wo]);
+            // Upstream gradient: distinct weights per output.
+            let gy: Vec<f32> = (0..2 * 3 * ho * wo).map(|i| 1.0 + i as f32).collect();
+            let gy_t = Tensor::from_vec(gy.clone(), (2, 3, ho, wo), &dev).unwrap();
+            let grads = (&y * &gy_t).unwrap().sum_all().unwrap().backward().unwrap();
+            let gx = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap();
+            let (y, gx) = (
+                y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                gx.to_vec1::<f32>().unwrap(),
+            );
+            let mut want_gx = vec![0f32; n];
+            for bc in 0..6 {
+                for i in 0..ho {
+                    for j in 0..wo {
+                        let mut best = (f32::MIN, 0usize);
+                        for di in 0..3 {
+                            for dj in 0..3 {
+                                let (r, c) = ((2 * i + di) as isize - 1, (2 * j + dj) as isize - 1);
+                                if r < 0 || c < 0 || r >= h as isize || c >= w as isize {
+                                    continue;
+                                }
+                                let k = bc * h * w + r as usize * w + c as usize;
+                                if vals[k] > best.0 {
+                                    best = (vals[k], k);
+                                }
+                            }
+                        }
+                        let o = bc * ho * wo + i * wo + j;
+                        assert_eq!(y[o], best.0, "{h}x{w} out {o}");
+                        want_gx[best.1] += gy[o];
+                    }
+                }
+            }
+            assert_eq!(gx, want_gx, "{h}x{w}: gradient");
+        }
     }
 }
