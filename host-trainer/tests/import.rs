@@ -270,3 +270,55 @@ fn imported_backbone_exports_and_evaluates() {
     ]);
     assert!(out.contains("accuracy") || out.contains("acc"), "{out}");
 }
+
+/// An imported torchvision backbone (ImageNet stem: 7×7/2 conv, 3×3/2 max-pool) fine-tunes on
+/// landmarks, all layers, through the CLI — the path that needs the stem max-pool's backward
+/// (candle's own `max_pool2d` has none for kernel 3 / stride 2, so this failed before).
+#[test]
+fn imported_torchvision_backbone_fine_tunes_on_landmarks() {
+    let d = tempfile::tempdir().unwrap();
+    let bb = d.path().join("backbone.safetensors");
+    let exe = env!("CARGO_BIN_EXE_host-trainer");
+    let run = |args: &[&str]| {
+        let o = Command::new(exe).args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "host-trainer {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let from = dir().join("resnet18-torchvision.pth");
+    run(&[
+        "import",
+        "--from",
+        from.to_str().unwrap(),
+        "--out",
+        bb.to_str().unwrap(),
+    ]);
+    let faces = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tiny/faces");
+    let out = run(&[
+        "eval",
+        "landmarks",
+        "--backbone",
+        bb.to_str().unwrap(),
+        "--data",
+        faces.to_str().unwrap(),
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch",
+        "8",
+        "--json",
+    ]);
+    let r: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(r["epochs"], 1);
+    let iod = r["iod_error"].as_f64().expect("iod_error");
+    assert!(iod.is_finite() && iod > 0.0, "{r}");
+    assert!(
+        r["final_loss"].as_f64().expect("final_loss").is_finite(),
+        "{r}"
+    );
+}
