@@ -33,24 +33,20 @@ import time
 
 
 def cpu_name():
+    """The CPU model and its int8-relevant SIMD flags, from /proc/cpuinfo."""
+    name, flags = platform.processor(), []
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    flags = ""
-                    break
-            else:
-                name = platform.processor()
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    fl = line.split(":", 1)[1].split()
-                    flags = ",".join(x for x in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if x in fl)
-                    break
-        return f"{name} ({flags}; {os.cpu_count()} CPUs)"
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name == platform.processor():
+                    name = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = value.split()
     except OSError:
-        return platform.processor()
+        pass
+    simd = ",".join(x for x in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if x in flags)
+    return f"{name} ({simd}; {os.cpu_count()} CPUs)"
 
 
 def ort_median_ms(onnx_path, runs, warmup):
@@ -109,7 +105,6 @@ def main():
             ref = runtime_median_ms(a.runtime_cli, m, a.runs, a.warmup, True)
             rows.append({
                 "model": m,
-                "macs_m": fast.get("macs", 0) / 1e6 if "macs" in fast else None,
                 "runtime_core_ms": fast["p50_ms"],
                 "runtime_core_reference_ms": ref["p50_ms"],
                 "kernels": fast.get("kernels"),

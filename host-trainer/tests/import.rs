@@ -12,6 +12,21 @@ use host_trainer::model::{BnMode, ResNet};
 use runtime_core::Model;
 use serde_json::Value;
 
+/// Runs the host-trainer binary; panics with its output unless it succeeds; returns stdout.
+fn run(args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_host-trainer"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "host-trainer {args:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/import")
 }
@@ -170,17 +185,6 @@ fn imported_backbone_exports_and_evaluates() {
     let m = &e["models"]["moco-v2.pth.tar"];
     let d = tempfile::tempdir().unwrap();
     let bb = d.path().join("backbone.safetensors");
-    let exe = env!("CARGO_BIN_EXE_host-trainer");
-    let run = |args: &[&str]| {
-        let o = Command::new(exe).args(args).output().unwrap();
-        assert!(
-            o.status.success(),
-            "host-trainer {args:?}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
     let from = dir().join("moco-v2.pth.tar");
     let out = run(&[
         "import",
@@ -278,17 +282,6 @@ fn imported_backbone_exports_and_evaluates() {
 fn imported_torchvision_backbone_fine_tunes_on_landmarks() {
     let d = tempfile::tempdir().unwrap();
     let bb = d.path().join("backbone.safetensors");
-    let exe = env!("CARGO_BIN_EXE_host-trainer");
-    let run = |args: &[&str]| {
-        let o = Command::new(exe).args(args).output().unwrap();
-        assert!(
-            o.status.success(),
-            "host-trainer {args:?}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
     let from = dir().join("resnet18-torchvision.pth");
     run(&[
         "import",
