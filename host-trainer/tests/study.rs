@@ -20,6 +20,7 @@ fn tiny_study_runs_resumes_and_redoes_one_step() {
         device: host_trainer::device::parse_device("cpu").unwrap(),
         progress: false,
         stop_after: None,
+        jobs: 1,
     };
     let first = study::run(&plan, &opts).unwrap();
     assert_eq!(first.executed.len(), plan.steps.len());
@@ -124,14 +125,27 @@ fn tiny_study_runs_resumes_and_redoes_one_step() {
     assert!(second.executed.is_empty(), "{:?}", second.executed);
     assert_eq!(second.skipped.len(), plan.steps.len());
 
-    // Delete one record: only that step runs again, and it reproduces its result.
-    let id = ids::fewshot("moco-v2");
-    let before = study::read_record(dir.path(), &id).unwrap().unwrap();
-    std::fs::remove_file(study::record_path(dir.path(), &id)).unwrap();
-    let third = study::run(&plan, &opts).unwrap();
-    assert_eq!(third.executed, vec![id.clone()]);
-    let after = study::read_record(dir.path(), &id).unwrap().unwrap();
-    assert_eq!(before.result["results"], after.result["results"]);
+    // Delete two independent records: only those steps run again, side by side (`--jobs 2`),
+    // and each reproduces its result.
+    let redo = [ids::fewshot("moco-v2"), ids::landmarks("exemplar-v2")];
+    let before: Vec<_> = redo
+        .iter()
+        .map(|id| study::read_record(dir.path(), id).unwrap().unwrap())
+        .collect();
+    for id in &redo {
+        std::fs::remove_file(study::record_path(dir.path(), id)).unwrap();
+    }
+    let two_jobs = RunOptions { jobs: 2, ..opts };
+    let mut third = study::run(&plan, &two_jobs).unwrap().executed;
+    third.sort();
+    let mut want = redo.to_vec();
+    want.sort();
+    assert_eq!(third, want);
+    for ((id, key), b) in redo.iter().zip(["results", "iod_error"]).zip(&before) {
+        let after = study::read_record(dir.path(), id).unwrap().unwrap();
+        assert!(b.result.get(key).is_some(), "{id}: no {key}");
+        assert_eq!(b.result.get(key), after.result.get(key), "{id}: {key}");
+    }
 }
 
 #[test]
@@ -146,6 +160,7 @@ fn an_interrupted_pretraining_resumes_from_its_last_epoch() {
         device: host_trainer::device::parse_device("cpu").unwrap(),
         progress: false,
         stop_after: Some(1),
+        jobs: 1,
     };
     let id = ids::pretrain("objects", "supervised");
     let e = format!("{:#}", study::run(&plan, &opts).unwrap_err());
@@ -183,6 +198,7 @@ fn two_seeds_aggregate_what_each_seed_measured() {
         device: host_trainer::device::parse_device("cpu").unwrap(),
         progress: false,
         stop_after: None,
+        jobs: 1,
     };
     let (summary, agg) = study::seeds::run(&p, 2, &opts).unwrap();
     assert_eq!(agg.seeds, vec![0, 1]);

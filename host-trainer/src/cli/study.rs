@@ -62,6 +62,11 @@ pub struct StudyArgs {
     /// No progress bars (the one line per step stays).
     #[arg(long)]
     pub quiet: bool,
+    /// Run up to this many independent steps at once (e.g. two pretrainings). Each step waits
+    /// for the steps whose outputs it reads; results do not depend on it. Progress bars are off
+    /// when it is above 1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: u16,
 }
 
 pub fn run(a: StudyArgs) -> Result<()> {
@@ -114,6 +119,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
         device,
         progress: !a.quiet,
         stop_after: a.stop_after,
+        jobs: usize::from(a.jobs),
     };
     if a.seeds > 1 {
         let (s, agg) = study::seeds::run(&plan.preset, a.seeds, &opts)?;

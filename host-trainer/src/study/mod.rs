@@ -28,6 +28,7 @@ use records::{check_study_file, write_record};
 pub use records::{read_record, record_path, StepRecord};
 
 use std::path::PathBuf;
+use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -49,6 +50,9 @@ pub struct RunOptions {
     /// Stop each pretraining after this many epochs of this invocation: the step stays
     /// unfinished (no record), the study stops with an error, and the next run resumes it.
     pub stop_after: Option<usize>,
+    /// How many steps may run at once (`--jobs`; each waits for the steps it needs). 1 = the
+    /// plan order, one step at a time.
+    pub jobs: usize,
 }
 
 /// What one invocation did.
@@ -61,10 +65,40 @@ pub struct RunSummary {
 
 /// Run every unfinished step of `plan`, then write `results.json` and `results.md`.
 pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
-    let started = Instant::now();
     check_study_file(plan, &opts.out)?;
+    let started = Instant::now();
+    let mut summary = run_steps(plan, opts, |step, o| execute(plan, step, o))?;
+    let res = results::collect(plan, &opts.out)?;
+    results::write(&res, &opts.out)?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// The scheduler: runs every step without a record through `exec`, on up to `opts.jobs`
+/// threads, each step once all its [`Step::needs`] have finished, the lowest-numbered ready step
+/// first (so one job is exactly the plan order). Each finished step's record is written at once;
+/// after a failure no new step starts, the running ones finish (and keep their records), and the
+/// first error is returned. With several jobs the progress bars are off (they would interleave);
+/// the one line per step stays.
+fn run_steps<F>(plan: &Plan, opts: &RunOptions, exec: F) -> Result<RunSummary>
+where
+    F: Fn(&Step, &RunOptions) -> Result<serde_json::Value> + Sync,
+{
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        ToDo,
+        Running,
+        Done,
+    }
+    struct Shared {
+        state: Vec<State>,
+        executed: Vec<usize>,
+        error: Option<anyhow::Error>,
+    }
     let n = plan.steps.len();
+    let jobs = opts.jobs.max(1);
     let mut summary = RunSummary::default();
+    let mut state = vec![State::ToDo; n];
     for (i, step) in plan.steps.iter().enumerate() {
         if let Some(rec) = read_record(&opts.out, &step.id)? {
             eprintln!(
@@ -74,28 +108,100 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
                 rec.seconds
             );
             summary.skipped.push(step.id.clone());
-            continue;
+            state[i] = State::Done;
         }
-        eprintln!("[{}/{n}] {} …", i + 1, step.title);
-        let t = Instant::now();
-        let result = execute(plan, step, opts)
-            .with_context(|| format!("step {} ({})", step.id, step.title))?;
-        let seconds = t.elapsed().as_secs_f64();
-        write_record(
-            &opts.out,
-            &StepRecord {
-                id: step.id.clone(),
-                title: step.title.clone(),
-                seconds,
-                result,
-            },
-        )?;
-        eprintln!("[{}/{n}] {} … {seconds:.0} s", i + 1, step.title);
-        summary.executed.push(step.id.clone());
     }
-    let res = results::collect(plan, &opts.out)?;
-    results::write(&res, &opts.out)?;
-    summary.seconds = started.elapsed().as_secs_f64();
+    let step_opts = RunOptions {
+        out: opts.out.clone(),
+        device: opts.device.clone(),
+        progress: opts.progress && jobs == 1,
+        stop_after: opts.stop_after,
+        jobs: 1,
+    };
+    let shared = Mutex::new(Shared {
+        state,
+        executed: Vec::new(),
+        error: None,
+    });
+    let wake = Condvar::new();
+    let worker = || {
+        let mut g = shared.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if g.error.is_some() {
+                return;
+            }
+            let ready = (0..n).find(|&i| {
+                g.state[i] == State::ToDo
+                    && plan.steps[i]
+                        .needs
+                        .iter()
+                        .all(|&j| g.state[j] == State::Done)
+            });
+            let Some(i) = ready else {
+                if g.state.iter().all(|&s| s != State::Running) {
+                    if g.state.iter().any(|&s| s == State::ToDo) {
+                        g.error = Some(anyhow::anyhow!(
+                            "study plan: no step can run, but some are not done (a step needs a later one)"
+                        ));
+                        wake.notify_all();
+                    }
+                    return;
+                }
+                g = wake.wait(g).unwrap_or_else(|e| e.into_inner());
+                continue;
+            };
+            g.state[i] = State::Running;
+            drop(g);
+            let step = &plan.steps[i];
+            eprintln!("[{}/{n}] {} …", i + 1, step.title);
+            let t = Instant::now();
+            let outcome = exec(step, &step_opts)
+                .with_context(|| format!("step {} ({})", step.id, step.title))
+                .and_then(|result| {
+                    let seconds = t.elapsed().as_secs_f64();
+                    write_record(
+                        &opts.out,
+                        &StepRecord {
+                            id: step.id.clone(),
+                            title: step.title.clone(),
+                            seconds,
+                            result,
+                        },
+                    )?;
+                    eprintln!("[{}/{n}] {} … {seconds:.0} s", i + 1, step.title);
+                    Ok(())
+                });
+            g = shared.lock().unwrap_or_else(|e| e.into_inner());
+            match outcome {
+                Ok(()) => {
+                    g.state[i] = State::Done;
+                    g.executed.push(i);
+                }
+                Err(e) => {
+                    g.state[i] = State::ToDo;
+                    if g.error.is_none() {
+                        g.error = Some(e);
+                    }
+                }
+            }
+            wake.notify_all();
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 1..jobs {
+            s.spawn(worker);
+        }
+        worker();
+    });
+    let shared = shared.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = shared.error {
+        return Err(e);
+    }
+    summary.executed = shared
+        .executed
+        .iter()
+        .map(|&i| plan.steps[i].id.clone())
+        .collect();
     Ok(summary)
 }
 
@@ -163,6 +269,7 @@ mod tests {
             device: Device::Cpu,
             progress: false,
             stop_after: None,
+            jobs: 1,
         };
         let s = run(&plan, &opts).unwrap();
         assert!(s.executed.is_empty());
@@ -192,5 +299,148 @@ mod tests {
         let mut other = preset::tiny();
         other.seed = 7;
         assert!(check_study_file(&Plan::new(other).unwrap(), dir.path()).is_err());
+    }
+
+    fn fake_opts(dir: &Path, jobs: usize) -> RunOptions {
+        RunOptions {
+            out: dir.to_path_buf(),
+            device: Device::Cpu,
+            progress: false,
+            stop_after: None,
+            jobs,
+        }
+    }
+
+    #[test]
+    fn needs_follow_what_each_step_reads() {
+        let plan = Plan::new(preset::tiny()).unwrap();
+        let index = |id: &str| plan.steps.iter().position(|s| s.id == id).unwrap();
+        // Transitive closure of one step's needs.
+        let closure = |id: &str| {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut todo = vec![index(id)];
+            while let Some(i) = todo.pop() {
+                for &j in &plan.steps[i].needs {
+                    assert!(
+                        j < i,
+                        "{} needs the later {}",
+                        plan.steps[i].id,
+                        plan.steps[j].id
+                    );
+                    if seen.insert(j) {
+                        todo.push(j);
+                    }
+                }
+            }
+            seen.into_iter()
+                .map(|j| plan.steps[j].id.clone())
+                .collect::<Vec<_>>()
+        };
+        let rt = closure(&ids::runtime_fewshot("moco-v2"));
+        for want in [
+            ids::export("objects", "moco-v2"),
+            ids::pretrain("objects", "moco-v2"),
+            ids::synth("objects"),
+        ] {
+            assert!(rt.contains(&want), "{rt:?} lacks {want}");
+        }
+        assert!(!rt.contains(&ids::synth("faces")), "{rt:?}");
+        assert!(!rt.iter().any(|s| s.contains("supervised")), "{rt:?}");
+        assert_eq!(
+            closure(&ids::landmarks("supervised")),
+            [ids::synth("faces"), ids::pretrain("faces", "supervised")]
+        );
+        // The two pretrainings of one domain are independent of each other.
+        assert_eq!(
+            plan.steps[index(&ids::pretrain("objects", "moco-v2"))].needs,
+            [index(&ids::synth("objects"))]
+        );
+        let fig = index(ids::FIGURE_FEWSHOT);
+        assert_eq!(plan.steps[fig].needs, (0..fig).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_scheduler_keeps_the_needs_and_runs_independent_steps_together() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let plan = Plan::new(preset::tiny()).unwrap();
+        let finished = Mutex::new(Vec::<String>::new());
+        let (running, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let exec = |step: &Step, o: &RunOptions| -> Result<serde_json::Value> {
+            assert!(!o.progress);
+            let done = finished.lock().unwrap().clone();
+            for &j in &step.needs {
+                let need = &plan.steps[j].id;
+                assert!(done.contains(need), "{} started before {need}", step.id);
+            }
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            // Give another worker the chance to start an independent step meanwhile.
+            let t = Instant::now();
+            while most.load(Ordering::SeqCst) < 3 && t.elapsed().as_millis() < 20 {
+                std::thread::yield_now();
+            }
+            running.fetch_sub(1, Ordering::SeqCst);
+            finished.lock().unwrap().push(step.id.clone());
+            Ok(json!({}))
+        };
+        let s = run_steps(&plan, &fake_opts(dir.path(), 3), exec).unwrap();
+        assert_eq!(s.executed.len(), plan.steps.len());
+        assert_eq!(finished.lock().unwrap().len(), plan.steps.len());
+        assert!(
+            most.load(Ordering::SeqCst) >= 2,
+            "never ran two steps at once"
+        );
+        for st in &plan.steps {
+            assert!(
+                read_record(dir.path(), &st.id).unwrap().is_some(),
+                "{}",
+                st.id
+            );
+        }
+    }
+
+    #[test]
+    fn after_a_failure_no_new_step_starts_and_the_error_names_the_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = Plan::new(preset::tiny()).unwrap();
+        let bad = ids::pretrain("objects", "moco-v2");
+        let started = Mutex::new(Vec::<String>::new());
+        let exec = |step: &Step, _: &RunOptions| -> Result<serde_json::Value> {
+            started.lock().unwrap().push(step.id.clone());
+            if step.id == bad {
+                anyhow::bail!("boom");
+            }
+            Ok(json!({}))
+        };
+        for jobs in [1, 2] {
+            let d = dir.path().join(jobs.to_string());
+            let e = format!(
+                "{:#}",
+                run_steps(&plan, &fake_opts(&d, jobs), exec).unwrap_err()
+            );
+            assert!(e.contains(&bad) && e.contains("boom"), "{e}");
+            let started = std::mem::take(&mut *started.lock().unwrap());
+            // Nothing that needs the failed step ran, and it left no record.
+            for st in &plan.steps {
+                if st
+                    .needs
+                    .contains(&plan.steps.iter().position(|s| s.id == bad).unwrap())
+                {
+                    assert!(
+                        !started.contains(&st.id),
+                        "{} ran after {bad} failed",
+                        st.id
+                    );
+                }
+            }
+            assert!(read_record(&d, &bad).unwrap().is_none());
+            if jobs == 1 {
+                // One job: the plan order, stopping at the failure.
+                let k = plan.steps.iter().position(|s| s.id == bad).unwrap();
+                let order: Vec<String> = plan.steps[..=k].iter().map(|s| s.id.clone()).collect();
+                assert_eq!(started, order);
+            }
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::*;
 
 /// The two downstream domains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Domain {
     Objects,
     Faces,
@@ -78,6 +78,103 @@ pub struct Step {
     /// One-line description for the progress output.
     pub title: String,
     pub action: Action,
+    /// Indices of the earlier steps whose outputs this step reads ([`Action::reads`] against
+    /// [`Action::writes`]; the figures need every earlier step). `--jobs N` runs a step once
+    /// these are done; with one job the plan order alone satisfies them.
+    pub needs: Vec<usize>,
+}
+
+/// What a step reads or writes, as the study's scheduler sees it: a dataset folder or a file,
+/// relative to the study folder.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Artefact {
+    Data(Domain),
+    AlignedObjects(String),
+    File(PathBuf),
+}
+
+impl Action {
+    /// The artefacts this action produces.
+    pub fn writes(&self) -> Vec<Artefact> {
+        match self {
+            Action::Synth(d) => vec![Artefact::Data(*d)],
+            Action::SynthAligned { alignment } => {
+                vec![Artefact::AlignedObjects(format!("{alignment:.2}"))]
+            }
+            Action::InitScratch { dir } | Action::Pretrain { dir, .. } => {
+                vec![Artefact::File(dir.join(BACKBONE))]
+            }
+            Action::Landmarks { dir } => vec![Artefact::File(
+                dir.join("landmarks").join("landmarks.safetensors"),
+            )],
+            Action::ExportInt8 { out, .. } => vec![Artefact::File(out.clone())],
+            Action::FewShot { .. }
+            | Action::BaseProbe { .. }
+            | Action::RuntimeFewShot { .. }
+            | Action::RuntimeMafl { .. }
+            | Action::FigureFewShot
+            | Action::FigureLandmarks
+            | Action::FigureAlignment => vec![],
+        }
+    }
+
+    /// The artefacts this action reads; `None` for the figures, which read the records of every
+    /// earlier step.
+    pub fn reads(&self) -> Option<Vec<Artefact>> {
+        let backbone = |dir: &Path| Artefact::File(dir.join(BACKBONE));
+        Some(match self {
+            Action::Synth(_) | Action::SynthAligned { .. } | Action::InitScratch { .. } => vec![],
+            Action::Pretrain { domain, .. } => vec![Artefact::Data(*domain)],
+            Action::FewShot { dir, alignment } => vec![
+                backbone(dir),
+                match alignment {
+                    None => Artefact::Data(Domain::Objects),
+                    Some(a) => Artefact::AlignedObjects(format!("{a:.2}")),
+                },
+            ],
+            Action::BaseProbe { dir } => vec![backbone(dir), Artefact::Data(Domain::Objects)],
+            Action::Landmarks { dir } => vec![backbone(dir), Artefact::Data(Domain::Faces)],
+            Action::ExportInt8 { domain, model, .. } => {
+                vec![Artefact::File(model.clone()), Artefact::Data(*domain)]
+            }
+            Action::RuntimeFewShot { model } => {
+                vec![
+                    Artefact::File(model.clone()),
+                    Artefact::Data(Domain::Objects),
+                ]
+            }
+            Action::RuntimeMafl { model } => {
+                vec![Artefact::File(model.clone()), Artefact::Data(Domain::Faces)]
+            }
+            Action::FigureFewShot | Action::FigureLandmarks | Action::FigureAlignment => {
+                return None
+            }
+        })
+    }
+}
+
+/// Each step's `needs`: the latest earlier writer of every artefact it reads (an artefact no
+/// step writes is an input from outside the study, e.g. a real dataset folder).
+fn link_needs(steps: &mut [Step]) {
+    let mut writer: std::collections::HashMap<Artefact, usize> = Default::default();
+    for i in 0..steps.len() {
+        let needs: Vec<usize> = match steps[i].action.reads() {
+            None => (0..i).collect(),
+            Some(reads) => {
+                let mut n: Vec<usize> = reads
+                    .iter()
+                    .filter_map(|a| writer.get(a).copied())
+                    .collect();
+                n.sort_unstable();
+                n.dedup();
+                n
+            }
+        };
+        steps[i].needs = needs;
+        for a in steps[i].action.writes() {
+            writer.insert(a, i);
+        }
+    }
 }
 
 /// Step identifiers: the one place they are spelled (the results tables look records up by them).
@@ -142,8 +239,14 @@ impl Plan {
     pub fn new(preset: Preset) -> Result<Plan> {
         preset.validate()?;
         let mut s = Vec::new();
-        let mut push =
-            |id: String, title: String, action: Action| s.push(Step { id, title, action });
+        let mut push = |id: String, title: String, action: Action| {
+            s.push(Step {
+                id,
+                title,
+                action,
+                needs: Vec::new(),
+            })
+        };
         for d in [Domain::Objects, Domain::Faces] {
             let synthetic = !matches!(data_source(&preset, d), DataSource::Folder(_));
             if synthetic {
@@ -299,6 +402,7 @@ impl Plan {
             "figure landmarks.png".into(),
             Action::FigureLandmarks,
         );
+        link_needs(&mut s);
         Ok(Plan { preset, steps: s })
     }
 }

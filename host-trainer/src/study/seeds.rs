@@ -338,6 +338,7 @@ pub fn run(preset: &Preset, n: usize, opts: &RunOptions) -> Result<(RunSummary, 
             device: opts.device.clone(),
             progress: opts.progress,
             stop_after: opts.stop_after,
+            jobs: opts.jobs,
         };
         let done = super::run(&plan, &sub)?;
         total.executed.extend(done.executed);
