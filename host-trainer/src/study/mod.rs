@@ -157,7 +157,7 @@ where
             });
             let Some(i) = ready else {
                 if g.state.iter().all(|&s| s != State::Running) {
-                    if g.state.iter().any(|&s| s == State::ToDo) {
+                    if g.state.contains(&State::ToDo) {
                         g.error = Some(anyhow::anyhow!(
                             "study plan: no step can run, but some are not done (a step needs a later one)"
                         ));

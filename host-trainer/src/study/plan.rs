@@ -157,8 +157,8 @@ impl Action {
 /// step writes is an input from outside the study, e.g. a real dataset folder).
 fn link_needs(steps: &mut [Step]) {
     let mut writer: std::collections::HashMap<Artefact, usize> = Default::default();
-    for i in 0..steps.len() {
-        let needs: Vec<usize> = match steps[i].action.reads() {
+    for (i, step) in steps.iter_mut().enumerate() {
+        step.needs = match step.action.reads() {
             None => (0..i).collect(),
             Some(reads) => {
                 let mut n: Vec<usize> = reads
@@ -170,8 +170,7 @@ fn link_needs(steps: &mut [Step]) {
                 n
             }
         };
-        steps[i].needs = needs;
-        for a in steps[i].action.writes() {
+        for a in step.action.writes() {
             writer.insert(a, i);
         }
     }
