@@ -272,7 +272,15 @@ fn imported_backbone_exports_and_evaluates() {
         "centroid",
         "--json",
     ]);
-    assert!(out.contains("accuracy") || out.contains("acc"), "{out}");
+    let r: Value = serde_json::from_str(out.trim()).unwrap();
+    let res = r["results"].as_array().unwrap();
+    assert_eq!(res.len(), 1, "{r}");
+    assert_eq!(
+        (res[0]["shot"].as_u64(), res[0]["episodes"].as_u64()),
+        (Some(1), Some(5))
+    );
+    let acc = res[0]["accuracy"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&acc), "{r}");
 }
 
 /// An imported torchvision backbone (ImageNet stem: 7×7/2 conv, 3×3/2 max-pool) fine-tunes on

@@ -397,9 +397,10 @@ mod tests {
             }
             let now = running.fetch_add(1, Ordering::SeqCst) + 1;
             most.fetch_max(now, Ordering::SeqCst);
-            // Give another worker the chance to start an independent step meanwhile.
+            // Until two steps have overlapped once, give another worker the chance to start an
+            // independent step meanwhile (the two synth steps are ready together at the start).
             let t = Instant::now();
-            while most.load(Ordering::SeqCst) < 3 && t.elapsed().as_millis() < 20 {
+            while most.load(Ordering::SeqCst) < 2 && t.elapsed().as_millis() < 500 {
                 std::thread::yield_now();
             }
             running.fetch_sub(1, Ordering::SeqCst);

@@ -93,14 +93,20 @@ pub enum Artefact {
     File(PathBuf),
 }
 
+impl Artefact {
+    /// The sweep's objects at `alignment`, keyed as their folder is named
+    /// ([`aligned_objects_dir`]).
+    fn aligned(alignment: f64) -> Artefact {
+        Artefact::AlignedObjects(format!("{alignment:.2}"))
+    }
+}
+
 impl Action {
     /// The artefacts this action produces.
     pub fn writes(&self) -> Vec<Artefact> {
         match self {
             Action::Synth(d) => vec![Artefact::Data(*d)],
-            Action::SynthAligned { alignment } => {
-                vec![Artefact::AlignedObjects(format!("{alignment:.2}"))]
-            }
+            Action::SynthAligned { alignment } => vec![Artefact::aligned(*alignment)],
             Action::InitScratch { dir } | Action::Pretrain { dir, .. } => {
                 vec![Artefact::File(dir.join(BACKBONE))]
             }
@@ -129,7 +135,7 @@ impl Action {
                 backbone(dir),
                 match alignment {
                     None => Artefact::Data(Domain::Objects),
-                    Some(a) => Artefact::AlignedObjects(format!("{a:.2}")),
+                    Some(a) => Artefact::aligned(*a),
                 },
             ],
             Action::BaseProbe { dir } => vec![backbone(dir), Artefact::Data(Domain::Objects)],
