@@ -230,6 +230,7 @@ fn build(stage: &Path, work: &Path) -> Result<f64> {
         device: device.clone(),
         stop_after: None,
         progress: false,
+        probe_queue_every: 0,
     };
     let summary = pretrain::pretrain(&req, &opts).context("pretraining the backbone")?;
     let backbone = run_dir.join(pretrain::BACKBONE);

@@ -57,6 +57,7 @@ fn opts(out: &Path, stop_after: Option<usize>) -> RunOptions {
         device: Device::Cpu,
         stop_after,
         progress: false,
+        probe_queue_every: 0,
     }
 }
 
@@ -215,4 +216,86 @@ fn the_cli_rejects_bad_pretraining_requests() {
         );
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+}
+
+fn epoch_probes(out: &Path) -> Vec<Option<pretrain::QueueProbe>> {
+    std::fs::read_to_string(out.join(METRICS))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<MetricsLine>(l).unwrap())
+        .filter(|m| m.kind == "epoch")
+        .map(|m| m.queue_probe)
+        .collect()
+}
+
+#[test]
+fn the_queue_probe_rebuilds_the_queue_exactly_and_changes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("objects");
+    tiny_objects(&data);
+    let probing = |out: &Path, every| RunOptions {
+        probe_queue_every: every,
+        ..opts(out, None)
+    };
+    // 54 training images in batches of 20: 2 steps per epoch, so the queue (K = 20, one batch)
+    // holds the last batch and the first is the probe.
+    // A key encoder that never moves (m = 1): the re-encoded queue is the training queue, bit
+    // for bit, so both losses and accuracies agree exactly — for MoCo and for Exemplar's mask.
+    for method in ["moco-v2", "exemplar-v2"] {
+        let out = d.path().join(format!("{method}-frozen"));
+        let req = PretrainRequest {
+            ema_momentum: Some(1.0),
+            queue: Some(20),
+            ..request(method, &data, 3)
+        };
+        let s = pretrain::pretrain(&req, &probing(&out, 1)).unwrap();
+        let probes = epoch_probes(&out);
+        assert_eq!(probes.len(), 3);
+        for p in &probes {
+            let p = p.expect("a probe every epoch");
+            assert!(
+                p.loss_stale.is_finite() && p.chance > 0.0,
+                "{method}: {p:?}"
+            );
+            assert_eq!(p.loss_fresh, p.loss_stale, "{method}: {p:?}");
+            assert_eq!(p.top1_fresh, p.top1_stale, "{method}: {p:?}");
+        }
+        assert_eq!(s.queue_probe, probes[2], "{method}: summary = last probe");
+    }
+    // A key encoder that moves fast, batches of 10 (5 steps, the queue holds the last 2): the
+    // older of the queue's batches was encoded one EMA step before the positive, and the probe
+    // sees it. And the probe changes nothing: the run with it ends byte-identical
+    // to the run without it.
+    let fast = PretrainRequest {
+        lr: Some(0.3),
+        ema_momentum: Some(0.9),
+        batch_size: 10,
+        queue: Some(20),
+        ..request("moco-v2", &data, 4)
+    };
+    let with = d.path().join("probed");
+    let without = d.path().join("plain");
+    pretrain::pretrain(&fast, &probing(&with, 2)).unwrap();
+    pretrain::pretrain(&fast, &opts(&without, None)).unwrap();
+    let probes = epoch_probes(&with);
+    assert!(
+        probes[0].is_none() && probes[2].is_none(),
+        "every 2nd epoch"
+    );
+    let moved: Vec<_> = [probes[1], probes[3]].into_iter().flatten().collect();
+    assert_eq!(moved.len(), 2);
+    assert!(
+        moved.iter().all(|p| p.loss_fresh != p.loss_stale),
+        "{moved:?}"
+    );
+    for f in [LAST, BACKBONE] {
+        assert!(
+            std::fs::read(with.join(f)).unwrap() == std::fs::read(without.join(f)).unwrap(),
+            "{f}: the probe changed the run"
+        );
+    }
+    // Supervised runs have no queue.
+    let sup = d.path().join("supervised");
+    let s = pretrain::pretrain(&request("supervised", &data, 1), &probing(&sup, 1)).unwrap();
+    assert!(s.queue_probe.is_none());
 }

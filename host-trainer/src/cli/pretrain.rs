@@ -93,6 +93,12 @@ pub struct PretrainArgs {
     /// No progress bars or per-epoch lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// MoCo/Exemplar diagnostic: after every N epochs (and the last), score one batch against the
+    /// queue as training left it and against the same key views re-encoded by the current key
+    /// encoder, into metrics.jsonl and the summary (`queue_probe`). 0 = off. Changes nothing in
+    /// the run.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub probe_queue_every: usize,
 }
 
 /// Run (or resume) a pretraining job and print its summary.
@@ -116,6 +122,7 @@ pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
         device,
         stop_after: a.stop_after,
         progress: !a.quiet,
+        probe_queue_every: a.probe_queue_every,
     };
     let summary = if let Some(dir) = &a.resume {
         pretrain::resume(dir, a.epochs_set.then_some(a.epochs), &opts)?

@@ -61,6 +61,7 @@ pub(super) fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Val
                 device: opts.device.clone(),
                 stop_after: opts.stop_after,
                 progress: opts.progress,
+                probe_queue_every: 0,
             };
             let summary = if dir.join(LAST).is_file() {
                 eprintln!("  resuming {} from {LAST}", dir.display());

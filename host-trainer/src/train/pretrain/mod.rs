@@ -30,10 +30,12 @@ use crate::model::{LoadOptions, ResNet};
 
 mod bench;
 mod config;
+mod probe;
 mod trainer;
 
 pub use bench::{StepBench, StepTiming};
 pub use config::{PretrainConfig, PretrainRequest};
+pub use probe::QueueProbe;
 use trainer::Trainer;
 
 /// File names inside `--out`.
@@ -48,6 +50,9 @@ pub struct RunOptions {
     /// Stop after this many epochs of this invocation (the run stays resumable).
     pub stop_after: Option<usize>,
     pub progress: bool,
+    /// Run the queue-staleness probe ([`QueueProbe`]) after every this-many epochs and after the
+    /// last; 0 = never. A diagnostic: it changes nothing in the run.
+    pub probe_queue_every: usize,
 }
 
 /// What a finished (or stopped) invocation reports.
@@ -77,6 +82,9 @@ pub struct PretrainSummary {
     /// √(p(1−p)/knn_queries)).
     #[serde(default)]
     pub knn_queries: usize,
+    /// The queue-staleness probe after the last epoch, when it ran ([`RunOptions::probe_queue_every`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_probe: Option<QueueProbe>,
     pub images_per_sec: f64,
     pub backbone: Option<PathBuf>,
     pub wall_seconds: f64,
@@ -96,6 +104,9 @@ pub struct MetricsLine {
     pub train_top1: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub knn_top1: Option<f64>,
+    /// Epoch lines: the queue-staleness probe, on the epochs it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_probe: Option<QueueProbe>,
 }
 
 /// Start a new run in `opts.out` (which must not hold one already).
@@ -163,6 +174,7 @@ fn run_epochs(mut tr: Trainer, data: PretrainData, opts: &RunOptions) -> Result<
         knn_chance: 100.0 / data.num_classes().max(1) as f64,
         knn_init_top1: None,
         knn_queries: 0,
+        queue_probe: None,
         images_per_sec: 0.0,
         backbone: None,
         wall_seconds: 0.0,
@@ -182,7 +194,7 @@ fn run_epochs(mut tr: Trainer, data: PretrainData, opts: &RunOptions) -> Result<
             drop_last: true,
             ..LoaderSpec::new(cfg.batch_size, views.clone(), cfg.seed, epoch as u64)
         };
-        let loader = Loader::new(train_src.clone(), order, spec)?;
+        let loader = Loader::new(train_src.clone(), order.clone(), spec)?;
         let bar = progress_bar(
             opts.progress,
             loader.num_batches() as u64,
@@ -212,6 +224,7 @@ fn run_epochs(mut tr: Trainer, data: PretrainData, opts: &RunOptions) -> Result<
                     images_per_sec: ips,
                     train_top1: 100.0 * acc,
                     knn_top1: None,
+                    queue_probe: None,
                 };
                 fsutil::append_line(&metrics_path, &serde_json::to_string(&line)?)?;
                 bar.set_message(format!("loss {loss:.4} lr {lr:.4} {ips:.1} img/s"));
@@ -224,6 +237,12 @@ fn run_epochs(mut tr: Trainer, data: PretrainData, opts: &RunOptions) -> Result<
         train_time += secs;
         let knn_top1 = if cfg.knn_images > 0 && !data.heldout.is_empty() {
             Some(knn_monitor(&tr.encoder, &tr.device, &data, &cfg)?)
+        } else {
+            None
+        };
+        let every = opts.probe_queue_every;
+        let queue_probe = if every > 0 && ((epoch + 1) % every == 0 || epoch + 1 == cfg.epochs) {
+            tr.probe_queue(&train_src, &views, epoch, &order)?
         } else {
             None
         };
@@ -241,6 +260,7 @@ fn run_epochs(mut tr: Trainer, data: PretrainData, opts: &RunOptions) -> Result<
             images_per_sec: ips,
             train_top1: 100.0 * acc_sum / n.max(1) as f64,
             knn_top1,
+            queue_probe,
         };
         fsutil::append_line(&metrics_path, &serde_json::to_string(&line)?)?;
         if opts.progress {
@@ -256,6 +276,7 @@ fn run_epochs(mut tr: Trainer, data: PretrainData, opts: &RunOptions) -> Result<
         summary.final_loss = mean_loss;
         summary.chance_loss = chance_sum / n.max(1) as f64;
         summary.knn_top1 = knn_top1;
+        summary.queue_probe = queue_probe;
         summary.epochs_done = epoch + 1;
     }
     // Batches are dropped when short, so every epoch sees the same number of images.

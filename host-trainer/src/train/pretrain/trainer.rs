@@ -231,23 +231,13 @@ impl Trainer {
                 ema_update(&key.encoder.named_params(), &self.encoder.named_params(), m)?;
                 ema_update(&key.head.named_vars(), &head.named_vars(), m)?;
                 let xk = batch.view_tensor(1, &self.device)?;
-                let k = if groups > 1 {
-                    let sh = ShuffleBn::for_step(
-                        self.cfg.seed,
-                        epoch as u64,
-                        step_in_epoch,
-                        xk.dim(0)?,
-                        groups,
-                    )?;
-                    let e = key
-                        .head
-                        .forward(&key.encoder.forward_features(&sh.shuffle(&xk)?, mode)?)?;
-                    sh.unshuffle(&e)?
-                } else {
-                    key.head
-                        .forward(&key.encoder.forward_features(&xk, mode)?)?
-                }
-                .detach();
+                let k = key_embeddings(
+                    &key.encoder,
+                    &key.head,
+                    &xk,
+                    groups,
+                    (self.cfg.seed, epoch as u64, step_in_epoch),
+                )?;
                 let exemplar_labels =
                     matches!(self.method, Method::Exemplar(_)).then_some(labels.as_slice());
                 let chance = chance_loss(key.queue.labels(), exemplar_labels);
@@ -277,6 +267,28 @@ impl Trainer {
         self.global_step += 1;
         Ok(())
     }
+}
+
+/// The keys of a batch's key view, as step 3 of MoCo computes them: the batch shuffled across
+/// the `groups` BN groups by the permutation of training step `(seed, epoch, step)`, encoded,
+/// projected and un-shuffled; detached (the key side never gets gradients). One place, so that
+/// the queue probe re-encodes keys exactly as training encoded them.
+pub(super) fn key_embeddings(
+    encoder: &ResNet,
+    head: &Head,
+    xk: &Tensor,
+    groups: usize,
+    (seed, epoch, step): (u64, u64, u64),
+) -> Result<Tensor> {
+    let mode = BnMode::Train { groups };
+    let k = if groups > 1 {
+        let sh = ShuffleBn::for_step(seed, epoch, step, xk.dim(0)?, groups)?;
+        let e = head.forward(&encoder.forward_features(&sh.shuffle(xk)?, mode)?)?;
+        sh.unshuffle(&e)?
+    } else {
+        head.forward(&encoder.forward_features(xk, mode)?)?
+    };
+    Ok(k.detach())
 }
 
 /// What the forward half of a step hands to the backward half.
