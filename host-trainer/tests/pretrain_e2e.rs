@@ -61,14 +61,18 @@ fn opts(out: &Path, stop_after: Option<usize>) -> RunOptions {
     }
 }
 
-fn epoch_losses(out: &Path) -> Vec<f64> {
+/// The `epoch` lines of a run's metrics.jsonl.
+fn epoch_lines(out: &Path) -> Vec<MetricsLine> {
     std::fs::read_to_string(out.join(METRICS))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<MetricsLine>(l).unwrap())
         .filter(|m| m.kind == "epoch")
-        .map(|m| m.loss)
         .collect()
+}
+
+fn epoch_losses(out: &Path) -> Vec<f64> {
+    epoch_lines(out).iter().map(|m| m.loss).collect()
 }
 
 #[test]
@@ -219,13 +223,7 @@ fn the_cli_rejects_bad_pretraining_requests() {
 }
 
 fn epoch_probes(out: &Path) -> Vec<Option<pretrain::QueueProbe>> {
-    std::fs::read_to_string(out.join(METRICS))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<MetricsLine>(l).unwrap())
-        .filter(|m| m.kind == "epoch")
-        .map(|m| m.queue_probe)
-        .collect()
+    epoch_lines(out).iter().map(|m| m.queue_probe).collect()
 }
 
 #[test]

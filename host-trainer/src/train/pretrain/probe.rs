@@ -23,9 +23,9 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::trainer::{key_embeddings, Trainer};
-use crate::augment::loader::{load_batch, ImageSource};
+use crate::augment::loader::{load_batch, Batch, ImageSource};
 use crate::augment::AugmentConfig;
-use crate::method::contrastive::{chance_loss, contrastive_loss};
+use crate::method::contrastive::{chance_loss, contrastive_loss, l2_normalize};
 use crate::method::queue::LabelQueue;
 use crate::method::Method;
 use crate::model::{BnMode, ResNet};
@@ -73,6 +73,8 @@ impl Trainer {
             Ok(c)
         };
         let (enc_q, enc_k) = (copy(&self.encoder)?, copy(&key.encoder)?);
+        let labels_of =
+            |batch: &Batch| -> Vec<i64> { batch.labels.iter().map(|&l| l as i64).collect() };
         let batch_at = |s: usize| {
             load_batch(&**source, &order[s * b..(s + 1) * b], views, seed, e)
                 .with_context(|| format!("queue probe: rebuilding batch {s} of epoch {epoch}"))
@@ -84,9 +86,7 @@ impl Trainer {
             let batch = batch_at(s)?;
             let xk = batch.view_tensor(1, &self.device)?;
             let keys = key_embeddings(&enc_k, &key.head, &xk, groups, (seed, e, s as u64))?;
-            let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
-            let keys = crate::method::contrastive::l2_normalize(&keys)?;
-            fresh.enqueue(&keys, Some(&labels))?;
+            fresh.enqueue(&l2_normalize(&keys)?, Some(&labels_of(&batch)))?;
         }
 
         let probe = batch_at(0)?;
@@ -96,7 +96,7 @@ impl Trainer {
             .forward(&enc_q.forward_features(&xq, BnMode::Train { groups })?)?
             .detach();
         let k = key_embeddings(&enc_k, &key.head, &xk, groups, (seed, e, 0))?;
-        let labels: Vec<i64> = probe.labels.iter().map(|&l| l as i64).collect();
+        let labels = labels_of(&probe);
         let ys = matches!(self.method, Method::Exemplar(_)).then_some(labels.as_slice());
         let score = |queue: &LabelQueue| -> Result<(f64, f64)> {
             let out = contrastive_loss(&q, &k, queue, ys, self.cfg.tau)?;
