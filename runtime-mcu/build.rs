@@ -5,7 +5,7 @@
 //!   (the models that fit it). `qemu-an386` (the default, and the board `scripts/mcu.sh` runs
 //!   under QEMU) or `stm32f411`.
 //! * `MCU_MODELS`: overrides the board's `models` (names separated by spaces or commas, from
-//!   `landmark`, `fewshot`, `resnet8`).
+//!   `landmark`, `fewshot`, `resnet8`, `tiny-landmark`, `tiny-fewshot`).
 //!
 //! Each selected model becomes `cfg(mcu_model = "<name>")`: the firmware embeds only those
 //! fixtures and runs only their part of the program. Environment variables and cfgs leave the
@@ -13,12 +13,22 @@
 use std::{env, fs, path::PathBuf};
 
 const DEFAULT_BOARD: &str = "qemu-an386";
-const MODELS: [&str; 3] = ["landmark", "fewshot", "resnet8"];
+/// The builder-made random-weight models (`fixtures/mcu/`), then the training pipeline's
+/// exported int8 models (`fixtures/tiny/*-int8.safetensors`, inputs in `fixtures/mcu/`).
+const MODELS: [&str; 5] = [
+    "landmark",
+    "fewshot",
+    "resnet8",
+    "tiny-landmark",
+    "tiny-fewshot",
+];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=MCU_BOARD");
     println!("cargo:rerun-if-env-changed=MCU_MODELS");
     println!("cargo:rerun-if-changed=../fixtures/mcu");
+    println!("cargo:rerun-if-changed=../fixtures/tiny/landmarks-int8.safetensors");
+    println!("cargo:rerun-if-changed=../fixtures/tiny/backbone-int8.safetensors");
     println!(
         "cargo::rustc-check-cfg=cfg(mcu_model, values(\"{}\"))",
         MODELS.join("\", \"")

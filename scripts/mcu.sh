@@ -28,7 +28,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TARGET=thumbv7em-none-eabihf
 BOARDS="$ROOT/runtime-mcu/boards"
 QEMU_BOARD=qemu-an386
-ALL_MODELS="landmark fewshot resnet8"
+ALL_MODELS="landmark fewshot resnet8 tiny-landmark tiny-fewshot"
 MCU_TIMEOUT="${MCU_TIMEOUT:-300}"
 export PATH="$HOME/.cargo/bin:$PATH"
 
@@ -190,7 +190,7 @@ boards() {
         if ! elf="$(build "$board" 2>"$err")"; then
             cat "$err" >&2
             log "board $board: build FAILED (models: $models): see the linker error above"
-            summary+="$(printf '%-12s %-26s %s' "$board" "${models// /+}" \
+            summary+="$(printf '%-12s %-50s %s' "$board" "${models// /+}" \
                 "BUILD FAILED: $(why_not "$err")")"$'\n'
             rc=1
             continue
@@ -205,14 +205,14 @@ boards() {
                 cp "$elf" "$tgt/$board-all.elf"
                 summary+="$(board_line "$board" "$ALL_MODELS" "$tgt/$board-all.elf") (fits: add to its models?)"$'\n'
             else
-                summary+="$(printf '%-12s %-26s %s' "$board" "${ALL_MODELS// /+}" \
+                summary+="$(printf '%-12s %-50s %s' "$board" "${ALL_MODELS// /+}" \
                     "does not fit: $(why_not "$err")")"$'\n'
             fi
         fi
     done
     rm -f "$err"
     echo "=== boards: flash and static RAM used / capacity (stack gets the rest of RAM; the maps keep 32 KiB for it) ==="
-    printf '%-12s %-26s %-24s %-24s %s\n' board models flash RAM "stack room"
+    printf '%-12s %-50s %-24s %-24s %s\n' board models flash RAM "stack room"
     printf '%s' "$summary"
     return "$rc"
 }
@@ -234,7 +234,7 @@ board_line() {
     ram="$(awk '$1 ~ /^\.(data|bss|uninit)$/ { s += $2 } END { print s + 0 }' <<<"$secs")"
     fc="$(region_bytes "$BOARDS/$board/memory.x" FLASH)"
     rc="$(region_bytes "$BOARDS/$board/memory.x" RAM)"
-    printf '%-12s %-26s %-24s %-24s %s' "$board" "${models// /+}" \
+    printf '%-12s %-50s %-24s %-24s %s' "$board" "${models// /+}" \
         "$flash / $fc ($(((200 * flash / fc + 1) / 2))%)" "$ram / $rc ($(((200 * ram / rc + 1) / 2))%)" \
         "$((rc - ram))"
 }

@@ -35,10 +35,17 @@ pub fn predict_on_crop(runner: &mut Runner, crop: &RgbImage) -> Result<Landmarks
 /// Predicts landmarks on a whole aligned face image (cropped here as MAFL evaluation does);
 /// points in the given image's pixels.
 pub fn predict_on_aligned(runner: &mut Runner, img: &RgbImage) -> Result<Landmarks> {
-    let (x0, y0, side) = mafl_crop_window(img.width(), img.height());
-    let crop = image::imageops::crop_imm(img, x0, y0, side, side).to_image();
+    let (crop, x0, y0) = aligned_crop(img);
     let l = predict_on_crop(runner, &crop)?;
     Ok(l.map(|[x, y]| [x + x0 as f32, y + y0 as f32]))
+}
+
+/// The MAFL square crop of a whole aligned face image, what [`predict_on_aligned`] gives the
+/// model (through [`predict_on_crop`]), and its offset `(x0, y0)` in the image.
+pub fn aligned_crop(img: &RgbImage) -> (RgbImage, u32, u32) {
+    let (x0, y0, side) = mafl_crop_window(img.width(), img.height());
+    let crop = image::imageops::crop_imm(img, x0, y0, side, side).to_image();
+    (crop, x0, y0)
 }
 
 /// Landmarks as runtime-core points (for [`runtime_core::metrics::IodError`]).

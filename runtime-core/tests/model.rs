@@ -338,6 +338,44 @@ fn run_errors_are_typed() {
 }
 
 #[test]
+fn dequantize_output_reads_what_run_writes() {
+    // The arena's raw output, dequantised without a second run, equals `run`'s output bit for
+    // bit; wrong lengths and an f32 model are typed errors.
+    for seed in 0..5 {
+        let bytes = common::tiny(Dtype::Int8, seed).to_bytes().unwrap();
+        let m = Model::parse(&bytes).unwrap();
+        let input: Vec<f32> = (0..m.input_len())
+            .map(|i| ((i * 29 + seed as usize) % 23) as f32 / 11.0 - 1.0)
+            .collect();
+        let mut arena = vec![0u8; m.arena_bytes()];
+        let mut want = vec![0f32; m.output_len()];
+        m.load_input_f32(&input, &mut arena).unwrap();
+        m.run(&mut arena, &mut want).unwrap();
+        let mut got = vec![0f32; m.output_len()];
+        m.load_input_f32(&input, &mut arena).unwrap();
+        let y = m.run_i8_in_arena(&mut arena).unwrap();
+        m.dequantize_output(y, &mut got).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want));
+        assert!(matches!(
+            m.dequantize_output(&y[1..], &mut got),
+            Err(RunError::OutputLen { .. })
+        ));
+        assert!(matches!(
+            m.dequantize_output(y, &mut got[1..]),
+            Err(RunError::OutputLen { .. })
+        ));
+    }
+    let bytes = common::tiny(Dtype::F32, 0).to_bytes().unwrap();
+    let m = Model::parse(&bytes).unwrap();
+    let mut out = vec![0f32; m.output_len()];
+    assert_eq!(
+        m.dequantize_output(&vec![0i8; m.output_len()], &mut out),
+        Err(RunError::WrongDtype)
+    );
+}
+
+#[test]
 fn preprocess_quantises_like_the_formula() {
     let bytes = common::tiny(Dtype::Int8, 0).to_bytes().unwrap();
     let m = Model::parse(&bytes).unwrap();

@@ -8,7 +8,11 @@
 //! The program: landmark prediction on each landmark image, then one few-shot episode (backbone
 //! features for support and query images, the linear classifier fitted on the device with the
 //! paper's SGD recipe, nearest-centroid as a second head), then one MLPerf-Tiny ResNet-8
-//! inference for the footprint report.
+//! inference for the footprint report — all on builder-made random-weight models and RGB8
+//! images. Then the same landmark and few-shot parts again with the models the training
+//! pipeline exported (`fixtures/tiny/*-int8.safetensors`) on inputs runtime-cli's preprocessing
+//! made from the fixture images on the host (`fixtures/mcu/tiny-inputs.bin`); their result tags
+//! start with `tiny.`.
 
 use runtime_core::heads::centroid::NearestCentroid;
 use runtime_core::heads::landmarks::{self, N_LANDMARKS};
@@ -24,6 +28,9 @@ pub const MAX_DIM: usize = 64;
 pub const MAX_IMAGES: usize = 25;
 /// Seed of the on-device classifier fit (weights init and per-epoch permutations).
 pub const FIT_SEED: u64 = 0x5EED_F00D;
+/// Most values of a normalised (f32) input: 16×16×3, the pipeline models' input. They are
+/// decoded on the stack (3 KiB) before runtime-core quantises them into the arena.
+pub const MAX_NORMALISED: usize = 16 * 16 * 3;
 
 /// Which parts of the program a build runs: all of them on the host and in the QEMU firmware; a
 /// board with less flash leaves models out (`runtime-mcu/README.md` "Boards") and their parts.
@@ -35,6 +42,10 @@ pub struct Parts {
     pub fewshot: bool,
     /// The MLPerf-Tiny ResNet-8 inference.
     pub resnet8: bool,
+    /// Landmark prediction with the pipeline's exported int8 landmark model.
+    pub tiny_landmark: bool,
+    /// The few-shot episode with the pipeline's exported int8 backbone.
+    pub tiny_fewshot: bool,
 }
 
 impl Parts {
@@ -43,6 +54,8 @@ impl Parts {
         landmark: true,
         fewshot: true,
         resnet8: true,
+        tiny_landmark: true,
+        tiny_fewshot: true,
     };
 }
 
@@ -53,7 +66,14 @@ pub struct Fixtures<'a> {
     pub landmark: &'a [u8],
     pub backbone: &'a [u8],
     pub resnet8: &'a [u8],
+    /// RGB8 images (`images.bin`) for the three models above.
     pub images: &'a [u8],
+    /// `fixtures/tiny/landmarks-int8.safetensors`, the pipeline's landmark model.
+    pub tiny_landmark: &'a [u8],
+    /// `fixtures/tiny/backbone-int8.safetensors`, the pipeline's backbone.
+    pub tiny_backbone: &'a [u8],
+    /// Normalised inputs (`tiny-inputs.bin`) for the two pipeline models.
+    pub tiny_inputs: &'a [u8],
 }
 
 /// Where results and measurements go: defmt on the MCU, strings on the host.
@@ -67,10 +87,11 @@ pub trait Platform {
     fn reset_heap_peak(&mut self);
     /// Peak heap bytes since the last reset.
     fn heap_peak(&mut self) -> u64;
-    /// A result to compare bit for bit: a tag, an index, integer values.
-    fn result(&mut self, tag: &str, idx: usize, values: &[u32]);
+    /// A result to compare bit for bit: a tag (`prefix` then `tag`, e.g. `""` + `lm_out` or
+    /// `"tiny."` + `lm_out`), an index, integer values.
+    fn result(&mut self, prefix: &str, tag: &str, idx: usize, values: &[u32]);
     /// The same for f32 values, which are printed as their bit patterns.
-    fn result_f32(&mut self, tag: &str, idx: usize, values: &[f32]);
+    fn result_f32(&mut self, prefix: &str, tag: &str, idx: usize, values: &[f32]);
     /// A measurement for the footprint report (`model.key value`); not compared.
     fn footprint(&mut self, model: &str, key: &str, value: u64);
 }
@@ -82,8 +103,8 @@ pub enum AppError {
     Images(&'static str),
     /// A model failed to load.
     Model(&'static str, ModelError),
-    /// A model is not an int8 model over the images' shape, or its output is too long for the
-    /// heads' fixed capacity.
+    /// A model is not an int8 model over the images' shape, or its input or output is too long
+    /// for the program's fixed capacity.
     Shape(&'static str),
     /// The static arena is smaller than the model's plan.
     Arena {
@@ -98,14 +119,36 @@ pub enum AppError {
 }
 
 const IMAGES_MAGIC: &[u8; 8] = b"RTIMG1\0\0";
+const NORMALISED_MAGIC: &[u8; 8] = b"RTNRM1\0\0";
 const IMAGES_HEADER: usize = 16;
 
-/// `images.bin`: 8-byte magic `RTIMG1\0\0`, then bytes `h, w, c, n_landmark, n_way, n_shot,
-/// n_query, 0`, then RGB8 HWC images: the landmark images, the support images (class-major:
-/// class 0 shots, class 1 shots, …), the query images (class-major). Labels are implied by the
-/// order, so the file cannot disagree with itself.
+/// What an image file holds per value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Encoding {
+    /// RGB8 pixels, normalised and quantised on the device (`Model::preprocess_rgb8`).
+    Rgb8,
+    /// Model inputs already resized and normalised on the host (`(p/255 − mean)/std`, HWC),
+    /// f32 little-endian; the device quantises them (`Model::load_input_f32`), as runtime-cli
+    /// does with the inputs its preprocessing makes.
+    Normalised,
+}
+
+/// One image of a file, as stored.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    Rgb8(&'a [u8]),
+    /// f32 little-endian values.
+    Normalised(&'a [u8]),
+}
+
+/// `images.bin` / `tiny-inputs.bin`: 8-byte magic (`RTIMG1\0\0`: RGB8 pixels; `RTNRM1\0\0`:
+/// normalised f32 LE values, see [`Encoding`]), then bytes `h, w, c, n_landmark, n_way, n_shot,
+/// n_query, 0`, then HWC images: the landmark images, the support images (class-major: class 0
+/// shots, class 1 shots, …), the query images (class-major). Labels are implied by the order,
+/// so the file cannot disagree with itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Images<'a> {
+    pub encoding: Encoding,
     pub h: usize,
     pub w: usize,
     pub c: usize,
@@ -117,13 +160,19 @@ pub struct Images<'a> {
 }
 
 impl<'a> Images<'a> {
-    /// Parses and checks `images.bin`.
+    /// Parses and checks `images.bin` or `tiny-inputs.bin`.
     pub fn parse(b: &'a [u8]) -> Result<Self, AppError> {
-        if b.len() < IMAGES_HEADER || &b[..8] != IMAGES_MAGIC {
-            return Err(AppError::Images("magic (expected RTIMG1)"));
+        let encoding = match b.get(..8) {
+            Some(m) if m == IMAGES_MAGIC => Encoding::Rgb8,
+            Some(m) if m == NORMALISED_MAGIC => Encoding::Normalised,
+            _ => return Err(AppError::Images("magic (expected RTIMG1 or RTNRM1)")),
+        };
+        if b.len() < IMAGES_HEADER {
+            return Err(AppError::Images("header"));
         }
         let f = |i: usize| b[8 + i] as usize;
         let im = Images {
+            encoding,
             h: f(0),
             w: f(1),
             c: f(2),
@@ -158,26 +207,34 @@ impl<'a> Images<'a> {
 
     /// Bytes per image.
     pub fn image_len(&self) -> usize {
-        self.h * self.w * self.c
+        let value_bytes = match self.encoding {
+            Encoding::Rgb8 => 1,
+            Encoding::Normalised => 4,
+        };
+        self.h * self.w * self.c * value_bytes
     }
 
-    fn image(&self, k: usize) -> &'a [u8] {
+    fn image(&self, k: usize) -> Input<'a> {
         let n = self.image_len();
-        &self.pixels[k * n..(k + 1) * n]
+        let b = &self.pixels[k * n..(k + 1) * n];
+        match self.encoding {
+            Encoding::Rgb8 => Input::Rgb8(b),
+            Encoding::Normalised => Input::Normalised(b),
+        }
     }
 
     /// Landmark image `i`.
-    pub fn landmark(&self, i: usize) -> &'a [u8] {
+    pub fn landmark(&self, i: usize) -> Input<'a> {
         self.image(i)
     }
 
     /// Support image `s` (class-major) and its label.
-    pub fn support(&self, s: usize) -> (&'a [u8], u8) {
+    pub fn support(&self, s: usize) -> (Input<'a>, u8) {
         (self.image(self.n_landmark + s), (s / self.n_shot) as u8)
     }
 
     /// Query image `q` (class-major) and its label.
-    pub fn query(&self, q: usize) -> (&'a [u8], u8) {
+    pub fn query(&self, q: usize) -> (Input<'a>, u8) {
         (
             self.image(self.n_landmark + self.n_way * self.n_shot + q),
             (q / self.n_query) as u8,
@@ -195,8 +252,48 @@ pub fn encode_images(
     n_query: u8,
     images: &[&[u8]],
 ) -> alloc::vec::Vec<u8> {
+    encode(
+        IMAGES_MAGIC,
+        shape,
+        n_landmark,
+        n_way,
+        n_shot,
+        n_query,
+        images,
+    )
+}
+
+/// Writes `tiny-inputs.bin` (normalised f32 inputs, HWC, in file order; see [`Encoding`]).
+#[allow(dead_code)] // used by the host-side fixture generator only
+pub fn encode_normalised(
+    shape: [u8; 3],
+    n_landmark: u8,
+    n_way: u8,
+    n_shot: u8,
+    n_query: u8,
+    inputs: &[&[f32]],
+) -> alloc::vec::Vec<u8> {
+    let bytes: alloc::vec::Vec<alloc::vec::Vec<u8>> = inputs
+        .iter()
+        .map(|x| x.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let refs: alloc::vec::Vec<&[u8]> = bytes.iter().map(|v| v.as_slice()).collect();
+    let (m, s) = (NORMALISED_MAGIC, shape);
+    encode(m, s, n_landmark, n_way, n_shot, n_query, &refs)
+}
+
+#[allow(dead_code)] // used by the host-side fixture generator only
+fn encode(
+    magic: &[u8; 8],
+    shape: [u8; 3],
+    n_landmark: u8,
+    n_way: u8,
+    n_shot: u8,
+    n_query: u8,
+    images: &[&[u8]],
+) -> alloc::vec::Vec<u8> {
     let mut v = alloc::vec::Vec::new();
-    v.extend_from_slice(IMAGES_MAGIC);
+    v.extend_from_slice(magic);
     v.extend_from_slice(&[
         shape[0], shape[1], shape[2], n_landmark, n_way, n_shot, n_query, 0,
     ]);
@@ -239,27 +336,48 @@ fn load<'m, P: Platform>(
     Ok(m)
 }
 
-/// Preprocesses one RGB8 image and runs the model; the output goes to `out` (dequantised).
+/// Quantises a normalised f32 LE input into the arena's input slot with runtime-core's
+/// `load_input_f32` (runtime-cli's path). Not inlined: the 3 KiB decode buffer lives on the stack
+/// only during this call, never under the graph's run.
+#[inline(never)]
+fn load_normalised(m: &Model, b: &[u8], arena: &mut [u8]) -> Result<(), RunError> {
+    let n = b.len() / 4;
+    let mut x = [0.0f32; MAX_NORMALISED];
+    let x = x.get_mut(..n).ok_or(RunError::InputLen {
+        expected: m.input_len(),
+        got: n,
+    })?;
+    for (v, q) in x.iter_mut().zip(b.chunks_exact(4)) {
+        *v = f32::from_le_bytes([q[0], q[1], q[2], q[3]]);
+    }
+    m.load_input_f32(x, arena)
+}
+
+/// Puts one input into the arena (RGB8: normalised and quantised; normalised: quantised) and
+/// runs the int8 graph once; the output is read from the arena and dequantised into `out`.
 /// The first call per model reports its instruction counts.
 fn infer<P: Platform>(
     p: &mut P,
     name: &'static str,
     m: &Model,
-    rgb: &[u8],
+    x: Input,
     arena: &mut [u8],
     out: &mut [f32],
     measure: bool,
 ) -> Result<(), AppError> {
     let t0 = p.now();
-    m.preprocess_rgb8(rgb, arena)
-        .map_err(|e| AppError::Run(name, e))?;
+    match x {
+        Input::Rgb8(rgb) => m.preprocess_rgb8(rgb, arena),
+        Input::Normalised(b) => load_normalised(m, b, arena),
+    }
+    .map_err(|e| AppError::Run(name, e))?;
     let t1 = p.now();
-    m.run_i8_in_arena(arena)
+    let y = m
+        .run_i8_in_arena(arena)
         .map_err(|e| AppError::Run(name, e))?;
     let t2 = p.now();
-    // `run` = the int8 graph again + dequantisation: the public way to get real outputs. The
-    // graph is deterministic, so the extra run only costs time (not measured).
-    m.run(arena, out).map_err(|e| AppError::Run(name, e))?;
+    m.dequantize_output(y, out)
+        .map_err(|e| AppError::Run(name, e))?;
     if measure {
         p.footprint(name, "preprocess_insns", t1 - t0);
         p.footprint(name, "infer_insns", t2 - t1);
@@ -267,106 +385,150 @@ fn infer<P: Platform>(
     Ok(())
 }
 
+/// Landmark prediction on each landmark image of `im` with model `name`; results tagged
+/// `prefix` + `lm_out` (the model's outputs) and `lm_px` (decoded points, input pixels).
+#[inline(never)]
+fn landmark_part<P: Platform>(
+    p: &mut P,
+    name: &'static str,
+    prefix: &str,
+    bytes: &[u8],
+    im: &Images,
+    arena: &mut [u8],
+) -> Result<(), AppError> {
+    let m = load(p, name, bytes, arena, im)?;
+    if m.output_len() != 2 * N_LANDMARKS {
+        return Err(AppError::Shape(name));
+    }
+    let mut out = [0.0f32; 2 * N_LANDMARKS];
+    for i in 0..im.n_landmark {
+        infer(p, name, &m, im.landmark(i), arena, &mut out, i == 0)?;
+        p.result_f32(prefix, "lm_out", i, &out);
+        let pts = landmarks::decode(&out, im.w, im.h).ok_or(AppError::Shape(name))?;
+        let mut xy = [0.0f32; 2 * N_LANDMARKS];
+        for (k, q) in pts.iter().enumerate() {
+            (xy[2 * k], xy[2 * k + 1]) = (q.x, q.y);
+        }
+        p.result_f32(prefix, "lm_px", i, &xy);
+    }
+    Ok(())
+}
+
+/// The few-shot episode of `im` with backbone `name`: features of every support and query
+/// image, the linear classifier fitted on the device (footprint `part.linear_fit_insns`) and
+/// nearest-centroid; results tagged `prefix` + `fs_…`.
+// Not inlined: `run` calls it twice, and two inlined copies could keep two sets of
+// feature buffers in its frame.
+#[inline(never)]
+fn fewshot_part<P: Platform>(
+    p: &mut P,
+    name: &'static str,
+    part: &'static str,
+    prefix: &str,
+    bytes: &[u8],
+    im: &Images,
+    arena: &mut [u8],
+) -> Result<(), AppError> {
+    let m = load(p, name, bytes, arena, im)?;
+    let dim = m.output_len();
+    if dim > MAX_DIM {
+        return Err(AppError::Shape(name));
+    }
+    let (n_sup, n_qry) = (im.n_way * im.n_shot, im.n_way * im.n_query);
+    let mut sup = [0.0f32; MAX_IMAGES * MAX_DIM];
+    let mut qry = [0.0f32; MAX_IMAGES * MAX_DIM];
+    let mut sup_labels = [0u8; MAX_IMAGES];
+    for s in 0..n_sup {
+        let (x, label) = im.support(s);
+        let f = &mut sup[s * dim..(s + 1) * dim];
+        infer(p, name, &m, x, arena, f, s == 0)?;
+        sup_labels[s] = label;
+        p.result_f32(prefix, "fs_support_feat", s, f);
+    }
+    for q in 0..n_qry {
+        let f = &mut qry[q * dim..(q + 1) * dim];
+        infer(p, name, &m, im.query(q).0, arena, f, false)?;
+        p.result_f32(prefix, "fs_query_feat", q, f);
+    }
+    let (sup, labels) = (&sup[..n_sup * dim], &sup_labels[..n_sup]);
+    let t0 = p.now();
+    let lin = LinearClassifier::<MAX_WAY, MAX_DIM>::fit(
+        sup,
+        labels,
+        im.n_way,
+        dim,
+        &SgdRecipe::default(),
+        FIT_SEED,
+    )
+    .map_err(AppError::Head)?;
+    let t1 = p.now();
+    let cen = NearestCentroid::<MAX_WAY, MAX_DIM>::fit(sup, labels, im.n_way, dim)
+        .map_err(AppError::Head)?;
+    p.footprint(part, "linear_fit_insns", t1 - t0);
+    let (mut pred_lin, mut pred_cen) = ([0u32; MAX_IMAGES], [0u32; MAX_IMAGES]);
+    let (mut ok_lin, mut ok_cen) = (0u32, 0u32);
+    for q in 0..n_qry {
+        let f = &qry[q * dim..(q + 1) * dim];
+        let label = im.query(q).1 as u32;
+        let mut s = [0.0f32; MAX_WAY];
+        lin.logits(f, &mut s).map_err(AppError::Head)?;
+        p.result_f32(prefix, "fs_linear_logits", q, &s[..im.n_way]);
+        cen.scores(f, &mut s).map_err(AppError::Head)?;
+        p.result_f32(prefix, "fs_centroid_cos", q, &s[..im.n_way]);
+        pred_lin[q] = lin.predict(f).map_err(AppError::Head)? as u32;
+        pred_cen[q] = cen.predict(f).map_err(AppError::Head)? as u32;
+        ok_lin += (pred_lin[q] == label) as u32;
+        ok_cen += (pred_cen[q] == label) as u32;
+    }
+    p.result(prefix, "fs_linear_pred", 0, &pred_lin[..n_qry]);
+    p.result(prefix, "fs_centroid_pred", 0, &pred_cen[..n_qry]);
+    p.result(
+        prefix,
+        "fs_correct_linear_centroid_of",
+        0,
+        &[ok_lin, ok_cen, n_qry as u32],
+    );
+    Ok(())
+}
+
 /// Runs the program (the parts in [`Platform::PARTS`]); `arena` is the one inference buffer all
 /// models share.
 pub fn run<P: Platform>(p: &mut P, fx: Fixtures, arena: &mut [u8]) -> Result<(), AppError> {
-    let im = Images::parse(fx.images)?;
-
-    // Landmarks.
-    if P::PARTS.landmark {
-        let name = "landmark";
-        let m = load(p, name, fx.landmark, arena, &im)?;
-        if m.output_len() != 2 * N_LANDMARKS {
-            return Err(AppError::Shape(name));
+    // The builder-made random-weight models on RGB8 images.
+    if P::PARTS.landmark || P::PARTS.fewshot || P::PARTS.resnet8 {
+        let im = Images::parse(fx.images)?;
+        if P::PARTS.landmark {
+            landmark_part(p, "landmark", "", fx.landmark, &im, arena)?;
         }
-        let mut out = [0.0f32; 2 * N_LANDMARKS];
-        for i in 0..im.n_landmark {
-            infer(p, name, &m, im.landmark(i), arena, &mut out, i == 0)?;
-            p.result_f32("lm_out", i, &out);
-            let pts = landmarks::decode(&out, im.w, im.h).ok_or(AppError::Shape(name))?;
-            let mut xy = [0.0f32; 2 * N_LANDMARKS];
-            for (k, q) in pts.iter().enumerate() {
-                (xy[2 * k], xy[2 * k + 1]) = (q.x, q.y);
+        if P::PARTS.fewshot {
+            fewshot_part(p, "backbone", "fewshot", "", fx.backbone, &im, arena)?;
+        }
+
+        // MLPerf-Tiny ResNet-8: one inference, for the footprint report (and parity).
+        if P::PARTS.resnet8 {
+            let name = "resnet8";
+            let m = load(p, name, fx.resnet8, arena, &im)?;
+            let mut out = [0.0f32; 16];
+            let n = m.output_len();
+            if n > out.len() {
+                return Err(AppError::Shape(name));
             }
-            p.result_f32("lm_px", i, &xy);
+            let (x, _) = im.query(0);
+            infer(p, name, &m, x, arena, &mut out[..n], true)?;
+            p.result_f32("", "resnet8_out", 0, &out[..n]);
         }
     }
 
-    // Few-shot episode.
-    if P::PARTS.fewshot {
-        let name = "backbone";
-        let m = load(p, name, fx.backbone, arena, &im)?;
-        let dim = m.output_len();
-        if dim > MAX_DIM {
-            return Err(AppError::Shape(name));
+    // The training pipeline's exported int8 models on runtime-cli-preprocessed inputs.
+    if P::PARTS.tiny_landmark || P::PARTS.tiny_fewshot {
+        let tiny = Images::parse(fx.tiny_inputs)?;
+        if P::PARTS.tiny_landmark {
+            landmark_part(p, "tiny-landmark", "tiny.", fx.tiny_landmark, &tiny, arena)?;
         }
-        let (n_sup, n_qry) = (im.n_way * im.n_shot, im.n_way * im.n_query);
-        let mut sup = [0.0f32; MAX_IMAGES * MAX_DIM];
-        let mut qry = [0.0f32; MAX_IMAGES * MAX_DIM];
-        let mut sup_labels = [0u8; MAX_IMAGES];
-        for s in 0..n_sup {
-            let (rgb, label) = im.support(s);
-            let f = &mut sup[s * dim..(s + 1) * dim];
-            infer(p, name, &m, rgb, arena, f, s == 0)?;
-            sup_labels[s] = label;
-            p.result_f32("fs_support_feat", s, f);
+        if P::PARTS.tiny_fewshot {
+            let (name, part) = ("tiny-backbone", "tiny-fewshot");
+            fewshot_part(p, name, part, "tiny.", fx.tiny_backbone, &tiny, arena)?;
         }
-        for q in 0..n_qry {
-            let f = &mut qry[q * dim..(q + 1) * dim];
-            infer(p, name, &m, im.query(q).0, arena, f, false)?;
-            p.result_f32("fs_query_feat", q, f);
-        }
-        let (sup, labels) = (&sup[..n_sup * dim], &sup_labels[..n_sup]);
-        let t0 = p.now();
-        let lin = LinearClassifier::<MAX_WAY, MAX_DIM>::fit(
-            sup,
-            labels,
-            im.n_way,
-            dim,
-            &SgdRecipe::default(),
-            FIT_SEED,
-        )
-        .map_err(AppError::Head)?;
-        let t1 = p.now();
-        let cen = NearestCentroid::<MAX_WAY, MAX_DIM>::fit(sup, labels, im.n_way, dim)
-            .map_err(AppError::Head)?;
-        p.footprint("fewshot", "linear_fit_insns", t1 - t0);
-        let (mut pred_lin, mut pred_cen) = ([0u32; MAX_IMAGES], [0u32; MAX_IMAGES]);
-        let (mut ok_lin, mut ok_cen) = (0u32, 0u32);
-        for q in 0..n_qry {
-            let f = &qry[q * dim..(q + 1) * dim];
-            let label = im.query(q).1 as u32;
-            let mut s = [0.0f32; MAX_WAY];
-            lin.logits(f, &mut s).map_err(AppError::Head)?;
-            p.result_f32("fs_linear_logits", q, &s[..im.n_way]);
-            cen.scores(f, &mut s).map_err(AppError::Head)?;
-            p.result_f32("fs_centroid_cos", q, &s[..im.n_way]);
-            pred_lin[q] = lin.predict(f).map_err(AppError::Head)? as u32;
-            pred_cen[q] = cen.predict(f).map_err(AppError::Head)? as u32;
-            ok_lin += (pred_lin[q] == label) as u32;
-            ok_cen += (pred_cen[q] == label) as u32;
-        }
-        p.result("fs_linear_pred", 0, &pred_lin[..n_qry]);
-        p.result("fs_centroid_pred", 0, &pred_cen[..n_qry]);
-        p.result(
-            "fs_correct_linear_centroid_of",
-            0,
-            &[ok_lin, ok_cen, n_qry as u32],
-        );
-    }
-
-    // MLPerf-Tiny ResNet-8: one inference, for the footprint report (and parity).
-    if P::PARTS.resnet8 {
-        let name = "resnet8";
-        let m = load(p, name, fx.resnet8, arena, &im)?;
-        let mut out = [0.0f32; 16];
-        let n = m.output_len();
-        if n > out.len() {
-            return Err(AppError::Shape(name));
-        }
-        let (rgb, _) = im.query(0);
-        infer(p, name, &m, rgb, arena, &mut out[..n], true)?;
-        p.result_f32("resnet8_out", 0, &out[..n]);
     }
     Ok(())
 }

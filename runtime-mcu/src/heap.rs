@@ -11,8 +11,13 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use embedded_alloc::LlffHeap;
 
 /// Heap bytes reserved in RAM (.bss). Loading the backbone peaks at 48 KiB of requests (plus the
-/// allocator's per-block overhead); the other models at 21 KiB or less.
-pub const HEAP_BYTES: usize = if cfg!(mcu_model = "fewshot") {
+/// allocator's per-block overhead), the pipeline's exports at 55 KiB (landmarks) and 52 KiB
+/// (backbone); the other models at 21 KiB or less.
+pub const HEAP_BYTES: usize = if cfg!(any(
+    mcu_model = "fewshot",
+    mcu_model = "tiny-landmark",
+    mcu_model = "tiny-fewshot"
+)) {
     72 * 1024
 } else {
     32 * 1024

@@ -1,5 +1,6 @@
 //! runtime-core on a Cortex-M4F (QEMU mps2-an386): landmarks and a few-shot episode on embedded
-//! fixtures, plus a ResNet-8 inference for the footprint report. The program itself is
+//! fixtures, plus a ResNet-8 inference for the footprint report, then landmarks and a few-shot
+//! episode with the training pipeline's exported int8 models (`fixtures/tiny`). The program itself is
 //! `app.rs`, shared with the host parity test; this file is the board: heap, arena, clock, log.
 //!
 //! Output protocol (defmt, decoded on the host by defmt-print): `RESULT tag idx [values]` lines
@@ -21,7 +22,8 @@ mod icount;
 mod stack;
 
 /// The one inference arena, shared by the models (loaded one at a time). Sized for the largest
-/// plan embedded: ResNet-8's 48 KiB, else 8 KiB (the landmark model and the backbone plan 5 KiB);
+/// plan embedded: ResNet-8's 48 KiB, else 8 KiB (the landmark model and the backbone plan 5 KiB,
+/// the pipeline's two models 3 KiB);
 /// `app::load` refuses a model whose plan does not fit. The embedded models are the board's
 /// (`boards/<name>/models`, or `MCU_MODELS`), selected by build.rs as `cfg(mcu_model = "…")`.
 const ARENA_BYTES: usize = if cfg!(mcu_model = "resnet8") {
@@ -30,14 +32,21 @@ const ARENA_BYTES: usize = if cfg!(mcu_model = "resnet8") {
     8 * 1024
 };
 
-/// The fixture files, embedded in flash (`fixtures/mcu/README.md` says how they are made).
+/// The fixture files, embedded in flash (`fixtures/README.md` says how they are made).
 /// A model the build leaves out is not embedded: an empty slice, never read (`Board::PARTS`).
 const FIXTURES: app::Fixtures<'static> = app::Fixtures {
     landmark: LANDMARK,
     backbone: BACKBONE,
     resnet8: RESNET8,
-    images: include_bytes!("../../fixtures/mcu/images.bin"),
+    images: IMAGES,
+    tiny_landmark: TINY_LANDMARK,
+    tiny_backbone: TINY_BACKBONE,
+    tiny_inputs: TINY_INPUTS,
 };
+#[cfg(any(mcu_model = "landmark", mcu_model = "fewshot", mcu_model = "resnet8"))]
+const IMAGES: &[u8] = include_bytes!("../../fixtures/mcu/images.bin");
+#[cfg(not(any(mcu_model = "landmark", mcu_model = "fewshot", mcu_model = "resnet8")))]
+const IMAGES: &[u8] = &[];
 #[cfg(mcu_model = "landmark")]
 const LANDMARK: &[u8] = include_bytes!("../../fixtures/mcu/landmark.safetensors");
 #[cfg(not(mcu_model = "landmark"))]
@@ -50,6 +59,19 @@ const BACKBONE: &[u8] = &[];
 const RESNET8: &[u8] = include_bytes!("../../fixtures/mcu/resnet8.safetensors");
 #[cfg(not(mcu_model = "resnet8"))]
 const RESNET8: &[u8] = &[];
+// The training pipeline's exports, as host-trainer's fixture command wrote them (not copied).
+#[cfg(mcu_model = "tiny-landmark")]
+const TINY_LANDMARK: &[u8] = include_bytes!("../../fixtures/tiny/landmarks-int8.safetensors");
+#[cfg(not(mcu_model = "tiny-landmark"))]
+const TINY_LANDMARK: &[u8] = &[];
+#[cfg(mcu_model = "tiny-fewshot")]
+const TINY_BACKBONE: &[u8] = include_bytes!("../../fixtures/tiny/backbone-int8.safetensors");
+#[cfg(not(mcu_model = "tiny-fewshot"))]
+const TINY_BACKBONE: &[u8] = &[];
+#[cfg(any(mcu_model = "tiny-landmark", mcu_model = "tiny-fewshot"))]
+const TINY_INPUTS: &[u8] = include_bytes!("../../fixtures/mcu/tiny-inputs.bin");
+#[cfg(not(any(mcu_model = "tiny-landmark", mcu_model = "tiny-fewshot")))]
+const TINY_INPUTS: &[u8] = &[];
 
 struct Board;
 
@@ -59,6 +81,8 @@ impl app::Platform for Board {
         landmark: cfg!(mcu_model = "landmark"),
         fewshot: cfg!(mcu_model = "fewshot"),
         resnet8: cfg!(mcu_model = "resnet8"),
+        tiny_landmark: cfg!(mcu_model = "tiny-landmark"),
+        tiny_fewshot: cfg!(mcu_model = "tiny-fewshot"),
     };
     fn now(&mut self) -> u64 {
         icount::now()
@@ -69,10 +93,16 @@ impl app::Platform for Board {
     fn heap_peak(&mut self) -> u64 {
         heap::HEAP.peak() as u64
     }
-    fn result(&mut self, tag: &str, idx: usize, values: &[u32]) {
-        defmt::info!("RESULT {=str} {=usize} {=[?]}", tag, idx, values);
+    fn result(&mut self, prefix: &str, tag: &str, idx: usize, values: &[u32]) {
+        defmt::info!(
+            "RESULT {=str}{=str} {=usize} {=[?]}",
+            prefix,
+            tag,
+            idx,
+            values
+        );
     }
-    fn result_f32(&mut self, tag: &str, idx: usize, values: &[f32]) {
+    fn result_f32(&mut self, prefix: &str, tag: &str, idx: usize, values: &[f32]) {
         let mut buf = [0u32; 16];
         // Chunks keep the buffer small; the host joins nothing: it prints the same chunks.
         for (k, chunk) in values.chunks(buf.len()).enumerate() {
@@ -80,7 +110,8 @@ impl app::Platform for Board {
                 *b = x.to_bits();
             }
             defmt::info!(
-                "RESULT {=str} {=usize}.{=usize} {=[?]}",
+                "RESULT {=str}{=str} {=usize}.{=usize} {=[?]}",
+                prefix,
                 tag,
                 idx,
                 k,

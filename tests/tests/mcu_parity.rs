@@ -2,7 +2,10 @@
 //!
 //! * `fixtures_are_current`: the embedded fixtures in `fixtures/mcu/` are exactly what the
 //!   generator below writes (regenerate with
-//!   `MCU_REGEN=1 cargo test -p parity-tests --test mcu_parity fixtures_are_current`).
+//!   `MCU_REGEN=1 cargo test -p parity-tests --test mcu_parity fixtures_are_current`):
+//!   the random-weight models and images, and `tiny-inputs.bin`, the inputs of the training
+//!   pipeline's exported models (`fixtures/tiny/*-int8.safetensors`, embedded as they are) made
+//!   from the `fixtures/tiny` images by runtime-cli's own preprocessing.
 //! * `mcu_matches_host_bit_for_bit`: runs `scripts/mcu.sh` (build + QEMU mps2-an386), collects
 //!   the `RESULT` lines the firmware prints and compares them with the same program
 //!   (`runtime-mcu/src/app.rs`, included below) run on the host. A panic, hard fault or hang
@@ -17,9 +20,10 @@ mod app;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use runtime_cli::engine::{self, Runner};
 use runtime_core::heads::rng::SplitMix64;
 use runtime_core::model::zoo;
-use runtime_core::{Dtype, LayerParams, ModelBuilder, Quant, Task, TensorId};
+use runtime_core::{Dtype, LayerParams, Model, ModelBuilder, Quant, Task, TensorId};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -218,6 +222,86 @@ fn images(seed: u64) -> Vec<u8> {
     )
 }
 
+/// The pipeline's models in `fixtures/tiny` (host-trainer's fixture command writes them).
+const TINY_LANDMARK: &str = "fixtures/tiny/landmarks-int8.safetensors";
+const TINY_BACKBONE: &str = "fixtures/tiny/backbone-int8.safetensors";
+/// `tiny-inputs.bin`: 3 faces, then a 3-way 2-shot 2-query episode from `objects` test.
+const TINY_N_LANDMARK: usize = 3;
+const TINY_WAY: usize = 3;
+const TINY_SHOT: usize = 2;
+const TINY_QUERY: usize = 2;
+
+fn read(rel: &str) -> Vec<u8> {
+    let path = root().join(rel);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The pipeline models' inputs, made exactly as runtime-cli makes them (its `Runner`: resize
+/// to the model input, normalise with the model's mean/std; the device then quantises with
+/// `load_input_f32`, as `Runner::run_normalised` does). Landmarks: `images/face.png` (40×49,
+/// resized) and the first MAFL test faces, each cropped to its MAFL square first as
+/// `runtime-cli infer` / `eval mafl` do. Episode: the first `TINY_WAY` classes of `objects`
+/// test (csv order), each class's first `TINY_SHOT` images the support, the next `TINY_QUERY`
+/// the queries.
+fn tiny_inputs() -> Vec<u8> {
+    let (lm_bytes, bb_bytes) = (read(TINY_LANDMARK), read(TINY_BACKBONE));
+    let lm = Model::parse(&lm_bytes).expect("landmark model");
+    let bb = Model::parse(&bb_bytes).expect("backbone");
+    let shape = lm.input_shape();
+    assert_eq!(shape, bb.input_shape(), "one input shape for both models");
+    let (lm_run, bb_run) = (Runner::new(&lm), Runner::new(&bb));
+    let tiny = root().join("fixtures/tiny");
+    let load = |p: std::path::PathBuf| engine::load_image(&p).unwrap();
+
+    let mut inputs: Vec<Vec<f32>> = Vec::new();
+    let mafl = std::fs::read_to_string(tiny.join("faces/MAFL/testing.txt")).unwrap();
+    let faces = std::iter::once(tiny.join("images/face.png")).chain(
+        mafl.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|n| tiny.join("faces/img_align_celeba").join(n.trim())),
+    );
+    for path in faces.take(TINY_N_LANDMARK) {
+        let (crop, _, _) = runtime_cli::landmarks::aligned_crop(&load(path));
+        inputs.push(lm_run.normalised_input(&crop));
+    }
+
+    let csv = std::fs::read_to_string(tiny.join("objects/test.csv")).unwrap();
+    let mut classes: Vec<(String, Vec<String>)> = Vec::new();
+    for line in csv.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+        let (file, label) = line.split_once(',').expect("filename,label");
+        match classes.iter_mut().find(|(l, _)| l == label) {
+            Some((_, files)) => files.push(file.to_string()),
+            None => classes.push((label.to_string(), vec![file.to_string()])),
+        }
+    }
+    assert!(
+        classes.len() >= TINY_WAY,
+        "objects test has {} classes",
+        classes.len()
+    );
+    let episode = |range: std::ops::Range<usize>| {
+        let mut v = Vec::new();
+        for (_, files) in &classes[..TINY_WAY] {
+            for f in &files[range.clone()] {
+                v.push(bb_run.normalised_input(&load(tiny.join("objects/images").join(f))));
+            }
+        }
+        v
+    };
+    inputs.extend(episode(0..TINY_SHOT));
+    inputs.extend(episode(TINY_SHOT..TINY_SHOT + TINY_QUERY));
+
+    let refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
+    app::encode_normalised(
+        shape.map(|d| d as u8),
+        TINY_N_LANDMARK as u8,
+        TINY_WAY as u8,
+        TINY_SHOT as u8,
+        TINY_QUERY as u8,
+        &refs,
+    )
+}
+
 /// Every fixture file: (name, bytes). Deterministic: fixed seeds, integer/f32 maths only.
 fn generate() -> Vec<(&'static str, Vec<u8>)> {
     vec![
@@ -234,6 +318,7 @@ fn generate() -> Vec<(&'static str, Vec<u8>)> {
             zoo::resnet8(Dtype::Int8, 13).unwrap().to_bytes().unwrap(),
         ),
         ("images.bin", images(14)),
+        ("tiny-inputs.bin", tiny_inputs()),
     ]
 }
 
@@ -274,39 +359,81 @@ impl app::Platform for Host {
     fn heap_peak(&mut self) -> u64 {
         0
     }
-    fn result(&mut self, tag: &str, idx: usize, values: &[u32]) {
-        self.lines.push(format!("{tag} {idx} {values:?}"));
+    fn result(&mut self, prefix: &str, tag: &str, idx: usize, values: &[u32]) {
+        self.lines.push(format!("{prefix}{tag} {idx} {values:?}"));
     }
-    fn result_f32(&mut self, tag: &str, idx: usize, values: &[f32]) {
+    fn result_f32(&mut self, prefix: &str, tag: &str, idx: usize, values: &[f32]) {
         for (k, chunk) in values.chunks(16).enumerate() {
             let bits: Vec<u32> = chunk.iter().map(|x| x.to_bits()).collect();
-            self.lines.push(format!("{tag} {idx}.{k} {bits:?}"));
+            self.lines.push(format!("{prefix}{tag} {idx}.{k} {bits:?}"));
         }
     }
     fn footprint(&mut self, _: &str, _: &str, _: u64) {}
 }
 
-fn host_results() -> Vec<String> {
-    let dir = root().join("fixtures/mcu");
-    let read = |n: &str| {
-        std::fs::read(dir.join(n)).unwrap_or_else(|e| panic!("{}: {e}", dir.join(n).display()))
-    };
-    let (lm, bb, r8, im) = (
-        read("landmark.safetensors"),
-        read("backbone.safetensors"),
-        read("resnet8.safetensors"),
-        read("images.bin"),
-    );
-    let fx = app::Fixtures {
-        landmark: &lm,
-        backbone: &bb,
-        resnet8: &r8,
-        images: &im,
-    };
+/// The fixture files the firmware embeds, read from disk.
+struct FixtureFiles {
+    lm: Vec<u8>,
+    bb: Vec<u8>,
+    r8: Vec<u8>,
+    im: Vec<u8>,
+    tiny_lm: Vec<u8>,
+    tiny_bb: Vec<u8>,
+    tiny_in: Vec<u8>,
+}
+
+impl FixtureFiles {
+    fn read() -> Self {
+        FixtureFiles {
+            lm: read("fixtures/mcu/landmark.safetensors"),
+            bb: read("fixtures/mcu/backbone.safetensors"),
+            r8: read("fixtures/mcu/resnet8.safetensors"),
+            im: read("fixtures/mcu/images.bin"),
+            tiny_lm: read(TINY_LANDMARK),
+            tiny_bb: read(TINY_BACKBONE),
+            tiny_in: read("fixtures/mcu/tiny-inputs.bin"),
+        }
+    }
+
+    fn fixtures(&self) -> app::Fixtures<'_> {
+        app::Fixtures {
+            landmark: &self.lm,
+            backbone: &self.bb,
+            resnet8: &self.r8,
+            images: &self.im,
+            tiny_landmark: &self.tiny_lm,
+            tiny_backbone: &self.tiny_bb,
+            tiny_inputs: &self.tiny_in,
+        }
+    }
+}
+
+fn run_host(fx: app::Fixtures) -> Result<Vec<String>, app::AppError> {
     let mut host = Host { lines: Vec::new() };
     let mut arena = vec![0u8; 1 << 20];
-    app::run(&mut host, fx, &mut arena).unwrap_or_else(|e| panic!("host run failed: {e:?}"));
-    host.lines
+    app::run(&mut host, fx, &mut arena)?;
+    Ok(host.lines)
+}
+
+fn host_results() -> Vec<String> {
+    let files = FixtureFiles::read();
+    run_host(files.fixtures()).unwrap_or_else(|e| panic!("host run failed: {e:?}"))
+}
+
+/// `fs_correct_linear_centroid_of`'s three numbers (after `prefix`).
+fn correct_counts(lines: &[String], prefix: &str) -> Vec<u32> {
+    let tag = format!("{prefix}fs_correct_linear_centroid_of ");
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with(&tag))
+        .unwrap_or_else(|| panic!("no {tag}line"));
+    line.rsplit('[')
+        .next()
+        .unwrap()
+        .trim_end_matches(']')
+        .split(", ")
+        .map(|s| s.parse().unwrap())
+        .collect()
 }
 
 #[test]
@@ -326,23 +453,87 @@ fn host_program_runs_and_the_episode_is_learnable() {
         N_WAY * N_QUERY * 4,
         "64-dim features print as 4 chunks of 16"
     );
-    let correct = lines
-        .iter()
-        .find(|l| l.starts_with("fs_correct_linear_centroid_of "))
-        .expect("accuracy line");
-    let nums: Vec<u32> = correct
-        .rsplit('[')
-        .next()
-        .unwrap()
-        .trim_end_matches(']')
-        .split(", ")
-        .map(|s| s.parse().unwrap())
-        .collect();
+    let nums = correct_counts(&lines, "");
     assert_eq!(nums[2] as usize, N_WAY * N_QUERY);
+
+    // The outputs are those of one inference: runtime-core's `preprocess_rgb8` + `run` on a
+    // fresh arena (a second run of the graph in the same arena would start from an input slot
+    // the first run has overwritten).
+    let files = FixtureFiles::read();
+    let im = app::Images::parse(&files.im).unwrap();
+    let m = Model::parse(&files.lm).unwrap();
+    let mut arena = vec![0u8; m.arena_bytes()];
+    let mut out = vec![0f32; m.output_len()];
+    let app::Input::Rgb8(rgb) = im.landmark(0) else {
+        panic!("images.bin holds RGB8 images")
+    };
+    m.preprocess_rgb8(rgb, &mut arena).unwrap();
+    m.run(&mut arena, &mut out).unwrap();
+    let bits: Vec<u32> = out.iter().map(|x| x.to_bits()).collect();
+    assert!(
+        lines.contains(&format!("lm_out 0.0 {bits:?}")),
+        "lm_out 0 is not one run's output"
+    );
     assert!(
         nums[0] as usize > N_QUERY,
-        "linear head at chance: {correct}"
+        "linear head at chance: {nums:?}"
     );
+
+    // The pipeline's models: every result present (the 1-epoch backbone is not expected to
+    // beat chance on 3 test classes: fixtures/README.md measures ~33-43 % on the host).
+    assert_eq!(count("tiny.lm_out"), TINY_N_LANDMARK);
+    assert_eq!(count("tiny.lm_px"), TINY_N_LANDMARK);
+    assert_eq!(
+        count("tiny.fs_query_feat"),
+        TINY_WAY * TINY_QUERY * 2,
+        "32-dim features print as 2 chunks of 16"
+    );
+    assert_eq!(count("tiny.fs_support_feat"), TINY_WAY * TINY_SHOT * 2);
+    let nums = correct_counts(&lines, "tiny.");
+    assert_eq!(nums[2] as usize, TINY_WAY * TINY_QUERY);
+    assert!(nums[0] <= nums[2] && nums[1] <= nums[2], "{nums:?}");
+}
+
+#[test]
+fn bad_fixtures_are_errors_not_panics() {
+    // What the firmware reports as FAILED (semihosting exit 1) rather than a panic: truncated,
+    // corrupt or mismatched input files and models.
+    let good = FixtureFiles::read();
+    let cut = |b: &[u8], n: usize| b[..b.len().saturating_sub(n)].to_vec();
+    let mut cases: Vec<(&str, FixtureFiles)> = Vec::new();
+    let mut case = |what: &'static str, edit: &dyn Fn(&mut FixtureFiles)| {
+        let mut f = FixtureFiles::read();
+        edit(&mut f);
+        cases.push((what, f));
+    };
+    case("tiny inputs truncated", &|f| f.tiny_in = cut(&f.tiny_in, 1));
+    case("tiny inputs header only", &|f| {
+        f.tiny_in = cut(&f.tiny_in, f.tiny_in.len() - 16)
+    });
+    case("tiny inputs empty", &|f| f.tiny_in.clear());
+    case("tiny inputs bad magic", &|f| f.tiny_in[3] ^= 0x40);
+    case("tiny inputs too many images", &|f| f.tiny_in[13] = 200);
+    // RGB8 32-px images for the 16-px pipeline models: a shape error, not a bad index.
+    case("rgb8 images as tiny inputs", &|f| f.tiny_in = f.im.clone());
+    case("random landmark model for 16 px", &|f| {
+        f.tiny_lm = f.lm.clone()
+    });
+    case("backbone as landmark model", &|f| {
+        f.tiny_lm = f.tiny_bb.clone()
+    });
+    case("tiny model truncated", &|f| {
+        f.tiny_bb = cut(&f.tiny_bb, 100)
+    });
+    case("images as tiny model", &|f| f.tiny_bb = f.tiny_in.clone());
+    for (what, f) in &cases {
+        let r = std::panic::catch_unwind(|| run_host(f.fixtures()));
+        match r {
+            Ok(Err(_)) => {}
+            Ok(Ok(_)) => panic!("{what}: ran without an error"),
+            Err(_) => panic!("{what}: panicked"),
+        }
+    }
+    assert!(run_host(good.fixtures()).is_ok());
 }
 
 #[test]

@@ -493,6 +493,19 @@ impl<'a> Model<'a> {
         Ok(())
     }
 
+    /// Dequantises an int8 model's raw output `y` (the view [`Model::run_i8_in_arena`] returns)
+    /// into `out`: the values [`Model::run`] writes, read from the arena without running the
+    /// graph again.
+    pub fn dequantize_output(&self, y: &[i8], out: &mut [f32]) -> Result<(), RunError> {
+        if self.dtype != Dtype::Int8 {
+            return Err(RunError::WrongDtype);
+        }
+        self.expect_output(y.len())?;
+        self.expect_output(out.len())?;
+        dequantize(y, self.output_desc(), out);
+        Ok(())
+    }
+
     /// Runs an int8 model on the input already in the arena; returns the raw output.
     pub fn run_i8_in_arena<'b>(&self, arena: &'b mut [u8]) -> Result<&'b [i8], RunError> {
         let a = self.arena_i8(arena)?;
