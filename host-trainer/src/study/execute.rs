@@ -61,7 +61,9 @@ pub(super) fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Val
                 device: opts.device.clone(),
                 stop_after: opts.stop_after,
                 progress: opts.progress,
-                probe_queue_every: 0,
+                // The staleness probe after the last epoch only: it costs one re-encoding of
+                // the queue and tells whether the final loss is honest (see `probe.rs`).
+                probe_queue_every: if m.is_contrastive() { *epochs } else { 0 },
             };
             let summary = if dir.join(LAST).is_file() {
                 eprintln!("  resuming {} from {LAST}", dir.display());
