@@ -4,7 +4,10 @@
 //!
 //! On an x86-64 CPU with AVX-512 VNNI (and the `std` feature) `PreparedI8::new` packs for the
 //! VNNI kernel, so `conv_fast_matches_reference` checks that kernel; `new_portable` checks the
-//! portable loop on every machine. The Cortex-M4 kernel is checked bit for bit by
+//! portable loop on every machine. On aarch64 `PreparedI8::new` packs for the NEON `sdot`
+//! kernel where the CPU has FEAT_DotProd (with `std`), else for the `smull`/`sadalp` one, and
+//! `new_neon` forces the latter: `scripts/aarch64.sh` runs these tests under qemu-aarch64,
+//! whose CPU has DotProd, so both are checked. The Cortex-M4 kernel is checked bit for bit by
 //! `tests/tests/mcu_parity.rs` (whole models under QEMU against this host).
 
 use proptest::prelude::*;
@@ -45,9 +48,17 @@ struct Case {
 }
 
 /// Geometry: 1×1 to 3×3 kernels (1×1 with strides, the in-place path), strides 1–3, any
-/// padding below the kernel size, channel counts across the SIMD blocks (16 output lanes,
-/// 4-byte groups) with remainders.
+/// padding below the kernel size, channel counts across the SIMD blocks (16 or 4 output lanes,
+/// 4-byte groups) with remainders. Values: uniform in a quarter of the cases (see [`case_mix`]).
 fn case() -> impl Strategy<Value = Case> {
+    case_mix(prop_oneof![3 => Just(false), 1 => Just(true)])
+}
+
+/// [`case`] with `extreme` deciding whether inputs and weights are mostly the extremes
+/// (inputs −128/127, weights −128/−127/127: −128 is outside the exporter's weight range but every
+/// kernel must be exact for any `i8`), with the input zero point at an extreme too, so that
+/// `x − zp` reaches ±255 and `i16` sums of two products would overflow.
+fn case_mix(extreme: impl Strategy<Value = bool>) -> impl Strategy<Value = Case> {
     (
         1usize..=7,
         1usize..=7,
@@ -57,10 +68,11 @@ fn case() -> impl Strategy<Value = Case> {
         1usize..=3,
         1usize..=40,
         any::<u64>(),
+        extreme,
     )
-        .prop_flat_map(|(h, w, ic, kh, kw, s, oc, seed)| {
+        .prop_flat_map(|(h, w, ic, kh, kw, s, oc, seed, extreme)| {
             (
-                Just((h, w, ic, kh, kw, s, oc, seed)),
+                Just((h, w, ic, kh, kw, s, oc, seed, extreme)),
                 0..kh,
                 0..kh,
                 0..kw,
@@ -73,7 +85,17 @@ fn case() -> impl Strategy<Value = Case> {
         })
         .prop_filter_map(
             "window must fit",
-            |((h, w, ic, kh, kw, s, oc, seed), pt, pb, pl, pr, mults, in_zp, out_zp, relu)| {
+            |(
+                (h, w, ic, kh, kw, s, oc, seed, extreme),
+                pt,
+                pb,
+                pl,
+                pr,
+                mults,
+                in_zp,
+                out_zp,
+                relu,
+            )| {
                 let out_h = Window::out_dim(h, kh, s, pt, pb)?;
                 let out_w = Window::out_dim(w, kw, s, pl, pr)?;
                 let win = Window {
@@ -90,10 +112,23 @@ fn case() -> impl Strategy<Value = Case> {
                     pad_left: pl,
                 };
                 let mut rng = runtime_core::heads::rng::SplitMix64::new(seed);
-                let input = (0..h * w * ic).map(|_| rng.next_u64() as i8).collect();
+                // In extreme cases 7 values in 8 are an extreme, the rest uniform.
+                let mut pick = |ends: &[i8], lo: i32| {
+                    if extreme && rng.below(8) != 0 {
+                        ends[rng.below(ends.len() as u32) as usize]
+                    } else {
+                        (rng.below((128 - lo) as u32) as i32 + lo) as i8
+                    }
+                };
+                let input = (0..h * w * ic).map(|_| pick(&[-128, 127], -128)).collect();
                 let weights = (0..oc * kh * kw * ic)
-                    .map(|_| (rng.below(255) as i32 - 127) as i8)
+                    .map(|_| pick(&[-128, -127, 127], -127))
                     .collect();
+                let in_zp = if extreme && seed % 2 == 0 {
+                    [-128, 127][(seed >> 1) as usize % 2]
+                } else {
+                    in_zp
+                };
                 let bias = (0..oc)
                     .map(|_| (rng.below(1 << 31) as i32) - (1 << 30))
                     .collect();
@@ -112,7 +147,20 @@ fn case() -> impl Strategy<Value = Case> {
         )
 }
 
-fn run_conv(c: &Case, portable: bool) -> (Vec<i8>, Vec<i8>, &'static str) {
+/// Which preparation [`run_conv`] uses.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Prep {
+    /// `PreparedI8::new`: the best kernel for this machine.
+    Best,
+    /// `PreparedI8::new_portable`.
+    Portable,
+    /// `PreparedI8::new_neon` (aarch64 only; `None` elsewhere).
+    Neon,
+}
+
+/// Reference and fast-path outputs and the fast path's backend; `None` where `prep` is
+/// [`Prep::Neon`] and this build has no NEON kernel.
+fn try_conv(c: &Case, prep: Prep) -> Option<(Vec<i8>, Vec<i8>, &'static str)> {
     let bias = le(&c.bias);
     let mult = le(&c.mults.iter().map(|m| m.0).collect::<Vec<_>>());
     let shift = le(&c.mults.iter().map(|m| m.1).collect::<Vec<_>>());
@@ -131,13 +179,37 @@ fn run_conv(c: &Case, portable: bool) -> (Vec<i8>, Vec<i8>, &'static str) {
     let n = c.win.out_h * c.win.out_w * c.out_c;
     let (mut want, mut got) = (vec![0i8; n], vec![0i8; n]);
     conv2d_i8(&p, &c.input, &mut want).unwrap();
-    let prep = if portable {
-        PreparedI8::new_portable(&p)
-    } else {
-        PreparedI8::new(&p)
+    let prep = match prep {
+        Prep::Best => PreparedI8::new(&p),
+        Prep::Portable => PreparedI8::new_portable(&p),
+        Prep::Neon => PreparedI8::new_neon(&p)?,
     };
     conv2d_i8_prepared(&p, &prep, &c.input, &mut got).unwrap();
-    (want, got, prep.backend(&p))
+    Some((want, got, prep.backend(&p)))
+}
+
+fn run_conv(c: &Case, portable: bool) -> (Vec<i8>, Vec<i8>, &'static str) {
+    try_conv(c, if portable { Prep::Portable } else { Prep::Best }).unwrap()
+}
+
+/// The kernel `PreparedI8::new` should pick on this machine for an op that fits every kernel,
+/// from the CPU's own feature detection (`None`: not decided here, the host x86 test below
+/// checks VNNI).
+fn expected_best() -> Option<&'static str> {
+    #[cfg(target_arch = "aarch64")]
+    {
+        let dotprod =
+            cfg!(target_feature = "dotprod") || std::arch::is_aarch64_feature_detected!("dotprod");
+        Some(
+            if runtime_core::ops::prepared::AARCH64_SDOT_BUILD && dotprod {
+                "neon-sdot"
+            } else {
+                "neon-smull"
+            },
+        )
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    None
 }
 
 proptest! {
@@ -161,8 +233,27 @@ proptest! {
     #[test]
     fn conv_portable_matches_reference(c in case()) {
         let (want, got, backend) = run_conv(&c, true);
-        prop_assert_ne!(backend, "avx512vnni");
+        prop_assert!(backend == "portable" || backend == "reference", "backend {}", backend);
         prop_assert_eq!(want, got, "backend {}", backend);
+    }
+
+    /// The aarch64 kernels, explicitly: `new` (on an aarch64 CPU with DotProd and a `std`
+    /// build, the `sdot` kernel) and `new_neon` (the `smull`/`sadalp` kernel), on shapes with
+    /// odd channel counts and, in half the cases, mostly extreme values. Elsewhere `new_neon`
+    /// must decline.
+    #[test]
+    fn conv_aarch64_kernels_match_reference(c in case_mix(any::<bool>())) {
+        let neon = try_conv(&c, Prep::Neon);
+        if cfg!(target_arch = "aarch64") {
+            let (want, got, backend) = neon.expect("aarch64 build: the NEON kernel packs");
+            prop_assert_eq!(backend, "neon-smull");
+            prop_assert_eq!(want, got, "backend {}", backend);
+            let (want, got, backend) = run_conv(&c, false);
+            prop_assert_eq!(Some(backend), expected_best());
+            prop_assert_eq!(want, got, "backend {}", backend);
+        } else {
+            prop_assert!(neon.is_none());
+        }
     }
 
     #[test]
@@ -241,16 +332,75 @@ fn border_taps_hold_the_zero_point() {
         out_zp: 3,
         relu: false,
     };
-    for portable in [false, true] {
-        let (want, got, backend) = run_conv(&c, portable);
+    for prep in [Prep::Best, Prep::Portable, Prep::Neon] {
+        let Some((want, got, backend)) = try_conv(&c, prep) else {
+            continue;
+        };
         assert_eq!(want, got, "backend {backend}");
         // Non-trivial: the outputs are not all one value.
         assert!(want.iter().any(|&v| v != want[0]));
     }
 }
 
-/// Where the CPU has AVX-512 VNNI (and the build has `std`), `PreparedI8::new` does pick that kernel (so the property
-/// tests above check it, not only the portable loop).
+/// Hand case at the magnitude limits: every input −128 with input zero point 127 (`x − zp =
+/// −255`), weights −128 and 127 in runs, a 3×3 window over 37 channels (a reduction of 333, not
+/// a multiple of 4) with padding, 13 output channels (blocks of 4 and 16 with remainders),
+/// every kernel this build has against the reference.
+#[test]
+fn extreme_values_every_kernel() {
+    let (ic, oc) = (37, 13);
+    let win = Window {
+        in_h: 3,
+        in_w: 4,
+        in_c: ic,
+        out_h: 3,
+        out_w: 4,
+        kh: 3,
+        kw: 3,
+        stride_h: 1,
+        stride_w: 1,
+        pad_top: 1,
+        pad_left: 1,
+    };
+    let input: Vec<i8> = (0..3 * 4 * ic)
+        .map(|i| if i % 11 == 0 { 127 } else { -128 })
+        .collect();
+    let weights: Vec<i8> = (0..oc * 9 * ic)
+        .map(|i| if (i / 7) % 3 == 0 { 127 } else { -128 })
+        .collect();
+    let c = Case {
+        win,
+        out_c: oc,
+        input,
+        weights,
+        bias: (0..oc as i32).map(|i| (i - 6) * 150_000).collect(),
+        mults: (0..oc as i32)
+            .map(|i| (1 << 30 | i << 20, -12 - i % 3))
+            .collect(),
+        in_zp: 127,
+        out_zp: -5,
+        relu: false,
+    };
+    let mut ran = Vec::new();
+    for prep in [Prep::Best, Prep::Portable, Prep::Neon] {
+        let Some((want, got, backend)) = try_conv(&c, prep) else {
+            continue;
+        };
+        assert_eq!(want, got, "backend {backend}");
+        assert!(want.iter().any(|&v| v != want[0]), "{want:?}");
+        ran.push(backend);
+    }
+    if let Some(best) = expected_best() {
+        assert!(
+            ran.contains(&best) && ran.contains(&"neon-smull"),
+            "{ran:?}"
+        );
+    }
+}
+
+/// Where the CPU has AVX-512 VNNI (and the build has `std`), `PreparedI8::new` does pick that
+/// kernel; on aarch64 it picks `sdot` where the CPU has it (with `std`), else the NEON `smull`
+/// kernel (so the property tests above check them, not only the portable loop).
 #[test]
 fn the_simd_kernel_is_the_one_tested() {
     let c = Case {
@@ -288,8 +438,9 @@ fn the_simd_kernel_is_the_one_tested() {
             && std::is_x86_feature_detected!("avx512vnni");
         assert_eq!(backend == "avx512vnni", vnni, "backend {backend}");
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = backend;
+    if let Some(best) = expected_best() {
+        assert_eq!(backend, best);
+    }
 }
 
 proptest! {

@@ -16,10 +16,12 @@
 //!   small register-blocked GEMM over output channels, then the same
 //!   [`multiply_by_quantized_multiplier`] requantisation as the reference.
 //!
-//! Back ends, chosen per op at run time: x86-64 AVX-512 VNNI (`std` feature, runtime detection,
-//! weights packed once at load, [`super::arch::x86`]), Cortex-M4 SXTB16/SMLAD
-//! ([`super::arch::cortex_m`], thumbv7em targets), and the portable loop below (every other
-//! target, and the fallback for shapes a back end's fixed buffers do not hold).
+//! Back ends, chosen per op at run time: x86-64 AVX-512 VNNI or AVX2 (`std` feature, runtime
+//! detection, weights packed once at load, [`super::arch::x86`]), aarch64 NEON `sdot` (runtime
+//! detection with `std`) or `smull`/`sadalp` (every aarch64 build, `no_std` too; weights packed
+//! once at load, [`super::arch::aarch64`]), Cortex-M4 SXTB16/SMLAD ([`super::arch::cortex_m`],
+//! thumbv7em targets), and the portable loop below (every other target, and the fallback for
+//! shapes a back end's fixed buffers do not hold).
 
 use alloc::vec::Vec;
 
@@ -31,6 +33,15 @@ use super::{check, KernelError, Window};
 /// Whether this build can choose the x86-64 AVX-512 VNNI kernel (with `std`, by run-time CPU
 /// detection); without `std` the host runs the portable loop.
 pub const X86_SIMD_BUILD: bool = cfg!(all(feature = "std", target_arch = "x86_64"));
+
+/// Whether this build can choose the aarch64 NEON `sdot` kernel: an aarch64 build with `std`
+/// (run-time detection of FEAT_DotProd) or with `+dotprod`. Every aarch64 build has the NEON
+/// `smull` kernel.
+pub const AARCH64_SDOT_BUILD: bool = cfg!(all(
+    target_arch = "aarch64",
+    target_feature = "neon",
+    any(feature = "std", target_feature = "dotprod")
+));
 
 /// Largest `kh·kw·in_c` the portable path im2cols (a stack buffer of this many bytes); larger
 /// reductions (never in the zoo or the exported ResNets) run the reference kernel.
@@ -50,6 +61,9 @@ pub struct PreparedI8 {
     /// Weights packed for the AVX-512 VNNI kernel, when the CPU has it.
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
     pub(crate) x86: Option<super::arch::x86::Packed>,
+    /// Weights packed for the aarch64 NEON kernels (`sdot` where the CPU has it, else `smull`).
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    pub(crate) aarch64: Option<super::arch::aarch64::Packed>,
 }
 
 /// One output channel's constants.
@@ -104,6 +118,12 @@ impl PreparedI8 {
             } else {
                 None
             },
+            #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+            aarch64: if in_range {
+                super::arch::aarch64::Packed::new(p, &chan)
+            } else {
+                None
+            },
             chan,
             in_range,
         }
@@ -117,6 +137,10 @@ impl PreparedI8 {
         #[cfg(all(feature = "std", target_arch = "x86_64"))]
         {
             prep.x86 = None;
+        }
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+        {
+            prep.aarch64 = None;
         }
         prep
     }
@@ -135,6 +159,21 @@ impl PreparedI8 {
         None
     }
 
+    /// Like [`PreparedI8::new`] but packed for the aarch64 NEON `smull`/`sadalp` kernel even
+    /// where `sdot` is available; `None` if this build is not for aarch64 (or `p`'s constants
+    /// are out of the fast path's ranges, or its reduction too long). For tests.
+    pub fn new_neon(p: &ConvI8) -> Option<Self> {
+        #[allow(unused_mut)]
+        let mut prep = Self::new_portable(p);
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+        if prep.in_range {
+            prep.aarch64 = Some(super::arch::aarch64::Packed::new_smull(p, &prep.chan)?);
+            return Some(prep);
+        }
+        let _ = &mut prep;
+        None
+    }
+
     /// Preparation of a fully connected layer (a 1×1 convolution of a 1×1×`in_len` image).
     pub fn new_fc(p: &FcI8) -> Self {
         Self::new(&fc_as_conv(p))
@@ -146,11 +185,14 @@ impl PreparedI8 {
         let b = self.chan.capacity() * core::mem::size_of::<ChanQ>();
         #[cfg(all(feature = "std", target_arch = "x86_64"))]
         let b = b + self.x86.as_ref().map_or(0, |x| x.heap_bytes());
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+        let b = b + self.aarch64.as_ref().map_or(0, |x| x.heap_bytes());
         b
     }
 
-    /// Which kernel runs this op on this machine: `"avx512vnni"`, `"avx2"`, `"cortex-m4-dsp"` or
-    /// `"portable"` (shapes too large for the fixed buffers fall back to `"reference"`).
+    /// Which kernel runs this op on this machine: `"avx512vnni"`, `"avx2"`, `"neon-sdot"`,
+    /// `"neon-smull"`, `"cortex-m4-dsp"` or `"portable"` (shapes too large for the fixed
+    /// buffers fall back to `"reference"`).
     pub fn backend(&self, p: &ConvI8) -> &'static str {
         if !self.in_range {
             return "reference";
@@ -158,6 +200,10 @@ impl PreparedI8 {
         #[cfg(all(feature = "std", target_arch = "x86_64"))]
         if let Some(x) = &self.x86 {
             return x.backend();
+        }
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+        if let Some(a) = &self.aarch64 {
+            return a.backend();
         }
         #[cfg(rt_dsp)]
         if super::arch::cortex_m::supports(&p.win) {
@@ -272,6 +318,12 @@ pub fn conv2d_i8_prepared(
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
     if let Some(pk) = &prep.x86 {
         if super::arch::x86::conv(p, pk, input, output) {
+            return Ok(());
+        }
+    }
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    if let Some(pk) = &prep.aarch64 {
+        if super::arch::aarch64::conv(p, pk, input, output) {
             return Ok(());
         }
     }
