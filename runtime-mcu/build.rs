@@ -7,6 +7,13 @@
 //! * `MCU_MODELS`: overrides the board's `models` (names separated by spaces or commas, from
 //!   `landmark`, `fewshot`, `resnet8`, `tiny-landmark`, `tiny-fewshot`).
 //!
+//! * `MCU_PIPELINE_DIR`: a directory holding `backbone-int8.safetensors`,
+//!   `landmarks-int8.safetensors` and `inputs.bin` (normalised inputs, `app::Images`) that the
+//!   `tiny-*` parts run instead of the fixtures' exports (`fixtures/tiny`, `fixtures/mcu/tiny-inputs.bin`):
+//!   e.g. a study's own models (`tests/tests/mcu_parity.rs`, `study_models_on_the_mcu`). Sets
+//!   `cfg(mcu_pipeline_external)`, which sizes the arena and heap for models up to ResNet-18 ×0.125
+//!   at 32 px.
+//!
 //! Each selected model becomes `cfg(mcu_model = "<name>")`: the firmware embeds only those
 //! fixtures and runs only their part of the program. Environment variables and cfgs leave the
 //! crate's metadata hash alone, so the default build is byte for byte the QEMU build.
@@ -29,6 +36,8 @@ fn main() {
     println!("cargo:rerun-if-changed=../fixtures/mcu");
     println!("cargo:rerun-if-changed=../fixtures/tiny/landmarks-int8.safetensors");
     println!("cargo:rerun-if-changed=../fixtures/tiny/backbone-int8.safetensors");
+    println!("cargo:rerun-if-env-changed=MCU_PIPELINE_DIR");
+    println!("cargo::rustc-check-cfg=cfg(mcu_pipeline_external)");
     println!(
         "cargo::rustc-check-cfg=cfg(mcu_model, values(\"{}\"))",
         MODELS.join("\", \"")
@@ -80,6 +89,56 @@ fn main() {
     }
     if !any {
         panic!("no models selected for board {board}");
+    }
+    copy_pipeline(&out);
+}
+
+/// The training pipeline's exports the `tiny-*` parts run, copied into OUT_DIR under fixed names
+/// (`include_bytes!` needs a literal path): `MCU_PIPELINE_DIR`'s, else the fixtures'.
+fn copy_pipeline(out: &std::path::Path) {
+    let external = env::var("MCU_PIPELINE_DIR")
+        .ok()
+        .filter(|d| !d.trim().is_empty());
+    let files: [(PathBuf, &str); 3] = match &external {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            println!("cargo:rustc-cfg=mcu_pipeline_external");
+            [
+                (
+                    dir.join("backbone-int8.safetensors"),
+                    "pipeline-backbone.safetensors",
+                ),
+                (
+                    dir.join("landmarks-int8.safetensors"),
+                    "pipeline-landmarks.safetensors",
+                ),
+                (dir.join("inputs.bin"), "pipeline-inputs.bin"),
+            ]
+        }
+        None => [
+            (
+                PathBuf::from("../fixtures/tiny/backbone-int8.safetensors"),
+                "pipeline-backbone.safetensors",
+            ),
+            (
+                PathBuf::from("../fixtures/tiny/landmarks-int8.safetensors"),
+                "pipeline-landmarks.safetensors",
+            ),
+            (
+                PathBuf::from("../fixtures/mcu/tiny-inputs.bin"),
+                "pipeline-inputs.bin",
+            ),
+        ],
+    };
+    for (from, name) in files {
+        println!("cargo:rerun-if-changed={}", from.display());
+        fs::copy(&from, out.join(name)).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (MCU_PIPELINE_DIR={})",
+                from.display(),
+                external.as_deref().unwrap_or("unset: the fixtures")
+            )
+        });
     }
 }
 

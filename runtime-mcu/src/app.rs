@@ -18,6 +18,7 @@ use runtime_core::heads::centroid::NearestCentroid;
 use runtime_core::heads::landmarks::{self, N_LANDMARKS};
 use runtime_core::heads::linear::{LinearClassifier, SgdRecipe};
 use runtime_core::heads::HeadError;
+use runtime_core::model::quantize;
 use runtime_core::{Dtype, Model, ModelError, RunError};
 
 /// Most classes in an episode.
@@ -28,10 +29,6 @@ pub const MAX_DIM: usize = 64;
 pub const MAX_IMAGES: usize = 25;
 /// Seed of the on-device classifier fit (weights init and per-epoch permutations).
 pub const FIT_SEED: u64 = 0x5EED_F00D;
-/// Most values of a normalised (f32) input: 16×16×3, the pipeline models' input. They are
-/// decoded on the stack (3 KiB) before runtime-core quantises them into the arena.
-pub const MAX_NORMALISED: usize = 16 * 16 * 3;
-
 /// Which parts of the program a build runs: all of them on the host and in the QEMU firmware; a
 /// board with less flash leaves models out (`runtime-mcu/README.md` "Boards") and their parts.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -336,21 +333,34 @@ fn load<'m, P: Platform>(
     Ok(m)
 }
 
-/// Quantises a normalised f32 LE input into the arena's input slot with runtime-core's
-/// `load_input_f32` (runtime-cli's path). Not inlined: the 3 KiB decode buffer lives on the stack
-/// only during this call, never under the graph's run.
-#[inline(never)]
+/// Quantises a normalised f32 LE input straight into the arena's input slot, value by value
+/// with runtime-core's `quantize`, which is what `Model::load_input_f32` (runtime-cli's path)
+/// does: no decode buffer, so the input size is bounded by the arena alone.
 fn load_normalised(m: &Model, b: &[u8], arena: &mut [u8]) -> Result<(), RunError> {
     let n = b.len() / 4;
-    let mut x = [0.0f32; MAX_NORMALISED];
-    let x = x.get_mut(..n).ok_or(RunError::InputLen {
-        expected: m.input_len(),
-        got: n,
-    })?;
-    for (v, q) in x.iter_mut().zip(b.chunks_exact(4)) {
-        *v = f32::from_le_bytes([q[0], q[1], q[2], q[3]]);
+    if n != m.input_len() || !b.len().is_multiple_of(4) {
+        return Err(RunError::InputLen {
+            expected: m.input_len(),
+            got: n,
+        });
     }
-    m.load_input_f32(x, arena)
+    let values = b
+        .chunks_exact(4)
+        .map(|q| f32::from_le_bytes([q[0], q[1], q[2], q[3]]));
+    match m.dtype() {
+        Dtype::Int8 => {
+            let d = m.input_desc();
+            for (q, x) in m.input_slot_i8(arena)?.iter_mut().zip(values) {
+                *q = quantize(x, d.scale, d.zp);
+            }
+        }
+        Dtype::F32 => {
+            for (v, x) in m.input_slot_f32(arena)?.iter_mut().zip(values) {
+                *v = x;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Puts one input into the arena (RGB8: normalised and quantised; normalised: quantised) and

@@ -23,11 +23,14 @@ mod stack;
 
 /// The one inference arena, shared by the models (loaded one at a time). Sized for the largest
 /// plan embedded: ResNet-8's 48 KiB, else 8 KiB (the landmark model and the backbone plan 5 KiB,
-/// the pipeline's two models 3 KiB);
+/// the pipeline's two models 3 KiB; a study's ResNet-18 ×0.125 at 32 px through `MCU_PIPELINE_DIR`
+/// 24 KiB);
 /// `app::load` refuses a model whose plan does not fit. The embedded models are the board's
 /// (`boards/<name>/models`, or `MCU_MODELS`), selected by build.rs as `cfg(mcu_model = "…")`.
 const ARENA_BYTES: usize = if cfg!(mcu_model = "resnet8") {
     48 * 1024
+} else if cfg!(mcu_pipeline_external) {
+    32 * 1024
 } else {
     8 * 1024
 };
@@ -60,16 +63,19 @@ const RESNET8: &[u8] = include_bytes!("../../fixtures/mcu/resnet8.safetensors");
 #[cfg(not(mcu_model = "resnet8"))]
 const RESNET8: &[u8] = &[];
 // The training pipeline's exports, as host-trainer's fixture command wrote them (not copied).
+// (build.rs copies them into OUT_DIR: the fixtures' files, or MCU_PIPELINE_DIR's.)
 #[cfg(mcu_model = "tiny-landmark")]
-const TINY_LANDMARK: &[u8] = include_bytes!("../../fixtures/tiny/landmarks-int8.safetensors");
+const TINY_LANDMARK: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/pipeline-landmarks.safetensors"));
 #[cfg(not(mcu_model = "tiny-landmark"))]
 const TINY_LANDMARK: &[u8] = &[];
 #[cfg(mcu_model = "tiny-fewshot")]
-const TINY_BACKBONE: &[u8] = include_bytes!("../../fixtures/tiny/backbone-int8.safetensors");
+const TINY_BACKBONE: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/pipeline-backbone.safetensors"));
 #[cfg(not(mcu_model = "tiny-fewshot"))]
 const TINY_BACKBONE: &[u8] = &[];
 #[cfg(any(mcu_model = "tiny-landmark", mcu_model = "tiny-fewshot"))]
-const TINY_INPUTS: &[u8] = include_bytes!("../../fixtures/mcu/tiny-inputs.bin");
+const TINY_INPUTS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pipeline-inputs.bin"));
 #[cfg(not(any(mcu_model = "tiny-landmark", mcu_model = "tiny-fewshot")))]
 const TINY_INPUTS: &[u8] = &[];
 
@@ -147,7 +153,7 @@ fn main() -> ! {
 
     static mut ARENA: [u8; ARENA_BYTES] = [0; ARENA_BYTES];
     // SAFETY: the only reference to ARENA, taken once in a function that never returns.
-    let arena: &mut [u8] = unsafe { &mut *&raw mut ARENA };
+    let arena: &mut [u8] = unsafe { &mut *core::ptr::addr_of_mut!(ARENA) };
     if let Err(e) = app::run(&mut Board, FIXTURES, arena) {
         defmt::error!("FAILED {}", defmt::Debug2Format(&e));
         fault::exit_fail()

@@ -238,68 +238,103 @@ fn read(rel: &str) -> Vec<u8> {
 
 /// The pipeline models' inputs, made exactly as runtime-cli makes them (its `Runner`: resize
 /// to the model input, normalise with the model's mean/std; the device then quantises with
-/// `load_input_f32`, as `Runner::run_normalised` does). Landmarks: `images/face.png` (40×49,
-/// resized) and the first MAFL test faces, each cropped to its MAFL square first as
-/// `runtime-cli infer` / `eval mafl` do. Episode: the first `TINY_WAY` classes of `objects`
-/// test (csv order), each class's first `TINY_SHOT` images the support, the next `TINY_QUERY`
-/// the queries.
-fn tiny_inputs() -> Vec<u8> {
-    let (lm_bytes, bb_bytes) = (read(TINY_LANDMARK), read(TINY_BACKBONE));
-    let lm = Model::parse(&lm_bytes).expect("landmark model");
-    let bb = Model::parse(&bb_bytes).expect("backbone");
-    let shape = lm.input_shape();
-    assert_eq!(shape, bb.input_shape(), "one input shape for both models");
-    let (lm_run, bb_run) = (Runner::new(&lm), Runner::new(&bb));
-    let tiny = root().join("fixtures/tiny");
-    let load = |p: std::path::PathBuf| engine::load_image(&p).unwrap();
+/// `quantize`, as `Runner::run_normalised` does through `load_input_f32`). Landmarks: `first_face`
+/// if given (e.g. `images/face.png`, 40×49, resized), then the first MAFL test faces of
+/// `data/faces`, each cropped to its MAFL square first as `runtime-cli infer` / `eval mafl` do;
+/// `n_landmark` in all. Episode: the first `way` classes of `data/objects` test (csv order), each
+/// class's first `shot` images the support, the next `query` the queries.
+struct PipelineInputs<'p> {
+    landmarks: &'p [u8],
+    backbone: &'p [u8],
+    data: PathBuf,
+    first_face: Option<PathBuf>,
+    n_landmark: usize,
+    way: usize,
+    shot: usize,
+    query: usize,
+}
 
-    let mut inputs: Vec<Vec<f32>> = Vec::new();
-    let mafl = std::fs::read_to_string(tiny.join("faces/MAFL/testing.txt")).unwrap();
-    let faces = std::iter::once(tiny.join("images/face.png")).chain(
-        mafl.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|n| tiny.join("faces/img_align_celeba").join(n.trim())),
-    );
-    for path in faces.take(TINY_N_LANDMARK) {
-        let (crop, _, _) = runtime_cli::landmarks::aligned_crop(&load(path));
-        inputs.push(lm_run.normalised_input(&crop));
-    }
+impl PipelineInputs<'_> {
+    fn encode(&self) -> Vec<u8> {
+        let lm = Model::parse(self.landmarks).expect("landmark model");
+        let bb = Model::parse(self.backbone).expect("backbone");
+        let shape = lm.input_shape();
+        assert_eq!(shape, bb.input_shape(), "one input shape for both models");
+        let (lm_run, bb_run) = (Runner::new(&lm), Runner::new(&bb));
+        let load =
+            |p: PathBuf| engine::load_image(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let read_text = |p: PathBuf| {
+            std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        };
 
-    let csv = std::fs::read_to_string(tiny.join("objects/test.csv")).unwrap();
-    let mut classes: Vec<(String, Vec<String>)> = Vec::new();
-    for line in csv.lines().skip(1).filter(|l| !l.trim().is_empty()) {
-        let (file, label) = line.split_once(',').expect("filename,label");
-        match classes.iter_mut().find(|(l, _)| l == label) {
-            Some((_, files)) => files.push(file.to_string()),
-            None => classes.push((label.to_string(), vec![file.to_string()])),
+        let mut inputs: Vec<Vec<f32>> = Vec::new();
+        let faces_dir = self.data.join("faces");
+        let mafl = read_text(faces_dir.join("MAFL/testing.txt"));
+        let faces = self.first_face.iter().cloned().chain(
+            mafl.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|n| faces_dir.join("img_align_celeba").join(n.trim())),
+        );
+        for path in faces.take(self.n_landmark) {
+            let (crop, _, _) = runtime_cli::landmarks::aligned_crop(&load(path));
+            inputs.push(lm_run.normalised_input(&crop));
         }
-    }
-    assert!(
-        classes.len() >= TINY_WAY,
-        "objects test has {} classes",
-        classes.len()
-    );
-    let episode = |range: std::ops::Range<usize>| {
-        let mut v = Vec::new();
-        for (_, files) in &classes[..TINY_WAY] {
-            for f in &files[range.clone()] {
-                v.push(bb_run.normalised_input(&load(tiny.join("objects/images").join(f))));
+        assert_eq!(inputs.len(), self.n_landmark, "too few MAFL test faces");
+
+        let objects = self.data.join("objects");
+        let csv = read_text(objects.join("test.csv"));
+        let mut classes: Vec<(String, Vec<String>)> = Vec::new();
+        for line in csv.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+            let (file, label) = line.split_once(',').expect("filename,label");
+            match classes.iter_mut().find(|(l, _)| l == label) {
+                Some((_, files)) => files.push(file.to_string()),
+                None => classes.push((label.to_string(), vec![file.to_string()])),
             }
         }
-        v
-    };
-    inputs.extend(episode(0..TINY_SHOT));
-    inputs.extend(episode(TINY_SHOT..TINY_SHOT + TINY_QUERY));
+        assert!(
+            classes.len() >= self.way,
+            "objects test has {} classes",
+            classes.len()
+        );
+        let episode = |range: std::ops::Range<usize>| {
+            let mut v = Vec::new();
+            for (_, files) in &classes[..self.way] {
+                for f in &files[range.clone()] {
+                    v.push(bb_run.normalised_input(&load(objects.join("images").join(f))));
+                }
+            }
+            v
+        };
+        inputs.extend(episode(0..self.shot));
+        inputs.extend(episode(self.shot..self.shot + self.query));
 
-    let refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
-    app::encode_normalised(
-        shape.map(|d| d as u8),
-        TINY_N_LANDMARK as u8,
-        TINY_WAY as u8,
-        TINY_SHOT as u8,
-        TINY_QUERY as u8,
-        &refs,
-    )
+        let refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
+        app::encode_normalised(
+            shape.map(|d| d as u8),
+            self.n_landmark as u8,
+            self.way as u8,
+            self.shot as u8,
+            self.query as u8,
+            &refs,
+        )
+    }
+}
+
+/// `tiny-inputs.bin`: the fixtures' pipeline models on `fixtures/tiny`'s own images.
+fn tiny_inputs() -> Vec<u8> {
+    let (landmarks, backbone) = (read(TINY_LANDMARK), read(TINY_BACKBONE));
+    let tiny = root().join("fixtures/tiny");
+    PipelineInputs {
+        landmarks: &landmarks,
+        backbone: &backbone,
+        first_face: Some(tiny.join("images/face.png")),
+        data: tiny,
+        n_landmark: TINY_N_LANDMARK,
+        way: TINY_WAY,
+        shot: TINY_SHOT,
+        query: TINY_QUERY,
+    }
+    .encode()
 }
 
 /// Every fixture file: (name, bytes). Deterministic: fixed seeds, integer/f32 maths only.
@@ -347,11 +382,24 @@ fn fixtures_are_current() {
 
 /// The host side of `app::Platform`: results formatted exactly as the firmware's defmt lines
 /// (`{=[u32]}` prints like Rust's `{:?}` of a slice; f32 go as bits in chunks of 16).
-struct Host {
+/// `PIPELINE_ONLY`: runs only the `tiny-*` parts, as a firmware built with
+/// `MCU_MODELS="tiny-landmark tiny-fewshot"` does.
+struct Host<const PIPELINE_ONLY: bool = false> {
     lines: Vec<String>,
 }
 
-impl app::Platform for Host {
+impl<const PIPELINE_ONLY: bool> app::Platform for Host<PIPELINE_ONLY> {
+    const PARTS: app::Parts = if PIPELINE_ONLY {
+        app::Parts {
+            landmark: false,
+            fewshot: false,
+            resnet8: false,
+            tiny_landmark: true,
+            tiny_fewshot: true,
+        }
+    } else {
+        app::Parts::ALL
+    };
     fn now(&mut self) -> u64 {
         0
     }
@@ -409,7 +457,7 @@ impl FixtureFiles {
 }
 
 fn run_host(fx: app::Fixtures) -> Result<Vec<String>, app::AppError> {
-    let mut host = Host { lines: Vec::new() };
+    let mut host: Host = Host { lines: Vec::new() };
     let mut arena = vec![0u8; 1 << 20];
     app::run(&mut host, fx, &mut arena)?;
     Ok(host.lines)
@@ -536,33 +584,39 @@ fn bad_fixtures_are_errors_not_panics() {
     assert!(run_host(good.fixtures()).is_ok());
 }
 
-#[test]
-fn mcu_matches_host_bit_for_bit() {
+/// Whether QEMU is here; without it the MCU tests skip with a message, except under CI.
+fn have_qemu(test: &str) -> bool {
     if Command::new("qemu-system-arm")
         .arg("--version")
         .output()
-        .is_err()
+        .is_ok()
     {
-        if std::env::var_os("CI").is_some() {
-            panic!(
-                "qemu-system-arm is missing under CI: scripts/setup.sh should have installed it"
-            );
-        }
-        eprintln!("SKIP mcu_matches_host_bit_for_bit: qemu-system-arm not installed (run scripts/mcu.sh setup)");
-        return;
+        return true;
     }
+    if std::env::var_os("CI").is_some() {
+        panic!("qemu-system-arm is missing under CI: scripts/setup.sh should have installed it");
+    }
+    eprintln!("SKIP {test}: qemu-system-arm not installed (run scripts/mcu.sh setup)");
+    false
+}
+
+/// Builds and runs the firmware with `scripts/mcu.sh` (extra environment `env`), keeps its log
+/// and footprint report in `target/<report>`, and returns the `RESULT` lines it printed.
+fn run_mcu(env: &[(&str, &std::ffi::OsStr)], report: &str) -> Vec<String> {
     // The firmware gets its own target dir: `cargo test` may hold the lock on the host one while
     // tests run, and a nested build waiting for it would hang until the script's timeout.
-    let out = Command::new("bash")
-        .arg(root().join("scripts/mcu.sh"))
+    let mut cmd = Command::new("bash");
+    cmd.arg(root().join("scripts/mcu.sh"))
         .current_dir(root())
-        .env("CARGO_TARGET_DIR", root().join("runtime-mcu/target"))
-        .output()
-        .expect("run scripts/mcu.sh");
+        .env("CARGO_TARGET_DIR", root().join("runtime-mcu/target"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run scripts/mcu.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     // The run's log and footprint report, for scripts/test.sh to print (the MCU runs once).
-    let report = root().join("target").join("mcu-report.txt");
+    let report = root().join("target").join(report);
     if let Some(dir) = report.parent() {
         let _ = std::fs::create_dir_all(dir);
         let _ = std::fs::write(&report, format!("{stdout}{stderr}"));
@@ -572,16 +626,18 @@ fn mcu_matches_host_bit_for_bit() {
         "scripts/mcu.sh failed ({}): panic, hard fault, hang or build error\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
         out.status
     );
-    let mcu: Vec<String> = stdout
+    stdout
         .lines()
         .filter_map(|l| {
             l.split_once("RESULT ")
                 .map(|(_, r)| r.trim_end().to_string())
         })
-        .collect();
-    let host = host_results();
+        .collect()
+}
+
+fn assert_same_results(mcu: &[String], host: &[String]) {
     assert!(!host.is_empty());
-    for (i, (m, h)) in mcu.iter().zip(&host).enumerate() {
+    for (i, (m, h)) in mcu.iter().zip(host).enumerate() {
         assert_eq!(m, h, "result line {i} differs (MCU left, host right)");
     }
     assert_eq!(
@@ -591,4 +647,91 @@ fn mcu_matches_host_bit_for_bit() {
         mcu.len(),
         host.len()
     );
+}
+
+#[test]
+fn mcu_matches_host_bit_for_bit() {
+    if !have_qemu("mcu_matches_host_bit_for_bit") {
+        return;
+    }
+    let mcu = run_mcu(&[], "mcu-report.txt");
+    assert_same_results(&mcu, &host_results());
+}
+
+/// A study's own int8 models on the MCU, bit for bit against the host: the chosen method's
+/// objects backbone (`objects/<method>/model.int8.safetensors`) on a 5-way 1-shot episode with
+/// 2 queries per class from the study's novel classes, and its landmark model
+/// (`faces/<method>/landmarks.int8.safetensors`) on 3 MAFL test faces, built with
+/// `MCU_PIPELINE_DIR` in place of the fixtures' exports. Not in CI (it needs a study's output):
+///
+/// `MCU_STUDY=out/study [MCU_STUDY_METHOD=exemplar-v2] cargo test --release -p parity-tests
+/// --test mcu_parity study_models_on_the_mcu -- --ignored`
+///
+/// The log and footprint report go to `target/mcu-study-report.txt`.
+#[test]
+#[ignore = "needs a study's output directory in MCU_STUDY"]
+fn study_models_on_the_mcu() {
+    let study = PathBuf::from(
+        std::env::var_os("MCU_STUDY").expect("MCU_STUDY=<a study's --out directory>"),
+    );
+    let method = std::env::var("MCU_STUDY_METHOD").unwrap_or_else(|_| "exemplar-v2".into());
+    let read_abs =
+        |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let backbone = read_abs(
+        study
+            .join("objects")
+            .join(&method)
+            .join("model.int8.safetensors"),
+    );
+    let landmarks = read_abs(
+        study
+            .join("faces")
+            .join(&method)
+            .join("landmarks.int8.safetensors"),
+    );
+    let inputs = PipelineInputs {
+        landmarks: &landmarks,
+        backbone: &backbone,
+        data: study.join("data"),
+        first_face: None,
+        n_landmark: 3,
+        way: 5,
+        shot: 1,
+        query: 2,
+    }
+    .encode();
+    let dir = root().join("target/mcu-study");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, bytes) in [
+        ("backbone-int8.safetensors", &backbone),
+        ("landmarks-int8.safetensors", &landmarks),
+        ("inputs.bin", &inputs),
+    ] {
+        host_trainer::fsutil::write_atomic(&dir.join(name), bytes).unwrap();
+    }
+
+    let mut host: Host<true> = Host { lines: Vec::new() };
+    let mut arena = vec![0u8; 1 << 20];
+    let fx = app::Fixtures {
+        landmark: &[],
+        backbone: &[],
+        resnet8: &[],
+        images: &[],
+        tiny_landmark: &landmarks,
+        tiny_backbone: &backbone,
+        tiny_inputs: &inputs,
+    };
+    app::run(&mut host, fx, &mut arena).unwrap_or_else(|e| panic!("host run failed: {e:?}"));
+    if !have_qemu("study_models_on_the_mcu") {
+        return;
+    }
+    let models = std::ffi::OsStr::new("tiny-landmark tiny-fewshot");
+    let mcu = run_mcu(
+        &[
+            ("MCU_PIPELINE_DIR", dir.as_os_str()),
+            ("MCU_MODELS", models),
+        ],
+        "mcu-study-report.txt",
+    );
+    assert_same_results(&mcu, &host.lines);
 }
