@@ -30,6 +30,8 @@ pub struct BenchResult {
     pub kernels: String,
     /// Heap bytes the loader added for the fast kernels (`Model::prepared_bytes`).
     pub prepared_bytes: usize,
+    /// Threads the int8 convs could split over (`Model::set_threads`).
+    pub threads: usize,
 }
 
 /// Nearest-rank percentile of sorted values: the smallest value with at least `p`% of the
@@ -46,6 +48,7 @@ pub fn bench(
     runs: usize,
     warmup: usize,
     reference_kernels: bool,
+    threads: usize,
 ) -> Result<BenchResult> {
     if runs == 0 {
         bail!("--runs must be at least 1");
@@ -53,6 +56,7 @@ pub fn bench(
     let bytes = engine::read_model(path)?;
     let mut model = engine::parse_model(&bytes, path)?;
     model.set_reference_kernels(reference_kernels);
+    model.set_threads(threads);
     let kernels = summarise(&model.kernel_backends());
     let prepared_bytes = model.prepared_bytes();
     let mut runner = Runner::new(&model);
@@ -86,6 +90,7 @@ pub fn bench(
         dtype: engine::dtype_name(model.dtype()),
         kernels,
         prepared_bytes,
+        threads: model.threads(),
     })
 }
 
@@ -110,7 +115,7 @@ pub fn to_json(r: &BenchResult, path: &Path) -> serde_json::Value {
         "command": "bench",
         "model": path.display().to_string(),
         "dtype": r.dtype,
-        "threads": 1,
+        "threads": r.threads,
         "runs": r.runs,
         "warmup": r.warmup,
         "p50_ms": r.p50_ms,
@@ -128,10 +133,12 @@ pub fn to_json(r: &BenchResult, path: &Path) -> serde_json::Value {
 pub fn to_text(r: &BenchResult, path: &Path) -> String {
     let gmacs = r.macs as f64 * r.images_per_s / 1e9;
     format!(
-        "{} ({}, {:.2} M MACs), 1 thread, {} runs after {} warm-up:\n  latency p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms (mean {:.3} ms)\n  throughput {:.1} images/s ({:.2} GMAC/s)\n  kernels: {} (prepared {} B)",
+        "{} ({}, {:.2} M MACs), {} thread{}, {} runs after {} warm-up:\n  latency p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms (mean {:.3} ms)\n  throughput {:.1} images/s ({:.2} GMAC/s)\n  kernels: {} (prepared {} B)",
         path.display(),
         r.dtype,
         r.macs as f64 / 1e6,
+        r.threads,
+        if r.threads == 1 { "" } else { "s" },
         r.runs,
         r.warmup,
         r.p50_ms,

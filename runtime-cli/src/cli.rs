@@ -132,6 +132,10 @@ pub struct BenchCmd {
     /// baseline the fast path is measured against; same results).
     #[arg(long)]
     pub reference_kernels: bool,
+    /// Threads each int8 conv may split its output over (runtime-core's `Model::set_threads`:
+    /// the x86-64 SIMD kernels, convs large enough to pay for the split; same results).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: u16,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -199,7 +203,13 @@ pub fn run(cli: Cli) -> Result<()> {
             )
         }
         Command::Bench(c) => {
-            let r = bench::bench(&c.model, c.runs, c.warmup, c.reference_kernels)?;
+            let r = bench::bench(
+                &c.model,
+                c.runs,
+                c.warmup,
+                c.reference_kernels,
+                c.threads as usize,
+            )?;
             emit(
                 c.json,
                 bench::to_json(&r, &c.model),

@@ -20,16 +20,20 @@ fn build(b: ModelBuilder) -> Vec<u8> {
 fn model_pair(c: &mut Criterion, name: &str, make: impl Fn(Dtype) -> ModelBuilder) {
     let mut g = c.benchmark_group(name);
     g.sample_size(10);
-    // Int8 runs the fast kernels ("Int8") and, as the same-run baseline, the reference ones
-    // ("Int8-reference").
-    for (dtype, reference) in [
-        (Dtype::Int8, false),
-        (Dtype::Int8, true),
-        (Dtype::F32, false),
-    ] {
+    // Int8 runs the fast kernels ("Int8"), with the `threads` feature also on 2 threads
+    // ("Int8-2threads"), and, as the same-run baseline, the reference ones ("Int8-reference").
+    let mut runs = vec![(Dtype::Int8, false, 1)];
+    if cfg!(feature = "threads") {
+        runs.push((Dtype::Int8, false, 2));
+    }
+    runs.extend([(Dtype::Int8, true, 1), (Dtype::F32, false, 1)]);
+    for (dtype, reference, threads) in runs {
         let bytes = build(make(dtype));
         let mut m = Model::parse(&bytes).unwrap();
         m.set_reference_kernels(reference);
+        #[cfg(feature = "threads")]
+        m.set_threads(threads);
+        let _ = threads;
         println!(
             "{name} {dtype:?}{}: arena {} B, weights {} B, prepared {} B, {} MACs, file {} B, kernels {:?}",
             if reference { " (reference kernels)" } else { "" },
@@ -45,6 +49,8 @@ fn model_pair(c: &mut Criterion, name: &str, make: impl Fn(Dtype) -> ModelBuilde
         let rgb: Vec<u8> = (0..m.input_len()).map(|i| (i * 31 % 256) as u8).collect();
         let label = if reference {
             format!("{dtype:?}-reference")
+        } else if threads > 1 {
+            format!("{dtype:?}-{threads}threads")
         } else {
             format!("{dtype:?}")
         };

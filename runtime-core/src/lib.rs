@@ -53,6 +53,8 @@ pub mod model;
 pub mod ops;
 pub mod plan;
 pub mod protocol;
+#[cfg(feature = "threads")]
+pub mod team;
 
 pub use model::{
     layer_multiplier, write_safetensors, BuildError, Dtype, GraphError, LayerParams, Model,

@@ -15,7 +15,9 @@ use runtime_core::ops::{
     add::{add_i8, AddI8, ADD_TABLE_MIN_LEN},
     conv2d::{conv2d_i8, ConvI8},
     fully_connected::{fully_connected_i8, FcI8},
-    prepared::{conv2d_i8_prepared, fully_connected_i8_prepared, PreparedI8},
+    prepared::{
+        conv2d_i8_prepared, conv2d_i8_prepared_split, fully_connected_i8_prepared, PreparedI8,
+    },
     requant::{multiply_by_quantized_multiplier, multiply_by_quantized_multiplier_split},
     I32Le, Window,
 };
@@ -228,6 +230,26 @@ proptest! {
     fn conv_fast_matches_reference(c in case()) {
         let (want, got, backend) = run_conv(&c, false);
         prop_assert_eq!(want, got, "backend {}", backend);
+    }
+
+    /// The threaded driver's split (`threads` feature, x86-64 SIMD kernels; elsewhere it runs
+    /// on one thread): any number of contiguous pixel runs gives the reference's bytes.
+    #[test]
+    fn conv_split_matches_reference(c in case(), tasks in 2usize..=7) {
+        let (want, _, _) = run_conv(&c, false);
+        let (bias, mult, shift) = (
+            le(&c.bias),
+            le(&c.mults.iter().map(|m| m.0).collect::<Vec<_>>()),
+            le(&c.mults.iter().map(|m| m.1).collect::<Vec<_>>()),
+        );
+        let p = ConvI8 {
+            win: c.win, out_c: c.out_c, weights: &c.weights, bias: I32Le::new(&bias),
+            mult: I32Le::new(&mult), shift: I32Le::new(&shift), in_zp: c.in_zp, out_zp: c.out_zp,
+            act_min: if c.relu { c.out_zp } else { -128 }, act_max: 127,
+        };
+        let mut got = vec![0i8; want.len()];
+        conv2d_i8_prepared_split(&p, &PreparedI8::new(&p), &c.input, &mut got, tasks).unwrap();
+        prop_assert_eq!(want, got);
     }
 
     #[test]
@@ -470,5 +492,35 @@ proptest! {
             }
             None => prop_assert!(!expect, "AVX2 available but not packed"),
         }
+    }
+}
+
+/// A whole model on 1, 2 and 3 threads (`Model::set_threads`): the same output bytes, on the
+/// ResNet-18 backbone at 64 px, whose convs are large enough to split.
+#[cfg(all(feature = "threads", feature = "zoo"))]
+#[test]
+fn model_threads_give_the_same_bytes() {
+    use runtime_core::{model::zoo, Dtype, Model};
+    let bytes = zoo::resnet18(Dtype::Int8, 64, 16, 7)
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    let mut m = Model::parse(&bytes).unwrap();
+    let mut rng = runtime_core::heads::rng::SplitMix64::new(3);
+    let rgb: Vec<u8> = (0..64 * 64 * 3).map(|_| rng.next_u64() as u8).collect();
+    let run = |m: &Model| {
+        let mut arena = vec![0u8; m.arena_bytes()];
+        m.preprocess_rgb8(&rgb, &mut arena).unwrap();
+        m.run_i8_in_arena(&mut arena).unwrap().to_vec()
+    };
+    let one = run(&m);
+    assert!(
+        one.iter().any(|&v| v != one[0]),
+        "a constant output proves little"
+    );
+    for n in [2, 3] {
+        m.set_threads(n);
+        assert_eq!(m.threads(), n);
+        assert_eq!(run(&m), one, "{n} threads");
     }
 }

@@ -918,5 +918,6 @@ fn finish_model<'a>(
         weight_bytes,
         prepared,
         reference_kernels: false,
+        threads: 1,
     })
 }

@@ -200,6 +200,8 @@ pub struct Model<'a> {
     /// Run the reference int8 conv/fc kernels instead of the prepared ones (a baseline for
     /// benchmarks; same results).
     pub(crate) reference_kernels: bool,
+    /// Threads the int8 convs may split over (`threads` feature; 1 otherwise).
+    pub(crate) threads: usize,
 }
 
 impl<'a> Model<'a> {
@@ -235,6 +237,19 @@ impl<'a> Model<'a> {
     /// for measuring the fast path against them in one process.
     pub fn set_reference_kernels(&mut self, on: bool) {
         self.reference_kernels = on;
+    }
+    /// Lets each int8 conv split its output over up to `n` threads: the caller and the helper
+    /// team (`team`, one helper per further CPU), which spins while an inference holds it
+    /// (`ops::prepared::conv2d_i8_prepared_threads`: the x86-64 SIMD kernels, convs large
+    /// enough to pay for the split). The results are the same bytes for every `n`; 0 counts as
+    /// 1. Two threads running models at once: one holds the team, the other runs alone.
+    #[cfg(feature = "threads")]
+    pub fn set_threads(&mut self, n: usize) {
+        self.threads = n.max(1);
+    }
+    /// Threads the int8 convs may use ([`Model::set_threads`]; 1 without the `threads` feature).
+    pub fn threads(&self) -> usize {
+        self.threads
     }
     /// The int8 kernel each conv/fc runs on this machine, in op order (see
     /// [`PreparedI8::backend`]; `"reference"` everywhere after
@@ -509,6 +524,22 @@ impl<'a> Model<'a> {
     /// Runs an int8 model on the input already in the arena; returns the raw output.
     pub fn run_i8_in_arena<'b>(&self, arena: &'b mut [u8]) -> Result<&'b [i8], RunError> {
         let a = self.arena_i8(arena)?;
+        // With threads the inference holds the helper team (they spin while it runs), and
+        // every conv large enough splits over it.
+        #[cfg(feature = "threads")]
+        let team = crate::team::engage(self.threads);
+        #[cfg(feature = "threads")]
+        let team = team.as_ref();
+        #[cfg(not(feature = "threads"))]
+        let team = None;
+        self.run_nodes_i8(a, team)?;
+        let (o, len) = self.range(self.output);
+        let a: &'b [i8] = a;
+        a.get(o..o + len).ok_or(RunError::Internal)
+    }
+
+    /// Every node of an int8 graph, in order, in the arena `a`.
+    fn run_nodes_i8(&self, a: &mut [i8], team: ops::prepared::Team) -> Result<(), RunError> {
         for n in &self.nodes {
             let (out, x0, x1) = self.views(a, n)?;
             let r = match &n.kernel {
@@ -517,7 +548,7 @@ impl<'a> Model<'a> {
                 }
                 Kernel::ConvI8(p, i) => {
                     let prep = self.prepared.get(*i as usize).ok_or(RunError::Internal)?;
-                    ops::prepared::conv2d_i8_prepared(p, prep, x0, out)
+                    ops::prepared::conv2d_i8_prepared_threads(p, prep, x0, out, team, self.threads)
                 }
                 Kernel::AddI8(p) => ops::add::add_i8(p, x0, x1.ok_or(RunError::Internal)?, out),
                 Kernel::MaxPoolI8(w) => ops::maxpool::maxpool_i8(w, -128, 127, x0, out),
@@ -537,9 +568,7 @@ impl<'a> Model<'a> {
                 error,
             })?;
         }
-        let (o, len) = self.range(self.output);
-        let a: &'b [i8] = a;
-        a.get(o..o + len).ok_or(RunError::Internal)
+        Ok(())
     }
 
     /// Runs an f32 model on the input already in the arena; returns the output view.

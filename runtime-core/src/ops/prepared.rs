@@ -335,6 +335,163 @@ pub fn conv2d_i8_prepared(
     conv_portable(p, &prep.chan, input, output)
 }
 
+/// Fewest MACs one task of the threaded conv gets: below this the hand-off costs more than it
+/// saves (one AVX-512 VNNI core does about 50 M MACs per ms; a hand-off to a spinning helper
+/// costs on the order of a microsecond).
+pub const MIN_MACS_PER_TASK: usize = 1 << 16;
+
+/// The team an inference holds (`threads` feature), or nothing: then every conv runs on the
+/// calling thread.
+#[cfg(feature = "threads")]
+pub type Team<'t> = Option<&'t crate::team::Engaged>;
+/// The team an inference holds (`threads` feature), or nothing: then every conv runs on the
+/// calling thread.
+#[cfg(not(feature = "threads"))]
+pub type Team<'t> = Option<&'t core::convert::Infallible>;
+
+/// [`conv2d_i8_prepared`] split over the held `team`, in as many tasks as the conv has
+/// [`MIN_MACS_PER_TASK`] MACs for, at most `threads` ([`conv2d_i8_prepared_split`]).
+pub fn conv2d_i8_prepared_threads(
+    p: &ConvI8,
+    prep: &PreparedI8,
+    input: &[i8],
+    output: &mut [i8],
+    team: Team,
+    threads: usize,
+) -> Result<(), KernelError> {
+    let w = &p.win;
+    let macs = w.out_h * w.out_w * p.out_c * w.kh * w.kw * w.in_c;
+    split(
+        p,
+        prep,
+        input,
+        output,
+        team,
+        threads.min(macs / MIN_MACS_PER_TASK),
+    )
+}
+
+/// [`conv2d_i8_prepared`] with the output split into up to `tasks` tiles run at once by the
+/// process's helper team (`threads` feature, x86-64 SIMD kernels): contiguous runs of whole
+/// 4-pixel blocks, or, where a layer has too few pixels to share (ResNet-18's last stage at
+/// 84 px has 9), runs of 16-channel blocks, whichever balances better. Every output byte is
+/// computed exactly as on one thread. Everything else (another path, `tasks ≤ 1`, the team busy
+/// in another thread) runs on the calling thread. Public so that tests can split convs of any
+/// size; the executor goes through [`conv2d_i8_prepared_threads`].
+pub fn conv2d_i8_prepared_split(
+    p: &ConvI8,
+    prep: &PreparedI8,
+    input: &[i8],
+    output: &mut [i8],
+    tasks: usize,
+) -> Result<(), KernelError> {
+    #[cfg(feature = "threads")]
+    {
+        let team = crate::team::engage(tasks);
+        split(p, prep, input, output, team.as_ref(), tasks)
+    }
+    #[cfg(not(feature = "threads"))]
+    {
+        let _ = tasks;
+        conv2d_i8_prepared(p, prep, input, output)
+    }
+}
+
+#[allow(unused_variables)]
+fn split(
+    p: &ConvI8,
+    prep: &PreparedI8,
+    input: &[i8],
+    output: &mut [i8],
+    team: Team,
+    tasks: usize,
+) -> Result<(), KernelError> {
+    #[cfg(all(feature = "threads", target_arch = "x86_64"))]
+    if let Some(team) = team {
+        let tasks = tasks.min(team.size());
+        if tasks > 1 && prep.in_range && lens_ok(p, prep, input.len(), output.len()) {
+            if let Some(pk) = prep
+                .x86
+                .as_ref()
+                .filter(|pk| super::arch::x86::supports(p, pk))
+            {
+                let tiles = Tiles::new(p.win.out_h * p.win.out_w, pk.blocks(), tasks);
+                let out = OutPtr(output.as_mut_ptr());
+                let task = |i: usize| {
+                    let (pixels, blocks) = tiles.tile(i);
+                    // SAFETY: `supports`; `out` is the whole output (lengths checked above),
+                    // alive until `run` returns; the tiles are disjoint.
+                    unsafe { super::arch::x86::conv_tile(p, pk, input, out.get(), pixels, blocks) }
+                };
+                team.run(tiles.count, &task);
+                return Ok(());
+            }
+        }
+    }
+    conv2d_i8_prepared(p, prep, input, output)
+}
+
+/// The output pointer shared by a split conv's tasks (each writes only its own tile).
+#[cfg(all(feature = "threads", target_arch = "x86_64"))]
+struct OutPtr(*mut i8);
+// SAFETY: the tasks write disjoint tiles (`Tiles`) and the owner waits for all of them.
+#[cfg(all(feature = "threads", target_arch = "x86_64"))]
+unsafe impl Sync for OutPtr {}
+#[cfg(all(feature = "threads", target_arch = "x86_64"))]
+impl OutPtr {
+    fn get(&self) -> *mut i8 {
+        self.0
+    }
+}
+
+/// How a split conv is tiled: `count` tiles of `per` 4-pixel blocks (all channels) or of `per`
+/// channel blocks (all pixels).
+#[cfg(any(test, all(feature = "threads", target_arch = "x86_64")))]
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Tiles {
+    n_px: usize,
+    blocks: usize,
+    by_pixels: bool,
+    per: usize,
+    count: usize,
+}
+
+#[cfg(any(test, all(feature = "threads", target_arch = "x86_64")))]
+impl Tiles {
+    /// The tiling of `tasks` tasks by pixels unless its largest tile (pixel blocks × channel
+    /// blocks) has over 25 % more work than the channel tiling's: channel tiles each im2col
+    /// every pixel, pixel tiles read disjoint inputs.
+    fn new(n_px: usize, blocks: usize, tasks: usize) -> Tiles {
+        let px_blocks = n_px.div_ceil(4);
+        let per_px = px_blocks.div_ceil(tasks);
+        let per_ch = blocks.div_ceil(tasks);
+        let by_pixels = 4 * per_px * blocks <= 5 * px_blocks * per_ch;
+        let (per, of) = if by_pixels {
+            (per_px, px_blocks)
+        } else {
+            (per_ch, blocks)
+        };
+        Tiles {
+            n_px,
+            blocks,
+            by_pixels,
+            per,
+            count: of.div_ceil(per),
+        }
+    }
+
+    /// Tile `i`: (output pixels, channel blocks).
+    fn tile(&self, i: usize) -> (core::ops::Range<usize>, core::ops::Range<usize>) {
+        if self.by_pixels {
+            let px = (i * self.per * 4).min(self.n_px)..((i + 1) * self.per * 4).min(self.n_px);
+            (px, 0..self.blocks)
+        } else {
+            let b = (i * self.per).min(self.blocks)..((i + 1) * self.per).min(self.blocks);
+            (0..self.n_px, b)
+        }
+    }
+}
+
 /// int8 fully connected on the fast path (see [`conv2d_i8_prepared`]); `prep` from
 /// [`PreparedI8::new_fc`].
 pub fn fully_connected_i8_prepared(
@@ -387,4 +544,43 @@ fn dot(xs: &[i8], ws: &[i8]) -> i32 {
     xs.iter()
         .zip(ws)
         .fold(0i32, |a, (&x, &w)| a.wrapping_add(x as i32 * w as i32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tiles;
+
+    /// The tiles cover every (pixel, channel block) exactly once.
+    #[test]
+    fn tiles_partition_the_output() {
+        for n_px in [1, 3, 4, 9, 36, 441, 1024] {
+            for blocks in [1, 2, 3, 4, 32] {
+                for tasks in 1..=7 {
+                    let t = Tiles::new(n_px, blocks, tasks);
+                    assert!(t.count >= 1 && t.count <= tasks, "{t:?}");
+                    let mut seen = alloc::vec![0u8; n_px * blocks];
+                    for i in 0..t.count {
+                        let (px, bl) = t.tile(i);
+                        assert!(!px.is_empty() && !bl.is_empty(), "{t:?} tile {i}");
+                        for q in px {
+                            for b in bl.clone() {
+                                seen[q * blocks + b] += 1;
+                            }
+                        }
+                    }
+                    assert!(seen.iter().all(|&c| c == 1), "{t:?}");
+                }
+            }
+        }
+    }
+
+    /// ResNet-18's last stage at 84 px (9 pixels, 32 channel blocks) splits its channels.
+    #[test]
+    fn few_pixels_split_channels() {
+        let t = Tiles::new(9, 32, 2);
+        assert!(!t.by_pixels);
+        assert_eq!((t.per, t.count), (16, 2));
+        let t = Tiles::new(441, 4, 2);
+        assert!(t.by_pixels);
+    }
 }

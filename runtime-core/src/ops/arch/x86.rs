@@ -14,6 +14,7 @@
 
 use alloc::vec::Vec;
 use core::arch::x86_64::*;
+use core::ops::Range;
 
 use super::super::conv2d::ConvI8;
 use super::super::prepared::ChanQ;
@@ -92,6 +93,11 @@ impl Packed {
     }
 
     /// The kernel this packing is for.
+    /// Output channel blocks of 16.
+    pub(crate) fn blocks(&self) -> usize {
+        self.blocks
+    }
+
     pub fn backend(&self) -> &'static str {
         if self.avx2 {
             "avx2"
@@ -154,19 +160,48 @@ impl Packed {
 /// Runs the conv; `false` if it cannot (then the caller runs another path). The caller checked
 /// the slice lengths against `p`.
 pub(crate) fn conv(p: &ConvI8, pk: &Packed, input: &[i8], output: &mut [i8]) -> bool {
-    if pk.kp > MAX_K || pk.blocks != p.out_c.div_ceil(16) {
+    let n_px = p.win.out_h * p.win.out_w;
+    if !supports(p, pk) || output.len() != n_px * p.out_c {
         return false;
     }
+    // SAFETY: `supports`; `output` holds the whole conv's output (checked), and this is the
+    // only tile.
+    unsafe { conv_tile(p, pk, input, output.as_mut_ptr(), 0..n_px, 0..pk.blocks) };
+    true
+}
+
+/// Whether [`conv_tile`] can run `p` with `pk`.
+pub(crate) fn supports(p: &ConvI8, pk: &Packed) -> bool {
+    pk.kp <= MAX_K && pk.blocks == p.out_c.div_ceil(16)
+}
+
+/// One tile of the conv: output pixels `pixels` (row-major `oy·out_w + ox`) × output channel
+/// blocks `blocks` (16 channels each; the last one may be partial), written into the conv's
+/// output at `out`. Every output byte is computed on its own, so any tiling gives the same
+/// bytes; the threaded driver runs disjoint tiles at once.
+///
+/// # Safety
+/// [`supports`]`(p, pk)`; `out` is valid for writes of the whole output
+/// (`out_h·out_w·out_c` bytes) and no other thread reads or writes this tile's bytes meanwhile;
+/// `pixels` within `0..out_h·out_w`, `blocks` within `0..pk.blocks`; `input` holds the conv's
+/// input (the caller checked the lengths).
+pub(crate) unsafe fn conv_tile(
+    p: &ConvI8,
+    pk: &Packed,
+    input: &[i8],
+    out: *mut i8,
+    pixels: Range<usize>,
+    blocks: Range<usize>,
+) {
     // SAFETY: `pk` exists only if `available()` (VNNI) or `avx2_available()` (AVX2) said the
-    // CPU has the kernel's features.
+    // CPU has the kernel's features; the rest is the caller's promise.
     unsafe {
         if pk.avx2 {
-            conv_avx2(p, pk, input, output)
+            conv_avx2(p, pk, input, out, pixels, blocks)
         } else {
-            conv_vnni(p, pk, input, output)
+            conv_vnni(p, pk, input, out, pixels, blocks)
         }
-    };
-    true
+    }
 }
 
 /// Column of pixel `(oy, ox)` as bytes `x' ^ flip` (padded taps: the zero point), zero beyond
@@ -206,32 +241,39 @@ fn im2col_u8(
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn conv_vnni(p: &ConvI8, pk: &Packed, input: &[i8], output: &mut [i8]) {
+unsafe fn conv_vnni(
+    p: &ConvI8,
+    pk: &Packed,
+    input: &[i8],
+    out: *mut i8,
+    pixels: Range<usize>,
+    blocks: Range<usize>,
+) {
     let w = &p.win;
     let k = w.kh * w.kw * w.in_c;
     let kp = pk.kp;
     let zp = p.in_zp.clamp(-128, 127) as i8;
     let mut cols = [0u8; PIXELS * MAX_K];
-    let n_px = w.out_h * w.out_w;
-    let mut px = 0;
-    while px < n_px {
-        let n = (n_px - px).min(PIXELS);
+    let end = pixels.end;
+    let mut px = pixels.start;
+    while px < end {
+        let n = (end - px).min(PIXELS);
         for s in 0..PIXELS {
             // Missing pixels of the last block repeat the last one (computed, not written).
             let q = px + s.min(n - 1);
             let dst = &mut cols[s * kp..][..kp];
             im2col_u8(w, input, q / w.out_w, q % w.out_w, zp, dst, k, 0x80);
         }
-        let mut b = 0;
-        while b < pk.blocks {
-            if b + 1 < pk.blocks {
+        let mut b = blocks.start;
+        while b < blocks.end {
+            if b + 1 < blocks.end {
                 let acc = block::<2>(&cols, kp, pk, b);
-                store(p, pk, output, px, n, b, &acc[0]);
-                store(p, pk, output, px, n, b + 1, &acc[1]);
+                store(p, pk, out, px, n, b, &acc[0]);
+                store(p, pk, out, px, n, b + 1, &acc[1]);
                 b += 2;
             } else {
                 let acc = block::<1>(&cols, kp, pk, b);
-                store(p, pk, output, px, n, b, &acc[0]);
+                store(p, pk, out, px, n, b, &acc[0]);
                 b += 1;
             }
         }
@@ -270,13 +312,13 @@ unsafe fn block<const NB: usize>(
     acc
 }
 
-/// Requantises and writes channel block `b` of pixels `px..px + n`.
+/// Requantises and writes channel block `b` of pixels `px..px + n` into the output at `out`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
 unsafe fn store(
     p: &ConvI8,
     pk: &Packed,
-    output: &mut [i8],
+    out: *mut i8,
     px: usize,
     n: usize,
     b: usize,
@@ -299,7 +341,7 @@ unsafe fn store(
     for (s, &a) in acc.iter().enumerate().take(n) {
         let y = mbqm16(a, mult, ls, rs);
         let y = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(y, lo), hi), zp);
-        let dst = output.as_mut_ptr().add((px + s) * oc + c0);
+        let dst = out.add((px + s) * oc + c0);
         _mm512_mask_cvtepi32_storeu_epi8(dst, mask, y);
     }
 }
@@ -367,30 +409,37 @@ const PIXELS_AVX2: usize = 2;
 /// pair sum is at most 2·128·127) and `vpaddd`; the two partial sums per channel are added once
 /// at the end (`vphaddd`). No `vpmaddubsw`, whose `i16` saturation would not be exact.
 #[target_feature(enable = "avx2")]
-unsafe fn conv_avx2(p: &ConvI8, pk: &Packed, input: &[i8], output: &mut [i8]) {
+unsafe fn conv_avx2(
+    p: &ConvI8,
+    pk: &Packed,
+    input: &[i8],
+    out: *mut i8,
+    pixels: Range<usize>,
+    blocks: Range<usize>,
+) {
     let w = &p.win;
     let k = w.kh * w.kw * w.in_c;
     let kp = pk.kp;
     let zp = p.in_zp.clamp(-128, 127) as i8;
     let mut cols = [0u8; PIXELS_AVX2 * MAX_K];
-    let n_px = w.out_h * w.out_w;
+    let end = pixels.end;
     let oc = p.out_c;
     let lo = _mm256_set1_epi32(p.act_min - p.out_zp);
     let hi = _mm256_set1_epi32(p.act_max - p.out_zp);
     let ozp = _mm256_set1_epi32(p.out_zp);
-    let mut px = 0;
-    while px < n_px {
-        let n = (n_px - px).min(PIXELS_AVX2);
+    let mut px = pixels.start;
+    while px < end {
+        let n = (end - px).min(PIXELS_AVX2);
         for s in 0..PIXELS_AVX2 {
             let q = px + s.min(n - 1);
             let dst = &mut cols[s * kp..][..kp];
             im2col_u8(w, input, q / w.out_w, q % w.out_w, zp, dst, k, 0);
         }
-        for b in 0..pk.blocks {
+        for b in blocks.clone() {
             let acc = block_avx2(&cols, kp, pk, b);
             let c0 = b * 16;
             for (s, a) in acc.iter().enumerate().take(n) {
-                let out = &mut output[(px + s) * oc..][..oc];
+                let out_px = out.add((px + s) * oc);
                 for half in 0..2 {
                     let (x, y) = (2 * half, 2 * half + 1);
                     let sum = _mm256_permute4x64_epi64::<0xd8>(_mm256_hadd_epi32(a[x], a[y]));
@@ -405,8 +454,8 @@ unsafe fn conv_avx2(p: &ConvI8, pk: &Packed, input: &[i8], output: &mut [i8]) {
                     let r = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(r, lo), hi), ozp);
                     let mut v = [0i32; 8];
                     _mm256_storeu_si256(v.as_mut_ptr() as *mut __m256i, r);
-                    for (o, &x) in out.iter_mut().skip(c).zip(&v) {
-                        *o = x as i8;
+                    for (j, &x) in v.iter().enumerate().take(oc.saturating_sub(c)) {
+                        *out_px.add(c + j) = x as i8;
                     }
                 }
             }
