@@ -35,10 +35,12 @@
 //! fixed-point `MultiplyByQuantizedMultiplier` (two roundings) and quantises the input rounding
 //! half away from zero; ONNX `QuantizeLinear` and onnxruntime's requantisation round a float
 //! product once, half to even; the `add`/`mean`/`leaky` rows go through float. The outputs
-//! therefore differ by a few steps (measured up to 7 LSB on the fixtures); whether every single
-//! op stays within 1 LSB is *not* established — no per-op comparison exists yet — so the bound
-//! the onnxruntime test asserts (`host-trainer/tests/onnx_runtime.rs`) is an end-to-end one set
-//! from measurement.
+//! therefore differ by a few steps (measured up to 7 LSB on the fixtures). Every op alone, fed
+//! runtime-core's own input tensors (`Model::run_i8_traced`; the ONNX graph names each int8
+//! activation `t<id>` after the runtime's tensor id, so each op is the subgraph between them),
+//! stays within 1 LSB of runtime-core in onnxruntime, and `maxpool` agrees exactly
+//! (`host-trainer/tests/onnx_runtime.rs`, `onnxruntime_agrees_per_op`); the end-to-end bound
+//! there is set from measurement.
 use std::collections::HashMap;
 
 use candle_onnx::onnx::{

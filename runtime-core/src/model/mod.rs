@@ -251,6 +251,10 @@ impl<'a> Model<'a> {
     pub fn threads(&self) -> usize {
         self.threads
     }
+    /// Id of the input tensor (what [`Node::inputs`] and [`Node::output`] refer to).
+    pub fn input_id(&self) -> u16 {
+        self.input
+    }
     /// The int8 kernel each conv/fc runs on this machine, in op order (see
     /// [`PreparedI8::backend`]; `"reference"` everywhere after
     /// [`Model::set_reference_kernels`]).
@@ -523,6 +527,19 @@ impl<'a> Model<'a> {
 
     /// Runs an int8 model on the input already in the arena; returns the raw output.
     pub fn run_i8_in_arena<'b>(&self, arena: &'b mut [u8]) -> Result<&'b [i8], RunError> {
+        self.run_i8_traced(arena, &mut |_, _| {})
+    }
+
+    /// [`Model::run_i8_in_arena`], calling `on_tensor(id, values)` with the input tensor (id
+    /// [`Model::input_id`]) and then with each node's output tensor ([`Node::output`]) right
+    /// after the node ran: the planner reuses arena memory, so that is the one moment each
+    /// tensor is whole. For comparing every op with another engine
+    /// (`host-trainer/tests/onnx_runtime.rs` does so with onnxruntime). Values are HWC.
+    pub fn run_i8_traced<'b>(
+        &self,
+        arena: &'b mut [u8],
+        on_tensor: &mut dyn FnMut(u16, &[i8]),
+    ) -> Result<&'b [i8], RunError> {
         let a = self.arena_i8(arena)?;
         // With threads the inference holds the helper team (they spin while it runs), and
         // every conv large enough splits over it.
@@ -532,14 +549,21 @@ impl<'a> Model<'a> {
         let team = team.as_ref();
         #[cfg(not(feature = "threads"))]
         let team = None;
-        self.run_nodes_i8(a, team)?;
+        let (o, len) = self.range(self.input);
+        on_tensor(self.input, a.get(o..o + len).ok_or(RunError::Internal)?);
+        self.run_nodes_i8(a, team, on_tensor)?;
         let (o, len) = self.range(self.output);
         let a: &'b [i8] = a;
         a.get(o..o + len).ok_or(RunError::Internal)
     }
 
     /// Every node of an int8 graph, in order, in the arena `a`.
-    fn run_nodes_i8(&self, a: &mut [i8], team: ops::prepared::Team) -> Result<(), RunError> {
+    fn run_nodes_i8(
+        &self,
+        a: &mut [i8],
+        team: ops::prepared::Team,
+        on_tensor: &mut dyn FnMut(u16, &[i8]),
+    ) -> Result<(), RunError> {
         for n in &self.nodes {
             let (out, x0, x1) = self.views(a, n)?;
             let r = match &n.kernel {
@@ -567,6 +591,8 @@ impl<'a> Model<'a> {
                 op: n.kind(),
                 error,
             })?;
+            let (o, len) = self.range(n.output);
+            on_tensor(n.output, a.get(o..o + len).ok_or(RunError::Internal)?);
         }
         Ok(())
     }
