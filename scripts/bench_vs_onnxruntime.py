@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Time runtime-core and onnxruntime on the same int8 model, one thread each, in one run.
+"""Time runtime-core and onnxruntime on the same int8 model, same thread count, in one run.
 
     python3 scripts/bench_vs_onnxruntime.py MODEL.safetensors [MODEL.safetensors ...]
-        [--runs 200] [--warmup 20] [--host-trainer PATH] [--runtime-cli PATH] [--json]
+        [--threads 1] [--runs 200] [--warmup 20] [--host-trainer PATH] [--runtime-cli PATH] [--json]
 
 Not in CI (needs `pip install onnxruntime numpy`). For each runtime model (an int8 file written by
 `host-trainer export`, or a runtime-core builder model such as fixtures/mcu/resnet8.safetensors):
@@ -10,16 +10,18 @@ Not in CI (needs `pip install onnxruntime numpy`). For each runtime model (an in
 1. converts it to ONNX with `host-trainer export --model M --onnx M.onnx` (same weights, scales and
    zero points: QuantizeLinear / QLinearConv / DequantizeLinear, see README "Bring your own
    checkpoint");
-2. times onnxruntime (CPUExecutionProvider, intra_op_num_threads = inter_op_num_threads = 1,
-   graph optimisations on, which fuse the DequantizeLinear/op/QuantizeLinear triples into its
-   QLinear kernels) on one random normalised image: median of --runs after --warmup;
-3. times runtime-core with `runtime-cli bench --model M --json` (one thread, same counts), the
-   fast kernels and the reference kernels (`--reference-kernels`);
+2. times onnxruntime (CPUExecutionProvider, intra_op_num_threads = --threads,
+   inter_op_num_threads = 1, sequential execution, graph optimisations on, which fuse the
+   DequantizeLinear/op/QuantizeLinear triples into its QLinear kernels) on one random normalised
+   image: median of --runs after --warmup;
+3. times runtime-core with `runtime-cli bench --model M --threads T --json` (same counts), the
+   fast kernels and the reference kernels (`--reference-kernels`, one thread);
 4. prints the medians, the ratio onnxruntime / runtime-core (> 1: runtime-core is faster) and the
    CPU model.
 
 Output agreement is not re-checked here: host-trainer/tests/onnx_runtime.rs compares the two
-engines' outputs on the fixtures (f32 within 1e-4, int8 within its documented LSB bound). Run it
+engines' outputs on the fixtures (f32 within 1e-4, int8 within its documented LSB bound, and every
+int8 op alone within 1 LSB, scripts/onnx_per_op.py). Run it
 on an idle machine and interleave repeats: timings on a shared 2-core VM swing by ±20 %.
 """
 import argparse
@@ -49,12 +51,12 @@ def cpu_name():
     return f"{name} ({simd}; {os.cpu_count()} CPUs)"
 
 
-def ort_median_ms(onnx_path, runs, warmup):
+def ort_median_ms(onnx_path, runs, warmup, threads):
     import numpy as np
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
+    so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
@@ -72,8 +74,9 @@ def ort_median_ms(onnx_path, runs, warmup):
     return ts[len(ts) // 2], ort.__version__
 
 
-def runtime_median_ms(cli, model, runs, warmup, reference):
-    cmd = [cli, "bench", "--model", model, "--runs", str(runs), "--warmup", str(warmup), "--json"]
+def runtime_median_ms(cli, model, runs, warmup, reference, threads=1):
+    cmd = [cli, "bench", "--model", model, "--runs", str(runs), "--warmup", str(warmup),
+           "--threads", str(threads), "--json"]
     if reference:
         cmd.append("--reference-kernels")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -83,6 +86,7 @@ def runtime_median_ms(cli, model, runs, warmup, reference):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--host-trainer", default="target/release/host-trainer")
@@ -100,8 +104,8 @@ def main():
             onnx_path = os.path.join(tmp, os.path.basename(m) + ".onnx")
             subprocess.run([a.host_trainer, "export", "--model", m, "--onnx", onnx_path], check=True,
                            capture_output=True, text=True)
-            fast = runtime_median_ms(a.runtime_cli, m, a.runs, a.warmup, False)
-            ort_ms, ort_version = ort_median_ms(onnx_path, a.runs, a.warmup)
+            fast = runtime_median_ms(a.runtime_cli, m, a.runs, a.warmup, False, a.threads)
+            ort_ms, ort_version = ort_median_ms(onnx_path, a.runs, a.warmup, a.threads)
             ref = runtime_median_ms(a.runtime_cli, m, a.runs, a.warmup, True)
             rows.append({
                 "model": m,
@@ -114,9 +118,9 @@ def main():
             })
     cpu = cpu_name()
     if a.json:
-        print(json.dumps({"cpu": cpu, "threads": 1, "runs": a.runs, "rows": rows}))
+        print(json.dumps({"cpu": cpu, "threads": a.threads, "runs": a.runs, "rows": rows}))
         return 0
-    print(f"CPU: {cpu}; one thread; median of {a.runs} runs after {a.warmup} warm-up")
+    print(f"CPU: {cpu}; {a.threads} thread(s); median of {a.runs} runs after {a.warmup} warm-up")
     print("| model | runtime-core fast | runtime-core reference | onnxruntime | onnxruntime / runtime-core |")
     print("|---|---|---|---|---|")
     for r in rows:
