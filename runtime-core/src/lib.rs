@@ -33,6 +33,8 @@
 //! # Features
 //! * `std`: `std::error::Error` impls, the std-only episode runner, and the AVX-512 VNNI int8
 //!   kernel on x86-64 (chosen at run time by CPU detection; without `std` the portable loop runs).
+//! * `threads` (implies `std`): [`Model::set_threads`], the x86-64 convs split over a team of
+//!   spinning helper threads ([`team`]); the same bytes for every thread count.
 //!
 //! # Kernels
 //! int8 conv/fc run on [`ops::prepared`] (zero point folded into the bias at load, im2col of a
