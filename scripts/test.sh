@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's one test command (README "Run all tests"; .ci/run calls exactly this).
 # Installs what the tests need, then runs every check: formatting, clippy, the host workspace's
-# tests (which include the MCU build and QEMU run, once, in tests/tests/mcu_parity.rs), and the
-# no_std builds of runtime-core for the Cortex-M4F target.
+# tests (which include the MCU build and QEMU run, once, in tests/tests/mcu_parity.rs), the
+# no_std builds of runtime-core for the Cortex-M4F target, runtime-core's tests on aarch64 under
+# qemu-user (the NEON kernels), and the C API checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +32,9 @@ echo "== runtime-core builds for thumbv7em-none-eabihf (no_std) =="
 cargo build -p runtime-core --target thumbv7em-none-eabihf --locked
 cargo build -p runtime-core --target thumbv7em-none-eabihf --features defmt --locked
 
+echo "== runtime-core on aarch64 Linux under qemu-user (NEON kernels vs the reference) =="
+bash scripts/aarch64.sh 2>&1 | tee target/test-output-aarch64.txt
+
 echo "== runtime-ffi: C API header check, C example vs runtime-cli, Cortex-M4F cross-build =="
 if [ "$(cbindgen --version 2>/dev/null)" != "cbindgen 0.29.4" ]; then
   cargo install cbindgen --version 0.29.4 --locked
@@ -44,4 +48,4 @@ bash runtime-ffi/build_thumbv7em.sh
 
 # One closing line for the whole run (every check above stops the script on failure).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' \
-  target/test-output.txt
+  target/test-output.txt target/test-output-aarch64.txt
