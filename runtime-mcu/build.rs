@@ -99,37 +99,27 @@ fn copy_pipeline(out: &std::path::Path) {
     let external = env::var("MCU_PIPELINE_DIR")
         .ok()
         .filter(|d| !d.trim().is_empty());
-    let files: [(PathBuf, &str); 3] = match &external {
+    let (models, inputs) = match &external {
         Some(dir) => {
-            let dir = PathBuf::from(dir);
             println!("cargo:rustc-cfg=mcu_pipeline_external");
-            [
-                (
-                    dir.join("backbone-int8.safetensors"),
-                    "pipeline-backbone.safetensors",
-                ),
-                (
-                    dir.join("landmarks-int8.safetensors"),
-                    "pipeline-landmarks.safetensors",
-                ),
-                (dir.join("inputs.bin"), "pipeline-inputs.bin"),
-            ]
+            (PathBuf::from(dir), PathBuf::from(dir).join("inputs.bin"))
         }
-        None => [
-            (
-                PathBuf::from("../fixtures/tiny/backbone-int8.safetensors"),
-                "pipeline-backbone.safetensors",
-            ),
-            (
-                PathBuf::from("../fixtures/tiny/landmarks-int8.safetensors"),
-                "pipeline-landmarks.safetensors",
-            ),
-            (
-                PathBuf::from("../fixtures/mcu/tiny-inputs.bin"),
-                "pipeline-inputs.bin",
-            ),
-        ],
+        None => (
+            PathBuf::from("../fixtures/tiny"),
+            PathBuf::from("../fixtures/mcu/tiny-inputs.bin"),
+        ),
     };
+    let files = [
+        (
+            models.join("backbone-int8.safetensors"),
+            "pipeline-backbone.safetensors",
+        ),
+        (
+            models.join("landmarks-int8.safetensors"),
+            "pipeline-landmarks.safetensors",
+        ),
+        (inputs, "pipeline-inputs.bin"),
+    ];
     for (from, name) in files {
         println!("cargo:rerun-if-changed={}", from.display());
         fs::copy(&from, out.join(name)).unwrap_or_else(|e| {

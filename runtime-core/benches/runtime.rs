@@ -33,7 +33,6 @@ fn model_pair(c: &mut Criterion, name: &str, make: impl Fn(Dtype) -> ModelBuilde
         m.set_reference_kernels(reference);
         #[cfg(feature = "threads")]
         m.set_threads(threads);
-        let _ = threads;
         println!(
             "{name} {dtype:?}{}: arena {} B, weights {} B, prepared {} B, {} MACs, file {} B, kernels {:?}",
             if reference { " (reference kernels)" } else { "" },

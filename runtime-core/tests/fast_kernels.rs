@@ -158,6 +158,8 @@ enum Prep {
     Portable,
     /// `PreparedI8::new_neon` (aarch64 only; `None` elsewhere).
     Neon,
+    /// `PreparedI8::new`, run by `conv2d_i8_prepared_split` in this many tiles.
+    Split(usize),
 }
 
 /// Reference and fast-path outputs and the fast path's backend; `None` where `prep` is
@@ -181,13 +183,18 @@ fn try_conv(c: &Case, prep: Prep) -> Option<(Vec<i8>, Vec<i8>, &'static str)> {
     let n = c.win.out_h * c.win.out_w * c.out_c;
     let (mut want, mut got) = (vec![0i8; n], vec![0i8; n]);
     conv2d_i8(&p, &c.input, &mut want).unwrap();
-    let prep = match prep {
-        Prep::Best => PreparedI8::new(&p),
-        Prep::Portable => PreparedI8::new_portable(&p),
-        Prep::Neon => PreparedI8::new_neon(&p)?,
+    let (prepared, tasks) = match prep {
+        Prep::Best => (PreparedI8::new(&p), 1),
+        Prep::Portable => (PreparedI8::new_portable(&p), 1),
+        Prep::Neon => (PreparedI8::new_neon(&p)?, 1),
+        Prep::Split(tasks) => (PreparedI8::new(&p), tasks),
     };
-    conv2d_i8_prepared(&p, &prep, &c.input, &mut got).unwrap();
-    Some((want, got, prep.backend(&p)))
+    if tasks > 1 {
+        conv2d_i8_prepared_split(&p, &prepared, &c.input, &mut got, tasks).unwrap();
+    } else {
+        conv2d_i8_prepared(&p, &prepared, &c.input, &mut got).unwrap();
+    }
+    Some((want, got, prepared.backend(&p)))
 }
 
 fn run_conv(c: &Case, portable: bool) -> (Vec<i8>, Vec<i8>, &'static str) {
@@ -236,20 +243,8 @@ proptest! {
     /// on one thread): any number of contiguous pixel runs gives the reference's bytes.
     #[test]
     fn conv_split_matches_reference(c in case(), tasks in 2usize..=7) {
-        let (want, _, _) = run_conv(&c, false);
-        let (bias, mult, shift) = (
-            le(&c.bias),
-            le(&c.mults.iter().map(|m| m.0).collect::<Vec<_>>()),
-            le(&c.mults.iter().map(|m| m.1).collect::<Vec<_>>()),
-        );
-        let p = ConvI8 {
-            win: c.win, out_c: c.out_c, weights: &c.weights, bias: I32Le::new(&bias),
-            mult: I32Le::new(&mult), shift: I32Le::new(&shift), in_zp: c.in_zp, out_zp: c.out_zp,
-            act_min: if c.relu { c.out_zp } else { -128 }, act_max: 127,
-        };
-        let mut got = vec![0i8; want.len()];
-        conv2d_i8_prepared_split(&p, &PreparedI8::new(&p), &c.input, &mut got, tasks).unwrap();
-        prop_assert_eq!(want, got);
+        let (want, got, backend) = try_conv(&c, Prep::Split(tasks)).unwrap();
+        prop_assert_eq!(want, got, "backend {}, {} tasks", backend, tasks);
     }
 
     #[test]

@@ -457,7 +457,14 @@ impl FixtureFiles {
 }
 
 fn run_host(fx: app::Fixtures) -> Result<Vec<String>, app::AppError> {
-    let mut host: Host = Host { lines: Vec::new() };
+    run_host_parts::<false>(fx)
+}
+
+/// The program on the host, every part or (`PIPELINE_ONLY`) the `tiny-*` parts only.
+fn run_host_parts<const PIPELINE_ONLY: bool>(
+    fx: app::Fixtures,
+) -> Result<Vec<String>, app::AppError> {
+    let mut host: Host<PIPELINE_ONLY> = Host { lines: Vec::new() };
     let mut arena = vec![0u8; 1 << 20];
     app::run(&mut host, fx, &mut arena)?;
     Ok(host.lines)
@@ -710,8 +717,6 @@ fn study_models_on_the_mcu() {
         host_trainer::fsutil::write_atomic(&dir.join(name), bytes).unwrap();
     }
 
-    let mut host: Host<true> = Host { lines: Vec::new() };
-    let mut arena = vec![0u8; 1 << 20];
     let fx = app::Fixtures {
         landmark: &[],
         backbone: &[],
@@ -721,7 +726,7 @@ fn study_models_on_the_mcu() {
         tiny_backbone: &backbone,
         tiny_inputs: &inputs,
     };
-    app::run(&mut host, fx, &mut arena).unwrap_or_else(|e| panic!("host run failed: {e:?}"));
+    let host = run_host_parts::<true>(fx).unwrap_or_else(|e| panic!("host run failed: {e:?}"));
     if !have_qemu("study_models_on_the_mcu") {
         return;
     }
@@ -733,5 +738,5 @@ fn study_models_on_the_mcu() {
         ],
         "mcu-study-report.txt",
     );
-    assert_same_results(&mcu, &host.lines);
+    assert_same_results(&mcu, &host);
 }
