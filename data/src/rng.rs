@@ -58,6 +58,8 @@ pub mod purpose {
     pub const SHUFFLE_BN: u64 = 9;
     pub const SPLIT: u64 = 10;
     pub const CALIBRATION: u64 = 11;
+    pub const INVERT: u64 = 12;
+    pub const SUBSET: u64 = 13;
 }
 
 #[cfg(test)]

@@ -19,6 +19,25 @@ pub fn configure_cpu_threads() {
     }
 }
 
+/// Keeps glibc's malloc from handing large freed buffers back to the kernel: by default a
+/// buffer above the mmap threshold (128 KiB at first) is a fresh `mmap` whose pages fault in on
+/// first touch, and the heap top is trimmed as soon as 256 KiB are free. Candle allocates a new
+/// buffer for every op, so a loop of mid-sized ops pays page faults on every iteration: `perf`
+/// put half of a feature inversion's time in the kernel (`exc_page_fault`); with these settings
+/// the same run took 8.4 s instead of 14.2 s and its system time fell from 6.8 s to 0.1 s. Freed
+/// memory stays in the process for reuse (at most what the largest step needed). Training steps
+/// measured the same with and without (0.26-0.27 s per MoCo-v2 step either way). No effect on
+/// results; does nothing on other C libraries.
+pub fn configure_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator tuning parameters; it is called before any thread
+    // starts allocating, and an unsupported parameter is reported by its return value.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+    }
+}
+
 /// Parse a `--device` value into a candle device.
 pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
     let spec = spec.trim();

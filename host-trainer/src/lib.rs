@@ -14,8 +14,10 @@
 //! | few-shot, landmark and linear-probe protocols | [`eval`] |
 //! | BN folding, int8 calibration, safetensors export, ONNX out | [`export`] |
 //! | PyTorch checkpoints in (torchvision, MoCo) | [`import`] |
+//! | feature inversion (Figs. 2, 6), reconstruction distances, pretraining-data subsets (Table 2) | [`analysis`] |
 //! | the paper's comparisons end to end (resumable plan, tables, figures) | [`study`] |
 
+pub mod analysis;
 pub mod augment;
 /// The shared `data` crate (readers, generators, resize, random streams, atomic writes),
 /// re-exported so `host_trainer::data::…` keeps naming the one place datasets live.

@@ -29,6 +29,9 @@ enum Command {
     /// Time full training steps (forward/backward split) on random data; `--baseline` compares
     /// with candle's own CPU ops.
     BenchStep(cli::bench_step::BenchStepArgs),
+    /// Feature inversion (paper Figure 2): reconstruct images from a backbone's features with
+    /// the deep image prior; scores and a grid figure.
+    Invert(cli::invert::InvertArgs),
     /// Import a PyTorch ResNet checkpoint (torchvision, MoCo, any prefix) as a backbone file.
     Import(cli::import::ImportArgs),
     /// Regenerate the committed test fixtures (`--out fixtures/tiny`) byte for byte.
@@ -37,6 +40,7 @@ enum Command {
 
 fn main() {
     host_trainer::device::configure_cpu_threads();
+    host_trainer::device::configure_allocator();
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     let mut cli =
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -54,6 +58,7 @@ fn main() {
         Command::Eval(c) => cli::eval::run(c),
         Command::Fixtures(a) => cli::fixtures::run(a),
         Command::Import(a) => cli::import::run(a),
+        Command::Invert(a) => cli::invert::run(a),
     };
     if let Err(e) = result {
         // `{:#}` prints the whole context chain on one line ("reading X: line 3: ..."): a clear

@@ -13,7 +13,7 @@ fn read_json(p: &std::path::Path) -> Value {
 fn tiny_study_runs_resumes_and_redoes_one_step() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = preset::tiny();
-    p.run_ablation = true;
+    p.ablations = vec![preset::Ablation::Augment];
     let plan = Plan::new(p.clone()).unwrap();
     let opts = RunOptions {
         out: dir.path().to_path_buf(),
@@ -241,4 +241,136 @@ fn two_seeds_aggregate_what_each_seed_measured() {
     // A second invocation resumes: nothing left to run.
     let (again, _) = study::seeds::run(&p, 2, &opts).unwrap();
     assert!(again.executed.is_empty(), "{:?}", again.executed);
+}
+
+/// The analyses: feature inversion (in every plan), the Table-2 data ablation and the Table-10
+/// k/τ ablation added to a finished tiny study: only their steps run, their artefacts exist,
+/// the subsets keep what they claim, and the tables hold what the records measured.
+#[test]
+fn analyses_inversion_data_and_k_tau() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = preset::tiny();
+    p.methods = vec!["supervised".into(), "moco-v2".into()];
+    p.k_tau.methods = vec!["moco-v2".into()];
+    p.alignments.clear();
+    p.invert.iterations = 25;
+    let opts = RunOptions {
+        out: dir.path().to_path_buf(),
+        device: host_trainer::device::parse_device("cpu").unwrap(),
+        progress: false,
+        stop_after: None,
+        jobs: 1,
+    };
+    let base = Plan::new(p.clone()).unwrap();
+    study::run(&base, &opts).unwrap();
+    for f in ["inversion.png", "inversion_distance.png"] {
+        assert!(dir.path().join(f).is_file(), "{f} missing");
+    }
+    // Every row inverted the same held-out images, and the inversion loss fell.
+    let res = read_json(&dir.path().join("results.json"));
+    let inv = res["analyses"]["inversion"].as_array().unwrap();
+    assert_eq!(inv.len(), 3, "supervised, moco-v2, scratch: {inv:?}");
+    for r in inv {
+        assert_eq!(r["images"], p.invert.images);
+        let (start, end) = (
+            r["initial_loss"].as_f64().unwrap(),
+            r["final_loss"]["value"].as_f64().unwrap(),
+        );
+        assert!(end < start, "{r}");
+        let ssim = r["ssim"]["value"].as_f64().unwrap();
+        assert!((-1.0..=1.0).contains(&ssim), "{r}");
+    }
+    let rec = study::read_record(dir.path(), &ids::invert("moco-v2"))
+        .unwrap()
+        .unwrap();
+    let png = rec.result["images"][0]["png"].as_str().unwrap();
+    let img = image::open(png).unwrap();
+    assert_eq!((img.width(), img.height()), (16, 16));
+    assert_eq!(
+        res["analyses"]["inversion_claims"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // Add the two ablations to the finished study: only their steps run.
+    p.ablations = vec![preset::Ablation::Data, preset::Ablation::KTau];
+    let with = Plan::new(p.clone()).unwrap();
+    let s = study::run(&with, &opts).unwrap();
+    assert_eq!(
+        s.executed.len(),
+        with.steps.len() - base.steps.len(),
+        "{:?}",
+        s.executed
+    );
+    // The subsets: half the images of every class; half the classes with all their images.
+    let full = host_trainer::data::MiniImageNet::open(dir.path().join("data/objects"))
+        .unwrap()
+        .split(host_trainer::data::Split::Train)
+        .unwrap();
+    let sub = |name: &str| {
+        host_trainer::data::MiniImageNet::open(dir.path().join("data").join(name))
+            .unwrap()
+            .split(host_trainer::data::Split::Train)
+            .unwrap()
+    };
+    let (imgs, classes) = (sub("objects-images-subset"), sub("objects-classes-subset"));
+    assert_eq!(imgs.num_classes(), full.num_classes());
+    assert_eq!(imgs.len() * 2, full.len());
+    assert_eq!(classes.num_classes(), full.num_classes().div_ceil(2));
+    // The subset pretrainings ran as many steps as the full data: twice the epochs.
+    let rec = study::read_record(
+        dir.path(),
+        &ids::data_pretrain("images-subset", "supervised"),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(rec.result["epochs"], 2 * p.pretrain.epochs_objects);
+    let res = read_json(&dir.path().join("results.json"));
+    let data = res["analyses"]["pretraining_data"].as_array().unwrap();
+    assert_eq!(data.len(), 2 * 4, "4 data rows per method");
+    for r in data {
+        assert!(r["fewshot"][0][1]["value"].as_f64().is_some(), "{r}");
+        assert!(r["iod"]["value"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    // 2 subsets + the two other-domain transfers, for moco-v2 against supervised.
+    let claims = res["analyses"]["pretraining_data_claims"]
+        .as_array()
+        .unwrap();
+    assert_eq!(claims.len(), 4);
+    assert!(
+        claims.iter().all(|c| c["margin"].as_f64().is_some()),
+        "{claims:?}"
+    );
+    // k/τ: 2 × 2 cells, the main run's one reused (queue 64, τ 0.2 for MoCo-v2).
+    let kt = res["analyses"]["k_tau"].as_array().unwrap();
+    assert_eq!(kt.len(), 4);
+    let main: Vec<_> = kt.iter().filter(|r| r["main_run"] == true).collect();
+    assert_eq!(main.len(), 1);
+    assert_eq!(
+        (main[0]["queue"].as_u64(), main[0]["tau"].as_f64()),
+        (Some(64), Some(0.2))
+    );
+    let main_fs = study::read_record(dir.path(), &ids::fewshot("moco-v2"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        main[0]["fewshot"][0][1]["value"].as_f64(),
+        main_fs.result["results"][0]["accuracy"].as_f64()
+    );
+    for r in kt {
+        let chance = r["chance_loss"].as_f64().unwrap();
+        // MoCo's chance loss is ln(k + 1): the queue each cell ran with.
+        let k = r["queue"].as_f64().unwrap();
+        assert!((chance - (k + 1.0).ln()).abs() < 1e-9, "{r}");
+    }
+    let md = std::fs::read_to_string(dir.path().join("results.md")).unwrap();
+    for needle in [
+        "## Feature inversion",
+        "## Table 2 layout",
+        "## Table 10 layout",
+    ] {
+        assert!(md.contains(needle), "results.md lacks {needle:?}");
+    }
 }

@@ -4,6 +4,7 @@ pub mod eval;
 pub mod export;
 pub mod fixtures;
 pub mod import;
+pub mod invert;
 pub mod pretrain;
 pub mod study;
 pub mod synth;

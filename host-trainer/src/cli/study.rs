@@ -3,14 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use host_trainer::study::{self, preset, Plan};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Ablation {
-    /// The paper's Table 1: cumulative pretraining augmentations, supervised vs MoCo-v2.
-    Augment,
-}
 
 /// Run the paper's comparisons end to end (resumable): pretrain supervised, MoCo-v2 and
 /// Exemplar-v2 (plus a scratch baseline) on objects and faces, evaluate few-shot, base-class and
@@ -24,9 +18,11 @@ pub struct StudyArgs {
     /// Output folder; re-running with the same folder skips finished steps.
     #[arg(long)]
     pub out: PathBuf,
-    /// Add an ablation.
-    #[arg(long, value_enum)]
-    pub ablation: Option<Ablation>,
+    /// Add ablations (repeat or comma-separate): augment (Table 1), data (Table 2: 10% of the
+    /// images, 10% of the classes, the other domain), k-tau (Table 10: queue size and
+    /// temperature). Adding one to a finished study runs only its steps.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub ablation: Vec<preset::Ablation>,
     /// A mini-ImageNet folder instead of the synthetic objects.
     #[arg(long)]
     pub objects: Option<PathBuf>,
@@ -71,7 +67,9 @@ pub struct StudyArgs {
 
 pub fn run(a: StudyArgs) -> Result<()> {
     let mut p = preset::preset(&a.preset, a.objects.clone(), a.faces.clone())?;
-    p.run_ablation = a.ablation.is_some();
+    p.ablations = a.ablation.clone();
+    p.ablations.sort();
+    p.ablations.dedup();
     if let Some(s) = a.seed {
         p.seed = s;
     }

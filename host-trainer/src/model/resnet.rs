@@ -403,6 +403,31 @@ impl ResNet {
     /// The last feature map, [B, C, h, w], before global pooling (what a dense head such as the
     /// landmark regressor reads). `x`: [B, 3, H, W], already normalised.
     pub fn forward_map(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
+        self.run_blocks(x, mode, |_, _| {})
+    }
+
+    /// The output of every stage (`layer1` … `layer4`), in order: the maps a perceptual distance
+    /// compares (`analysis::similarity`). The last one is [`Self::forward_map`].
+    pub fn forward_stage_maps(&self, x: &Tensor, mode: BnMode) -> Result<Vec<Tensor>> {
+        let mut maps = Vec::new();
+        let last = self.run_blocks(x, mode, |stage_end, h| {
+            if stage_end {
+                maps.push(h.clone());
+            }
+        })?;
+        if maps.last().map(|m| m.dims()) != Some(last.dims()) {
+            candle_core::bail!("internal: the last block does not end a stage");
+        }
+        Ok(maps)
+    }
+
+    /// Stem and blocks; `visit(ends_stage, h)` sees each block's output.
+    fn run_blocks(
+        &self,
+        x: &Tensor,
+        mode: BnMode,
+        mut visit: impl FnMut(bool, &Tensor),
+    ) -> Result<Tensor> {
         let (_, c, _, _) = x.dims4()?;
         if c != 3 {
             candle_core::bail!(
@@ -414,7 +439,7 @@ impl ResNet {
         if self.has_maxpool() {
             h = ops::max_pool_3x3_s2_after_relu(&h)?;
         }
-        for block in &self.blocks {
+        for (i, block) in self.blocks.iter().enumerate() {
             let shortcut = match &block.downsample {
                 Some(d) => self.conv_bn(&h, d, mode)?,
                 None => h.clone(),
@@ -428,6 +453,12 @@ impl ResNet {
                 }
             }
             h = (y + shortcut)?.relu()?;
+            let stage = |b: &BlockSpec| b.prefix.split('.').next().map(str::to_owned);
+            let ends_stage = self
+                .blocks
+                .get(i + 1)
+                .is_none_or(|next| stage(next) != stage(block));
+            visit(ends_stage, &h);
         }
         Ok(h)
     }

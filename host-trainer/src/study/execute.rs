@@ -49,12 +49,26 @@ pub(super) fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Val
         Action::Pretrain {
             domain,
             method,
-            aug,
             epochs,
             dir,
+            variant,
         } => {
             let dir = out.join(dir);
             let m: Method = method.parse()?;
+            let (data, epochs) = match variant.subset {
+                None => (data_dir(p, out, *domain), *epochs),
+                Some(s) => {
+                    // As many steps as the full data (the paper's rule for its smaller sets).
+                    let sub = subset_dir(out, s);
+                    let count = |root: &Path| -> Result<usize> {
+                        Ok(crate::data::MiniImageNet::open(root)?
+                            .split(Split::Train)?
+                            .len())
+                    };
+                    let (full, part) = (count(&data_dir(p, out, *domain))?, count(&sub)?);
+                    (sub, (*epochs * full).div_ceil(part.max(1)))
+                }
+            };
             let d = m.defaults();
             let ropts = pretrain::RunOptions {
                 out: dir.clone(),
@@ -63,7 +77,7 @@ pub(super) fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Val
                 progress: opts.progress,
                 // The staleness probe after the last epoch only: it costs one re-encoding of
                 // the queue and tells whether the final loss is honest (see `probe.rs`).
-                probe_queue_every: if m.is_contrastive() { *epochs } else { 0 },
+                probe_queue_every: if m.is_contrastive() { epochs } else { 0 },
             };
             let summary = if dir.join(LAST).is_file() {
                 eprintln!("  resuming {} from {LAST}", dir.display());
@@ -72,26 +86,26 @@ pub(super) fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Val
                 let lr = d.lr_for_batch(p.pretrain.batch) * p.pretrain.lr_scale;
                 let req = PretrainRequest {
                     method: m,
-                    data: data_dir(p, out, *domain),
+                    data,
                     model: model_config(p)?,
                     image_size: size,
-                    epochs: *epochs,
+                    epochs,
                     batch_size: p.pretrain.batch,
                     lr: Some(lr),
                     weight_decay: None,
                     queue: if m.is_contrastive() {
-                        p.pretrain.queue
+                        variant.queue.or(p.pretrain.queue)
                     } else {
                         None
                     },
-                    tau: None,
+                    tau: variant.tau,
                     ema_momentum: if m.is_contrastive() {
                         p.pretrain.ema_momentum
                     } else {
                         None
                     },
                     dim: None,
-                    aug: aug.clone(),
+                    aug: variant.aug.clone(),
                     bn_groups: None,
                     seed: p.seed,
                     knn_images: p.pretrain.knn_images,
@@ -113,6 +127,17 @@ pub(super) fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Val
             }
             Ok(serde_json::to_value(&summary)?)
         }
+        Action::WriteSubset { subset } => {
+            let src = data_dir(p, out, Domain::Objects);
+            let dst = subset_dir(out, *subset);
+            let f = p.data_ablation.fraction;
+            let s = crate::analysis::subset::write_subset(&src, &dst, *subset, f, p.seed)?;
+            let mut v = serde_json::to_value(&s)?;
+            v["label"] = json!(subset.label(f));
+            Ok(v)
+        }
+        Action::Invert { dir } => inversion::run(p, out, &out.join(dir), opts),
+        Action::FigureInvert => inversion::figures(plan, out),
         Action::FewShot { dir, alignment } => {
             let data = match alignment {
                 None => data_dir(p, out, Domain::Objects),

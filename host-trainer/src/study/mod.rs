@@ -13,12 +13,14 @@
 //! study redoes only the unfinished step, and an interrupted pretraining resumes from its
 //! `last.safetensors`. The final tables are always rebuilt from the records
 //! ([`results::collect`]), so wall times add up across restarts.
+pub mod analyses;
 pub mod figures;
 pub mod preset;
 pub mod results;
 pub mod seeds;
 
 mod execute;
+pub mod inversion;
 mod plan;
 mod records;
 
@@ -240,17 +242,39 @@ mod tests {
         let n = ids.len();
         // 2 synth + 4 rows × (objects: 5 steps + faces: 4 steps) + 2 figures, and the alignment
         // sweep (tiny: one alignment): its synth, 4 rows' few-shot, its figure.
-        assert_eq!(n, 2 + 4 * 9 + 2 + (1 + 4 + 1));
+        // The inversion: 4 rows and its figure.
+        assert_eq!(n, 2 + 4 * 9 + 2 + (1 + 4 + 1) + (4 + 1));
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), n, "step ids must be unique");
         let mut p = preset::tiny();
-        p.run_ablation = true;
+        p.ablations = vec![preset::Ablation::Augment];
         let with = Plan::new(p.clone()).unwrap();
         assert_eq!(
             with.steps.len(),
             n + 2 * p.ablation.levels.len() * p.ablation.methods.len()
         );
+        // Table 2: per subset one folder and 3 steps per method; per method 2 transfers.
+        p.ablations = vec![preset::Ablation::Data];
+        let m = p.data_ablation.methods.len();
+        assert_eq!(
+            Plan::new(p.clone()).unwrap().steps.len(),
+            n + 2 * (1 + 3 * m) + 2 * m
+        );
+        // Table 10: 2 steps per (method, k, τ) cell, less the cells the main runs are.
+        p.ablations = vec![preset::Ablation::KTau];
+        let cells: usize = p
+            .k_tau
+            .methods
+            .iter()
+            .map(|m| plan::k_tau_cells(&p, m).iter().filter(|c| !c.2).count())
+            .sum();
+        assert_eq!(
+            cells,
+            2 * 4 - 2,
+            "MoCo-v2 (64, 0.2) and Exemplar-v2 (64, 0.1) are main runs"
+        );
+        assert_eq!(Plan::new(p).unwrap().steps.len(), n + 2 * cells);
     }
 
     #[test]
@@ -316,7 +340,7 @@ mod tests {
         check_study_file(&plan, dir.path()).unwrap();
         let mut other = preset::tiny();
         other.device = "cuda:0".into();
-        other.run_ablation = true;
+        other.ablations = vec![preset::Ablation::Augment, preset::Ablation::KTau];
         check_study_file(&Plan::new(other).unwrap(), dir.path()).unwrap();
         let mut other = preset::tiny();
         other.seed = 7;

@@ -1,6 +1,7 @@
 //! The study's plan: its steps, in order, from a preset (what to run, never how).
 
-use super::preset::{DataSource, Preset};
+use super::preset::{Ablation, DataSource, Preset};
+use crate::analysis::subset::Subset;
 use crate::train::pretrain::BACKBONE;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,21 @@ impl Domain {
     }
 }
 
+/// What a pretraining changes from the preset's settings (the ablations); the default changes
+/// nothing.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Variant {
+    /// `--aug` list (Table 1).
+    pub aug: Option<String>,
+    /// Queue length k (Table 10).
+    pub queue: Option<usize>,
+    /// Temperature τ (Table 10).
+    pub tau: Option<f64>,
+    /// Pretrain on a subset of the objects (Table 2), for as many steps as the full data: the
+    /// epochs are scaled by full / subset training images when the step runs.
+    pub subset: Option<Subset>,
+}
+
 /// What a step does. Paths are relative to the study folder.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -38,8 +54,16 @@ pub enum Action {
     Pretrain {
         domain: Domain,
         method: String,
-        aug: Option<String>,
         epochs: usize,
+        dir: PathBuf,
+        variant: Variant,
+    },
+    /// The objects' Table-2 variant `subset` (a mini-ImageNet folder under `data/`).
+    WriteSubset {
+        subset: Subset,
+    },
+    /// Feature inversion of held-out objects through `dir`'s backbone (Figure 2).
+    Invert {
         dir: PathBuf,
     },
     /// Few-shot on the main objects (`alignment: None`) or on the sweep's copy at an alignment.
@@ -68,6 +92,7 @@ pub enum Action {
     FigureFewShot,
     FigureLandmarks,
     FigureAlignment,
+    FigureInvert,
 }
 
 /// One step of the plan.
@@ -90,6 +115,7 @@ pub struct Step {
 pub enum Artefact {
     Data(Domain),
     AlignedObjects(String),
+    SubsetObjects(Subset),
     File(PathBuf),
 }
 
@@ -107,6 +133,7 @@ impl Action {
         match self {
             Action::Synth(d) => vec![Artefact::Data(*d)],
             Action::SynthAligned { alignment } => vec![Artefact::aligned(*alignment)],
+            Action::WriteSubset { subset } => vec![Artefact::SubsetObjects(*subset)],
             Action::InitScratch { dir } | Action::Pretrain { dir, .. } => {
                 vec![Artefact::File(dir.join(BACKBONE))]
             }
@@ -120,7 +147,9 @@ impl Action {
             | Action::RuntimeMafl { .. }
             | Action::FigureFewShot
             | Action::FigureLandmarks
-            | Action::FigureAlignment => vec![],
+            | Action::FigureAlignment
+            | Action::Invert { .. }
+            | Action::FigureInvert => vec![],
         }
     }
 
@@ -130,7 +159,15 @@ impl Action {
         let backbone = |dir: &Path| Artefact::File(dir.join(BACKBONE));
         Some(match self {
             Action::Synth(_) | Action::SynthAligned { .. } | Action::InitScratch { .. } => vec![],
+            Action::Pretrain {
+                variant: Variant {
+                    subset: Some(s), ..
+                },
+                ..
+            } => vec![Artefact::SubsetObjects(*s)],
             Action::Pretrain { domain, .. } => vec![Artefact::Data(*domain)],
+            Action::WriteSubset { .. } => vec![Artefact::Data(Domain::Objects)],
+            Action::Invert { dir } => vec![backbone(dir), Artefact::Data(Domain::Objects)],
             Action::FewShot { dir, alignment } => vec![
                 backbone(dir),
                 match alignment {
@@ -152,9 +189,10 @@ impl Action {
             Action::RuntimeMafl { model } => {
                 vec![Artefact::File(model.clone()), Artefact::Data(Domain::Faces)]
             }
-            Action::FigureFewShot | Action::FigureLandmarks | Action::FigureAlignment => {
-                return None
-            }
+            Action::FigureFewShot
+            | Action::FigureLandmarks
+            | Action::FigureAlignment
+            | Action::FigureInvert => return None,
         })
     }
 }
@@ -220,6 +258,29 @@ pub mod ids {
     pub fn aligned_fewshot(method: &str, alignment: f64) -> String {
         format!("alignment.{alignment:.2}.{method}.fewshot")
     }
+    pub fn invert(method: &str) -> String {
+        format!("objects.{method}.invert")
+    }
+    pub fn subset(subset: &str) -> String {
+        format!("synth.objects-{subset}")
+    }
+    /// A Table-2 row: `data` is a subset name, or the other domain the backbone came from.
+    pub fn data_pretrain(data: &str, method: &str) -> String {
+        format!("data.{data}.{method}.pretrain")
+    }
+    pub fn data_fewshot(data: &str, method: &str) -> String {
+        format!("data.{data}.{method}.fewshot")
+    }
+    pub fn data_landmarks(data: &str, method: &str) -> String {
+        format!("data.{data}.{method}.landmarks")
+    }
+    pub fn k_tau_pretrain(method: &str, queue: usize, tau: f64) -> String {
+        format!("k-tau.{method}.k{queue}.t{tau}.pretrain")
+    }
+    pub fn k_tau_fewshot(method: &str, queue: usize, tau: f64) -> String {
+        format!("k-tau.{method}.k{queue}.t{tau}.fewshot")
+    }
+    pub const FIGURE_INVERT: &str = "figure.invert";
     pub const FIGURE_FEWSHOT: &str = "figure.fewshot";
     pub const FIGURE_ALIGNMENT: &str = "figure.alignment";
     pub const FIGURE_LANDMARKS: &str = "figure.landmarks";
@@ -278,9 +339,9 @@ impl Plan {
                     let action = Action::Pretrain {
                         domain: d,
                         method: m.clone(),
-                        aug: None,
                         epochs,
                         dir: dir.clone(),
+                        variant: Variant::default(),
                     };
                     push(id, title, action);
                 }
@@ -342,7 +403,32 @@ impl Plan {
                 }
             }
         }
-        if preset.run_ablation {
+        if preset.invert.images > 0 {
+            for m in rows(&preset) {
+                push(
+                    ids::invert(&m),
+                    format!(
+                        "feature inversion through the {m} objects backbone ({} images)",
+                        preset.invert.images
+                    ),
+                    Action::Invert {
+                        dir: PathBuf::from(Domain::Objects.name()).join(&m),
+                    },
+                );
+            }
+            push(
+                ids::FIGURE_INVERT.into(),
+                "figures inversion.png, inversion_distance.png".into(),
+                Action::FigureInvert,
+            );
+        }
+        if preset.runs(Ablation::Data) {
+            data_ablation_steps(&preset, &mut push);
+        }
+        if preset.runs(Ablation::KTau) {
+            k_tau_steps(&preset, &mut push);
+        }
+        if preset.runs(Ablation::Augment) {
             for (k, (label, aug)) in preset.ablation.levels.iter().enumerate() {
                 for m in &preset.ablation.methods {
                     let dir = PathBuf::from("ablation").join(m).join(k.to_string());
@@ -350,9 +436,12 @@ impl Plan {
                     let action = Action::Pretrain {
                         domain: Domain::Objects,
                         method: m.clone(),
-                        aug: Some(aug.clone()),
                         epochs,
                         dir: dir.clone(),
+                        variant: Variant {
+                            aug: Some(aug.clone()),
+                            ..Default::default()
+                        },
                     };
                     push(
                         ids::ablation_pretrain(m, k),
@@ -410,6 +499,139 @@ impl Plan {
         link_needs(&mut s);
         Ok(Plan { preset, steps: s })
     }
+}
+
+/// The Table-2 steps: each method on each subset of the objects (pretrain, few-shot, landmarks),
+/// and each method's backbone of the other domain on the same tasks (faces → few-shot, objects
+/// → landmarks; the backbones of the main rows, so no new pretraining).
+fn data_ablation_steps(p: &Preset, push: &mut impl FnMut(String, String, Action)) {
+    let objects = Domain::Objects.name();
+    let pct = p.data_ablation.fraction * 100.0;
+    for s in Subset::ALL {
+        push(
+            ids::subset(s.name()),
+            format!("objects with {}", s.label(p.data_ablation.fraction)),
+            Action::WriteSubset { subset: s },
+        );
+        for m in &p.data_ablation.methods {
+            let dir = PathBuf::from("data").join(s.name()).join(m);
+            push(
+                ids::data_pretrain(s.name(), m),
+                format!(
+                    "pretrain {m} on {pct:.0}% of the objects' {} (as many steps as the full data)",
+                    if s == Subset::Classes {
+                        "classes"
+                    } else {
+                        "images per class"
+                    }
+                ),
+                Action::Pretrain {
+                    domain: Domain::Objects,
+                    method: m.clone(),
+                    epochs: p.pretrain.epochs_objects,
+                    dir: dir.clone(),
+                    variant: Variant {
+                        subset: Some(s),
+                        ..Default::default()
+                    },
+                },
+            );
+            push(
+                ids::data_fewshot(s.name(), m),
+                format!("few-shot {m} pretrained on the {} objects", s.name()),
+                Action::FewShot {
+                    dir: dir.clone(),
+                    alignment: None,
+                },
+            );
+            push(
+                ids::data_landmarks(s.name(), m),
+                format!("landmarks {m} pretrained on the {} objects", s.name()),
+                Action::Landmarks { dir },
+            );
+        }
+    }
+    for m in &p.data_ablation.methods {
+        push(
+            ids::data_fewshot(Domain::Faces.name(), m),
+            format!("few-shot on objects, {m} pretrained on faces"),
+            Action::FewShot {
+                dir: PathBuf::from(Domain::Faces.name()).join(m),
+                alignment: None,
+            },
+        );
+        push(
+            ids::data_landmarks(objects, m),
+            format!("landmarks, {m} pretrained on objects"),
+            Action::Landmarks {
+                dir: PathBuf::from(objects).join(m),
+            },
+        );
+    }
+}
+
+/// The (queue, τ) pairs of the Table-10 ablation for `method`, each with whether the main run
+/// already is that pretraining.
+pub fn k_tau_cells(p: &Preset, method: &str) -> Vec<(usize, f64, bool)> {
+    let defaults = method
+        .parse::<crate::method::Method>()
+        .map(|m| m.defaults());
+    let main_queue = p
+        .pretrain
+        .queue
+        .or(defaults.as_ref().ok().map(|d| d.queue_len));
+    let main_tau = defaults.ok().and_then(|d| d.tau);
+    let mut cells = Vec::new();
+    for &q in &p.k_tau.queues {
+        for &t in &p.k_tau.taus {
+            let is_main = p.methods.iter().any(|m| m == method)
+                && Some(q) == main_queue
+                && main_tau.is_some_and(|mt| (mt - t).abs() < 1e-12)
+                && p.k_tau.epochs == p.pretrain.epochs_objects;
+            cells.push((q, t, is_main));
+        }
+    }
+    cells
+}
+
+fn k_tau_steps(p: &Preset, push: &mut impl FnMut(String, String, Action)) {
+    let epochs = p.k_tau.epochs;
+    for m in &p.k_tau.methods {
+        for (q, t, is_main) in k_tau_cells(p, m) {
+            if is_main {
+                continue;
+            }
+            let dir = PathBuf::from("k-tau").join(m).join(format!("k{q}-t{t}"));
+            push(
+                ids::k_tau_pretrain(m, q, t),
+                format!("pretrain {m} on objects, k {q}, τ {t} ({epochs} epochs)"),
+                Action::Pretrain {
+                    domain: Domain::Objects,
+                    method: m.clone(),
+                    epochs,
+                    dir: dir.clone(),
+                    variant: Variant {
+                        queue: Some(q),
+                        tau: Some(t),
+                        ..Default::default()
+                    },
+                },
+            );
+            push(
+                ids::k_tau_fewshot(m, q, t),
+                format!("few-shot {m}, k {q}, τ {t}"),
+                Action::FewShot {
+                    dir,
+                    alignment: None,
+                },
+            );
+        }
+    }
+}
+
+/// Where the Table-2 variant `s` of the objects is written.
+pub fn subset_dir(out: &Path, s: Subset) -> PathBuf {
+    out.join("data").join(format!("objects-{}", s.name()))
 }
 
 pub(super) fn data_source(p: &Preset, d: Domain) -> &DataSource {

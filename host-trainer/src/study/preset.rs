@@ -68,6 +68,49 @@ pub struct AblationSettings {
     pub epochs: usize,
 }
 
+/// The optional parts of a study (`--ablation`, any number of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ablation {
+    /// The paper's Table 1: cumulative pretraining augmentations, supervised vs MoCo-v2.
+    Augment,
+    /// The paper's Table 2: pretraining on other data (10% of the images per class, 10% of the
+    /// classes, the other domain), transferred to the same tasks.
+    Data,
+    /// The paper's Table 10: queue size k and temperature τ for MoCo and Exemplar.
+    KTau,
+}
+
+/// Feature inversion (paper Figure 2 and Figure 6): every objects backbone of the study
+/// reconstructs the same held-out images (`analysis::invert`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InvertSettings {
+    /// Held-out images (novel classes, one per class in turn); 0 = no inversion.
+    pub images: usize,
+    /// Adam steps per image (paper: 3000).
+    pub iterations: usize,
+}
+
+/// The Table-2 ablation: each of `methods` pretrained on a `fraction` of the objects' images per
+/// class and on a `fraction` of their classes, with the epochs scaled up so that every run takes
+/// as many steps as the full-data one (the paper's rule); plus the other-domain transfers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DataAblationSettings {
+    pub methods: Vec<String>,
+    pub fraction: f64,
+}
+
+/// The Table-10 ablation: every (queue, τ) pair for each of `methods`, pretrained on the objects
+/// for `epochs` and evaluated by few-shot. A pair equal to the main run's settings (same queue,
+/// the method's own τ, same epochs) reuses the main run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KTauSettings {
+    pub methods: Vec<String>,
+    pub queues: Vec<usize>,
+    pub taus: Vec<f64>,
+    pub epochs: usize,
+}
+
 /// A whole study.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Preset {
@@ -84,8 +127,11 @@ pub struct Preset {
     pub landmark_batch: usize,
     pub calib_images: usize,
     pub ablation: AblationSettings,
-    /// Whether to run the ablation (`--ablation augment`).
-    pub run_ablation: bool,
+    /// Which optional parts run (`--ablation`; not part of the study's identity).
+    pub ablations: Vec<Ablation>,
+    pub invert: InvertSettings,
+    pub data_ablation: DataAblationSettings,
+    pub k_tau: KTauSettings,
     /// The alignment sweep (synthetic objects only): besides the main objects (alignment 1, the
     /// novel classes defined like the base ones), few-shot on novel classes regenerated at each of
     /// these alignments (see `data::synth::objects`). The base split is the same at every
@@ -187,7 +233,21 @@ pub fn tiny() -> Preset {
             levels: table1_levels().into_iter().step_by(4).collect(),
             epochs: 1,
         },
-        run_ablation: false,
+        ablations: vec![],
+        invert: InvertSettings {
+            images: 2,
+            iterations: 5,
+        },
+        data_ablation: DataAblationSettings {
+            methods: vec!["supervised".into(), "moco-v2".into()],
+            fraction: 0.5,
+        },
+        k_tau: KTauSettings {
+            methods: vec!["moco-v2".into(), "exemplar-v2".into()],
+            queues: vec![32, 64],
+            taus: vec![0.1, 0.2],
+            epochs: 1,
+        },
         alignments: vec![0.0],
         figure_faces: 2,
         seed: 0,
@@ -239,7 +299,21 @@ pub fn main_job() -> Preset {
             levels: table1_levels(),
             epochs: 1,
         },
-        run_ablation: false,
+        ablations: vec![],
+        invert: InvertSettings {
+            images: 4,
+            iterations: 100,
+        },
+        data_ablation: DataAblationSettings {
+            methods: vec!["supervised".into(), "moco-v2".into()],
+            fraction: 0.1,
+        },
+        k_tau: KTauSettings {
+            methods: vec!["moco-v2".into(), "exemplar-v2".into()],
+            queues: vec![256, 1024],
+            taus: vec![0.1, 0.2],
+            epochs: 2,
+        },
         alignments: vec![],
         figure_faces: 6,
         seed: 0,
@@ -261,6 +335,13 @@ pub fn main_job() -> Preset {
 /// factor chosen for the first, short budget and kept, not re-tuned, when the budget grew; the
 /// same factor applies to every method. The alignment sweep adds novel classes at alignments 0.5
 /// and 0 (few-shot only: the base data and so the backbones are shared).
+///
+/// Analyses: feature inversion of 12 held-out images per backbone (800 Adam steps each, the
+/// paper's 3000 cost 4× more); `--ablation data` pretrains supervised and MoCo-v2 on 10% of the
+/// images per class and on 10% of the classes, each for as many steps as the full run;
+/// `--ablation k-tau` pretrains MoCo-v2 and Exemplar-v2 at k ∈ {256, 1024} × τ ∈ {0.1, 0.2} for
+/// 20 epochs (all four cells, the main runs' settings included, at the same budget: 6 h of CPU at
+/// 50 epochs would not fit a session), compared with each other, not with the 50-epoch rows.
 pub fn small() -> Preset {
     Preset {
         name: "small".into(),
@@ -288,6 +369,14 @@ pub fn small() -> Preset {
         },
         landmark_epochs: 15,
         alignments: vec![0.5, 0.0],
+        invert: InvertSettings {
+            images: 12,
+            iterations: 800,
+        },
+        k_tau: KTauSettings {
+            epochs: 20,
+            ..main_job().k_tau
+        },
         ..main_job()
     }
 }
@@ -329,7 +418,21 @@ pub fn paper() -> Preset {
             levels: table1_levels(),
             epochs: 200,
         },
-        run_ablation: false,
+        ablations: vec![],
+        invert: InvertSettings {
+            images: 100,
+            iterations: 3000,
+        },
+        data_ablation: DataAblationSettings {
+            methods: vec!["supervised".into(), "moco-v2".into()],
+            fraction: 0.1,
+        },
+        k_tau: KTauSettings {
+            methods: vec!["moco-v2".into(), "exemplar-v2".into()],
+            queues: vec![16384, 65536],
+            taus: vec![0.07, 0.1, 0.2],
+            epochs: 200,
+        },
         alignments: vec![],
         figure_faces: 6,
         seed: 0,
@@ -369,13 +472,64 @@ impl Preset {
         if self.fewshot.episodes == 0 || self.fewshot.shots.is_empty() {
             bail!("preset {}: few-shot needs episodes and shots", self.name);
         }
-        if self.run_ablation && self.ablation.levels.is_empty() {
+        if self.runs(Ablation::Augment) && self.ablation.levels.is_empty() {
             bail!(
                 "preset {}: --ablation augment with no augmentation levels",
                 self.name
             );
         }
+        for m in self.data_ablation.methods.iter().chain(&self.k_tau.methods) {
+            m.parse::<crate::method::Method>()
+                .map_err(|e| anyhow::anyhow!("preset {}: method {m:?}: {e}", self.name))?;
+        }
+        if let Some(m) = self.k_tau.methods.iter().find(|m| {
+            m.parse::<crate::method::Method>()
+                .is_ok_and(|m| !m.is_contrastive())
+        }) {
+            bail!(
+                "preset {}: the k/τ ablation varies a queue and a temperature; {m} has neither",
+                self.name
+            );
+        }
+        if !(self.data_ablation.fraction > 0.0 && self.data_ablation.fraction < 1.0) {
+            bail!("preset {}: the data fraction must be in (0, 1)", self.name);
+        }
+        if let Some(q) = self
+            .k_tau
+            .queues
+            .iter()
+            .find(|&&q| q == 0 || q % self.pretrain.batch != 0)
+        {
+            bail!(
+                "preset {}: queue {q} must be a positive multiple of the batch {}",
+                self.name,
+                self.pretrain.batch
+            );
+        }
+        if let Some(t) = self
+            .k_tau
+            .taus
+            .iter()
+            .find(|t| !t.is_finite() || **t <= 0.0)
+        {
+            bail!("preset {}: temperature {t} must be positive", self.name);
+        }
+        if self.runs(Ablation::KTau)
+            && (self.k_tau.epochs == 0
+                || self.k_tau.queues.is_empty()
+                || self.k_tau.taus.is_empty())
+        {
+            bail!(
+                "preset {}: --ablation k-tau needs queues, temperatures and epochs",
+                self.name
+            );
+        }
         Ok(())
+    }
+
+    /// Whether the optional part `a` runs.
+    pub fn runs(&self, a: Ablation) -> bool {
+        self.ablations.contains(&a)
     }
 }
 
@@ -420,6 +574,23 @@ mod tests {
         for w in l.windows(2) {
             assert!(w[1].1.starts_with(&w[0].1), "{} then {}", w[0].1, w[1].1);
         }
+    }
+
+    #[test]
+    fn ablation_settings_are_checked() {
+        let mut p = tiny();
+        p.k_tau.methods.push("supervised".into());
+        assert!(p.validate().is_err());
+        let mut p = tiny();
+        p.k_tau.queues.push(40); // not a multiple of the batch (16)
+        assert!(p.validate().is_err());
+        let mut p = tiny();
+        p.data_ablation.fraction = 1.0;
+        assert!(p.validate().is_err());
+        let mut p = tiny();
+        p.ablations = vec![Ablation::KTau];
+        p.k_tau.taus.clear();
+        assert!(p.validate().is_err());
     }
 
     #[test]

@@ -51,12 +51,12 @@ pub(super) fn write_record(out: &Path, rec: &StepRecord) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// The settings that define a study's results (device and the ablation switch excluded: a restart
-/// on another device, or adding the ablation, continues the same study).
+/// The settings that define a study's results (device and the ablation switches excluded: a restart
+/// on another device, or adding an ablation, continues the same study).
 pub(super) fn identity(p: &Preset) -> Value {
     let mut q = p.clone();
     q.device = String::new();
-    q.run_ablation = false;
+    q.ablations.clear();
     serde_json::to_value(&q).unwrap_or(Value::Null)
 }
 

@@ -318,6 +318,8 @@ pub struct StudyResults {
     pub mean_face: Option<Figure>,
     pub ablation: Vec<AblationRow>,
     pub orderings: Vec<Claim>,
+    /// Feature inversion, Table 2 and Table 10 (what the preset runs).
+    pub analyses: super::analyses::Analyses,
     pub wall_seconds: WallTime,
 }
 
@@ -337,7 +339,7 @@ pub struct FewShotRec {
 }
 
 impl FewShotRec {
-    fn figure(&self, shot: usize) -> Option<Figure> {
+    pub(super) fn figure(&self, shot: usize) -> Option<Figure> {
         let s = self.results.iter().find(|r| r.shot == shot)?;
         Some(Figure {
             value: s.accuracy,
@@ -364,7 +366,7 @@ pub struct LandmarkRec {
 }
 
 impl LandmarkRec {
-    fn figure(&self) -> Option<Figure> {
+    pub(super) fn figure(&self) -> Option<Figure> {
         Some(Figure {
             value: self.iod_error?,
             ci95: self.ci95,
@@ -382,7 +384,7 @@ impl LandmarkRec {
 
 /// The record of step `id` read as `T` (`None` if the step has not run). Fields a record lacks
 /// give empty cells; a field of the wrong type is an error naming the record's file.
-fn record<T: DeserializeOwned>(out: &Path, id: &str) -> Result<Option<T>> {
+pub(super) fn record<T: DeserializeOwned>(out: &Path, id: &str) -> Result<Option<T>> {
     let Some(r) = read_record(out, id)? else {
         return Ok(None);
     };
@@ -429,7 +431,7 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
         });
     }
     let mut ablation = Vec::new();
-    if p.run_ablation {
+    if p.runs(super::preset::Ablation::Augment) {
         for (k, (label, aug)) in p.ablation.levels.iter().enumerate() {
             let mut cells = Vec::new();
             for m in &p.ablation.methods {
@@ -511,6 +513,7 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
         mean_face,
         ablation,
         orderings,
+        analyses: super::analyses::collect(p, out)?,
         wall_seconds: WallTime { steps, total },
     })
 }
@@ -654,7 +657,7 @@ pub fn orderings(
     out
 }
 
-fn cell(f: Option<Figure>) -> String {
+pub(super) fn cell(f: Option<Figure>) -> String {
     match f {
         Some(Figure {
             value,
@@ -850,6 +853,7 @@ pub fn markdown(r: &StudyResults) -> String {
     s += &format!(
         "\n{held} of {measured} measured orderings hold beyond the noise, {rev} are reversed beyond it, the rest are within the noise.\n"
     );
+    s += &super::analyses::markdown(&r.analyses, p);
     s += &format!(
         "\n## Wall time\n\nTotal {:.1} min over {} finished steps (summed across restarts).\n\n",
         r.wall_seconds.total / 60.0,
@@ -1132,6 +1136,7 @@ mod tests {
             rows,
             alignment: vec![],
             alignment_orderings: vec![],
+            analyses: Default::default(),
             pretraining: vec![
                 pretrain_record(
                     "objects",

@@ -1,0 +1,506 @@
+//! The tables of the paper's analyses beyond Tables 4 and 5, collected from the step records:
+//! feature inversion (Figures 2 and 6), pretraining data (Table 2) and k / τ (Table 10), each
+//! with the paper's comparison computed against its 95% interval ([`super::results::claim`]).
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::figures::mean_ci95;
+use super::inversion::{self, ImageScores};
+use super::plan::k_tau_cells;
+use super::preset::{Ablation, Preset};
+use super::results::{
+    cell, record, verdict, Claim, FewShotRec, Figure, LandmarkRec, PretrainRec, Verdict,
+};
+use super::{ids, Domain};
+use crate::analysis::subset::Subset;
+
+/// One method's reconstructions (means over the held-out images, 95% intervals over images).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InversionRow {
+    pub method: String,
+    pub images: usize,
+    pub ssim: Option<Figure>,
+    pub ssim_worst_quarter: Option<Figure>,
+    pub random_feature_distance: Option<Figure>,
+    /// The inversion objective (relative feature error) before the first and after the last step.
+    pub initial_loss: Option<f64>,
+    pub final_loss: Option<Figure>,
+}
+
+/// One row of the Table-2 layout: a method pretrained on some data, on the study's tasks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DataRow {
+    /// "objects", a [`Subset`] name, or "faces".
+    pub data: String,
+    pub label: String,
+    pub method: String,
+    /// Final pretraining loss / its chance loss (`None` where no record).
+    pub loss_ratio: Option<f64>,
+    pub fewshot: Vec<(usize, Option<Figure>)>,
+    pub iod: Option<Figure>,
+}
+
+/// One (method, k, τ) cell of the Table-10 layout.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KTauRow {
+    pub method: String,
+    pub queue: usize,
+    pub tau: f64,
+    pub epochs: usize,
+    /// The main study run is this pretraining (its figures are reused).
+    pub main_run: bool,
+    pub final_loss: Option<f64>,
+    pub chance_loss: Option<f64>,
+    pub fewshot: Vec<(usize, Option<Figure>)>,
+}
+
+/// Everything this module reports; empty parts did not run.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct Analyses {
+    pub inversion: Vec<InversionRow>,
+    pub inversion_claims: Vec<Claim>,
+    pub pretraining_data: Vec<DataRow>,
+    pub pretraining_data_claims: Vec<Claim>,
+    pub k_tau: Vec<KTauRow>,
+    pub k_tau_claims: Vec<Claim>,
+}
+
+fn figure(values: &[f64]) -> Option<Figure> {
+    mean_ci95(values).map(|(value, ci)| Figure {
+        value,
+        ci95: Some(ci),
+    })
+}
+
+/// A paired claim: per image, `better − worse` (or the reverse when lower is better), its mean
+/// against the 95% interval of the paired differences.
+fn paired_claim(text: String, paper: String, diffs: &[f64]) -> Claim {
+    match mean_ci95(diffs) {
+        Some((m, ci)) => Claim {
+            claim: text,
+            paper,
+            margin: Some(m),
+            ci95: Some(ci),
+            verdict: verdict(m, ci),
+        },
+        None => Claim {
+            claim: text,
+            paper,
+            margin: None,
+            ci95: None,
+            verdict: Verdict::Missing,
+        },
+    }
+}
+
+fn inversion(p: &Preset, out: &Path) -> Result<(Vec<InversionRow>, Vec<Claim>)> {
+    let scores = inversion::collect(p, out)?;
+    let col = |s: &[ImageScores], f: fn(&ImageScores) -> f64| s.iter().map(f).collect::<Vec<_>>();
+    let rows = scores
+        .iter()
+        .map(|(m, s)| InversionRow {
+            method: m.clone(),
+            images: s.len(),
+            ssim: figure(&col(s, |v| v.ssim)),
+            ssim_worst_quarter: figure(&col(s, |v| v.ssim_worst_quarter)),
+            random_feature_distance: figure(&col(s, |v| v.random_feature_distance)),
+            initial_loss: mean_ci95(&col(s, |v| v.initial_loss)).map(|v| v.0),
+            final_loss: figure(&col(s, |v| v.final_loss)),
+        })
+        .collect();
+    let mut claims = Vec::new();
+    let Some((_, sup)) = scores.iter().find(|(m, _)| m == "supervised") else {
+        return Ok((rows, claims));
+    };
+    for (m, s) in scores
+        .iter()
+        .filter(|(m, _)| m != "supervised" && m != super::SCRATCH)
+    {
+        let d = |f: fn(&ImageScores) -> f64, lower: bool| -> Vec<f64> {
+            s.iter()
+                .zip(sup)
+                .map(|(a, b)| if lower { f(b) - f(a) } else { f(a) - f(b) })
+                .collect()
+        };
+        claims.push(paired_claim(
+            format!("inversion: {m} reconstructs closer than supervised (SSIM)"),
+            "Figure 2, qualitative".into(),
+            &d(|v| v.ssim, false),
+        ));
+        claims.push(paired_claim(
+            format!("inversion: {m} loses fewer regions than supervised (worst-quarter SSIM)"),
+            "Figure 2, qualitative".into(),
+            &d(|v| v.ssim_worst_quarter, false),
+        ));
+        claims.push(paired_claim(
+            format!("inversion: {m} closer than supervised (random-network distance, lower)"),
+            "MoCo 5.59 vs supervised 6.43 (LPIPS, Figure 6)".into(),
+            &d(|v| v.random_feature_distance, true),
+        ));
+    }
+    Ok((rows, claims))
+}
+
+fn fewshot_cells(p: &Preset, out: &Path, id: &str) -> Result<Vec<(usize, Option<Figure>)>> {
+    let r: Option<FewShotRec> = record(out, id)?;
+    Ok(p.fewshot
+        .shots
+        .iter()
+        .map(|&k| (k, r.as_ref().and_then(|v| v.figure(k))))
+        .collect())
+}
+
+fn loss_ratio(out: &Path, id: &str) -> Result<Option<f64>> {
+    let r: Option<PretrainRec> = record(out, id)?;
+    Ok(r.and_then(|v| Some(v.final_loss? / v.chance_loss?)))
+}
+
+/// The paper's Table-2 figures (VOC07 detection AP with full / changed pretraining data):
+/// (supervised full, supervised changed, MoCo-v2 full, MoCo-v2 changed).
+fn paper_table2(data: &str) -> String {
+    let (sf, sc, mf, mc) = match data {
+        "images-subset" => (46.2, 42.4, 48.5, 45.5),
+        "classes-subset" => (46.2, 42.0, 48.5, 45.6),
+        "faces" => (46.2, 37.5, 48.5, 45.3), // CelebA
+        _ => return "no counterpart (Table 2 transfers to detection, not landmarks)".into(),
+    };
+    format!(
+        "VOC07 AP: supervised {sf} → {sc} ({:+.1}), MoCo-v2 {mf} → {mc} ({:+.1})",
+        sc - sf,
+        mc - mf
+    )
+}
+
+fn pretraining_data(p: &Preset, out: &Path) -> Result<(Vec<DataRow>, Vec<Claim>)> {
+    let f = p.data_ablation.fraction;
+    let objects = Domain::Objects.name();
+    let faces = Domain::Faces.name();
+    let mut rows = Vec::new();
+    for m in &p.data_ablation.methods {
+        rows.push(DataRow {
+            data: objects.into(),
+            label: "objects (all)".into(),
+            method: m.clone(),
+            loss_ratio: loss_ratio(out, &ids::pretrain(objects, m))?,
+            fewshot: fewshot_cells(p, out, &ids::fewshot(m))?,
+            iod: record::<LandmarkRec>(out, &ids::data_landmarks(objects, m))?
+                .and_then(|v| v.figure()),
+        });
+        for s in Subset::ALL {
+            rows.push(DataRow {
+                data: s.name().into(),
+                label: format!("objects, {}", s.label(f)),
+                method: m.clone(),
+                loss_ratio: loss_ratio(out, &ids::data_pretrain(s.name(), m))?,
+                fewshot: fewshot_cells(p, out, &ids::data_fewshot(s.name(), m))?,
+                iod: record::<LandmarkRec>(out, &ids::data_landmarks(s.name(), m))?
+                    .and_then(|v| v.figure()),
+            });
+        }
+        rows.push(DataRow {
+            data: faces.into(),
+            label: "faces (identities)".into(),
+            method: m.clone(),
+            loss_ratio: loss_ratio(out, &ids::pretrain(faces, m))?,
+            fewshot: fewshot_cells(p, out, &ids::data_fewshot(faces, m))?,
+            iod: record::<LandmarkRec>(out, &ids::landmarks(m))?.and_then(|v| v.figure()),
+        });
+    }
+    // How much each method loses when its pretraining data changes: on few-shot (the largest
+    // shot) against its objects row, on landmarks against its faces row (each task's own
+    // domain is the reference). The paper: contrastive pretraining loses less.
+    let mut claims = Vec::new();
+    let find = |data: &str, m: &str| rows.iter().find(|r| r.data == data && r.method == m);
+    let shot = p.fewshot.shots.iter().copied().max().unwrap_or(1);
+    let acc = |r: Option<&DataRow>| {
+        r.and_then(|r| r.fewshot.iter().find(|c| c.0 == shot).and_then(|c| c.1))
+    };
+    let drop = |full: Option<Figure>, changed: Option<Figure>, lower_better: bool| {
+        let (a, b) = (full?, changed?);
+        // The loss: how much worse the changed data makes the figure.
+        let d = if lower_better {
+            b.value - a.value
+        } else {
+            a.value - b.value
+        };
+        Some((d, a.ci95.unwrap_or(0.0).hypot(b.ci95.unwrap_or(0.0))))
+    };
+    let changed: Vec<(&str, String)> = Subset::ALL
+        .iter()
+        .map(|s| (s.name(), s.label(f)))
+        .chain([(faces, "faces instead of objects".to_string())])
+        .chain([(objects, "objects instead of faces".to_string())])
+        .collect();
+    for other in p
+        .data_ablation
+        .methods
+        .iter()
+        .filter(|m| *m != "supervised")
+    {
+        if !p.data_ablation.methods.iter().any(|m| m == "supervised") {
+            break;
+        }
+        for (data, label) in &changed {
+            // (task, loss of supervised, loss of `other`)
+            let (task, ls, lo) = if *data == objects {
+                let iod = |m: &str| find(faces, m).and_then(|r| r.iod);
+                let iod_changed = |m: &str| find(objects, m).and_then(|r| r.iod);
+                (
+                    "landmark IOD error".to_string(),
+                    drop(iod("supervised"), iod_changed("supervised"), true),
+                    drop(iod(other), iod_changed(other), true),
+                )
+            } else {
+                (
+                    format!("{shot}-shot"),
+                    drop(
+                        acc(find(objects, "supervised")),
+                        acc(find(data, "supervised")),
+                        false,
+                    ),
+                    drop(acc(find(objects, other)), acc(find(data, other)), false),
+                )
+            };
+            let text = format!("pretraining on {label}: {other} loses less {task} than supervised");
+            let paper = paper_table2(data);
+            claims.push(match (ls, lo) {
+                (Some((ds, cs)), Some((d_o, co))) => {
+                    let margin = ds - d_o;
+                    let ci = cs.hypot(co);
+                    Claim {
+                        claim: format!("{text} (loss: supervised {ds:+.2}, {other} {d_o:+.2})"),
+                        paper,
+                        margin: Some(margin),
+                        ci95: Some(ci),
+                        verdict: verdict(margin, ci),
+                    }
+                }
+                _ => Claim {
+                    claim: text,
+                    paper,
+                    margin: None,
+                    ci95: None,
+                    verdict: Verdict::Missing,
+                },
+            });
+        }
+    }
+    Ok((rows, claims))
+}
+
+fn k_tau(p: &Preset, out: &Path) -> Result<(Vec<KTauRow>, Vec<Claim>)> {
+    let mut rows = Vec::new();
+    for m in &p.k_tau.methods {
+        for (q, t, main) in k_tau_cells(p, m) {
+            let (pre, fs) = if main {
+                (ids::pretrain(Domain::Objects.name(), m), ids::fewshot(m))
+            } else {
+                (ids::k_tau_pretrain(m, q, t), ids::k_tau_fewshot(m, q, t))
+            };
+            let rec: Option<PretrainRec> = record(out, &pre)?;
+            rows.push(KTauRow {
+                method: m.clone(),
+                queue: q,
+                tau: t,
+                epochs: p.k_tau.epochs,
+                main_run: main,
+                final_loss: rec.as_ref().and_then(|r| r.final_loss),
+                chance_loss: rec.as_ref().and_then(|r| r.chance_loss),
+                fewshot: fewshot_cells(p, out, &fs)?,
+            });
+        }
+    }
+    // Table 10's comparison: Exemplar above MoCo at the same k and τ.
+    let mut claims = Vec::new();
+    let shot = p.fewshot.shots.iter().copied().max().unwrap_or(1);
+    for e in rows.iter().filter(|r| r.method.starts_with("exemplar")) {
+        let moco = e.method.replace("exemplar", "moco");
+        let Some(mo) = rows
+            .iter()
+            .find(|r| r.method == moco && r.queue == e.queue && r.tau == e.tau)
+        else {
+            continue;
+        };
+        let fig = |r: &KTauRow| r.fewshot.iter().find(|c| c.0 == shot).and_then(|c| c.1);
+        claims.push(super::results::claim(
+            format!(
+                "k {}, τ {}: {} > {moco} ({shot}-shot)",
+                e.queue, e.tau, e.method
+            ),
+            "ImageNet linear 64.6 vs 60.9 (v1, k 1M, τ 0.07)".into(),
+            fig(e),
+            fig(mo),
+            false,
+        ));
+    }
+    Ok((rows, claims))
+}
+
+/// Collects every analysis the preset runs.
+pub fn collect(p: &Preset, out: &Path) -> Result<Analyses> {
+    let mut a = Analyses::default();
+    if p.invert.images > 0 {
+        (a.inversion, a.inversion_claims) = inversion(p, out)?;
+    }
+    if p.runs(Ablation::Data) {
+        (a.pretraining_data, a.pretraining_data_claims) = pretraining_data(p, out)?;
+    }
+    if p.runs(Ablation::KTau) {
+        (a.k_tau, a.k_tau_claims) = k_tau(p, out)?;
+    }
+    Ok(a)
+}
+
+fn claims_md(claims: &[Claim]) -> String {
+    let mut s = String::new();
+    for c in claims {
+        match (c.margin, c.ci95) {
+            (Some(m), Some(ci)) => {
+                s += &format!(
+                    "- {} (paper: {}): {} — margin {m:+.3} vs interval {ci:.3}\n",
+                    c.claim,
+                    c.paper,
+                    c.verdict.text()
+                )
+            }
+            _ => s += &format!("- {} (paper: {}): {}\n", c.claim, c.paper, c.verdict.text()),
+        }
+    }
+    s
+}
+
+fn cell3(f: Option<Figure>) -> String {
+    match f {
+        Some(Figure {
+            value,
+            ci95: Some(c),
+        }) => format!("{value:.3} ± {c:.3}"),
+        Some(f) => format!("{:.3}", f.value),
+        None => "-".into(),
+    }
+}
+
+/// The Markdown sections (empty when nothing ran).
+pub fn markdown(a: &Analyses, p: &Preset) -> String {
+    let mut s = String::new();
+    if !a.inversion.is_empty() {
+        s += "\n## Feature inversion (paper Figures 2 and 6)\n\n";
+        s += &format!(
+            "Each objects backbone's layer4 map of the same held-out novel-class images is inverted \
+             with the deep image prior ({} Adam steps at lr 0.001 from the same generator and noise \
+             per image; `inversion.png`, rows: methods, columns: images). Closeness to the image: \
+             SSIM (mean, and the mean of the worst 25% of its local map: low when a region is lost) \
+             and an LPIPS-style distance under a fixed random ResNet-18 that no method trained \
+             (`inversion_distance.png`, per image against supervised). The paper used LPIPS with an \
+             ImageNet-trained SqueezeNet, which cannot be downloaded here. Intervals are 95% over \
+             images.\n\n",
+            p.invert.iterations
+        );
+        s += "| method | images | SSIM | worst-quarter SSIM | random-network distance | feature loss: start → end |\n|---|---|---|---|---|---|\n";
+        for r in &a.inversion {
+            s += &format!(
+                "| {} | {} | {} | {} | {} | {} → {} |\n",
+                r.method,
+                r.images,
+                cell3(r.ssim),
+                cell3(r.ssim_worst_quarter),
+                cell3(r.random_feature_distance),
+                r.initial_loss.map_or("-".into(), |v| format!("{v:.3}")),
+                cell3(r.final_loss)
+            );
+        }
+        if !a.inversion_claims.is_empty() {
+            s += "\nPaired per image (margin in the paper's direction):\n\n";
+            s += &claims_md(&a.inversion_claims);
+        }
+    }
+    if !a.pretraining_data.is_empty() {
+        s += "\n## Table 2 layout: pretraining data\n\n";
+        s +=
+            "Each method pretrained on other data, transferred to the same tasks (few-shot on the \
+              novel objects, %; landmark IOD error on MAFL, %, lower is better). The subsets run \
+              as many steps as the full data (the paper's rule). Loss / chance: the pretraining's \
+              final loss over its chance loss.\n\n";
+        s += "| pretraining data | method | loss / chance |";
+        let shots: Vec<usize> = a.pretraining_data[0].fewshot.iter().map(|c| c.0).collect();
+        for k in &shots {
+            s += &format!(" {k}-shot |");
+        }
+        s += " IOD error |\n|---|---|---|";
+        s += &"---|".repeat(shots.len() + 1);
+        s += "\n";
+        for r in &a.pretraining_data {
+            s += &format!(
+                "| {} | {} | {} |",
+                r.label,
+                r.method,
+                r.loss_ratio.map_or("-".into(), |v| format!("{v:.2}"))
+            );
+            for c in &r.fewshot {
+                s += &format!(" {} |", cell(c.1));
+            }
+            s += &format!(" {} |\n", cell(r.iod));
+        }
+        s += "\nHow much each method loses when the pretraining data changes (the paper: contrastive \
+              pretraining is relatively unaffected by its data, supervised depends on its labels' \
+              semantics; margin = supervised's loss − the other method's, in points):\n\n";
+        s += &claims_md(&a.pretraining_data_claims);
+    }
+    if !a.k_tau.is_empty() {
+        s += "\n## Table 10 layout: queue size k and temperature τ\n\n";
+        s +=
+            "Few-shot on the novel objects (%) after pretraining on the objects; `main` marks the \
+              main study run reused for its cell.\n\n";
+        s += "| method | k | τ | epochs | loss / chance |";
+        let shots: Vec<usize> = a.k_tau[0].fewshot.iter().map(|c| c.0).collect();
+        for k in &shots {
+            s += &format!(" {k}-shot |");
+        }
+        s += "\n|---|---|---|---|---|";
+        s += &"---|".repeat(shots.len());
+        s += "\n";
+        for r in &a.k_tau {
+            let ratio = r.final_loss.zip(r.chance_loss).map(|(l, c)| l / c);
+            s += &format!(
+                "| {}{} | {} | {} | {} | {} |",
+                r.method,
+                if r.main_run { " (main)" } else { "" },
+                r.queue,
+                r.tau,
+                r.epochs,
+                ratio.map_or("-".into(), |v| format!("{v:.2}"))
+            );
+            for c in &r.fewshot {
+                s += &format!(" {} |", cell(c.1));
+            }
+            s += "\n";
+        }
+        if !a.k_tau_claims.is_empty() {
+            s += "\n";
+            s += &claims_md(&a.k_tau_claims);
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paired_claims_use_the_per_image_differences() {
+        // Differences 1, 2, 3: mean 2, interval 1.96·√(2/3)/√3.
+        let c = paired_claim("x".into(), "y".into(), &[1.0, 2.0, 3.0]);
+        assert_eq!(c.margin, Some(2.0));
+        assert!((c.ci95.unwrap() - 1.96 * 2f64.sqrt() / 3.0).abs() < 1e-12);
+        assert_eq!(c.verdict, Verdict::Holds);
+        let c = paired_claim("x".into(), "y".into(), &[-1.0, 0.5]);
+        assert_eq!(c.verdict, Verdict::ReversedWithinNoise);
+        assert_eq!(
+            paired_claim("x".into(), "y".into(), &[]).verdict,
+            Verdict::Missing
+        );
+    }
+}
