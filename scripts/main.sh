@@ -2,9 +2,11 @@
 # The main job on the embedded default, end to end: `host-trainer study --preset main`.
 #   synth (objects + faces) → pretrain (supervised, MoCo-v2, Exemplar-v2, plus a random-init
 #   scratch baseline) → host evaluation (few-shot and base-class probe on the objects, landmarks on
-#   MAFL faces) → int8 export → runtime evaluation (runtime-cli, the same episodes) →
+#   MAFL faces) → int8 export → runtime evaluation (runtime-cli, the same episodes) → feature
+#   inversion of 4 held-out images through each objects backbone (paper Figure 2) →
 #   $OUT/results.md + results.json (paper Tables 4 and 5 layouts, host f32 | runtime int8, 95%
-#   intervals, wall times) and the figures fewshot.png, landmarks.png.
+#   intervals, the inversion's distances, wall times) and the figures fewshot.png, landmarks.png,
+#   inversion.png, inversion_distance.png.
 #
 # The `main` preset fits about 12 minutes on 2 CPU cores: enough to exercise every stage, not to
 # separate the methods (that is `host-trainer study --preset small`, see README "Results").
