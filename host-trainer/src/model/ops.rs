@@ -55,6 +55,19 @@ pub fn batch_norm_train(
             "batch norm: expected more than 1 value per channel in training mode (batch {b}, {groups} groups, {h}×{w} map)"
         );
     }
+    // CUDA f32 with cuDNN: all groups in one op (cuDNN per group on slices of one buffer).
+    #[cfg(feature = "cudnn")]
+    if crate::kernels::cuda::gpu_kernels_enabled() {
+        if let Some(r) =
+            crate::kernels::cuda::cudnn::batch_norm_train_grouped(x, gamma, beta, groups, BN_EPS)?
+        {
+            let stats = BatchStats {
+                mean: r.mean,
+                var_unbiased: r.var_unbiased,
+            };
+            return Ok((r.y, stats));
+        }
+    }
     // Each group is one fused training-mode BN (crate::kernels::batch_norm_train: a CPU custom
     // op with its own backward; plain tensor maths elsewhere).
     let unbias = per_group as f64 / (per_group as f64 - 1.0);
