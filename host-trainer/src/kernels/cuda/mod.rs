@@ -172,9 +172,15 @@ const UPDATE_MODULE: &str = "host_trainer_updates";
 /// NVRTC output of [`UPDATE_KERNELS`], compiled once per process.
 fn update_ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-    PTX.get_or_init(|| compile_update_kernels().map_err(|e| e.to_string()))
-        .as_deref()
-        .map_err(|e| candle_core::Error::Msg(format!("NVRTC: {e}")))
+    PTX.get_or_init(|| {
+        compile_update_kernels().map_err(|e| {
+            // Said once; the callers then fall back to candle's tensor ops ([`is_cuda_f32`]).
+            eprintln!("warning: {e}; SGD and EMA fall back to candle's tensor ops");
+            e.to_string()
+        })
+    })
+    .as_deref()
+    .map_err(|e| candle_core::Error::Msg(format!("NVRTC: {e}")))
 }
 
 /// Compile the update kernels with NVRTC (needs `libnvrtc`, no GPU): also what the GPU-less test
@@ -284,10 +290,11 @@ impl InplaceOp2 for EmaOp {
     }
 }
 
-/// Whether `t` is an f32 tensor on a CUDA device (and [`gpu_kernels_enabled`]): what the fused
-/// updates handle.
+/// Whether `t` is an f32 tensor on a CUDA device (and [`gpu_kernels_enabled`], and the update
+/// kernels compiled): what the fused updates handle. Should NVRTC fail (a missing
+/// `libnvrtc-builtins`, say), training goes on with candle's ops after one warning.
 pub fn is_cuda_f32(t: &Tensor) -> bool {
-    gpu_kernels_enabled() && t.device().is_cuda() && t.dtype() == DType::F32
+    gpu_kernels_enabled() && t.device().is_cuda() && t.dtype() == DType::F32 && update_ptx().is_ok()
 }
 
 /// θk ← m·θk + (1−m)·θq in place, one kernel. Both tensors f32, same shape, on the same GPU.
