@@ -125,6 +125,17 @@ pub fn ema_update(old: &Tensor, batch: &Tensor) -> Result<Tensor> {
     (old * (1.0 - BN_MOMENTUM))? + (batch.to_dtype(old.dtype())? * BN_MOMENTUM)?
 }
 
+/// `running ← ` [`ema_update`]`(running, batch)`, the running-statistics update of one BN
+/// buffer. On CUDA f32 one fused in-place kernel (`kernels::cuda::ema_update`, same rounding)
+/// instead of three ops, an allocation and a copy.
+pub fn update_running(running: &candle_core::Var, batch: &Tensor) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if crate::kernels::cuda::is_cuda_f32(running) && crate::kernels::cuda::is_cuda_f32(batch) {
+        return crate::kernels::cuda::ema_update(running.as_tensor(), batch, 1.0 - BN_MOMENTUM);
+    }
+    running.set(&ema_update(&running.as_detached_tensor(), batch)?)
+}
+
 /// torchvision's stem max-pool: 3×3, stride 2, padding 1.
 ///
 /// Padding is with zeros, which equals PyTorch's −∞ padding here because the input comes

@@ -24,7 +24,7 @@
 pub mod cudnn;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::backend::BackendStorage;
@@ -36,18 +36,37 @@ use candle_core::{bail, CpuStorage, CudaStorage, DType, Device, InplaceOp2, Inpl
 use candle_core::{Result, Tensor};
 
 /// Process-wide switch between these GPU kernels and candle's own CUDA ops, like
-/// [`super::set_cpu_kernels`] on the CPU: only `bench-step --baseline` turns it off, to time the
-/// "before" in the same process.
-static GPU_KERNELS: AtomicBool = AtomicBool::new(true);
+/// [`super::set_cpu_kernels`] on the CPU: `bench-step --baseline` turns it off to time the
+/// "before" in the same process; `HOST_TRAINER_GPU_KERNELS=0` turns it off for a whole run (a
+/// way around a kernel that misbehaves on some GPU). 0 = not yet read, 1 = off, 2 = on.
+static GPU_KERNELS: AtomicU8 = AtomicU8::new(0);
 
 /// Use these kernels on CUDA tensors (`true`, the default) or candle's own ops (`false`).
 pub fn set_gpu_kernels(enabled: bool) {
-    GPU_KERNELS.store(enabled, Ordering::Relaxed);
+    GPU_KERNELS.store(if enabled { 2 } else { 1 }, Ordering::Relaxed);
 }
 
-/// Whether CUDA f32 tensors go through these kernels.
+/// Whether CUDA f32 tensors go through these kernels: [`set_gpu_kernels`], else
+/// `HOST_TRAINER_GPU_KERNELS` (`0` = off), else on.
 pub fn gpu_kernels_enabled() -> bool {
-    GPU_KERNELS.load(Ordering::Relaxed)
+    match GPU_KERNELS.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let on = env_flag("HOST_TRAINER_GPU_KERNELS", true);
+            set_gpu_kernels(on);
+            on
+        }
+    }
+}
+
+/// A boolean environment switch: `0` is off, `1` on, unset (or anything else) `default`.
+fn env_flag(name: &str, default: bool) -> bool {
+    match std::env::var(name).as_deref().map(str::trim) {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => default,
+    }
 }
 
 /// 0 = not yet read from the environment, 1 = off, 2 = on.
@@ -65,7 +84,7 @@ pub fn tf32_enabled() -> bool {
         1 => false,
         2 => true,
         _ => {
-            let on = std::env::var("HOST_TRAINER_TF32").map_or(true, |v| v.trim() != "0");
+            let on = env_flag("HOST_TRAINER_TF32", true);
             set_tf32(on);
             on
         }
@@ -90,7 +109,7 @@ pub fn configure_device(dev: &Device) -> Result<()> {
     let Device::Cuda(cd) = dev else {
         return Ok(());
     };
-    if std::env::var("HOST_TRAINER_EVENT_TRACKING").map_or(true, |v| v.trim() != "1") {
+    if !env_flag("HOST_TRAINER_EVENT_TRACKING", false) {
         // SAFETY: the device was created with its own stream and this process issues all its
         // work for it on that one stream (candle's ops, cuDNN through handles bound to it, the
         // kernels below), which is the condition candle states for disabling tracking.
