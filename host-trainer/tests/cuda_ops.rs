@@ -318,6 +318,24 @@ fn fused_ema_matches_cpu() {
     }
 }
 
+#[test]
+fn bn_running_update_matches_cpu() {
+    let Some(dev) = gpu("bn_running_update_matches_cpu") else {
+        return;
+    };
+    let mut r = rng(5);
+    let (old, batch) = (rand_vec(&mut r, 64, 3.0), rand_vec(&mut r, 64, 3.0));
+    let run = |d: &Device| {
+        let v = Var::from_tensor(&Tensor::from_slice(&old, 64, d).unwrap()).unwrap();
+        let b = Tensor::from_slice(&batch, 64, d).unwrap();
+        for _ in 0..3 {
+            host_trainer::model::ops::update_running(&v, &b).unwrap();
+        }
+        v.as_tensor().clone()
+    };
+    assert_close("running update", &run(&dev), &run(&Device::Cpu), 1e-6);
+}
+
 /// The update kernels' CUDA C compiles with NVRTC (no GPU needed, only libnvrtc).
 #[test]
 fn nvrtc_compiles_update_kernels() {
