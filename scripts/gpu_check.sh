@@ -49,7 +49,7 @@ OUT=${OUT:-out/gpu}
 WORK=${WORK:-/tmp/gpu-check}
 mkdir -p "$OUT" "$WORK"
 for b in host-trainer cuda_ops; do
-  if [ -e ".gpu/$b.xz" ] && [ ! -x "$WORK/$b" ]; then xz -dc ".gpu/$b.xz" > "$WORK/$b" && chmod +x "$WORK/$b"; fi
+  if [ -e ".gpu/$b.xz" ]; then xz -dc ".gpu/$b.xz" > "$WORK/$b" && chmod +x "$WORK/$b"; fi
 done
 BIN=${BIN:-$WORK/host-trainer}
 TESTS=${TESTS:-$WORK/cuda_ops}
