@@ -49,7 +49,12 @@ OUT=${OUT:-out/gpu}
 WORK=${WORK:-/tmp/gpu-check}
 mkdir -p "$OUT" "$WORK"
 for b in host-trainer cuda_ops; do
-  if [ -e ".gpu/$b.xz" ]; then xz -dc ".gpu/$b.xz" > "$WORK/$b" && chmod +x "$WORK/$b"; fi
+  if [ -e ".gpu/$b.xz" ]; then
+    if command -v xz >/dev/null; then xz -dc ".gpu/$b.xz" > "$WORK/$b"
+    else python3 -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' ".gpu/$b.xz" "$WORK/$b"
+    fi
+    chmod +x "$WORK/$b"
+  fi
 done
 BIN=${BIN:-$WORK/host-trainer}
 TESTS=${TESTS:-$WORK/cuda_ops}
