@@ -9,10 +9,13 @@ Shuffle-BN is not emulated (it costs nothing measurable on one device). Batch 12
 default, 2 threads (`torch.set_num_threads`), like the machine the issue "Training speed on CPU"
 was measured on.
 
-Prints one JSON object with img/s. The candle figure for the ratio candle/PyTorch comes either
-from `--candle-img-per-sec X`, or from `--candle-cmd "..."`: a command whose stdout contains a
-JSON object with an `img_per_sec` field (e.g. the trainer's step benchmark), run in the same
-invocation so both numbers come from the same machine state.
+Prints one JSON object with img/s and the median time of each phase (forward incl. EMA, key
+forward and loss; backward; SGD + enqueue; timed in separate steps synchronised between phases).
+The candle figure for the ratio candle/PyTorch comes either from `--candle-img-per-sec X`, or
+from `--candle-cmd "..."`: a command whose stdout contains a JSON object with an `img_per_sec`
+field (e.g. the trainer's step benchmark), run in the same invocation so both numbers come from
+the same machine state; when that object has per-phase times (`host-trainer bench-step --json`),
+`speed_ratio_candle_over_torch` gives PyTorch time / candle time per phase and run.
 
 Not run by CI: it needs `pip install torch torchvision` (about 5.5 GB).
 """
@@ -35,19 +38,21 @@ def build_encoder(torch, torchvision, dim):
 
 
 def candle_figure(args):
+    """(img/s, the candle command's whole JSON object or None)."""
     if args.candle_img_per_sec is not None:
-        return args.candle_img_per_sec
+        return args.candle_img_per_sec, None
     if args.candle_cmd:
         out = subprocess.run(shlex.split(args.candle_cmd), check=True, capture_output=True, text=True).stdout
         for line in reversed(out.splitlines()):
             line = line.strip()
             if line.startswith("{"):
                 try:
-                    return float(json.loads(line)["img_per_sec"])
+                    obj = json.loads(line)
+                    return float(obj["img_per_sec"]), obj
                 except (ValueError, KeyError):
                     continue
         sys.exit(f"--candle-cmd output has no JSON line with img_per_sec:\n{out[-2000:]}")
-    return None
+    return None, None
 
 
 def main():
@@ -86,8 +91,11 @@ def main():
     im_q = torch.randn(args.batch, 3, args.size, args.size, device=dev)
     im_k = torch.randn(args.batch, 3, args.size, args.size, device=dev)
 
-    def step():
+    def step(phase_times=None):
         nonlocal queue
+        if phase_times is not None:
+            sync()
+            t0 = time.perf_counter()
         q = torch.nn.functional.normalize(q_enc(im_q), dim=1)
         with torch.no_grad():
             for pq, pk in zip(q_enc.parameters(), k_enc.parameters()):
@@ -99,10 +107,21 @@ def main():
         labels = torch.zeros(args.batch, dtype=torch.long, device=dev)
         loss = torch.nn.functional.cross_entropy(logits, labels)
         opt.zero_grad(set_to_none=True)
+        if phase_times is not None:
+            # candle's forward ends by reading the loss value back; so does this one.
+            loss.item()
+            sync()
+            t1 = time.perf_counter()
         loss.backward()
+        if phase_times is not None:
+            sync()
+            t2 = time.perf_counter()
         opt.step()
         with torch.no_grad():
             queue = torch.cat([k.T, queue[:, : args.queue - args.batch]], dim=1)
+        if phase_times is not None:
+            sync()
+            phase_times.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
         return loss
 
     # Forward/backward split of the query encoder alone, for the report.
@@ -129,6 +148,12 @@ def main():
         times.append(time.perf_counter() - t)
     times.sort()
     med = times[len(times) // 2]
+    # The same step again, synchronised between phases (forward incl. EMA and key forward and
+    # loss; backward; SGD and enqueue), as `host-trainer bench-step` splits it.
+    phases = []
+    for _ in range(args.steps):
+        step(phases)
+    phase_med = [sorted(p[i] for p in phases)[len(phases) // 2] for i in range(3)]
     fwd, bwd = min((split() for _ in range(max(2, args.steps // 2))), key=sum)
     result = {
         "framework": "pytorch",
@@ -141,11 +166,28 @@ def main():
         "img_per_sec": args.batch / med,
         "query_encoder_forward_s": fwd,
         "query_encoder_backward_s": bwd,
+        "forward_s": phase_med[0],
+        "backward_s": phase_med[1],
+        "optimizer_s": phase_med[2],
     }
-    candle = candle_figure(args)
+    candle, obj = candle_figure(args)
     if candle is not None:
         result["candle_img_per_sec"] = candle
         result["ratio_candle_over_torch"] = candle / result["img_per_sec"]
+    if obj is not None:
+        # Per phase: PyTorch time / candle time (> 1 = candle faster), for every candle run
+        # (`runs`: this crate's kernels first, then with --baseline candle's own ops).
+        result["candle"] = obj
+        per_phase = {}
+        for run in obj.get("runs", [obj]):
+            r = {}
+            for ph in ("forward_s", "backward_s", "optimizer_s"):
+                if run.get(ph):
+                    r[ph.replace("_s", "")] = result[ph] / run[ph]
+            if run.get("img_per_sec"):
+                r["step"] = run["img_per_sec"] / result["img_per_sec"]
+            per_phase[run.get("ops", "candle")] = r
+        result["speed_ratio_candle_over_torch"] = per_phase
     print(json.dumps(result))
 
 

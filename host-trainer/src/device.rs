@@ -57,7 +57,13 @@ pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
                  rebuild with `cargo build --release -p host-trainer --features cuda` (or `cudnn`)"
             );
         }
-        return Device::new_cuda(ordinal).map_err(|e| anyhow::anyhow!("--device {spec}: {e}"));
+        // With CUDA compiled in: a dedicated stream, event tracking off, a caching memory pool
+        // (kernels::cuda::new_training_device).
+        #[cfg(feature = "cuda")]
+        let dev = crate::kernels::cuda::new_training_device(ordinal);
+        #[cfg(not(feature = "cuda"))]
+        let dev = Device::new_cuda(ordinal);
+        return dev.map_err(|e| anyhow::anyhow!("--device {spec}: {e}"));
     }
     anyhow::bail!("--device {spec}: expected cpu or cuda:N")
 }

@@ -43,8 +43,18 @@ pub struct BenchStepArgs {
     /// cpu | cuda:N
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Also time the same steps with candle's own CPU conv2d/batch-norm (the "before"), in this
-    /// process, and print the speed-up.
+    /// Shuffle-BN groups (default: the method's). `scripts/bench_torch_step.py` has none: pass 1
+    /// to time the same step.
+    #[arg(long)]
+    pub bn_groups: Option<usize>,
+    /// Upload the random batch to the device once, before the timed steps (the PyTorch
+    /// reference's inputs already live on the GPU); by default every step uploads it, as
+    /// training does.
+    #[arg(long)]
+    pub data_on_device: bool,
+    /// Also time the same steps with candle's own ops (the "before"), in this process, and
+    /// print the speed-up: candle's CPU conv2d/batch-norm on the CPU; on CUDA candle's CUDA ops
+    /// instead of cuDNN conv backward, cuDNN batch-norm and the fused SGD/EMA kernels.
     #[arg(long)]
     pub baseline: bool,
     /// One JSON object on stdout instead of text.
@@ -59,6 +69,8 @@ pub struct StepReport {
     pub steps: usize,
     pub forward_s: f64,
     pub backward_s: f64,
+    /// SGD update and enqueue (before the split it was counted in `backward_s`).
+    pub optimizer_s: f64,
     pub step_s: f64,
     pub img_per_sec: f64,
 }
@@ -95,9 +107,20 @@ fn time_steps(bench: &mut StepBench, a: &BenchStepArgs, ops: &'static str) -> Re
         steps: a.steps,
         forward_s: median(t.iter().map(|x| x.forward_s).collect()),
         backward_s: median(t.iter().map(|x| x.backward_s).collect()),
+        optimizer_s: median(t.iter().map(|x| x.optimizer_s).collect()),
         step_s,
         img_per_sec: bench.batch_size() as f64 / step_s,
     })
+}
+
+/// This crate's kernels on (`true`) or candle's own ops (`false`) for `device`'s kind.
+fn set_kernels(device: &candle_core::Device, on: bool) {
+    if device.is_cpu() {
+        host_trainer::kernels::set_cpu_kernels(on);
+    } else {
+        #[cfg(feature = "cuda")]
+        host_trainer::kernels::cuda::set_gpu_kernels(on);
+    }
 }
 
 pub fn run(a: BenchStepArgs) -> Result<()> {
@@ -114,19 +137,36 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
         small_stem: !a.imagenet_stem,
         num_classes: None,
     };
-    let req = PretrainRequest::for_bench(method, model, a.image_size, a.batch_size, a.queue);
+    let mut req = PretrainRequest::for_bench(method, model, a.image_size, a.batch_size, a.queue);
+    if let Some(g) = a.bn_groups {
+        req.bn_groups = Some(g);
+    }
     let threads = rayon::current_num_threads();
+    let new_bench = || -> Result<StepBench> {
+        let mut b = StepBench::new(&req, 64, device.clone())?;
+        if a.data_on_device {
+            b.upload_once()?;
+        }
+        Ok(b)
+    };
+    // On CUDA the first run uses this crate's GPU kernels when they are compiled in (`cudnn`:
+    // cuDNN conv and batch-norm; `cuda`: the fused SGD/EMA updates).
+    let fast = if device.is_cpu() {
+        "kernels"
+    } else if cfg!(feature = "cudnn") {
+        "cudnn"
+    } else if cfg!(feature = "cuda") {
+        "fused"
+    } else {
+        "candle"
+    };
     let mut reports = Vec::new();
-    host_trainer::kernels::set_cpu_kernels(true);
-    reports.push(time_steps(
-        &mut StepBench::new(&req, 64, device.clone())?,
-        &a,
-        if device.is_cpu() { "kernels" } else { "candle" },
-    )?);
-    if a.baseline && device.is_cpu() {
-        host_trainer::kernels::set_cpu_kernels(false);
-        let r = time_steps(&mut StepBench::new(&req, 64, device.clone())?, &a, "candle");
-        host_trainer::kernels::set_cpu_kernels(true);
+    set_kernels(&device, true);
+    reports.push(time_steps(&mut new_bench()?, &a, fast)?);
+    if a.baseline && fast != "candle" {
+        set_kernels(&device, false);
+        let r = new_bench().and_then(|mut b| time_steps(&mut b, &a, "candle"));
+        set_kernels(&device, true);
         reports.push(r?);
     }
     let speedup = (reports.len() == 2).then(|| reports[0].img_per_sec / reports[1].img_per_sec);
@@ -134,8 +174,11 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
         let v = serde_json::json!({
             "method": method.to_string(), "arch": a.arch, "width": a.width,
             "image_size": a.image_size, "batch_size": a.batch_size, "queue": a.queue,
-            "device": a.device, "threads": threads,
+            "device": a.device, "threads": threads, "bn_groups": req.bn_groups,
+            "data_on_device": a.data_on_device,
             "img_per_sec": reports[0].img_per_sec,
+            "forward_s": reports[0].forward_s, "backward_s": reports[0].backward_s,
+            "optimizer_s": reports[0].optimizer_s,
             "runs": reports, "speedup_vs_candle_ops": speedup,
         });
         println!("{v}");
@@ -146,8 +189,8 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
         );
         for r in &reports {
             println!(
-                "  {:8} step {:.3} s (forward {:.3} s, backward {:.3} s)  {:.1} img/s",
-                r.ops, r.step_s, r.forward_s, r.backward_s, r.img_per_sec
+                "  {:8} step {:.3} s (forward {:.3} s, backward {:.3} s, optimiser {:.3} s)  {:.1} img/s",
+                r.ops, r.step_s, r.forward_s, r.backward_s, r.optimizer_s, r.img_per_sec
             );
         }
         if let Some(s) = speedup {

@@ -32,7 +32,7 @@ const MAX_WEIGHT_GRAD_GROUPS: usize = 16;
 const MAX_PARTIAL_ELEMS: usize = 16 << 20;
 
 /// Shapes of one convolution; all index arithmetic lives here.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Geom {
     pub n: usize,
     pub c_in: usize,
@@ -524,6 +524,26 @@ impl CustomOp2 for Conv2dOp {
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.c_out, g.ho, g.wo))))
     }
 
+    /// cuDNN forward (feature `cudnn`; [`super::cuda::cudnn`]). Inputs must be contiguous:
+    /// [`super::conv2d`] makes them so.
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = Geom::new(
+            dims4(l1, "input")?,
+            dims4(l2, "weight")?,
+            self.stride,
+            self.padding,
+        )?;
+        let y = super::cuda::cudnn::conv_forward(&g, s1, l1, s2, l2)?;
+        Ok((y, Shape::from((g.n, g.c_out, g.ho, g.wo))))
+    }
+
     /// Gradients as further custom ops (no double backward: they use `apply_op2_no_bwd`). A
     /// gradient is only computed for an argument that autograd tracks (e.g. not for the images).
     fn bwd(
@@ -534,6 +554,13 @@ impl CustomOp2 for Conv2dOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (_, _, h, wd) = x.dims4()?;
+        // cuDNN reads dense NCHW; the CPU kernels read any layout (no copy there).
+        #[cfg(feature = "cudnn")]
+        let grad = &if grad.device().is_cuda() {
+            grad.contiguous()?
+        } else {
+            grad.clone()
+        };
         let dx = if x.track_op() {
             let op = Conv2dInputGrad {
                 stride: self.stride,
@@ -570,18 +597,9 @@ pub struct Conv2dInputGrad {
     pub w: usize,
 }
 
-impl CustomOp2 for Conv2dInputGrad {
-    fn name(&self) -> &'static str {
-        "fast-conv2d-input-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+impl Conv2dInputGrad {
+    /// The forward conv's geometry from the output gradient's and the weight's layouts.
+    fn geom(&self, l1: &Layout, l2: &Layout) -> Result<Geom> {
         let (n, c_out, ho, wo) = dims4(l1, "output gradient")?;
         let wdims = dims4(l2, "weight")?;
         let g = Geom::new(
@@ -596,10 +614,41 @@ impl CustomOp2 for Conv2dInputGrad {
                 l1.dims()
             );
         }
+        Ok(g)
+    }
+}
+
+impl CustomOp2 for Conv2dInputGrad {
+    fn name(&self) -> &'static str {
+        "fast-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geom(l1, l2)?;
         let dy = contiguous_f32(s1, l1, "output gradient")?;
         let w = contiguous_f32(s2, l2, "weight")?;
         let dx = conv2d_input_grad(&g, &dy, &w);
         Ok((CpuStorage::F32(dx), Shape::from((g.n, g.c_in, g.h, g.w))))
+    }
+
+    /// cuDNN backward-data (feature `cudnn`).
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = self.geom(l1, l2)?;
+        let dx = super::cuda::cudnn::conv_input_grad(&g, s1, l1, s2, l2)?;
+        Ok((dx, Shape::from((g.n, g.c_in, g.h, g.w))))
     }
 }
 
@@ -612,18 +661,9 @@ pub struct Conv2dWeightGrad {
     pub kw: usize,
 }
 
-impl CustomOp2 for Conv2dWeightGrad {
-    fn name(&self) -> &'static str {
-        "fast-conv2d-weight-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+impl Conv2dWeightGrad {
+    /// The forward conv's geometry from the input's and the output gradient's layouts.
+    fn geom(&self, l1: &Layout, l2: &Layout) -> Result<Geom> {
         let xd = dims4(l1, "input")?;
         let (n, c_out, ho, wo) = dims4(l2, "output gradient")?;
         let g = Geom::new(
@@ -638,6 +678,37 @@ impl CustomOp2 for Conv2dWeightGrad {
                 l2.dims()
             );
         }
+        Ok(g)
+    }
+}
+
+impl CustomOp2 for Conv2dWeightGrad {
+    fn name(&self) -> &'static str {
+        "fast-conv2d-weight-grad"
+    }
+
+    /// cuDNN backward-filter (feature `cudnn`).
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = self.geom(l1, l2)?;
+        let dw = super::cuda::cudnn::conv_weight_grad(&g, s1, l1, s2, l2)?;
+        Ok((dw, Shape::from((g.c_out, g.c_in, g.kh, g.kw))))
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geom(l1, l2)?;
         let x = contiguous_f32(s1, l1, "input")?;
         let dy = contiguous_f32(s2, l2, "output gradient")?;
         let dw = conv2d_weight_grad(&g, &x, &dy);

@@ -5,14 +5,17 @@
 //! conv for the weight gradient), which made a ResNet-18 training step unusably slow on CPU.
 //! The profile and the measured speed-ups are in `README.md` next to this file.
 //!
-//! Dispatch rule: CPU + f32 → our custom op; anything else (CUDA, other dtypes) → candle's own
-//! `Tensor::conv2d`, so the `cuda`/`cudnn` features keep working unchanged.
+//! Dispatch rule: CPU + f32 → our custom op; CUDA + f32 with the `cudnn` feature → the same
+//! custom op, whose `cuda_fwd`s call cuDNN ([`cuda::cudnn`]); anything else (CUDA without cuDNN,
+//! other dtypes) → candle's own `Tensor::conv2d`.
 //!
 //! Determinism: every reduction runs in an order fixed by the tensor shapes alone (see
 //! [`conv`]), so CPU results are bit-identical for any number of rayon threads.
 
 pub mod batchnorm;
 pub mod conv;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 pub use batchnorm::{batch_norm_train, BatchNormTrain};
 
@@ -35,6 +38,18 @@ pub fn cpu_kernels_enabled() -> bool {
     CPU_KERNELS.load(Ordering::Relaxed)
 }
 
+/// [`cuda::gpu_kernels_enabled`] where CUDA is compiled in.
+fn gpu_kernels_on() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::gpu_kernels_enabled()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        false
+    }
+}
+
 /// 2-D convolution, NCHW input `x`, OIHW weight `w`, groups 1, dilation 1, no bias.
 ///
 /// Same semantics as `x.conv2d(w, padding, stride, 1, 1)`; on the CPU with f32 tensors the
@@ -46,6 +61,16 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
         && w.dtype() == DType::F32
     {
         x.apply_op2(w, conv::Conv2dOp { stride, padding })
+    } else if cfg!(feature = "cudnn")
+        && gpu_kernels_on()
+        && x.device().is_cuda()
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+    {
+        // cuDNN forward and backward-data/backward-filter (kernels::cuda::cudnn), which read
+        // dense NCHW/OIHW.
+        x.contiguous()?
+            .apply_op2(&w.contiguous()?, conv::Conv2dOp { stride, padding })
     } else {
         x.conv2d(w, padding, stride, 1, 1)
     }

@@ -50,6 +50,13 @@ pub fn ema_update(key: &[(String, Var)], query: &[(String, Var)], m: f64) -> Res
         );
     }
     for ((_, k), (_, q)) in key.iter().zip(query) {
+        // CUDA f32: one fused in-place kernel per parameter (kernels::cuda::ema_update), same
+        // rounding as the ops below.
+        #[cfg(feature = "cuda")]
+        if crate::kernels::cuda::is_cuda_f32(k) && crate::kernels::cuda::is_cuda_f32(q) {
+            crate::kernels::cuda::ema_update(k.as_tensor(), q.as_tensor(), m)?;
+            continue;
+        }
         let q = q.as_tensor().to_dtype(k.dtype())?;
         let new = (k.as_tensor().affine(m, 0.0)? + q.affine(1.0 - m, 0.0)?)?.detach();
         k.set(&new)?;

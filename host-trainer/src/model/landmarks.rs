@@ -208,11 +208,8 @@ impl LandmarkHead {
             )?,
             BnMode::Train { groups } => {
                 let (y, stats) = ops::batch_norm_train(&y, gamma, beta, groups)?;
-                rm.set(&ops::ema_update(&rm.as_detached_tensor(), &stats.mean)?)?;
-                rv.set(&ops::ema_update(
-                    &rv.as_detached_tensor(),
-                    &stats.var_unbiased,
-                )?)?;
+                ops::update_running(rm, &stats.mean)?;
+                ops::update_running(rv, &stats.var_unbiased)?;
                 let nbt = self.get("head.bn.num_batches_tracked")?;
                 nbt.set(
                     &(nbt.as_detached_tensor() + Tensor::ones((), DType::I64, map.device())?)?,

@@ -55,6 +55,19 @@ pub fn batch_norm_train(
             "batch norm: expected more than 1 value per channel in training mode (batch {b}, {groups} groups, {h}×{w} map)"
         );
     }
+    // CUDA f32 with cuDNN: all groups in one op (cuDNN per group on slices of one buffer).
+    #[cfg(feature = "cudnn")]
+    if crate::kernels::cuda::gpu_kernels_enabled() {
+        if let Some(r) =
+            crate::kernels::cuda::cudnn::batch_norm_train_grouped(x, gamma, beta, groups, BN_EPS)?
+        {
+            let stats = BatchStats {
+                mean: r.mean,
+                var_unbiased: r.var_unbiased,
+            };
+            return Ok((r.y, stats));
+        }
+    }
     // Each group is one fused training-mode BN (crate::kernels::batch_norm_train: a CPU custom
     // op with its own backward; plain tensor maths elsewhere).
     let unbias = per_group as f64 / (per_group as f64 - 1.0);
@@ -110,6 +123,17 @@ pub fn batch_norm_eval(
 /// PyTorch's running-statistics update: `new = (1 - momentum)·old + momentum·batch`.
 pub fn ema_update(old: &Tensor, batch: &Tensor) -> Result<Tensor> {
     (old * (1.0 - BN_MOMENTUM))? + (batch.to_dtype(old.dtype())? * BN_MOMENTUM)?
+}
+
+/// `running ← ` [`ema_update`]`(running, batch)`, the running-statistics update of one BN
+/// buffer. On CUDA f32 one fused in-place kernel (`kernels::cuda::ema_update`, same rounding)
+/// instead of three ops, an allocation and a copy.
+pub fn update_running(running: &candle_core::Var, batch: &Tensor) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if crate::kernels::cuda::is_cuda_f32(running) && crate::kernels::cuda::is_cuda_f32(batch) {
+        return crate::kernels::cuda::ema_update(running.as_tensor(), batch, 1.0 - BN_MOMENTUM);
+    }
+    running.set(&ema_update(&running.as_detached_tensor(), batch)?)
 }
 
 /// torchvision's stem max-pool: 3×3, stride 2, padding 1.

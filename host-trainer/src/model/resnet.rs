@@ -381,11 +381,8 @@ impl ResNet {
             ),
             BnMode::Train { groups } => {
                 let (y, stats) = ops::batch_norm_train(x, gamma, beta, groups)?;
-                rm.set(&ops::ema_update(&rm.as_detached_tensor(), &stats.mean)?)?;
-                rv.set(&ops::ema_update(
-                    &rv.as_detached_tensor(),
-                    &stats.var_unbiased,
-                )?)?;
+                ops::update_running(rm, &stats.mean)?;
+                ops::update_running(rv, &stats.var_unbiased)?;
                 let nbt = self.buffer(&format!("{bn}.num_batches_tracked"))?;
                 let one = Tensor::ones((), DType::I64, &self.device)?;
                 nbt.set(&nbt.as_detached_tensor().add(&one)?)?;

@@ -99,6 +99,26 @@ impl Sgd {
                 continue;
             };
             let p = var.as_tensor();
+            // CUDA f32: the same update as two fused kernels (momentum buffer, then parameter),
+            // both in place, instead of ~11 candle ops (kernels::cuda::sgd_momentum_step).
+            #[cfg(feature = "cuda")]
+            if c.momentum != 0.0
+                && crate::kernels::cuda::is_cuda_f32(p)
+                && g.dtype() == candle_core::DType::F32
+            {
+                let buf = crate::kernels::cuda::sgd_momentum_step(
+                    p,
+                    g,
+                    self.bufs.get(name),
+                    c.lr,
+                    c.momentum,
+                    c.dampening,
+                    c.weight_decay,
+                    c.nesterov,
+                )?;
+                self.bufs.insert(name.clone(), buf);
+                continue;
+            }
             let mut d_p = if c.weight_decay != 0.0 {
                 (g + p.affine(c.weight_decay, 0.0)?)?
             } else {
@@ -134,8 +154,18 @@ impl Sgd {
     pub fn state_tensors(&self) -> HashMap<String, Tensor> {
         self.bufs
             .iter()
-            .map(|(n, b)| (format!("{n}{BUF_SUFFIX}"), b.clone()))
+            .map(|(n, b)| (format!("{n}{BUF_SUFFIX}"), Self::snapshot(b)))
             .collect()
+    }
+
+    /// A buffer as handed out: on CUDA the fused step updates buffers in place, so callers get
+    /// a copy (falling back to a shared handle only if the copy cannot be allocated).
+    fn snapshot(b: &Tensor) -> Tensor {
+        #[cfg(feature = "cuda")]
+        if b.device().is_cuda() {
+            return b.copy().unwrap_or_else(|_| b.clone());
+        }
+        b.clone()
     }
 
     /// Restore buffers written by [`Sgd::state_tensors`]. Every key must name a parameter of this
@@ -158,6 +188,9 @@ impl Sgd {
                 );
             }
             let t = t.to_device(var.device())?.to_dtype(var.dtype())?;
+            // On CUDA the fused step updates the buffer in place: own its storage.
+            #[cfg(feature = "cuda")]
+            let t = if t.device().is_cuda() { t.copy()? } else { t };
             bufs.insert(name.to_string(), t);
         }
         self.bufs = bufs;

@@ -13,21 +13,26 @@ use std::time::Instant;
 pub struct StepBench {
     trainer: Trainer,
     batch: crate::augment::loader::Batch,
+    /// The batch's views already on the device ([`StepBench::upload_once`]), or `None`: each step
+    /// uploads them, as training does.
+    views: Option<Vec<candle_core::Tensor>>,
     steps: u64,
 }
 
-/// Seconds spent in one [`StepBench::step`], split where autograd splits it.
+/// Seconds spent in one [`StepBench::step`], split into the phases PyTorch's reference times.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct StepTiming {
     /// Query (and key) forward passes, EMA update, loss.
     pub forward_s: f64,
-    /// Backward pass, SGD update, enqueue.
+    /// The backward pass (autograd).
     pub backward_s: f64,
+    /// SGD update and enqueue.
+    pub optimizer_s: f64,
 }
 
 impl StepTiming {
     pub fn total_s(&self) -> f64 {
-        self.forward_s + self.backward_s
+        self.forward_s + self.backward_s + self.optimizer_s
     }
 }
 
@@ -56,21 +61,35 @@ impl StepBench {
         Ok(StepBench {
             trainer: Trainer::new(cfg, device)?,
             batch,
+            views: None,
             steps: 0,
         })
+    }
+
+    /// Put the batch's views on the device once; later steps reuse them (no host→device copy in
+    /// the timed steps, as in `scripts/bench_torch_step.py`).
+    pub fn upload_once(&mut self) -> Result<()> {
+        let dev = self.trainer.device.clone();
+        let views = (0..self.batch.views.len())
+            .map(|v| self.batch.view_tensor(v, &dev))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        self.views = Some(views);
+        Ok(())
     }
 
     pub fn batch_size(&self) -> usize {
         self.batch.len()
     }
 
-    /// One full step; on CUDA the device is synchronised at both ends of each half, so the
+    /// One full step; on CUDA the device is synchronised at both ends of each phase, so the
     /// times are the GPU's, not the launch queue's.
     pub fn step(&mut self) -> Result<StepTiming> {
         let dev = self.trainer.device.clone();
         dev.synchronize()?;
         let t0 = Instant::now();
-        let fwd = self.trainer.forward(&self.batch, 0, self.steps)?;
+        let fwd = self
+            .trainer
+            .forward_views(&self.batch, self.views.as_deref(), 0, self.steps)?;
         dev.synchronize()?;
         let t1 = Instant::now();
         ensure!(
@@ -78,12 +97,16 @@ impl StepBench {
             "bench step: the loss became {}",
             fwd.value
         );
-        self.trainer.apply(fwd)?;
+        let grads = fwd.loss.backward()?;
+        dev.synchronize()?;
+        let t2 = Instant::now();
+        self.trainer.apply_grads(fwd, &grads)?;
         dev.synchronize()?;
         self.steps += 1;
         Ok(StepTiming {
             forward_s: (t1 - t0).as_secs_f64(),
-            backward_s: t1.elapsed().as_secs_f64(),
+            backward_s: (t2 - t1).as_secs_f64(),
+            optimizer_s: t2.elapsed().as_secs_f64(),
         })
     }
 }

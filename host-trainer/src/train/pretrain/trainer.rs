@@ -211,8 +211,29 @@ impl Trainer {
         epoch: usize,
         step_in_epoch: u64,
     ) -> Result<StepForward> {
+        self.forward_views(batch, None, epoch, step_in_epoch)
+    }
+
+    /// [`Trainer::forward`] with the batch's views optionally already on the device (`views[v]`
+    /// is view `v` as [`crate::augment::loader::Batch::view_tensor`] makes it): what
+    /// `bench-step --data-on-device` times, like the PyTorch reference whose inputs live on the
+    /// GPU.
+    pub(super) fn forward_views(
+        &mut self,
+        batch: &crate::augment::loader::Batch,
+        views: Option<&[Tensor]>,
+        epoch: usize,
+        step_in_epoch: u64,
+    ) -> Result<StepForward> {
+        let device = self.device.clone();
+        let view = |v: usize| -> Result<Tensor> {
+            Ok(match views {
+                Some(t) => t.get(v).context("pre-uploaded view missing")?.clone(),
+                None => batch.view_tensor(v, &device)?,
+            })
+        };
         let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
-        let xq = batch.view_tensor(0, &self.device)?;
+        let xq = view(0)?;
         let (loss, acc, chance, keys) = match self.method {
             Method::Supervised => {
                 let logits = self.encoder.forward(&xq, BnMode::TRAIN)?;
@@ -230,7 +251,7 @@ impl Trainer {
                 let m = self.cfg.ema_momentum;
                 ema_update(&key.encoder.named_params(), &self.encoder.named_params(), m)?;
                 ema_update(&key.head.named_vars(), &head.named_vars(), m)?;
-                let xk = batch.view_tensor(1, &self.device)?;
+                let xk = view(1)?;
                 let k = key_embeddings(
                     &key.encoder,
                     &key.head,
@@ -260,7 +281,17 @@ impl Trainer {
     /// The backward half: gradients, the SGD update of the query side, then (MoCo/Exemplar) the
     /// batch's keys and labels enter the queue, after the loss used the old queue.
     pub(super) fn apply(&mut self, fwd: StepForward) -> Result<()> {
-        self.sgd.backward_step(&fwd.loss)?;
+        let grads = fwd.loss.backward()?;
+        self.apply_grads(fwd, &grads)
+    }
+
+    /// [`Trainer::apply`] after the backward: the SGD update, then the enqueue.
+    pub(super) fn apply_grads(
+        &mut self,
+        fwd: StepForward,
+        grads: &candle_core::backprop::GradStore,
+    ) -> Result<()> {
+        self.sgd.step(grads)?;
         if let (Some(keys), Some(key)) = (fwd.keys, self.key.as_mut()) {
             key.queue.enqueue(&keys, Some(&fwd.labels))?;
         }
