@@ -19,7 +19,7 @@ Not in CI (needs `pip install onnxruntime numpy`). For each runtime model (an in
 4. prints the medians, the ratio onnxruntime / runtime-core (> 1: runtime-core is faster) and the
    CPU model.
 
-Output agreement is not re-checked here: host-trainer/tests/onnx_runtime.rs compares the two
+Output agreement is not re-checked here: exporter/tests/it/onnx_runtime.rs compares the two
 engines' outputs on the fixtures (f32 within 1e-4, int8 within its documented LSB bound, and every
 int8 op alone within 1 LSB, scripts/onnx_per_op.py). Run it
 on an idle machine and interleave repeats: timings on a shared 2-core VM swing by ±20 %.

@@ -7,7 +7,7 @@
 # which runs
 #   source ../shared/cuda/toolkit.sh cudnn
 #   CARGO_TARGET_DIR=target-cuda cargo build --profile gpu -p host-trainer --features cudnn
-#   CARGO_TARGET_DIR=target-cuda cargo test --profile gpu -p host-trainer --features cudnn --test cuda_ops --no-run
+#   CARGO_TARGET_DIR=target-cuda cargo test --profile gpu -p trainer --features cudnn --test cuda_ops --no-run
 # and puts both binaries into .gpu/ xz-compressed (.gpu/host-trainer.xz, .gpu/cuda_ops.xz: the
 # two together are over the 64 MiB that travels uncompressed; candle's embedded PTX compresses well).
 #
@@ -30,7 +30,7 @@ if [ "${1:-}" = --build ]; then
   source ../shared/cuda/toolkit.sh cudnn
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target-cuda}
   nice -n 19 cargo build -j 2 --profile gpu -p host-trainer --features cudnn
-  exe=$(nice -n 19 cargo test -j 2 --profile gpu -p host-trainer --features cudnn --test cuda_ops --no-run \
+  exe=$(nice -n 19 cargo test -j 2 --profile gpu -p trainer --features cudnn --test cuda_ops --no-run \
           --message-format=json 2>/dev/null |
         python3 -c 'import json,sys
 for l in sys.stdin:

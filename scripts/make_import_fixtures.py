@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Write fixtures/import/: small PyTorch checkpoints for `host-trainer import`, made ONCE by
-PyTorch and committed (CI reads them without PyTorch: host-trainer/tests/import.rs).
+PyTorch and committed (CI reads them without PyTorch: host-trainer/tests/cli/import.rs).
 
     pip install torch numpy        # CPU is enough; only this script needs them
     python3 scripts/make_import_fixtures.py [--out fixtures/import]

@@ -4,7 +4,7 @@ on runtime-core's own input tensors, against runtime-core's output tensor.
 
     python3 scripts/onnx_per_op.py MODEL.onnx MANIFEST.json OUT.json
 
-MANIFEST.json (written by host-trainer/tests/onnx_runtime.rs from `Model::run_i8_traced`):
+MANIFEST.json (written by exporter/tests/it/onnx_runtime.rs from `Model::run_i8_traced`):
     {"samples": N, "dir": DIR, "input_shape": [H, W, C],
      "tensors": {"<id>": {"shape": [H, W, C], "scale": s, "zp": z}, ...},
      "nodes": [{"op": "conv", "inputs": [ids], "output": id}, ...], "input_id": id}

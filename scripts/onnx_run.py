@@ -4,7 +4,7 @@
     python3 scripts/onnx_run.py MODEL.onnx INPUTS.bin N C H W OUT.bin
 
 INPUTS.bin: N float32 NCHW images (little-endian, already normalised); OUT.bin: the N outputs,
-float32, back to back. Used by host-trainer/tests/onnx_runtime.rs (the comparison with
+float32, back to back. Used by exporter/tests/it/onnx_runtime.rs (the comparison with
 runtime-core); `import onnxruntime` failing exits 3 so the test can tell "not installed" from a
 failed run. When the `onnx` package is there too, the model is first checked with
 onnx.checker (full check, strict shape inference): a standard model or an error.

@@ -20,7 +20,7 @@ done
 # host-trainer's ONNX protobuf types (candle-onnx) need `protoc` at build time.
 bash scripts/setup-protoc.sh
 
-# onnxruntime (and the onnx checker) for host-trainer/tests/onnx_runtime.rs, which compares
+# onnxruntime (and the onnx checker) for exporter/tests/it/onnx_runtime.rs, which compares
 # `export --onnx` models run by onnxruntime with runtime-core. The test skips, saying so, only
 # if these cannot be imported, i.e. if this install failed.
 if ! python3 -c 'import onnxruntime, numpy, onnx' 2>/dev/null; then

@@ -39,8 +39,8 @@ enum Command {
 }
 
 fn main() {
-    host_trainer::device::configure_cpu_threads();
-    host_trainer::device::configure_allocator();
+    trainer::device::configure_cpu_threads();
+    trainer::device::configure_allocator();
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     let mut cli =
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());

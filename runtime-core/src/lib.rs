@@ -49,6 +49,8 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+#[cfg(feature = "alloc-count")]
+pub mod count_alloc;
 pub mod heads;
 pub mod metrics;
 pub mod model;

@@ -365,7 +365,7 @@ fn fixtures_are_current() {
         let path = dir.join(name);
         if regen {
             std::fs::create_dir_all(&dir).unwrap();
-            host_trainer::fsutil::write_atomic(&path, &bytes).unwrap();
+            trainer::fsutil::write_atomic(&path, &bytes).unwrap();
             continue;
         }
         let on_disk = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -714,7 +714,7 @@ fn study_models_on_the_mcu() {
         ("landmarks-int8.safetensors", &landmarks),
         ("inputs.bin", &inputs),
     ] {
-        host_trainer::fsutil::write_atomic(&dir.join(name), bytes).unwrap();
+        trainer::fsutil::write_atomic(&dir.join(name), bytes).unwrap();
     }
 
     let fx = app::Fixtures {

@@ -11,11 +11,11 @@
 mod parity_common;
 
 use candle_core::{Device, Tensor};
-use host_trainer::export::{export_backbone, export_landmarks, ExportOptions};
-use host_trainer::model::landmarks::LandmarkModel;
-use host_trainer::model::BnMode;
+use exporter::export::{export_backbone, export_landmarks, ExportOptions};
 use parity_common::*;
 use proptest::prelude::*;
+use trainer::model::landmarks::LandmarkModel;
+use trainer::model::BnMode;
 
 const BOUND: f64 = 1e-4;
 

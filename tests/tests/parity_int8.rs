@@ -1,7 +1,7 @@
 //! Parity item 3: the **int8** runtime stays close to the candle f32 model on in-distribution
 //! images.
 //!
-//! Setup: a tiny synthetic object set (`host_trainer::data::synth::objects`, 10 classes × 8
+//! Setup: a tiny synthetic object set (`trainer::data::synth::objects`, 10 classes × 8
 //! images, 32 px). Models are random ResNets whose BN running statistics are *estimated on the
 //! data* (train-mode passes, as a trained network's are) with random affine γ/β, so activations
 //! have realistic, data-dependent ranges. The exporter calibrates on N train-split images
@@ -31,18 +31,18 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
-use host_trainer::data::synth::objects::{generate_objects, ObjectsConfig};
-use host_trainer::data::{MiniImageNet, Split};
-use host_trainer::export::calibrate::{calibration_inputs, preprocess};
-use host_trainer::export::fold::{IMAGENET_MEAN, IMAGENET_STD};
-use host_trainer::export::{
+use exporter::export::calibrate::{calibration_inputs, preprocess};
+use exporter::export::fold::{IMAGENET_MEAN, IMAGENET_STD};
+use exporter::export::{
     export_backbone, export_file, export_landmarks, CalibMethod, ExportError, ExportOptions,
     ExportRequest,
 };
-use host_trainer::model::landmarks::LandmarkModel;
-use host_trainer::model::{BnMode, ResNet};
 use parity_common::*;
 use proptest::prelude::*;
+use trainer::data::synth::objects::{generate_objects, ObjectsConfig};
+use trainer::data::{MiniImageNet, Split};
+use trainer::model::landmarks::LandmarkModel;
+use trainer::model::{BnMode, ResNet};
 
 const SIZE: usize = 32;
 const CALIB: usize = 48;

@@ -5,9 +5,9 @@ use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 
-use host_trainer::method::Method;
-use host_trainer::model::{Arch, ResNetConfig};
-use host_trainer::train::pretrain::{PretrainRequest, StepBench, StepTiming};
+use trainer::method::Method;
+use trainer::model::{Arch, ResNetConfig};
+use trainer::train::pretrain::{PretrainRequest, StepBench, StepTiming};
 
 /// Time training steps of one method on random data (no data loading, no checkpoints).
 #[derive(Args, Debug)]
@@ -47,6 +47,10 @@ pub struct BenchStepArgs {
     /// to time the same step.
     #[arg(long)]
     pub bn_groups: Option<usize>,
+    /// Split the step over N threads (as `pretrain --replicas`; default: one per available core
+    /// on the CPU, 1 on CUDA). 1 is the single-replica step, its kernels split over the threads.
+    #[arg(long, value_name = "N")]
+    pub replicas: Option<usize>,
     /// Upload the random batch to the device once, before the timed steps (the PyTorch
     /// reference's inputs already live on the GPU); by default every step uploads it, as
     /// training does.
@@ -116,16 +120,16 @@ fn time_steps(bench: &mut StepBench, a: &BenchStepArgs, ops: &'static str) -> Re
 /// This crate's kernels on (`true`) or candle's own ops (`false`) for `device`'s kind.
 fn set_kernels(device: &candle_core::Device, on: bool) {
     if device.is_cpu() {
-        host_trainer::kernels::set_cpu_kernels(on);
+        trainer::kernels::set_cpu_kernels(on);
     } else {
         #[cfg(feature = "cuda")]
-        host_trainer::kernels::cuda::set_gpu_kernels(on);
+        trainer::kernels::cuda::set_gpu_kernels(on);
     }
 }
 
 pub fn run(a: BenchStepArgs) -> Result<()> {
     anyhow::ensure!(a.steps > 0, "--steps must be at least 1");
-    let device = host_trainer::device::parse_device(&a.device)?;
+    let device = trainer::device::parse_device(&a.device)?;
     let method = Method::parse(&a.method, a.version.as_deref())?;
     let arch: Arch = a
         .arch
@@ -141,6 +145,11 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
     if let Some(g) = a.bn_groups {
         req.bn_groups = Some(g);
     }
+    req.replicas = Some(a.replicas.unwrap_or(if device.is_cpu() {
+        trainer::train::replicas::Replicas::default_count()
+    } else {
+        1
+    }));
     let threads = rayon::current_num_threads();
     let new_bench = || -> Result<StepBench> {
         let mut b = StepBench::new(&req, 64, device.clone())?;
@@ -175,6 +184,7 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
             "method": method.to_string(), "arch": a.arch, "width": a.width,
             "image_size": a.image_size, "batch_size": a.batch_size, "queue": a.queue,
             "device": a.device, "threads": threads, "bn_groups": req.bn_groups,
+            "replicas": req.replicas,
             "data_on_device": a.data_on_device,
             "img_per_sec": reports[0].img_per_sec,
             "forward_s": reports[0].forward_s, "backward_s": reports[0].backward_s,
@@ -184,8 +194,13 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
         println!("{v}");
     } else {
         println!(
-            "{method} {} width {} {}px batch {} on {} ({threads} threads):",
-            a.arch, a.width, a.image_size, a.batch_size, a.device
+            "{method} {} width {} {}px batch {} on {} ({threads} threads, {} replicas):",
+            a.arch,
+            a.width,
+            a.image_size,
+            a.batch_size,
+            a.device,
+            req.replicas.unwrap_or(1)
         );
         for r in &reports {
             println!(

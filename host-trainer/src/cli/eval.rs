@@ -1,12 +1,12 @@
 //! `host-trainer eval fewshot|base|linear`: argument parsing and printing; the work is in
-//! `host_trainer::eval`.
+//! `trainer::eval`.
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
-use host_trainer::data::Split;
-use host_trainer::eval::{self, fewshot, probe};
 use runtime_core::protocol::fewshot::FewShotHead;
+use trainer::data::Split;
+use trainer::eval::{self, fewshot, probe};
 
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
@@ -171,7 +171,7 @@ fn probe_config(kind: probe::ProbeKind, a: &ProbeArgs) -> probe::ProbeConfig {
 pub fn run(cmd: EvalCommand) -> Result<()> {
     match cmd {
         EvalCommand::Fewshot(a) => {
-            let device = host_trainer::device::parse_device(&a.common.device)?;
+            let device = trainer::device::parse_device(&a.common.device)?;
             let cfg = fewshot::FewShotConfig {
                 backbone: a.common.backbone.clone(),
                 data: a.common.data.clone(),
@@ -207,8 +207,8 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
 }
 
 fn run_landmarks(a: &LandmarkArgs) -> Result<()> {
-    use host_trainer::eval::landmarks::{self, BackboneSource, LandmarkConfig};
-    let device = host_trainer::device::parse_device(&a.device)?;
+    use trainer::eval::landmarks::{self, BackboneSource, LandmarkConfig};
+    let device = trainer::device::parse_device(&a.device)?;
     let backbone = if a.backbone == "scratch" {
         let arch = a
             .arch
@@ -246,7 +246,7 @@ fn run_landmarks(a: &LandmarkArgs) -> Result<()> {
 }
 
 fn run_probe(kind: probe::ProbeKind, a: &ProbeArgs, file: &str) -> Result<()> {
-    let device = host_trainer::device::parse_device(&a.common.device)?;
+    let device = trainer::device::parse_device(&a.common.device)?;
     let cfg = probe_config(kind, a);
     let r = probe::evaluate(&cfg, &device)?;
     emit(

@@ -1,7 +1,7 @@
 //! `host-trainer export`: fold BN, calibrate, quantise, write the runtime model file.
 use anyhow::Context;
 use clap::Args;
-use host_trainer::export::{self, CalibMethod, ExportOptions, ExportRequest};
+use exporter::export::{self, CalibMethod, ExportOptions, ExportRequest};
 use runtime_core::Dtype;
 use std::path::{Path, PathBuf};
 
@@ -110,7 +110,7 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
         export::export_file(&req).with_context(|| format!("exporting {}", a.model.display()))?;
     let out = a.out.as_ref().map(|p| p.display().to_string());
     if let Some(p) = &a.out {
-        host_trainer::fsutil::write_atomic(p, &e.bytes)
+        trainer::fsutil::write_atomic(p, &e.bytes)
             .with_context(|| format!("writing {}", p.display()))?;
     }
     let s = &e.summary;
@@ -145,7 +145,7 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
 fn write_onnx(source: &Path, runtime_bytes: &[u8], out: &Path) -> anyhow::Result<()> {
     let bytes = export::onnx::to_onnx(runtime_bytes)
         .with_context(|| format!("converting {} to ONNX", source.display()))?;
-    host_trainer::fsutil::write_atomic(out, &bytes)
+    trainer::fsutil::write_atomic(out, &bytes)
         .with_context(|| format!("writing {}", out.display()))?;
     println!(
         "export: {} -> {} (ONNX opset {}, {} B)",

@@ -1,5 +1,5 @@
 //! `host-trainer fixtures`: regenerate the committed test fixtures; the work is
-//! `host_trainer::fixtures::generate`.
+//! `exporter::fixtures::generate`.
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ pub struct FixturesArgs {
 
 pub fn run(a: FixturesArgs) -> anyhow::Result<()> {
     let t = Instant::now();
-    let s = host_trainer::fixtures::generate(&a.out)
+    let s = exporter::fixtures::generate(&a.out)
         .with_context(|| format!("generating fixtures into {}", a.out.display()))?;
     for (p, n) in &s.files {
         println!("{n:>8}  {}", p.display());

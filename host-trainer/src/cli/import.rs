@@ -2,7 +2,7 @@
 //! backbone safetensors out.
 use anyhow::Context;
 use clap::Args;
-use host_trainer::import::{self, ImportRequest};
+use exporter::import::{self, ImportRequest};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -39,7 +39,7 @@ pub fn run(a: ImportArgs) -> anyhow::Result<()> {
     };
     let imp = import::import(&req).with_context(|| format!("importing {}", a.from.display()))?;
     let bytes = imp.to_safetensors_bytes()?;
-    host_trainer::fsutil::write_atomic(&a.out, &bytes)
+    trainer::fsutil::write_atomic(&a.out, &bytes)
         .with_context(|| format!("writing {}", a.out.display()))?;
     let r = &imp.report;
     if a.json {

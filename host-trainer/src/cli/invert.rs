@@ -1,13 +1,13 @@
 //! `host-trainer invert`: feature inversion with the deep image prior (paper Figure 2);
-//! argument parsing and printing, the work is in `host_trainer::analysis::invert`.
+//! argument parsing and printing, the work is in `study::analysis::invert`.
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use host_trainer::analysis::invert::{self, FeatureTarget, InversionInput, InvertConfig};
-use host_trainer::analysis::similarity::RandomFeatureDistance;
-use host_trainer::study::inversion::{save_png, write_grid};
 use serde_json::json;
+use study::analysis::invert::{self, FeatureTarget, InversionInput, InvertConfig};
+use study::analysis::similarity::RandomFeatureDistance;
+use study::study::inversion::{save_png, write_grid};
 
 /// Reconstruct images from a backbone's features: a randomly initialised generator is optimised
 /// so that the backbone's features of its output match the image's (deep image prior, Adam).
@@ -70,7 +70,7 @@ pub fn run(a: InvertArgs) -> Result<()> {
     if a.iterations == 0 {
         bail!("--iterations must be at least 1");
     }
-    let device = host_trainer::device::parse_device(&a.device)?;
+    let device = trainer::device::parse_device(&a.device)?;
     let backbones: Vec<(String, PathBuf)> = a.backbone.iter().map(|s| named(s)).collect();
     for (i, (n, _)) in backbones.iter().enumerate() {
         if backbones[..i].iter().any(|(m, _)| m == n) {
@@ -79,8 +79,8 @@ pub fn run(a: InvertArgs) -> Result<()> {
     }
     let mut inputs = Vec::new();
     for path in &a.image {
-        let img = host_trainer::data::load_rgb(path)
-            .with_context(|| format!("--image {}", path.display()))?;
+        let img =
+            trainer::data::load_rgb(path).with_context(|| format!("--image {}", path.display()))?;
         inputs.push(InversionInput::from_image(&img, a.image_size)?);
     }
     let dist = RandomFeatureDistance::new(&device)?;
@@ -103,7 +103,7 @@ pub fn run(a: InvertArgs) -> Result<()> {
     )];
     let mut results = Vec::new();
     for (name, path) in &backbones {
-        let (net, hash) = host_trainer::eval::open_backbone(path, &device)?;
+        let (net, hash) = trainer::eval::open_backbone(path, &device)?;
         let dir = a.out.join(name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut recs = Vec::new();
@@ -149,7 +149,7 @@ pub fn run(a: InvertArgs) -> Result<()> {
         "image_size": a.image_size, "grid": grid, "backbones": results,
         "distance": "SSIM (Gaussian 11x11, sigma 1.5) and an LPIPS-style distance under a fixed random ResNet-18",
     });
-    host_trainer::eval::write_result(&a.out, "invert.json", &v)?;
+    trainer::eval::write_result(&a.out, "invert.json", &v)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());

@@ -1,4 +1,4 @@
-//! `host-trainer pretrain`: argument parsing; the work is `host_trainer::train::pretrain`.
+//! `host-trainer pretrain`: argument parsing; the work is `trainer::train::pretrain`.
 use std::path::PathBuf;
 
 use clap::Args;
@@ -66,6 +66,11 @@ pub struct PretrainArgs {
     /// Turn shuffle-BN emulation off (same as --bn-groups 1).
     #[arg(long)]
     pub no_shuffle_bn: bool,
+    /// Split each step's batch over N threads, each with whole BN groups and single-threaded
+    /// kernels, gradients summed in a fixed order (deterministic for a given N; stored in the
+    /// run, so --resume keeps it). Default: one per available core on the CPU, 1 on CUDA.
+    #[arg(long, value_name = "N")]
+    pub replicas: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// cpu | cuda:N
@@ -103,11 +108,11 @@ pub struct PretrainArgs {
 
 /// Run (or resume) a pretraining job and print its summary.
 pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
-    use host_trainer::method::Method;
-    use host_trainer::model::{Arch, ResNetConfig};
-    use host_trainer::train::pretrain::{self, PretrainRequest, RunOptions};
+    use trainer::method::Method;
+    use trainer::model::{Arch, ResNetConfig};
+    use trainer::train::pretrain::{self, PretrainRequest, RunOptions};
 
-    let device = host_trainer::device::parse_device(&a.device)?;
+    let device = trainer::device::parse_device(&a.device)?;
     let out = match (&a.resume, &a.out) {
         (Some(r), Some(o)) if r != o => anyhow::bail!(
             "--resume {} continues in its own folder; drop --out or pass the same path",
@@ -125,6 +130,11 @@ pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
         probe_queue_every: a.probe_queue_every,
     };
     let summary = if let Some(dir) = &a.resume {
+        if a.replicas.is_some() {
+            anyhow::bail!(
+                "--replicas is part of the run and a resumed run keeps its own (see `last.safetensors`); drop --replicas"
+            );
+        }
         pretrain::resume(dir, a.epochs_set.then_some(a.epochs), &opts)?
     } else {
         let method = Method::parse(
@@ -160,6 +170,11 @@ pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
             } else {
                 a.bn_groups
             },
+            replicas: Some(a.replicas.unwrap_or(if opts.device.is_cpu() {
+                trainer::train::replicas::Replicas::default_count()
+            } else {
+                1
+            })),
             seed: a.seed,
             knn_images: a.knn_images,
             log_every: a.log_every,
@@ -168,7 +183,7 @@ pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
     };
     if a.plot {
         let png = opts.out.join("curves.png");
-        host_trainer::train::plot::plot_metrics(&opts.out.join(pretrain::METRICS), &png)?;
+        trainer::train::plot::plot_metrics(&opts.out.join(pretrain::METRICS), &png)?;
         eprintln!("curves: {}", png.display());
     }
     println!("{}", serde_json::to_string_pretty(&summary)?);

@@ -1,10 +1,10 @@
 //! `host-trainer study`: argument parsing; the plan, the runner and the tables are in
-//! `host_trainer::study`.
+//! `study::study`.
 use std::path::PathBuf;
 
+use ::study::study::{self, preset, Plan};
 use anyhow::Result;
 use clap::Args;
-use host_trainer::study::{self, preset, Plan};
 
 /// Run the paper's comparisons end to end (resumable): pretrain supervised, MoCo-v2 and
 /// Exemplar-v2 (plus a scratch baseline) on objects and faces, evaluate few-shot, base-class and
@@ -111,7 +111,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let device = host_trainer::device::parse_device(&plan.preset.device)?;
+    let device = trainer::device::parse_device(&plan.preset.device)?;
     let opts = study::RunOptions {
         out: a.out.clone(),
         device,

@@ -1,9 +1,9 @@
 //! `host-trainer synth objects|faces`: generate the embedded default datasets.
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use host_trainer::data::synth::{faces, objects, preview};
 use std::path::PathBuf;
 use std::time::Instant;
+use trainer::data::synth::{faces, objects, preview};
 
 #[derive(Subcommand, Debug)]
 pub enum SynthCommand {

@@ -534,7 +534,7 @@ impl<'a> Model<'a> {
     /// [`Model::input_id`]) and then with each node's output tensor ([`Node::output`]) right
     /// after the node ran: the planner reuses arena memory, so that is the one moment each
     /// tensor is whole. For comparing every op with another engine
-    /// (`host-trainer/tests/onnx_runtime.rs` does so with onnxruntime). Values are HWC.
+    /// (`exporter/tests/it/onnx_runtime.rs` does so with onnxruntime). Values are HWC.
     pub fn run_i8_traced<'b>(
         &self,
         arena: &'b mut [u8],

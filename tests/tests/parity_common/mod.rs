@@ -3,9 +3,9 @@
 #![allow(dead_code)]
 
 use candle_core::{Device, Tensor};
-use host_trainer::model::{Arch, ResNet, ResNetConfig};
 use runtime_core::heads::rng::SplitMix64;
 use runtime_core::Model;
+use trainer::model::{Arch, ResNet, ResNetConfig};
 
 pub fn arch(i: usize) -> Arch {
     [Arch::Resnet18, Arch::Resnet34, Arch::Resnet50][i % 3]

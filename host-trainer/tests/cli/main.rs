@@ -1,0 +1,8 @@
+//! The `host-trainer` command line end to end, one binary: each sub-command as a user runs it.
+mod bench_step_cli;
+mod eval_cli;
+mod export_cli;
+mod import;
+mod invert_cli;
+mod pretrain_e2e;
+mod synth_cli;

@@ -1,0 +1,202 @@
+//! `kernels::batch_norm_train` against the same maths written as candle tensor ops (forward,
+//! autograd gradients, batch statistics) and against central finite differences.
+
+use candle_core::{DType, Device, Tensor, Var};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use trainer::kernels;
+
+/// The definition with plain candle ops (independent of the fused kernel).
+fn reference(x: &Tensor, g: &Tensor, b: &Tensor, eps: f64) -> Tensor {
+    let c = x.dim(1).unwrap();
+    let mean = x
+        .mean_keepdim(0)
+        .unwrap()
+        .mean_keepdim(2)
+        .unwrap()
+        .mean_keepdim(3)
+        .unwrap();
+    let xc = x.broadcast_sub(&mean).unwrap();
+    let var = xc
+        .sqr()
+        .unwrap()
+        .mean_keepdim(0)
+        .unwrap()
+        .mean_keepdim(2)
+        .unwrap()
+        .mean_keepdim(3)
+        .unwrap();
+    let xhat = xc
+        .broadcast_div(&(var + eps).unwrap().sqrt().unwrap())
+        .unwrap();
+    xhat.broadcast_mul(&g.reshape((1, c, 1, 1)).unwrap())
+        .unwrap()
+        .broadcast_add(&b.reshape((1, c, 1, 1)).unwrap())
+        .unwrap()
+}
+
+fn flat(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    let (a, b) = (flat(a), flat(b));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    diff / b.iter().map(|y| y.abs()).fold(1e-30, f64::max)
+}
+
+fn setup(
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    offset: f32,
+    seed: u64,
+) -> (Tensor, Tensor, Tensor, Tensor) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut t = |len: usize, lo: f32, hi: f32| -> Vec<f32> {
+        (0..len).map(|_| rng.gen_range(lo..hi)).collect()
+    };
+    let dev = &Device::Cpu;
+    let x = Tensor::from_vec(
+        t(n * c * h * w, offset - 1.0, offset + 1.0),
+        (n, c, h, w),
+        dev,
+    )
+    .unwrap();
+    let g = Tensor::from_vec(t(c, 0.5, 1.5), c, dev).unwrap();
+    let b = Tensor::from_vec(t(c, -0.5, 0.5), c, dev).unwrap();
+    let r = Tensor::from_vec(t(n * c * h * w, -1.0, 1.0), (n, c, h, w), dev).unwrap();
+    (x, g, b, r)
+}
+
+/// Gradients of `sum(bn(x) ⊙ r)` w.r.t. x, gamma, beta.
+fn grads(
+    x: &Tensor,
+    g: &Tensor,
+    b: &Tensor,
+    r: &Tensor,
+    f: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
+) -> Vec<Tensor> {
+    let vs: Vec<Var> = [x, g, b]
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
+    let loss = (f(vs[0].as_tensor(), vs[1].as_tensor(), vs[2].as_tensor()) * r)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let gs = loss.backward().unwrap();
+    vs.iter()
+        .map(|v| gs.get(v.as_tensor()).unwrap().clone())
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn matches_tensor_op_batch_norm(n in 1usize..5, c in 1usize..6, h in 1usize..7, w in 1usize..7,
+                                    offset in prop::sample::select(vec![0f32, 3.0]), seed in any::<u64>()) {
+        // With exactly 2 values per channel BN maps them to ±γ whatever x is, so dx is 0 in exact
+        // arithmetic and both implementations return rounding noise: a relative comparison is
+        // meaningless there. From 3 values on, dx is a real signal.
+        prop_assume!(n * h * w > 2);
+        let (x, g, b, r) = setup(n, c, h, w, offset, seed);
+        let out = kernels::batch_norm_train(&x, &g, &b, 1e-5).unwrap();
+        prop_assert!(rel_err(&out.y, &reference(&x, &g, &b, 1e-5)) <= 1e-4);
+        let mean = x.mean_keepdim(0).unwrap().mean_keepdim(2).unwrap().mean_keepdim(3).unwrap();
+        // The mean is compared against the data's scale, not its own: with offset 0 a channel's
+        // mean can be ~0, and the f32 reference's rounding (≈ ε·max|x| per sum) then dwarfs it.
+        let mean_err = flat(&out.mean).iter().zip(flat(&mean.flatten_all().unwrap()))
+            .map(|(a, e)| (a - e).abs()).fold(0.0, f64::max);
+        let scale = flat(&x).iter().map(|v| v.abs()).fold(1e-30, f64::max);
+        prop_assert!(mean_err <= 1e-5 * scale, "mean: {mean_err} vs data scale {scale}");
+        let ours = grads(&x, &g, &b, &r, |x, g, b| kernels::batch_norm_train(x, g, b, 1e-5).unwrap().y);
+        let theirs = grads(&x, &g, &b, &r, |x, g, b| reference(x, g, b, 1e-5));
+        for (name, (a, e)) in ["dx", "dgamma", "dbeta"].iter().zip(ours.iter().zip(&theirs)) {
+            prop_assert!(rel_err(a, e) <= 1e-4, "{name}: {}", rel_err(a, e));
+        }
+    }
+}
+
+/// Central differences in f32 on a small batch: L = Σ bn(x)·r is smooth; with h = 1e-2 the
+/// truncation error is O(h²·L''') ≈ 1e-4 and the f32 rounding of L (|L| ≲ 20) over 2h is
+/// ≈ 20·6e-8/2e-2 ≈ 6e-5, so 2e-3 absolute leaves a safe margin.
+#[test]
+fn gradients_match_finite_differences() {
+    let (x, g, b, r) = setup(3, 2, 3, 2, 0.0, 42);
+    let ours = grads(&x, &g, &b, &r, |x, g, b| {
+        kernels::batch_norm_train(x, g, b, 1e-5).unwrap().y
+    });
+    let rv = flat(&r);
+    let loss = |x: &Tensor, g: &Tensor, b: &Tensor| -> f64 {
+        let y = flat(&kernels::batch_norm_train(x, g, b, 1e-5).unwrap().y);
+        y.iter().zip(&rv).map(|(a, b)| a * b).sum()
+    };
+    let h = 1e-2f32;
+    for (which, grad) in ours.iter().enumerate() {
+        let base = [&x, &g, &b][which];
+        let bv: Vec<f32> = base.flatten_all().unwrap().to_vec1().unwrap();
+        let gv = flat(grad);
+        for i in 0..bv.len() {
+            let bump = |d: f32| {
+                let mut v = bv.clone();
+                v[i] += d;
+                Tensor::from_vec(v, base.dims(), &Device::Cpu).unwrap()
+            };
+            let mut args = [x.clone(), g.clone(), b.clone()];
+            args[which] = bump(h);
+            let lp = loss(&args[0], &args[1], &args[2]);
+            args[which] = bump(-h);
+            let lm = loss(&args[0], &args[1], &args[2]);
+            let fd = (lp - lm) / (2.0 * h as f64);
+            assert!(
+                (fd - gv[i]).abs() <= 2e-3,
+                "arg {which} [{i}]: fd {fd} vs {}",
+                gv[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn bit_identical_across_thread_counts() {
+    let (x, g, b, r) = setup(16, 5, 6, 6, 1.0, 9);
+    let run = |t: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build()
+            .unwrap()
+            .install(|| {
+                grads(&x, &g, &b, &r, |x, g, b| {
+                    kernels::batch_norm_train(x, g, b, 1e-5).unwrap().y
+                })
+                .iter()
+                .map(flat)
+                .collect::<Vec<_>>()
+            })
+    };
+    assert_eq!(run(1), run(3));
+}
+
+#[test]
+fn wrong_gamma_shape_is_an_error() {
+    let (x, _, b, _) = setup(2, 3, 2, 2, 0.0, 1);
+    let g = Tensor::ones(4, DType::F32, &Device::Cpu).unwrap();
+    let e = kernels::batch_norm_train(&x, &g, &b, 1e-5)
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(e.contains("gamma"), "{e}");
+}
