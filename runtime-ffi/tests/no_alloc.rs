@@ -1,6 +1,6 @@
 //! The header's allocation promise, checked with a counting global allocator: `rt_model_load` and
 //! the head fits allocate; running a model, decoding landmarks and scoring with a head do not.
-//! (Its own test binary with a single test, so no other thread allocates while counting.)
+//! (The counting allocator counts the calling thread only, so the harness cannot disturb it.)
 
 use std::path::Path;
 

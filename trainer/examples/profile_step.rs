@@ -9,7 +9,7 @@
 //!
 //! `cargo run --release -p trainer --example profile_step -- [batch] [candle|fast|fastbn] [reps]`
 //! (the conv implementation is candle's `Tensor::conv2d` or `kernels::conv2d`).
-//! Findings are written up in `trainer/src/kernels/README.md`.
+//! Findings are written up in `train-kernels/README.md`.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::collections::BTreeMap;

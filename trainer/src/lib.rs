@@ -13,7 +13,7 @@
 //! | supervised CE, MoCo v1/v2, Exemplar v1/v2 (paper eq. 2) | [`method`] |
 //! | SGD, schedules, checkpoints, the training loop | [`train`] |
 //! | few-shot, landmark and linear-probe protocols | [`eval`] |
-//! | CPU (and CUDA) kernels behind the model's ops | [`kernels`] |
+//! | CPU (and CUDA) kernels behind the model's ops (crate `train-kernels`) | [`kernels`] |
 
 pub mod augment;
 /// The shared `data` crate (readers, generators, resize, random streams, atomic writes),
@@ -22,7 +22,9 @@ pub use data;
 pub use data::{fsutil, rng};
 pub mod device;
 pub mod eval;
-pub mod kernels;
+/// The kernels behind the model's ops (their own crate, `train-kernels`), re-exported so
+/// `trainer::kernels::…` names them.
+pub use train_kernels as kernels;
 pub mod method;
 pub mod model;
 pub mod plot;

@@ -32,7 +32,7 @@ use candle_core::{
 };
 
 use super::f32_view;
-use crate::kernels::conv::Geom;
+use crate::conv::Geom;
 
 /// cuDNN's status as a candle error.
 fn check(s: cds::cudnnStatus_t, what: &str) -> Result<()> {
@@ -342,7 +342,7 @@ struct BnSaved {
 }
 
 /// What the forward leaves for the caller: the mean over groups of each group's batch mean and
-/// of its *unbiased* variance (`(C,)` each) — exactly [`crate::model::ops::BatchStats`].
+/// of its *unbiased* variance (`(C,)` each) — exactly `trainer::model::ops::BatchStats`.
 struct BnStats {
     mean: CudaSlice<f32>,
     var_unbiased: CudaSlice<f32>,

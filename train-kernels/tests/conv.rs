@@ -8,7 +8,7 @@
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
-use trainer::kernels;
+use train_kernels as kernels;
 
 #[derive(Debug, Clone)]
 struct Case {

@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
-use trainer::kernels;
+use train_kernels as kernels;
 
 /// The definition with plain candle ops (independent of the fused kernel).
 fn reference(x: &Tensor, g: &Tensor, b: &Tensor, eps: f64) -> Tensor {

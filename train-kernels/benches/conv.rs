@@ -2,13 +2,13 @@
 //! shapes of a small-stem ResNet-18 at 32 px (batch 128 unless `CONV_BENCH_BATCH` says
 //! otherwise), in the same run so the ratio is meaningful.
 //!
-//! Run: `cargo bench -p trainer --bench conv -- --warm-up-time 1 --measurement-time 3`
+//! Run: `cargo bench -p train-kernels --bench conv -- --warm-up-time 1 --measurement-time 3`
 //! (add a filter such as `fwdbwd/l1` to time one shape).
 
 use candle_core::{DType, Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
-use trainer::kernels;
+use train_kernels as kernels;
 
 /// (name, c_in, c_out, input size, kernel, stride, padding, uses per ResNet-18 forward)
 pub type ConvShape = (
