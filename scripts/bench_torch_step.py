@@ -28,7 +28,42 @@ import sys
 import time
 
 
-def build_encoder(torch, torchvision, dim):
+def scaled_resnet18(torch, width, dim):
+    """torchvision's ResNet-18 graph (BasicBlocks, [2, 2, 2, 2]) with every stage's channels
+    scaled by `width` (64·w … 512·w, at least 1), small-image stem, plain BN, MLP head: the
+    trainer's `--width` backbone."""
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.down = None
+            if stride != 1 or cin != cout:
+                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            y = torch.relu(self.bn1(self.conv1(x)))
+            y = self.bn2(self.conv2(y))
+            return torch.relu(y + (x if self.down is None else self.down(x)))
+
+    chans = [max(1, round(c * width)) for c in (64, 128, 256, 512)]
+    layers = [nn.Conv2d(3, chans[0], 3, 1, 1, bias=False), nn.BatchNorm2d(chans[0]), nn.ReLU(inplace=True)]
+    cin = chans[0]
+    for i, c in enumerate(chans):
+        for b in range(2):
+            layers.append(Block(cin, c, 2 if (i > 0 and b == 0) else 1))
+            cin = c
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, cin), nn.ReLU(inplace=True), nn.Linear(cin, dim)]
+    return nn.Sequential(*layers)
+
+
+def build_encoder(torch, torchvision, dim, width=1.0):
+    if width != 1.0:
+        return scaled_resnet18(torch, width, dim)
     net = torchvision.models.resnet18(num_classes=dim)
     net.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = torch.nn.Identity()
@@ -58,6 +93,7 @@ def candle_figure(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--width", type=float, default=1.0, help="channel multiplier (the trainer's --width)")
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--queue", type=int, default=4096)
@@ -77,8 +113,8 @@ def main():
     torch.manual_seed(args.seed)
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    q_enc = build_encoder(torch, torchvision, args.dim).to(dev)
-    k_enc = build_encoder(torch, torchvision, args.dim).to(dev)
+    q_enc = build_encoder(torch, torchvision, args.dim, args.width).to(dev)
+    k_enc = build_encoder(torch, torchvision, args.dim, args.width).to(dev)
     k_enc.load_state_dict(q_enc.state_dict())
     for p in k_enc.parameters():
         p.requires_grad_(False)

@@ -17,7 +17,9 @@ pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
-pub use batchnorm::{batch_norm_train, BatchNormTrain};
+pub use batchnorm::{
+    batch_norm_train, batch_norm_train_grouped, BatchNormTrain, GroupedBatchNormTrain,
+};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -130,6 +130,48 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// The grouped op against the per-group loop it replaces (each group sliced, normalised by
+    /// `batch_norm_train`, concatenated): the same per-group statistics, output and gradients,
+    /// to the bit (the gamma/beta gradients are summed in the order autograd sums the loop's).
+    #[test]
+    fn grouped_matches_the_per_group_loop(groups in 1usize..5, per in 2usize..4, c in 1usize..5,
+                                          h in 1usize..5, w in 1usize..5, seed in any::<u64>()) {
+        let n = groups * per;
+        let (x, g, b, r) = setup(n, c, h, w, 0.0, seed);
+        let grouped = kernels::batch_norm_train_grouped(&x, &g, &b, groups, 1e-5).unwrap().unwrap();
+        let slices: Vec<_> = (0..groups)
+            .map(|i| kernels::batch_norm_train(&x.narrow(0, i * per, per).unwrap(), &g, &b, 1e-5).unwrap())
+            .collect();
+        let ys: Vec<Tensor> = slices.iter().map(|s| s.y.clone()).collect();
+        prop_assert_eq!(flat(&grouped.y), flat(&Tensor::cat(&ys, 0).unwrap()));
+        for (i, s) in slices.iter().enumerate() {
+            prop_assert_eq!(flat(&grouped.mean.get(i).unwrap()), flat(&s.mean));
+            prop_assert_eq!(flat(&grouped.var.get(i).unwrap()), flat(&s.var));
+        }
+        let ours = grads(&x, &g, &b, &r, |x, g, b| {
+            kernels::batch_norm_train_grouped(x, g, b, groups, 1e-5).unwrap().unwrap().y
+        });
+        let looped = grads(&x, &g, &b, &r, |x, g, b| {
+            let ys: Vec<Tensor> = (0..groups)
+                .map(|i| kernels::batch_norm_train(&x.narrow(0, i * per, per).unwrap(), g, b, 1e-5).unwrap().y)
+                .collect();
+            Tensor::cat(&ys, 0).unwrap()
+        });
+        for (name, k) in [("dx", 0), ("dgamma", 1), ("dbeta", 2)] {
+            prop_assert_eq!(flat(&ours[k]), flat(&looped[k]), "{}", name);
+        }
+    }
+}
+
+#[test]
+fn grouped_rejects_a_batch_that_does_not_split() {
+    let (x, g, b, _) = setup(5, 2, 2, 2, 0.0, 1);
+    assert!(kernels::batch_norm_train_grouped(&x, &g, &b, 2, 1e-5).is_err());
+}
+
 /// Central differences in f32 on a small batch: L = Σ bn(x)·r is smooth; with h = 1e-2 the
 /// truncation error is O(h²·L''') ≈ 1e-4 and the f32 rounding of L (|L| ≲ 20) over 2h is
 /// ≈ 20·6e-8/2e-2 ≈ 6e-5, so 2e-3 absolute leaves a safe margin.

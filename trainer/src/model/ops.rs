@@ -68,9 +68,20 @@ pub fn batch_norm_train(
             return Ok((r.y, stats));
         }
     }
-    // Each group is one fused training-mode BN (crate::kernels::batch_norm_train: a CPU custom
-    // op with its own backward; plain tensor maths elsewhere).
     let unbias = per_group as f64 / (per_group as f64 - 1.0);
+    let g = groups as f64;
+    // CPU f32: all groups in one fused op with its own backward; the statistics are combined
+    // exactly as the per-group loop below combines them.
+    if let Some(r) = crate::kernels::batch_norm_train_grouped(x, gamma, beta, groups, BN_EPS)? {
+        let rows = |t: &Tensor| -> Result<Vec<Tensor>> { (0..groups).map(|i| t.get(i)).collect() };
+        let stats = BatchStats {
+            mean: (sum_in_order(&rows(&r.mean)?)? / g)?,
+            var_unbiased: (sum_in_order(&rows(&r.var)?)? * (unbias / g))?,
+        };
+        return Ok((r.y, stats));
+    }
+    // Elsewhere each group is one training-mode BN (crate::kernels::batch_norm_train: plain
+    // tensor maths off the CPU fast path).
     let per = b / groups;
     let mut ys = Vec::with_capacity(groups);
     let (mut means, mut vars) = (Vec::with_capacity(groups), Vec::with_capacity(groups));
@@ -90,7 +101,6 @@ pub fn batch_norm_train(
     } else {
         Tensor::cat(&ys, 0)?
     };
-    let g = groups as f64;
     let stats = BatchStats {
         mean: (sum_in_order(&means)?.detach() / g)?,
         var_unbiased: (sum_in_order(&vars)?.detach() * (unbias / g))?,
