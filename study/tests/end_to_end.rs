@@ -83,12 +83,23 @@ fn tiny_study_runs_resumes_and_redoes_one_step() {
             t["chance_loss"].as_f64().unwrap(),
         );
         assert!(loss.is_finite() && loss > 0.0, "{t}");
+        if t["method"].as_str().unwrap() != "supervised" {
+            // The study keeps K ≤ N/2 (`tiny` asks for 64 and trains on fewer than 128 images).
+            let (k, n) = (
+                t["queue"].as_u64().unwrap(),
+                t["train_images"].as_u64().unwrap(),
+            );
+            assert!(k <= 64 && 2 * k <= n.max(32) && k % 16 == 0, "{t}");
+            let ratio = t["queue_over_train"].as_f64().unwrap();
+            assert!((ratio - k as f64 / n as f64).abs() < 1e-12, "{t}");
+        }
+        let k_plus_1 = t["queue"].as_f64().map_or(0.0, |k| k + 1.0);
         let expected_chance = match t["method"].as_str().unwrap() {
-            // MoCo compares the positive with the whole queue (64 in `tiny`).
-            "moco-v2" => 65f64.ln(),
+            // MoCo compares the positive with the whole queue.
+            "moco-v2" => k_plus_1.ln(),
             // Exemplar drops the same-label entries: fewer candidates than MoCo.
             "exemplar-v2" => {
-                assert!(chance < 65f64.ln() && chance > 0.0, "{t}");
+                assert!(chance < k_plus_1.ln() && chance > 0.0, "{t}");
                 chance
             }
             // Supervised: ln of the classes (6 base object classes; face identities vary).
@@ -361,8 +372,9 @@ fn analyses_inversion_data_and_k_tau() {
     );
     for r in kt {
         let chance = r["chance_loss"].as_f64().unwrap();
-        // MoCo's chance loss is ln(k + 1): the queue each cell ran with.
-        let k = r["queue"].as_f64().unwrap();
+        // MoCo's chance loss is ln(k + 1): the queue each cell ran with (at most half the data).
+        let k = r["queue_used"].as_f64().unwrap();
+        assert!(k <= r["queue"].as_f64().unwrap(), "{r}");
         assert!((chance - (k + 1.0).ln()).abs() < 1e-9, "{r}");
     }
     let md = std::fs::read_to_string(dir.path().join("results.md")).unwrap();

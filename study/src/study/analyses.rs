@@ -47,6 +47,9 @@ pub struct DataRow {
 pub struct KTauRow {
     pub method: String,
     pub queue: usize,
+    /// The queue the run had: `queue` lowered to at most half its training images
+    /// (`execute::queue_within_half`); `None` before the run or for records made before the rule.
+    pub queue_used: Option<usize>,
     pub tau: f64,
     pub epochs: usize,
     /// The main study run is this pretraining (its figures are reused).
@@ -303,6 +306,7 @@ fn k_tau(p: &Preset, out: &Path) -> Result<(Vec<KTauRow>, Vec<Claim>)> {
             rows.push(KTauRow {
                 method: m.clone(),
                 queue: q,
+                queue_used: rec.as_ref().and_then(|r| r.queue),
                 tau: t,
                 epochs: p.k_tau.epochs,
                 main_run: main,
@@ -452,7 +456,8 @@ pub fn markdown(a: &Analyses, p: &Preset) -> String {
         s += "\n## Table 10 layout: queue size k and temperature τ\n\n";
         s +=
             "Few-shot on the novel objects (%) after pretraining on the objects; `main` marks the \
-              main study run reused for its cell.\n\n";
+              main study run reused for its cell; a k shown as `a → b` was lowered to b, half the \
+              training images.\n\n";
         s += "| method | k | τ | epochs | loss / chance |";
         let shots: Vec<usize> = a.k_tau[0].fewshot.iter().map(|c| c.0).collect();
         for k in &shots {
@@ -467,7 +472,10 @@ pub fn markdown(a: &Analyses, p: &Preset) -> String {
                 "| {}{} | {} | {} | {} | {} |",
                 r.method,
                 if r.main_run { " (main)" } else { "" },
-                r.queue,
+                match r.queue_used {
+                    Some(u) if u != r.queue => format!("{} → {u}", r.queue),
+                    _ => r.queue.to_string(),
+                },
                 r.tau,
                 r.epochs,
                 ratio.map_or("-".into(), |v| format!("{v:.2}"))

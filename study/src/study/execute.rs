@@ -70,6 +70,17 @@ pub(super) fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Val
                 }
             };
             let d = m.defaults();
+            // K ≤ N/2 (see `queue_within_half`): N is what this run trains on, as the trainer
+            // will read it.
+            let queue = if m.is_contrastive() {
+                let n = trainer::train::data::open_pretrain_data(&data, p.seed)?
+                    .train
+                    .len();
+                let k = variant.queue.or(p.pretrain.queue).unwrap_or(d.queue_len);
+                Some(queue_within_half(k, n, p.pretrain.batch))
+            } else {
+                None
+            };
             let ropts = pretrain::RunOptions {
                 out: dir.clone(),
                 device: opts.device.clone(),
@@ -93,11 +104,7 @@ pub(super) fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Val
                     batch_size: p.pretrain.batch,
                     lr: Some(lr),
                     weight_decay: None,
-                    queue: if m.is_contrastive() {
-                        variant.queue.or(p.pretrain.queue)
-                    } else {
-                        None
-                    },
+                    queue,
                     tau: variant.tau,
                     ema_momentum: if m.is_contrastive() {
                         p.pretrain.ema_momentum
@@ -356,5 +363,35 @@ pub(super) fn synth(p: &Preset, out: &Path, d: Domain, alignment: Option<f64>) -
             )
         }
         DataSource::Folder(f) => bail!("{}: a real dataset is not generated", f.display()),
+    }
+}
+
+/// The queue length a study run uses: the requested `k`, lowered where needed to at most half the
+/// `n` training images (and to a whole number of batches, at least one). Why: with K > N/2 the
+/// queue holds each instance's own keys from earlier epochs as negatives (at K = 3N, about three
+/// of them), so the pretext asks an image to be unlike itself; the Table-2 subsets (N = 320 with
+/// K = 1024) and the `main` preset (N = 1 280 with K = 1 024) ran so before this rule.
+pub fn queue_within_half(k: usize, n: usize, batch: usize) -> usize {
+    let batch = batch.max(1);
+    let cap = (n / 2) / batch * batch;
+    k.min(cap).max(batch) / batch * batch
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::queue_within_half;
+
+    #[test]
+    fn the_queue_stays_within_half_the_data_in_whole_batches() {
+        assert_eq!(queue_within_half(1024, 3840, 64), 1024); // the small preset: unchanged
+        assert_eq!(queue_within_half(1024, 1280, 64), 640); // main: N/2 exactly
+        assert_eq!(queue_within_half(1024, 320, 64), 128); // a Table-2 subset: 160 -> 2 batches
+        assert_eq!(queue_within_half(65536, 38400, 256), 19200); // paper preset, mini-ImageNet
+        assert_eq!(queue_within_half(64, 40, 16), 16); // never below one batch
+        for (k, n, b) in [(1000, 999, 10), (50, 1000, 7), (4096, 100, 32)] {
+            let q = queue_within_half(k, n, b);
+            assert!(q % b == 0 && q >= b && q <= k.max(b));
+            assert!(q <= (n / 2).max(b));
+        }
     }
 }

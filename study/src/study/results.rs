@@ -154,6 +154,13 @@ pub struct PretrainRecord {
     /// `final_loss / chance_loss`.
     pub loss_ratio: f64,
     pub images_seen: u64,
+    /// MoCo/Exemplar: the queue length K.
+    pub queue: Option<usize>,
+    /// N, the run's training images.
+    pub train_images: usize,
+    /// K/N: above 1/2 each instance's own older keys sit in its queue as negatives (the study
+    /// keeps K ≤ N/2, `plan::queue_within_half`; runs recorded before that may not).
+    pub queue_over_train: Option<f64>,
     pub knn_top1: Option<f64>,
     pub knn_chance: Option<f64>,
     /// kNN top-1 of the same network at initialisation (same bank and queries).
@@ -195,6 +202,10 @@ pub struct PretrainRec {
     pub chance_loss: Option<f64>,
     #[serde(default)]
     pub images_seen: u64,
+    #[serde(default)]
+    pub queue: Option<usize>,
+    #[serde(default)]
+    pub train_images: usize,
     pub knn_top1: Option<f64>,
     pub knn_chance: Option<f64>,
     #[serde(default)]
@@ -226,6 +237,12 @@ fn pretrain_record(domain: &str, method: &str, v: &PretrainRec) -> Option<Pretra
         chance_loss,
         loss_ratio,
         images_seen: v.images_seen,
+        queue: v.queue,
+        train_images: v.train_images,
+        queue_over_train: v
+            .queue
+            .filter(|_| v.train_images > 0)
+            .map(|k| k as f64 / v.train_images as f64),
         knn_top1: v.knn_top1,
         knn_chance: v.knn_chance,
         knn_init_top1: v.knn_init_top1,
@@ -758,7 +775,7 @@ pub fn markdown(r: &StudyResults) -> String {
     }
     if !r.pretraining.is_empty() {
         s += &format!(
-            "\n## Did each pretraining learn?\n\nA run visibly learnt when its final loss is at most {LEARNT_LOSS_RATIO} × chance (ln of the candidates its softmax compares) and its kNN top-1 on held-out base images is at least {LEARNT_KNN_FACTOR} × chance and above the kNN of its own network at initialisation by more than {LEARNT_KNN_INIT_SE} binomial standard errors (random convolutional features are far above guessing). For MoCo and Exemplar the fresh-key loss (one batch against the final queue re-encoded by the final key encoder: the loss without the part owed to key age) must meet the same ratio.\n\n| data | method | images seen | final loss | fresh-key loss | chance loss | ratio | kNN top-1 % (chance) | kNN at init % | learnt |\n|---|---|---|---|---|---|---|---|---|---|\n"
+            "\n## Did each pretraining learn?\n\nA run visibly learnt when its final loss is at most {LEARNT_LOSS_RATIO} × chance (ln of the candidates its softmax compares) and its kNN top-1 on held-out base images is at least {LEARNT_KNN_FACTOR} × chance and above the kNN of its own network at initialisation by more than {LEARNT_KNN_INIT_SE} binomial standard errors (random convolutional features are far above guessing). For MoCo and Exemplar the fresh-key loss (one batch against the final queue re-encoded by the final key encoder: the loss without the part owed to key age) must meet the same ratio. K/N is the queue length over the training images (kept ≤ 1/2, so that an instance's own older keys are not its negatives).\n\n| data | method | images seen | K/N | final loss | fresh-key loss | chance loss | ratio | kNN top-1 % (chance) | kNN at init % | learnt |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
         );
         for t in &r.pretraining {
             let knn = match (t.knn_top1, t.knn_chance) {
@@ -772,8 +789,12 @@ pub fn markdown(r: &StudyResults) -> String {
             let fresh = t
                 .probe_loss_fresh
                 .map_or_else(|| "-".to_string(), |l| format!("{l:.3}"));
+            let k_over_n = match (t.queue, t.queue_over_train) {
+                (Some(k), Some(r)) => format!("{k}/{} = {r:.2}", t.train_images),
+                _ => "-".into(),
+            };
             s += &format!(
-                "| {} | {} | {} | {:.3} | {fresh} | {:.3} | {:.2} | {knn} | {init} | {} |\n",
+                "| {} | {} | {} | {k_over_n} | {:.3} | {fresh} | {:.3} | {:.2} | {knn} | {init} | {} |\n",
                 t.domain,
                 t.method,
                 t.images_seen,

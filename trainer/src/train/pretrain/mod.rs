@@ -60,6 +60,11 @@ pub struct RunOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct PretrainSummary {
     pub method: Method,
+    /// MoCo/Exemplar: the queue length K (`None` for supervised).
+    pub queue: Option<usize>,
+    /// N, the training images (an epoch's batches cover N rounded down to whole batches). K/N
+    /// above 1/2 puts each instance's own older keys in its queue as negatives.
+    pub train_images: usize,
     pub epochs_done: usize,
     pub epochs: usize,
     /// Mean training loss of the last epoch.
@@ -166,6 +171,8 @@ fn run_epochs(mut tr: Trainer, data: PretrainData, opts: &RunOptions) -> Result<
     let metrics_path = opts.out.join(METRICS);
     let mut summary = PretrainSummary {
         method: cfg.method,
+        queue: cfg.method.is_contrastive().then_some(cfg.queue),
+        train_images: data.train.len(),
         epochs_done: tr.next_epoch,
         epochs: cfg.epochs,
         final_loss: f64::NAN,
