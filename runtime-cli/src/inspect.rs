@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
-use runtime_core::{Dtype, Model, OpKind, TensorDesc};
+use runtime_core::{Dtype, Model, TensorDesc};
 use serde_json::json;
 
 use crate::engine;
@@ -52,17 +52,6 @@ pub struct Report {
     pub shift_range: Option<(i32, i32)>,
 }
 
-fn op_name(k: OpKind) -> &'static str {
-    match k {
-        OpKind::Conv2d => "conv",
-        OpKind::Add => "add",
-        OpKind::MaxPool => "maxpool",
-        OpKind::Mean => "mean",
-        OpKind::FullyConnected => "fc",
-        OpKind::LeakyRelu => "leaky",
-    }
-}
-
 fn min_max<T: PartialOrd + Copy>(it: impl Iterator<Item = T>) -> Option<(T, T)> {
     it.fold(None, |acc, v| match acc {
         None => Some((v, v)),
@@ -94,7 +83,7 @@ pub fn report(model: &Model, bytes: &[u8], path: &Path) -> Result<Report> {
             let t = tensors[n.output() as usize];
             Layer {
                 index,
-                op: op_name(n.kind()),
+                op: n.kind().name(),
                 inputs: n.inputs().to_vec(),
                 output: n.output(),
                 shape: [t.h, t.w, t.c],

@@ -89,7 +89,7 @@ fn tiny_study_runs_resumes_and_redoes_one_step() {
                 t["queue"].as_u64().unwrap(),
                 t["train_images"].as_u64().unwrap(),
             );
-            assert!(k <= 64 && 2 * k <= n.max(32) && k % 16 == 0, "{t}");
+            assert!(k <= 64 && 2 * k <= n.max(32) && k.is_multiple_of(16), "{t}");
             let ratio = t["queue_over_train"].as_f64().unwrap();
             assert!((ratio - k as f64 / n as f64).abs() < 1e-12, "{t}");
         }

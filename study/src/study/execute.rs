@@ -390,7 +390,7 @@ mod queue_tests {
         assert_eq!(queue_within_half(64, 40, 16), 16); // never below one batch
         for (k, n, b) in [(1000, 999, 10), (50, 1000, 7), (4096, 100, 32)] {
             let q = queue_within_half(k, n, b);
-            assert!(q % b == 0 && q >= b && q <= k.max(b));
+            assert!(q.is_multiple_of(b) && q >= b && q <= k.max(b));
             assert!(q <= (n / 2).max(b));
         }
     }

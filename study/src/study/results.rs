@@ -1192,7 +1192,7 @@ mod tests {
         let md = markdown(&r);
         assert!(
             md.contains(
-                "| objects | moco-v2 | 1000 | 3.000 | - | 6.000 | 0.50 | 30.00 (10.00) | - | yes |"
+                "| objects | moco-v2 | 1000 | - | 3.000 | - | 6.000 | 0.50 | 30.00 (10.00) | - | yes |"
             ),
             "{md}"
         );

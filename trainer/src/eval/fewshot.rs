@@ -36,14 +36,9 @@ pub struct FewShotConfig {
     pub batch: usize,
 }
 
-/// Accuracy of one shot setting, in %.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ShotResult {
-    pub shot: usize,
-    pub accuracy: f64,
-    pub ci95: f64,
-    pub episodes: u64,
-}
+/// Accuracy of one shot setting, in %: the same type runtime-cli reports, so host and runtime
+/// results are one schema.
+pub use runtime_cli::fewshot::ShotResult;
 
 /// All shot settings, with the backbone hash and how many images were embedded.
 #[derive(Debug, Clone, PartialEq)]
