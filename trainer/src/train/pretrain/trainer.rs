@@ -329,8 +329,10 @@ impl Trainer {
         clock.mark(Phase::Backward);
         let value = parts.iter().map(|p| p.value).sum();
         let acc = parts.iter().map(|p| p.acc).sum::<f64>() / n as f64;
-        let params = self.sgd.params().to_vec();
-        let grads = sum_grads(parts.into_iter().map(|p| p.grads).collect(), &params)?;
+        let grads = sum_grads(
+            parts.into_iter().map(|p| p.grads).collect(),
+            self.sgd.params(),
+        )?;
         Ok(StepOutput {
             value,
             acc,
@@ -342,17 +344,9 @@ impl Trainer {
     }
 
     /// The update after [`Trainer::compute`]: SGD on the query side, then (MoCo/Exemplar) the
-    /// batch's keys and labels enter the queue, after the loss used the old queue. Refuses a
-    /// non-finite loss, so that a diverged step never reaches the weights.
+    /// batch's keys and labels enter the queue, after the loss used the old queue. The callers
+    /// ([`Trainer::step`], the step bench) refuse a non-finite loss before calling it.
     pub(super) fn apply(&mut self, out: StepOutput) -> Result<()> {
-        if !out.value.is_finite() {
-            bail!(
-                "the loss became {} at step {}: training stopped; the last good checkpoint \
-                 ({LAST}, end of the previous epoch) is kept. Try a lower --lr.",
-                out.value,
-                self.global_step
-            );
-        }
         self.sgd.step(&out.grads)?;
         if let (Some(keys), Some(key)) = (out.keys, self.key.as_mut()) {
             key.queue.enqueue(&keys, Some(&out.labels))?;
