@@ -62,6 +62,7 @@ pub mod team;
 
 pub use model::{
     layer_multiplier, write_safetensors, BuildError, Dtype, GraphError, LayerParams, Model,
-    ModelBuilder, ModelError, OpKind, Quant, RawTensor, RunError, Task, TensorDesc, TensorId,
+    ModelBuilder, ModelError, Node, Op, OpKind, Quant, RawTensor, RunError, Task, TensorDesc,
+    TensorId,
 };
 pub use ops::requant::quantize_multiplier;

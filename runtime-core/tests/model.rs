@@ -558,3 +558,92 @@ fn weight_scales_explain_every_multiplier() {
         E::UnknownKey
     );
 }
+
+/// The public graph view (`Node::op`) gives back what the builder wrote: the geometry, the
+/// parameters byte for byte, the fused activations and the weight scales, for both dtypes.
+#[test]
+fn graph_view_reads_back_what_the_builder_wrote() {
+    use runtime_core::{layer_multiplier, Op, OpKind};
+    for dtype in [Dtype::Int8, Dtype::F32] {
+        let b = common::tiny_with_weight_scales(dtype, 5);
+        let bytes = b.to_bytes().unwrap();
+        let m = Model::parse(&bytes).unwrap();
+        let param = |name: &str| {
+            b.params()
+                .iter()
+                .find(|t| t.name == name)
+                .unwrap()
+                .data
+                .clone()
+        };
+        let t = m.tensors();
+        let ops: Vec<Op> = m.nodes().iter().map(|n| n.op()).collect();
+        let kinds: Vec<OpKind> = m.nodes().iter().map(|n| n.kind()).collect();
+        use OpKind::*;
+        assert_eq!(
+            kinds,
+            [
+                Conv2d,
+                MaxPool,
+                Conv2d,
+                Conv2d,
+                Add,
+                LeakyRelu,
+                Mean,
+                FullyConnected
+            ]
+        );
+        // The first conv: k 3, stride 1, declared pad [1, 0, 1, 2] on a 6×7 input.
+        let (n0, out0) = (&m.nodes()[0], t[m.nodes()[0].output() as usize]);
+        let i8_bytes = |w: &[i8]| w.iter().map(|&v| v as u8).collect::<Vec<u8>>();
+        match ops[0] {
+            Op::ConvI8 {
+                conv,
+                weight_scales,
+            } => {
+                assert_eq!((conv.win.kh, conv.win.kw, conv.win.stride_h), (3, 3, 1));
+                assert_eq!(conv.win.pads(), [1, 0, 1, 2]);
+                assert_eq!(i8_bytes(conv.weights), param("c1.weight"));
+                assert_eq!(conv.act_min, out0.zp.max(-128), "fused relu");
+                let ws = weight_scales.expect("written with_weight_scales");
+                let input = t[n0.inputs()[0] as usize];
+                for c in 0..conv.out_c {
+                    assert_eq!(
+                        layer_multiplier(input.scale, ws.get(c), out0.scale),
+                        (conv.mult.get(c), conv.shift.get(c))
+                    );
+                }
+                let wsb: Vec<u8> = ws.iter().flat_map(f32::to_le_bytes).collect();
+                assert_eq!(wsb, param("c1.wscale"));
+                let bias: Vec<u8> = conv.bias.iter().flat_map(i32::to_le_bytes).collect();
+                assert_eq!(bias, param("c1.bias"));
+            }
+            Op::ConvF32(conv) => {
+                assert!(conv.relu);
+                assert_eq!(conv.win.pads(), [1, 0, 1, 2]);
+                let w: Vec<u8> = conv.weights.iter().flat_map(f32::to_le_bytes).collect();
+                assert_eq!(w, param("c1.weight"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Max pool 2×2 stride 2, pad [1, 1, 0, 0] on 6×7: out 3×4, no bottom/right pad needed.
+        let Op::MaxPool(win) = ops[1] else {
+            panic!("{:?}", ops[1])
+        };
+        assert_eq!(win.pads(), [1, 1, 0, 0]);
+        assert_eq!((win.out_h, win.out_w), (3, 4));
+        match ops[5] {
+            Op::LeakyI8 { alpha, .. } | Op::LeakyF32 { alpha } => assert_eq!(alpha, 0.1),
+            other => panic!("{other:?}"),
+        }
+        match ops[7] {
+            Op::FcI8 { fc, .. } => {
+                assert_eq!((fc.in_len, fc.out_len), (5, 10));
+                assert_eq!(i8_bytes(fc.weights), param("fc.weight"));
+            }
+            Op::FcF32(fc) => assert_eq!((fc.in_len, fc.out_len, fc.relu), (5, 10, false)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.output_id(), m.nodes()[7].output());
+    }
+}

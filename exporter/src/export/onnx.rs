@@ -41,16 +41,15 @@
 //! stays within 1 LSB of runtime-core in onnxruntime, and `maxpool` agrees exactly
 //! (`exporter/tests/it/onnx_runtime.rs`, `onnxruntime_agrees_per_op`); the end-to-end bound
 //! there is set from measurement.
-use std::collections::HashMap;
-
 use candle_onnx::onnx::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
     TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use prost::Message;
-use runtime_core::{Dtype, Model, Task};
-use safetensors::{Dtype as StDtype, SafeTensors};
+use runtime_core::ops::{F32Le, I32Le, Window};
+use runtime_core::{Dtype, Model, Op, Task, TensorDesc};
+use safetensors::SafeTensors;
 
 /// The ONNX opset the models declare (13: per-axis `QuantizeLinear`/`DequantizeLinear`).
 pub const OPSET: i64 = 13;
@@ -61,93 +60,12 @@ pub const INPUT_NAME: &str = "input";
 /// Name of the graph output (float, `[1, N]`).
 pub const OUTPUT_NAME: &str = "output";
 
-/// Why a runtime model could not be converted; each names the graph line or tensor.
+/// Why a runtime model could not be converted: the runtime's loader rejected it (the message
+/// names the graph line or tensor).
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
     #[error("not a runtime-core model: {0}")]
     Model(String),
-    #[error("graph line {line}: {msg}")]
-    Line { line: usize, msg: String },
-    #[error("parameter tensor `{name}`: {msg}")]
-    Param { name: String, msg: String },
-}
-
-/// One activation tensor of the runtime graph (`tensor` line): HWC shape and quantisation.
-#[derive(Debug, Clone, Copy)]
-struct Act {
-    h: usize,
-    w: usize,
-    c: usize,
-    scale: f32,
-    zp: i32,
-}
-
-/// The parsed `key=value` tokens of one op line.
-struct Line<'t> {
-    no: usize,
-    op: &'t str,
-    kv: HashMap<&'t str, &'t str>,
-    relu: bool,
-}
-
-impl Line<'_> {
-    fn err(&self, msg: impl Into<String>) -> OnnxError {
-        OnnxError::Line {
-            line: self.no,
-            msg: msg.into(),
-        }
-    }
-    fn get(&self, k: &str) -> Result<&str, OnnxError> {
-        self.kv
-            .get(k)
-            .copied()
-            .ok_or_else(|| self.err(format!("`{}` has no `{k}=`", self.op)))
-    }
-    fn list<T: std::str::FromStr>(&self, k: &str) -> Result<Vec<T>, OnnxError> {
-        self.get(k)?
-            .split(',')
-            .map(|v| {
-                v.parse()
-                    .map_err(|_| self.err(format!("`{k}={v}` is not a number")))
-            })
-            .collect()
-    }
-    fn one<T: std::str::FromStr>(&self, k: &str) -> Result<T, OnnxError> {
-        let v = self.get(k)?;
-        v.parse()
-            .map_err(|_| self.err(format!("`{k}={v}` is not a number")))
-    }
-    fn tensor(&self, k: &str, acts: &[Option<Act>]) -> Result<(usize, Act), OnnxError> {
-        let id: usize = self.one(k)?;
-        let a = acts
-            .get(id)
-            .copied()
-            .flatten()
-            .ok_or_else(|| self.err(format!("`{k}={id}`: tensor not declared")))?;
-        Ok((id, a))
-    }
-}
-
-/// `[1, n]`-style pair (a square `k=3` or `k=3,5`).
-fn pair(l: &Line, k: &str) -> Result<[i64; 2], OnnxError> {
-    match l.list::<i64>(k)?[..] {
-        [a] => Ok([a, a]),
-        [a, b] => Ok([a, b]),
-        _ => Err(l.err(format!("`{k}` needs 1 or 2 values"))),
-    }
-}
-
-/// Runtime `pad=T,L,B,R` (or one value) → ONNX `pads=[T, L, B, R]` (begin H, begin W, end H,
-/// end W): the same order.
-fn pads(l: &Line) -> Result<[i64; 4], OnnxError> {
-    if !l.kv.contains_key("pad") {
-        return Ok([0; 4]);
-    }
-    match l.list::<i64>("pad")?[..] {
-        [p] => Ok([p; 4]),
-        [t, le, b, r] => Ok([t, le, b, r]),
-        _ => Err(l.err("`pad` needs 1 or 4 values")),
-    }
 }
 
 fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
@@ -248,7 +166,7 @@ impl Builder {
     }
 
     /// Scalar scale and zero point of activation `id` (`t<id>.scale`, `t<id>.zp`).
-    fn qparams(&mut self, id: usize, a: &Act) -> (String, String) {
+    fn qparams(&mut self, id: u16, a: &TensorDesc) -> (String, String) {
         let (s, z) = (format!("t{id}.scale"), format!("t{id}.zp"));
         self.f32s(&s, &[], &[a.scale]);
         self.i8s(&z, &[], &[a.zp as i8]);
@@ -256,7 +174,7 @@ impl Builder {
     }
 
     /// Dequantises int8 activation `id` to `t<id>.f`.
-    fn dequant(&mut self, id: usize, a: &Act) -> String {
+    fn dequant(&mut self, id: u16, a: &TensorDesc) -> String {
         let (s, z) = self.qparams(id, a);
         let out = format!("t{id}.f");
         if !self.nodes.iter().any(|n| n.output.first() == Some(&out)) {
@@ -273,7 +191,7 @@ impl Builder {
 
     /// Quantises float `x` into int8 activation `id` (`t<id>`), then applies the runtime's
     /// fused ReLU clamp `[max(zp, −128), 127]` when it is not a no-op.
-    fn quant_into(&mut self, x: &str, id: usize, a: &Act, relu: bool, name: &str) {
+    fn quant_into(&mut self, x: &str, id: u16, a: &TensorDesc, relu: bool, name: &str) {
         let (s, z) = self.qparams(id, a);
         let clamp = relu && a.zp > -128;
         let q = if clamp {
@@ -288,7 +206,7 @@ impl Builder {
     }
 
     /// int8 ReLU at zero point `zp`: `Clip(q, zp, 127)` into `t<id>`.
-    fn clip_relu(&mut self, q: &str, id: usize, a: &Act, name: &str) {
+    fn clip_relu(&mut self, q: &str, id: u16, a: &TensorDesc, name: &str) {
         let (_, z) = self.qparams(id, a);
         self.i8s("i8.max", &[], &[127]);
         self.node(
@@ -299,55 +217,6 @@ impl Builder {
             vec![],
         );
     }
-}
-
-fn param<'a>(
-    st: &'a SafeTensors<'a>,
-    name: &str,
-) -> Result<safetensors::tensor::TensorView<'a>, OnnxError> {
-    st.tensor(name).map_err(|e| OnnxError::Param {
-        name: name.into(),
-        msg: e.to_string(),
-    })
-}
-
-fn f32_data(st: &SafeTensors, name: &str) -> Result<Vec<f32>, OnnxError> {
-    let t = param(st, name)?;
-    if t.dtype() != StDtype::F32 {
-        return Err(OnnxError::Param {
-            name: name.into(),
-            msg: format!("expected F32, found {:?}", t.dtype()),
-        });
-    }
-    Ok(t.data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
-}
-
-fn i32_data(st: &SafeTensors, name: &str) -> Result<Vec<i32>, OnnxError> {
-    let t = param(st, name)?;
-    if t.dtype() != StDtype::I32 {
-        return Err(OnnxError::Param {
-            name: name.into(),
-            msg: format!("expected I32, found {:?}", t.dtype()),
-        });
-    }
-    Ok(t.data()
-        .chunks_exact(4)
-        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
-}
-
-fn i8_data(st: &SafeTensors, name: &str) -> Result<Vec<i8>, OnnxError> {
-    let t = param(st, name)?;
-    if t.dtype() != StDtype::I8 {
-        return Err(OnnxError::Param {
-            name: name.into(),
-            msg: format!("expected I8, found {:?}", t.dtype()),
-        });
-    }
-    Ok(t.data().iter().map(|&b| b as i8).collect())
 }
 
 /// Conv weights `[OC, KH, KW, IC]` (OHWI, the runtime's) → OIHW.
@@ -403,165 +272,129 @@ pub fn to_onnx(model_bytes: &[u8]) -> Result<Vec<u8>, OnnxError> {
 
 /// [`to_onnx`] before encoding.
 pub fn to_onnx_proto(model_bytes: &[u8]) -> Result<ModelProto, OnnxError> {
-    // The runtime's own loader validates every line and shape first, so the walk below only
-    // has to read what is known to be well formed (it still reports, never panics).
+    // The runtime's own loader validates the file; the walk below reads its typed view of the
+    // graph (`Node::op`), the parameters the runtime runs, so there is one parser of the graph.
     let m = Model::parse(model_bytes).map_err(|e| OnnxError::Model(e.to_string()))?;
     let (dtype, task) = (m.dtype(), m.task());
     let (mean, std) = m.normalisation();
     let (mean, std) = (mean.to_vec(), std.to_vec());
-    let st = SafeTensors::deserialize(model_bytes).map_err(|e| OnnxError::Model(e.to_string()))?;
-    let (_, meta) =
-        SafeTensors::read_metadata(model_bytes).map_err(|e| OnnxError::Model(e.to_string()))?;
-    let text = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("rt.graph"))
-        .ok_or_else(|| OnnxError::Model("no `rt.graph` metadata".into()))?
-        .clone();
+    let about = provenance(model_bytes);
     let int8 = dtype == Dtype::Int8;
+    let tensors = m.tensors();
+    let desc = |id: u16| tensors[id as usize];
     let mut b = Builder::default();
-    let mut acts: Vec<Option<Act>> = Vec::new();
-    let mut input: Option<(usize, Act)> = None;
-    let mut output: Option<(usize, Act)> = None;
-    let mut about = String::new();
-    for (i, raw) in text.lines().enumerate() {
-        let no = i + 1;
-        let t = raw.trim();
-        if let Some(c) = t.strip_prefix("# host-trainer export:") {
-            about = c.trim().to_string();
-        }
-        if t.is_empty() || t.starts_with('#') {
-            continue;
-        }
-        let mut toks = t.split_ascii_whitespace();
-        let op = toks.next().unwrap_or("");
-        if matches!(op, "rtgraph" | "dtype" | "task") {
-            continue;
-        }
-        let mut l = Line {
-            no,
-            op,
-            kv: HashMap::new(),
-            relu: false,
-        };
-        let mut positional = None;
-        for tok in toks {
-            match tok.split_once('=') {
-                Some((k, v)) => {
-                    l.kv.insert(k, v);
-                }
-                None if tok == "relu" => l.relu = true,
-                None => positional = Some(tok),
-            }
-        }
-        let pos_id = || -> Result<usize, OnnxError> {
-            positional
-                .and_then(|p| p.parse().ok())
-                .ok_or_else(|| l.err(format!("`{op}` needs a tensor id")))
-        };
-        match op {
-            "tensor" => {
-                let id = pos_id()?;
-                let sh = l.list::<usize>("shape")?;
-                let [h, w, c] = sh[..] else {
-                    return Err(l.err("shape needs H,W,C"));
+    let (iid, oid) = (m.input_id(), m.output_id());
+    let (ia, oa) = (desc(iid), desc(oid));
+    if int8 {
+        b.quant_into(INPUT_NAME, iid, &ia, false, "quantize_input");
+    } else {
+        b.node(
+            "Identity",
+            "input",
+            &[INPUT_NAME],
+            &format!("t{iid}"),
+            vec![],
+        );
+    }
+    for n in m.nodes() {
+        let (ii, io) = (n.inputs()[0], n.output());
+        let (ai, ao) = (desc(ii), desc(io));
+        match n.op() {
+            Op::ConvI8 { conv, .. } => {
+                let geom = ConvGeom::of_window(&conv.win);
+                let q = QuantParams {
+                    weights: conv.weights,
+                    bias: conv.bias,
+                    mult: conv.mult,
+                    shift: conv.shift,
+                    relu: conv.act_min > -128,
                 };
-                let (scale, zp) = if int8 {
-                    (l.one("scale")?, l.one("zp")?)
-                } else {
-                    (1.0, 0)
+                conv_i8(
+                    &mut b,
+                    &format!("conv_t{io}"),
+                    geom,
+                    q,
+                    (ii, &ai),
+                    (io, &ao),
+                );
+            }
+            Op::FcI8 { fc, .. } => {
+                let q = QuantParams {
+                    weights: fc.weights,
+                    bias: fc.bias,
+                    mult: fc.mult,
+                    shift: fc.shift,
+                    relu: fc.act_min > -128,
                 };
-                if acts.len() <= id {
-                    acts.resize(id + 1, None);
-                }
-                acts[id] = Some(Act { h, w, c, scale, zp });
+                let geom = ConvGeom::covering(&ai);
+                conv_i8(&mut b, &format!("fc_t{io}"), geom, q, (ii, &ai), (io, &ao));
             }
-            "input" => {
-                let id = pos_id()?;
-                let a = acts
-                    .get(id)
-                    .copied()
-                    .flatten()
-                    .ok_or_else(|| l.err("input tensor not declared"))?;
-                input = Some((id, a));
-                if int8 {
-                    b.quant_into(INPUT_NAME, id, &a, false, "quantize_input");
-                } else {
-                    b.node(
-                        "Identity",
-                        "input",
-                        &[INPUT_NAME],
-                        &format!("t{id}"),
-                        vec![],
-                    );
-                }
+            Op::ConvF32(conv) => {
+                let geom = ConvGeom::of_window(&conv.win);
+                let p = (conv.weights, conv.bias, conv.relu);
+                conv_f32(
+                    &mut b,
+                    &format!("conv_t{io}"),
+                    geom,
+                    p,
+                    (ii, &ai),
+                    (io, &ao),
+                );
             }
-            "output" => {
-                let id = pos_id()?;
-                let a = acts
-                    .get(id)
-                    .copied()
-                    .flatten()
-                    .ok_or_else(|| l.err("output tensor not declared"))?;
-                output = Some((id, a));
+            Op::FcF32(fc) => {
+                let geom = ConvGeom::covering(&ai);
+                let p = (fc.weights, fc.bias, fc.relu);
+                conv_f32(&mut b, &format!("fc_t{io}"), geom, p, (ii, &ai), (io, &ao));
             }
-            "conv" | "fc" => conv(&mut b, &st, &l, &acts, int8)?,
-            "add" => {
-                let (ia, aa) = l.tensor("a", &acts)?;
-                let (ib, ab) = l.tensor("b", &acts)?;
-                let (io, ao) = l.tensor("out", &acts)?;
+            Op::AddI8(add) => {
+                let ib = n.inputs()[1];
                 let name = format!("add_t{io}");
-                if int8 {
-                    let fa = b.dequant(ia, &aa);
-                    let fb = b.dequant(ib, &ab);
-                    let sum = format!("t{io}.sum");
-                    b.node("Add", &name, &[&fa, &fb], &sum, vec![]);
-                    b.quant_into(&sum, io, &ao, l.relu, &format!("{name}.quant"));
-                } else {
-                    let (x, y) = (format!("t{ia}"), format!("t{ib}"));
-                    f32_relu(&mut b, "Add", &name, &[&x, &y], io, l.relu, vec![]);
-                }
+                let fa = b.dequant(ii, &ai);
+                let fb = b.dequant(ib, &desc(ib));
+                let sum = format!("t{io}.sum");
+                b.node("Add", &name, &[&fa, &fb], &sum, vec![]);
+                let relu = add.act_min > -128;
+                b.quant_into(&sum, io, &ao, relu, &format!("{name}.quant"));
             }
-            "maxpool" => {
-                let (ii, _) = l.tensor("in", &acts)?;
-                let (io, _) = l.tensor("out", &acts)?;
-                let attrs = vec![
-                    attr_ints("kernel_shape", &pair(&l, "k")?),
-                    attr_ints("strides", &pair(&l, "stride")?),
-                    attr_ints("pads", &pads(&l)?),
-                ];
+            Op::AddF32 { relu } => {
+                let ib = n.inputs()[1];
+                let (x, y) = (format!("t{ii}"), format!("t{ib}"));
+                let name = format!("add_t{io}");
+                f32_relu(&mut b, "Add", &name, &[&x, &y], io, relu, vec![]);
+            }
+            Op::MaxPool(win) => {
+                let geom = ConvGeom::of_window(&win);
                 b.node(
                     "MaxPool",
                     &format!("maxpool_t{io}"),
                     &[&format!("t{ii}")],
                     &format!("t{io}"),
-                    attrs,
+                    geom.attrs(),
                 );
             }
-            "mean" | "leaky" => {
-                let (ii, ai) = l.tensor("in", &acts)?;
-                let (io, ao) = l.tensor("out", &acts)?;
-                let (onnx_op, attrs) = if op == "mean" {
-                    ("GlobalAveragePool", vec![])
-                } else {
-                    ("LeakyRelu", vec![attr_float("alpha", l.one("alpha")?)])
-                };
-                let name = format!("{op}_t{io}");
-                if int8 {
-                    let x = b.dequant(ii, &ai);
-                    let y = format!("t{io}.{op}");
-                    b.node(onnx_op, &name, &[&x], &y, attrs);
-                    b.quant_into(&y, io, &ao, false, &format!("{name}.quant"));
-                } else {
-                    let x = format!("t{ii}");
-                    b.node(onnx_op, &name, &[&x], &format!("t{io}"), attrs);
-                }
+            Op::MeanI8(_) | Op::MeanF32 => float_op(
+                &mut b,
+                int8,
+                "GlobalAveragePool",
+                "mean",
+                vec![],
+                (ii, &ai),
+                (io, &ao),
+            ),
+            Op::LeakyI8 { alpha, .. } | Op::LeakyF32 { alpha } => {
+                let attrs = vec![attr_float("alpha", alpha)];
+                float_op(
+                    &mut b,
+                    int8,
+                    "LeakyRelu",
+                    "leaky",
+                    attrs,
+                    (ii, &ai),
+                    (io, &ao),
+                )
             }
-            other => return Err(l.err(format!("unknown op `{other}`"))),
         }
     }
-    let (_, ia) = input.ok_or_else(|| OnnxError::Model("graph has no `input` line".into()))?;
-    let (oid, oa) = output.ok_or_else(|| OnnxError::Model("graph has no `output` line".into()))?;
     // Output: float, then flattened in the runtime's HWC order.
     let mut y = if int8 {
         b.dequant(oid, &oa)
@@ -640,19 +473,13 @@ pub fn to_onnx_proto(model_bytes: &[u8]) -> Result<ModelProto, OnnxError> {
     })
 }
 
-impl Act {
-    fn len(&self) -> usize {
-        self.h * self.w * self.c
-    }
-}
-
 /// An f32 op writing `t<out>`, followed by `Relu` when the runtime op fuses one.
 fn f32_relu(
     b: &mut Builder,
     op: &str,
     name: &str,
     ins: &[&str],
-    out: usize,
+    out: u16,
     relu: bool,
     attrs: Vec<AttributeProto>,
 ) {
@@ -666,94 +493,166 @@ fn f32_relu(
     }
 }
 
-/// `conv` and `fc`: a fully connected layer is a convolution whose kernel covers its whole
-/// input (the runtime's HWC-flattened weight rows become OIHW kernels).
-fn conv(
-    b: &mut Builder,
-    st: &SafeTensors,
-    l: &Line,
-    acts: &[Option<Act>],
-    int8: bool,
-) -> Result<(), OnnxError> {
-    let (ii, ai) = l.tensor("in", acts)?;
-    let (io, ao) = l.tensor("out", acts)?;
-    let (wn, bn) = (l.get("w")?, l.get("b")?);
-    let oc = ao.c;
-    let (kh, kw, strides, pad) = if l.op == "fc" {
-        (ai.h, ai.w, [1, 1], [0; 4])
-    } else {
-        let [kh, kw] = pair(l, "k")?;
-        (kh as usize, kw as usize, pair(l, "stride")?, pads(l)?)
-    };
-    let ic = ai.c;
-    let n = oc * kh * kw * ic;
-    let dims = [oc as i64, ic as i64, kh as i64, kw as i64];
-    let attrs = vec![
-        attr_ints("kernel_shape", &[kh as i64, kw as i64]),
-        attr_ints("strides", &strides),
-        attr_ints("pads", &pad),
-    ];
-    let name = bn.strip_suffix(".bias").unwrap_or(bn).to_string();
-    let x = format!("t{ii}");
-    if int8 {
-        let w = i8_data(st, wn)?;
-        if w.len() != n {
-            return Err(l.err(format!("`{wn}` has {} values, expected {n}", w.len())));
+/// The provenance comment `# host-trainer export: …` of an exported file ("" if none): the
+/// ONNX model's doc string. Reads comments only; the graph itself comes from `Model::parse`.
+fn provenance(model_bytes: &[u8]) -> String {
+    SafeTensors::read_metadata(model_bytes)
+        .ok()
+        .and_then(|(_, meta)| {
+            meta.metadata()
+                .as_ref()?
+                .get(runtime_core::model::GRAPH_KEY)
+                .cloned()
+        })
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                l.trim()
+                    .strip_prefix("# host-trainer export:")
+                    .map(|c| c.trim().to_string())
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// A conv's geometry in ONNX terms.
+#[derive(Clone, Copy)]
+struct ConvGeom {
+    kh: usize,
+    kw: usize,
+    strides: [i64; 2],
+    /// ONNX `pads`: begin H, begin W, end H, end W — the runtime's `[top, left, bottom, right]`.
+    pads: [i64; 4],
+}
+
+impl ConvGeom {
+    fn of_window(w: &Window) -> Self {
+        ConvGeom {
+            kh: w.kh,
+            kw: w.kw,
+            strides: [w.stride_h as i64, w.stride_w as i64],
+            pads: w.pads().map(|p| p as i64),
         }
-        b.i8s(wn, &dims, &ohwi_to_oihw(&w, oc, kh, kw, ic));
-        let bias = i32_data(st, bn)?;
-        let (mn, sn) = (l.get("m")?, l.get("s")?);
-        let (m, s) = (i32_data(st, mn)?, i32_data(st, sn)?);
-        if bias.len() != oc || m.len() != oc || s.len() != oc {
-            return Err(l.err(format!("bias/mult/shift need {oc} values")));
-        }
-        b.i32s(bn, &[oc as i64], &bias);
-        let ws = format!("{name}.w_scale");
-        let wz = format!("{name}.w_zp");
-        b.f32s(
-            &ws,
-            &[oc as i64],
-            &weight_scales(&m, &s, ai.scale, ao.scale),
-        );
-        b.i8s(&wz, &[oc as i64], &vec![0; oc]);
-        let (xs, xz) = b.qparams(ii, &ai);
-        let (ys, yz) = b.qparams(io, &ao);
-        let clamp = l.relu && ao.zp > -128;
-        let y = if clamp {
-            format!("t{io}.pre")
-        } else {
-            format!("t{io}")
-        };
-        b.node(
-            "QLinearConv",
-            &name,
-            &[&x, &xs, &xz, wn, &ws, &wz, &ys, &yz, bn],
-            &y,
-            attrs,
-        );
-        if clamp {
-            b.clip_relu(&y, io, &ao, &name);
-        }
-    } else {
-        let w = f32_data(st, wn)?;
-        if w.len() != n {
-            return Err(l.err(format!("`{wn}` has {} values, expected {n}", w.len())));
-        }
-        b.f32s(wn, &dims, &ohwi_to_oihw(&w, oc, kh, kw, ic));
-        let bias = f32_data(st, bn)?;
-        if bias.len() != oc {
-            return Err(l.err(format!("`{bn}` needs {oc} values")));
-        }
-        b.f32s(bn, &[oc as i64], &bias);
-        f32_relu(b, "Conv", &name, &[&x, wn, bn], io, l.relu, attrs);
     }
-    Ok(())
+
+    /// A fully connected layer: a convolution whose kernel covers its whole input (the
+    /// runtime's HWC-flattened weight rows become OIHW kernels).
+    fn covering(input: &TensorDesc) -> Self {
+        ConvGeom {
+            kh: input.h,
+            kw: input.w,
+            strides: [1, 1],
+            pads: [0; 4],
+        }
+    }
+
+    fn attrs(&self) -> Vec<AttributeProto> {
+        vec![
+            attr_ints("kernel_shape", &[self.kh as i64, self.kw as i64]),
+            attr_ints("strides", &self.strides),
+            attr_ints("pads", &self.pads),
+        ]
+    }
+}
+
+/// An int8 conv's parameters as the runtime holds them (OHWI weights).
+struct QuantParams<'a> {
+    weights: &'a [i8],
+    bias: I32Le<'a>,
+    mult: I32Le<'a>,
+    shift: I32Le<'a>,
+    relu: bool,
+}
+
+/// int8 `conv`/`fc` → `QLinearConv` (+ `Clip` for a fused ReLU above −128).
+fn conv_i8(
+    b: &mut Builder,
+    name: &str,
+    g: ConvGeom,
+    q: QuantParams,
+    (ii, ai): (u16, &TensorDesc),
+    (io, ao): (u16, &TensorDesc),
+) {
+    let (oc, ic) = (ao.c, ai.c);
+    let dims = [oc as i64, ic as i64, g.kh as i64, g.kw as i64];
+    let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
+    b.i8s(&wn, &dims, &ohwi_to_oihw(q.weights, oc, g.kh, g.kw, ic));
+    b.i32s(&bn, &[oc as i64], &q.bias.iter().collect::<Vec<_>>());
+    let (m, s): (Vec<i32>, Vec<i32>) = (q.mult.iter().collect(), q.shift.iter().collect());
+    let (ws, wz) = (format!("{name}.w_scale"), format!("{name}.w_zp"));
+    b.f32s(
+        &ws,
+        &[oc as i64],
+        &weight_scales(&m, &s, ai.scale, ao.scale),
+    );
+    b.i8s(&wz, &[oc as i64], &vec![0; oc]);
+    let (xs, xz) = b.qparams(ii, ai);
+    let (ys, yz) = b.qparams(io, ao);
+    let clamp = q.relu && ao.zp > -128;
+    let y = if clamp {
+        format!("t{io}.pre")
+    } else {
+        format!("t{io}")
+    };
+    let x = format!("t{ii}");
+    b.node(
+        "QLinearConv",
+        name,
+        &[&x, &xs, &xz, &wn, &ws, &wz, &ys, &yz, &bn],
+        &y,
+        g.attrs(),
+    );
+    if clamp {
+        b.clip_relu(&y, io, ao, name);
+    }
+}
+
+/// f32 `conv`/`fc` → `Conv` (+ `Relu`).
+fn conv_f32(
+    b: &mut Builder,
+    name: &str,
+    g: ConvGeom,
+    (weights, bias, relu): (F32Le, F32Le, bool),
+    (ii, ai): (u16, &TensorDesc),
+    (io, ao): (u16, &TensorDesc),
+) {
+    let (oc, ic) = (ao.c, ai.c);
+    let dims = [oc as i64, ic as i64, g.kh as i64, g.kw as i64];
+    let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
+    let w: Vec<f32> = weights.iter().collect();
+    b.f32s(&wn, &dims, &ohwi_to_oihw(&w, oc, g.kh, g.kw, ic));
+    b.f32s(&bn, &[oc as i64], &bias.iter().collect::<Vec<_>>());
+    let x = format!("t{ii}");
+    f32_relu(b, "Conv", name, &[&x, &wn, &bn], io, relu, g.attrs());
+}
+
+/// `mean` and `leaky`: the ONNX float op, between `DequantizeLinear` and `QuantizeLinear` in
+/// an int8 graph.
+fn float_op(
+    b: &mut Builder,
+    int8: bool,
+    onnx_op: &str,
+    op: &str,
+    attrs: Vec<AttributeProto>,
+    (ii, ai): (u16, &TensorDesc),
+    (io, ao): (u16, &TensorDesc),
+) {
+    let name = format!("{op}_t{io}");
+    if int8 {
+        let x = b.dequant(ii, ai);
+        let y = format!("t{io}.{op}");
+        b.node(onnx_op, &name, &[&x], &y, attrs);
+        b.quant_into(&y, io, ao, false, &format!("{name}.quant"));
+    } else {
+        let x = format!("t{ii}");
+        b.node(onnx_op, &name, &[&x], &format!("t{io}"), attrs);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
+    use std::collections::HashMap;
     use std::path::PathBuf;
 
     fn fixture(name: &str) -> Vec<u8> {
@@ -842,7 +741,7 @@ mod tests {
     fn int8_graph_carries_the_runtime_parameters() {
         for name in ["backbone-int8.safetensors", "landmarks-int8.safetensors"] {
             let bytes = fixture(name);
-            let st = SafeTensors::deserialize(&bytes).unwrap();
+            let model = Model::parse(&bytes).unwrap();
             let p = ModelProto::decode(to_onnx(&bytes).unwrap().as_slice()).unwrap();
             assert_eq!(p.opset_import[0].version, OPSET);
             let g = p.graph.as_ref().unwrap();
@@ -866,28 +765,38 @@ mod tests {
                     continue;
                 }
                 convs += 1;
+                // The runtime op this QLinearConv came from: the one writing `t<io>`.
+                let io: u16 = n.name.rsplit_once("_t").unwrap().1.parse().unwrap();
+                let node = model.nodes().iter().find(|x| x.output() == io).unwrap();
+                let (w, m, s, win) = match node.op() {
+                    Op::ConvI8 { conv, .. } => {
+                        (conv.weights, conv.mult, conv.shift, Some(conv.win))
+                    }
+                    Op::FcI8 { fc, .. } => (fc.weights, fc.mult, fc.shift, None),
+                    other => panic!("{} is {other:?}", n.name),
+                };
                 let xs = f32s(init(g, &n.input[1]))[0];
                 let ws = f32s(init(g, &n.input[4]));
                 let ys = f32s(init(g, &n.input[6]))[0];
-                let base = n.input[8].strip_suffix(".bias").unwrap();
-                let m = i32_data(&st, &format!("{base}.mult")).unwrap();
-                let s = i32_data(&st, &format!("{base}.shift")).unwrap();
                 for c in 0..ws.len() {
                     let onnx = (xs * ws[c] / ys) as f64;
-                    let rt = m[c] as f64 * 2f64.powi(s[c] - 31);
-                    if m[c] == 0 {
-                        assert!(onnx < 2f64.powi(-32), "{name} {base} channel {c}");
+                    let rt = m.get(c) as f64 * 2f64.powi(s.get(c) - 31);
+                    if m.get(c) == 0 {
+                        assert!(onnx < 2f64.powi(-32), "{name} {} channel {c}", n.name);
                         continue;
                     }
                     assert!(
                         (onnx - rt).abs() <= 1e-6 * rt,
-                        "{name} {base} channel {c}: {onnx} vs {rt}"
+                        "{name} {} channel {c}: {onnx} vs {rt}",
+                        n.name
                     );
                 }
-                // The weights are the file's, permuted OHWI → OIHW.
-                let w = i8_data(&st, &n.input[3]).unwrap();
+                // The weights are the file's, permuted OHWI → OIHW; the geometry is the op's.
                 let d = &init(g, &n.input[3]).dims;
                 let (oc, ic, kh, kw) = (d[0] as usize, d[1] as usize, d[2] as usize, d[3] as usize);
+                if let Some(win) = win {
+                    assert_eq!((kh, kw, ic), (win.kh, win.kw, win.in_c));
+                }
                 let onnx_w = &init(g, &n.input[3]).raw_data;
                 let (o, i, y, x) = (oc - 1, ic / 2, kh / 2, kw - 1);
                 assert_eq!(

@@ -245,9 +245,9 @@ impl<'a> Loader<'a, '_> {
         out_scale: f32,
         mult: I32Le<'a>,
         shift: I32Le<'a>,
-    ) -> R<()> {
+    ) -> R<Option<F32Le<'a>>> {
         let Some(name) = f.opt("ws") else {
-            return Ok(());
+            return Ok(None);
         };
         let ws = self.f32s(name, &[n]).map_err(|e| match e {
             E::NonFinite => E::WeightScale,
@@ -261,7 +261,7 @@ impl<'a> Loader<'a, '_> {
                 return Err(E::WeightScale);
             }
         }
-        Ok(())
+        Ok(Some(ws))
     }
 
     /// Scalar `mult`/`shift` pair from keys.
@@ -607,7 +607,7 @@ fn parse_conv<'a>(
     let kernel = if int8 {
         let weights = ld.weights_i8(f.req("w")?, &wshape)?;
         let (bias, mult, shift) = ld.requant(f, oc)?;
-        ld.weight_scales(f, oc, di.scale, dout.scale, mult, shift)?;
+        let ws = ld.weight_scales(f, oc, di.scale, dout.scale, mult, shift)?;
         let (act_min, act_max) = crate::ops::requant::activation_range_i8(relu, dout.zp);
         let p = ConvI8 {
             win,
@@ -622,7 +622,7 @@ fn parse_conv<'a>(
             act_max,
         };
         let i = ld.prepare(PreparedI8::new(&p))?;
-        Kernel::ConvI8(p, i)
+        Kernel::ConvI8(p, i, ws)
     } else {
         let weights = ld.f32s(f.req("w")?, &wshape)?;
         let bias = ld.f32s(f.req("b")?, &[oc])?;
@@ -662,7 +662,7 @@ fn parse_fc<'a>(
     let kernel = if int8 {
         let weights = ld.weights_i8(f.req("w")?, &[ol, il])?;
         let (bias, mult, shift) = ld.requant(f, ol)?;
-        ld.weight_scales(f, ol, di.scale, dout.scale, mult, shift)?;
+        let ws = ld.weight_scales(f, ol, di.scale, dout.scale, mult, shift)?;
         let (act_min, act_max) = crate::ops::requant::activation_range_i8(relu, dout.zp);
         let p = FcI8 {
             in_len: il,
@@ -677,7 +677,7 @@ fn parse_fc<'a>(
             act_max,
         };
         let i = ld.prepare(PreparedI8::new_fc(&p))?;
-        Kernel::FcI8(p, i)
+        Kernel::FcI8(p, i, ws)
     } else {
         let weights = ld.f32s(f.req("w")?, &[ol, il])?;
         let bias = ld.f32s(f.req("b")?, &[ol])?;
@@ -832,14 +832,17 @@ fn parse_leaky<'a>(
     let kernel = if int8 {
         let (id_mult, id_shift) = Loader::scalar_requant(f, "mi", "si", SHIFT_MAX)?;
         let (alpha_mult, alpha_shift) = Loader::scalar_requant(f, "ma", "sa", SHIFT_MAX)?;
-        Kernel::LeakyI8(LeakyI8 {
-            in_zp: di.zp,
-            out_zp: dout.zp,
-            id_mult,
-            id_shift,
-            alpha_mult,
-            alpha_shift,
-        })
+        Kernel::LeakyI8(
+            LeakyI8 {
+                in_zp: di.zp,
+                out_zp: dout.zp,
+                id_mult,
+                id_shift,
+                alpha_mult,
+                alpha_shift,
+            },
+            alpha,
+        )
     } else {
         Kernel::LeakyF32 { alpha }
     };

@@ -18,7 +18,7 @@ use alloc::vec::Vec;
 
 use crate::ops::{
     self, add::AddI8, conv2d::*, fully_connected::*, leaky_relu::LeakyI8, mean::MeanI8,
-    prepared::PreparedI8, Window,
+    prepared::PreparedI8, F32Le, Window,
 };
 
 /// The fixed-point multiplier and shift of one int8 conv/fc output channel:
@@ -119,8 +119,9 @@ impl OpKind {
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub(crate) enum Kernel<'a> {
-    /// The op and the index of its load-time preparation in `Model::prepared`.
-    ConvI8(ConvI8<'a>, u16),
+    /// The op, the index of its load-time preparation in `Model::prepared`, and the weight
+    /// scales when the file stores them (`ws=`; for [`Node::op`], not for inference).
+    ConvI8(ConvI8<'a>, u16, Option<F32Le<'a>>),
     ConvF32(ConvF32<'a>),
     AddI8(AddI8),
     AddF32 {
@@ -133,9 +134,55 @@ pub(crate) enum Kernel<'a> {
         hw: usize,
         c: usize,
     },
-    FcI8(FcI8<'a>, u16),
+    FcI8(FcI8<'a>, u16, Option<F32Le<'a>>),
     FcF32(FcF32<'a>),
-    LeakyI8(LeakyI8),
+    /// The kernel's fixed-point parameters and the real slope they came from (for [`Node::op`]).
+    LeakyI8(LeakyI8, f32),
+    LeakyF32 {
+        alpha: f32,
+    },
+}
+
+/// One op and its parameters: the public, typed view of a loaded graph ([`Node::op`]).
+///
+/// Everything here is what the loader validated and the kernels run — shapes in [`Window`],
+/// int8 weights (OHWI for conv, `[out, H·W·C]` for fc), int32 biases, the per-channel
+/// fixed-point multipliers and shifts, zero points and the fused activation range — so a
+/// format writer reads the model as the runtime sees it. Tensor shapes and quantisation are in
+/// [`Model::tensors`], indexed by [`Node::inputs`] and [`Node::output`]. int8 ops fuse a ReLU
+/// as `act_min = max(zp_out, −128)`; f32 ops carry a `relu` flag.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Op<'a> {
+    /// int8 convolution; `weight_scales` are the real per-channel weight scales when the file
+    /// stores them (`ws=`, which every `host-trainer export` writes and the loader checks
+    /// against the multipliers).
+    ConvI8 {
+        conv: ConvI8<'a>,
+        weight_scales: Option<F32Le<'a>>,
+    },
+    ConvF32(ConvF32<'a>),
+    /// int8 fully connected over the input flattened in HWC order.
+    FcI8 {
+        fc: FcI8<'a>,
+        weight_scales: Option<F32Le<'a>>,
+    },
+    FcF32(FcF32<'a>),
+    AddI8(AddI8),
+    AddF32 {
+        relu: bool,
+    },
+    /// Max over the window's in-image taps (int8: same scale and zero point in and out).
+    MaxPool(Window),
+    /// Global average pool, int8 (`MeanI8::mult` folds the `1/(H·W)`).
+    MeanI8(MeanI8),
+    /// Global average pool, f32.
+    MeanF32,
+    /// LeakyReLU, int8: the kernel's parameters and the real slope `alpha` they came from.
+    LeakyI8 {
+        leaky: LeakyI8,
+        alpha: f32,
+    },
     LeakyF32 {
         alpha: f32,
     },
@@ -152,7 +199,7 @@ pub struct Node<'a> {
     pub(crate) macs: u64,
 }
 
-impl Node<'_> {
+impl<'a> Node<'a> {
     /// The operator.
     pub fn kind(&self) -> OpKind {
         match self.kernel {
@@ -161,7 +208,27 @@ impl Node<'_> {
             Kernel::MaxPoolI8(_) | Kernel::MaxPoolF32(_) => OpKind::MaxPool,
             Kernel::MeanI8(_) | Kernel::MeanF32 { .. } => OpKind::Mean,
             Kernel::FcI8(..) | Kernel::FcF32(_) => OpKind::FullyConnected,
-            Kernel::LeakyI8(_) | Kernel::LeakyF32 { .. } => OpKind::LeakyRelu,
+            Kernel::LeakyI8(..) | Kernel::LeakyF32 { .. } => OpKind::LeakyRelu,
+        }
+    }
+    /// The op with its parameters, as the loader checked them: the typed view format writers
+    /// (ONNX, TFLite) and `inspect` read, so no one parses the graph text a second time.
+    pub fn op(&self) -> Op<'a> {
+        match self.kernel {
+            Kernel::ConvI8(conv, _, weight_scales) => Op::ConvI8 {
+                conv,
+                weight_scales,
+            },
+            Kernel::ConvF32(conv) => Op::ConvF32(conv),
+            Kernel::AddI8(add) => Op::AddI8(add),
+            Kernel::AddF32 { relu } => Op::AddF32 { relu },
+            Kernel::MaxPoolI8(win) | Kernel::MaxPoolF32(win) => Op::MaxPool(win),
+            Kernel::MeanI8(mean) => Op::MeanI8(mean),
+            Kernel::MeanF32 { .. } => Op::MeanF32,
+            Kernel::FcI8(fc, _, weight_scales) => Op::FcI8 { fc, weight_scales },
+            Kernel::FcF32(fc) => Op::FcF32(fc),
+            Kernel::LeakyI8(leaky, alpha) => Op::LeakyI8 { leaky, alpha },
+            Kernel::LeakyF32 { alpha } => Op::LeakyF32 { alpha },
         }
     }
     /// Activation tensor ids read.
@@ -255,6 +322,10 @@ impl<'a> Model<'a> {
     pub fn input_id(&self) -> u16 {
         self.input
     }
+    /// Id of the output tensor.
+    pub fn output_id(&self) -> u16 {
+        self.output
+    }
     /// The int8 kernel each conv/fc runs on this machine, in op order (see
     /// [`PreparedI8::backend`]; `"reference"` everywhere after
     /// [`Model::set_reference_kernels`]).
@@ -270,8 +341,8 @@ impl<'a> Model<'a> {
         self.nodes
             .iter()
             .filter_map(|n| match &n.kernel {
-                Kernel::ConvI8(p, i) => Some(self.prepared[*i as usize].backend(p)),
-                Kernel::FcI8(p, i) => {
+                Kernel::ConvI8(p, i, _) => Some(self.prepared[*i as usize].backend(p)),
+                Kernel::FcI8(p, i, _) => {
                     Some(self.prepared[*i as usize].backend(&ops::prepared::fc_as_conv(p)))
                 }
                 _ => None,
@@ -567,24 +638,24 @@ impl<'a> Model<'a> {
         for n in &self.nodes {
             let (out, x0, x1) = self.views(a, n)?;
             let r = match &n.kernel {
-                Kernel::ConvI8(p, _) if self.reference_kernels => {
+                Kernel::ConvI8(p, ..) if self.reference_kernels => {
                     ops::conv2d::conv2d_i8(p, x0, out)
                 }
-                Kernel::ConvI8(p, i) => {
+                Kernel::ConvI8(p, i, _) => {
                     let prep = self.prepared.get(*i as usize).ok_or(RunError::Internal)?;
                     ops::prepared::conv2d_i8_prepared_threads(p, prep, x0, out, team, self.threads)
                 }
                 Kernel::AddI8(p) => ops::add::add_i8(p, x0, x1.ok_or(RunError::Internal)?, out),
                 Kernel::MaxPoolI8(w) => ops::maxpool::maxpool_i8(w, -128, 127, x0, out),
                 Kernel::MeanI8(p) => ops::mean::mean_i8(p, x0, out),
-                Kernel::FcI8(p, _) if self.reference_kernels => {
+                Kernel::FcI8(p, ..) if self.reference_kernels => {
                     ops::fully_connected::fully_connected_i8(p, x0, out)
                 }
-                Kernel::FcI8(p, i) => {
+                Kernel::FcI8(p, i, _) => {
                     let prep = self.prepared.get(*i as usize).ok_or(RunError::Internal)?;
                     ops::prepared::fully_connected_i8_prepared(p, prep, x0, out)
                 }
-                Kernel::LeakyI8(p) => ops::leaky_relu::leaky_relu_i8(p, x0, out),
+                Kernel::LeakyI8(p, _) => ops::leaky_relu::leaky_relu_i8(p, x0, out),
                 _ => return Err(RunError::Internal),
             };
             r.map_err(|error| RunError::Kernel {

@@ -67,6 +67,12 @@ impl<'a> I32Le<'a> {
         let b = &self.0[4 * i..4 * i + 4];
         i32::from_le_bytes([b[0], b[1], b[2], b[3]])
     }
+    /// The elements in order.
+    pub fn iter(&self) -> impl Iterator<Item = i32> + 'a {
+        let b = self.0;
+        b.chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
 }
 
 /// A borrowed little-endian `f32` array (f32 weights and biases).
@@ -92,6 +98,12 @@ impl<'a> F32Le<'a> {
     pub fn get(&self, i: usize) -> f32 {
         let b = &self.0[4 * i..4 * i + 4];
         f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+    /// The elements in order.
+    pub fn iter(&self) -> impl Iterator<Item = f32> + 'a {
+        let b = self.0;
+        b.chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 }
 
@@ -127,6 +139,20 @@ pub struct Window {
 }
 
 impl Window {
+    /// Padding `[top, left, bottom, right]`. Bottom and right are the least that give
+    /// `out_h`/`out_w` (the file may have declared more, but taps past the image contribute
+    /// nothing, so every padding with the same output size computes the same values).
+    pub fn pads(&self) -> [usize; 4] {
+        let extra = |out: usize, k: usize, s: usize, input: usize, pad_a: usize| {
+            ((out - 1) * s + k).saturating_sub(input + pad_a)
+        };
+        [
+            self.pad_top,
+            self.pad_left,
+            extra(self.out_h, self.kh, self.stride_h, self.in_h, self.pad_top),
+            extra(self.out_w, self.kw, self.stride_w, self.in_w, self.pad_left),
+        ]
+    }
     /// Output size along one axis: `(in + pad_a + pad_b − k) / stride + 1`, or `None` if the
     /// window never fits or the sum overflows.
     pub fn out_dim(
