@@ -17,6 +17,15 @@ for c in rustfmt clippy; do
   fi
 done
 
+# `pretrain --distributed mpi` (feature `mpi`, which the test command builds): Debian's OpenMPI,
+# and libclang for the bindings the `mpi` crate generates at build time.
+if ! command -v mpicc >/dev/null 2>&1 || ! command -v mpirun >/dev/null 2>&1 ||
+  ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then
+  echo "setup.sh: installing OpenMPI and libclang (Debian)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenmpi-dev openmpi-bin libclang-dev
+fi
+
 # host-trainer's ONNX protobuf types (candle-onnx) need `protoc` at build time.
 bash scripts/setup-protoc.sh
 

@@ -9,16 +9,20 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 
+# Features the host workspace is checked and tested with (one build serves clippy and the tests):
+# MPI, so that `pretrain --distributed mpi` runs under mpirun in host-trainer's CLI tests.
+FEATURES="host-trainer/mpi"
+
 echo "== cargo fmt --check =="
 cargo fmt --all --check
 
 echo "== cargo clippy (workspace, all targets, warnings are errors) =="
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --features "$FEATURES" --locked -- -D warnings
 
 echo "== cargo test (workspace; includes the runtime-mcu QEMU run) =="
 rm -f target/mcu-report.txt
 mkdir -p target
-cargo test --workspace --locked 2>&1 | tee target/test-output.txt
+cargo test --workspace --features "$FEATURES" --locked 2>&1 | tee target/test-output.txt
 
 if [ -f target/mcu-report.txt ]; then
   echo "== runtime-mcu under QEMU: the parity test's run =="

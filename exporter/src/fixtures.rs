@@ -232,6 +232,7 @@ fn build(stage: &Path, work: &Path) -> Result<f64> {
         stop_after: None,
         progress: false,
         probe_queue_every: 0,
+        distributed: None,
     };
     let summary = pretrain::pretrain(&req, &opts).context("pretraining the backbone")?;
     let backbone = run_dir.join(pretrain::BACKBONE);

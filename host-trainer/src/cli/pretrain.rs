@@ -69,8 +69,14 @@ pub struct PretrainArgs {
     /// Split each step's batch over N threads, each with whole BN groups and single-threaded
     /// kernels, gradients summed in a fixed order (deterministic for a given N; stored in the
     /// run, so --resume keeps it). Default: one per available core on the CPU, 1 on CUDA.
+    /// With --distributed: the replicas of each process (default 1), the run has N x ranks.
     #[arg(long, value_name = "N")]
     pub replicas: Option<usize>,
+    /// `mpi`: this process is one rank of `mpirun -np R host-trainer pretrain ...`; the run's
+    /// replicas are spread over the ranks (byte-identical weights to the same number of
+    /// replicas in one process), rank 0 writes the files. Needs a build with `--features mpi`.
+    #[arg(long, value_name = "KIND")]
+    pub distributed: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// cpu | cuda:N
@@ -108,9 +114,7 @@ pub struct PretrainArgs {
 
 /// Run (or resume) a pretraining job and print its summary.
 pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
-    use trainer::method::Method;
-    use trainer::model::{Arch, ResNetConfig};
-    use trainer::train::pretrain::{self, PretrainRequest, RunOptions};
+    use trainer::train::pretrain::RunOptions;
 
     let device = trainer::device::parse_device(&a.device)?;
     let out = match (&a.resume, &a.out) {
@@ -122,20 +126,59 @@ pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
         (None, Some(o)) => o.clone(),
         (None, None) => anyhow::bail!("--out is required for a new run"),
     };
+    let distributed = match a.distributed.as_deref() {
+        None | Some("none") => None,
+        Some("mpi") => Some(mpi_comm()?),
+        Some(other) => anyhow::bail!("--distributed {other}: expected `mpi` (or `none`)"),
+    };
     let opts = RunOptions {
         out,
         device,
         stop_after: a.stop_after,
         progress: !a.quiet,
         probe_queue_every: a.probe_queue_every,
+        distributed: distributed.clone(),
     };
+    let result = run_with(&a, &opts);
+    match (&result, &distributed) {
+        // A rank that fails alone would leave the others waiting in their next exchange: say
+        // which rank failed and why, then end every rank of the run.
+        (Err(e), Some(comm)) => {
+            eprintln!("error ({}): {e:#}", comm.describe());
+            comm.abort(1)
+        }
+        _ => result,
+    }
+}
+
+#[cfg(feature = "mpi")]
+fn mpi_comm() -> anyhow::Result<std::sync::Arc<dyn trainer::train::comm::Comm>> {
+    Ok(std::sync::Arc::new(
+        trainer::train::comm::mpi::MpiComm::init()?,
+    ))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_comm() -> anyhow::Result<std::sync::Arc<dyn trainer::train::comm::Comm>> {
+    anyhow::bail!(
+        "--distributed mpi: this host-trainer was built without MPI; build it with \
+         `cargo build --release -p host-trainer --features mpi` (scripts/setup.sh installs OpenMPI)"
+    )
+}
+
+fn run_with(a: &PretrainArgs, opts: &trainer::train::pretrain::RunOptions) -> anyhow::Result<()> {
+    use trainer::method::Method;
+    use trainer::model::{Arch, ResNetConfig};
+    use trainer::train::pretrain::{self, PretrainRequest};
+    let ranks = opts.distributed.as_ref().map_or(1, |c| c.size());
+    let root = opts.distributed.as_ref().is_none_or(|c| c.rank() == 0);
     let summary = if let Some(dir) = &a.resume {
         if a.replicas.is_some() {
             anyhow::bail!(
                 "--replicas is part of the run and a resumed run keeps its own (see `last.safetensors`); drop --replicas"
             );
         }
-        pretrain::resume(dir, a.epochs_set.then_some(a.epochs), &opts)?
+        pretrain::resume(dir, a.epochs_set.then_some(a.epochs), opts)?
     } else {
         let method = Method::parse(
             a.method.as_deref().unwrap_or_default(),
@@ -170,17 +213,23 @@ pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
             } else {
                 a.bn_groups
             },
-            replicas: Some(a.replicas.unwrap_or(if opts.device.is_cpu() {
-                trainer::train::replicas::Replicas::default_count()
-            } else {
-                1
-            })),
+            replicas: Some(
+                ranks
+                    * a.replicas.unwrap_or(if opts.device.is_cpu() && ranks == 1 {
+                        trainer::train::replicas::Replicas::default_count()
+                    } else {
+                        1
+                    }),
+            ),
             seed: a.seed,
             knn_images: a.knn_images,
             log_every: a.log_every,
         };
-        pretrain::pretrain(&req, &opts)?
+        pretrain::pretrain(&req, opts)?
     };
+    if !root {
+        return Ok(());
+    }
     if a.plot {
         let png = opts.out.join("curves.png");
         trainer::train::plot::plot_metrics(&opts.out.join(pretrain::METRICS), &png)?;

@@ -1,5 +1,7 @@
 //! The `host-trainer` command line end to end, one binary: each sub-command as a user runs it.
 mod bench_step_cli;
+#[cfg(feature = "mpi")]
+mod distributed;
 mod eval_cli;
 mod export_cli;
 mod import;

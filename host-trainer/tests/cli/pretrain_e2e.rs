@@ -59,6 +59,7 @@ fn opts(out: &Path, stop_after: Option<usize>) -> RunOptions {
         stop_after,
         progress: false,
         probe_queue_every: 0,
+        distributed: None,
     }
 }
 
@@ -347,6 +348,7 @@ fn the_queue_probe_rebuilds_the_queue_exactly_and_changes_nothing() {
     tiny_objects(&data);
     let probing = |out: &Path, every| RunOptions {
         probe_queue_every: every,
+        distributed: None,
         ..opts(out, None)
     };
     // 54 training images in batches of 20: 2 steps per epoch, so the queue (K = 20, one batch)

@@ -89,6 +89,7 @@ pub(super) fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Val
                 // The staleness probe after the last epoch only: it costs one re-encoding of
                 // the queue and tells whether the final loss is honest (see `probe.rs`).
                 probe_queue_every: if m.is_contrastive() { epochs } else { 0 },
+                distributed: None,
             };
             let summary = if dir.join(LAST).is_file() {
                 eprintln!("  resuming {} from {LAST}", dir.display());

@@ -415,17 +415,24 @@ impl ResNet {
         )
     }
 
-    /// After a step's `replicas` [`BnMode::TrainReplica`] forwards: each BN's statistics
-    /// averaged over the replicas in replica order (every replica holds the same number of equal
-    /// BN groups, so this is the mean over all the groups, as `Train` computes it), then one
-    /// running-statistics update. Errors unless every replica reported every BN it ran.
-    pub fn apply_replica_bn_stats(&self, replicas: usize) -> Result<()> {
-        let held = std::mem::take(
-            &mut *self
-                .replica_bn_stats
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("replica BN statistics poisoned".into()))?,
-        );
+    /// The batch statistics the step's [`BnMode::TrainReplica`] forwards held, by (replica, BN),
+    /// taken out (the next step starts empty).
+    pub fn take_replica_bn_stats(&self) -> Result<BTreeMap<(usize, String), ops::BatchStats>> {
+        Ok(std::mem::take(&mut *self.replica_bn_stats.lock().map_err(
+            |_| candle_core::Error::Msg("replica BN statistics poisoned".into()),
+        )?))
+    }
+
+    /// After a step's `replicas` [`BnMode::TrainReplica`] forwards (their statistics `held`, of
+    /// every replica, [`ResNet::take_replica_bn_stats`]): each BN's statistics averaged over the
+    /// replicas in replica order (every replica holds the same number of equal BN groups, so this
+    /// is the mean over all the groups, as `Train` computes it), then one running-statistics
+    /// update. Errors unless every replica reported every BN it ran.
+    pub fn apply_replica_bn_stats(
+        &self,
+        held: BTreeMap<(usize, String), ops::BatchStats>,
+        replicas: usize,
+    ) -> Result<()> {
         let bns: std::collections::BTreeSet<&String> = held.keys().map(|(_, bn)| bn).collect();
         for bn in bns {
             let per_replica = (0..replicas)

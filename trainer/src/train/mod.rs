@@ -1,6 +1,7 @@
 //! Training: SGD with PyTorch semantics, per-epoch lr schedules, the pretraining loop with
 //! resumable checkpoints, and the kNN monitor.
 pub mod checkpoint;
+pub mod comm;
 pub mod data;
 pub mod knn;
 pub mod optim;

@@ -68,7 +68,7 @@ impl StepBench {
         let cfg = req.resolve(num_classes)?;
         let batch = random_batch(&cfg, num_classes);
         Ok(StepBench {
-            trainer: Trainer::new(cfg, device)?,
+            trainer: Trainer::new(cfg, device, None)?,
             batch,
             views: None,
             steps: 0,

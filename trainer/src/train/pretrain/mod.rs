@@ -28,6 +28,8 @@ use crate::augment::loader::{epoch_order, Loader, LoaderSpec};
 use crate::fsutil;
 use crate::method::Method;
 use crate::model::{LoadOptions, ResNet};
+use crate::train::comm::{check_same_run, Comm};
+use std::sync::Arc;
 
 mod bench;
 mod config;
@@ -54,6 +56,10 @@ pub struct RunOptions {
     /// Run the queue-staleness probe ([`QueueProbe`]) after every this-many epochs and after the
     /// last; 0 = never. A diagnostic: it changes nothing in the run.
     pub probe_queue_every: usize,
+    /// This process's part of a run spread over several (`--distributed mpi`): the run's
+    /// replicas are shared among the processes of this [`Comm`], rank 0 writes the files.
+    /// `None`: the whole run in this process.
+    pub distributed: Option<Arc<dyn Comm>>,
 }
 
 /// What a finished (or stopped) invocation reports.
@@ -133,7 +139,7 @@ pub fn pretrain(req: &PretrainRequest, opts: &RunOptions) -> Result<PretrainSumm
         );
     }
     let cfg = req.resolve(data.num_classes())?;
-    let trainer = Trainer::new(cfg, opts.device.clone())?;
+    let trainer = Trainer::new(cfg, opts.device.clone(), opts.distributed.clone())?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating {}", opts.out.display()))?;
     run_epochs(trainer, data, opts)
@@ -141,14 +147,54 @@ pub fn pretrain(req: &PretrainRequest, opts: &RunOptions) -> Result<PretrainSumm
 
 /// Continue the run saved in `dir` (its config), optionally to a larger number of epochs.
 pub fn resume(dir: &Path, epochs: Option<usize>, opts: &RunOptions) -> Result<PretrainSummary> {
-    let trainer = Trainer::resume(dir, epochs, opts.device.clone())?;
+    let trainer = Trainer::resume(dir, epochs, opts.device.clone(), opts.distributed.clone())?;
     let data = open_pretrain_data(&trainer.cfg.data, trainer.cfg.seed)?;
     run_epochs(trainer, data, opts)
+}
+
+/// What every process of a distributed run must agree on, one setting per line: the run's
+/// config, where it resumes, and the training list (names, labels and file sizes).
+fn run_fingerprint(cfg: &PretrainConfig, data: &PretrainData, next_epoch: usize) -> Result<String> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (path, label) in &data.train.items {
+        path.strip_prefix(&data.root).unwrap_or(path).hash(&mut h);
+        label.hash(&mut h);
+        std::fs::metadata(path)
+            .map(|m| m.len())
+            .unwrap_or(u64::MAX)
+            .hash(&mut h);
+    }
+    let config = serde_json::to_value(cfg)?;
+    let mut lines: Vec<String> = match config {
+        serde_json::Value::Object(m) => m.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        other => vec![other.to_string()],
+    };
+    lines.push(format!("resumes at epoch={next_epoch}"));
+    lines.push(format!(
+        "training list={} images, hash {:016x}",
+        data.train.len(),
+        h.finish()
+    ));
+    Ok(lines.join("\n"))
 }
 
 fn run_epochs(mut tr: Trainer, data: PretrainData, opts: &RunOptions) -> Result<PretrainSummary> {
     let started = Instant::now();
     let cfg = tr.cfg.clone();
+    if let Some(comm) = tr.replicas.comm() {
+        check_same_run(comm, &run_fingerprint(&cfg, &data, tr.next_epoch)?)?;
+    }
+    // Rank 0 of a distributed run writes the files (and draws the progress); the others compute.
+    let root = tr.replicas.is_root();
+    let opts = &RunOptions {
+        progress: opts.progress && root,
+        out: opts.out.clone(),
+        device: opts.device.clone(),
+        stop_after: opts.stop_after,
+        probe_queue_every: opts.probe_queue_every,
+        distributed: opts.distributed.clone(),
+    };
     let train_src = source(&data.train);
     let views = if tr.method.is_contrastive() {
         vec![cfg.aug.clone(); 2]
@@ -234,7 +280,9 @@ fn run_epochs(mut tr: Trainer, data: PretrainData, opts: &RunOptions) -> Result<
                     knn_top1: None,
                     queue_probe: None,
                 };
-                fsutil::append_line(&metrics_path, &serde_json::to_string(&line)?)?;
+                if root {
+                    fsutil::append_line(&metrics_path, &serde_json::to_string(&line)?)?;
+                }
                 bar.set_message(format!("loss {loss:.4} lr {lr:.4} {ips:.1} img/s"));
                 window = (Instant::now(), 0);
             }
@@ -256,7 +304,9 @@ fn run_epochs(mut tr: Trainer, data: PretrainData, opts: &RunOptions) -> Result<
         };
         tr.next_epoch = epoch + 1;
         // The checkpoint of this epoch goes down before anything reports it as done.
-        fsutil::write_atomic(&opts.out.join(LAST), &tr.checkpoint_bytes()?)?;
+        if root {
+            fsutil::write_atomic(&opts.out.join(LAST), &tr.checkpoint_bytes()?)?;
+        }
         let mean_loss = loss_sum / n.max(1) as f64;
         let ips = (n * cfg.batch_size) as f64 / secs.max(1e-9);
         let line = MetricsLine {
@@ -270,7 +320,9 @@ fn run_epochs(mut tr: Trainer, data: PretrainData, opts: &RunOptions) -> Result<
             knn_top1,
             queue_probe,
         };
-        fsutil::append_line(&metrics_path, &serde_json::to_string(&line)?)?;
+        if root {
+            fsutil::append_line(&metrics_path, &serde_json::to_string(&line)?)?;
+        }
         if opts.progress {
             eprintln!(
                 "epoch {}/{}: loss {mean_loss:.4}  lr {lr:.5}  {ips:.1} img/s{}",
@@ -293,7 +345,9 @@ fn run_epochs(mut tr: Trainer, data: PretrainData, opts: &RunOptions) -> Result<
     summary.images_per_sec = images_seen as f64 / train_time.max(1e-9);
     if tr.next_epoch >= cfg.epochs {
         let path = opts.out.join(BACKBONE);
-        save_backbone(&tr.encoder, &path)?;
+        if root {
+            save_backbone(&tr.encoder, &path)?;
+        }
         summary.backbone = Some(path);
     }
     summary.wall_seconds = started.elapsed().as_secs_f64();

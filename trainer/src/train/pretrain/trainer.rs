@@ -10,12 +10,15 @@ use crate::method::supervised::{supervised_loss, top1_accuracy};
 use crate::method::Method;
 use crate::model::{BnMode, LoadOptions, ResNet};
 use crate::train::checkpoint::{self, CheckpointMeta, CHECKPOINT_FORMAT};
+use crate::train::comm::Comm;
 use crate::train::optim::{Sgd, SgdConfig};
 use crate::train::replicas::{sum_grads, Replicas};
 use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The momentum (key) side of MoCo/Exemplar.
 pub(super) struct KeySide {
@@ -46,7 +49,13 @@ pub(super) fn prefixed(prefix: &str, vars: Vec<(String, Var)>) -> Vec<(String, V
 }
 
 impl Trainer {
-    pub(super) fn new(cfg: PretrainConfig, device: Device) -> Result<Trainer> {
+    /// A fresh run of `cfg`; with `comm`, this process's part of a run whose `cfg.replicas`
+    /// replicas are spread over the processes of `comm`.
+    pub(super) fn new(
+        cfg: PretrainConfig,
+        device: Device,
+        comm: Option<Arc<dyn Comm>>,
+    ) -> Result<Trainer> {
         let method = cfg.method()?;
         let encoder = ResNet::new(&cfg.model, cfg.seed, &device)?;
         let feat = cfg.model.feature_dim();
@@ -82,7 +91,10 @@ impl Trainer {
                 ..SgdConfig::pretrain(cfg.lr, cfg.weight_decay)
             },
         )?;
-        let replicas = Replicas::new(cfg.replicas)?;
+        let replicas = match comm {
+            None => Replicas::new(cfg.replicas)?,
+            Some(c) => Replicas::distributed(cfg.replicas, c)?,
+        };
         if replicas.len() > 1 && !device.is_cpu() {
             bail!(
                 "--replicas {} splits a step over CPU threads; on {device:?} use --replicas 1",
@@ -161,7 +173,12 @@ impl Trainer {
 
     /// Restore from `dir/last.safetensors`; the config there wins, except `epochs`, which a
     /// resumed run may extend.
-    pub(super) fn resume(dir: &Path, epochs: Option<usize>, device: Device) -> Result<Trainer> {
+    pub(super) fn resume(
+        dir: &Path,
+        epochs: Option<usize>,
+        device: Device,
+        comm: Option<Arc<dyn Comm>>,
+    ) -> Result<Trainer> {
         let path = dir.join(LAST);
         if !path.is_file() {
             bail!(
@@ -175,7 +192,7 @@ impl Trainer {
             cfg.epochs = e;
         }
         cfg.validate()?;
-        let mut tr = Trainer::new(cfg, device.clone())?;
+        let mut tr = Trainer::new(cfg, device.clone(), comm)?;
         let bytes_of = |prefix: &str| -> Result<Vec<u8>> {
             let sub: Vec<(String, Tensor)> = checkpoint::with_prefix(&tensors, prefix)
                 .into_iter()
@@ -260,7 +277,7 @@ impl Trainer {
             })
         };
         let xq = view(0)?;
-        let (parts, chance, keys) = match self.method {
+        let (parts, chance): (Vec<ReplicaOutput>, f64) = match self.method {
             Method::Supervised => {
                 let encoder = &self.encoder;
                 let parts = self.replicas.run(|r| {
@@ -273,7 +290,7 @@ impl Trainer {
                     Ok((ReplicaOutput::new(loss, acc, r, clock)?, classes))
                 })?;
                 let chance = (parts[0].1 as f64).ln();
-                (parts.into_iter().map(|(p, _)| p).collect(), chance, None)
+                (parts.into_iter().map(|(p, _)| p).collect(), chance)
             }
             Method::Moco(_) | Method::Exemplar(_) => {
                 let groups = self.cfg.bn_groups;
@@ -310,29 +327,44 @@ impl Trainer {
                     part.keys = Some(out.keys);
                     Ok(part)
                 })?;
-                let keys = parts
-                    .iter()
-                    .map(|p| p.keys.clone().context("replica keys missing"))
-                    .collect::<Result<Vec<_>>>()?;
-                let keys = if keys.len() == 1 {
-                    keys.into_iter().next()
-                } else {
-                    Some(Tensor::cat(&keys, 0)?)
-                };
-                (parts, chance, keys)
+                (parts, chance)
             }
         };
         if n > 1 {
-            self.encoder.apply_replica_bn_stats(n)?;
+            apply_replica_bn_stats(&self.encoder, &self.replicas, &device)?;
         }
-        // The backward ran inside each replica; what follows is the combination.
+        // The backward ran inside each replica; what follows is the combination, over the
+        // replicas of every process.
         clock.mark(Phase::Backward);
-        let value = parts.iter().map(|p| p.value).sum();
-        let acc = parts.iter().map(|p| p.acc).sum::<f64>() / n as f64;
+        let params = self.sgd.params();
+        let local_shares = parts
+            .iter()
+            .map(|p| p.to_named(params, &device))
+            .collect::<Result<Vec<_>>>()?;
+        // The sums go into the first local replica's store (candle makes stores only by backward).
+        let base = parts.into_iter().next().context("no replica output")?.grads;
+        let shares = self.replicas.gather(local_shares, &device)?;
+        let shares = shares
+            .into_iter()
+            .enumerate()
+            .map(|(r, named)| ReplicaShare::from_named(named, params.len(), r))
+            .collect::<Result<Vec<_>>>()?;
+        let value = shares.iter().map(|p| p.value).sum();
+        let acc = shares.iter().map(|p| p.acc).sum::<f64>() / n as f64;
         let grads = sum_grads(
-            parts.into_iter().map(|p| p.grads).collect(),
-            self.sgd.params(),
+            base,
+            &shares.iter().map(|p| p.grads.clone()).collect::<Vec<_>>(),
+            params,
         )?;
+        let keys = shares
+            .iter()
+            .map(|p| p.keys.clone())
+            .collect::<Option<Vec<_>>>();
+        let keys = match keys {
+            Some(k) if k.len() == 1 => k.into_iter().next(),
+            Some(k) if !k.is_empty() => Some(Tensor::cat(&k, 0)?),
+            _ => None,
+        };
         Ok(StepOutput {
             value,
             acc,
@@ -393,13 +425,23 @@ pub(super) fn key_embeddings(
         Some(sh) => sh.shuffle(xk)?,
         None => xk.clone(),
     };
-    let mut parts = replicas.run(|r| {
+    let parts = replicas.run(|r| {
         let x = replicas.share(&xs, r)?;
         Ok(head.forward(&encoder.forward_features(&x, bn_mode(n, groups, r))?)?)
     })?;
     if n > 1 {
-        encoder.apply_replica_bn_stats(n)?;
+        apply_replica_bn_stats(encoder, replicas, xk.device())?;
     }
+    let local = parts.into_iter().map(|k| vec![("keys".to_string(), k)]);
+    let mut parts = replicas
+        .gather(local.collect(), xk.device())?
+        .into_iter()
+        .enumerate()
+        .map(|(r, mut m)| {
+            m.remove("keys")
+                .with_context(|| format!("replica {r} sent no keys"))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let e = if parts.len() == 1 {
         parts.pop().context("no replica keys")?
     } else {
@@ -412,6 +454,43 @@ pub(super) fn key_embeddings(
     Ok(k.detach())
 }
 
+/// The BN statistics every replica's forward held, of every process, combined in replica order
+/// into `encoder`'s running statistics.
+fn apply_replica_bn_stats(encoder: &ResNet, replicas: &Replicas, device: &Device) -> Result<()> {
+    let held = replicas.gather_bn_stats(encoder.take_replica_bn_stats()?, device)?;
+    Ok(encoder.apply_replica_bn_stats(held, replicas.len())?)
+}
+
+/// One replica's part of a step as it travels between processes: loss (scaled by 1/N),
+/// accuracy, gradients in the optimiser's parameter order, and (MoCo/Exemplar) its keys.
+struct ReplicaShare {
+    value: f64,
+    acc: f64,
+    grads: Vec<Option<Tensor>>,
+    keys: Option<Tensor>,
+}
+
+impl ReplicaShare {
+    fn from_named(mut m: BTreeMap<String, Tensor>, params: usize, r: usize) -> Result<Self> {
+        let mut scalar = |k: &str| -> Result<f64> {
+            let t = m
+                .remove(k)
+                .with_context(|| format!("replica {r} sent no {k}"))?;
+            Ok(t.to_scalar::<f64>()?)
+        };
+        let (value, acc) = (scalar("value")?, scalar("acc")?);
+        let grads = (0..params)
+            .map(|i| m.remove(&format!("grad.{i}")))
+            .collect();
+        Ok(ReplicaShare {
+            value,
+            acc,
+            grads,
+            keys: m.remove("keys"),
+        })
+    }
+}
+
 /// One replica's share of a step: its loss (already scaled by 1/N), accuracy, gradients and,
 /// for MoCo/Exemplar, its normalised keys.
 struct ReplicaOutput {
@@ -422,6 +501,24 @@ struct ReplicaOutput {
 }
 
 impl ReplicaOutput {
+    /// As named tensors (`value`, `acc`, `keys`, `grad.<i>` for the optimiser's parameter `i`):
+    /// [`ReplicaShare`] on the way through [`Replicas::gather`].
+    fn to_named(&self, params: &[(String, Var)], device: &Device) -> Result<Vec<(String, Tensor)>> {
+        let mut v = vec![
+            ("value".to_string(), Tensor::new(self.value, device)?),
+            ("acc".to_string(), Tensor::new(self.acc, device)?),
+        ];
+        for (i, (_, var)) in params.iter().enumerate() {
+            if let Some(g) = self.grads.get(var.as_tensor()) {
+                v.push((format!("grad.{i}"), g.clone()));
+            }
+        }
+        if let Some(k) = &self.keys {
+            v.push(("keys".to_string(), k.clone()));
+        }
+        Ok(v)
+    }
+
     /// Reads the loss and runs its backward, on replica `r`'s own thread.
     fn new(loss: Tensor, acc: f32, r: usize, clock: &PhaseClock) -> Result<ReplicaOutput> {
         let value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
@@ -532,7 +629,7 @@ mod tests {
                 .iter()
                 .map(|&n| {
                     req.replicas = Some(n);
-                    let mut tr = Trainer::new(req.resolve(10).unwrap(), Device::Cpu).unwrap();
+                    let mut tr = Trainer::new(req.resolve(10).unwrap(), Device::Cpu, None).unwrap();
                     let out = tr.compute(&batch, None, 0, 0, &PhaseClock::off()).unwrap();
                     (out, tr.sgd.params().to_vec())
                 })
