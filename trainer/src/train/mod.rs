@@ -2,6 +2,7 @@
 //! resumable checkpoints, and the kNN monitor.
 pub mod checkpoint;
 pub mod data;
+pub mod finite;
 pub mod knn;
 pub mod optim;
 pub mod plot;
