@@ -2,6 +2,7 @@
 mod bench_step_cli;
 mod eval_cli;
 mod export_cli;
+mod faults;
 mod import;
 mod invert_cli;
 mod pretrain_e2e;
