@@ -385,3 +385,20 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Item 4, `study`: a study folder in use (here: locked by this test process) is refused at
+/// once, naming the holder's PID, before any step runs.
+#[test]
+fn a_study_on_a_folder_in_use_is_refused_naming_the_holder() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("study");
+    let held = trainer::fsutil::DirLock::acquire(&out, "test holder").unwrap();
+    let e = fails(&run(&["study", "--out", s(&out), "--quiet"]), "study");
+    let holder = format!("PID {} (test holder)", std::process::id());
+    assert!(
+        e.contains("in use by another process") && e.contains(&holder),
+        "{e}"
+    );
+    assert!(!out.join("steps").exists(), "a step ran: {e}");
+    drop(held);
+}
