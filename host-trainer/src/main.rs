@@ -38,7 +38,21 @@ enum Command {
     Fixtures(cli::fixtures::FixturesArgs),
 }
 
+/// Makes a write past the file size limit (`ulimit -f`) fail with `EFBIG` instead of killing the
+/// process with `SIGXFSZ`: killed, a run dies silently (no message, no file named) between two
+/// checkpoints; with the error, the write that failed reports its file and the cause like a full
+/// disk does (`ENOSPC`), and the atomic writes leave the previous checkpoint whole.
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    // SAFETY: sets the disposition of one signal to "ignore" before any thread starts; no
+    // handler code runs.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
 fn main() {
+    ignore_file_size_signal();
     trainer::device::configure_cpu_threads();
     trainer::device::configure_allocator();
     let matches = <Cli as clap::CommandFactory>::command().get_matches();

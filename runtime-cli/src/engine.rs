@@ -4,7 +4,8 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use image::RgbImage;
-use runtime_core::{Dtype, Model, Task};
+use runtime_core::model::GRAPH_KEY;
+use runtime_core::{Dtype, GraphError, Model, ModelError, Task};
 
 use crate::preprocess;
 
@@ -16,7 +17,10 @@ pub fn read_model(path: &Path) -> Result<Vec<u8>> {
 /// Parses and validates a model; errors read `FILE: graph line N: …` or
 /// `FILE: malformed safetensors container`.
 pub fn parse_model<'a>(bytes: &'a [u8], path: &Path) -> Result<Model<'a>> {
-    let model = Model::parse(bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let model = Model::parse(bytes).map_err(|e| match non_finite_tensor(bytes, &e) {
+        Some(name) => anyhow!("{}: {e} (tensor `{name}`)", path.display()),
+        None => anyhow!("{}: {e}", path.display()),
+    })?;
     let [h, w, c] = model.input_shape();
     if c != 3 {
         bail!(
@@ -25,6 +29,34 @@ pub fn parse_model<'a>(bytes: &'a [u8], path: &Path) -> Result<Model<'a>> {
         );
     }
     Ok(model)
+}
+
+/// For a model refused because an f32 parameter is NaN or infinite: the first tensor named on
+/// the graph line at fault whose values are not all finite. runtime-core's errors are `Copy` and
+/// carry the line alone (no_std, no allocation); the host CLI can afford to name the tensor.
+fn non_finite_tensor(bytes: &[u8], e: &ModelError) -> Option<String> {
+    let ModelError::Graph {
+        line,
+        kind: GraphError::NonFinite,
+    } = *e
+    else {
+        return None;
+    };
+    let st = safetensors::SafeTensors::deserialize(bytes).ok()?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).ok()?;
+    let graph = header.metadata().as_ref()?.get(GRAPH_KEY)?.clone();
+    let text = graph.lines().nth((line as usize).checked_sub(1)?)?;
+    text.split_ascii_whitespace()
+        .filter_map(|tok| tok.split_once('=').map(|(_, v)| v))
+        .find(|name| {
+            st.tensor(name).is_ok_and(|v| {
+                v.dtype() == safetensors::Dtype::F32
+                    && v.data()
+                        .chunks_exact(4)
+                        .any(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
+            })
+        })
+        .map(str::to_string)
 }
 
 /// Name of a task as the graph text spells it.

@@ -541,3 +541,30 @@ fn wrong_task_wrong_images_and_missing_files_are_clear_errors() {
     ]);
     assert!(e.contains("/nonexistent/dir"), "{e}");
 }
+
+/// An f32 model with a NaN weight (a diverged training exported without the exporter's checks,
+/// or a damaged file) is refused, and the error names the file, the graph line and the tensor.
+#[test]
+fn a_non_finite_f32_weight_is_refused_naming_the_tensor() {
+    let d = tempfile::tempdir().unwrap();
+    let good = std::fs::read(fixtures().join("backbone-f32.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&good).unwrap();
+    let name = "layer1.0.conv2.weight";
+    let view = st.tensor(name).unwrap();
+    let at = view.data().as_ptr() as usize - good.as_ptr() as usize + 4;
+    for (bad_value, file) in [
+        (f32::NAN, "nan.safetensors"),
+        (f32::INFINITY, "inf.safetensors"),
+    ] {
+        let mut bad = good.clone();
+        bad[at..at + 4].copy_from_slice(&bad_value.to_le_bytes());
+        let p = write(d.path(), file, &bad);
+        for args in [vec!["inspect", s(&p)], vec!["bench", "--model", s(&p)]] {
+            let e = fails(&args);
+            assert!(
+                e.contains(file) && e.contains("graph line") && e.contains(&format!("`{name}`")),
+                "{e}"
+            );
+        }
+    }
+}

@@ -111,6 +111,8 @@ pub fn run(a: StudyArgs) -> Result<()> {
         }
         return Ok(());
     }
+    // One study per folder at a time (a second one is refused naming the first one's PID).
+    let _lock = trainer::train::pretrain::lock_dir(&a.out, "host-trainer study")?;
     let device = trainer::device::parse_device(&plan.preset.device)?;
     let opts = study::RunOptions {
         out: a.out.clone(),

@@ -4,6 +4,7 @@ mod bench_step_cli;
 mod distributed;
 mod eval_cli;
 mod export_cli;
+mod faults;
 mod import;
 mod invert_cli;
 mod pretrain_e2e;

@@ -10,7 +10,7 @@
 //! variation, which is the noise that matters for "method A beats method B".
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::preset::Preset;
@@ -349,8 +349,14 @@ pub fn run(preset: &Preset, n: usize, opts: &RunOptions) -> Result<(RunSummary, 
     }
     let agg = aggregate(&per_seed)?;
     let json = serde_json::to_string_pretty(&agg)?;
-    trainer::fsutil::write_atomic(&opts.out.join("results.json"), json.as_bytes())?;
-    trainer::fsutil::write_atomic(&opts.out.join("results.md"), markdown(&agg).as_bytes())?;
+    for (name, bytes) in [
+        ("results.json", json.as_bytes()),
+        ("results.md", markdown(&agg).as_bytes()),
+    ] {
+        let path = opts.out.join(name);
+        trainer::fsutil::write_atomic(&path, bytes)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok((total, agg))
 }
 

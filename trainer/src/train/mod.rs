@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod comm;
 pub mod data;
+pub mod finite;
 pub mod knn;
 pub mod optim;
 pub mod plot;

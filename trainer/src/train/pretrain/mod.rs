@@ -40,6 +40,7 @@ pub use bench::{StepBench, StepTiming};
 pub use config::{PretrainConfig, PretrainRequest};
 pub use probe::QueueProbe;
 use trainer::Trainer;
+pub use trainer::{Diverged, DIVERGED_LOSS_FACTOR};
 
 /// File names inside `--out`.
 pub const LAST: &str = "last.safetensors";
@@ -121,8 +122,42 @@ pub struct MetricsLine {
     pub queue_probe: Option<QueueProbe>,
 }
 
-/// Start a new run in `opts.out` (which must not hold one already).
+/// Takes `dir`'s one-writer lock ([`fsutil::DirLock`]) for `what`, or refuses with the other
+/// process's PID. Held until the returned guard drops; released by the OS if the process dies.
+/// On a file system without locks it warns and goes on unprotected (`None`).
+pub fn lock_dir(dir: &Path, what: &str) -> Result<Option<fsutil::DirLock>> {
+    match fsutil::DirLock::acquire(dir, what) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+            eprintln!(
+                "warning: {}: the file system has no locks; nothing stops a second process \
+                 from writing there at the same time",
+                dir.display()
+            );
+            Ok(None)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(e.into()),
+        Err(e) => Err(e).with_context(|| format!("locking {}", dir.display())),
+    }
+}
+
+/// [`lock_dir`] for the process that writes the run's files: all but the ranks above 0 of a
+/// distributed run, which only read (and would otherwise be refused by rank 0's lock).
+fn lock_unless_follower(
+    opts: &RunOptions,
+    dir: &Path,
+    what: &str,
+) -> Result<Option<fsutil::DirLock>> {
+    if opts.distributed.as_ref().is_some_and(|c| c.rank() != 0) {
+        return Ok(None);
+    }
+    lock_dir(dir, what)
+}
+
+/// Start a new run in `opts.out` (which must not hold one already, nor be in use by another
+/// process: [`lock_dir`]).
 pub fn pretrain(req: &PretrainRequest, opts: &RunOptions) -> Result<PretrainSummary> {
+    let _lock = lock_unless_follower(opts, &opts.out, "host-trainer pretrain")?;
     if opts.out.join(LAST).exists() {
         bail!(
             "--out {} already holds a run ({LAST}); continue it with --resume {0}, or choose another --out",
@@ -147,6 +182,13 @@ pub fn pretrain(req: &PretrainRequest, opts: &RunOptions) -> Result<PretrainSumm
 
 /// Continue the run saved in `dir` (its config), optionally to a larger number of epochs.
 pub fn resume(dir: &Path, epochs: Option<usize>, opts: &RunOptions) -> Result<PretrainSummary> {
+    if !dir.join(LAST).is_file() {
+        bail!(
+            "--resume {}: no {LAST} there (nothing to resume)",
+            dir.display()
+        );
+    }
+    let _lock = lock_unless_follower(opts, dir, "host-trainer pretrain --resume")?;
     let trainer = Trainer::resume(dir, epochs, opts.device.clone(), opts.distributed.clone())?;
     let data = open_pretrain_data(&trainer.cfg.data, trainer.cfg.seed)?;
     run_epochs(trainer, data, opts)
@@ -281,7 +323,8 @@ fn run_epochs(mut tr: Trainer, data: PretrainData, opts: &RunOptions) -> Result<
                     queue_probe: None,
                 };
                 if root {
-                    fsutil::append_line(&metrics_path, &serde_json::to_string(&line)?)?;
+                    fsutil::append_line(&metrics_path, &serde_json::to_string(&line)?)
+                        .with_context(|| format!("writing {}", metrics_path.display()))?;
                 }
                 bar.set_message(format!("loss {loss:.4} lr {lr:.4} {ips:.1} img/s"));
                 window = (Instant::now(), 0);
@@ -304,8 +347,15 @@ fn run_epochs(mut tr: Trainer, data: PretrainData, opts: &RunOptions) -> Result<
         };
         tr.next_epoch = epoch + 1;
         // The checkpoint of this epoch goes down before anything reports it as done.
+        // A write that fails (disk full, quota, file size limit) leaves the previous one whole.
+        let last = opts.out.join(LAST);
         if root {
-            fsutil::write_atomic(&opts.out.join(LAST), &tr.checkpoint_bytes()?)?;
+            fsutil::write_atomic(&last, &tr.checkpoint_bytes()?).with_context(|| {
+                format!(
+                    "writing the checkpoint {} (the previous one is kept; free space, then --resume)",
+                    last.display()
+                )
+            })?;
         }
         let mean_loss = loss_sum / n.max(1) as f64;
         let ips = (n * cfg.batch_size) as f64 / secs.max(1e-9);
@@ -321,7 +371,8 @@ fn run_epochs(mut tr: Trainer, data: PretrainData, opts: &RunOptions) -> Result<
             queue_probe,
         };
         if root {
-            fsutil::append_line(&metrics_path, &serde_json::to_string(&line)?)?;
+            fsutil::append_line(&metrics_path, &serde_json::to_string(&line)?)
+                .with_context(|| format!("writing {}", metrics_path.display()))?;
         }
         if opts.progress {
             eprintln!(

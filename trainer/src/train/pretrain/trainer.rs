@@ -11,6 +11,7 @@ use crate::method::Method;
 use crate::model::{BnMode, LoadOptions, ResNet};
 use crate::train::checkpoint::{self, CheckpointMeta, CHECKPOINT_FORMAT};
 use crate::train::comm::Comm;
+use crate::train::finite::first_non_finite;
 use crate::train::optim::{Sgd, SgdConfig};
 use crate::train::replicas::{sum_grads, Replicas};
 use anyhow::{bail, Context, Result};
@@ -19,6 +20,38 @@ use candle_core::{DType, Device, Tensor, Var};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+
+/// A loss above this many times the step's chance loss (the loss of a model that learnt
+/// nothing: ln of the candidates each softmax compares) counts as divergence. Cross-entropy of a
+/// training model stays near or below chance; an overconfident wrong model can exceed it a few
+/// times, not a thousand (at chance ln 10 = 2.3 that would be logit gaps of ~2 300). Floored at
+/// 1 000 in absolute terms (`chance.max(1.0)`).
+pub const DIVERGED_LOSS_FACTOR: f64 = 1000.0;
+
+/// Training diverged at a step: what went wrong there, named.
+#[derive(Debug)]
+pub struct Diverged {
+    pub epoch: usize,
+    /// The step within the epoch.
+    pub step: u64,
+    /// Optimiser steps taken before this one.
+    pub global_step: u64,
+    pub what: String,
+}
+
+impl std::fmt::Display for Diverged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "training diverged at epoch {}, step {} (global step {}): {}; the run stopped \
+             there and the last good checkpoint ({LAST}, end of the previous epoch) is kept. \
+             Try a lower --lr.",
+            self.epoch, self.step, self.global_step, self.what
+        )
+    }
+}
+
+impl std::error::Error for Diverged {}
 
 /// The momentum (key) side of MoCo/Exemplar.
 pub(super) struct KeySide {
@@ -124,19 +157,7 @@ impl Trainer {
 
     /// Every tensor that evolves during training, by checkpoint name.
     pub(super) fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
-        let mut t: Vec<(String, Tensor)> = self
-            .encoder
-            .all_tensors()
-            .into_iter()
-            .map(|(n, x)| (format!("encoder_q.{n}"), x))
-            .collect();
-        if let Some(h) = &self.head {
-            t.extend(
-                h.named_vars()
-                    .into_iter()
-                    .map(|(n, v)| (format!("head_q.{n}"), v.as_detached_tensor())),
-            );
-        }
+        let mut t = self.live_tensors();
         if let Some(k) = &self.key {
             t.extend(
                 k.encoder
@@ -161,14 +182,21 @@ impl Trainer {
         Ok(t)
     }
 
+    /// The checkpoint file's bytes. Refuses a state with a non-finite tensor (naming it): the
+    /// step checks stop a diverging run before this, and a checkpoint that cannot be resumed
+    /// must never replace a good one.
     pub(super) fn checkpoint_bytes(&self) -> Result<Vec<u8>> {
+        let tensors = self.state_tensors()?;
+        if let Some(bad) = first_non_finite(tensors.iter().map(|(n, t)| (n.as_str(), t)))? {
+            bail!("not writing {LAST}: the training state's {bad}");
+        }
         let meta = CheckpointMeta {
             format: CHECKPOINT_FORMAT,
             config: self.cfg.clone(),
             next_epoch: self.next_epoch,
             global_step: self.global_step,
         };
-        checkpoint::to_bytes(&self.state_tensors()?, &meta)
+        checkpoint::to_bytes(&tensors, &meta)
     }
 
     /// Restore from `dir/last.safetensors`; the config there wins, except `epochs`, which a
@@ -191,8 +219,10 @@ impl Trainer {
         if let Some(e) = epochs {
             cfg.epochs = e;
         }
-        cfg.validate()?;
-        let mut tr = Trainer::new(cfg, device.clone(), comm)?;
+        cfg.validate()
+            .with_context(|| format!("{}: the saved run's config", path.display()))?;
+        let mut tr = Trainer::new(cfg, device.clone(), comm)
+            .with_context(|| format!("{}: the saved run's config", path.display()))?;
         let bytes_of = |prefix: &str| -> Result<Vec<u8>> {
             let sub: Vec<(String, Tensor)> = checkpoint::with_prefix(&tensors, prefix)
                 .into_iter()
@@ -203,23 +233,35 @@ impl Trainer {
             .load_safetensors_bytes(&bytes_of("encoder_q.")?, &path, &LoadOptions::exact())
             .with_context(|| format!("{}: query encoder", path.display()))?;
         if let Some(h) = &tr.head {
-            h.load(&checkpoint::with_prefix(&tensors, "head_q."))?;
+            h.load(&checkpoint::with_prefix(&tensors, "head_q."))
+                .with_context(|| format!("{}: query head", path.display()))?;
         }
         if let Some(k) = &mut tr.key {
             k.encoder
                 .load_safetensors_bytes(&bytes_of("encoder_k.")?, &path, &LoadOptions::exact())
                 .with_context(|| format!("{}: key encoder", path.display()))?;
-            k.head.load(&checkpoint::with_prefix(&tensors, "head_k."))?;
-            k.queue = LabelQueue::from_tensors(&tensors, &device)?;
+            k.head
+                .load(&checkpoint::with_prefix(&tensors, "head_k."))
+                .with_context(|| format!("{}: key head", path.display()))?;
+            k.queue = LabelQueue::from_tensors(&tensors, &device)
+                .with_context(|| format!("{}: queue", path.display()))?;
         }
         tr.sgd
-            .load_state_tensors(&checkpoint::with_prefix(&tensors, "optim."))?;
+            .load_state_tensors(&checkpoint::with_prefix(&tensors, "optim."))
+            .with_context(|| format!("{}: optimiser state", path.display()))?;
         tr.next_epoch = meta.next_epoch;
         tr.global_step = meta.global_step;
         Ok(tr)
     }
 
     /// One optimiser step on a batch: (loss, train top-1 in [0, 1], chance loss of the step).
+    ///
+    /// Refuses to go on once training has diverged ([`Diverged`]): a loss that is not finite or
+    /// above [`DIVERGED_LOSS_FACTOR`] × the chance loss, a gradient or (after the update) a
+    /// parameter or BN statistic with a non-finite value. The error names the epoch, the step
+    /// and the first bad tensor; the run stops before anything is written, so the last good
+    /// checkpoint (`last.safetensors` of the previous epoch) stays as it was. Cost: one
+    /// reduction over the gradients and one over the parameters ([`first_non_finite`]).
     pub(super) fn step(
         &mut self,
         batch: &crate::augment::loader::Batch,
@@ -227,16 +269,84 @@ impl Trainer {
         step_in_epoch: u64,
     ) -> Result<(f64, f64, f64)> {
         let out = self.compute(batch, None, epoch, step_in_epoch, &PhaseClock::off())?;
-        if !out.value.is_finite() {
-            bail!(
-                "the loss became {} at epoch {epoch}, step {step_in_epoch}: training stopped; \
-                 the last good checkpoint ({LAST}, end of the previous epoch) is kept. Try a lower --lr.",
-                out.value
-            );
+        let global_step = self.global_step;
+        let at = |what: String| Diverged {
+            epoch,
+            step: step_in_epoch,
+            global_step,
+            what,
+        };
+        let loss_bad = if !out.value.is_finite() {
+            Some(format!("the loss is {}", out.value))
+        } else if out.value > DIVERGED_LOSS_FACTOR * out.chance.max(1.0) {
+            Some(format!(
+                "the loss is {:.4e}, above {DIVERGED_LOSS_FACTOR} x the chance loss {:.4}",
+                out.value, out.chance
+            ))
+        } else {
+            None
+        };
+        let grads: Vec<(&str, Tensor)> = self
+            .sgd
+            .params()
+            .iter()
+            .filter_map(|(n, v)| {
+                out.grads
+                    .get(v.as_tensor())
+                    .map(|g| (n.as_str(), g.clone()))
+            })
+            .collect();
+        let grad_bad = first_non_finite(grads.iter().map(|(n, g)| (*n, g)))?;
+        drop(grads);
+        if loss_bad.is_some() || grad_bad.is_some() {
+            // Name the first bad parameter too when there is one (the cause, more often than
+            // not): only on the failure path, so it costs nothing while training is healthy.
+            let state = self.live_tensors();
+            let param_bad = first_non_finite(state.iter().map(|(n, t)| (n.as_str(), t)))?;
+            let what: Vec<String> = [
+                loss_bad,
+                grad_bad.map(|b| format!("the gradient of {b}")),
+                param_bad.map(|b| format!("parameter {b}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            return Err(at(what.join("; ")).into());
         }
         let (value, acc, chance) = (out.value, out.acc, out.chance);
         self.apply(out)?;
+        let state = self.live_tensors();
+        if let Some(bad) = first_non_finite(state.iter().map(|(n, t)| (n.as_str(), t)))? {
+            return Err(at(format!("after the update, parameter {bad}")).into());
+        }
         Ok((value, acc, chance))
+    }
+
+    /// The query side's parameters and BN statistics, by checkpoint name: what one step changes
+    /// directly (the key side follows it by EMA, the queue is built from normalised keys).
+    /// Trainable parameters first, then BN statistics: the forward pass updates the statistics
+    /// from the parameters, so when both are bad the first bad parameter is the cause.
+    fn live_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut t: Vec<(String, Tensor)> = self
+            .encoder
+            .named_params()
+            .into_iter()
+            .map(|(n, v)| (format!("encoder_q.{n}"), v.as_detached_tensor()))
+            .collect();
+        if let Some(h) = &self.head {
+            t.extend(
+                h.named_vars()
+                    .into_iter()
+                    .map(|(n, v)| (format!("head_q.{n}"), v.as_detached_tensor())),
+            );
+        }
+        t.extend(
+            self.encoder
+                .named_buffers()
+                .into_iter()
+                .map(|(n, v)| (format!("encoder_q.{n}"), v.as_detached_tensor())),
+        );
+        t
     }
 
     /// The BN mode of replica `r` when the whole batch has `groups` BN groups.
@@ -607,6 +717,43 @@ mod tests {
     use super::*;
     use crate::model::{Arch, ResNetConfig};
     use crate::train::pretrain::bench::random_batch;
+
+    /// A parameter turned NaN stops the step, naming the epoch, the step and the tensor; and a
+    /// state with a non-finite tensor is never serialised as a checkpoint.
+    #[test]
+    fn a_non_finite_parameter_stops_the_step_and_is_named() {
+        let model = ResNetConfig {
+            arch: Arch::Resnet18,
+            width: 0.125,
+            small_stem: true,
+            num_classes: None,
+        };
+        let method: Method = "supervised".parse().unwrap();
+        let mut req = PretrainRequest::for_bench(method, model, 16, 16, 32);
+        req.replicas = Some(1);
+        let cfg = req.resolve(10).unwrap();
+        let batch = random_batch(&cfg, 10);
+        let mut tr = Trainer::new(cfg, Device::Cpu).unwrap();
+        tr.step(&batch, 0, 0).unwrap();
+        tr.checkpoint_bytes().unwrap();
+        let w = tr.encoder.var("conv1.weight").unwrap().clone();
+        let nan = Tensor::full(f32::NAN, w.dims(), &Device::Cpu).unwrap();
+        w.set(&nan).unwrap();
+        let before = tr.global_step;
+        let e = tr.step(&batch, 2, 5).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(e.downcast_ref::<Diverged>().is_some(), "{msg}");
+        assert!(
+            msg.contains("epoch 2, step 5") && msg.contains("`encoder_q.conv1.weight`"),
+            "{msg}"
+        );
+        assert_eq!(tr.global_step, before, "the failed step must not count");
+        let e = format!("{:#}", tr.checkpoint_bytes().unwrap_err());
+        assert!(
+            e.contains("encoder_q.conv1.weight") && e.contains(LAST),
+            "{e}"
+        );
+    }
 
     /// One step's gradients on 1 and on 2 replicas, same weights and batch: the replicas add the
     /// same terms in another grouping, so each gradient agrees to float rounding relative to its
