@@ -325,14 +325,15 @@ fn replay(method: &str) {
     let key_sizes = [b * g.u("dim")];
     let keys_name = ["keys".to_string()];
     let losses = values(g.get("loss"));
+    assert_eq!(losses.len(), STEPS, "{method}: golden steps");
 
     // The yardstick, reported beside the trainer's errors: PyTorch's own f32 run against the
     // (f64) reference, step by step, same measures.
     let mut envelope = Vec::new();
-    for s in 0..STEPS {
-        let l32 = values(g.get("f32.loss"))[s];
+    let losses32 = values(g.get("f32.loss"));
+    for (s, (&loss, &l32)) in losses.iter().zip(&losses32).enumerate() {
         let mut e = StepErrors {
-            loss: (l32 - losses[s]).abs() / losses[s].abs(),
+            loss: (l32 - loss).abs() / loss.abs(),
             ..Default::default()
         };
         let pairs = [
@@ -354,7 +355,7 @@ fn replay(method: &str) {
     }
 
     let mut errors = Vec::new();
-    for s in 0..STEPS {
+    for (s, &loss) in losses.iter().enumerate() {
         let labels = g.row("batch.labels", s);
         let perm: Option<Vec<u32>> =
             contrastive.then(|| g.row("batch.perm", s).iter().map(|&p| p as u32).collect());
@@ -371,7 +372,7 @@ fn replay(method: &str) {
         let out = rep.step(&batch, perm.as_deref()).unwrap();
         let state: HashMap<String, Tensor> = rep.state().unwrap().into_iter().collect();
         let mut e = StepErrors {
-            loss: (out.loss - losses[s]).abs() / losses[s].abs(),
+            loss: (out.loss - loss).abs() / loss.abs(),
             ..Default::default()
         };
         // The trainer's summaries, in the golden's layout (one step).
