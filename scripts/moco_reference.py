@@ -53,7 +53,12 @@ class Block(nn.Module):
 
 class GroupBN(nn.BatchNorm2d):
     """BatchNorm whose training statistics are taken per group of consecutive samples, as
-    `groups` GPUs of MoCo each normalise their own slice of the batch."""
+    `groups` GPUs of MoCo each normalise their own slice of the batch.
+
+    The running statistics take one momentum step per forward, toward the mean of the groups'
+    statistics, as MoCo's single-GPU `SplitBatchNorm` does (the mean over the groups of each
+    group's own update; `num_batches_tracked` counts forwards, not groups). Calling the plain BN
+    once per group instead would move them `groups` momentum steps per forward."""
 
     def __init__(self, c, groups):
         super().__init__(c)
@@ -62,7 +67,17 @@ class GroupBN(nn.BatchNorm2d):
     def forward(self, x):
         if not self.training or self.groups == 1:
             return super().forward(x)
-        return torch.cat([super(GroupBN, self).forward(c) for c in x.chunk(self.groups)])
+        outs, means, variances = [], [], []
+        for c in x.chunk(self.groups):
+            rm, rv = self.running_mean.clone(), self.running_var.clone()
+            outs.append(F.batch_norm(c, rm, rv, self.weight, self.bias, True, self.momentum, self.eps))
+            means.append(rm)
+            variances.append(rv)
+        with torch.no_grad():
+            self.running_mean.copy_(torch.stack(means).mean(0))
+            self.running_var.copy_(torch.stack(variances).mean(0))
+            self.num_batches_tracked.add_(1)
+        return torch.cat(outs)
 
 
 class Encoder(nn.Module):

@@ -37,6 +37,24 @@ impl ShuffleBn {
         Ok(ShuffleBn { perm, inv, groups })
     }
 
+    /// A given permutation (`shuffled[i] = x[perm[i]]`), e.g. one another implementation drew,
+    /// to replay its step. `perm` must hold each of `0..perm.len()` once, and `groups` (≥ 1)
+    /// divide its length.
+    pub fn from_perm(perm: Vec<u32>, groups: usize) -> Result<ShuffleBn> {
+        let batch = perm.len();
+        if groups == 0 || batch == 0 || !batch.is_multiple_of(groups) {
+            bail!("shuffle-BN: batch size {batch} must be a positive multiple of the number of BN groups {groups}");
+        }
+        let mut inv = vec![u32::MAX; batch];
+        for (i, &p) in perm.iter().enumerate() {
+            match inv.get_mut(p as usize) {
+                Some(slot) if *slot == u32::MAX => *slot = i as u32,
+                _ => bail!("shuffle-BN: {perm:?} is not a permutation of 0..{batch}"),
+            }
+        }
+        Ok(ShuffleBn { perm, inv, groups })
+    }
+
     /// The permutation for one training step, from its own stream so that it does not depend on
     /// how many other random draws happened before it.
     pub fn for_step(
@@ -128,6 +146,16 @@ mod tests {
             .chunks(4)
             .any(|g| g.iter().any(|&p| p / 4 != g[0] / 4));
         assert!(mixed);
+    }
+
+    #[test]
+    fn from_perm_inverts_and_rejects_non_permutations() {
+        let s = ShuffleBn::from_perm(vec![2, 0, 3, 1], 2).unwrap();
+        assert_eq!(s.inverse(), &[1, 3, 0, 2]);
+        assert_eq!(s, ShuffleBn::from_perm(s.perm().to_vec(), 2).unwrap());
+        assert!(ShuffleBn::from_perm(vec![0, 0, 1, 2], 2).is_err());
+        assert!(ShuffleBn::from_perm(vec![0, 1, 4, 2], 2).is_err());
+        assert!(ShuffleBn::from_perm(vec![0, 1, 2], 2).is_err());
     }
 
     #[test]

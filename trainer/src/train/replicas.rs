@@ -243,7 +243,11 @@ impl Replicas {
         if !groups.is_multiple_of(n) || !batch.is_multiple_of(groups) {
             let replicas = match &self.comm {
                 None => format!("--replicas {n}"),
-                Some(c) => format!("{n} replicas ({} ranks x --replicas {})", c.size(), self.local),
+                Some(c) => format!(
+                    "{n} replicas ({} ranks x --replicas {})",
+                    c.size(),
+                    self.local
+                ),
             };
             bail!(
                 "{replicas}: each replica must hold whole BN groups, but batch {batch} with \

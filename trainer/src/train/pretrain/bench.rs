@@ -1,6 +1,6 @@
 //! One training step on a fixed random batch through the trainer's own code: what the criterion
 //! bench `pretrain_step` and `host-trainer bench-step` time.
-use super::trainer::{Phase, PhaseClock, Trainer};
+use super::trainer::{KeyShuffle, Phase, PhaseClock, Trainer};
 use super::*;
 use anyhow::{ensure, Result};
 use candle_core::Device;
@@ -98,9 +98,14 @@ impl StepBench {
         dev.synchronize()?;
         let clock = PhaseClock::on(&dev);
         let t0 = Instant::now();
-        let out =
-            self.trainer
-                .compute(&self.batch, self.views.as_deref(), 0, self.steps, &clock)?;
+        let shuffle = KeyShuffle::Step {
+            seed: self.trainer.cfg.seed,
+            epoch: 0,
+            step: self.steps,
+        };
+        let out = self
+            .trainer
+            .compute(&self.batch, self.views.as_deref(), shuffle, &clock)?;
         ensure!(
             out.value.is_finite(),
             "bench step: the loss became {}",

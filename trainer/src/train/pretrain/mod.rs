@@ -9,7 +9,8 @@
 //! 5. SGD step on θ_q; enqueue k with its labels (after the loss).
 //!
 //! Modules: [`config`] (what defines a run), [`trainer`] (the state and one step), [`bench`] (a
-//! step on a fixed batch, for the benchmarks); this file is the epoch loop, checkpoints and
+//! step on a fixed batch, for the benchmarks), [`replay`] (a step from a given state, batch and
+//! shuffle, for the PyTorch parity test); this file is the epoch loop, checkpoints and
 //! the run summary.
 //!
 //! Everything random is keyed by (seed, epoch, step/index) (see [`crate::rng`]), and the
@@ -34,11 +35,13 @@ use std::sync::Arc;
 mod bench;
 mod config;
 mod probe;
+mod replay;
 mod trainer;
 
 pub use bench::{StepBench, StepTiming};
 pub use config::{PretrainConfig, PretrainRequest};
 pub use probe::QueueProbe;
+pub use replay::{ReplayedStep, StepReplay};
 use trainer::Trainer;
 pub use trainer::{Diverged, DIVERGED_LOSS_FACTOR};
 

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::trainer::{key_embeddings, Trainer};
+use super::trainer::{key_embeddings, KeyShuffle, Trainer};
 use crate::augment::loader::{load_batch, Batch, ImageSource};
 use crate::augment::AugmentConfig;
 use crate::method::contrastive::{chance_loss, contrastive_loss, l2_normalize};
@@ -90,7 +90,11 @@ impl Trainer {
                 &key.head,
                 &xk,
                 groups,
-                (seed, e, s as u64),
+                KeyShuffle::Step {
+                    seed,
+                    epoch: e,
+                    step: s as u64,
+                },
                 &self.replicas,
             )?;
             fresh.enqueue(&l2_normalize(&keys)?, Some(&labels_of(&batch)))?;
@@ -102,7 +106,12 @@ impl Trainer {
         let q = head_q
             .forward(&enc_q.forward_features(&xq, BnMode::Train { groups })?)?
             .detach();
-        let k = key_embeddings(&enc_k, &key.head, &xk, groups, (seed, e, 0), &self.replicas)?;
+        let shuffle = KeyShuffle::Step {
+            seed,
+            epoch: e,
+            step: 0,
+        };
+        let k = key_embeddings(&enc_k, &key.head, &xk, groups, shuffle, &self.replicas)?;
         let labels = labels_of(&probe);
         let ys = matches!(self.method, Method::Exemplar(_)).then_some(labels.as_slice());
         let score = |queue: &LabelQueue| -> Result<(f64, f64)> {

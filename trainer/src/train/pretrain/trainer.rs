@@ -223,35 +223,48 @@ impl Trainer {
             .with_context(|| format!("{}: the saved run's config", path.display()))?;
         let mut tr = Trainer::new(cfg, device.clone(), comm)
             .with_context(|| format!("{}: the saved run's config", path.display()))?;
+        tr.load_state(&tensors, &path)?;
+        tr.next_epoch = meta.next_epoch;
+        tr.global_step = meta.global_step;
+        Ok(tr)
+    }
+
+    /// Replace every evolving tensor with `tensors` (checkpoint names, as
+    /// [`Trainer::state_tensors`] writes them; `path` names their file in errors): the query
+    /// and key sides exactly (every parameter and buffer), the queue, and the optimiser's
+    /// momentum buffers (absent ones start afresh, as before a parameter's first step).
+    pub(super) fn load_state(
+        &mut self,
+        tensors: &std::collections::HashMap<String, Tensor>,
+        path: &Path,
+    ) -> Result<()> {
         let bytes_of = |prefix: &str| -> Result<Vec<u8>> {
-            let sub: Vec<(String, Tensor)> = checkpoint::with_prefix(&tensors, prefix)
+            let sub: Vec<(String, Tensor)> = checkpoint::with_prefix(tensors, prefix)
                 .into_iter()
                 .collect();
             Ok(safetensors::serialize(sub, None)?)
         };
-        tr.encoder
-            .load_safetensors_bytes(&bytes_of("encoder_q.")?, &path, &LoadOptions::exact())
+        self.encoder
+            .load_safetensors_bytes(&bytes_of("encoder_q.")?, path, &LoadOptions::exact())
             .with_context(|| format!("{}: query encoder", path.display()))?;
-        if let Some(h) = &tr.head {
-            h.load(&checkpoint::with_prefix(&tensors, "head_q."))
+        if let Some(h) = &self.head {
+            h.load(&checkpoint::with_prefix(tensors, "head_q."))
                 .with_context(|| format!("{}: query head", path.display()))?;
         }
-        if let Some(k) = &mut tr.key {
+        if let Some(k) = &mut self.key {
             k.encoder
-                .load_safetensors_bytes(&bytes_of("encoder_k.")?, &path, &LoadOptions::exact())
+                .load_safetensors_bytes(&bytes_of("encoder_k.")?, path, &LoadOptions::exact())
                 .with_context(|| format!("{}: key encoder", path.display()))?;
             k.head
-                .load(&checkpoint::with_prefix(&tensors, "head_k."))
+                .load(&checkpoint::with_prefix(tensors, "head_k."))
                 .with_context(|| format!("{}: key head", path.display()))?;
-            k.queue = LabelQueue::from_tensors(&tensors, &device)
+            k.queue = LabelQueue::from_tensors(tensors, &self.device)
                 .with_context(|| format!("{}: queue", path.display()))?;
         }
-        tr.sgd
-            .load_state_tensors(&checkpoint::with_prefix(&tensors, "optim."))
+        self.sgd
+            .load_state_tensors(&checkpoint::with_prefix(tensors, "optim."))
             .with_context(|| format!("{}: optimiser state", path.display()))?;
-        tr.next_epoch = meta.next_epoch;
-        tr.global_step = meta.global_step;
-        Ok(tr)
+        Ok(())
     }
 
     /// One optimiser step on a batch: (loss, train top-1 in [0, 1], chance loss of the step).
@@ -268,7 +281,12 @@ impl Trainer {
         epoch: usize,
         step_in_epoch: u64,
     ) -> Result<(f64, f64, f64)> {
-        let out = self.compute(batch, None, epoch, step_in_epoch, &PhaseClock::off())?;
+        let shuffle = KeyShuffle::Step {
+            seed: self.cfg.seed,
+            epoch: epoch as u64,
+            step: step_in_epoch,
+        };
+        let out = self.compute(batch, None, shuffle, &PhaseClock::off())?;
         let global_step = self.global_step;
         let at = |what: String| Diverged {
             epoch,
@@ -357,13 +375,13 @@ impl Trainer {
     /// Everything of a step before the update: for MoCo/Exemplar the EMA update of the key side
     /// and the keys (shuffle-BN across the replicas), then on every replica its share's query
     /// forward, loss and backward. `views[v]` optionally holds view `v` already on the device
-    /// (`bench-step --data-on-device`). `clock` marks the phases `bench-step` reports.
+    /// (`bench-step --data-on-device`). `shuffle` is the key batch's shuffle-BN permutation
+    /// (unused by supervised). `clock` marks the phases `bench-step` reports.
     pub(super) fn compute(
         &mut self,
         batch: &crate::augment::loader::Batch,
         views: Option<&[Tensor]>,
-        epoch: usize,
-        step_in_epoch: u64,
+        shuffle: KeyShuffle<'_>,
         clock: &PhaseClock,
     ) -> Result<StepOutput> {
         let device = self.device.clone();
@@ -415,7 +433,7 @@ impl Trainer {
                     &key.head,
                     &xk,
                     groups,
-                    (self.cfg.seed, epoch as u64, step_in_epoch),
+                    shuffle,
                     &self.replicas,
                 )?;
                 let exemplar = matches!(self.method, Method::Exemplar(_));
@@ -512,8 +530,19 @@ fn bn_mode(replicas: usize, groups: usize, r: usize) -> BnMode {
     }
 }
 
+/// Which permutation shuffles a step's key batch across the BN groups (MoCo's `idx_shuffle`).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum KeyShuffle<'a> {
+    /// Training's own: [`ShuffleBn::for_step`] of `(seed, epoch, step)`, and no shuffle with a
+    /// single BN group (where it could change nothing but the order of float sums).
+    Step { seed: u64, epoch: u64, step: u64 },
+    /// A permutation given by the caller (`shuffled[i] = x[perm[i]]`), applied whatever the
+    /// number of groups: the PyTorch parity test replays the reference's own.
+    Given(&'a [u32]),
+}
+
 /// The keys of a batch's key view, as step 3 of MoCo computes them: the batch shuffled across
-/// the `groups` BN groups by the permutation of training step `(seed, epoch, step)`, encoded
+/// the `groups` BN groups by the step's permutation ([`KeyShuffle`]), encoded
 /// (each replica its share of whole groups, as MoCo's DDP code splits the shuffled batch over
 /// GPUs), projected and un-shuffled; detached (the key side never gets gradients). One place, so
 /// that the queue probe re-encodes keys exactly as training encoded them.
@@ -522,14 +551,16 @@ pub(super) fn key_embeddings(
     head: &Head,
     xk: &Tensor,
     groups: usize,
-    (seed, epoch, step): (u64, u64, u64),
+    shuffle: KeyShuffle<'_>,
     replicas: &Replicas,
 ) -> Result<Tensor> {
     let n = replicas.len();
-    let shuffle = if groups > 1 {
-        Some(ShuffleBn::for_step(seed, epoch, step, xk.dim(0)?, groups)?)
-    } else {
-        None
+    let shuffle = match shuffle {
+        KeyShuffle::Step { seed, epoch, step } if groups > 1 => {
+            Some(ShuffleBn::for_step(seed, epoch, step, xk.dim(0)?, groups)?)
+        }
+        KeyShuffle::Step { .. } => None,
+        KeyShuffle::Given(perm) => Some(ShuffleBn::from_perm(perm.to_vec(), groups)?),
     };
     let xs = match &shuffle {
         Some(sh) => sh.shuffle(xk)?,
@@ -777,7 +808,14 @@ mod tests {
                 .map(|&n| {
                     req.replicas = Some(n);
                     let mut tr = Trainer::new(req.resolve(10).unwrap(), Device::Cpu, None).unwrap();
-                    let out = tr.compute(&batch, None, 0, 0, &PhaseClock::off()).unwrap();
+                    let shuffle = KeyShuffle::Step {
+                        seed: 0,
+                        epoch: 0,
+                        step: 0,
+                    };
+                    let out = tr
+                        .compute(&batch, None, shuffle, &PhaseClock::off())
+                        .unwrap();
                     (out, tr.sgd.params().to_vec())
                 })
                 .collect();
