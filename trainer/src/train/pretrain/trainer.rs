@@ -764,7 +764,7 @@ mod tests {
         req.replicas = Some(1);
         let cfg = req.resolve(10).unwrap();
         let batch = random_batch(&cfg, 10);
-        let mut tr = Trainer::new(cfg, Device::Cpu).unwrap();
+        let mut tr = Trainer::new(cfg, Device::Cpu, None).unwrap();
         tr.step(&batch, 0, 0).unwrap();
         tr.checkpoint_bytes().unwrap();
         let w = tr.encoder.var("conv1.weight").unwrap().clone();
