@@ -7,39 +7,42 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each section's heading carries the seconds since the start, so a slow CI run shows where.
+phase() { phase "[${SECONDS}s] $*"; }
+
 bash scripts/setup.sh
 
 # Features the host workspace is checked and tested with (one build serves clippy and the tests):
 # MPI, so that `pretrain --distributed mpi` runs under mpirun in host-trainer's CLI tests.
 FEATURES="host-trainer/mpi"
 
-echo "== cargo fmt --check =="
+phase "cargo fmt --check"
 cargo fmt --all --check
 
-echo "== cargo clippy (workspace, all targets, warnings are errors) =="
+phase "cargo clippy (workspace, all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --features "$FEATURES" --locked -- -D warnings
 
-echo "== cargo test (workspace; includes the runtime-mcu QEMU run) =="
+phase "cargo test (workspace; includes the runtime-mcu QEMU run)"
 rm -f target/mcu-report.txt
 mkdir -p target
 cargo test --workspace --features "$FEATURES" --locked 2>&1 | tee target/test-output.txt
 
 if [ -f target/mcu-report.txt ]; then
-  echo "== runtime-mcu under QEMU: the parity test's run =="
+  phase "runtime-mcu under QEMU: the parity test's run"
   cat target/mcu-report.txt
 fi
 
-echo "== runtime-mcu board builds beyond QEMU (compile and size only) =="
+phase "runtime-mcu board builds beyond QEMU (compile and size only)"
 bash scripts/mcu.sh boards
 
-echo "== runtime-core builds for thumbv7em-none-eabihf (no_std) =="
+phase "runtime-core builds for thumbv7em-none-eabihf (no_std)"
 cargo build -p runtime-core --target thumbv7em-none-eabihf --locked
 cargo build -p runtime-core --target thumbv7em-none-eabihf --features defmt --locked
 
-echo "== runtime-core on aarch64 Linux under qemu-user (NEON kernels vs the reference) =="
+phase "runtime-core on aarch64 Linux under qemu-user (NEON kernels vs the reference)"
 bash scripts/aarch64.sh 2>&1 | tee target/test-output-aarch64.txt
 
-echo "== runtime-ffi: C API header check, C example vs runtime-cli, Cortex-M4F cross-build =="
+phase "runtime-ffi: C API header check, C example vs runtime-cli, Cortex-M4F cross-build"
 if [ "$(cbindgen --version 2>/dev/null)" != "cbindgen 0.29.4" ]; then
   cargo install cbindgen --version 0.29.4 --locked
 fi
@@ -51,5 +54,6 @@ RT_FFI_PROFILE=dev bash runtime-ffi/run_c_example.sh
 bash runtime-ffi/build_thumbv7em.sh
 
 # One closing line for the whole run (every check above stops the script on failure).
+phase "done"
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' \
   target/test-output.txt target/test-output-aarch64.txt
