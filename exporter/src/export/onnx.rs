@@ -778,8 +778,9 @@ mod tests {
                 let xs = f32s(init(g, &n.input[1]))[0];
                 let ws = f32s(init(g, &n.input[4]));
                 let ys = f32s(init(g, &n.input[6]))[0];
-                for c in 0..ws.len() {
-                    let onnx = (xs * ws[c] / ys) as f64;
+                assert_eq!(ws.len(), m.len());
+                for (c, &w) in ws.iter().enumerate() {
+                    let onnx = (xs * w / ys) as f64;
                     let rt = m.get(c) as f64 * 2f64.powi(s.get(c) - 31);
                     if m.get(c) == 0 {
                         assert!(onnx < 2f64.powi(-32), "{name} {} channel {c}", n.name);
