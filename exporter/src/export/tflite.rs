@@ -1009,3 +1009,532 @@ fn options_table(
     let t = b.end_table(t);
     (tag, t.as_union_value())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fb::slot;
+    use flatbuffers::{
+        ForwardsUOffset, InvalidFlatbuffer, Table, Vector, Verifiable, Verifier, VerifierOptions,
+    };
+    use std::path::PathBuf;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures")
+            .join(name);
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    const INT8_MODELS: &[&str] = &[
+        "tiny/backbone-int8.safetensors",
+        "tiny/landmarks-int8.safetensors",
+        "mcu/resnet8.safetensors",
+        "mcu/backbone.safetensors",
+        "mcu/landmark.safetensors",
+    ];
+
+    // A flatbuffers verifier for the tables written (the schema's field ids, [`fb`]): every
+    // offset, vtable, vector and string in bounds and aligned, the required fields there.
+    type Scalars<T> = ForwardsUOffset<Vector<'static, T>>;
+    type Tables<T> = ForwardsUOffset<Vector<'static, ForwardsUOffset<T>>>;
+    type Str = ForwardsUOffset<&'static str>;
+    struct ModelV;
+    struct OperatorCodeV;
+    struct SubGraphV;
+    struct TensorV;
+    struct QuantV;
+    struct OperatorV;
+    struct BufferV;
+    struct MetadataV;
+    /// A builtin-options table of union tag `TAG`.
+    struct OptionsV<const TAG: u8>;
+
+    impl Verifiable for ModelV {
+        fn run_verifier(v: &mut Verifier, pos: usize) -> Result<(), InvalidFlatbuffer> {
+            use fb::model::*;
+            v.visit_table(pos)?
+                .visit_field::<u32>("version", slot(VERSION), true)?
+                .visit_field::<Tables<OperatorCodeV>>("operator_codes", slot(OPERATOR_CODES), true)?
+                .visit_field::<Tables<SubGraphV>>("subgraphs", slot(SUBGRAPHS), true)?
+                .visit_field::<Str>("description", slot(DESCRIPTION), false)?
+                .visit_field::<Tables<BufferV>>("buffers", slot(BUFFERS), true)?
+                .visit_field::<Tables<MetadataV>>("metadata", slot(METADATA), false)?
+                .finish();
+            Ok(())
+        }
+    }
+    impl Verifiable for OperatorCodeV {
+        fn run_verifier(v: &mut Verifier, pos: usize) -> Result<(), InvalidFlatbuffer> {
+            use fb::operator_code::*;
+            v.visit_table(pos)?
+                .visit_field::<i8>(
+                    "deprecated_builtin_code",
+                    slot(DEPRECATED_BUILTIN_CODE),
+                    false,
+                )?
+                .visit_field::<i32>("version", slot(VERSION), true)?
+                .visit_field::<i32>("builtin_code", slot(BUILTIN_CODE), false)?
+                .finish();
+            Ok(())
+        }
+    }
+    impl Verifiable for SubGraphV {
+        fn run_verifier(v: &mut Verifier, pos: usize) -> Result<(), InvalidFlatbuffer> {
+            use fb::subgraph::*;
+            v.visit_table(pos)?
+                .visit_field::<Tables<TensorV>>("tensors", slot(TENSORS), true)?
+                .visit_field::<Scalars<i32>>("inputs", slot(INPUTS), true)?
+                .visit_field::<Scalars<i32>>("outputs", slot(OUTPUTS), true)?
+                .visit_field::<Tables<OperatorV>>("operators", slot(OPERATORS), true)?
+                .visit_field::<Str>("name", slot(NAME), false)?
+                .finish();
+            Ok(())
+        }
+    }
+    impl Verifiable for TensorV {
+        fn run_verifier(v: &mut Verifier, pos: usize) -> Result<(), InvalidFlatbuffer> {
+            use fb::tensor::*;
+            v.visit_table(pos)?
+                .visit_field::<Scalars<i32>>("shape", slot(SHAPE), true)?
+                .visit_field::<i8>("type", slot(TYPE), false)?
+                .visit_field::<u32>("buffer", slot(BUFFER), false)?
+                .visit_field::<Str>("name", slot(NAME), true)?
+                .visit_field::<ForwardsUOffset<QuantV>>("quantization", slot(QUANTIZATION), false)?
+                .finish();
+            Ok(())
+        }
+    }
+    impl Verifiable for QuantV {
+        fn run_verifier(v: &mut Verifier, pos: usize) -> Result<(), InvalidFlatbuffer> {
+            use fb::quantization::*;
+            v.visit_table(pos)?
+                .visit_field::<Scalars<f32>>("scale", slot(SCALE), true)?
+                .visit_field::<Scalars<i64>>("zero_point", slot(ZERO_POINT), true)?
+                .visit_field::<i32>("quantized_dimension", slot(QUANTIZED_DIMENSION), false)?
+                .finish();
+            Ok(())
+        }
+    }
+    impl Verifiable for BufferV {
+        fn run_verifier(v: &mut Verifier, pos: usize) -> Result<(), InvalidFlatbuffer> {
+            v.visit_table(pos)?
+                .visit_field::<Scalars<u8>>("data", slot(fb::buffer::DATA), false)?
+                .finish();
+            Ok(())
+        }
+    }
+    impl Verifiable for MetadataV {
+        fn run_verifier(v: &mut Verifier, pos: usize) -> Result<(), InvalidFlatbuffer> {
+            v.visit_table(pos)?
+                .visit_field::<Str>("name", slot(fb::metadata::NAME), true)?
+                .visit_field::<u32>("buffer", slot(fb::metadata::BUFFER), true)?
+                .finish();
+            Ok(())
+        }
+    }
+    impl<const TAG: u8> Verifiable for OptionsV<TAG> {
+        fn run_verifier(v: &mut Verifier, pos: usize) -> Result<(), InvalidFlatbuffer> {
+            use fb::options::*;
+            let t = v.visit_table(pos)?;
+            let t = match TAG {
+                CONV_2D | POOL_2D => t
+                    .visit_field::<i8>("padding", slot(0), false)?
+                    .visit_field::<i32>("stride_w", slot(1), true)?
+                    .visit_field::<i32>("stride_h", slot(2), true)?,
+                FULLY_CONNECTED | ADD => t.visit_field::<i8>("fused_activation", slot(0), false)?,
+                REDUCER => t.visit_field::<bool>("keep_dims", slot(0), true)?,
+                LEAKY_RELU => t.visit_field::<f32>("alpha", slot(0), false)?,
+                RESHAPE => t.visit_field::<Scalars<i32>>("new_shape", slot(0), true)?,
+                _ => t,
+            };
+            t.finish();
+            Ok(())
+        }
+    }
+    impl Verifiable for OperatorV {
+        fn run_verifier(v: &mut Verifier, pos: usize) -> Result<(), InvalidFlatbuffer> {
+            use fb::operator::*;
+            v.visit_table(pos)?
+                .visit_field::<u32>("opcode_index", slot(OPCODE_INDEX), false)?
+                .visit_field::<Scalars<i32>>("inputs", slot(INPUTS), true)?
+                .visit_field::<Scalars<i32>>("outputs", slot(OUTPUTS), true)?
+                .visit_union::<u8, _>(
+                    "builtin_options_type",
+                    slot(BUILTIN_OPTIONS_TYPE),
+                    "builtin_options",
+                    slot(BUILTIN_OPTIONS),
+                    true,
+                    |tag, v, pos| {
+                        use fb::options::*;
+                        match tag {
+                            CONV_2D => v
+                                .verify_union_variant::<ForwardsUOffset<OptionsV<CONV_2D>>>(
+                                    "Conv2DOptions",
+                                    pos,
+                                ),
+                            POOL_2D => v
+                                .verify_union_variant::<ForwardsUOffset<OptionsV<POOL_2D>>>(
+                                    "Pool2DOptions",
+                                    pos,
+                                ),
+                            FULLY_CONNECTED => v
+                                .verify_union_variant::<ForwardsUOffset<OptionsV<FULLY_CONNECTED>>>(
+                                    "FullyConnectedOptions",
+                                    pos,
+                                ),
+                            ADD => v.verify_union_variant::<ForwardsUOffset<OptionsV<ADD>>>(
+                                "AddOptions",
+                                pos,
+                            ),
+                            RESHAPE => v
+                                .verify_union_variant::<ForwardsUOffset<OptionsV<RESHAPE>>>(
+                                    "ReshapeOptions",
+                                    pos,
+                                ),
+                            PAD => v.verify_union_variant::<ForwardsUOffset<OptionsV<PAD>>>(
+                                "PadOptions",
+                                pos,
+                            ),
+                            PADV2 => v.verify_union_variant::<ForwardsUOffset<OptionsV<PADV2>>>(
+                                "PadV2Options",
+                                pos,
+                            ),
+                            REDUCER => v
+                                .verify_union_variant::<ForwardsUOffset<OptionsV<REDUCER>>>(
+                                    "ReducerOptions",
+                                    pos,
+                                ),
+                            LEAKY_RELU => v
+                                .verify_union_variant::<ForwardsUOffset<OptionsV<LEAKY_RELU>>>(
+                                    "LeakyReluOptions",
+                                    pos,
+                                ),
+                            _ => Err(InvalidFlatbuffer::InconsistentUnion {
+                                field: "builtin_options_type".into(),
+                                field_type: "unknown tag".into(),
+                                error_trace: Default::default(),
+                            }),
+                        }
+                    },
+                )?
+                .finish();
+            Ok(())
+        }
+    }
+
+    /// Verifies `buf` as a TFLite model and reads back (version, op codes in operator order,
+    /// tensor count, subgraph input and output).
+    type RTables<'a> = ForwardsUOffset<Vector<'a, ForwardsUOffset<Table<'a>>>>;
+    type RInts<'a> = ForwardsUOffset<Vector<'a, i32>>;
+
+    fn verify_and_read<'a>(buf: &'a [u8]) -> (u32, Vec<i32>, usize, i32, i32) {
+        assert!(flatbuffers::buffer_has_identifier(
+            buf,
+            FILE_IDENTIFIER,
+            false
+        ));
+        let opts = VerifierOptions::default();
+        let mut v = Verifier::new(&opts, buf);
+        <ForwardsUOffset<ModelV>>::run_verifier(&mut v, 0).expect("verifies");
+        // SAFETY: the whole buffer was verified above against these field types.
+        unsafe {
+            let model = <ForwardsUOffset<Table<'a>>>::follow(buf, 0);
+            let version = model.get::<u32>(slot(fb::model::VERSION), None).unwrap();
+            let codes: Vec<i32> = model
+                .get::<RTables<'a>>(slot(fb::model::OPERATOR_CODES), None)
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    c.get::<i32>(slot(fb::operator_code::BUILTIN_CODE), Some(0))
+                        .unwrap()
+                })
+                .collect();
+            let sg = model
+                .get::<RTables<'a>>(slot(fb::model::SUBGRAPHS), None)
+                .unwrap()
+                .get(0);
+            let ops: Vec<i32> = sg
+                .get::<RTables<'a>>(slot(fb::subgraph::OPERATORS), None)
+                .unwrap()
+                .iter()
+                .map(|o| {
+                    let i = o
+                        .get::<u32>(slot(fb::operator::OPCODE_INDEX), Some(0))
+                        .unwrap();
+                    codes[i as usize]
+                })
+                .collect();
+            let n = sg
+                .get::<RTables<'a>>(slot(fb::subgraph::TENSORS), None)
+                .unwrap()
+                .len();
+            let io = |f| sg.get::<RInts<'a>>(slot(f), None).unwrap().get(0);
+            (
+                version,
+                ops,
+                n,
+                io(fb::subgraph::INPUTS),
+                io(fb::subgraph::OUTPUTS),
+            )
+        }
+    }
+
+    use flatbuffers::Follow;
+
+    /// Every written model passes the flatbuffers verifier, and what it reads back is the
+    /// graph that was built: op codes in order, tensor count, input and output.
+    #[test]
+    fn written_files_pass_the_flatbuffer_verifier() {
+        for name in INT8_MODELS {
+            let bytes = fixture(name);
+            let g = build(&bytes).unwrap();
+            let t = to_tflite(&bytes).unwrap();
+            let (version, ops, tensors, input, output) = verify_and_read(&t.bytes);
+            assert_eq!(version, SCHEMA_VERSION, "{name}");
+            assert_eq!(
+                ops,
+                g.ops.iter().map(|o| o.code).collect::<Vec<_>>(),
+                "{name}"
+            );
+            assert_eq!(tensors, g.tensors.len(), "{name}");
+            assert_eq!((input, output), (g.input, g.output), "{name}");
+            // A corrupted copy (an offset pointing out of the buffer) is rejected.
+            let mut bad = t.bytes.clone();
+            let past_end = bad.len() as u32 + 16;
+            bad[0..4].copy_from_slice(&past_end.to_le_bytes());
+            let opts = VerifierOptions::default();
+            assert!(
+                <ForwardsUOffset<ModelV>>::run_verifier(&mut Verifier::new(&opts, &bad), 0)
+                    .is_err()
+            );
+        }
+    }
+
+    /// The graph carries the runtime's parameters: one CONV_2D per runtime conv with the
+    /// file's OHWI weights, biases and weight scales (whose TFLite multipliers are the file's
+    /// `m`, `s`), bias scales `in·w`, the activations' scales and zero points; 3×3 stride-1
+    /// pad-1 convs are `SAME`, 1×1 stride-2 `VALID`, 3×3 stride-2 pad-1 on even sizes an
+    /// explicit `PAD` + `VALID`; the input and `[1, N]` output are int8 with the runtime's
+    /// quantisation.
+    #[test]
+    fn graph_carries_the_runtime_parameters() {
+        for name in INT8_MODELS {
+            let bytes = fixture(name);
+            let m = Model::parse(&bytes).unwrap();
+            let g = build(&bytes).unwrap();
+            assert!(g.notes.is_empty(), "{name}: {:?}", g.notes);
+            let by_name = |n: &str| {
+                g.tensors
+                    .iter()
+                    .position(|t| t.name == n)
+                    .unwrap_or_else(|| panic!("{name}: no tensor {n}"))
+            };
+            let desc = m.tensors();
+            for n in m.nodes() {
+                let io = n.output();
+                let t = &g.tensors[by_name(&format!("t{io}"))];
+                let d = desc[io as usize];
+                assert_eq!(t.ty, fb::INT8);
+                assert_eq!(t.quant, per_tensor(d.scale, d.zp), "{name} t{io}");
+                let Op::ConvI8 {
+                    conv,
+                    weight_scales,
+                } = n.op()
+                else {
+                    continue;
+                };
+                let op = g
+                    .ops
+                    .iter()
+                    .find(|o| o.outputs == [by_name(&format!("t{io}")) as i32])
+                    .unwrap();
+                assert_eq!(op.code, fb::op::CONV_2D);
+                let (w, b) = (
+                    &g.tensors[op.inputs[1] as usize],
+                    &g.tensors[op.inputs[2] as usize],
+                );
+                let win = conv.win;
+                assert_eq!(
+                    w.shape,
+                    [conv.out_c, win.kh, win.kw, win.in_c].map(|v| v as i32)
+                );
+                let wbytes: Vec<i8> = g.buffers[w.buffer as usize]
+                    .iter()
+                    .map(|&x| x as i8)
+                    .collect();
+                assert_eq!(wbytes, conv.weights);
+                let bias: Vec<i32> = g.buffers[b.buffer as usize]
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                assert_eq!(bias, conv.bias.iter().collect::<Vec<_>>());
+                let (wq, bq) = (w.quant.as_ref().unwrap(), b.quant.as_ref().unwrap());
+                // The file's weight scales where it stores them (the mcu models predate `ws=`:
+                // recovered from the multipliers, they give back the same multipliers below).
+                let ws = &wq.scale;
+                if let Some(stored) = weight_scales {
+                    assert_eq!(*ws, stored.iter().collect::<Vec<_>>());
+                }
+                assert_eq!(wq.dim, 0);
+                assert!(wq.zero_point.iter().chain(&bq.zero_point).all(|&z| z == 0));
+                let (ai, ao) = (desc[n.inputs()[0] as usize], desc[io as usize]);
+                for c in 0..ws.len() {
+                    assert_eq!(
+                        layer_multiplier(ai.scale, ws[c], ao.scale),
+                        (conv.mult.get(c), conv.shift.get(c))
+                    );
+                    assert_eq!(bq.scale[c], (ai.scale as f64 * ws[c] as f64) as f32);
+                }
+                let Options::Conv { padding, .. } = op.options else {
+                    panic!("{name}: conv options {:?}", op.options)
+                };
+                let read = &g.tensors[op.inputs[0] as usize];
+                match (win.kh, win.stride_h, win.pad_top, win.in_h % 2) {
+                    (3, 1, 1, _) => assert_eq!(padding, fb::SAME, "{name} t{io}"),
+                    (1, 2, 0, _) => assert_eq!(padding, fb::VALID, "{name} t{io}"),
+                    (3, 2, 1, 0) => {
+                        assert_eq!(padding, fb::VALID, "{name} t{io}");
+                        assert!(read.name.ends_with(".padded"), "{name} t{io}");
+                        assert_eq!(read.shape[1] as usize, win.in_h + 1);
+                    }
+                    _ => {}
+                }
+            }
+            let (i, o) = (&g.tensors[g.input as usize], &g.tensors[g.output as usize]);
+            let (id, od) = (m.input_desc(), m.output_desc());
+            assert_eq!(i.shape, [1, id.h as i32, id.w as i32, id.c as i32]);
+            assert_eq!(i.quant, per_tensor(id.scale, id.zp));
+            assert_eq!(o.shape, [1, m.output_len() as i32]);
+            assert_eq!(o.quant, per_tensor(od.scale, od.zp));
+        }
+    }
+
+    fn window(n: usize, k: usize, s: usize, pad: usize, out: usize) -> Window {
+        Window {
+            in_h: n,
+            in_w: n,
+            in_c: 1,
+            out_h: out,
+            out_w: out,
+            kh: k,
+            kw: k,
+            stride_h: s,
+            stride_w: s,
+            pad_top: pad,
+            pad_left: pad,
+        }
+    }
+
+    /// `SAME` only where its padding is the window's, `VALID` where there is none, else an
+    /// explicit pad of exactly the runtime's rows and columns (`PADV2` with −128 for max pool).
+    #[test]
+    fn padding_is_same_valid_or_explicit() {
+        let d = TensorDesc {
+            h: 0,
+            w: 0,
+            c: 1,
+            scale: 0.1,
+            zp: 3,
+        };
+        let cases = [
+            // (in, k, s, pad, out) → TFLite padding, explicit [top, bottom]
+            ((16, 3, 1, 1, 16), fb::SAME, None),
+            ((7, 3, 2, 1, 4), fb::SAME, None),
+            ((16, 1, 2, 0, 8), fb::VALID, None),
+            ((16, 3, 2, 0, 7), fb::VALID, None),
+            ((16, 3, 2, 1, 8), fb::VALID, Some([1, 0])),
+            ((32, 7, 2, 3, 16), fb::VALID, Some([3, 2])),
+            ((5, 3, 1, 2, 7), fb::VALID, Some([2, 2])),
+        ];
+        for ((n, k, s, p, o), want, explicit) in cases {
+            for lowest in [false, true] {
+                let mut g = Graph::default();
+                let x = g.tensor(Tensor {
+                    name: "x".into(),
+                    shape: vec![1, n as i32, n as i32, 1],
+                    ty: fb::INT8,
+                    buffer: 0,
+                    quant: per_tensor(d.scale, d.zp),
+                });
+                let (y, padding) = g
+                    .padded(&window(n, k, s, p, o), x, &d, lowest, "op")
+                    .unwrap();
+                assert_eq!(padding, want, "{n} {k} {s} {p}");
+                match explicit {
+                    None => assert_eq!((y, g.ops.len()), (x, 0)),
+                    Some([top, bottom]) => {
+                        let op = &g.ops[0];
+                        assert_eq!(op.code, if lowest { fb::op::PADV2 } else { fb::op::PAD });
+                        let pads = &g.buffers[g.tensors[op.inputs[1] as usize].buffer as usize];
+                        let pads: Vec<i32> = pads
+                            .chunks_exact(4)
+                            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                            .collect();
+                        assert_eq!(pads, [0, 0, top, bottom, top, bottom, 0, 0]);
+                        assert_eq!(
+                            g.tensors[y as usize].shape[1],
+                            (n + top as usize + bottom as usize) as i32
+                        );
+                        if lowest {
+                            let c = &g.tensors[op.inputs[2] as usize];
+                            assert_eq!(g.buffers[c.buffer as usize], [0x80]);
+                            assert_eq!(c.quant, per_tensor(d.scale, d.zp));
+                        }
+                    }
+                }
+            }
+        }
+        // A window whose output its padding cannot give is an error naming the op.
+        let mut g = Graph::default();
+        let e = g.padded(&window(8, 3, 1, 0, 3), 0, &d, false, "conv_t5");
+        assert!(matches!(e, Err(TfliteError::Unsupported(s)) if s.contains("conv_t5")));
+    }
+
+    /// TFLite Micro's MEAN folding gives runtime-core's multiplier for every power-of-two
+    /// count (an exact exponent change), and may differ for others.
+    #[test]
+    fn mean_multiplier_is_the_runtimes_for_powers_of_two() {
+        let mut differ = 0;
+        for (i, &(a, b)) in [
+            (0.0183f32, 0.0219f32),
+            (0.05, 0.0071),
+            (0.3, 0.29),
+            (1e-3, 0.2),
+        ]
+        .iter()
+        .enumerate()
+        {
+            for n in [1usize, 2, 4, 16, 64, 1024] {
+                let rt = quantize_multiplier(a as f64 / (b as f64 * n as f64));
+                assert_eq!(tflm_mean_multiplier(a, b, n), rt, "case {i} n {n}");
+            }
+            for n in [3usize, 9, 12, 25, 49] {
+                let rt = quantize_multiplier(a as f64 / (b as f64 * n as f64));
+                differ += usize::from(tflm_mean_multiplier(a, b, n) != rt);
+            }
+        }
+        assert!(
+            differ > 0,
+            "truncating (m << k)/n differs from rounding somewhere"
+        );
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
+        assert!(matches!(to_tflite(b"hello"), Err(TfliteError::Model(_))));
+        let mut b = fixture("tiny/backbone-int8.safetensors");
+        b.truncate(b.len() / 2);
+        assert!(matches!(to_tflite(&b), Err(TfliteError::Model(_))));
+        let f32_model = fixture("tiny/backbone-f32.safetensors");
+        assert!(matches!(
+            to_tflite(&f32_model),
+            Err(TfliteError::Unsupported(s)) if s.contains("f32")
+        ));
+        assert!(matches!(
+            fused(-5, 127, 3, "conv_t9"),
+            Err(TfliteError::Unsupported(s)) if s.contains("conv_t9")
+        ));
+        assert!(fused(-128, 100, -128, "x").is_err());
+    }
+}
