@@ -51,9 +51,16 @@
 //!   For a power-of-two `n = H·W` (the fixtures' 2×2) both give the same `(m, shift)`; otherwise
 //!   the multiplier can differ in its last bits and the note says for how many of the possible
 //!   sums the output differs, and by how much.
-//! * leaky: TFLite Micro computes `in/out` and `in·alpha/out` in **f32** before
-//!   `QuantizeMultiplier`; runtime-core in f64. When the multipliers differ the note gives the
-//!   number of the 256 int8 inputs whose outputs differ (exhaustively) and the largest difference.
+//! * leaky: `QuantizeMultiplier(in/out)` and `QuantizeMultiplier(alpha·in/out)`. The TFLite Micro
+//!   wheel the tests run (`tflite-micro` 0.dev20261023, g8f6596d) derives them as runtime-core
+//!   does in f64: on 40 random scale pairs where an **f32** `in/out`, `in·alpha/out` would change
+//!   an output, it gave runtime-core's outputs every time, and
+//!   `tflite_micro_differs_only_where_the_notes_say` checks one such pair. The TFLM source read
+//!   for this writer (`leaky_relu_common.cc` at 90b983c, 2026-08; the f64 fix of 2022 was
+//!   reverted in 2023) computes both in f32, so a build of *that* source can differ from
+//!   runtime-core by 1 LSB on a few of the 256 int8 inputs for some scales (none on the
+//!   fixtures' one leaky op: its f32 and f64 multipliers give the same table). No note is
+//!   written for it.
 //!
 //! Flatbuffer layout: written with the `flatbuffers` crate's builder, tables by hand against
 //! `tensorflow/compiler/mlir/lite/schema/schema.fbs` (= `tensorflow/lite/schema/schema.fbs`);
@@ -551,15 +558,6 @@ pub fn tflm_mean_multiplier(in_scale: f32, out_scale: f32, n: usize) -> (i32, i3
     ((((m as i64) << k) / n as i64) as i32, s - k)
 }
 
-/// TFLite Micro's int8 LEAKY_RELU parameters (`leaky_relu_common.cc`): `(identity, alpha)`
-/// multipliers from `in/out` and `in·alpha/out` computed in f32.
-pub fn tflm_leaky_multipliers(in_scale: f32, out_scale: f32, alpha: f32) -> [(i32, i32); 2] {
-    [
-        quantize_multiplier((in_scale / out_scale) as f64),
-        quantize_multiplier((in_scale * alpha / out_scale) as f64),
-    ]
-}
-
 /// How many of `inputs` requantise differently with `a` than with `b`, and the largest
 /// difference (in LSB, after the +zp and int8 clamp).
 fn count_differences(
@@ -727,13 +725,17 @@ pub(crate) fn build(model_bytes: &[u8]) -> Result<Graph, TfliteError> {
                     let out = |sum: i32, (m, s): (i32, i32)| {
                         (multiply_by_quantized_multiplier(sum, m, s) + mean.out_zp).clamp(-128, 127)
                     };
-                    let (k, total, max) = count_differences(-255 * n..=255 * n, out, tfl, rt);
-                    g.notes.push(format!(
+                    let sums = n * (-128 - mean.in_zp)..=n * (127 - mean.in_zp);
+                    let (k, total, max) = count_differences(sums, out, tfl, rt);
+                    // A multiplier that differs only where no reachable sum notices is exact.
+                    if k > 0 {
+                        g.notes.push(format!(
                         "{name}: MEAN over {n} = {}x{} values: TFLite Micro folds 1/{n} into its \
                          multiplier as {tfl:?}, runtime-core as {rt:?}; the output differs for \
                          {k} of the {total} possible sums, by at most {max} LSB",
                         ai.h, ai.w
                     ));
+                    }
                 }
                 let x = g.input4(ii, &ai)?;
                 let axes = g.const_i32(format!("{name}.axes"), vec![2], &[1, 2]);
@@ -747,30 +749,21 @@ pub(crate) fn build(model_bytes: &[u8]) -> Result<Graph, TfliteError> {
             }
             Op::LeakyI8 { leaky, alpha } => {
                 let name = format!("leaky_t{io}");
-                let tfl = tflm_leaky_multipliers(ai.scale, ao.scale, alpha);
+                // TFLite's multipliers, in/out and alpha·in/out (f64; see the module doc on
+                // builds that compute them in f32), to check they are the file's.
+                let r = ai.scale as f64 / ao.scale as f64;
+                let tfl = [
+                    quantize_multiplier(r),
+                    quantize_multiplier(alpha as f64 * r),
+                ];
                 let rt = [
                     (leaky.id_mult, leaky.id_shift),
                     (leaky.alpha_mult, leaky.alpha_shift),
                 ];
                 if tfl != rt {
-                    let out = |x: i32, pair: [(i32, i32); 2]| {
-                        let d = x - leaky.in_zp;
-                        let (m, s) = if d >= 0 { pair[0] } else { pair[1] };
-                        (multiply_by_quantized_multiplier(d, m, s) + leaky.out_zp).clamp(-128, 127)
-                    };
-                    let (mut k, mut max) = (0, 0);
-                    for x in -128..=127 {
-                        let d = (out(x, tfl) - out(x, rt)).abs();
-                        k += usize::from(d > 0);
-                        max = max.max(d);
-                    }
-                    if k > 0 {
-                        g.notes.push(format!(
-                            "{name}: TFLite Micro computes LEAKY_RELU's multipliers in f32 \
-                             ({tfl:?}), runtime-core in f64 ({rt:?}); the output differs for {k} \
-                             of the 256 int8 inputs, by at most {max} LSB"
-                        ));
-                    }
+                    g.notes.push(format!(
+                        "{name}: TFLite's LEAKY_RELU multipliers {tfl:?} are not the file's {rt:?}"
+                    ));
                 }
                 let x = g.input4(ii, &ai)?;
                 let y = g.activation(io, &ao, nhwc(&ao));
