@@ -1372,12 +1372,12 @@ mod tests {
                 assert_eq!(wq.dim, 0);
                 assert!(wq.zero_point.iter().chain(&bq.zero_point).all(|&z| z == 0));
                 let (ai, ao) = (desc[n.inputs()[0] as usize], desc[io as usize]);
-                for c in 0..ws.len() {
+                for (c, (&w, &bs)) in ws.iter().zip(&bq.scale).enumerate() {
                     assert_eq!(
-                        layer_multiplier(ai.scale, ws[c], ao.scale),
+                        layer_multiplier(ai.scale, w, ao.scale),
                         (conv.mult.get(c), conv.shift.get(c))
                     );
-                    assert_eq!(bq.scale[c], (ai.scale as f64 * ws[c] as f64) as f32);
+                    assert_eq!(bs, (ai.scale as f64 * w as f64) as f32);
                 }
                 let Options::Conv { padding, .. } = op.options else {
                     panic!("{name}: conv options {:?}", op.options)

@@ -172,7 +172,7 @@ fn write_tflite(source: &Path, runtime_bytes: &[u8], out: &Path) -> anyhow::Resu
         export::tflite::SCHEMA_VERSION,
         t.bytes.len(),
         if t.notes.is_empty() {
-            "every op bit-exact with runtime-core".to_string()
+            "TFLite derives every op's parameters as the runtime file has them".to_string()
         } else {
             format!("{} op(s) not bit-exact, below", t.notes.len())
         }
