@@ -49,8 +49,10 @@
 //! * mean: `QuantizeMultiplier(in/out)`, then `1/n` folded in as `(m << k)/n` (integer, truncated)
 //!   with `k = ⌊log2 n⌋`, shift − k; runtime-core folds `1/n` into one `QuantizeMultiplier(in/(out·n))`.
 //!   For a power-of-two `n = H·W` (the fixtures' 2×2) both give the same `(m, shift)`; otherwise
-//!   the multiplier can differ in its last bits and the note says for how many of the possible
-//!   sums the output differs, and by how much.
+//!   the multiplier can differ in its last bit or so, and where that changes the output for some
+//!   reachable sum `Σ(x − zp)` (counted exhaustively) the note says for how many sums and by how
+//!   much. Rare and 1 LSB: the test's sweep over 3×3 means (`tflite_micro.rs`) first meets one at
+//!   scales 0.0363/0.0401, 1 of the 2 296 reachable sums, and TFLite Micro shows exactly that.
 //! * leaky: `QuantizeMultiplier(in/out)` and `QuantizeMultiplier(alpha·in/out)`. The TFLite Micro
 //!   wheel the tests run (`tflite-micro` 0.dev20261023, g8f6596d) derives them as runtime-core
 //!   does in f64: on 40 random scale pairs where an **f32** `in/out`, `in·alpha/out` would change
@@ -58,14 +60,15 @@
 //!   `tflite_micro_differs_only_where_the_notes_say` checks one such pair. The TFLM source read
 //!   for this writer (`leaky_relu_common.cc` at 90b983c, 2026-08; the f64 fix of 2022 was
 //!   reverted in 2023) computes both in f32, so a build of *that* source can differ from
-//!   runtime-core by 1 LSB on a few of the 256 int8 inputs for some scales (none on the
-//!   fixtures' one leaky op: its f32 and f64 multipliers give the same table). No note is
-//!   written for it.
+//!   runtime-core by 1 LSB on a few of the 256 int8 inputs for some scales (not on the
+//!   fixtures' one leaky op, whose f32 and f64 multipliers give the same 256 outputs: checked in
+//!   `tflite_micro_agrees_bit_for_bit`). No note is written for it.
 //!
 //! Flatbuffer layout: written with the `flatbuffers` crate's builder, tables by hand against
 //! `tensorflow/compiler/mlir/lite/schema/schema.fbs` (= `tensorflow/lite/schema/schema.fbs`);
 //! the field ids used are listed at [`fb`]. Buffers' data is 4-byte aligned (the builder's
-//! vector alignment; the schema asks for 16 only as a SIMD hint), enough for int32 biases.
+//! vector alignment), not the 16 the schema's `force_align` asks for: enough for the int8 and
+//! int32 data here, and TFLite Micro runs the files as written.
 use std::collections::HashMap;
 
 use flatbuffers::{FlatBufferBuilder, WIPOffset};

@@ -95,6 +95,35 @@ fn tflite_micro_agrees_bit_for_bit() {
         let bytes = std::fs::read(root().join(rel)).unwrap();
         let m = Model::parse(&bytes).unwrap();
         assert_eq!(m.dtype(), Dtype::Int8, "{name}");
+        // A TFLM built from source that computes LEAKY_RELU's multipliers in f32 (see
+        // `leaky_multipliers_f32`) would run these models bit for bit too: same 256 outputs.
+        for n in m.nodes() {
+            if let runtime_core::Op::LeakyI8 { leaky, alpha } = n.op() {
+                let (ai, ao) = (
+                    m.tensors()[n.inputs()[0] as usize],
+                    m.tensors()[n.output() as usize],
+                );
+                let pairs = [
+                    (leaky.id_mult, leaky.id_shift),
+                    (leaky.alpha_mult, leaky.alpha_shift),
+                ];
+                let out = |pair: [(i32, i32); 2]| -> Vec<i32> {
+                    (-128..=127)
+                        .map(|x: i32| {
+                            let d = x - leaky.in_zp;
+                            let (mu, sh) = pair[usize::from(d < 0)];
+                            (mbqm(d, mu, sh) + leaky.out_zp).clamp(-128, 127)
+                        })
+                        .collect()
+                };
+                assert_eq!(
+                    out(leaky_multipliers_f32(ai.scale, ao.scale, alpha)),
+                    out(pairs),
+                    "{name}: leaky t{}",
+                    n.output()
+                );
+            }
+        }
         let t = tflite::to_tflite(&bytes).unwrap();
         // Every op's fixed-point parameters are TFLite's own (see the module doc of
         // export::tflite): nothing is expected to differ.
