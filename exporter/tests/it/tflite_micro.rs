@@ -417,3 +417,83 @@ fn tflite_micro_differs_only_where_the_notes_say() {
         "{note}"
     );
 }
+
+/// An fc output (`[1, N]` in TFLite) read by later ops as NHWC goes through a `RESHAPE` to
+/// `[1, 1, 1, N]` (made once, shared by the leaky and the add here), and a fused-ReLU fc with
+/// the output zero point above −128 clamps as the runtime does: a builder-made
+/// fc → leaky → add(leaky, fc) model runs bit for bit in TFLite Micro on 16 random inputs.
+#[test]
+fn tflite_micro_runs_fc_outputs_read_as_nhwc() {
+    if !have_tflite_micro() {
+        println!("SKIP tflite_micro fc chain: python3 cannot import tflite_micro/numpy");
+        return;
+    }
+    let mut s: u64 = 99;
+    let mut next = || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (s >> 33) as u32
+    };
+    let weights: Vec<i8> = (0..8 * 12)
+        .map(|_| ((next() % 255) as i32 - 127) as i8)
+        .collect();
+    let w_scale: Vec<f32> = (0..8).map(|c| 0.004 + 0.001 * c as f32).collect();
+    let bias: Vec<i32> = (0..8).map(|_| (next() % 4001) as i32 - 2000).collect();
+    let mut mb = ModelBuilder::new(Dtype::Int8, Task::Features).with_weight_scales();
+    let x = mb
+        .input(
+            [2, 2, 3],
+            &[0.5; 3],
+            &[0.25; 3],
+            Quant { scale: 0.02, zp: 3 },
+        )
+        .unwrap();
+    let f = mb
+        .fc(
+            "head.fc",
+            x,
+            8,
+            true,
+            runtime_core::LayerParams::I8 {
+                weights: &weights,
+                w_scale: &w_scale,
+                bias: &bias,
+            },
+            Quant {
+                scale: 0.031,
+                zp: -20,
+            },
+        )
+        .unwrap();
+    let l = mb
+        .leaky_relu(
+            f,
+            0.2,
+            Quant {
+                scale: 0.027,
+                zp: -9,
+            },
+        )
+        .unwrap();
+    let y = mb.add(l, f, false, Quant { scale: 0.05, zp: 4 }).unwrap();
+    mb.output(y).unwrap();
+    let bytes = mb.to_bytes().unwrap();
+    let m = Model::parse(&bytes).unwrap();
+    let t = tflite::to_tflite(&bytes).unwrap();
+    assert!(t.notes.is_empty(), "{:?}", t.notes);
+    let xs: Vec<Vec<i8>> = (0..16)
+        .map(|_| (0..12).map(|_| next() as u8 as i8).collect())
+        .collect();
+    let (tflm, rt) = (run_tflm(&t.bytes, &xs), run_runtime(&m, &xs));
+    println!(
+        "fc chain: {}/{} values identical",
+        tflm.iter().zip(&rt).filter(|(p, q)| p == q).count(),
+        rt.len()
+    );
+    let mut distinct = rt.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert!(distinct.len() > 16, "a degenerate output: {distinct:?}");
+    assert_eq!(tflm, rt);
+}
