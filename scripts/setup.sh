@@ -37,3 +37,12 @@ if ! python3 -c 'import onnxruntime, numpy, onnx' 2>/dev/null; then
   python3 -m pip install --quiet onnxruntime numpy onnx ||
     echo "setup.sh: WARNING: pip install onnxruntime numpy onnx failed; the onnxruntime comparison will be skipped"
 fi
+
+# TensorFlow Lite Micro's Python interpreter for exporter/tests/it/tflite_micro.rs, which runs
+# `export --tflite` models and checks them bit for bit against runtime-core. That test too skips,
+# saying so, only if it cannot be imported.
+if ! python3 -c 'from tflite_micro.python.tflite_micro import runtime' 2>/dev/null; then
+  echo "setup.sh: installing tflite-micro (PyPI)"
+  python3 -m pip install --quiet tflite-micro ||
+    echo "setup.sh: WARNING: pip install tflite-micro failed; the TFLite Micro comparison will be skipped"
+fi

@@ -16,6 +16,7 @@ pub mod fold;
 pub mod graph;
 pub mod onnx;
 pub mod quantize;
+pub mod tflite;
 
 use std::path::{Path, PathBuf};
 

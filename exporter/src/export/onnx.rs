@@ -237,7 +237,7 @@ fn ohwi_to_oihw<T: Copy>(w: &[T], oc: usize, kh: usize, kw: usize, ic: usize) ->
 /// The real weight scale of each channel from the runtime's fixed-point multiplier (see the
 /// module doc). A zero multiplier (the runtime's `(0, 0)` for a real multiplier < 2⁻³²) maps to
 /// the smallest normal f32, which requantises every accumulator to the zero point as well.
-fn weight_scales(m: &[i32], s: &[i32], in_scale: f32, out_scale: f32) -> Vec<f32> {
+pub(crate) fn weight_scales(m: &[i32], s: &[i32], in_scale: f32, out_scale: f32) -> Vec<f32> {
     m.iter()
         .zip(s)
         .map(|(&m, &s)| {
@@ -495,7 +495,7 @@ fn f32_relu(
 
 /// The provenance comment `# host-trainer export: …` of an exported file ("" if none): the
 /// ONNX model's doc string. Reads comments only; the graph itself comes from `Model::parse`.
-fn provenance(model_bytes: &[u8]) -> String {
+pub(crate) fn provenance(model_bytes: &[u8]) -> String {
     SafeTensors::read_metadata(model_bytes)
         .ok()
         .and_then(|(_, meta)| {

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     /// A backbone (`resnet_config` metadata) or landmark model (`landmark_model` metadata)
-    /// saved by host-trainer. With `--onnx` only, also an exported runtime model (`rt.graph`
-    /// metadata), which is then converted to ONNX as it is.
+    /// saved by host-trainer. With `--onnx` and/or `--tflite` only, also an exported runtime
+    /// model (`rt.graph` metadata), which is then converted as it is.
     #[arg(long)]
     pub model: PathBuf,
     /// Calibration dataset root: CelebA (MAFL training list, cropped), mini-ImageNet CSV (train
@@ -37,13 +37,18 @@ pub struct ExportArgs {
     /// Seed of the calibration image draw.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output runtime model file (written atomically). At least one of `--out` and `--onnx`.
+    /// Output runtime model file (written atomically). At least one of `--out`, `--onnx` and
+    /// `--tflite`.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Also (or only) write the exported model as standard ONNX (opset 13; int8 as
     /// QLinearConv/QuantizeLinear/DequantizeLinear), the very parameters of the runtime file.
     #[arg(long, value_name = "PATH")]
     pub onnx: Option<PathBuf>,
+    /// Also (or only) write the exported int8 model as a TFLite flatbuffer (builtin int8 ops,
+    /// per-channel weights) that TFLite Micro runs bit for bit as runtime-core does; int8 only.
+    #[arg(long, value_name = "PATH")]
+    pub tflite: Option<PathBuf>,
     /// Write the same graph unquantised (f32); no calibration.
     #[arg(long)]
     pub f32: bool,
@@ -77,22 +82,31 @@ pub fn calib_method(
 }
 
 pub fn run(a: ExportArgs) -> anyhow::Result<()> {
-    if a.out.is_none() && a.onnx.is_none() {
-        anyhow::bail!("export needs --out PATH (runtime model), --onnx PATH, or both");
+    if a.out.is_none() && a.onnx.is_none() && a.tflite.is_none() {
+        anyhow::bail!(
+            "export needs --out PATH (runtime model), --onnx PATH, --tflite PATH, or several"
+        );
     }
-    if let Some(onnx) = &a.onnx {
+    if a.tflite.is_some() && a.f32 {
+        anyhow::bail!("--tflite writes int8 models only; drop --f32");
+    }
+    if (a.onnx.is_some() || a.tflite.is_some()) && export::onnx::is_runtime_model(&a.model)? {
         // An already-exported runtime model converts as it is (no calibration).
-        if export::onnx::is_runtime_model(&a.model)? {
-            if a.out.is_some() {
-                anyhow::bail!(
-                    "{} is already a runtime model: give only --onnx to convert it",
-                    a.model.display()
-                );
-            }
-            let bytes = std::fs::read(&a.model)
-                .with_context(|| format!("reading {}", a.model.display()))?;
-            return write_onnx(&a.model, &bytes, onnx);
+        if a.out.is_some() {
+            anyhow::bail!(
+                "{} is already a runtime model: give only --onnx/--tflite to convert it",
+                a.model.display()
+            );
         }
+        let bytes =
+            std::fs::read(&a.model).with_context(|| format!("reading {}", a.model.display()))?;
+        if let Some(onnx) = &a.onnx {
+            write_onnx(&a.model, &bytes, onnx)?;
+        }
+        if let Some(tflite) = &a.tflite {
+            write_tflite(&a.model, &bytes, tflite)?;
+        }
+        return Ok(());
     }
     let calib = calib_method(a.calib, a.percentile)?;
     let req = ExportRequest {
@@ -137,6 +151,34 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
     );
     if let Some(onnx) = &a.onnx {
         write_onnx(&a.model, &e.bytes, onnx)?;
+    }
+    if let Some(tflite) = &a.tflite {
+        write_tflite(&a.model, &e.bytes, tflite)?;
+    }
+    Ok(())
+}
+
+/// Converts runtime model bytes (from `source`) to `.tflite` and writes them atomically; prints
+/// each op TFLite cannot reproduce bit for bit (none for the project's exports so far).
+fn write_tflite(source: &Path, runtime_bytes: &[u8], out: &Path) -> anyhow::Result<()> {
+    let t = export::tflite::to_tflite(runtime_bytes)
+        .with_context(|| format!("converting {} to TFLite", source.display()))?;
+    trainer::fsutil::write_atomic(out, &t.bytes)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "export: {} -> {} (TFLite schema {}, {} B; {})",
+        source.display(),
+        out.display(),
+        export::tflite::SCHEMA_VERSION,
+        t.bytes.len(),
+        if t.notes.is_empty() {
+            "TFLite derives every op's parameters as the runtime file has them".to_string()
+        } else {
+            format!("{} op(s) not bit-exact, below", t.notes.len())
+        }
+    );
+    for n in &t.notes {
+        println!("  tflite: {n}");
     }
     Ok(())
 }

@@ -204,3 +204,24 @@ fn export_cli_end_to_end() {
     assert!(!ok && text.contains("--calib-data"), "{text}");
     assert!(!x.exists());
 }
+
+/// `export --tflite` converts an int8 runtime model as it is (the file is the library's
+/// conversion of it); an f32 model, or `--f32` with `--tflite`, is an error that says why.
+#[test]
+fn export_tflite_converts_a_runtime_model() {
+    let d = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tiny");
+    let int8 = fixtures.join("landmarks-int8.safetensors");
+    let out = d.path().join("lm.tflite");
+    let (ok, text) = export(&["--model", s(&int8), "--tflite", s(&out)]);
+    assert!(ok, "{text}");
+    assert!(text.contains("TFLite schema 3"), "{text}");
+    let want = exporter::export::tflite::to_tflite(&std::fs::read(&int8).unwrap()).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), want.bytes);
+
+    let f32m = fixtures.join("landmarks-f32.safetensors");
+    let (ok, text) = export(&["--model", s(&f32m), "--tflite", s(&out)]);
+    assert!(!ok && text.contains("only int8"), "{text}");
+    let (ok, text) = export(&["--model", s(&int8), "--tflite", s(&out), "--f32"]);
+    assert!(!ok && text.contains("int8 models only"), "{text}");
+}
