@@ -16,10 +16,8 @@ pub use schema::*;
 
 #[cfg(test)]
 mod tests {
-    use super::super::preset::Preset;
-    use super::super::{ids, Plan};
+    use super::super::ids;
     use super::*;
-    use std::path::Path;
 
     fn f(v: f64, c: f64) -> Option<Figure> {
         Some(Figure {
