@@ -8,8 +8,10 @@
 #   intervals, the inversion's distances, wall times) and the figures fewshot.png, landmarks.png,
 #   inversion.png, inversion_distance.png.
 #
-# The `main` preset fits about 12 minutes on 2 CPU cores: enough to exercise every stage, not to
-# separate the methods (that is `host-trainer study --preset small`, see README "Results").
+# The `main` preset fits about 12 minutes on 2 CPU cores, build included (10 epochs per
+# pretraining: 7.1 min of CPU for the study, so about 3.5-4 min of it on 2 cores beside a 6 min
+# release build): enough for supervised and the contrastive runs to beat their initial network
+# (kNN, few-shot), not to separate the methods (that is `host-trainer study --preset small`).
 # Re-running resumes: finished steps are skipped, an interrupted pretraining continues from its
 # last epoch. Overrides: OUT, SEED, EPOCHS, LM_EPOCHS, EPISODES, DEVICE (a different setting needs
 # a fresh OUT: a study folder refuses to mix settings).
@@ -24,7 +26,8 @@ bash scripts/setup-protoc.sh
 cargo build --release --locked -p host-trainer -p runtime-cli
 
 # Two steps at a time (each on its own share of the cores): the same results.json as one job,
-# 52.8 s instead of 67.9 s of study time on the 2-core development machine. JOBS=1 turns it off.
+# 52.8 s instead of 67.9 s of study time at the earlier 2-epoch size on the 2-core development
+# machine. JOBS=1 turns it off.
 args=(study --preset main --out "$OUT" --jobs "${JOBS:-2}")
 [ -n "${SEED:-}" ] && args+=(--seed "$SEED")
 [ -n "${EPOCHS:-}" ] && args+=(--epochs "$EPOCHS")

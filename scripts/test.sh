@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Each section's heading carries the seconds since the start, so a slow CI run shows where.
-phase() { phase "[${SECONDS}s] $*"; }
+phase() { echo "== [${SECONDS}s] $* =="; }
 
 bash scripts/setup.sh
 
