@@ -87,7 +87,7 @@ pub struct FewshotCmd {
 
 #[derive(Args, Debug)]
 pub struct InferCmd {
-    /// Model (.safetensors).
+    /// Model (.safetensors, or an int8 .tflite).
     #[arg(long)]
     pub model: PathBuf,
     /// Draw the landmarks onto this PNG (landmark models, one image).
@@ -103,14 +103,19 @@ pub struct InferCmd {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Feed these files instead of images: each holds the input tensor's int8 bytes in the
+    /// model's own layout (NHWC, quantised; as `--raw` prints outputs), so that any engine can
+    /// be compared with this one bit for bit on the same tensor. Implies --raw.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["draw", "exact_size"])]
+    pub input_raw: Vec<PathBuf>,
     /// PNG or JPEG images.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "input_raw", conflicts_with = "input_raw")]
     pub images: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 pub struct InspectCmd {
-    /// Model (.safetensors).
+    /// Model (.safetensors, or an int8 .tflite).
     pub model: PathBuf,
     /// Print one JSON object.
     #[arg(long)]
@@ -119,7 +124,7 @@ pub struct InspectCmd {
 
 #[derive(Args, Debug)]
 pub struct BenchCmd {
-    /// Model (.safetensors).
+    /// Model (.safetensors, or an int8 .tflite).
     #[arg(long)]
     pub model: PathBuf,
     /// Timed runs.
@@ -180,12 +185,14 @@ pub fn run(cli: Cli) -> Result<()> {
             )
         }
         Command::Infer(c) => {
+            let input_raw = !c.input_raw.is_empty();
             let a = infer::InferArgs {
                 model: c.model,
-                images: c.images,
+                images: if input_raw { c.input_raw } else { c.images },
                 draw: c.draw,
                 exact_size: c.exact_size,
-                raw: c.raw,
+                raw: c.raw || input_raw,
+                input_raw,
             };
             let (task, preds) = infer::run(&a)?;
             emit(

@@ -9,9 +9,18 @@ use runtime_core::{Dtype, GraphError, Model, ModelError, Task};
 
 use crate::preprocess;
 
-/// Reads a model file's bytes (the [`Model`] borrows them, so the caller keeps them alive).
+/// Reads a model file's bytes (the [`Model`] borrows them, so the caller keeps them alive). A
+/// `.tflite` file (int8; recognised by its `TFL3` identifier, whatever its name) is converted
+/// into the runtime's own format on the way (`runtime_core::tflite`), so every command takes
+/// both.
 pub fn read_model(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("{}: cannot read model file", path.display()))
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("{}: cannot read model file", path.display()))?;
+    if runtime_core::tflite::is_tflite(&bytes) {
+        return runtime_core::tflite::to_model_bytes(&bytes)
+            .map_err(|e| anyhow!("{}: {e}", path.display()));
+    }
+    Ok(bytes)
 }
 
 /// Parses and validates a model; errors read `FILE: graph line N: …` or

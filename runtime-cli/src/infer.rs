@@ -37,6 +37,8 @@ pub struct InferArgs {
     pub exact_size: bool,
     /// Report the raw int8 output tensor instead of decoding it.
     pub raw: bool,
+    /// `images` are files of the input tensor's int8 bytes (`--input-raw`), not images.
+    pub input_raw: bool,
 }
 
 /// Dot colours as in host-trainer's face previews: red left eye, green right eye, blue nose,
@@ -70,6 +72,9 @@ pub fn run(a: &InferArgs) -> Result<(Task, Vec<Prediction>)> {
             "{}: --raw prints the int8 output tensor, but this is an f32 model",
             a.model.display()
         );
+    }
+    if a.input_raw {
+        return Ok((model.task(), run_raw_inputs(&model, a)?));
     }
     let mut runner = Runner::new(&model);
     let mut preds = Vec::with_capacity(a.images.len());
@@ -117,6 +122,38 @@ pub fn run(a: &InferArgs) -> Result<(Task, Vec<Prediction>)> {
         draw(&img, l, out)?;
     }
     Ok((model.task(), preds))
+}
+
+/// `--input-raw`: each file's bytes are the int8 input tensor, run as they are.
+fn run_raw_inputs(model: &runtime_core::Model, a: &InferArgs) -> Result<Vec<Prediction>> {
+    if model.dtype() != runtime_core::Dtype::Int8 {
+        bail!(
+            "{}: --input-raw feeds an int8 input tensor, but this is an f32 model",
+            a.model.display()
+        );
+    }
+    let mut arena = vec![0u8; model.arena_bytes()];
+    a.images
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("{}: cannot read the input tensor: {e}", path.display()))?;
+            let [h, w, c] = model.input_shape();
+            if bytes.len() != model.input_len() {
+                bail!(
+                    "{}: {} bytes, but the model's int8 input tensor is {h}x{w}x{c} = {} bytes (NHWC)",
+                    path.display(),
+                    bytes.len(),
+                    model.input_len()
+                );
+            }
+            let x: Vec<i8> = bytes.iter().map(|&b| b as i8).collect();
+            let y = model
+                .run_int8_raw(&x, &mut arena)
+                .map_err(|e| anyhow::anyhow!("{}: inference: {e}", path.display()))?;
+            Ok(Prediction::Raw(y.to_vec()))
+        })
+        .collect()
 }
 
 /// Writes `img` (enlarged so small faces stay visible) with the landmarks as coloured dots.

@@ -59,6 +59,7 @@ pub mod plan;
 pub mod protocol;
 #[cfg(feature = "threads")]
 pub mod team;
+pub mod tflite;
 
 pub use model::{
     layer_multiplier, write_safetensors, BuildError, Dtype, GraphError, LayerParams, Model,

@@ -225,3 +225,77 @@ fn export_tflite_converts_a_runtime_model() {
     let (ok, text) = export(&["--model", s(&int8), "--tflite", s(&out), "--f32"]);
     assert!(!ok && text.contains("int8 models only"), "{text}");
 }
+
+/// Both directions from the command line: `export --tflite` writes the file, and `runtime-cli
+/// infer --input-raw` runs it (read through `runtime_core::tflite`) and the original model on the
+/// same int8 input tensor: the raw outputs are the same bytes, and the ones runtime-core's
+/// library gives.
+#[test]
+fn runtime_cli_runs_the_exported_tflite_like_the_original() {
+    let rt = Path::new(env!("CARGO_BIN_EXE_host-trainer")).with_file_name("runtime-cli");
+    if !rt.exists() {
+        println!(
+            "SKIP: {} not built (cargo test --workspace builds it)",
+            rt.display()
+        );
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let int8 =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tiny/landmarks-int8.safetensors");
+    let tfl = d.path().join("lm.tflite");
+    let (ok, text) = export(&["--model", s(&int8), "--tflite", s(&tfl)]);
+    assert!(ok, "{text}");
+    let bytes = std::fs::read(&int8).unwrap();
+    let m = Model::parse(&bytes).unwrap();
+    let x: Vec<i8> = (0..m.input_len())
+        .map(|i| (i * 37 % 256) as u8 as i8)
+        .collect();
+    let input = d.path().join("x.bin");
+    std::fs::write(&input, x.iter().map(|&v| v as u8).collect::<Vec<u8>>()).unwrap();
+    let mut arena = vec![0u8; m.arena_bytes()];
+    let want: Vec<i64> = m
+        .run_int8_raw(&x, &mut arena)
+        .unwrap()
+        .iter()
+        .map(|&v| v as i64)
+        .collect();
+    for model in [&int8, &tfl] {
+        let o = Command::new(&rt)
+            .args([
+                "infer",
+                "--json",
+                "--model",
+                s(model),
+                "--input-raw",
+                s(&input),
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let got: Vec<i64> = v["results"][0]["raw_int8"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{text}"))
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect();
+        assert_eq!(got, want, "{}", model.display());
+    }
+    // A tensor of the wrong size is refused, naming the file and the size wanted.
+    std::fs::write(&input, [0u8; 5]).unwrap();
+    let o = Command::new(&rt)
+        .args(["infer", "--model", s(&tfl), "--input-raw", s(&input)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("x.bin") && err.contains("5 bytes"),
+        "{err}"
+    );
+}
