@@ -11,7 +11,8 @@ use super::inversion::{self, ImageScores};
 use super::plan::k_tau_cells;
 use super::preset::{Ablation, Preset};
 use super::results::{
-    cell, record, verdict, Claim, FewShotRec, Figure, LandmarkRec, PretrainRec, Verdict,
+    cell, finite, record, shot_figure, verdict, Claim, FewShotRec, Figure, LandmarkRec,
+    PretrainRec, Verdict,
 };
 use super::{ids, Domain};
 use crate::analysis::subset::Subset;
@@ -151,13 +152,13 @@ fn fewshot_cells(p: &Preset, out: &Path, id: &str) -> Result<Vec<(usize, Option<
     Ok(p.fewshot
         .shots
         .iter()
-        .map(|&k| (k, r.as_ref().and_then(|v| v.figure(k))))
+        .map(|&k| (k, r.as_ref().and_then(|v| shot_figure(&v.results, k))))
         .collect())
 }
 
 fn loss_ratio(out: &Path, id: &str) -> Result<Option<f64>> {
     let r: Option<PretrainRec> = record(out, id)?;
-    Ok(r.and_then(|v| Some(v.final_loss? / v.chance_loss?)))
+    Ok(r.and_then(|v| Some(finite(v.final_loss)? / finite(v.chance_loss)?)))
 }
 
 /// The paper's Table-2 figures (VOC07 detection AP with full / changed pretraining data):
@@ -310,8 +311,8 @@ fn k_tau(p: &Preset, out: &Path) -> Result<(Vec<KTauRow>, Vec<Claim>)> {
                 tau: t,
                 epochs: p.k_tau.epochs,
                 main_run: main,
-                final_loss: rec.as_ref().and_then(|r| r.final_loss),
-                chance_loss: rec.as_ref().and_then(|r| r.chance_loss),
+                final_loss: rec.as_ref().and_then(|r| finite(r.final_loss)),
+                chance_loss: rec.as_ref().and_then(|r| finite(r.chance_loss)),
                 fewshot: fewshot_cells(p, out, &fs)?,
             });
         }
