@@ -68,6 +68,46 @@ impl SplitArg {
     }
 }
 
+/// The few-shot protocol's flags, shared by `runtime-cli eval fewshot` and `host-trainer eval
+/// fewshot` (flattened into each with `#[command(flatten)]`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct FewShotArgs {
+    /// Which split's classes the episodes draw from.
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: SplitArg,
+    /// Classes per episode.
+    #[arg(long, default_value_t = 5)]
+    pub way: usize,
+    /// Shot settings (shots per class), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,5")]
+    pub shot: Vec<usize>,
+    #[arg(long, default_value_t = 600)]
+    pub episodes: u64,
+    /// Query images per class.
+    #[arg(long, default_value_t = 15)]
+    pub query: usize,
+    #[arg(long, value_enum, default_value = "linear")]
+    pub classifier: Classifier,
+    /// Episode seed: the same seed gives the same episodes in host-trainer and runtime-cli.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl FewShotArgs {
+    /// What the flags ask to evaluate.
+    pub fn spec(&self) -> FewShotSpec {
+        FewShotSpec {
+            split: self.split,
+            way: self.way,
+            shots: self.shot.clone(),
+            episodes: self.episodes,
+            query: self.query,
+            classifier: self.classifier,
+            seed: self.seed,
+        }
+    }
+}
+
 /// What to evaluate.
 #[derive(Debug, Clone)]
 pub struct FewShotSpec {

@@ -36,8 +36,8 @@ pub struct FewShotConfig {
 }
 
 /// Accuracy of one shot setting, in %: the same type runtime-cli reports, so host and runtime
-/// results are one schema.
-pub use runtime_cli::fewshot::ShotResult;
+/// results are one schema; and the protocol's command-line flags, the same in both CLIs.
+pub use runtime_cli::fewshot::{FewShotArgs, ShotResult};
 
 /// All shot settings, with the backbone hash and how many images were embedded.
 #[derive(Debug, Clone, PartialEq)]
