@@ -4,6 +4,7 @@
 
 use ::study::study::{self, ids, preset, Plan, RunOptions};
 use serde_json::Value;
+use trainer::method::{Method, Version};
 
 fn read_json(p: &std::path::Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
@@ -192,7 +193,7 @@ fn tiny_study_runs_resumes_and_redoes_one_step() {
 fn an_interrupted_pretraining_resumes_from_its_last_epoch() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = preset::tiny();
-    p.methods = vec!["supervised".into()];
+    p.methods = vec![Method::Supervised];
     p.pretrain.epochs_objects = 2;
     let plan = Plan::new(p).unwrap();
     let mut opts = RunOptions {
@@ -290,8 +291,8 @@ fn two_seeds_aggregate_what_each_seed_measured() {
 fn analyses_inversion_data_and_k_tau() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = preset::tiny();
-    p.methods = vec!["supervised".into(), "moco-v2".into()];
-    p.k_tau.methods = vec!["moco-v2".into()];
+    p.methods = vec![Method::Supervised, Method::Moco(Version::V2)];
+    p.k_tau.methods = vec![Method::Moco(Version::V2)];
     p.alignments.clear();
     p.invert.iterations = 25;
     let opts = RunOptions {

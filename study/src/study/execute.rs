@@ -54,7 +54,7 @@ pub(super) fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Val
             variant,
         } => {
             let dir = out.join(dir);
-            let m: Method = method.parse()?;
+            let m: Method = *method;
             let (data, epochs) = match variant.subset {
                 None => (data_dir(p, out, *domain), *epochs),
                 Some(s) => {

@@ -267,7 +267,7 @@ mod tests {
             .k_tau
             .methods
             .iter()
-            .map(|m| plan::k_tau_cells(&p, m).iter().filter(|c| !c.2).count())
+            .map(|&m| plan::k_tau_cells(&p, m).iter().filter(|c| !c.2).count())
             .sum();
         assert_eq!(
             cells,

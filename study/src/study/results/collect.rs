@@ -98,7 +98,7 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
                 let v: Option<FewShotRec> = record(out, &ids::ablation_fewshot(m, k))?;
                 for &s in &p.fewshot.shots {
                     cells.push((
-                        m.clone(),
+                        m.to_string(),
                         s,
                         v.as_ref().and_then(|v| shot_figure(&v.results, s)),
                     ));
@@ -131,7 +131,7 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
     for domain in ["objects", "faces"] {
         for m in &p.methods {
             if let Some(v) = record::<PretrainRec>(out, &crate::study::ids::pretrain(domain, m))? {
-                pretraining.extend(pretrain_record(domain, m, &v));
+                pretraining.extend(pretrain_record(domain, &m.to_string(), &v));
             }
         }
     }

@@ -71,6 +71,7 @@ pub struct RunOptions {
 /// back so; a record lacking one reads it as NaN (every record names its method).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PretrainSummary {
+    #[serde(default = "partial_record_method")]
     pub method: Method,
     /// MoCo/Exemplar: the queue length K (`None` for supervised).
     #[serde(default)]
@@ -133,6 +134,13 @@ pub struct PretrainSummary {
         deserialize_with = "runtime_cli::nan::null_as_nan"
     )]
     pub wall_seconds: f64,
+}
+
+/// The method of a summary record that lacks one. Every summary this crate writes names its
+/// method; only partial records do not (the study reads them, like any record lacking its
+/// figures, as empty cells: their final loss reads as NaN).
+fn partial_record_method() -> Method {
+    Method::Supervised
 }
 
 /// One line of `metrics.jsonl`.
