@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::fewshot::{Classifier, FewShotSpec, SplitArg};
+use crate::fewshot::FewShotArgs;
 use crate::mafl::MaflSplit;
 use crate::{bench, fewshot, infer, inspect, mafl};
 
@@ -63,23 +63,8 @@ pub struct FewshotCmd {
     /// mini-ImageNet root (train/val/test.csv and images/).
     #[arg(long)]
     pub data: PathBuf,
-    /// Which split's classes the episodes draw from.
-    #[arg(long, value_enum, default_value = "test")]
-    pub split: SplitArg,
-    #[arg(long, default_value_t = 5)]
-    pub way: usize,
-    /// Shots per class, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,5")]
-    pub shot: Vec<usize>,
-    #[arg(long, default_value_t = 600)]
-    pub episodes: u64,
-    /// Query images per class.
-    #[arg(long, default_value_t = 15)]
-    pub query: usize,
-    #[arg(long, value_enum, default_value = "linear")]
-    pub classifier: Classifier,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub fewshot: FewShotArgs,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -168,15 +153,7 @@ pub fn run(cli: Cli) -> Result<()> {
             )
         }
         Command::Eval(EvalCommand::Fewshot(c)) => {
-            let spec = FewShotSpec {
-                split: c.split,
-                way: c.way,
-                shots: c.shot,
-                episodes: c.episodes,
-                query: c.query,
-                classifier: c.classifier,
-                seed: c.seed,
-            };
+            let spec = c.fewshot.spec();
             let r = fewshot::evaluate(&c.model, &c.data, &spec, true)?;
             emit(
                 c.json,

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use runtime_core::metrics::episode_accuracy;
 use runtime_core::protocol::fewshot::{class_images, plan_episodes, FewShotHead};
 use runtime_core::Task;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::{self, Runner};
 use crate::progress;
@@ -68,6 +68,46 @@ impl SplitArg {
     }
 }
 
+/// The few-shot protocol's flags, shared by `runtime-cli eval fewshot` and `host-trainer eval
+/// fewshot` (flattened into each with `#[command(flatten)]`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct FewShotArgs {
+    /// Which split's classes the episodes draw from.
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: SplitArg,
+    /// Classes per episode.
+    #[arg(long, default_value_t = 5)]
+    pub way: usize,
+    /// Shot settings (shots per class), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,5")]
+    pub shot: Vec<usize>,
+    #[arg(long, default_value_t = 600)]
+    pub episodes: u64,
+    /// Query images per class.
+    #[arg(long, default_value_t = 15)]
+    pub query: usize,
+    #[arg(long, value_enum, default_value = "linear")]
+    pub classifier: Classifier,
+    /// Episode seed: the same seed gives the same episodes in host-trainer and runtime-cli.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl FewShotArgs {
+    /// What the flags ask to evaluate.
+    pub fn spec(&self) -> FewShotSpec {
+        FewShotSpec {
+            split: self.split,
+            way: self.way,
+            shots: self.shot.clone(),
+            episodes: self.episodes,
+            query: self.query,
+            classifier: self.classifier,
+            seed: self.seed,
+        }
+    }
+}
+
 /// What to evaluate.
 #[derive(Debug, Clone)]
 pub struct FewShotSpec {
@@ -80,11 +120,14 @@ pub struct FewShotSpec {
     pub seed: u64,
 }
 
-/// Accuracy of one shot setting, in %.
-#[derive(Debug, Clone, PartialEq)]
+/// Accuracy of one shot setting, in %: an entry of `results` in the JSON of both `eval fewshot`s
+/// (runtime-cli's and host-trainer's) and of the study's few-shot step records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShotResult {
     pub shot: usize,
+    #[serde(deserialize_with = "crate::nan::null_as_nan")]
     pub accuracy: f64,
+    #[serde(deserialize_with = "crate::nan::null_as_nan")]
     pub ci95: f64,
     pub episodes: u64,
 }
@@ -184,22 +227,44 @@ pub fn evaluate(
 
 /// `--json` form.
 pub fn to_json(r: &FewShotResult, model: &Path, spec: &FewShotSpec) -> serde_json::Value {
-    let results: Vec<_> = r
-        .results
-        .iter()
-        .map(|s| json!({"shot": s.shot, "accuracy": s.accuracy, "ci95": s.ci95, "episodes": s.episodes}))
-        .collect();
-    json!({
-        "command": "eval fewshot",
-        "model": model.display().to_string(),
-        "split": spec.split.split().file_name().trim_end_matches(".csv"),
-        "results": results,
-        "way": spec.way,
-        "query": spec.query,
-        "classifier": spec.classifier.name(),
-        "seed": spec.seed,
-        "images_embedded": r.images_embedded,
-    })
+    serde_json::to_value(FewShotRecord::new(r, model, spec)).expect("a few-shot record is JSON")
+}
+
+/// The `--json` form as a struct: what [`to_json`] writes and the study's step records hold.
+/// Fields a record lacks read as their defaults (the study shows them as empty cells).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct FewShotRecord {
+    pub command: String,
+    pub model: String,
+    pub split: String,
+    pub results: Vec<ShotResult>,
+    pub way: usize,
+    pub query: usize,
+    pub classifier: String,
+    pub seed: u64,
+    pub images_embedded: usize,
+}
+
+impl FewShotRecord {
+    pub fn new(r: &FewShotResult, model: &Path, spec: &FewShotSpec) -> Self {
+        FewShotRecord {
+            command: "eval fewshot".into(),
+            model: model.display().to_string(),
+            split: spec
+                .split
+                .split()
+                .file_name()
+                .trim_end_matches(".csv")
+                .into(),
+            results: r.results.clone(),
+            way: spec.way,
+            query: spec.query,
+            classifier: spec.classifier.name().into(),
+            seed: spec.seed,
+            images_embedded: r.images_embedded,
+        }
+    }
 }
 
 /// Human form.

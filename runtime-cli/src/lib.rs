@@ -22,5 +22,6 @@ pub mod infer;
 pub mod inspect;
 pub mod landmarks;
 pub mod mafl;
+pub mod nan;
 pub mod preprocess;
 pub mod progress;

@@ -12,6 +12,7 @@ use data::{mafl_crop, CelebA, Landmarks, LANDMARK_NAMES, NUM_LANDMARKS};
 use rayon::prelude::*;
 use runtime_core::metrics::IodError;
 use runtime_core::Task;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::engine::{self, Runner};
@@ -109,20 +110,45 @@ pub fn evaluate(
 
 /// `--json` form.
 pub fn to_json(r: &MaflResult, model: &Path, split: MaflSplit) -> serde_json::Value {
-    let per: serde_json::Map<String, serde_json::Value> = LANDMARK_NAMES
-        .iter()
-        .zip(r.per_landmark)
-        .map(|(n, v)| (n.to_string(), json!(v)))
-        .collect();
-    json!({
-        "command": "eval mafl",
-        "model": model.display().to_string(),
-        "split": match split { MaflSplit::Test => "test", MaflSplit::Train => "train" },
-        "iod_error": r.iod_error,
-        "per_landmark": per,
-        "images": r.images,
-        "skipped": r.skipped,
-    })
+    serde_json::to_value(MaflRecord::new(r, model, split)).expect("a MAFL record is JSON")
+}
+
+/// The `--json` form as a struct: what [`to_json`] writes and the study's step records hold.
+/// Fields a record lacks read as their defaults (the study shows them as empty cells).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct MaflRecord {
+    pub command: String,
+    pub model: String,
+    pub split: String,
+    /// `null` where the error is not a number (the study reads it as no figure).
+    pub iod_error: Option<f64>,
+    /// `{"lefteye": %, ...}`.
+    pub per_landmark: serde_json::Map<String, serde_json::Value>,
+    pub images: u64,
+    pub skipped: u64,
+}
+
+impl MaflRecord {
+    pub fn new(r: &MaflResult, model: &Path, split: MaflSplit) -> Self {
+        MaflRecord {
+            command: "eval mafl".into(),
+            model: model.display().to_string(),
+            split: match split {
+                MaflSplit::Test => "test",
+                MaflSplit::Train => "train",
+            }
+            .into(),
+            iod_error: Some(r.iod_error),
+            per_landmark: LANDMARK_NAMES
+                .iter()
+                .zip(r.per_landmark)
+                .map(|(n, v)| (n.to_string(), json!(v)))
+                .collect(),
+            images: r.images,
+            skipped: r.skipped,
+        }
+    }
 }
 
 /// Human form.

@@ -4,9 +4,37 @@
 
 use ::study::study::{self, ids, preset, Plan, RunOptions};
 use serde_json::Value;
+use trainer::method::{Method, Version};
 
 fn read_json(p: &std::path::Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// Every step record of a typed kind parses into its struct (the one its step serialised), and
+/// the struct writes the record's JSON again, key for key and value for value.
+fn records_round_trip(plan: &Plan, out: &std::path::Path) {
+    use study::results;
+    fn same<T: serde::Serialize + serde::de::DeserializeOwned>(v: &Value) -> Value {
+        let t: T = serde_json::from_value(v.clone()).unwrap();
+        serde_json::to_value(t).unwrap()
+    }
+    let mut typed = 0;
+    for s in &plan.steps {
+        let v = study::read_record(out, &s.id).unwrap().unwrap().result;
+        let again = match &s.action {
+            study::Action::Pretrain { .. } => same::<results::PretrainRec>(&v),
+            study::Action::FewShot { .. } => same::<results::FewShotRec>(&v),
+            study::Action::RuntimeFewShot { .. } => same::<results::RuntimeFewShotRec>(&v),
+            study::Action::BaseProbe { .. } => same::<results::ProbeRec>(&v),
+            study::Action::Landmarks { .. } => same::<results::LandmarkRec>(&v),
+            study::Action::RuntimeMafl { .. } => same::<results::MaflRec>(&v),
+            study::Action::WriteSubset { .. } => same::<study::SubsetRecord>(&v),
+            _ => continue,
+        };
+        assert_eq!(again, v, "{}", s.id);
+        typed += 1;
+    }
+    assert!(typed > 20, "{typed} typed records");
 }
 
 #[test]
@@ -131,6 +159,8 @@ fn tiny_study_runs_resumes_and_redoes_one_step() {
         assert!(md.contains(needle), "results.md lacks {needle:?}:\n{md}");
     }
 
+    records_round_trip(&plan, dir.path());
+
     // Second run: nothing to do.
     let second = study::run(&plan, &opts).unwrap();
     assert!(second.executed.is_empty(), "{:?}", second.executed);
@@ -163,7 +193,7 @@ fn tiny_study_runs_resumes_and_redoes_one_step() {
 fn an_interrupted_pretraining_resumes_from_its_last_epoch() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = preset::tiny();
-    p.methods = vec!["supervised".into()];
+    p.methods = vec![Method::Supervised];
     p.pretrain.epochs_objects = 2;
     let plan = Plan::new(p).unwrap();
     let mut opts = RunOptions {
@@ -261,8 +291,8 @@ fn two_seeds_aggregate_what_each_seed_measured() {
 fn analyses_inversion_data_and_k_tau() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = preset::tiny();
-    p.methods = vec!["supervised".into(), "moco-v2".into()];
-    p.k_tau.methods = vec!["moco-v2".into()];
+    p.methods = vec![Method::Supervised, Method::Moco(Version::V2)];
+    p.k_tau.methods = vec![Method::Moco(Version::V2)];
     p.alignments.clear();
     p.invert.iterations = 25;
     let opts = RunOptions {

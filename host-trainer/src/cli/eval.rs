@@ -3,15 +3,14 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Args, Subcommand, ValueEnum};
-use runtime_core::protocol::fewshot::FewShotHead;
-use trainer::data::Split;
+use clap::{Args, Subcommand};
+use trainer::eval::fewshot::FewShotArgs;
 use trainer::eval::{self, fewshot, probe};
 
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
     /// Few-shot recognition (Chen et al.): frozen backbone, episodes from the shared sampler.
-    Fewshot(FewShotArgs),
+    Fewshot(FewShotCmd),
     /// Base-class accuracy (paper Table 4): probe on the held-out images of the pretraining classes.
     Base(ProbeArgs),
     /// Linear probe (MoCo lincls, scaled down): fit on the train split, test on the held-out images.
@@ -61,19 +60,6 @@ pub struct LandmarkArgs {
     pub device: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ClassifierArg {
-    Linear,
-    Centroid,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SplitArg {
-    Train,
-    Val,
-    Test,
-}
-
 /// Options every eval command shares.
 #[derive(Args, Debug)]
 pub struct Common {
@@ -101,26 +87,11 @@ pub struct Common {
 }
 
 #[derive(Args, Debug)]
-pub struct FewShotArgs {
+pub struct FewShotCmd {
     #[command(flatten)]
     pub common: Common,
-    #[arg(long, value_enum, default_value_t = SplitArg::Test)]
-    pub split: SplitArg,
-    #[arg(long, default_value_t = 5)]
-    pub way: usize,
-    /// Shot settings, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,5")]
-    pub shot: Vec<usize>,
-    #[arg(long, default_value_t = 600)]
-    pub episodes: u64,
-    /// Queries per class.
-    #[arg(long, default_value_t = 15)]
-    pub query: usize,
-    #[arg(long, value_enum, default_value_t = ClassifierArg::Linear)]
-    pub classifier: ClassifierArg,
-    /// Episode seed: the same seed gives the same episodes here and in runtime-cli.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub fewshot: FewShotArgs,
 }
 
 #[derive(Args, Debug)]
@@ -172,23 +143,17 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     match cmd {
         EvalCommand::Fewshot(a) => {
             let device = trainer::device::parse_device(&a.common.device)?;
+            let spec = a.fewshot.spec();
             let cfg = fewshot::FewShotConfig {
                 backbone: a.common.backbone.clone(),
                 data: a.common.data.clone(),
-                split: match a.split {
-                    SplitArg::Train => Split::Train,
-                    SplitArg::Val => Split::Val,
-                    SplitArg::Test => Split::Test,
-                },
-                way: a.way,
-                shots: a.shot.clone(),
-                episodes: a.episodes,
-                query: a.query,
-                classifier: match a.classifier {
-                    ClassifierArg::Linear => FewShotHead::Linear,
-                    ClassifierArg::Centroid => FewShotHead::Centroid,
-                },
-                seed: a.seed,
+                split: spec.split.split(),
+                way: spec.way,
+                shots: spec.shots,
+                episodes: spec.episodes,
+                query: spec.query,
+                classifier: spec.classifier.head(),
+                seed: spec.seed,
                 image_size: a.common.image_size,
                 batch: a.common.batch,
             };

@@ -44,7 +44,7 @@ impl Subset {
 }
 
 /// What a written variant holds.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SubsetSummary {
     pub dir: PathBuf,
     pub classes: usize,

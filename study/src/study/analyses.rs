@@ -5,13 +5,15 @@ use std::path::Path;
 
 use anyhow::Result;
 use serde::Serialize;
+use trainer::method::Method;
 
 use super::figures::mean_ci95;
 use super::inversion::{self, ImageScores};
 use super::plan::k_tau_cells;
 use super::preset::{Ablation, Preset};
 use super::results::{
-    cell, record, verdict, Claim, FewShotRec, Figure, LandmarkRec, PretrainRec, Verdict,
+    cell, finite, record, shot_figure, verdict, Claim, FewShotRec, Figure, LandmarkRec,
+    PretrainRec, Verdict,
 };
 use super::{ids, Domain};
 use crate::analysis::subset::Subset;
@@ -35,7 +37,7 @@ pub struct DataRow {
     /// "objects", a [`Subset`] name, or "faces".
     pub data: String,
     pub label: String,
-    pub method: String,
+    pub method: Method,
     /// Final pretraining loss / its chance loss (`None` where no record).
     pub loss_ratio: Option<f64>,
     pub fewshot: Vec<(usize, Option<Figure>)>,
@@ -45,7 +47,7 @@ pub struct DataRow {
 /// One (method, k, τ) cell of the Table-10 layout.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct KTauRow {
-    pub method: String,
+    pub method: Method,
     pub queue: usize,
     /// The queue the run had: `queue` lowered to at most half its training images
     /// (`execute::queue_within_half`); `None` before the run or for records made before the rule.
@@ -151,13 +153,13 @@ fn fewshot_cells(p: &Preset, out: &Path, id: &str) -> Result<Vec<(usize, Option<
     Ok(p.fewshot
         .shots
         .iter()
-        .map(|&k| (k, r.as_ref().and_then(|v| v.figure(k))))
+        .map(|&k| (k, r.as_ref().and_then(|v| shot_figure(&v.results, k))))
         .collect())
 }
 
 fn loss_ratio(out: &Path, id: &str) -> Result<Option<f64>> {
     let r: Option<PretrainRec> = record(out, id)?;
-    Ok(r.and_then(|v| Some(v.final_loss? / v.chance_loss?)))
+    Ok(r.and_then(|v| Some(finite(v.final_loss)? / finite(v.chance_loss)?)))
 }
 
 /// The paper's Table-2 figures (VOC07 detection AP with full / changed pretraining data):
@@ -185,7 +187,7 @@ fn pretraining_data(p: &Preset, out: &Path) -> Result<(Vec<DataRow>, Vec<Claim>)
         rows.push(DataRow {
             data: objects.into(),
             label: "objects (all)".into(),
-            method: m.clone(),
+            method: *m,
             loss_ratio: loss_ratio(out, &ids::pretrain(objects, m))?,
             fewshot: fewshot_cells(p, out, &ids::fewshot(m))?,
             iod: record::<LandmarkRec>(out, &ids::data_landmarks(objects, m))?
@@ -195,7 +197,7 @@ fn pretraining_data(p: &Preset, out: &Path) -> Result<(Vec<DataRow>, Vec<Claim>)
             rows.push(DataRow {
                 data: s.name().into(),
                 label: format!("objects, {}", s.label(f)),
-                method: m.clone(),
+                method: *m,
                 loss_ratio: loss_ratio(out, &ids::data_pretrain(s.name(), m))?,
                 fewshot: fewshot_cells(p, out, &ids::data_fewshot(s.name(), m))?,
                 iod: record::<LandmarkRec>(out, &ids::data_landmarks(s.name(), m))?
@@ -205,7 +207,7 @@ fn pretraining_data(p: &Preset, out: &Path) -> Result<(Vec<DataRow>, Vec<Claim>)
         rows.push(DataRow {
             data: faces.into(),
             label: "faces (identities)".into(),
-            method: m.clone(),
+            method: *m,
             loss_ratio: loss_ratio(out, &ids::pretrain(faces, m))?,
             fewshot: fewshot_cells(p, out, &ids::data_fewshot(faces, m))?,
             iod: record::<LandmarkRec>(out, &ids::landmarks(m))?.and_then(|v| v.figure()),
@@ -215,7 +217,7 @@ fn pretraining_data(p: &Preset, out: &Path) -> Result<(Vec<DataRow>, Vec<Claim>)
     // shot) against its objects row, on landmarks against its faces row (each task's own
     // domain is the reference). The paper: contrastive pretraining loses less.
     let mut claims = Vec::new();
-    let find = |data: &str, m: &str| rows.iter().find(|r| r.data == data && r.method == m);
+    let find = |data: &str, m: Method| rows.iter().find(|r| r.data == data && r.method == m);
     let shot = p.fewshot.shots.iter().copied().max().unwrap_or(1);
     let acc = |r: Option<&DataRow>| {
         r.and_then(|r| r.fewshot.iter().find(|c| c.0 == shot).and_then(|c| c.1))
@@ -240,27 +242,32 @@ fn pretraining_data(p: &Preset, out: &Path) -> Result<(Vec<DataRow>, Vec<Claim>)
         .data_ablation
         .methods
         .iter()
-        .filter(|m| *m != "supervised")
+        .copied()
+        .filter(|m| *m != Method::Supervised)
     {
-        if !p.data_ablation.methods.iter().any(|m| m == "supervised") {
+        if !p.data_ablation.methods.contains(&Method::Supervised) {
             break;
         }
         for (data, label) in &changed {
             // (task, loss of supervised, loss of `other`)
             let (task, ls, lo) = if *data == objects {
-                let iod = |m: &str| find(faces, m).and_then(|r| r.iod);
-                let iod_changed = |m: &str| find(objects, m).and_then(|r| r.iod);
+                let iod = |m: Method| find(faces, m).and_then(|r| r.iod);
+                let iod_changed = |m: Method| find(objects, m).and_then(|r| r.iod);
                 (
                     "landmark IOD error".to_string(),
-                    drop(iod("supervised"), iod_changed("supervised"), true),
+                    drop(
+                        iod(Method::Supervised),
+                        iod_changed(Method::Supervised),
+                        true,
+                    ),
                     drop(iod(other), iod_changed(other), true),
                 )
             } else {
                 (
                     format!("{shot}-shot"),
                     drop(
-                        acc(find(objects, "supervised")),
-                        acc(find(data, "supervised")),
+                        acc(find(objects, Method::Supervised)),
+                        acc(find(data, Method::Supervised)),
                         false,
                     ),
                     drop(acc(find(objects, other)), acc(find(data, other)), false),
@@ -296,7 +303,7 @@ fn pretraining_data(p: &Preset, out: &Path) -> Result<(Vec<DataRow>, Vec<Claim>)
 fn k_tau(p: &Preset, out: &Path) -> Result<(Vec<KTauRow>, Vec<Claim>)> {
     let mut rows = Vec::new();
     for m in &p.k_tau.methods {
-        for (q, t, main) in k_tau_cells(p, m) {
+        for (q, t, main) in k_tau_cells(p, *m) {
             let (pre, fs) = if main {
                 (ids::pretrain(Domain::Objects.name(), m), ids::fewshot(m))
             } else {
@@ -304,14 +311,14 @@ fn k_tau(p: &Preset, out: &Path) -> Result<(Vec<KTauRow>, Vec<Claim>)> {
             };
             let rec: Option<PretrainRec> = record(out, &pre)?;
             rows.push(KTauRow {
-                method: m.clone(),
+                method: *m,
                 queue: q,
                 queue_used: rec.as_ref().and_then(|r| r.queue),
                 tau: t,
                 epochs: p.k_tau.epochs,
                 main_run: main,
-                final_loss: rec.as_ref().and_then(|r| r.final_loss),
-                chance_loss: rec.as_ref().and_then(|r| r.chance_loss),
+                final_loss: rec.as_ref().and_then(|r| finite(r.final_loss)),
+                chance_loss: rec.as_ref().and_then(|r| finite(r.chance_loss)),
                 fewshot: fewshot_cells(p, out, &fs)?,
             });
         }
@@ -319,8 +326,11 @@ fn k_tau(p: &Preset, out: &Path) -> Result<(Vec<KTauRow>, Vec<Claim>)> {
     // Table 10's comparison: Exemplar above MoCo at the same k and τ.
     let mut claims = Vec::new();
     let shot = p.fewshot.shots.iter().copied().max().unwrap_or(1);
-    for e in rows.iter().filter(|r| r.method.starts_with("exemplar")) {
-        let moco = e.method.replace("exemplar", "moco");
+    for e in &rows {
+        let Method::Exemplar(v) = e.method else {
+            continue;
+        };
+        let moco = Method::Moco(v);
         let Some(mo) = rows
             .iter()
             .find(|r| r.method == moco && r.queue == e.queue && r.tau == e.tau)

@@ -54,7 +54,7 @@ pub(super) fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Val
             variant,
         } => {
             let dir = out.join(dir);
-            let m: Method = method.parse()?;
+            let m: Method = *method;
             let (data, epochs) = match variant.subset {
                 None => (data_dir(p, out, *domain), *epochs),
                 Some(s) => {
@@ -134,16 +134,17 @@ pub(super) fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Val
             if metrics.is_file() {
                 trainer::train::plot::plot_metrics(&metrics, &dir.join("curves.png"))?;
             }
-            Ok(serde_json::to_value(&summary)?)
+            Ok(serde_json::to_value(&summary)?) // the record read back as `results::PretrainRec`
         }
         Action::WriteSubset { subset } => {
             let src = data_dir(p, out, Domain::Objects);
             let dst = subset_dir(out, *subset);
             let f = p.data_ablation.fraction;
-            let s = crate::analysis::subset::write_subset(&src, &dst, *subset, f, p.seed)?;
-            let mut v = serde_json::to_value(&s)?;
-            v["label"] = json!(subset.label(f));
-            Ok(v)
+            let summary = crate::analysis::subset::write_subset(&src, &dst, *subset, f, p.seed)?;
+            Ok(serde_json::to_value(records::SubsetRecord {
+                summary,
+                label: subset.label(f),
+            })?)
         }
         Action::Invert { dir } => inversion::run(p, out, &out.join(dir), opts),
         Action::FigureInvert => inversion::figures(plan, out),
@@ -166,7 +167,7 @@ pub(super) fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Val
                 batch: 64,
             };
             let r = fewshot::evaluate(&cfg, &opts.device)?;
-            Ok(fewshot::to_json(&cfg, &r))
+            Ok(serde_json::to_value(fewshot::FewShotRecord::new(&cfg, &r))?)
         }
         Action::BaseProbe { dir } => {
             let mut recipe = probe::ProbeRecipe::base();
@@ -181,11 +182,13 @@ pub(super) fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Val
                 recipe,
             };
             let r = probe::evaluate(&cfg, &opts.device)?;
-            let mut v = probe::to_json(&cfg, &r);
             // Binomial 95% interval of a top-1 accuracy over the test images (in points).
             let q = r.accuracy / 100.0;
-            v["ci95"] = json!(100.0 * 1.96 * (q * (1.0 - q) / r.test_images.max(1) as f64).sqrt());
-            Ok(v)
+            let ci95 = 100.0 * 1.96 * (q * (1.0 - q) / r.test_images.max(1) as f64).sqrt();
+            Ok(serde_json::to_value(results::ProbeRec {
+                probe: probe::ProbeRecord::new(&cfg, &r),
+                ci95: Some(ci95),
+            })?)
         }
         Action::Landmarks { dir } => {
             let dir = out.join(dir);
@@ -204,12 +207,9 @@ pub(super) fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Val
             std::fs::create_dir_all(&lm_dir)
                 .with_context(|| format!("creating {}", lm_dir.display()))?;
             model.save(&lm_dir.join("landmarks.safetensors"))?;
-            let mut v = landmarks::to_json(&cfg, &report);
             // The per-image errors give the interval the library's mean does not.
             let faces = figures::predict_mafl_test(&model, &cfg.data, usize::MAX, &opts.device)?;
             let (mean, ci) = figures::per_image_iod(&faces)?;
-            v["iod_error_per_image_mean"] = json!(mean);
-            v["ci95"] = json!(ci);
             // Table 5's "mean face (no image)" row: the training mean predicted for the same test
             // faces, with the same per-image interval, so the methods can be checked against it.
             let base: Vec<f64> = faces
@@ -222,9 +222,14 @@ pub(super) fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Val
                 .collect();
             let (mf, mf_ci) = figures::mean_ci95(&base)
                 .context("no test face with distinct ground-truth eyes for the mean face")?;
-            v["mean_face_iod_error"] = json!(mf);
-            v["mean_face_ci95"] = json!(mf_ci);
-            Ok(v)
+            let mut eval = landmarks::LandmarkRecord::new(&cfg, &report);
+            eval.mean_face_iod_error = Some(mf);
+            Ok(serde_json::to_value(results::LandmarkRec {
+                eval,
+                iod_error_per_image_mean: Some(mean),
+                ci95: Some(ci),
+                mean_face_ci95: Some(mf_ci),
+            })?)
         }
         Action::ExportInt8 {
             domain,
@@ -267,14 +272,20 @@ pub(super) fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Val
             let path = out.join(model);
             let data = data_dir(p, out, Domain::Objects);
             let r = rt::evaluate(&path, &data, &spec, opts.progress)?;
-            Ok(rt::to_json(&r, &path, &spec))
+            Ok(serde_json::to_value(rt::FewShotRecord::new(
+                &r, &path, &spec,
+            ))?)
         }
         Action::RuntimeMafl { model } => {
             use runtime_cli::mafl::{self as rt, MaflSplit};
             let path = out.join(model);
             let data = data_dir(p, out, Domain::Faces);
             let r = rt::evaluate(&path, &data, MaflSplit::Test, opts.progress)?;
-            Ok(rt::to_json(&r, &path, MaflSplit::Test))
+            Ok(serde_json::to_value(rt::MaflRecord::new(
+                &r,
+                &path,
+                MaflSplit::Test,
+            ))?)
         }
         Action::FigureFewShot => {
             let res = results::collect(plan, out)?;

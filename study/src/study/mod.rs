@@ -27,7 +27,7 @@ mod records;
 use execute::execute;
 pub use plan::*;
 use records::{check_study_file, write_record};
-pub use records::{read_record, record_path, StepRecord};
+pub use records::{read_record, record_path, StepRecord, SubsetRecord};
 
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex};
@@ -267,7 +267,7 @@ mod tests {
             .k_tau
             .methods
             .iter()
-            .map(|m| plan::k_tau_cells(&p, m).iter().filter(|c| !c.2).count())
+            .map(|&m| plan::k_tau_cells(&p, m).iter().filter(|c| !c.2).count())
             .sum();
         assert_eq!(
             cells,

@@ -4,6 +4,7 @@ use super::preset::{Ablation, DataSource, Preset};
 use crate::analysis::subset::Subset;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
+use trainer::method::Method;
 use trainer::train::pretrain::BACKBONE;
 
 use super::*;
@@ -53,7 +54,7 @@ pub enum Action {
     },
     Pretrain {
         domain: Domain,
-        method: String,
+        method: Method,
         epochs: usize,
         dir: PathBuf,
         variant: Variant,
@@ -221,63 +222,66 @@ fn link_needs(steps: &mut [Step]) {
 }
 
 /// Step identifiers: the one place they are spelled (the results tables look records up by them).
+/// A `method` is a [`Method`](trainer::method::Method) or a row name (`scratch`).
 pub mod ids {
+    use std::fmt::Display;
+
     pub fn synth(domain: &str) -> String {
         format!("synth.{domain}")
     }
-    pub fn pretrain(domain: &str, method: &str) -> String {
+    pub fn pretrain(domain: &str, method: impl Display) -> String {
         format!("{domain}.{method}.pretrain")
     }
-    pub fn fewshot(method: &str) -> String {
+    pub fn fewshot(method: impl Display) -> String {
         format!("objects.{method}.fewshot")
     }
-    pub fn base(method: &str) -> String {
+    pub fn base(method: impl Display) -> String {
         format!("objects.{method}.base")
     }
-    pub fn runtime_fewshot(method: &str) -> String {
+    pub fn runtime_fewshot(method: impl Display) -> String {
         format!("objects.{method}.runtime-fewshot-int8")
     }
-    pub fn landmarks(method: &str) -> String {
+    pub fn landmarks(method: impl Display) -> String {
         format!("faces.{method}.landmarks")
     }
-    pub fn runtime_mafl(method: &str) -> String {
+    pub fn runtime_mafl(method: impl Display) -> String {
         format!("faces.{method}.runtime-mafl-int8")
     }
-    pub fn export(domain: &str, method: &str) -> String {
+    pub fn export(domain: &str, method: impl Display) -> String {
         format!("{domain}.{method}.export-int8")
     }
-    pub fn ablation_pretrain(method: &str, level: usize) -> String {
+    pub fn ablation_pretrain(method: impl Display, level: usize) -> String {
         format!("ablation.{method}.{level}.pretrain")
     }
-    pub fn ablation_fewshot(method: &str, level: usize) -> String {
+    pub fn ablation_fewshot(method: impl Display, level: usize) -> String {
         format!("ablation.{method}.{level}.fewshot")
     }
     pub fn synth_aligned(alignment: f64) -> String {
         format!("synth.objects-a{alignment:.2}")
     }
-    pub fn aligned_fewshot(method: &str, alignment: f64) -> String {
+    pub fn aligned_fewshot(method: impl Display, alignment: f64) -> String {
         format!("alignment.{alignment:.2}.{method}.fewshot")
     }
-    pub fn invert(method: &str) -> String {
+    pub fn invert(method: impl Display) -> String {
         format!("objects.{method}.invert")
     }
     pub fn subset(subset: &str) -> String {
         format!("synth.objects-{subset}")
     }
     /// A Table-2 row: `data` is a subset name, or the other domain the backbone came from.
-    pub fn data_pretrain(data: &str, method: &str) -> String {
+    pub fn data_pretrain(data: &str, method: impl Display) -> String {
         format!("data.{data}.{method}.pretrain")
     }
-    pub fn data_fewshot(data: &str, method: &str) -> String {
+    pub fn data_fewshot(data: &str, method: impl Display) -> String {
         format!("data.{data}.{method}.fewshot")
     }
-    pub fn data_landmarks(data: &str, method: &str) -> String {
+    pub fn data_landmarks(data: &str, method: impl Display) -> String {
         format!("data.{data}.{method}.landmarks")
     }
-    pub fn k_tau_pretrain(method: &str, queue: usize, tau: f64) -> String {
+    pub fn k_tau_pretrain(method: impl Display, queue: usize, tau: f64) -> String {
         format!("k-tau.{method}.k{queue}.t{tau}.pretrain")
     }
-    pub fn k_tau_fewshot(method: &str, queue: usize, tau: f64) -> String {
+    pub fn k_tau_fewshot(method: impl Display, queue: usize, tau: f64) -> String {
         format!("k-tau.{method}.k{queue}.t{tau}.fewshot")
     }
     pub const FIGURE_INVERT: &str = "figure.invert";
@@ -295,7 +299,7 @@ pub struct Plan {
 
 /// Method rows of the tables: the preset's methods, then `scratch`.
 pub fn rows(p: &Preset) -> Vec<String> {
-    let mut r = p.methods.clone();
+    let mut r: Vec<String> = p.methods.iter().map(Method::to_string).collect();
     r.push(SCRATCH.to_string());
     r
 }
@@ -323,14 +327,13 @@ impl Plan {
                 );
             }
         }
-        for m in rows(&preset) {
+        // The rows with their methods (`None`: the scratch baseline).
+        let methods = preset.methods.iter().copied().map(Some).chain([None]);
+        for (m, method) in rows(&preset).into_iter().zip(methods) {
             for d in [Domain::Objects, Domain::Faces] {
                 let dir = PathBuf::from(d.name()).join(&m);
                 let id = ids::pretrain(d.name(), &m);
-                if m == SCRATCH {
-                    let title = format!("random-init backbone for {}", d.name());
-                    push(id, title, Action::InitScratch { dir: dir.clone() });
-                } else {
+                if let Some(method) = method {
                     let epochs = match d {
                         Domain::Objects => preset.pretrain.epochs_objects,
                         Domain::Faces => preset.pretrain.epochs_faces,
@@ -338,12 +341,15 @@ impl Plan {
                     let title = format!("pretrain {m} on {} ({epochs} epochs)", d.name());
                     let action = Action::Pretrain {
                         domain: d,
-                        method: m.clone(),
+                        method,
                         epochs,
                         dir: dir.clone(),
                         variant: Variant::default(),
                     };
                     push(id, title, action);
+                } else {
+                    let title = format!("random-init backbone for {}", d.name());
+                    push(id, title, Action::InitScratch { dir: dir.clone() });
                 }
                 match d {
                     Domain::Objects => {
@@ -431,11 +437,13 @@ impl Plan {
         if preset.runs(Ablation::Augment) {
             for (k, (label, aug)) in preset.ablation.levels.iter().enumerate() {
                 for m in &preset.ablation.methods {
-                    let dir = PathBuf::from("ablation").join(m).join(k.to_string());
+                    let dir = PathBuf::from("ablation")
+                        .join(m.to_string())
+                        .join(k.to_string());
                     let epochs = preset.ablation.epochs;
                     let action = Action::Pretrain {
                         domain: Domain::Objects,
-                        method: m.clone(),
+                        method: *m,
                         epochs,
                         dir: dir.clone(),
                         variant: Variant {
@@ -514,7 +522,7 @@ fn data_ablation_steps(p: &Preset, push: &mut impl FnMut(String, String, Action)
             Action::WriteSubset { subset: s },
         );
         for m in &p.data_ablation.methods {
-            let dir = PathBuf::from("data").join(s.name()).join(m);
+            let dir = PathBuf::from("data").join(s.name()).join(m.to_string());
             push(
                 ids::data_pretrain(s.name(), m),
                 format!(
@@ -527,7 +535,7 @@ fn data_ablation_steps(p: &Preset, push: &mut impl FnMut(String, String, Action)
                 ),
                 Action::Pretrain {
                     domain: Domain::Objects,
-                    method: m.clone(),
+                    method: *m,
                     epochs: p.pretrain.epochs_objects,
                     dir: dir.clone(),
                     variant: Variant {
@@ -556,7 +564,7 @@ fn data_ablation_steps(p: &Preset, push: &mut impl FnMut(String, String, Action)
             ids::data_fewshot(Domain::Faces.name(), m),
             format!("few-shot on objects, {m} pretrained on faces"),
             Action::FewShot {
-                dir: PathBuf::from(Domain::Faces.name()).join(m),
+                dir: PathBuf::from(Domain::Faces.name()).join(m.to_string()),
                 alignment: None,
             },
         );
@@ -564,7 +572,7 @@ fn data_ablation_steps(p: &Preset, push: &mut impl FnMut(String, String, Action)
             ids::data_landmarks(objects, m),
             format!("landmarks, {m} pretrained on objects"),
             Action::Landmarks {
-                dir: PathBuf::from(objects).join(m),
+                dir: PathBuf::from(objects).join(m.to_string()),
             },
         );
     }
@@ -572,19 +580,14 @@ fn data_ablation_steps(p: &Preset, push: &mut impl FnMut(String, String, Action)
 
 /// The (queue, τ) pairs of the Table-10 ablation for `method`, each with whether the main run
 /// already is that pretraining.
-pub fn k_tau_cells(p: &Preset, method: &str) -> Vec<(usize, f64, bool)> {
-    let defaults = method
-        .parse::<trainer::method::Method>()
-        .map(|m| m.defaults());
-    let main_queue = p
-        .pretrain
-        .queue
-        .or(defaults.as_ref().ok().map(|d| d.queue_len));
-    let main_tau = defaults.ok().and_then(|d| d.tau);
+pub fn k_tau_cells(p: &Preset, method: Method) -> Vec<(usize, f64, bool)> {
+    let defaults = method.defaults();
+    let main_queue = p.pretrain.queue.or(Some(defaults.queue_len));
+    let main_tau = defaults.tau;
     let mut cells = Vec::new();
     for &q in &p.k_tau.queues {
         for &t in &p.k_tau.taus {
-            let is_main = p.methods.iter().any(|m| m == method)
+            let is_main = p.methods.contains(&method)
                 && Some(q) == main_queue
                 && main_tau.is_some_and(|mt| (mt - t).abs() < 1e-12)
                 && p.k_tau.epochs == p.pretrain.epochs_objects;
@@ -597,17 +600,19 @@ pub fn k_tau_cells(p: &Preset, method: &str) -> Vec<(usize, f64, bool)> {
 fn k_tau_steps(p: &Preset, push: &mut impl FnMut(String, String, Action)) {
     let epochs = p.k_tau.epochs;
     for m in &p.k_tau.methods {
-        for (q, t, is_main) in k_tau_cells(p, m) {
+        for (q, t, is_main) in k_tau_cells(p, *m) {
             if is_main {
                 continue;
             }
-            let dir = PathBuf::from("k-tau").join(m).join(format!("k{q}-t{t}"));
+            let dir = PathBuf::from("k-tau")
+                .join(m.to_string())
+                .join(format!("k{q}-t{t}"));
             push(
                 ids::k_tau_pretrain(m, q, t),
                 format!("pretrain {m} on objects, k {q}, τ {t} ({epochs} epochs)"),
                 Action::Pretrain {
                     domain: Domain::Objects,
-                    method: m.clone(),
+                    method: *m,
                     epochs,
                     dir: dir.clone(),
                     variant: Variant {

@@ -19,6 +19,15 @@ pub struct StepRecord {
     pub result: Value,
 }
 
+/// A data-subset step's record: what was written, and the subset's label in the tables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubsetRecord {
+    #[serde(flatten)]
+    pub summary: crate::analysis::subset::SubsetSummary,
+    #[serde(default)]
+    pub label: String,
+}
+
 /// The record file of step `id`.
 pub fn record_path(out: &Path, id: &str) -> PathBuf {
     out.join(STEPS_DIR).join(format!("{id}.json"))

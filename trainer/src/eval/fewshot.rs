@@ -13,7 +13,6 @@ use candle_core::Device;
 use runtime_cli::episodes::run_episodes;
 use runtime_core::metrics::episode_accuracy;
 use runtime_core::protocol::fewshot::{class_images, plan_episodes, FewShotHead, MAX_EPISODE_WAY};
-use serde_json::json;
 
 use super::features;
 use crate::data::{MiniImageNet, Split};
@@ -37,8 +36,8 @@ pub struct FewShotConfig {
 }
 
 /// Accuracy of one shot setting, in %: the same type runtime-cli reports, so host and runtime
-/// results are one schema.
-pub use runtime_cli::fewshot::ShotResult;
+/// results are one schema; and the protocol's command-line flags, the same in both CLIs.
+pub use runtime_cli::fewshot::{FewShotArgs, ShotResult};
 
 /// All shot settings, with the backbone hash and how many images were embedded.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,26 +118,47 @@ pub fn evaluate(cfg: &FewShotConfig, device: &Device) -> Result<FewShotReport> {
 /// The JSON result; field names match runtime-cli's `eval fewshot` (`results[].shot/accuracy/
 /// ci95/episodes`, `way`, `query`, `classifier`, `seed`, `split`) so a script can compare.
 pub fn to_json(cfg: &FewShotConfig, r: &FewShotReport) -> serde_json::Value {
-    let results: Vec<_> = r
-        .results
-        .iter()
-        .map(|s| json!({"shot": s.shot, "accuracy": s.accuracy, "ci95": s.ci95, "episodes": s.episodes}))
-        .collect();
-    json!({
-        "command": "eval fewshot",
-        "backbone": cfg.backbone.display().to_string(),
-        "backbone_fnv64": r.backbone_fnv64,
-        "data": cfg.data.display().to_string(),
-        "split": cfg.split.file_name().trim_end_matches(".csv"),
-        "way": cfg.way,
-        "query": cfg.query,
-        "episodes": cfg.episodes,
-        "classifier": cfg.classifier.name(),
-        "seed": cfg.seed,
-        "image_size": cfg.image_size,
-        "images_embedded": r.images_embedded,
-        "results": results,
-    })
+    serde_json::to_value(FewShotRecord::new(cfg, r)).expect("a few-shot record is JSON")
+}
+
+/// The JSON result as a struct: what [`to_json`] writes and the study's few-shot step records hold.
+/// Fields a record lacks read as their defaults (the study shows them as empty cells).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(default)]
+pub struct FewShotRecord {
+    pub command: String,
+    pub backbone: String,
+    pub backbone_fnv64: String,
+    pub data: String,
+    pub split: String,
+    pub way: usize,
+    pub query: usize,
+    pub episodes: u64,
+    pub classifier: String,
+    pub seed: u64,
+    pub image_size: usize,
+    pub images_embedded: usize,
+    pub results: Vec<ShotResult>,
+}
+
+impl FewShotRecord {
+    pub fn new(cfg: &FewShotConfig, r: &FewShotReport) -> Self {
+        FewShotRecord {
+            command: "eval fewshot".into(),
+            backbone: cfg.backbone.display().to_string(),
+            backbone_fnv64: r.backbone_fnv64.clone(),
+            data: cfg.data.display().to_string(),
+            split: cfg.split.file_name().trim_end_matches(".csv").into(),
+            way: cfg.way,
+            query: cfg.query,
+            episodes: cfg.episodes,
+            classifier: cfg.classifier.name().into(),
+            seed: cfg.seed,
+            image_size: cfg.image_size,
+            images_embedded: r.images_embedded,
+            results: r.results.clone(),
+        }
+    }
 }
 
 /// The small table printed without `--json`.

@@ -279,31 +279,72 @@ pub fn evaluate(cfg: &LandmarkConfig, device: &Device) -> Result<(LandmarkModel,
 
 /// The JSON result: `iod_error` (%) and `per_landmark` (%), with the configuration.
 pub fn to_json(cfg: &LandmarkConfig, r: &LandmarkReport) -> serde_json::Value {
-    serde_json::json!({
-        "command": "eval landmarks",
-        "backbone": match &cfg.backbone {
-            BackboneSource::File(p) => p.display().to_string(),
-            BackboneSource::Scratch { arch, width } => format!("scratch:{arch}:{width}"),
-        },
-        "backbone_fnv64": r.backbone_fnv64,
-        "data": cfg.data.display().to_string(),
-        "image_size": cfg.image_size,
-        "epochs": cfg.epochs,
-        "batch": cfg.batch,
-        "lr": cfg.lr.unwrap_or_else(|| default_lr(cfg.batch)),
-        "frozen": cfg.frozen,
-        "seed": cfg.seed,
-        "train_images": r.train_images,
-        "test_images": r.test_images,
-        "final_loss": r.final_loss,
-        "iod_error": r.iod.iod_error,
-        "train_iod_error": r.train_iod.iod_error,
-        "mean_face": r.mean_face,
-        "mean_face_iod_error": r.mean_face_iod.iod_error,
-        "per_landmark": r.iod.per_landmark_json(),
-        "images": r.iod.images,
-        "seconds": r.seconds,
-    })
+    serde_json::to_value(LandmarkRecord::new(cfg, r)).expect("a landmark record is JSON")
+}
+
+/// The JSON result as a struct: what [`to_json`] writes and the study's landmark step records
+/// hold. Figures that may be NaN are written as `null` (JSON has no NaN) and read back so.
+/// Fields a record lacks read as their defaults (the study shows them as empty cells).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(default)]
+pub struct LandmarkRecord {
+    pub command: String,
+    pub backbone: String,
+    pub backbone_fnv64: String,
+    pub data: String,
+    pub image_size: usize,
+    pub epochs: usize,
+    pub batch: usize,
+    #[serde(deserialize_with = "runtime_cli::nan::null_as_nan")]
+    pub lr: f64,
+    pub frozen: bool,
+    pub seed: u64,
+    pub train_images: usize,
+    pub test_images: usize,
+    #[serde(deserialize_with = "runtime_cli::nan::null_as_nan")]
+    pub final_loss: f64,
+    /// Test IOD error (%).
+    pub iod_error: Option<f64>,
+    #[serde(deserialize_with = "runtime_cli::nan::null_as_nan")]
+    pub train_iod_error: f64,
+    pub mean_face: Landmarks,
+    /// The IOD error (%) of predicting `mean_face` for every test face.
+    pub mean_face_iod_error: Option<f64>,
+    /// `{"lefteye": %, ...}`.
+    pub per_landmark: serde_json::Value,
+    pub images: usize,
+    #[serde(deserialize_with = "runtime_cli::nan::null_as_nan")]
+    pub seconds: f64,
+}
+
+impl LandmarkRecord {
+    pub fn new(cfg: &LandmarkConfig, r: &LandmarkReport) -> Self {
+        LandmarkRecord {
+            command: "eval landmarks".into(),
+            backbone: match &cfg.backbone {
+                BackboneSource::File(p) => p.display().to_string(),
+                BackboneSource::Scratch { arch, width } => format!("scratch:{arch}:{width}"),
+            },
+            backbone_fnv64: r.backbone_fnv64.clone(),
+            data: cfg.data.display().to_string(),
+            image_size: cfg.image_size,
+            epochs: cfg.epochs,
+            batch: cfg.batch,
+            lr: cfg.lr.unwrap_or_else(|| default_lr(cfg.batch)),
+            frozen: cfg.frozen,
+            seed: cfg.seed,
+            train_images: r.train_images,
+            test_images: r.test_images,
+            final_loss: r.final_loss,
+            iod_error: Some(r.iod.iod_error),
+            train_iod_error: r.train_iod.iod_error,
+            mean_face: r.mean_face,
+            mean_face_iod_error: Some(r.mean_face_iod.iod_error),
+            per_landmark: r.iod.per_landmark_json(),
+            images: r.iod.images,
+            seconds: r.seconds,
+        }
+    }
 }
 
 /// A small table for people.

@@ -18,7 +18,6 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use serde_json::json;
 
 use super::features::{self, Features};
 use crate::augment::loader::epoch_order;
@@ -28,7 +27,7 @@ use crate::train::optim::{Sgd, SgdConfig};
 use crate::train::schedule::{lr_at, Schedule};
 
 /// The probe's optimisation recipe.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ProbeRecipe {
     pub epochs: usize,
     pub batch: usize,
@@ -276,19 +275,44 @@ pub fn evaluate(cfg: &ProbeConfig, device: &Device) -> Result<ProbeReport> {
 
 /// The JSON result.
 pub fn to_json(cfg: &ProbeConfig, r: &ProbeReport) -> serde_json::Value {
-    json!({
-        "command": cfg.kind.command(),
-        "backbone": cfg.backbone.display().to_string(),
-        "backbone_fnv64": r.backbone_fnv64,
-        "data": cfg.data.display().to_string(),
-        "pretrain_seed": cfg.pretrain_seed,
-        "image_size": cfg.image_size,
-        "recipe": cfg.recipe,
-        "classes": r.classes,
-        "fit_images": r.fit_images,
-        "test_images": r.test_images,
-        "accuracy": r.accuracy,
-    })
+    serde_json::to_value(ProbeRecord::new(cfg, r)).expect("a probe record is JSON")
+}
+
+/// The JSON result as a struct: what [`to_json`] writes and the study's probe step records hold.
+/// Fields a record lacks read as their defaults (the study shows them as empty cells).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(default)]
+pub struct ProbeRecord {
+    pub command: String,
+    pub backbone: String,
+    pub backbone_fnv64: String,
+    pub data: String,
+    pub pretrain_seed: u64,
+    pub image_size: usize,
+    pub recipe: ProbeRecipe,
+    pub classes: usize,
+    pub fit_images: usize,
+    pub test_images: usize,
+    /// Top-1 (%); `null` where it is not a number.
+    pub accuracy: Option<f64>,
+}
+
+impl ProbeRecord {
+    pub fn new(cfg: &ProbeConfig, r: &ProbeReport) -> Self {
+        ProbeRecord {
+            command: cfg.kind.command().into(),
+            backbone: cfg.backbone.display().to_string(),
+            backbone_fnv64: r.backbone_fnv64.clone(),
+            data: cfg.data.display().to_string(),
+            pretrain_seed: cfg.pretrain_seed,
+            image_size: cfg.image_size,
+            recipe: cfg.recipe,
+            classes: r.classes,
+            fit_images: r.fit_images,
+            test_images: r.test_images,
+            accuracy: Some(r.accuracy),
+        }
+    }
 }
 
 /// The small table printed without `--json`.

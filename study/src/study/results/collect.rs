@@ -12,9 +12,10 @@ pub(super) fn pretrain_record(
     method: &str,
     v: &PretrainRec,
 ) -> Option<PretrainRecord> {
-    let (final_loss, chance_loss) = (v.final_loss?, v.chance_loss?);
+    let (final_loss, chance_loss) = (finite(v.final_loss)?, finite(v.chance_loss)?);
+    let knn_chance = finite(v.knn_chance);
     let loss_ratio = final_loss / chance_loss;
-    let knn_ok = match (v.knn_top1, v.knn_chance) {
+    let knn_ok = match (v.knn_top1, knn_chance) {
         (Some(k), Some(c)) => k >= LEARNT_KNN_FACTOR * c,
         _ => true,
     };
@@ -39,7 +40,7 @@ pub(super) fn pretrain_record(
             .filter(|_| v.train_images > 0)
             .map(|k| k as f64 / v.train_images as f64),
         knn_top1: v.knn_top1,
-        knn_chance: v.knn_chance,
+        knn_chance,
         knn_init_top1: v.knn_init_top1,
         probe_loss_fresh: v.queue_probe.map(|p| p.loss_fresh),
         learnt: loss_ratio <= LEARNT_LOSS_RATIO && fresh_ok && knn_ok && beats_init,
@@ -66,26 +67,21 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
     let mut table = Vec::new();
     for m in rows(p) {
         let fs: Option<FewShotRec> = record(out, &ids::fewshot(&m))?;
-        let rt: Option<FewShotRec> = record(out, &ids::runtime_fewshot(&m))?;
+        let rt: Option<RuntimeFewShotRec> = record(out, &ids::runtime_fewshot(&m))?;
         let fewshot = p
             .fewshot
             .shots
             .iter()
             .map(|&k| ShotCell {
                 shot: k,
-                host: fs.as_ref().and_then(|v| v.figure(k)),
-                runtime_int8: rt.as_ref().and_then(|v| v.figure(k)),
+                host: fs.as_ref().and_then(|v| shot_figure(&v.results, k)),
+                runtime_int8: rt.as_ref().and_then(|v| shot_figure(&v.results, k)),
             })
             .collect();
-        let base = record::<ProbeRec>(out, &ids::base(&m))?.and_then(|v| {
-            Some(Figure {
-                value: v.accuracy?,
-                ci95: v.ci95,
-            })
-        });
+        let base = record::<ProbeRec>(out, &ids::base(&m))?.and_then(|v| v.figure());
         let iod_host = record::<LandmarkRec>(out, &ids::landmarks(&m))?.and_then(|v| v.figure());
         let iod_runtime_int8 =
-            record::<LandmarkRec>(out, &ids::runtime_mafl(&m))?.and_then(|v| v.figure());
+            record::<MaflRec>(out, &ids::runtime_mafl(&m))?.and_then(|v| mafl_figure(&v));
         table.push(MethodRow {
             method: m,
             base,
@@ -101,7 +97,11 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
             for m in &p.ablation.methods {
                 let v: Option<FewShotRec> = record(out, &ids::ablation_fewshot(m, k))?;
                 for &s in &p.fewshot.shots {
-                    cells.push((m.clone(), s, v.as_ref().and_then(|v| v.figure(s))));
+                    cells.push((
+                        m.to_string(),
+                        s,
+                        v.as_ref().and_then(|v| shot_figure(&v.results, s)),
+                    ));
                 }
             }
             ablation.push(AblationRow {
@@ -131,7 +131,7 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
     for domain in ["objects", "faces"] {
         for m in &p.methods {
             if let Some(v) = record::<PretrainRec>(out, &crate::study::ids::pretrain(domain, m))? {
-                pretraining.extend(pretrain_record(domain, m, &v));
+                pretraining.extend(pretrain_record(domain, &m.to_string(), &v));
             }
         }
     }
@@ -150,7 +150,7 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
                     .fewshot
                     .shots
                     .iter()
-                    .map(|&k| (k, r.as_ref().and_then(|v| v.figure(k))))
+                    .map(|&k| (k, r.as_ref().and_then(|v| shot_figure(&v.results, k))))
                     .collect();
                 v.push(AlignmentCell {
                     alignment: a,

@@ -233,7 +233,7 @@ mod tests {
         assert!(!beats_init_knn(16.0, 10.0, 100));
         assert!(beats_init_knn(16.01, 10.0, 100));
         let rec = |knn: f64| {
-            let v = serde_json::json!({"final_loss": 3.0, "chance_loss": 6.0, "images_seen": 10,
+            let v = serde_json::json!({"method": "moco-v2", "final_loss": 3.0, "chance_loss": 6.0, "images_seen": 10,
                 "knn_top1": knn, "knn_chance": 1.0, "knn_init_top1": 10.0, "knn_queries": 100});
             pretrain_record("objects", "moco-v2", &serde_json::from_value(v).unwrap()).unwrap()
         };
@@ -246,7 +246,7 @@ mod tests {
     #[test]
     fn a_contrastive_run_must_also_meet_the_ratio_against_fresh_keys() {
         let rec = |fresh: f64| {
-            let v = serde_json::json!({"final_loss": 3.0, "chance_loss": 6.0, "images_seen": 10,
+            let v = serde_json::json!({"method": "moco-v2", "final_loss": 3.0, "chance_loss": 6.0, "images_seen": 10,
                 "queue_probe": {"loss_stale": 3.0, "loss_fresh": fresh, "top1_stale": 50.0,
                 "top1_fresh": 10.0, "chance": 7.0}});
             pretrain_record("objects", "moco-v2", &serde_json::from_value(v).unwrap()).unwrap()
@@ -279,7 +279,7 @@ mod tests {
                     "objects",
                     "moco-v2",
                     &serde_json::from_value(
-                        serde_json::json!({"final_loss": 3.0, "chance_loss": 6.0,
+                        serde_json::json!({"method": "moco-v2", "final_loss": 3.0, "chance_loss": 6.0,
                         "images_seen": 1000, "knn_top1": 30.0, "knn_chance": 10.0}),
                     )
                     .unwrap(),
@@ -289,7 +289,7 @@ mod tests {
                     "objects",
                     "exemplar-v2",
                     &serde_json::from_value(
-                        serde_json::json!({"final_loss": 4.0, "chance_loss": 6.0,
+                        serde_json::json!({"method": "exemplar-v2", "final_loss": 4.0, "chance_loss": 6.0,
                         "images_seen": 1000, "knn_top1": 30.0, "knn_chance": 10.0}),
                     )
                     .unwrap(),

@@ -75,25 +75,13 @@ pub struct PretrainRecord {
     pub learnt: bool,
 }
 
-/// The fields the tables read from a pretraining step's record (its `PretrainSummary`).
-#[derive(Debug, Clone, Deserialize)]
-pub struct PretrainRec {
-    pub final_loss: Option<f64>,
-    pub chance_loss: Option<f64>,
-    #[serde(default)]
-    pub images_seen: u64,
-    #[serde(default)]
-    pub queue: Option<usize>,
-    #[serde(default)]
-    pub train_images: usize,
-    pub knn_top1: Option<f64>,
-    pub knn_chance: Option<f64>,
-    #[serde(default)]
-    pub knn_init_top1: Option<f64>,
-    #[serde(default)]
-    pub knn_queries: usize,
-    #[serde(default)]
-    pub queue_probe: Option<trainer::train::pretrain::QueueProbe>,
+/// A pretraining step's record: the run's own summary.
+pub use trainer::train::pretrain::PretrainSummary as PretrainRec;
+
+/// A record's figure, `None` where it is not finite (JSON has no NaN: such a figure was written
+/// as `null` and reads back as NaN).
+pub(in crate::study) fn finite(x: f64) -> Option<f64> {
+    Some(x).filter(|x| x.is_finite())
 }
 
 /// Few-shot accuracy (host f32) of one method on the novel classes at one alignment.
@@ -134,52 +122,65 @@ pub struct StudyResults {
     pub wall_seconds: WallTime,
 }
 
-/// One shot setting of a few-shot record (host `eval fewshot` and runtime-cli's share the layout).
-#[derive(Debug, Clone, Deserialize)]
-pub struct ShotRec {
-    pub shot: usize,
-    pub accuracy: f64,
+/// A runtime few-shot step's record (`runtime-cli eval fewshot --json`).
+pub use runtime_cli::fewshot::FewShotRecord as RuntimeFewShotRec;
+/// One shot setting of a few-shot record (host `eval fewshot` and runtime-cli's share it).
+pub use runtime_cli::fewshot::ShotResult as ShotRec;
+/// A runtime landmark step's record (`runtime-cli eval mafl --json`).
+pub use runtime_cli::mafl::MaflRecord as MaflRec;
+/// A host few-shot step's record (`host-trainer eval fewshot --json`).
+pub use trainer::eval::fewshot::FewShotRecord as FewShotRec;
+
+/// The figure of `shot` among a few-shot record's `results`.
+pub(in crate::study) fn shot_figure(results: &[ShotRec], shot: usize) -> Option<Figure> {
+    let s = results.iter().find(|r| r.shot == shot)?;
+    Some(Figure {
+        value: s.accuracy,
+        ci95: finite(s.ci95),
+    })
+}
+
+/// A base-class probe step's record: `eval base`'s JSON and the binomial 95% interval of its
+/// top-1 accuracy over the test images (in points).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeRec {
+    #[serde(flatten)]
+    pub probe: trainer::eval::probe::ProbeRecord,
+    #[serde(default)]
     pub ci95: Option<f64>,
 }
 
-/// A few-shot step's record, as the tables read it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct FewShotRec {
-    #[serde(default)]
-    pub results: Vec<ShotRec>,
-}
-
-impl FewShotRec {
-    pub(in crate::study) fn figure(&self, shot: usize) -> Option<Figure> {
-        let s = self.results.iter().find(|r| r.shot == shot)?;
+impl ProbeRec {
+    pub(in crate::study) fn figure(&self) -> Option<Figure> {
         Some(Figure {
-            value: s.accuracy,
-            ci95: s.ci95,
+            value: self.probe.accuracy?,
+            ci95: self.ci95,
         })
     }
 }
 
-/// A base-class probe's record.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ProbeRec {
-    pub accuracy: Option<f64>,
-    pub ci95: Option<f64>,
-}
-
-/// A landmark step's record (host, with the mean-face baseline; or runtime-cli's `eval mafl`).
-#[derive(Debug, Clone, Deserialize)]
+/// A host landmark step's record: `eval landmarks`' JSON, the interval from the per-image
+/// errors, and the mean-face baseline over the same test faces (its `mean_face_iod_error` is the
+/// per-image mean, which replaces the library's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LandmarkRec {
-    pub iod_error: Option<f64>,
+    #[serde(flatten)]
+    pub eval: trainer::eval::landmarks::LandmarkRecord,
+    /// The mean of the per-image IOD errors (%).
+    #[serde(default)]
+    pub iod_error_per_image_mean: Option<f64>,
+    /// 95% interval half-width of the test IOD error, from the per-image errors.
+    #[serde(default)]
     pub ci95: Option<f64>,
-    /// The no-image baseline (host records only).
-    pub mean_face_iod_error: Option<f64>,
+    /// The same interval for the mean-face baseline (absent in records written before it).
+    #[serde(default)]
     pub mean_face_ci95: Option<f64>,
 }
 
 impl LandmarkRec {
     pub(in crate::study) fn figure(&self) -> Option<Figure> {
         Some(Figure {
-            value: self.iod_error?,
+            value: self.eval.iod_error?,
             ci95: self.ci95,
         })
     }
@@ -187,8 +188,16 @@ impl LandmarkRec {
     /// The mean-face baseline (`None` for records written before it).
     pub(super) fn mean_face(&self) -> Option<Figure> {
         Some(Figure {
-            value: self.mean_face_iod_error?,
+            value: self.eval.mean_face_iod_error?,
             ci95: self.mean_face_ci95,
         })
     }
+}
+
+/// The figure of a runtime landmark record (runtime-cli gives no interval).
+pub(in crate::study) fn mafl_figure(r: &MaflRec) -> Option<Figure> {
+    Some(Figure {
+        value: r.iod_error?,
+        ci95: None,
+    })
 }

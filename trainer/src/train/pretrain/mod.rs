@@ -66,27 +66,48 @@ pub struct RunOptions {
     pub distributed: Option<Arc<dyn Comm>>,
 }
 
-/// What a finished (or stopped) invocation reports.
-#[derive(Debug, Clone, Serialize)]
+/// What a finished (or stopped) invocation reports; also the study's pretraining step record.
+/// Figures that may be NaN (a diverged loss) are written as `null` (JSON has no NaN) and read
+/// back so; a record lacking one reads it as NaN (every record names its method).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PretrainSummary {
+    #[serde(default = "partial_record_method")]
     pub method: Method,
     /// MoCo/Exemplar: the queue length K (`None` for supervised).
+    #[serde(default)]
     pub queue: Option<usize>,
     /// N, the training images (an epoch's batches cover N rounded down to whole batches). K/N
     /// above 1/2 puts each instance's own older keys in its queue as negatives.
+    #[serde(default)]
     pub train_images: usize,
+    #[serde(default)]
     pub epochs_done: usize,
+    #[serde(default)]
     pub epochs: usize,
     /// Mean training loss of the last epoch.
+    #[serde(
+        default = "runtime_cli::nan::nan",
+        deserialize_with = "runtime_cli::nan::null_as_nan"
+    )]
     pub final_loss: f64,
     /// Mean chance loss of the last epoch (ln of the candidates each softmax compares:
     /// [`chance_loss`] for MoCo/Exemplar, ln(classes) for supervised).
+    #[serde(
+        default = "runtime_cli::nan::nan",
+        deserialize_with = "runtime_cli::nan::null_as_nan"
+    )]
     pub chance_loss: f64,
     /// Training images (views of the query side) seen over all epochs done, resumes included.
+    #[serde(default)]
     pub images_seen: u64,
     /// kNN top-1 (%) of held-out base images against the training images, after the last epoch.
+    #[serde(default)]
     pub knn_top1: Option<f64>,
     /// kNN top-1 of guessing (100 / number of training classes), for comparison.
+    #[serde(
+        default = "runtime_cli::nan::nan",
+        deserialize_with = "runtime_cli::nan::null_as_nan"
+    )]
     pub knn_chance: f64,
     /// kNN top-1 (%) of this run's network *at initialisation* (its seed, before any step), on
     /// the same bank and queries: the level a run must beat to have learnt more than random
@@ -101,9 +122,25 @@ pub struct PretrainSummary {
     /// The queue-staleness probe after the last epoch, when it ran ([`RunOptions::probe_queue_every`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_probe: Option<QueueProbe>,
+    #[serde(
+        default = "runtime_cli::nan::nan",
+        deserialize_with = "runtime_cli::nan::null_as_nan"
+    )]
     pub images_per_sec: f64,
+    #[serde(default)]
     pub backbone: Option<PathBuf>,
+    #[serde(
+        default = "runtime_cli::nan::nan",
+        deserialize_with = "runtime_cli::nan::null_as_nan"
+    )]
     pub wall_seconds: f64,
+}
+
+/// The method of a summary record that lacks one. Every summary this crate writes names its
+/// method; only partial records do not (the study reads them, like any record lacking its
+/// figures, as empty cells: their final loss reads as NaN).
+fn partial_record_method() -> Method {
+    Method::Supervised
 }
 
 /// One line of `metrics.jsonl`.
