@@ -549,3 +549,91 @@ pub fn run_case(
     }
     o
 }
+
+/// Random cases per model on the device, after its boundary truncations (the QEMU run's size).
+pub const DEVICE_RANDOM_CASES: usize = 400;
+/// The device's image and int8 input buffers (the largest embedded input is 32×32×3).
+pub const DEVICE_IMAGE_BYTES: usize = 32 * 32 * 3;
+/// The device's output buffer, in floats (the largest embedded output is 64 features).
+pub const DEVICE_OUT_FLOATS: usize = 64;
+/// Number of status codes, the length of each [`Counts`] histogram.
+pub const N_STATUS: usize = runtime_ffi::RT_STATUS_COUNT as usize;
+
+/// The seed of a model's random cases, from its name (FNV-1a), so that the device and the host
+/// make the same cases whatever else the build embeds.
+pub fn seed(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The image and int8 input every run gets (any pixels do: the point is the model bytes).
+pub fn fill_inputs(image: &mut [u8], input: &mut [i8]) {
+    for (i, p) in image.iter_mut().enumerate() {
+        *p = (i * 37 % 251) as u8;
+    }
+    for (x, &p) in input.iter_mut().zip(image.iter()) {
+        *x = p as i8;
+    }
+}
+
+/// Status histograms of one model's cases: `load[c]` is the number of cases whose
+/// `rt_model_load` returned code `c`, and so on; `ran + errors == cases` (every case either ran
+/// one inference to the end or got an error code somewhere).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub cases: u32,
+    pub errors: u32,
+    pub ran: u32,
+    pub undocumented: u32,
+    pub load: [u32; N_STATUS],
+    pub run_u8: [u32; N_STATUS],
+    pub run_i8: [u32; N_STATUS],
+    pub landmarks: [u32; N_STATUS],
+}
+
+impl Counts {
+    pub fn add(&mut self, o: &Outcome) {
+        self.cases += 1;
+        if o.ran() {
+            self.ran += 1;
+        } else {
+            self.errors += 1;
+        }
+        self.undocumented += !o.documented() as u32;
+        for (h, s) in [
+            (&mut self.load, o.load),
+            (&mut self.run_u8, o.run_u8),
+            (&mut self.run_i8, o.run_i8),
+            (&mut self.landmarks, o.landmarks),
+        ] {
+            if let Some(s) = s {
+                h[s as usize] += 1;
+            }
+        }
+    }
+}
+
+/// Every case of one model (boundary truncations, then `random` seeded mutations) made in
+/// `case_buf` and run through [`run_case`] with the caller's buffers. `None` if a case does not
+/// fit `case_buf` (it must hold the model plus [`MAX_GROWTH`]).
+#[allow(clippy::too_many_arguments)]
+pub fn run_model(
+    name: &str,
+    base: &[u8],
+    random: usize,
+    case_buf: &mut [u8],
+    arena: &mut [u8],
+    image: &[u8],
+    input: &[i8],
+    out: &mut [f32],
+) -> Option<Counts> {
+    let m = Mutator::new(base, seed(name));
+    let mut c = Counts::default();
+    for k in 0..m.boundaries() + random {
+        let (_, len) = m.case(k, case_buf)?;
+        let o = run_case(&case_buf[..len], arena, image, input, out);
+        c.add(&o);
+    }
+    Some(c)
+}
