@@ -46,6 +46,8 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     // A panic inside the logger would recurse: log only the first one.
     if !PANICKING.swap(true, Ordering::Relaxed) {
         defmt::error!("PANIC {}", defmt::Display2Format(info));
+        #[cfg(feature = "hostile")]
+        crate::hostile_run::report_case();
     }
     exit_fail()
 }
@@ -63,6 +65,8 @@ unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
             frame.pc(),
             frame.lr()
         );
+        #[cfg(feature = "hostile")]
+        crate::hostile_run::report_case();
     }
     exit_fail()
 }

@@ -22,6 +22,7 @@
 //! `rt_landmarks` on landmark models; always `rt_model_release`.
 
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use runtime_ffi::{
     rt_landmarks, rt_model_get_info, rt_model_load, rt_model_release, rt_run_i8, rt_run_u8,
@@ -577,6 +578,10 @@ pub fn fill_inputs(image: &mut [u8], input: &mut [i8]) {
     }
 }
 
+/// The case [`run_model`] is on, for a fault handler's report (the firmware's HardFault and
+/// panic handlers print it, so a fault names the case the host can rerun).
+pub static CURRENT_CASE: AtomicUsize = AtomicUsize::new(0);
+
 /// Status histograms of one model's cases: `load[c]` is the number of cases whose
 /// `rt_model_load` returned code `c`, and so on; `ran + errors == cases` (every case either ran
 /// one inference to the end or got an error code somewhere).
@@ -631,6 +636,7 @@ pub fn run_model(
     let m = Mutator::new(base, seed(name));
     let mut c = Counts::default();
     for k in 0..m.boundaries() + random {
+        CURRENT_CASE.store(k, Ordering::Relaxed);
         let (_, len) = m.case(k, case_buf)?;
         let o = run_case(&case_buf[..len], arena, image, input, out);
         c.add(&o);

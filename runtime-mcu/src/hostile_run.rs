@@ -6,6 +6,8 @@
 //! bounds they must stay inside. A panic or a HardFault ends the run through `fault.rs` with a
 //! report and a non-zero exit, which is what the host test looks for.
 
+use core::sync::atomic::{AtomicUsize, Ordering};
+
 use crate::hostile::{self, DEVICE_IMAGE_BYTES, DEVICE_OUT_FLOATS, MAX_GROWTH};
 use crate::{heap, icount, stack};
 
@@ -32,6 +34,17 @@ const CASE_BYTES: usize = {
     max + MAX_GROWTH
 };
 
+/// Index into [`MODELS`] of the model being run (`usize::MAX`: none yet), for [`report_case`].
+static CURRENT_MODEL: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Logs the model and case being run, if any: called by the panic and HardFault handlers.
+pub fn report_case() {
+    if let Some((name, _)) = MODELS.get(CURRENT_MODEL.load(Ordering::Relaxed)) {
+        let k = hostile::CURRENT_CASE.load(Ordering::Relaxed);
+        defmt::error!("HOSTILE fault in {=str} case {=usize}", name, k);
+    }
+}
+
 /// Runs every case of every embedded model; false if a case did not fit the case buffer or
 /// a call returned an undocumented code (the caller exits non-zero).
 pub fn run(arena: &mut [u8]) -> bool {
@@ -52,10 +65,11 @@ pub fn run(arena: &mut [u8]) -> bool {
     heap::HEAP.reset_peak();
     let t0 = icount::now();
     let mut good = true;
-    for (name, base) in MODELS {
+    for (i, (name, base)) in MODELS.into_iter().enumerate() {
         if base.is_empty() {
             continue;
         }
+        CURRENT_MODEL.store(i, Ordering::Relaxed);
         let random = hostile::DEVICE_RANDOM_CASES;
         let Some(c) = hostile::run_model(name, base, random, case, arena, image, input, out) else {
             defmt::error!("HOSTILE {=str}: a case does not fit the case buffer", name);
@@ -79,6 +93,7 @@ pub fn run(arena: &mut [u8]) -> bool {
         }
         good &= c.undocumented == 0;
     }
+    CURRENT_MODEL.store(usize::MAX, Ordering::Relaxed);
     let (static_end, ram_top) = stack::bounds();
     defmt::info!("FOOTPRINT hostile.insns {=u64}", icount::now() - t0);
     defmt::info!(
