@@ -15,6 +15,8 @@
 # runtime-mcu/build.rs reads MCU_BOARD, and MCU_MODELS, which overrides the board's models
 # (MCU_MODELS="landmark fewshot" scripts/mcu.sh runs that subset under QEMU). The QEMU run always
 # builds qemu-an386. Builds go to $CARGO_TARGET_DIR (default runtime-mcu/target).
+# MCU_FEATURES: cargo features of the build (e.g. `hostile`: mutated models through the C API
+# instead of the parity program, runtime-mcu/src/hostile_run.rs).
 #
 # Exit status: 0 only if the firmware ran to the end and exited with semihosting code 0.
 # A panic or hard fault exits 1 (the firmware reports it over semihosting); a hang is killed by
@@ -72,7 +74,9 @@ elf_path() {
 # $MCU_MODELS; prints the ELF path. A build that does not fit the board's map fails to link.
 build() {
     local board="${1:-$QEMU_BOARD}"
-    (cd "$ROOT/runtime-mcu" && MCU_BOARD="$board" cargo build --release --locked 1>&2) || return 1
+    local features=()
+    [ -n "${MCU_FEATURES:-}" ] && features=(--features "$MCU_FEATURES")
+    (cd "$ROOT/runtime-mcu" && MCU_BOARD="$board" cargo build --release --locked "${features[@]}" 1>&2) || return 1
     elf_path
 }
 

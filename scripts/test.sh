@@ -23,13 +23,17 @@ phase "cargo clippy (workspace, all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --features "$FEATURES" --locked -- -D warnings
 
 phase "cargo test (workspace; includes the runtime-mcu QEMU run)"
-rm -f target/mcu-report.txt
+rm -f target/mcu-report.txt target/mcu-hostile-report.txt
 mkdir -p target
 cargo test --workspace --features "$FEATURES" --locked 2>&1 | tee target/test-output.txt
 
 if [ -f target/mcu-report.txt ]; then
   phase "runtime-mcu under QEMU: the parity test's run"
   cat target/mcu-report.txt
+fi
+if [ -f target/mcu-hostile-report.txt ]; then
+  phase "runtime-mcu under QEMU: mutated models through the C API (mcu_parity, hostile)"
+  cat target/mcu-hostile-report.txt
 fi
 
 phase "runtime-mcu board builds beyond QEMU (compile and size only)"

@@ -34,11 +34,12 @@
 
 extern crate alloc;
 // On a host, std supplies the panic handler and the global allocator of the staticlib (and the
-// C program links it with -lpthread -ldl -lm). Bare metal gets both from `baremetal`.
+// C program links it with -lpthread -ldl -lm). Bare metal gets both from `baremetal` (feature
+// `baremetal`, on by default; off when a Rust firmware brings its own).
 #[cfg(all(not(test), not(target_os = "none")))]
 extern crate std;
 
-#[cfg(all(not(test), target_os = "none"))]
+#[cfg(all(not(test), target_os = "none", feature = "baremetal"))]
 pub mod baremetal;
 pub mod head;
 pub mod model;

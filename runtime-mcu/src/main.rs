@@ -9,6 +9,8 @@
 //! ends a good run. The program exits with semihosting code 0 only if everything ran.
 #![no_std]
 #![no_main]
+// The hostile mode builds the board but not the parity program (`app`, `FIXTURES`, `Board`).
+#![cfg_attr(feature = "hostile", allow(dead_code))]
 
 extern crate alloc;
 
@@ -18,6 +20,10 @@ use defmt_semihosting as _;
 mod app;
 mod fault;
 mod heap;
+#[cfg(feature = "hostile")]
+mod hostile;
+#[cfg(feature = "hostile")]
+mod hostile_run;
 mod icount;
 mod stack;
 
@@ -154,6 +160,14 @@ fn main() -> ! {
     static mut ARENA: [u8; ARENA_BYTES] = [0; ARENA_BYTES];
     // SAFETY: the only reference to ARENA, taken once in a function that never returns.
     let arena: &mut [u8] = unsafe { &mut *core::ptr::addr_of_mut!(ARENA) };
+    // The hostile mode (feature `hostile`) replaces the program: mutated models through the
+    // C API (hostile_run.rs).
+    #[cfg(feature = "hostile")]
+    if !hostile_run::run(arena) {
+        defmt::error!("FAILED hostile run");
+        fault::exit_fail()
+    }
+    #[cfg(not(feature = "hostile"))]
     if let Err(e) = app::run(&mut Board, FIXTURES, arena) {
         defmt::error!("FAILED {}", defmt::Debug2Format(&e));
         fault::exit_fail()
@@ -170,5 +184,9 @@ fn main() -> ! {
         stack::capacity()
     );
     defmt::info!("DONE");
+    // Hostile mode: the last thing is a deliberate fault, to show the HardFault handler reports.
+    #[cfg(feature = "hostile")]
+    fault::self_test();
+    #[cfg(not(feature = "hostile"))]
     fault::exit_ok()
 }

@@ -10,7 +10,8 @@ extern "C" {
     static _stack_start: u32; // top of RAM: the initial stack pointer
 }
 
-fn bounds() -> (usize, usize) {
+/// `(end of .bss, top of RAM)`: the stack may use `[end of .bss, top of RAM)`.
+pub fn bounds() -> (usize, usize) {
     // Only the addresses of the linker symbols are taken, never their contents.
     (
         &raw const __sheap as usize,

@@ -11,11 +11,21 @@
 //!   (`runtime-mcu/src/app.rs`, included below) run on the host. A panic, hard fault or hang
 //!   (the script's timeout) makes the script exit non-zero and fails the test. Without
 //!   `qemu-system-arm` it skips with a message, except under CI, where it fails.
+//! * `hostile_models_on_the_mcu` (issue #33 item 5): the firmware's hostile mode (feature
+//!   `hostile`, `runtime-mcu/src/hostile_run.rs`) cuts and mutates the embedded models on the
+//!   device and pushes each case through the C API; its per-model status counts must equal the
+//!   same cases run through the C API on the host (`runtime-mcu/src/hostile.rs`, included below),
+//!   with no undocumented code, no panic and no fault (its HardFault handler's self-test must
+//!   report), and its heap and stack high-water marks inside the board's map.
 
 extern crate alloc;
 
 #[path = "../../runtime-mcu/src/app.rs"]
 mod app;
+#[path = "../../runtime-mcu/src/hostile.rs"]
+// Shared with the firmware and the other test: each user calls only part of it.
+#[allow(dead_code)]
+mod hostile;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -610,6 +620,22 @@ fn have_qemu(test: &str) -> bool {
 /// Builds and runs the firmware with `scripts/mcu.sh` (extra environment `env`), keeps its log
 /// and footprint report in `target/<report>`, and returns the `RESULT` lines it printed.
 fn run_mcu(env: &[(&str, &std::ffi::OsStr)], report: &str) -> Vec<String> {
+    run_mcu_log(env, report)
+        .lines()
+        .filter_map(|l| {
+            l.split_once("RESULT ")
+                .map(|(_, r)| r.trim_end().to_string())
+        })
+        .collect()
+}
+
+/// One firmware build and run at a time: the builds share a target directory and the script
+/// runs (and decodes with) the ELF at one path, which a concurrent build would replace.
+static MCU_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// `run_mcu`'s build and run; returns the whole decoded log (the script's stdout).
+fn run_mcu_log(env: &[(&str, &std::ffi::OsStr)], report: &str) -> String {
+    let _one_at_a_time = MCU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     // The firmware gets its own target dir: `cargo test` may hold the lock on the host one while
     // tests run, and a nested build waiting for it would hang until the script's timeout.
     let mut cmd = Command::new("bash");
@@ -633,13 +659,7 @@ fn run_mcu(env: &[(&str, &std::ffi::OsStr)], report: &str) -> Vec<String> {
         "scripts/mcu.sh failed ({}): panic, hard fault, hang or build error\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
         out.status
     );
-    stdout
-        .lines()
-        .filter_map(|l| {
-            l.split_once("RESULT ")
-                .map(|(_, r)| r.trim_end().to_string())
-        })
-        .collect()
+    stdout.into_owned()
 }
 
 fn assert_same_results(mcu: &[String], host: &[String]) {
@@ -739,4 +759,174 @@ fn study_models_on_the_mcu() {
         "mcu-study-report.txt",
     );
     assert_same_results(&mcu, &host);
+}
+
+/// The models the hostile firmware embeds (`MCU_MODELS`) and the names its log uses for them,
+/// with their files: the random-weight landmark model and the pipeline's two exports.
+const HOSTILE_MODELS: [(&str, &str, &str); 3] = [
+    ("landmark", "landmark", "fixtures/mcu/landmark.safetensors"),
+    ("tiny-landmark", "tiny-landmark", TINY_LANDMARK),
+    ("tiny-fewshot", "tiny-backbone", TINY_BACKBONE),
+];
+
+/// `FOOTPRINT key value` of a decoded log.
+fn footprint(log: &str, key: &str) -> usize {
+    let tag = format!("FOOTPRINT {key} ");
+    log.lines()
+        .find_map(|l| l.split_once(&tag).map(|(_, v)| v.trim()))
+        .unwrap_or_else(|| panic!("no {tag}line in the log"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{key}: {e}"))
+}
+
+/// `ORIGIN` and `LENGTH` of the RAM region of a board's `memory.x` (hex or decimal, K suffix).
+fn ram_region(board: &str) -> (usize, usize) {
+    let path = root()
+        .join("runtime-mcu/boards")
+        .join(board)
+        .join("memory.x");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("RAM"))
+        .unwrap_or_else(|| panic!("{}: no RAM region", path.display()));
+    let field = |key: &str| -> usize {
+        let v = line
+            .split(key)
+            .nth(1)
+            .expect("ORIGIN and LENGTH on the RAM line");
+        let v = v
+            .trim_start_matches([' ', '='])
+            .split([',', ' '])
+            .next()
+            .unwrap();
+        let (num, mul) = match v.strip_suffix('K') {
+            Some(n) => (n, 1024),
+            None => (v, 1),
+        };
+        let n = match num.strip_prefix("0x") {
+            Some(h) => usize::from_str_radix(h, 16),
+            None => num.parse(),
+        };
+        n.unwrap_or_else(|e| panic!("{}: {key} {v}: {e}", path.display())) * mul
+    };
+    (field("ORIGIN"), field("LENGTH"))
+}
+
+#[test]
+fn hostile_models_on_the_mcu() {
+    // The host half first (no QEMU needed): the expected log lines, and every code documented.
+    let mut image = vec![0u8; hostile::DEVICE_IMAGE_BYTES];
+    let mut input = vec![0i8; hostile::DEVICE_IMAGE_BYTES];
+    hostile::fill_inputs(&mut image, &mut input);
+    let mut out = vec![0f32; hostile::DEVICE_OUT_FLOATS];
+    // The firmware's arena: 8 KiB for these models (runtime-mcu/src/main.rs, checked below).
+    let mut arena = vec![0u8; 8 * 1024];
+    let mut expected = Vec::new();
+    let mut total = 0;
+    for (_, name, file) in HOSTILE_MODELS {
+        let base = read(file);
+        let mut case = vec![0u8; base.len() + hostile::MAX_GROWTH];
+        let c = hostile::run_model(
+            name,
+            &base,
+            hostile::DEVICE_RANDOM_CASES,
+            &mut case,
+            &mut arena,
+            &image,
+            &input,
+            &mut out,
+        )
+        .unwrap_or_else(|| panic!("{name}: a case does not fit its buffer"));
+        let boundaries = hostile::Mutator::new(&base, hostile::seed(name)).boundaries();
+        assert_eq!(c.cases as usize, boundaries + hostile::DEVICE_RANDOM_CASES);
+        assert_eq!(
+            c.errors + c.ran,
+            c.cases,
+            "{name}: a case neither ran nor failed"
+        );
+        assert_eq!(
+            c.undocumented, 0,
+            "{name}: undocumented status codes: {c:?}"
+        );
+        assert!(c.ran > 0 && c.errors > 0, "{name}: {c:?}");
+        total += c.cases;
+        expected.push(format!(
+            "HOSTILE {name} cases {} errors {} ran {} undocumented {}",
+            c.cases, c.errors, c.ran, c.undocumented
+        ));
+        for (call, h) in [
+            ("load", &c.load),
+            ("run_u8", &c.run_u8),
+            ("run_i8", &c.run_i8),
+            ("landmarks", &c.landmarks),
+        ] {
+            expected.push(format!("HOSTILE {name} {call} {h:?}"));
+        }
+    }
+    if !have_qemu("hostile_models_on_the_mcu") {
+        return;
+    }
+
+    let models: Vec<&str> = HOSTILE_MODELS.iter().map(|m| m.0).collect();
+    let models = models.join(" ");
+    let log = run_mcu_log(
+        &[
+            ("MCU_FEATURES", std::ffi::OsStr::new("hostile")),
+            ("MCU_MODELS", std::ffi::OsStr::new(&models)),
+        ],
+        "mcu-hostile-report.txt",
+    );
+    // The script exited 0 (run_mcu_log asserts it): no panic, no fault, no hang. The only
+    // HardFault is the handler's self-test, after DONE, and it reported.
+    let faults: Vec<&str> = log.lines().filter(|l| l.contains("HARDFAULT")).collect();
+    assert_eq!(faults.len(), 1, "faults: {faults:?}\n{log}");
+    assert!(faults[0].contains("HARDFAULT self-test"), "{log}");
+    assert!(!log.contains("PANIC") && log.contains("DONE"), "{log}");
+    let done = log.find("DONE").unwrap();
+    assert!(
+        log.find("HARDFAULT").unwrap() > done,
+        "fault before DONE:\n{log}"
+    );
+
+    // Every case accounted for, with the host's codes.
+    let mcu: Vec<String> = log
+        .lines()
+        .filter_map(|l| l.find("HOSTILE ").map(|i| l[i..].trim_end().to_string()))
+        .collect();
+    assert_eq!(
+        mcu, expected,
+        "the MCU's status counts differ from the host's ({total} cases)"
+    );
+
+    // High-water marks inside the board's map (qemu-an386, the board QEMU runs).
+    assert_eq!(footprint(&log, "board.arena_capacity_bytes"), arena.len());
+    let (origin, length) = ram_region("qemu-an386");
+    let (static_end, ram_top) = (
+        footprint(&log, "board.static_ram_end"),
+        footprint(&log, "board.ram_top"),
+    );
+    assert_eq!(
+        ram_top,
+        origin + length,
+        "the stack does not start at the top of the map's RAM"
+    );
+    let stack = footprint(&log, "board.peak_stack_bytes");
+    let stack_cap = footprint(&log, "board.stack_capacity_bytes");
+    assert_eq!(stack_cap, ram_top - static_end);
+    assert!(
+        stack > 0 && stack < stack_cap && static_end + stack <= origin + length,
+        "peak stack {stack} of {stack_cap} bytes above .bss"
+    );
+    let heap = footprint(&log, "hostile.heap_peak_bytes");
+    let heap_cap = footprint(&log, "board.heap_capacity_bytes");
+    assert!(
+        heap > 0 && heap <= heap_cap,
+        "heap peak {heap} of {heap_cap}"
+    );
+    eprintln!(
+        "hostile on the MCU: {total} cases; heap peak {heap} of {heap_cap} B; stack peak {stack} of \
+         {stack_cap} B (RAM {length} B, statics end at {:#x})",
+        static_end
+    );
 }
