@@ -102,7 +102,7 @@ where
     let mut summary = RunSummary::default();
     let mut state = vec![State::ToDo; n];
     for (i, step) in plan.steps.iter().enumerate() {
-        if let Some(rec) = read_record(&opts.out, &step.id)? {
+        if let Some(rec) = records::read_record_or_redo(&opts.out, &step.id)? {
             eprintln!(
                 "[{}/{n}] {} … done earlier ({:.0} s)",
                 i + 1,
@@ -326,10 +326,17 @@ mod tests {
         .unwrap();
         let total = res["wall_seconds"]["total"].as_f64().unwrap();
         assert!((total - 1.5 * plan.steps.len() as f64).abs() < 1e-9);
-        // A broken record is an error naming the file, not a silent redo.
-        std::fs::write(record_path(dir.path(), &plan.steps[0].id), "{").unwrap();
-        let e = format!("{:#}", run(&plan, &opts).unwrap_err());
-        assert!(e.contains(&format!("{}.json", plan.steps[0].id)), "{e}");
+        // A damaged record is moved aside (kept) and its step runs again, alone.
+        let path = record_path(dir.path(), &plan.steps[0].id);
+        std::fs::write(&path, "{").unwrap();
+        let r = run(&plan, &opts);
+        assert_eq!(
+            std::fs::read_to_string(path.with_extension("json.damaged")).unwrap(),
+            "{"
+        );
+        if let Ok(s) = r {
+            assert_eq!(s.executed.len(), 1, "only the damaged step is redone");
+        }
     }
 
     #[test]

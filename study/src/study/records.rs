@@ -34,7 +34,7 @@ pub fn record_path(out: &Path, id: &str) -> PathBuf {
 }
 
 /// The record of step `id`, if it finished. A record that does not parse is an error naming the
-/// file (delete it to redo the step), never a silent redo.
+/// file (the study itself moves such a record aside and redoes its step: [`read_record_or_redo`]).
 pub fn read_record(out: &Path, id: &str) -> Result<Option<StepRecord>> {
     let path = record_path(out, id);
     if !path.is_file() {
@@ -44,11 +44,33 @@ pub fn read_record(out: &Path, id: &str) -> Result<Option<StepRecord>> {
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let rec: StepRecord = serde_json::from_str(&text).with_context(|| {
         format!(
-            "{}: not a step record (delete it to redo the step)",
+            "{}: not a step record (a study run moves it aside and redoes the step)",
             path.display()
         )
     })?;
     Ok(Some(rec))
+}
+
+/// For the executor's resume scan: the record of step `id`, or `None` when there is none or it
+/// is damaged (cut short by a full disk, edited by hand, written by another version): a damaged
+/// record is moved aside to `<id>.json.damaged` (kept, never deleted) with a warning naming both
+/// files, and the step runs again. A record that cannot be read at all is still an error.
+pub fn read_record_or_redo(out: &Path, id: &str) -> Result<Option<StepRecord>> {
+    match read_record(out, id) {
+        Ok(r) => Ok(r),
+        Err(e) if e.downcast_ref::<serde_json::Error>().is_some() => {
+            let path = record_path(out, id);
+            let aside = path.with_extension("json.damaged");
+            std::fs::rename(&path, &aside)
+                .with_context(|| format!("moving the damaged record {} aside", path.display()))?;
+            eprintln!(
+                "warning: {e:#}; moved it to {} and the step runs again",
+                aside.display()
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 pub(super) fn write_record(out: &Path, rec: &StepRecord) -> Result<()> {
@@ -91,4 +113,39 @@ pub(super) fn check_study_file(plan: &Plan, out: &Path) -> Result<()> {
     let v = json!({"preset": plan.preset, "identity": identity(&plan.preset)});
     trainer::fsutil::write_atomic(&path, (serde_json::to_string_pretty(&v)? + "\n").as_bytes())
         .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod damaged_tests {
+    use super::*;
+
+    /// A record cut short (as a full disk leaves a hand-copied file) or rewritten by hand is
+    /// moved aside and its step redone; the strict reader still refuses it, naming the file.
+    #[test]
+    fn a_damaged_record_is_kept_aside_and_its_step_redone() {
+        let d = tempfile::tempdir().unwrap();
+        let rec = StepRecord {
+            id: "objects.moco-v2.pretrain".into(),
+            title: "t".into(),
+            seconds: 1.0,
+            result: serde_json::json!({"final_loss": 1.0}),
+        };
+        write_record(d.path(), &rec).unwrap();
+        assert_eq!(
+            read_record_or_redo(d.path(), &rec.id).unwrap(),
+            Some(rec.clone())
+        );
+        let path = record_path(d.path(), &rec.id);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, &text[..text.len() / 2]).unwrap();
+        let e = read_record(d.path(), &rec.id).unwrap_err();
+        assert!(format!("{e:#}").contains(&rec.id), "{e:#}");
+        assert_eq!(read_record_or_redo(d.path(), &rec.id).unwrap(), None);
+        assert!(!path.exists());
+        let aside = path.with_extension("json.damaged");
+        assert_eq!(
+            std::fs::read_to_string(aside).unwrap(),
+            text[..text.len() / 2]
+        );
+    }
 }
