@@ -6,6 +6,9 @@
 # fixtures/tiny/objects/images). Honours CARGO_TARGET_DIR and CC; needs python3 for the
 # comparison. RT_FFI_PROFILE=dev builds with the dev profile (what scripts/test.sh uses: its
 # `cargo test` has already compiled everything for that profile); the default is release.
+# RT_FFI_CARGO_ARGS replaces the package selection (default `-p runtime-ffi -p runtime-cli`):
+# scripts/test.sh passes its own `--workspace --features ...`, so that feature unification, and
+# hence every compiled crate, is the one its `cargo test` built and nothing is rebuilt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,8 +22,8 @@ case ${RT_FFI_PROFILE:-release} in
   release) profile_args=(--release); profile_dir=release ;;
   *) echo "RT_FFI_PROFILE must be dev or release" >&2; exit 2 ;;
 esac
-cargo build -p runtime-ffi "${profile_args[@]}" --locked
-cargo build -p runtime-cli "${profile_args[@]}" --locked
+read -r -a select <<<"${RT_FFI_CARGO_ARGS:--p runtime-ffi -p runtime-cli}"
+cargo build "${select[@]}" "${profile_args[@]}" --locked
 
 # The whole build line of a C program using the API on a Linux host.
 ${CC:-cc} -std=c11 -O2 -Wall -Wextra -Werror -pedantic -I runtime-ffi/include \
