@@ -20,7 +20,8 @@ pub struct StudyArgs {
     pub out: PathBuf,
     /// Add ablations (repeat or comma-separate): augment (Table 1), data (Table 2: 10% of the
     /// images, 10% of the classes, the other domain), k-tau (Table 10: queue size and
-    /// temperature). Adding one to a finished study runs only its steps.
+    /// temperature), same-tau (the main table's Exemplar and MoCo runs each repeated at the
+    /// other's τ). Adding one to a finished study runs only its steps.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub ablation: Vec<preset::Ablation>,
     /// A mini-ImageNet folder instead of the synthetic objects.

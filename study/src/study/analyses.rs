@@ -9,7 +9,7 @@ use trainer::method::Method;
 
 use super::figures::mean_ci95;
 use super::inversion::{self, ImageScores};
-use super::plan::k_tau_cells;
+use super::plan::{counterpart, k_tau_cells, same_tau_cells};
 use super::preset::{Ablation, Preset};
 use super::results::{
     cell, finite, record, shot_figure, verdict, Claim, FewShotRec, Figure, LandmarkRec,
@@ -61,6 +61,31 @@ pub struct KTauRow {
     pub fewshot: Vec<(usize, Option<Figure>)>,
 }
 
+/// One (method, τ) pretraining of the same-τ ablation (the main runs included).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SameTauRow {
+    pub method: Method,
+    pub tau: f64,
+    /// The main study run (the method at its own default τ).
+    pub main_run: bool,
+    pub final_loss: Option<f64>,
+    pub chance_loss: Option<f64>,
+    pub fewshot: Vec<(usize, Option<Figure>)>,
+}
+
+/// The Exemplar − MoCo few-shot gap of one version (points, at the largest shot), at the paper's
+/// settings (each at its own τ) and at each single τ. What the gap at the paper's settings has
+/// beyond a same-τ gap is the temperature's share.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SameTauGap {
+    pub exemplar: Method,
+    pub moco: Method,
+    pub shot: usize,
+    pub paper_settings: Option<f64>,
+    /// `(τ, Exemplar − MoCo at τ)`.
+    pub at_tau: Vec<(f64, Option<f64>)>,
+}
+
 /// Everything this module reports; empty parts did not run.
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct Analyses {
@@ -70,6 +95,9 @@ pub struct Analyses {
     pub pretraining_data_claims: Vec<Claim>,
     pub k_tau: Vec<KTauRow>,
     pub k_tau_claims: Vec<Claim>,
+    pub same_tau: Vec<SameTauRow>,
+    pub same_tau_gaps: Vec<SameTauGap>,
+    pub same_tau_claims: Vec<Claim>,
 }
 
 fn figure(values: &[f64]) -> Option<Figure> {
@@ -352,6 +380,80 @@ fn k_tau(p: &Preset, out: &Path) -> Result<(Vec<KTauRow>, Vec<Claim>)> {
     Ok((rows, claims))
 }
 
+fn same_tau(p: &Preset, out: &Path) -> Result<(Vec<SameTauRow>, Vec<SameTauGap>, Vec<Claim>)> {
+    let extra = same_tau_cells(p);
+    let mut rows = Vec::new();
+    for &m in &p.methods {
+        let Some(own) = m.defaults().tau else {
+            continue;
+        };
+        let other: Vec<f64> = extra.iter().filter(|c| c.0 == m).map(|c| c.1).collect();
+        if other.is_empty() {
+            continue;
+        }
+        for (t, main) in std::iter::once((own, true)).chain(other.into_iter().map(|t| (t, false))) {
+            let (pre, fs) = if main {
+                (ids::pretrain(Domain::Objects.name(), m), ids::fewshot(m))
+            } else {
+                (ids::same_tau_pretrain(m, t), ids::same_tau_fewshot(m, t))
+            };
+            let rec: Option<PretrainRec> = record(out, &pre)?;
+            rows.push(SameTauRow {
+                method: m,
+                tau: t,
+                main_run: main,
+                final_loss: rec.as_ref().and_then(|r| finite(r.final_loss)),
+                chance_loss: rec.as_ref().and_then(|r| finite(r.chance_loss)),
+                fewshot: fewshot_cells(p, out, &fs)?,
+            });
+        }
+    }
+    let shot = p.fewshot.shots.iter().copied().max().unwrap_or(1);
+    let fig = |m: Method, t: f64, main: Option<bool>| {
+        rows.iter()
+            .find(|r| r.method == m && r.tau == t && main.is_none_or(|b| r.main_run == b))
+            .and_then(|r| r.fewshot.iter().find(|c| c.0 == shot).and_then(|c| c.1))
+    };
+    let (mut gaps, mut claims) = (Vec::new(), Vec::new());
+    for r in rows.iter().filter(|r| r.main_run) {
+        let Method::Exemplar(_) = r.method else {
+            continue;
+        };
+        let Some(moco) = counterpart(r.method) else {
+            continue;
+        };
+        let Some(moco_tau) = moco.defaults().tau else {
+            continue;
+        };
+        let diff = |a: Option<Figure>, b: Option<Figure>| Some(a?.value - b?.value);
+        let mut taus = vec![r.tau, moco_tau];
+        taus.dedup();
+        gaps.push(SameTauGap {
+            exemplar: r.method,
+            moco,
+            shot,
+            paper_settings: diff(
+                fig(r.method, r.tau, Some(true)),
+                fig(moco, moco_tau, Some(true)),
+            ),
+            at_tau: taus
+                .iter()
+                .map(|&t| (t, diff(fig(r.method, t, None), fig(moco, t, None))))
+                .collect(),
+        });
+        for &t in &taus {
+            claims.push(super::results::claim(
+                format!("τ {t}: {} > {moco} ({shot}-shot)", r.method),
+                "the label mask alone helps: Exemplar above MoCo at one τ".into(),
+                fig(r.method, t, None),
+                fig(moco, t, None),
+                false,
+            ));
+        }
+    }
+    Ok((rows, gaps, claims))
+}
+
 /// Collects every analysis the preset runs.
 pub fn collect(p: &Preset, out: &Path) -> Result<Analyses> {
     let mut a = Analyses::default();
@@ -363,6 +465,9 @@ pub fn collect(p: &Preset, out: &Path) -> Result<Analyses> {
     }
     if p.runs(Ablation::KTau) {
         (a.k_tau, a.k_tau_claims) = k_tau(p, out)?;
+    }
+    if p.runs(Ablation::SameTau) {
+        (a.same_tau, a.same_tau_gaps, a.same_tau_claims) = same_tau(p, out)?;
     }
     Ok(a)
 }
@@ -500,12 +605,143 @@ pub fn markdown(a: &Analyses, p: &Preset) -> String {
             s += &claims_md(&a.k_tau_claims);
         }
     }
+    if !a.same_tau.is_empty() {
+        s += &same_tau_md(a);
+    }
+    s
+}
+
+fn same_tau_md(a: &Analyses) -> String {
+    let mut s = String::from("\n## Exemplar against MoCo at one temperature\n\n");
+    s += "The main table runs each method at its own default τ (the paper's settings), so its \
+          Exemplar − MoCo gap mixes the label mask with the temperature. Here each method is also \
+          pretrained at the other's τ, with the main runs' epochs, queue and seed. Few-shot on the \
+          novel objects (%); `main` marks the main study run.\n\n";
+    s += "| method | τ | loss / chance |";
+    let shots: Vec<usize> = a.same_tau[0].fewshot.iter().map(|c| c.0).collect();
+    for k in &shots {
+        s += &format!(" {k}-shot |");
+    }
+    s += "\n|---|---|---|";
+    s += &"---|".repeat(shots.len());
+    s += "\n";
+    for r in &a.same_tau {
+        let ratio = r.final_loss.zip(r.chance_loss).map(|(l, c)| l / c);
+        s += &format!(
+            "| {}{} | {} | {} |",
+            r.method,
+            if r.main_run { " (main)" } else { "" },
+            r.tau,
+            ratio.map_or("-".into(), |v| format!("{v:.2}"))
+        );
+        for c in &r.fewshot {
+            s += &format!(" {} |", cell(c.1));
+        }
+        s += "\n";
+    }
+    let pts = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:+.2}"));
+    for g in &a.same_tau_gaps {
+        s += &format!(
+            "\n{} − {} ({}-shot, points): {} at the paper's settings",
+            g.exemplar,
+            g.moco,
+            g.shot,
+            pts(g.paper_settings)
+        );
+        for (t, d) in &g.at_tau {
+            s += &format!("; {} at τ {t}", pts(*d));
+        }
+        s += ". What the first figure has beyond a same-τ one is the temperature's share of the gap.\n";
+    }
+    if !a.same_tau_claims.is_empty() {
+        s += "\n";
+        s += &claims_md(&a.same_tau_claims);
+    }
     s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes a host few-shot record for step `id` with `accuracy` at every shot of `p`.
+    fn fewshot_record(p: &Preset, out: &Path, id: &str, accuracy: f64) {
+        let rec = FewShotRec {
+            command: "eval fewshot".into(),
+            backbone: "b".into(),
+            backbone_fnv64: "0".into(),
+            data: "d".into(),
+            split: "test".into(),
+            way: 5,
+            query: 15,
+            episodes: 600,
+            classifier: "logistic".into(),
+            seed: 0,
+            image_size: 32,
+            images_embedded: 1,
+            results: p
+                .fewshot
+                .shots
+                .iter()
+                .map(|&shot| super::super::results::ShotRec {
+                    shot,
+                    accuracy,
+                    ci95: 1.0,
+                    episodes: 600,
+                })
+                .collect(),
+        };
+        let step = crate::study::records::StepRecord {
+            id: id.into(),
+            title: id.into(),
+            seconds: 0.0,
+            result: serde_json::to_value(rec).unwrap(),
+        };
+        crate::study::records::write_record(out, &step).unwrap();
+    }
+
+    #[test]
+    fn same_tau_splits_the_gap_into_mask_and_temperature() {
+        let mut p = crate::study::preset::tiny();
+        p.ablations = vec![Ablation::SameTau];
+        let (mo, ex) = (
+            Method::Moco(trainer::method::Version::V2),
+            Method::Exemplar(trainer::method::Version::V2),
+        );
+        let (t_mo, t_ex) = (mo.defaults().tau.unwrap(), ex.defaults().tau.unwrap());
+        assert_eq!(same_tau_cells(&p), vec![(mo, t_ex), (ex, t_mo)]);
+        let d = tempfile::tempdir().unwrap();
+        // Paper settings: Exemplar (own τ) 60, MoCo (own τ) 50 → gap 10; at Exemplar's τ MoCo
+        // reaches 57 (gap 3), at MoCo's τ Exemplar falls to 52 (gap 2).
+        fewshot_record(&p, d.path(), &ids::fewshot(ex), 60.0);
+        fewshot_record(&p, d.path(), &ids::fewshot(mo), 50.0);
+        fewshot_record(&p, d.path(), &ids::same_tau_fewshot(mo, t_ex), 57.0);
+        fewshot_record(&p, d.path(), &ids::same_tau_fewshot(ex, t_mo), 52.0);
+        let (rows, gaps, claims) = same_tau(&p, d.path()).unwrap();
+        assert_eq!(rows.len(), 4);
+        assert_eq!(rows.iter().filter(|r| r.main_run).count(), 2);
+        assert_eq!(gaps.len(), 1);
+        let g = &gaps[0];
+        assert_eq!((g.exemplar, g.moco), (ex, mo));
+        assert_eq!(g.paper_settings, Some(10.0));
+        assert_eq!(g.at_tau, vec![(t_ex, Some(3.0)), (t_mo, Some(2.0))]);
+        // Each same-τ claim: margin 3 (resp. 2) against √2 ≈ 1.41 → holds.
+        assert_eq!(claims.len(), 2);
+        assert!(claims.iter().all(|c| c.verdict == Verdict::Holds));
+        assert_eq!(claims[0].margin, Some(3.0));
+        // The report shows the decomposition.
+        let a = Analyses {
+            same_tau: rows,
+            same_tau_gaps: gaps,
+            same_tau_claims: claims,
+            ..Default::default()
+        };
+        let md = markdown(&a, &p);
+        assert!(
+            md.contains("+10.00 at the paper's settings; +3.00 at τ 0.1; +2.00 at τ 0.2"),
+            "{md}"
+        );
+    }
 
     #[test]
     fn paired_claims_use_the_per_image_differences() {

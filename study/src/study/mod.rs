@@ -274,7 +274,11 @@ mod tests {
             2 * 4 - 2,
             "MoCo-v2 (64, 0.2) and Exemplar-v2 (64, 0.1) are main runs"
         );
-        assert_eq!(Plan::new(p).unwrap().steps.len(), n + 2 * cells);
+        assert_eq!(Plan::new(p.clone()).unwrap().steps.len(), n + 2 * cells);
+        // Same τ: MoCo-v2 at Exemplar-v2's τ and the reverse, 2 steps each.
+        p.ablations = vec![preset::Ablation::SameTau];
+        assert_eq!(plan::same_tau_cells(&p).len(), 2);
+        assert_eq!(Plan::new(p).unwrap().steps.len(), n + 2 * 2);
     }
 
     #[test]

@@ -284,6 +284,12 @@ pub mod ids {
     pub fn k_tau_fewshot(method: impl Display, queue: usize, tau: f64) -> String {
         format!("k-tau.{method}.k{queue}.t{tau}.fewshot")
     }
+    pub fn same_tau_pretrain(method: impl Display, tau: f64) -> String {
+        format!("same-tau.{method}.t{tau}.pretrain")
+    }
+    pub fn same_tau_fewshot(method: impl Display, tau: f64) -> String {
+        format!("same-tau.{method}.t{tau}.fewshot")
+    }
     pub const FIGURE_INVERT: &str = "figure.invert";
     pub const FIGURE_FEWSHOT: &str = "figure.fewshot";
     pub const FIGURE_ALIGNMENT: &str = "figure.alignment";
@@ -433,6 +439,9 @@ impl Plan {
         }
         if preset.runs(Ablation::KTau) {
             k_tau_steps(&preset, &mut push);
+        }
+        if preset.runs(Ablation::SameTau) {
+            same_tau_steps(&preset, &mut push);
         }
         if preset.runs(Ablation::Augment) {
             for (k, (label, aug)) in preset.ablation.levels.iter().enumerate() {
@@ -631,6 +640,64 @@ fn k_tau_steps(p: &Preset, push: &mut impl FnMut(String, String, Action)) {
                 },
             );
         }
+    }
+}
+
+/// The contrastive method that differs from `m` only by the label mask (MoCo-vN ↔ Exemplar-vN).
+pub fn counterpart(m: Method) -> Option<Method> {
+    match m {
+        Method::Moco(v) => Some(Method::Exemplar(v)),
+        Method::Exemplar(v) => Some(Method::Moco(v)),
+        Method::Supervised => None,
+    }
+}
+
+/// The extra runs of the same-τ ablation: `(method, τ)` for each contrastive method of the main
+/// table whose counterpart is also there with another default τ: the method at the
+/// counterpart's τ. Everything else is the main run's (epochs, queue, augmentation, seed).
+pub fn same_tau_cells(p: &Preset) -> Vec<(Method, f64)> {
+    let mut cells = Vec::new();
+    for &m in &p.methods {
+        let Some(c) = counterpart(m).filter(|c| p.methods.contains(c)) else {
+            continue;
+        };
+        if let (Some(own), Some(other)) = (m.defaults().tau, c.defaults().tau) {
+            if (own - other).abs() > 1e-12 {
+                cells.push((m, other));
+            }
+        }
+    }
+    cells
+}
+
+fn same_tau_steps(p: &Preset, push: &mut impl FnMut(String, String, Action)) {
+    let epochs = p.pretrain.epochs_objects;
+    for (m, t) in same_tau_cells(p) {
+        let dir = PathBuf::from("same-tau")
+            .join(m.to_string())
+            .join(format!("t{t}"));
+        push(
+            ids::same_tau_pretrain(m, t),
+            format!("pretrain {m} on objects at τ {t} ({epochs} epochs, the main run's settings otherwise)"),
+            Action::Pretrain {
+                domain: Domain::Objects,
+                method: m,
+                epochs,
+                dir: dir.clone(),
+                variant: Variant {
+                    tau: Some(t),
+                    ..Default::default()
+                },
+            },
+        );
+        push(
+            ids::same_tau_fewshot(m, t),
+            format!("few-shot {m} at τ {t}"),
+            Action::FewShot {
+                dir,
+                alignment: None,
+            },
+        );
     }
 }
 

@@ -80,6 +80,11 @@ pub enum Ablation {
     Data,
     /// The paper's Table 10: queue size k and temperature τ for MoCo and Exemplar.
     KTau,
+    /// The main table's Exemplar-vs-MoCo gap at one temperature: each contrastive method of the
+    /// main table pretrained again at its counterpart's τ (MoCo at Exemplar's, Exemplar at
+    /// MoCo's), with the main runs' epochs and queue, so that the gap at the paper's settings
+    /// splits into what the label mask does and what the temperature does.
+    SameTau,
 }
 
 /// Feature inversion (paper Figure 2 and Figure 6): every objects backbone of the study
