@@ -3,3 +3,4 @@ mod fixtures;
 mod onnx_runtime;
 mod tflite_in;
 mod tflite_micro;
+mod tflite_mlperf;
