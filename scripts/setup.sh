@@ -46,3 +46,12 @@ if ! python3 -c 'from tflite_micro.python.tflite_micro import runtime' 2>/dev/nu
   python3 -m pip install --quiet tflite-micro ||
     echo "setup.sh: WARNING: pip install tflite-micro failed; the TFLite Micro comparison will be skipped"
 fi
+
+# LiteRT (TensorFlow Lite with XNNPACK) for exporter/tests/it/tflite_litert.rs, which reports
+# how far XNNPACK's outputs are from runtime-core's on the same .tflite, and for
+# scripts/bench_vs_litert.py. That test skips, saying so, only if it cannot be imported.
+if ! python3 -c 'import ai_edge_litert.interpreter' 2>/dev/null; then
+  echo "setup.sh: installing ai-edge-litert (PyPI)"
+  python3 -m pip install --quiet ai-edge-litert ||
+    echo "setup.sh: WARNING: pip install ai-edge-litert failed; the LiteRT comparison will be skipped"
+fi

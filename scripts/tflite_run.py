@@ -6,7 +6,9 @@
 INPUTS.bin: N int8 inputs back to back (the model's quantised NHWC input, H*W*C bytes each);
 OUT.bin: the N int8 outputs, back to back. With TENSORS_DIR, every activation tensor named
 `t<id>` (the runtime's tensor ids) is also written there as `s<k>_t<id>.bin` after inference k,
-so a caller can compare op by op (the interpreter then runs with kPreserveAllTensors).
+and every int8 activation tensor (no constant buffer) as `s<k>_i<index>.bin` by its subgraph
+index (for models we did not write), so a caller can compare op by op (the interpreter then
+runs with kPreserveAllTensors).
 
 Used by exporter/tests/it/tflite_micro.rs (bit-for-bit comparison with runtime-core). The
 interpreter is the `tflite-micro` PyPI package (TFLM's reference kernels); `import` failing
@@ -35,6 +37,11 @@ def main():
     obj = runtime.convert_bytearray_to_object(data)
     sg = obj.subgraphs[0]
     names = [t.name.decode() for t in sg.tensors]
+    # Activations: int8 tensors whose buffer holds no data (constants have data).
+    def constant(t):
+        b = obj.buffers[t.buffer] if t.buffer < len(obj.buffers) else None
+        return b is not None and b.data is not None and len(b.data) > 0
+    activations = [i for i, t in enumerate(sg.tensors) if t.type == 9 and not constant(t)]
     ops = [runtime.get_builtin_code_from_operator_code(obj.operatorCodes[o.opcodeIndex]) for o in sg.operators]
     config = (
         runtime.InterpreterConfig.kPreserveAllTensors
@@ -60,6 +67,9 @@ def main():
                 if name.startswith("t") and name[1:].isdigit():
                     t = it.GetTensor(i, 0)["tensor_data"]
                     np.asarray(t, dtype=np.int8).reshape(-1).tofile(os.path.join(tensors_dir, f"s{k}_{name}.bin"))
+            for i in activations:
+                t = it.GetTensor(i, 0)["tensor_data"]
+                np.asarray(t, dtype=np.int8).reshape(-1).tofile(os.path.join(tensors_dir, f"s{k}_i{i}.bin"))
         it.reset()
     np.concatenate(ys).astype(np.int8).tofile(out)
     print(f"tflite-micro: {len(sg.operators)} ops ({len(set(ops))} kinds), {len(names)} tensors")

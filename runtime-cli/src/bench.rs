@@ -3,7 +3,9 @@
 //!
 //! The input is a fixed pseudo-random image (SplitMix64, seed 0) so no kernel sees the trivial
 //! all-zero case; it is reloaded before every run because the arena planner may reuse the input
-//! slot for later activations.
+//! slot for later activations. With `--input-raw FILE` the input is instead that file's int8
+//! input tensor, copied in before every run (`Model::run_int8_raw`): what another engine is
+//! timed on when it is given the same tensor (scripts/bench_vs_litert.py).
 use std::path::Path;
 use std::time::Instant;
 
@@ -49,6 +51,7 @@ pub fn bench(
     warmup: usize,
     reference_kernels: bool,
     threads: usize,
+    input_raw: Option<&Path>,
 ) -> Result<BenchResult> {
     if runs == 0 {
         bail!("--runs must be at least 1");
@@ -67,13 +70,40 @@ pub fn bench(
         image::Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
     });
     let x = runner.exact_input(&img, path)?;
+    let raw = match input_raw {
+        Some(p) => Some(raw_input(&model, p)?),
+        None => None,
+    };
+    let mut arena = vec![
+        0u8;
+        if raw.is_some() {
+            model.arena_bytes()
+        } else {
+            0
+        }
+    ];
+    let mut once = || -> Result<()> {
+        match &raw {
+            Some(q) => {
+                std::hint::black_box(
+                    model
+                        .run_int8_raw(std::hint::black_box(q), &mut arena)
+                        .map_err(|e| anyhow::anyhow!("{}: inference: {e}", path.display()))?,
+                );
+            }
+            None => {
+                std::hint::black_box(runner.run_normalised(std::hint::black_box(&x))?);
+            }
+        }
+        Ok(())
+    };
     for _ in 0..warmup {
-        runner.run_normalised(&x)?;
+        once()?;
     }
     let mut ms = Vec::with_capacity(runs);
     for _ in 0..runs {
         let t = Instant::now();
-        std::hint::black_box(runner.run_normalised(std::hint::black_box(&x))?);
+        once()?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let total: f64 = ms.iter().sum();
@@ -92,6 +122,28 @@ pub fn bench(
         prepared_bytes,
         threads: model.threads(),
     })
+}
+
+/// The int8 input tensor in `p` (the model's NHWC layout, exactly `input_len` bytes).
+fn raw_input(model: &runtime_core::Model, p: &Path) -> Result<Vec<i8>> {
+    if model.dtype() != runtime_core::Dtype::Int8 {
+        bail!(
+            "{}: --input-raw feeds an int8 input tensor, but the model is f32",
+            p.display()
+        );
+    }
+    let bytes = std::fs::read(p)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read the input tensor: {e}", p.display()))?;
+    if bytes.len() != model.input_len() {
+        let [h, w, c] = model.input_shape();
+        bail!(
+            "{}: {} bytes, but the model's int8 input tensor is {h}x{w}x{c} = {} bytes (NHWC)",
+            p.display(),
+            bytes.len(),
+            model.input_len()
+        );
+    }
+    Ok(bytes.into_iter().map(|b| b as i8).collect())
 }
 
 /// `["a", "a", "b"]` → `"a×2 b×1"` (in first-seen order).

@@ -126,6 +126,10 @@ pub struct BenchCmd {
     /// the x86-64 SIMD kernels, convs large enough to pay for the split; same results).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: u16,
+    /// Time the int8 model on this file's input tensor (int8 bytes in the model's NHWC layout)
+    /// instead of a pseudo-random image: copy in and run, as another engine is timed.
+    #[arg(long)]
+    pub input_raw: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -193,6 +197,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 c.warmup,
                 c.reference_kernels,
                 c.threads as usize,
+                c.input_raw.as_deref(),
             )?;
             emit(
                 c.json,

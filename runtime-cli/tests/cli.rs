@@ -504,6 +504,35 @@ fn bench_reports_ordered_percentiles() {
     fails(&["bench", "--model", s(&m), "--runs", "0"]);
 }
 
+/// `bench --input-raw` times a `.tflite` on a given int8 input tensor (what
+/// scripts/bench_vs_litert.py gives both engines); a file of the wrong size is a one-line error
+/// naming it.
+#[test]
+fn bench_times_a_tflite_on_a_raw_input() {
+    let m = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tflite/landmark.tflite");
+    let info = json(&["inspect", s(&m), "--json"]);
+    let sh = &info["input"]["shape"];
+    let len: usize = (0..3).map(|i| sh[i].as_u64().unwrap() as usize).product();
+    let d = tempfile::tempdir().unwrap();
+    let x: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
+    let raw = write(d.path(), "x.bin", &x);
+    let v = json(&[
+        "bench",
+        "--model",
+        s(&m),
+        "--input-raw",
+        s(&raw),
+        "--runs",
+        "5",
+        "--json",
+    ]);
+    assert!(v["p50_ms"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(v["runs"], 5);
+    let short = write(d.path(), "short.bin", &x[1..]);
+    let err = fails(&["bench", "--model", s(&m), "--input-raw", s(&short)]);
+    assert!(err.contains("short.bin") && err.contains("bytes"), "{err}");
+}
+
 /// `infer --raw` prints the int8 tensor that `infer` dequantises: `scale·(raw − zp)` is the
 /// feature vector, value for value, on a ResNet-8 whose outputs are not all equal.
 #[test]

@@ -110,7 +110,10 @@ fn text_mut() -> impl Strategy<Value = TextMut> {
         Just("rtgraph"),
         Just("in=999"),
         Just("scale=nan"),
-        Just("w=c1.bias")
+        Just("w=c1.bias"),
+        Just("beta=0"),
+        Just("softmax"),
+        Just("avgpool")
     ];
     prop_oneof![
         5 => (any::<usize>(), values).prop_map(|(i, v)| TextMut::Value(i, v)),
@@ -166,8 +169,14 @@ fn mutate_text(text: &str, muts: &[TextMut]) -> String {
         .join("\n")
 }
 
-fn base(dtype: Dtype) -> (Vec<u8>, String, Vec<RawTensor>) {
-    let b = common::tiny(dtype, 7);
+/// The model mutated: [`common::tiny`] (every op but the classifier's), or with `classifier`
+/// [`common::tiny_classifier`] (average pools, softmax).
+fn base(dtype: Dtype, classifier: bool) -> (Vec<u8>, String, Vec<RawTensor>) {
+    let b = if classifier {
+        common::tiny_classifier(dtype, 7)
+    } else {
+        common::tiny(dtype, 7)
+    };
     (
         b.to_bytes().unwrap(),
         b.graph_text().unwrap(),
@@ -192,16 +201,16 @@ proptest! {
     }
 
     #[test]
-    fn mutated_model_bytes_never_panic(int8 in any::<bool>(), muts in proptest::collection::vec(mutation(), 1..6)) {
-        let (mut bytes, _, _) = base(if int8 { Dtype::Int8 } else { Dtype::F32 });
+    fn mutated_model_bytes_never_panic(int8 in any::<bool>(), classifier in any::<bool>(), muts in proptest::collection::vec(mutation(), 1..6)) {
+        let (mut bytes, _, _) = base(if int8 { Dtype::Int8 } else { Dtype::F32 }, classifier);
         let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         apply(&mut bytes, &muts, header);
         load_and_run(&bytes);
     }
 
     #[test]
-    fn mutated_graph_text_never_panics(int8 in any::<bool>(), muts in proptest::collection::vec(text_mut(), 1..4)) {
-        let (_, text, params) = base(if int8 { Dtype::Int8 } else { Dtype::F32 });
+    fn mutated_graph_text_never_panics(int8 in any::<bool>(), classifier in any::<bool>(), muts in proptest::collection::vec(text_mut(), 1..4)) {
+        let (_, text, params) = base(if int8 { Dtype::Int8 } else { Dtype::F32 }, classifier);
         let bytes = write_safetensors(&mutate_text(&text, &muts), &params).unwrap();
         load_and_run(&bytes);
     }

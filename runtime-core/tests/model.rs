@@ -647,3 +647,117 @@ fn graph_view_reads_back_what_the_builder_wrote() {
         assert_eq!(m.output_id(), m.nodes()[7].output());
     }
 }
+
+/// Rebuilds the tiny int8 classifier (average pools, softmax) with `edit` applied to its graph.
+fn classifier_with_text(edit: impl Fn(&str) -> String) -> Vec<u8> {
+    let b = common::tiny_classifier(Dtype::Int8, 1);
+    write_safetensors(&edit(&b.graph_text().unwrap()), b.params()).unwrap()
+}
+
+/// The classifier ops load and run: the int8 softmax output is a distribution in 1/256 steps
+/// (its values sum to 256 within rounding, one per class), the f32 twin tracks it, and the
+/// loader refuses what TFLite's rules forbid: a softmax output off 1/256 and −128, a negative
+/// shift, β ≤ 0, a fused ReLU on softmax, an average pool that requantises.
+#[test]
+fn avgpool_and_softmax_load_run_and_are_checked() {
+    let bi = common::tiny_classifier(Dtype::Int8, 1).to_bytes().unwrap();
+    let bf = common::tiny_classifier(Dtype::F32, 1).to_bytes().unwrap();
+    let (mi, mf) = (Model::parse(&bi).unwrap(), Model::parse(&bf).unwrap());
+    let rgb: Vec<u8> = (0..mi.input_len())
+        .map(|i| ((i * 7919) % 256) as u8)
+        .collect();
+    let (mut ai, mut af) = (vec![0u8; mi.arena_bytes()], vec![0u8; mf.arena_bytes()]);
+    mi.preprocess_rgb8(&rgb, &mut ai).unwrap();
+    let q = mi.run_i8_in_arena(&mut ai).unwrap().to_vec();
+    let total: i32 = q.iter().map(|&v| v as i32 + 128).sum();
+    assert!((246..=266).contains(&total), "{q:?} sums to {total}/256");
+    // Against the real softmax of the int8 model's own logits (the fc output, traced): within
+    // 1 LSB of 256·p − 128.
+    let fc = mi.nodes()[mi.nodes().len() - 1].inputs()[0];
+    let d = mi.tensors()[fc as usize];
+    let mut logits = Vec::new();
+    mi.preprocess_rgb8(&rgb, &mut ai).unwrap();
+    mi.run_i8_traced(&mut ai, &mut |id, v| {
+        if id == fc {
+            logits = v
+                .iter()
+                .map(|&q| d.scale as f64 * (q as i32 - d.zp) as f64)
+                .collect();
+        }
+    })
+    .unwrap();
+    let max = logits.iter().copied().fold(f64::MIN, f64::max);
+    let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    for (i, (&y, p)) in q.iter().zip(&e).enumerate() {
+        let want = (p / sum * 256.0 - 128.0).clamp(-128.0, 127.0);
+        assert!(
+            (y as f64 - want).abs() <= 1.0,
+            "class {i}: {y} vs {want:.2}"
+        );
+    }
+    let mut of = vec![0f32; 10];
+    mf.preprocess_rgb8(&rgb, &mut af).unwrap();
+    mf.run(&mut af, &mut of).unwrap();
+    let sum: f32 = of.iter().sum();
+    assert!((sum - 1.0).abs() < 1e-5, "f32 softmax sums to {sum}");
+    assert!(of.iter().all(|&p| p > 0.0), "{of:?}");
+
+    let softmax_out = |t: &str| {
+        // The softmax output is the last tensor declared.
+        let line = t.lines().rfind(|l| l.starts_with("tensor ")).unwrap();
+        line.to_string()
+    };
+    let b = common::tiny_classifier(Dtype::Int8, 1);
+    let last = softmax_out(&b.graph_text().unwrap());
+    assert!(last.contains("scale=0.00390625 zp=-128"), "{last}");
+    for (from, to, want) in [
+        (
+            "scale=0.00390625 zp=-128",
+            "scale=0.0039 zp=-128",
+            E::SoftmaxQuant,
+        ),
+        (
+            "scale=0.00390625 zp=-128",
+            "scale=0.00390625 zp=-127",
+            E::SoftmaxQuant,
+        ),
+        ("beta=1", "beta=0", E::ScaleRange),
+        ("beta=1", "beta=1 relu", E::BadToken),
+    ] {
+        let bytes = classifier_with_text(|t| t.replacen(from, to, 1));
+        assert_eq!(graph_err(&bytes), want, "{from} -> {to}");
+    }
+    let s = {
+        let t = b.graph_text().unwrap();
+        let l = t
+            .lines()
+            .find(|l| l.starts_with("softmax"))
+            .unwrap()
+            .to_string();
+        l.split(' ')
+            .find(|k| k.starts_with("s="))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        graph_err(&classifier_with_text(|t| t.replacen(
+            &format!(" {s}"),
+            " s=-1",
+            1
+        ))),
+        E::ShiftRange
+    );
+    // An average pool whose output declares another zero point.
+    let t = b.graph_text().unwrap();
+    let pool = t.lines().find(|l| l.starts_with("avgpool")).unwrap();
+    let out: &str = pool.split(' ').find(|k| k.starts_with("out=")).unwrap();
+    let decl = format!("tensor {} ", &out[4..]);
+    let line = t.lines().find(|l| l.starts_with(&decl)).unwrap();
+    let bad = line.replace("zp=-128", "zp=-127");
+    assert_ne!(bad, line);
+    assert_eq!(
+        graph_err(&classifier_with_text(|t| t.replacen(line, &bad, 1))),
+        E::PoolQuant
+    );
+}

@@ -328,6 +328,11 @@ rt_status rt_head_release(struct rt_head *head);
 //
 // `bytes` (a `.safetensors` file exported by host-trainer, e.g. in flash) must stay valid and
 // unchanged until `rt_model_release`: the weights are read from it on every run, never copied.
+// An int8 `.tflite` (recognised by its `TFL3` identifier) loads too: it is converted once into
+// the runtime's own model file on the heap (`runtime_core::tflite`, the weights copied, so it
+// takes about the file's size in RAM until `rt_model_release`), then validated like any model;
+// a malformed flatbuffer is `RT_STATUS_MODEL_CONTAINER`, an op or setting this runtime does not
+// run `RT_STATUS_MODEL_GRAPH`.
 // `*model` must be zero-initialised or released (else `RT_STATUS_HANDLE_IN_USE`); on failure it
 // stays not loaded.
 //

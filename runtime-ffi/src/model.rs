@@ -50,9 +50,13 @@ impl Default for RtModel {
 
 /// What lives in [`RtModel::storage`]: the parsed model and the bytes it borrows (kept for the
 /// overlap checks). `'static` stands for "until `rt_model_release`", the C caller's contract.
+/// For a `.tflite`, `model` borrows `_converted`, the runtime model file made from it on the heap;
+/// fields drop in order, so the model goes before the bytes it borrows.
 struct Loaded {
     bytes: &'static [u8],
     model: Model<'static>,
+    /// Owned, never read: only kept alive (and freed after `model`).
+    _converted: Option<alloc::boxed::Box<[u8]>>,
 }
 
 const _: () = assert!(size_of::<Loaded>() <= size_of::<[u64; RT_MODEL_STORAGE_WORDS]>());
@@ -139,6 +143,11 @@ unsafe fn loaded<'m>(m: *const RtModel) -> Result<&'m Loaded, RtStatus> {
 ///
 /// `bytes` (a `.safetensors` file exported by host-trainer, e.g. in flash) must stay valid and
 /// unchanged until `rt_model_release`: the weights are read from it on every run, never copied.
+/// An int8 `.tflite` (recognised by its `TFL3` identifier) loads too: it is converted once into
+/// the runtime's own model file on the heap (`runtime_core::tflite`, the weights copied, so it
+/// takes about the file's size in RAM until `rt_model_release`), then validated like any model;
+/// a malformed flatbuffer is `RT_STATUS_MODEL_CONTAINER`, an op or setting this runtime does not
+/// run `RT_STATUS_MODEL_GRAPH`.
 /// `*model` must be zero-initialised or released (else `RT_STATUS_HANDLE_IN_USE`); on failure it
 /// stays not loaded.
 ///
@@ -170,7 +179,19 @@ pub unsafe extern "C" fn rt_model_load(
         handle.magic = 0;
         // SAFETY: the caller keeps the bytes alive and unchanged until release (documented).
         let bytes: &'static [u8] = unsafe { slice_ref(bytes, bytes_len)? };
-        let parsed = Model::parse(bytes)?;
+        let converted = if runtime_core::tflite::is_tflite(bytes) {
+            let file = runtime_core::tflite::to_model_bytes(bytes).map_err(tflite_status)?;
+            Some(file.into_boxed_slice())
+        } else {
+            None
+        };
+        // SAFETY: a converted file lives in `Loaded::_converted`, a heap block that does not move
+        // when the box does and is freed only after the model borrowing it (field order).
+        let source: &'static [u8] = match &converted {
+            Some(c) => unsafe { core::slice::from_raw_parts(c.as_ptr(), c.len()) },
+            None => bytes,
+        };
+        let parsed = Model::parse(source)?;
         // SAFETY: the storage is large and aligned enough (compile-time checks above) and holds
         // no live `Loaded` (magic was not set), so nothing is overwritten without a drop.
         unsafe {
@@ -179,12 +200,22 @@ pub unsafe extern "C" fn rt_model_load(
                 Loaded {
                     bytes,
                     model: parsed,
+                    _converted: converted,
                 },
             )
         };
         handle.magic = MODEL_MAGIC;
         Ok(())
     })
+}
+
+/// A `.tflite` that does not convert: malformed bytes are a malformed container, anything else
+/// (an op, a setting or a float model this runtime does not run) a graph it refuses.
+fn tflite_status(e: runtime_core::tflite::TfliteError) -> RtStatus {
+    match e.kind {
+        runtime_core::tflite::TfliteErrorKind::Malformed(_) => RtStatus::ModelContainer,
+        _ => RtStatus::ModelGraph,
+    }
 }
 
 /// Frees what `rt_model_load` allocated and marks the handle not loaded. Releasing a handle that

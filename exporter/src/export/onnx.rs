@@ -393,6 +393,48 @@ pub fn to_onnx_proto(model_bytes: &[u8]) -> Result<ModelProto, OnnxError> {
                     (io, &ao),
                 )
             }
+            // ONNX's AveragePool leaves padding out of the count by default
+            // (`count_include_pad = 0`), as the runtime does.
+            Op::AvgPoolI8 { win, act_min, .. } => {
+                let name = format!("avgpool_t{io}");
+                let x = b.dequant(ii, &ai);
+                let y = format!("t{io}.avgpool");
+                let attrs = ConvGeom::of_window(&win).attrs();
+                b.node("AveragePool", &name, &[&x], &y, attrs);
+                b.quant_into(&y, io, &ao, act_min > -128, &format!("{name}.quant"));
+            }
+            Op::AvgPoolF32 { win, relu } => {
+                let attrs = ConvGeom::of_window(&win).attrs();
+                let (x, name) = (format!("t{ii}"), format!("avgpool_t{io}"));
+                f32_relu(&mut b, "AveragePool", &name, &[&x], io, relu, attrs);
+            }
+            Op::SoftmaxI8 { beta, .. } | Op::SoftmaxF32 { beta } => {
+                // Softmax(β·x) over the channels (axis 1 of NCHW).
+                let x = if int8 {
+                    b.dequant(ii, &ai)
+                } else {
+                    format!("t{ii}")
+                };
+                let name = format!("softmax_t{io}");
+                let scaled = format!("t{io}.beta_x");
+                let beta_t = format!("{name}.beta");
+                b.f32s(&beta_t, &[], &[beta]);
+                b.node(
+                    "Mul",
+                    &format!("{name}.beta_mul"),
+                    &[&x, &beta_t],
+                    &scaled,
+                    vec![],
+                );
+                let attrs = vec![attr_int("axis", 1)];
+                if int8 {
+                    let y = format!("t{io}.softmax");
+                    b.node("Softmax", &name, &[&scaled], &y, attrs);
+                    b.quant_into(&y, io, &ao, false, &format!("{name}.quant"));
+                } else {
+                    b.node("Softmax", &name, &[&scaled], &format!("t{io}"), attrs);
+                }
+            }
         }
     }
     // Output: float, then flattened in the runtime's HWC order.

@@ -26,6 +26,8 @@
 //! | `maxpool` | `MAX_POOL_2D`; `PADV2` with −128 first when the padding is not `SAME`/`VALID` |
 //! | `mean` | `MEAN` over axes `[1, 2]`, `keep_dims` |
 //! | `leaky` | `LEAKY_RELU` |
+//! | `avgpool` | `AVERAGE_POOL_2D` (`SAME` or `VALID` padding only: padding is not counted), fused `RELU` |
+//! | `softmax` | `SOFTMAX` over the last axis, `beta` (output scale 1/256, zero point −128) |
 //! | output | `RESHAPE` to `[1, N]` (unless the last op already gives `[1, N]`) |
 //!
 //! Padding: runtime-core pads like PyTorch (`pad_top`, `pad_left` given; bottom/right implied by
@@ -63,6 +65,12 @@
 //!   runtime-core by 1 LSB on a few of the 256 int8 inputs for some scales (not on the
 //!   fixtures' one leaky op, whose f32 and f64 multipliers give the same 256 outputs: checked in
 //!   `tflite_micro_agrees_bit_for_bit`). No note is written for it.
+//!
+//! * avgpool: no parameters (TFLite Micro's `AveragePool` averages the stored values with the
+//!   same rounding, `(acc ± n/2)/n`); softmax: `PreprocessSoftmaxScaling(β, in_scale)`, which is
+//!   runtime-core's `softmax_multiplier`, identical (a file whose `m=`/`s=` are not is noted).
+//!   Both run bit for bit in TFLite Micro over a sweep of scales and β
+//!   (`tflite_micro_runs_avgpool_and_softmax_bit_for_bit`).
 //!
 //! Flatbuffer layout: written with the `flatbuffers` crate's builder, tables by hand against
 //! `tensorflow/compiler/mlir/lite/schema/schema.fbs` (= `tensorflow/lite/schema/schema.fbs`);
@@ -137,6 +145,10 @@ pub(crate) enum Options {
         padding: i8,
         stride: [i32; 2],
         filter: [i32; 2],
+        act: i8,
+    },
+    Softmax {
+        beta: f32,
     },
     FullyConnected {
         act: i8,
@@ -293,24 +305,11 @@ impl Graph {
         fill_lowest: bool,
         name: &str,
     ) -> Result<(i32, i8), TfliteError> {
+        if let Some(padding) = tflite_padding(win) {
+            return Ok((x, padding));
+        }
         let p = win.pads();
         let valid_out = |n: usize, k: usize, s: usize| (n >= k).then(|| (n - k) / s + 1);
-        let axes = [
-            (win.in_h, win.out_h, win.kh, win.stride_h, p[0], p[2]),
-            (win.in_w, win.out_w, win.kw, win.stride_w, p[1], p[3]),
-        ];
-        if axes
-            .iter()
-            .all(|&(n, o, k, s, a, b)| a == 0 && b == 0 && valid_out(n, k, s) == Some(o))
-        {
-            return Ok((x, fb::VALID));
-        }
-        let same = |&(n, o, k, s, a, _): &(usize, usize, usize, usize, usize, usize)| {
-            o == n.div_ceil(s) && a == ((o - 1) * s + k).saturating_sub(n) / 2
-        };
-        if axes.iter().all(same) {
-            return Ok((x, fb::SAME));
-        }
         let (ph, pw) = (win.in_h + p[0] + p[2], win.in_w + p[1] + p[3]);
         if valid_out(ph, win.kh, win.stride_h) != Some(win.out_h)
             || valid_out(pw, win.kw, win.stride_w) != Some(win.out_w)
@@ -395,6 +394,26 @@ impl Graph {
         });
         (wt, bt)
     }
+}
+
+/// TFLite's `VALID` or `SAME` when one of them is the window's padding (module doc).
+fn tflite_padding(win: &Window) -> Option<i8> {
+    let p = win.pads();
+    let valid_out = |n: usize, k: usize, s: usize| (n >= k).then(|| (n - k) / s + 1);
+    let axes = [
+        (win.in_h, win.out_h, win.kh, win.stride_h, p[0], p[2]),
+        (win.in_w, win.out_w, win.kw, win.stride_w, p[1], p[3]),
+    ];
+    if axes
+        .iter()
+        .all(|&(n, o, k, s, a, b)| a == 0 && b == 0 && valid_out(n, k, s) == Some(o))
+    {
+        return Some(fb::VALID);
+    }
+    let same = |&(n, o, k, s, a, _): &(usize, usize, usize, usize, usize, usize)| {
+        o == n.div_ceil(s) && a == ((o - 1) * s + k).saturating_sub(n) / 2
+    };
+    axes.iter().all(same).then_some(fb::SAME)
 }
 
 /// TFLite's fused activation for a runtime clamp `[act_min, act_max]` on an output with zero
@@ -608,8 +627,54 @@ pub(crate) fn build(model_bytes: &[u8]) -> Result<Graph, TfliteError> {
                         padding,
                         stride: [win.stride_w as i32, win.stride_h as i32],
                         filter: [win.kw as i32, win.kh as i32],
+                        act: fb::ACT_NONE,
                     },
                 );
+            }
+            Op::AvgPoolI8 {
+                win,
+                act_min,
+                act_max,
+            } => {
+                let name = format!("avgpool_t{io}");
+                let act = fused(act_min, act_max, ao.zp, &name)?;
+                // Padding is left out of the average in both engines, so an explicit PAD (whose
+                // values would count) cannot stand in for it: SAME or VALID only.
+                let padding = tflite_padding(&win).ok_or_else(|| {
+                    TfliteError::Unsupported(format!(
+                        "{name}: padding {:?} is neither TFLite's SAME nor VALID",
+                        win.pads()
+                    ))
+                })?;
+                let x = g.input4(ii, &ai)?;
+                let y = g.activation(io, &ao, nhwc(&ao));
+                g.op(
+                    fb::op::AVERAGE_POOL_2D,
+                    vec![x],
+                    vec![y],
+                    Options::Pool {
+                        padding,
+                        stride: [win.stride_w as i32, win.stride_h as i32],
+                        filter: [win.kw as i32, win.kh as i32],
+                        act,
+                    },
+                );
+            }
+            Op::SoftmaxI8 { softmax, beta } => {
+                let name = format!("softmax_t{io}");
+                // TFLite's input multiplier (softmax_common.cc), to check it is the file's.
+                let tfl = runtime_core::ops::softmax::softmax_multiplier(beta, ai.scale);
+                let rt = (softmax.mult, softmax.shift);
+                if tfl != Some(rt) {
+                    g.notes.push(format!(
+                        "{name}: TFLite's SOFTMAX input multiplier {tfl:?} is not the file's {rt:?}"
+                    ));
+                }
+                // Over the last axis, in whatever rank the input has ([1, N] after an fc).
+                let x = g.input(ii)?;
+                let shape = g.tensors[x as usize].shape.clone();
+                let y = g.activation(io, &ao, shape);
+                g.op(fb::op::SOFTMAX, vec![x], vec![y], Options::Softmax { beta });
             }
             Op::MeanI8(mean) => {
                 let name = format!("mean_t{io}");
@@ -673,7 +738,9 @@ pub(crate) fn build(model_bytes: &[u8]) -> Result<Graph, TfliteError> {
             | Op::FcF32(_)
             | Op::AddF32 { .. }
             | Op::MeanF32
-            | Op::LeakyF32 { .. } => {
+            | Op::LeakyF32 { .. }
+            | Op::AvgPoolF32 { .. }
+            | Op::SoftmaxF32 { .. } => {
                 return Err(TfliteError::Unsupported(format!(
                     "f32 op writing tensor {io} in an int8 model"
                 )))
@@ -861,13 +928,19 @@ fn options_table(
             padding,
             stride,
             filter,
+            act,
         } => {
             b.push_slot(slot(0), padding, 0);
             b.push_slot(slot(1), stride[0], 0);
             b.push_slot(slot(2), stride[1], 0);
             b.push_slot(slot(3), filter[0], 0);
             b.push_slot(slot(4), filter[1], 0);
+            b.push_slot(slot(5), act, 0);
             tag::POOL_2D
+        }
+        Options::Softmax { beta } => {
+            b.push_slot_always(slot(0), beta);
+            tag::SOFTMAX
         }
         Options::FullyConnected { act } => {
             b.push_slot(slot(0), act, 0);

@@ -2,4 +2,6 @@
 mod fixtures;
 mod onnx_runtime;
 mod tflite_in;
+mod tflite_litert;
 mod tflite_micro;
+mod tflite_mlperf;

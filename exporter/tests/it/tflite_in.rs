@@ -123,13 +123,36 @@ fn errors_name_the_operator() {
     assert!(e.to_string().contains("malformed"), "{e}");
     let text = runtime_core::tflite::TfliteError {
         op_index: Some(7),
-        op_code: Some(25),
+        op_code: Some(4),
         tensor: None,
         kind: runtime_core::tflite::TfliteErrorKind::UnsupportedOp,
     }
     .to_string();
     assert!(
-        text.starts_with("operator 7 (SOFTMAX = builtin 25): no kernel"),
+        text.starts_with("operator 7 (DEPTHWISE_CONV_2D = builtin 4): no kernel"),
         "{text}"
+    );
+}
+
+/// `fixtures/tflite/landmark.tflite` (what runtime-ffi's `.tflite` test loads through the C API) is
+/// exactly what `export --tflite` writes for `fixtures/mcu/landmark.safetensors`;
+/// `TFLITE_REGEN=1 cargo test -p exporter --test it committed_tflite_fixture` rewrites it.
+#[test]
+fn committed_tflite_fixture_is_current() {
+    let want = tflite::to_tflite(&read("fixtures/mcu/landmark.safetensors"))
+        .unwrap()
+        .bytes;
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tflite/landmark.tflite");
+    if std::env::var_os("TFLITE_REGEN").is_some() {
+        std::fs::write(&p, &want).unwrap();
+    }
+    let got = std::fs::read(&p).unwrap_or_default();
+    assert!(
+        got == want,
+        "{} is not what export --tflite writes ({} B committed, {} B now); regenerate with \
+         TFLITE_REGEN=1 cargo test -p exporter --test it committed_tflite_fixture",
+        p.display(),
+        got.len(),
+        want.len()
     );
 }

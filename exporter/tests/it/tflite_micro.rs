@@ -14,7 +14,7 @@ use exporter::export::tflite;
 use runtime_core::ops::requant::multiply_by_quantized_multiplier as mbqm;
 use runtime_core::{Dtype, Model, ModelBuilder, Quant, Task};
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
@@ -29,7 +29,7 @@ const MODELS: &[&str] = &[
     "fixtures/mcu/landmark.safetensors",
 ];
 
-fn have_tflite_micro() -> bool {
+pub(crate) fn have_tflite_micro() -> bool {
     Command::new("python3")
         .args([
             "-c",
@@ -202,7 +202,7 @@ fn tflite_micro_agrees_bit_for_bit() {
 }
 
 /// Runs `tflite_bytes` in TFLite Micro on `xs`; the outputs back to back.
-fn run_tflm(tflite_bytes: &[u8], xs: &[Vec<i8>]) -> Vec<i8> {
+pub(crate) fn run_tflm(tflite_bytes: &[u8], xs: &[Vec<i8>]) -> Vec<i8> {
     let dir = tempfile::tempdir().unwrap();
     let (model, xin, xout) = (
         dir.path().join("m.tflite"),
@@ -496,4 +496,113 @@ fn tflite_micro_runs_fc_outputs_read_as_nhwc() {
     distinct.dedup();
     assert!(distinct.len() > 16, "a degenerate output: {distinct:?}");
     assert_eq!(tflm, rt);
+}
+
+/// AVERAGE_POOL_2D and SOFTMAX, the ops TFLite models end with, against TFLite Micro on
+/// builder-made models over a sweep of scales and β: a 3×3 stride-2 `SAME` average pool with a
+/// fused ReLU on a 9×9 input (windows of 4, 6 and 9 in-image taps: the rounding of every count),
+/// a 2×2 `VALID` one, a softmax over the 6 channels of every pixel (β 0.5, 1, 2) and an fc →
+/// softmax over 10 classes (the classifier head, `[1, 10]` in TFLite). Every model runs bit for
+/// bit on inputs over the whole int8 range and narrower ones, and reads back (`.tflite` in) into
+/// a model that computes the same bytes.
+#[test]
+fn tflite_micro_runs_avgpool_and_softmax_bit_for_bit() {
+    if !have_tflite_micro() {
+        println!("SKIP tflite_micro avgpool/softmax: python3 cannot import tflite_micro/numpy");
+        return;
+    }
+    let mut s: u64 = 0xA76;
+    let mut next = move || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (s >> 33) as u32
+    };
+    let (mut models, mut values) = (0, 0);
+    for (k, &(scale, beta)) in [
+        (0.003f32, 1.0f32),
+        (0.02, 0.5),
+        (0.0731, 1.0),
+        (0.11, 2.0),
+        (0.37, 1.0),
+        (1.3, 0.5),
+        (4.9, 1.0),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let zp = -90 + 25 * k as i32;
+        let q = Quant { scale, zp };
+        // Spatial: pools, then softmax over channels.
+        let mut mb = ModelBuilder::new(Dtype::Int8, Task::Features);
+        let x = mb.input([9, 9, 6], &[0.5; 6], &[0.25; 6], q).unwrap();
+        let p = mb.avgpool(x, [3, 3], [2, 2], [1, 1, 1, 1], true).unwrap();
+        let p = mb.avgpool(p, [2, 2], [2, 2], [0; 4], false).unwrap();
+        let y = mb.softmax(p, beta).unwrap();
+        mb.output(y).unwrap();
+        let spatial = mb.to_bytes().unwrap();
+        // Classifier head: fc to 10 logits, softmax.
+        let weights: Vec<i8> = (0..10 * 24)
+            .map(|_| ((next() % 255) as i32 - 127) as i8)
+            .collect();
+        let w_scale: Vec<f32> = (0..10).map(|c| 0.002 + 0.0007 * c as f32).collect();
+        let bias: Vec<i32> = (0..10).map(|_| (next() % 2001) as i32 - 1000).collect();
+        let mut mb = ModelBuilder::new(Dtype::Int8, Task::Features).with_weight_scales();
+        let x = mb
+            .input(
+                [2, 2, 6],
+                &[0.5; 6],
+                &[0.25; 6],
+                Quant { scale: 0.02, zp: 3 },
+            )
+            .unwrap();
+        let p = runtime_core::LayerParams::I8 {
+            weights: &weights,
+            w_scale: &w_scale,
+            bias: &bias,
+        };
+        let f = mb.fc("head.fc", x, 10, false, p, q).unwrap();
+        let y = mb.softmax(f, beta).unwrap();
+        mb.output(y).unwrap();
+        let head = mb.to_bytes().unwrap();
+        for (what, bytes) in [("spatial", spatial), ("head", head)] {
+            let m = Model::parse(&bytes).unwrap();
+            let t = tflite::to_tflite(&bytes).unwrap();
+            assert!(t.notes.is_empty(), "{what} {scale}: {:?}", t.notes);
+            let xs: Vec<Vec<i8>> = (0..12)
+                .map(|j| {
+                    (0..m.input_len())
+                        .map(|_| {
+                            // Around the zero point, over narrower ranges too, so that the
+                            // fused ReLU does not flatten everything and the logits are not all
+                            // far apart.
+                            let r = [256, 64, 16, 4][j % 4];
+                            (zp + (next() % r) as i32 - (r as i32) / 2).clamp(-128, 127) as i8
+                        })
+                        .collect()
+                })
+                .collect();
+            let (tflm, rt) = (run_tflm(&t.bytes, &xs), run_runtime(&m, &xs));
+            let mut distinct = rt.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert!(
+                distinct.len() > 4,
+                "{what} {scale}: degenerate {distinct:?}"
+            );
+            assert_eq!(tflm, rt, "{what}: scale {scale}, beta {beta}");
+            // The same file read back (`.tflite` in) computes the same bytes.
+            let back = runtime_core::tflite::to_model_bytes(&t.bytes).unwrap();
+            assert_eq!(
+                run_runtime(&Model::parse(&back).unwrap(), &xs),
+                rt,
+                "{what} read back"
+            );
+            models += 1;
+            values += rt.len();
+        }
+    }
+    println!(
+        "avgpool/softmax: {models} models, {values} output values identical with TFLite Micro"
+    );
 }

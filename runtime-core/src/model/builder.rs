@@ -30,6 +30,12 @@ impl Quant {
     pub const NONE: Quant = Quant { scale: 1.0, zp: 0 };
 }
 
+/// The quantisation of every int8 softmax output: probabilities in steps of 1/256 from −128.
+pub const SOFTMAX_OUTPUT: Quant = Quant {
+    scale: 1.0 / 256.0,
+    zp: -128,
+};
+
 /// An activation tensor of the model being built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -78,8 +84,9 @@ impl core::fmt::Display for BuildError {
             BuildError::Params => {
                 "layer parameters of the wrong dtype or length: weights must hold out_c·kh·kw·in_c \
                  (conv) or out·in (fc) values of the model's dtype, with one weight scale and one \
-                 bias per output channel; LeakyReLU's alpha must be finite and >= 0; the input \
-                 takes one mean and std per channel (at most 64)"
+                 bias per output channel; LeakyReLU's alpha must be finite and >= 0; softmax's \
+                 beta finite and > 0, with beta * input scale in (2^-26, 16); the input takes \
+                 one mean and std per channel (at most 64)"
             }
             BuildError::Shape => {
                 "a shape that cannot be built: the window does not fit the (padded) input, or \
@@ -449,6 +456,69 @@ impl ModelBuilder {
             stride[0],
             stride[1],
             list(&pad)
+        );
+        Ok(y)
+    }
+
+    /// Average pool over the window's in-image taps (TFLite AVERAGE_POOL_2D); the output keeps
+    /// the input's quantisation; `relu` clamps at its zero point.
+    pub fn avgpool(
+        &mut self,
+        x: TensorId,
+        k: [usize; 2],
+        stride: [usize; 2],
+        pad: [usize; 4],
+        relu: bool,
+    ) -> Result<TensorId, BuildError> {
+        let xd = self.desc(x)?;
+        let oh = Window::out_dim(xd.h, k[0], stride[0], pad[0], pad[2]).ok_or(BuildError::Shape)?;
+        let ow = Window::out_dim(xd.w, k[1], stride[1], pad[1], pad[3]).ok_or(BuildError::Shape)?;
+        let y = self.new_tensor(
+            oh,
+            ow,
+            xd.c,
+            Quant {
+                scale: xd.scale,
+                zp: xd.zp,
+            },
+        )?;
+        let _ = writeln!(
+            self.lines,
+            "avgpool in={} out={} k={},{} stride={},{} pad={}{}",
+            x.0,
+            y.0,
+            k[0],
+            k[1],
+            stride[0],
+            stride[1],
+            list(&pad),
+            if relu { " relu" } else { "" }
+        );
+        Ok(y)
+    }
+
+    /// Softmax over the channels with inverse temperature `beta > 0` (TFLite SOFTMAX). int8: the
+    /// output has TFLite's fixed quantisation, scale 1/256 and zero point −128
+    /// ([`SOFTMAX_OUTPUT`]); the input multiplier is TFLite's
+    /// ([`softmax_multiplier`](crate::ops::softmax::softmax_multiplier)), and an input scale it
+    /// cannot represent (`beta·scale` ≤ 2⁻²⁶ or ≥ about 16) is [`BuildError::Params`].
+    pub fn softmax(&mut self, x: TensorId, beta: f32) -> Result<TensorId, BuildError> {
+        let xd = self.desc(x)?;
+        if !(beta.is_finite() && beta > 0.0) {
+            return Err(BuildError::Params);
+        }
+        let requant = if self.int8() {
+            let (m, s) = crate::ops::softmax::softmax_multiplier(beta, xd.scale)
+                .ok_or(BuildError::Params)?;
+            format!(" m={m} s={s}")
+        } else {
+            String::new()
+        };
+        let y = self.new_tensor(xd.h, xd.w, xd.c, SOFTMAX_OUTPUT)?;
+        let _ = writeln!(
+            self.lines,
+            "softmax in={} out={} beta={beta}{requant}",
+            x.0, y.0
         );
         Ok(y)
     }

@@ -77,8 +77,11 @@ pub enum GraphError {
     Window,
     /// The graph has no op, or its output is not computed.
     Output,
-    /// The max pool output's scale/zero point differ from its input's (it must not requantise).
+    /// A max or average pool output's scale/zero point differ from its input's (it must not
+    /// requantise).
     PoolQuant,
+    /// An int8 softmax output whose scale is not 1/256 or whose zero point is not −128.
+    SoftmaxQuant,
     /// A conv/fc `ws=` weight scale that is not finite and positive, or that does not give the
     /// stored multiplier and shift (`quantize_multiplier(in_scale·ws[c]/out_scale)`).
     WeightScale,
@@ -100,11 +103,11 @@ impl fmt::Display for GraphError {
             }
             GraphError::UnknownOp => {
                 "unknown op or directive (known: tensor, input, output, conv, fc, add, maxpool, \
-                 mean, leaky)"
+                 mean, leaky, avgpool, softmax)"
             }
             GraphError::BadToken => {
-                "unexpected token: tokens are `key=value` or the flag `relu` (once, on conv, fc \
-                 and add only), at most 16 per line"
+                "unexpected token: tokens are `key=value` or the flag `relu` (once, on conv, fc, \
+                 add and avgpool only), at most 16 per line"
             }
             GraphError::UnknownKey => {
                 "a `key=` this op does not take (FORMAT.md lists each op's keys)"
@@ -168,8 +171,12 @@ impl fmt::Display for GraphError {
                 "the graph has no op, or its `output` tensor is not produced by an op"
             }
             GraphError::PoolQuant => {
-                "max pool must keep its input's scale and zero point bit for bit (it does not \
-                 requantise)"
+                "max and average pool must keep their input's scale and zero point bit for bit \
+                 (they do not requantise)"
+            }
+            GraphError::SoftmaxQuant => {
+                "an int8 softmax output must have scale 1/256 and zero point -128 (TFLite's \
+                 rule: the kernel writes the probability in 1/256 steps)"
             }
             GraphError::WeightScale => {
                 "a weight scale (`ws=`) is not finite and positive, or does not give the stored \
@@ -306,6 +313,7 @@ mod tests {
             G::Window,
             G::Output,
             G::PoolQuant,
+            G::SoftmaxQuant,
             G::WeightScale,
         ];
         for g in graph {

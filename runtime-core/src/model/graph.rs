@@ -427,6 +427,8 @@ fn parse_text<'a>(st: &Container<'a>, text: &str, line_no: &mut u32) -> R<Model<
             "maxpool" => parse_maxpool,
             "mean" => parse_mean,
             "leaky" => parse_leaky,
+            "avgpool" => parse_avgpool,
+            "softmax" => parse_softmax,
             _ => unknown_op,
         };
         let mut f = Fields::new(toks)?;
@@ -845,6 +847,96 @@ fn parse_leaky<'a>(
         )
     } else {
         Kernel::LeakyF32 { alpha }
+    };
+    Ok(Node {
+        kernel,
+        inputs: [ti, 0],
+        n_inputs: 1,
+        output: to,
+        macs: di.len() as u64,
+    })
+}
+
+/// `avgpool in= out= k= stride= [pad=] [relu]`: average over the window's in-image taps.
+fn parse_avgpool<'a>(
+    f: &mut Fields<'_>,
+    g: &mut Graph<'a>,
+    _ld: &mut Loader<'a, '_>,
+    int8: bool,
+) -> R<Node<'a>> {
+    let relu = f.relu;
+    let (ti, to) = (f.tensor_id("in")?, f.tensor_id("out")?);
+    let (di, dout) = (g.read(ti)?, g.write(to)?);
+    let win = window(&di, f.pair("k")?, f.pair("stride")?, f.pad()?)?;
+    expect_shape(&dout, win.out_h, win.out_w, di.c)?;
+    let kernel = if int8 {
+        // The average of the stored values is only the average of the real values if both
+        // tensors share scale and zero point (TFLite requires the same).
+        if dout.scale.to_bits() != di.scale.to_bits() || dout.zp != di.zp {
+            return Err(E::PoolQuant);
+        }
+        let (act_min, act_max) = crate::ops::requant::activation_range_i8(relu, dout.zp);
+        Kernel::AvgPoolI8 {
+            win,
+            act_min,
+            act_max,
+        }
+    } else {
+        Kernel::AvgPoolF32 { win, relu }
+    };
+    Ok(Node {
+        kernel,
+        inputs: [ti, 0],
+        n_inputs: 1,
+        output: to,
+        macs: (dout.len() as u64) * (win.kh * win.kw) as u64,
+    })
+}
+
+/// `softmax in= out= beta= [m= s=]`: softmax over the channels of each pixel.
+fn parse_softmax<'a>(
+    f: &mut Fields<'_>,
+    g: &mut Graph<'a>,
+    _ld: &mut Loader<'a, '_>,
+    int8: bool,
+) -> R<Node<'a>> {
+    use crate::ops::softmax::{softmax_diff_min, SoftmaxI8, MAX_SOFTMAX_DEPTH};
+    let relu = f.relu;
+    let (ti, to) = (f.tensor_id("in")?, f.tensor_id("out")?);
+    let (di, dout) = (g.read(ti)?, g.write(to)?);
+    if relu {
+        return Err(E::BadToken);
+    }
+    if !same_shape(&di, &dout) {
+        return Err(E::Shape);
+    }
+    if di.c > MAX_SOFTMAX_DEPTH {
+        return Err(E::TooLarge);
+    }
+    let beta: f32 = f.num("beta")?;
+    if !finite_pos(beta) {
+        return Err(E::ScaleRange);
+    }
+    let kernel = if int8 {
+        // The kernel's output is the probability in 1/256 steps from −128 (TFLite's rule).
+        if dout.scale.to_bits() != (1.0f32 / 256.0).to_bits() || dout.zp != -128 {
+            return Err(E::SoftmaxQuant);
+        }
+        let (mult, shift) = Loader::scalar_requant(f, "m", "s", SHIFT_MAX)?;
+        if shift < 0 {
+            return Err(E::ShiftRange);
+        }
+        Kernel::SoftmaxI8(
+            SoftmaxI8 {
+                depth: di.c,
+                mult,
+                shift,
+                diff_min: softmax_diff_min(shift),
+            },
+            beta,
+        )
+    } else {
+        Kernel::SoftmaxF32 { depth: di.c, beta }
     };
     Ok(Node {
         kernel,

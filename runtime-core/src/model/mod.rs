@@ -11,6 +11,7 @@ pub mod zoo;
 
 pub use builder::{
     write_safetensors, BuildError, LayerParams, ModelBuilder, Quant, RawTensor, TensorId,
+    SOFTMAX_OUTPUT,
 };
 pub use error::{GraphError, ModelError, RunError};
 
@@ -18,7 +19,7 @@ use alloc::vec::Vec;
 
 use crate::ops::{
     self, add::AddI8, conv2d::*, fully_connected::*, leaky_relu::LeakyI8, mean::MeanI8,
-    prepared::PreparedI8, F32Le, Window,
+    prepared::PreparedI8, softmax::SoftmaxI8, F32Le, Window,
 };
 
 /// The fixed-point multiplier and shift of one int8 conv/fc output channel:
@@ -99,11 +100,13 @@ pub enum OpKind {
     Mean,
     FullyConnected,
     LeakyRelu,
+    AvgPool,
+    Softmax,
 }
 
 impl OpKind {
     /// The op's name in the graph text (`FORMAT.md`): `conv`, `add`, `maxpool`, `mean`, `fc`,
-    /// `leaky`.
+    /// `leaky`, `avgpool`, `softmax`.
     pub fn name(self) -> &'static str {
         match self {
             OpKind::Conv2d => "conv",
@@ -112,6 +115,8 @@ impl OpKind {
             OpKind::Mean => "mean",
             OpKind::FullyConnected => "fc",
             OpKind::LeakyRelu => "leaky",
+            OpKind::AvgPool => "avgpool",
+            OpKind::Softmax => "softmax",
         }
     }
 }
@@ -140,6 +145,23 @@ pub(crate) enum Kernel<'a> {
     LeakyI8(LeakyI8, f32),
     LeakyF32 {
         alpha: f32,
+    },
+    /// The window and the fused activation range (`[-128, 127]`, or from the zero point up
+    /// with `relu`).
+    AvgPoolI8 {
+        win: Window,
+        act_min: i32,
+        act_max: i32,
+    },
+    AvgPoolF32 {
+        win: Window,
+        relu: bool,
+    },
+    /// The kernel's fixed-point parameters and the real β they came from (for [`Node::op`]).
+    SoftmaxI8(SoftmaxI8, f32),
+    SoftmaxF32 {
+        depth: usize,
+        beta: f32,
     },
 }
 
@@ -186,6 +208,26 @@ pub enum Op<'a> {
     LeakyF32 {
         alpha: f32,
     },
+    /// Average over the window's in-image taps (int8: same scale and zero point in and out;
+    /// the average rounded half away from zero, then clamped to `[act_min, act_max]`).
+    AvgPoolI8 {
+        win: Window,
+        act_min: i32,
+        act_max: i32,
+    },
+    AvgPoolF32 {
+        win: Window,
+        relu: bool,
+    },
+    /// Softmax over the channels, int8 (TFLite's integer method; output scale 1/256, zero
+    /// point −128): the kernel's parameters and the real β they came from.
+    SoftmaxI8 {
+        softmax: SoftmaxI8,
+        beta: f32,
+    },
+    SoftmaxF32 {
+        beta: f32,
+    },
 }
 
 /// One op of the graph: its kernel and the activation tensors it reads and writes.
@@ -209,6 +251,8 @@ impl<'a> Node<'a> {
             Kernel::MeanI8(_) | Kernel::MeanF32 { .. } => OpKind::Mean,
             Kernel::FcI8(..) | Kernel::FcF32(_) => OpKind::FullyConnected,
             Kernel::LeakyI8(..) | Kernel::LeakyF32 { .. } => OpKind::LeakyRelu,
+            Kernel::AvgPoolI8 { .. } | Kernel::AvgPoolF32 { .. } => OpKind::AvgPool,
+            Kernel::SoftmaxI8(..) | Kernel::SoftmaxF32 { .. } => OpKind::Softmax,
         }
     }
     /// The op with its parameters, as the loader checked them: the typed view format writers
@@ -229,6 +273,18 @@ impl<'a> Node<'a> {
             Kernel::FcF32(fc) => Op::FcF32(fc),
             Kernel::LeakyI8(leaky, alpha) => Op::LeakyI8 { leaky, alpha },
             Kernel::LeakyF32 { alpha } => Op::LeakyF32 { alpha },
+            Kernel::AvgPoolI8 {
+                win,
+                act_min,
+                act_max,
+            } => Op::AvgPoolI8 {
+                win,
+                act_min,
+                act_max,
+            },
+            Kernel::AvgPoolF32 { win, relu } => Op::AvgPoolF32 { win, relu },
+            Kernel::SoftmaxI8(softmax, beta) => Op::SoftmaxI8 { softmax, beta },
+            Kernel::SoftmaxF32 { beta, .. } => Op::SoftmaxF32 { beta },
         }
     }
     /// Activation tensor ids read.
@@ -656,6 +712,12 @@ impl<'a> Model<'a> {
                     ops::prepared::fully_connected_i8_prepared(p, prep, x0, out)
                 }
                 Kernel::LeakyI8(p, _) => ops::leaky_relu::leaky_relu_i8(p, x0, out),
+                Kernel::AvgPoolI8 {
+                    win,
+                    act_min,
+                    act_max,
+                } => ops::avgpool::avgpool_i8(win, *act_min, *act_max, x0, out),
+                Kernel::SoftmaxI8(p, _) => ops::softmax::softmax_i8(p, x0, out),
                 _ => return Err(RunError::Internal),
             };
             r.map_err(|error| RunError::Kernel {
@@ -685,6 +747,10 @@ impl<'a> Model<'a> {
                 Kernel::MeanF32 { hw, c } => ops::mean::mean_f32(*hw, *c, x0, out),
                 Kernel::FcF32(p) => ops::fully_connected::fully_connected_f32(p, x0, out),
                 Kernel::LeakyF32 { alpha } => ops::leaky_relu::leaky_relu_f32(*alpha, x0, out),
+                Kernel::AvgPoolF32 { win, relu } => ops::avgpool::avgpool_f32(win, *relu, x0, out),
+                Kernel::SoftmaxF32 { depth, beta } => {
+                    ops::softmax::softmax_f32(*depth, *beta, x0, out)
+                }
                 _ => return Err(RunError::Internal),
             };
             r.map_err(|error| RunError::Kernel {

@@ -8,6 +8,7 @@
 
 pub mod add;
 mod arch;
+pub mod avgpool;
 pub mod conv2d;
 pub mod fully_connected;
 pub mod leaky_relu;
@@ -15,6 +16,7 @@ pub mod maxpool;
 pub mod mean;
 pub mod prepared;
 pub mod requant;
+pub mod softmax;
 
 /// A kernel was handed slices that do not match its geometry (a caller bug, never user data:
 /// the model loader validates geometry before any kernel runs).

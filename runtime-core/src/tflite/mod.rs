@@ -8,12 +8,13 @@
 //! converted model computes what TFLite Micro computes. The conversion allocates (it runs once,
 //! at load); inference afterwards allocates nothing, as for any model.
 //!
-//! Ops: CONV_2D, FULLY_CONNECTED, ADD, MAX_POOL_2D, MEAN (over H and W), LEAKY_RELU, RESHAPE (a
-//! no-op on NHWC memory), and PAD / PADV2 folded into the convolution or max pool they feed (the
-//! form TFLite converters give PyTorch-style padding). Fused activations NONE and RELU. Anything
-//! else — an op without a kernel here (DEPTHWISE_CONV_2D, AVERAGE_POOL_2D, SOFTMAX …), a float
-//! or QUANTIZE/DEQUANTIZE model, dilation, broadcasting — is a [`TfliteError`] naming the op,
-//! its index and the tensor. Known arithmetic difference: MEAN over an H·W that is not a power of
+//! Ops: CONV_2D, FULLY_CONNECTED, ADD, MAX_POOL_2D, AVERAGE_POOL_2D, MEAN (over H and W),
+//! LEAKY_RELU, SOFTMAX (int8 out at scale 1/256, zero point −128, as TFLite requires), RESHAPE
+//! (a no-op on NHWC memory), and PAD / PADV2 folded into the convolution or max pool they feed
+//! (the form TFLite converters give PyTorch-style padding). Fused activations NONE and RELU.
+//! Anything else — an op without a kernel here (DEPTHWISE_CONV_2D …), a float or
+//! QUANTIZE/DEQUANTIZE model, dilation, broadcasting — is a [`TfliteError`] naming the op, its
+//! index and the tensor. Known arithmetic difference: MEAN over an H·W that is not a power of
 //! two can differ from TFLite Micro by 1 LSB on rare sums (TFLite Micro divides its multiplier
 //! by H·W with an integer division; this runtime folds 1/(H·W) into one rounded multiplier).
 //!
@@ -99,7 +100,8 @@ impl core::fmt::Display for TfliteError {
             TfliteErrorKind::Malformed(what) => write!(f, "malformed TFLite flatbuffer: {what}"),
             TfliteErrorKind::UnsupportedOp => f.write_str(
                 "no kernel for this op in runtime-core (it runs CONV_2D, FULLY_CONNECTED, ADD, \
-                 MAX_POOL_2D, MEAN, LEAKY_RELU, RESHAPE, PAD/PADV2 before a conv or max pool)",
+                 MAX_POOL_2D, AVERAGE_POOL_2D, MEAN, LEAKY_RELU, SOFTMAX, RESHAPE, PAD/PADV2 \
+                 before a conv or max pool)",
             ),
             TfliteErrorKind::NotInt8 => {
                 f.write_str("not an int8 tensor: only fully int8-quantised models are read")
@@ -353,6 +355,24 @@ struct Pad {
 /// and the task (`rt.task`) come from the file's metadata when it has them (the exporter writes
 /// them), else mean 0 and std 1 (pixels in [0, 1]) and `Task::Features`.
 pub fn to_model_bytes(tflite: &[u8]) -> Result<Vec<u8>, TfliteError> {
+    convert(tflite).map(|c| c.model)
+}
+
+/// A converted `.tflite`: the runtime model file and where each TFLite tensor went.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Converted {
+    /// The runtime model file ([`to_model_bytes`]).
+    pub model: Vec<u8>,
+    /// For each TFLite tensor (by subgraph index), the runtime activation tensor holding the
+    /// same int8 values ([`Node::output`](crate::Node::output) ids; a RESHAPE's output is its
+    /// input's), or `None` (constants, and PAD outputs folded into the op they feed). For
+    /// comparing every intermediate tensor with another engine.
+    pub tensor_ids: Vec<Option<u16>>,
+}
+
+/// [`to_model_bytes`], with the tensor map of [`Converted`].
+pub fn convert(tflite: &[u8]) -> Result<Converted, TfliteError> {
     let model = Table::root(tflite)?;
     let subgraphs = model
         .vector(s::model::SUBGRAPHS, 4)?
@@ -511,7 +531,10 @@ pub fn to_model_bytes(tflite: &[u8]) -> Result<Vec<u8>, TfliteError> {
         .ok_or_else(|| malformed("the output is not produced by any operator"))?;
     let build = |e| at_tensor(*output, TfliteErrorKind::Build(e));
     mb.output(y).map_err(build)?;
-    mb.to_bytes().map_err(build)
+    Ok(Converted {
+        model: mb.to_bytes().map_err(build)?,
+        tensor_ids: ids.iter().map(|t| t.map(|t| t.0)).collect(),
+    })
 }
 
 /// The bytes of metadata entry `key` (the exporter writes `rt.mean`, `rt.std`, `rt.task`).
@@ -851,6 +874,40 @@ fn convert_op(cx: &mut OpCx, opts: Option<Table>) -> R<()> {
                 .mb
                 .maxpool(x, k, st, add_pads(pre, own))
                 .map_err(cx.build(out))?;
+            cx.produce(out, y)
+        }
+        s::op::AVERAGE_POOL_2D => {
+            let (xt, out) = (cx.input(0)?, cx.output()?);
+            let x = cx.activation(xt)?;
+            let relu = cx.relu(opt8(5, s::ACT_NONE)?)?;
+            let st = [pos(opt(2, 1)?), pos(opt(1, 1)?)];
+            let k = [pos(opt(4, 1)?), pos(opt(3, 1)?)];
+            let d = cx.mb.desc(x).map_err(cx.build(xt))?;
+            if cx.out_quant(out)?
+                != (Quant {
+                    scale: d.scale,
+                    zp: d.zp,
+                })
+            {
+                return Err(cx.unsupported(
+                    "AVERAGE_POOL_2D whose output quantisation differs from its input's".into(),
+                ));
+            }
+            let pads = cx.window_pads(opt8(0, s::SAME)?, [d.h, d.w], k, st)?;
+            let y = cx.mb.avgpool(x, k, st, pads, relu).map_err(cx.build(out))?;
+            cx.produce(out, y)
+        }
+        s::op::SOFTMAX => {
+            let (xt, out) = (cx.input(0)?, cx.output()?);
+            let x = cx.activation(xt)?;
+            // The schema's default is 0 (a file leaves a default field out); β = 0 is refused.
+            let beta = opts.map_or(Ok(0.0), |t| t.f32_or(0, 0.0))?;
+            if cx.out_quant(out)? != crate::model::SOFTMAX_OUTPUT {
+                return Err(cx.unsupported(
+                    "an int8 SOFTMAX output whose scale is not 1/256 or zero point not -128".into(),
+                ));
+            }
+            let y = cx.mb.softmax(x, beta).map_err(cx.build(out))?;
             cx.produce(out, y)
         }
         s::op::MEAN => {

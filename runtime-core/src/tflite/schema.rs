@@ -33,6 +33,7 @@ pub mod options {
     pub const REDUCER: u8 = 27;
     pub const PADV2: u8 = 43;
     pub const LEAKY_RELU: u8 = 75;
+    pub const SOFTMAX: u8 = 9;
 }
 /// `enum TensorType`.
 pub const INT32: i8 = 2;
@@ -112,5 +113,5 @@ pub mod operator {
 /// `table FullyConnectedOptions`: fused_activation_function 0, weights_format 1,
 /// keep_num_dims 2. `table AddOptions`: fused_activation_function 0.
 /// `table ReducerOptions`: keep_dims 0. `table LeakyReluOptions`: alpha 0.
-/// `table ReshapeOptions`: new_shape 0. `PadOptions`, `PadV2Options`: no fields.
+/// `table ReshapeOptions`: new_shape 0. `table SoftmaxOptions`: beta 0 (float, default 0). `PadOptions`, `PadV2Options`: no fields.
 pub mod opts {}

@@ -121,3 +121,58 @@ fn tiny_from(mut b: ModelBuilder, dtype: Dtype, seed: u64) -> ModelBuilder {
     b.output(y).unwrap();
     b
 }
+
+/// 6×7×3 → conv3×3 relu → avgpool 3×3/2 pad 1 relu → avgpool 2×2 → fc 10 → softmax: the ops a
+/// classifier ends with (average pools with and without padding, the int8 softmax).
+pub fn tiny_classifier(dtype: Dtype, seed: u64) -> ModelBuilder {
+    let mut rng = SplitMix64::new(seed);
+    let mut b = ModelBuilder::new(dtype, Task::Features);
+    let x = b
+        .input(
+            [6, 7, 3],
+            &[0.5; 3],
+            &[0.25; 3],
+            Quant {
+                scale: 0.03,
+                zp: -2,
+            },
+        )
+        .unwrap();
+    let layer = |rng: &mut SplitMix64, n: usize, oc: usize| params(rng, dtype, n, oc);
+    let (wq, ws, bq, wf, bf) = layer(&mut rng, 4 * 9 * 3, 4);
+    let p = match dtype {
+        Dtype::Int8 => LayerParams::I8 {
+            weights: &wq,
+            w_scale: &ws,
+            bias: &bq,
+        },
+        Dtype::F32 => LayerParams::F32 {
+            weights: &wf,
+            bias: &bf,
+        },
+    };
+    let h = b
+        .conv("c1", x, 4, [3, 3], [1, 1], [1; 4], true, p, QR)
+        .unwrap();
+    let a = b.avgpool(h, [3, 3], [2, 2], [1, 1, 1, 1], true).unwrap();
+    let a = b.avgpool(a, [2, 2], [2, 2], [0; 4], false).unwrap();
+    let n = b.desc(a).unwrap().len();
+    let (wq, ws, bq, wf, bf) = layer(&mut rng, 10 * n, 10);
+    let p = match dtype {
+        Dtype::Int8 => LayerParams::I8 {
+            weights: &wq,
+            w_scale: &ws,
+            bias: &bq,
+        },
+        Dtype::F32 => LayerParams::F32 {
+            weights: &wf,
+            bias: &bf,
+        },
+    };
+    let f = b
+        .fc("fc", a, 10, false, p, Quant { scale: 0.1, zp: 5 })
+        .unwrap();
+    let y = b.softmax(f, 1.0).unwrap();
+    b.output(y).unwrap();
+    b
+}
