@@ -98,6 +98,8 @@ fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize, groups: usize) -> Vec
 }
 
 /// [`channel_stats`] of channels `ch..ch + L` over `images`.
+// `j` indexes the L planes side by side: the interleaving is the point.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn stats_lanes<const L: usize>(
     x: &[f32],
