@@ -18,7 +18,8 @@ pub mod conv;
 pub mod cuda;
 
 pub use batchnorm::{
-    batch_norm_train, batch_norm_train_grouped, BatchNormTrain, GroupedBatchNormTrain,
+    batch_norm_train, batch_norm_train_grouped, batch_norm_train_tail, BatchNormTrain, BnTail,
+    GroupedBatchNormTrain,
 };
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -5,6 +5,8 @@
 //! here without touching the network code.
 use candle_core::{DType, Result, Tensor, D};
 
+pub use crate::kernels::BnTail;
+
 /// Batch-norm epsilon, as torchvision's `BatchNorm2d` default.
 pub const BN_EPS: f64 = 1e-5;
 /// Running-statistics momentum, as PyTorch's default: `running = (1-m)·running + m·batch`.
@@ -43,6 +45,20 @@ pub fn batch_norm_train(
     beta: &Tensor,
     groups: usize,
 ) -> Result<(Tensor, BatchStats)> {
+    batch_norm_train_tail(x, gamma, beta, groups, BnTail::Identity)
+}
+
+/// [`batch_norm_train`] followed by `tail`: a ReLU, or a ResNet block's residual add and ReLU.
+/// On the CPU (f32) one fused op does both, forward and backward, with the same bytes as the
+/// unfused ops ([`crate::kernels::batch_norm_train_tail`]); elsewhere the tail runs as candle
+/// ops after the batch norm ([`BnTail::apply_unfused`]).
+pub fn batch_norm_train_tail(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    tail: BnTail<'_>,
+) -> Result<(Tensor, BatchStats)> {
     let (b, _, h, w) = x.dims4()?;
     if groups == 0 || b % groups != 0 {
         candle_core::bail!(
@@ -65,14 +81,14 @@ pub fn batch_norm_train(
                 mean: r.mean,
                 var_unbiased: r.var_unbiased,
             };
-            return Ok((r.y, stats));
+            return Ok((tail.apply_unfused(r.y)?, stats));
         }
     }
     let unbias = per_group as f64 / (per_group as f64 - 1.0);
     let g = groups as f64;
-    // CPU f32: all groups in one fused op with its own backward; the statistics are combined
-    // exactly as the per-group loop below combines them.
-    if let Some(r) = crate::kernels::batch_norm_train_grouped(x, gamma, beta, groups, BN_EPS)? {
+    // CPU f32: all groups and the tail in one fused op with its own backward; the statistics
+    // are combined exactly as the per-group loop below combines them.
+    if let Some(r) = crate::kernels::batch_norm_train_tail(x, gamma, beta, groups, BN_EPS, tail)? {
         let rows = |t: &Tensor| -> Result<Vec<Tensor>> { (0..groups).map(|i| t.get(i)).collect() };
         let stats = BatchStats {
             mean: (sum_in_order(&rows(&r.mean)?)? / g)?,
@@ -105,7 +121,7 @@ pub fn batch_norm_train(
         mean: (sum_in_order(&means)?.detach() / g)?,
         var_unbiased: (sum_in_order(&vars)?.detach() * (unbias / g))?,
     };
-    Ok((y, stats))
+    Ok((tail.apply_unfused(y)?, stats))
 }
 
 /// Eval-mode batch norm: `(x - running_mean) / sqrt(running_var + eps) · gamma + beta`, folded into

@@ -4,7 +4,7 @@
 //! that both the forward pass and other modules (the exporter folding BN into convs, say) walk, so
 //! the graph is written down once.
 use super::config::{BlockKind, ResNetConfig};
-use super::ops;
+use super::ops::{self, BnTail};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand_distr::{Distribution, Normal, Uniform};
 use std::collections::BTreeMap;
@@ -376,26 +376,29 @@ impl ResNet {
 
     /// Batch norm `bn` on `x`; in training mode also updates that BN's running statistics
     /// (outside the autograd graph).
-    fn batch_norm(&self, x: &Tensor, bn: &str, mode: BnMode) -> Result<Tensor> {
+    ///
+    /// `tail` (a ReLU, or the block's residual add and ReLU) follows the BN; in training mode on
+    /// the CPU it is fused into the BN op ([`ops::batch_norm_train_tail`]).
+    fn batch_norm(&self, x: &Tensor, bn: &str, mode: BnMode, tail: BnTail<'_>) -> Result<Tensor> {
         let gamma = self.param(&format!("{bn}.weight"))?;
         let beta = self.param(&format!("{bn}.bias"))?;
         let rm = self.buffer(&format!("{bn}.running_mean"))?;
         let rv = self.buffer(&format!("{bn}.running_var"))?;
         match mode {
-            BnMode::Eval => ops::batch_norm_eval(
+            BnMode::Eval => tail.apply_unfused(ops::batch_norm_eval(
                 x,
                 gamma,
                 beta,
                 &rm.as_detached_tensor(),
                 &rv.as_detached_tensor(),
-            ),
+            )?),
             BnMode::Train { groups } => {
-                let (y, stats) = ops::batch_norm_train(x, gamma, beta, groups)?;
+                let (y, stats) = ops::batch_norm_train_tail(x, gamma, beta, groups, tail)?;
                 self.update_running_stats(bn, &stats)?;
                 Ok(y)
             }
             BnMode::TrainReplica { groups, replica } => {
-                let (y, stats) = ops::batch_norm_train(x, gamma, beta, groups)?;
+                let (y, stats) = ops::batch_norm_train_tail(x, gamma, beta, groups, tail)?;
                 self.replica_bn_stats
                     .lock()
                     .map_err(|_| candle_core::Error::Msg("replica BN statistics poisoned".into()))?
@@ -455,10 +458,17 @@ impl ResNet {
         Ok(())
     }
 
-    fn conv_bn(&self, x: &Tensor, spec: &ConvSpec, mode: BnMode) -> Result<Tensor> {
+    /// `tail(bn(conv(x)))`.
+    fn conv_bn(
+        &self,
+        x: &Tensor,
+        spec: &ConvSpec,
+        mode: BnMode,
+        tail: BnTail<'_>,
+    ) -> Result<Tensor> {
         let w = self.param(&format!("{}.weight", spec.conv))?;
         let y = ops::conv2d(x, w, spec.stride, spec.padding)?;
-        self.batch_norm(&y, &spec.bn, mode)
+        self.batch_norm(&y, &spec.bn, mode, tail)
     }
 
     /// The last feature map, [B, C, h, w], before global pooling (what a dense head such as the
@@ -496,24 +506,27 @@ impl ResNet {
                 x.dims()
             );
         }
-        let mut h = self.conv_bn(x, &self.stem, mode)?.relu()?;
+        let mut h = self.conv_bn(x, &self.stem, mode, BnTail::Relu)?;
         if self.has_maxpool() {
             h = ops::max_pool_3x3_s2_after_relu(&h)?;
         }
         for (i, block) in self.blocks.iter().enumerate() {
             let shortcut = match &block.downsample {
-                Some(d) => self.conv_bn(&h, d, mode)?,
+                Some(d) => self.conv_bn(&h, d, mode, BnTail::Identity)?,
                 None => h.clone(),
             };
             let mut y = h;
             let last = block.convs.len() - 1;
+            // relu(bn(conv)) between the convs; the last BN takes the residual add and ReLU.
             for (j, c) in block.convs.iter().enumerate() {
-                y = self.conv_bn(&y, c, mode)?;
-                if j < last {
-                    y = y.relu()?;
-                }
+                let tail = if j < last {
+                    BnTail::Relu
+                } else {
+                    BnTail::AddRelu(&shortcut)
+                };
+                y = self.conv_bn(&y, c, mode, tail)?;
             }
-            h = (y + shortcut)?.relu()?;
+            h = y;
             let stage = |b: &BlockSpec| b.prefix.split('.').next().map(str::to_owned);
             let ends_stage = self
                 .blocks
