@@ -40,10 +40,6 @@ pub fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
 /// result is defined for every input. Valid ranges: `mult ∈ [0, i32::MAX]`, `shift ∈ [-31, 30]`.
 #[inline(always)]
 pub fn multiply_by_quantized_multiplier(x: i32, mult: i32, shift: i32) -> i32 {
-    // The common case, in one multiply-add (exact there; see the function).
-    if (-31..0).contains(&shift) && mult >= 0 {
-        return multiply_by_quantized_multiplier_right(x, mult, shift.unsigned_abs());
-    }
     let left = if shift > 0 { shift } else { 0 };
     let right = if shift > 0 { 0 } else { -shift };
     // Saturating `x << left` in i32: the shift overflowed iff shifting back loses bits.
@@ -108,9 +104,40 @@ pub fn multiply_by_quantized_multiplier_split(x: i32, mult: i32, left: u32, righ
 /// inside `i64`, and its top word fits `i32`.
 #[inline(always)]
 pub fn multiply_by_quantized_multiplier_right(x: i32, mult: i32, right: u32) -> i32 {
-    let e = right.clamp(1, 31);
-    let c = (1i64 << 30) + (1i64 << (30 + e)) + (((x >> 31) as i64) << 31);
-    (((x as i64 * mult as i64 + c) >> 32) as i32) >> (e - 1)
+    RightShift::new(mult, right).apply(x)
+}
+
+/// [`multiply_by_quantized_multiplier_right`] with its per-channel constants computed once, for
+/// kernels that requantise several outputs of one channel in a row.
+#[derive(Debug, Clone, Copy)]
+pub struct RightShift {
+    /// `2³⁰ + 2^(30+e)`: its top word `2^e / 4`, its low word `2³⁰` plus `2³¹` when `e = 1`.
+    c: i64,
+    mult: i32,
+    /// `e − 1`.
+    e1: u32,
+}
+
+impl RightShift {
+    /// The constants for `mult ≥ 0` and `right ∈ 1..=31` (clamped into that range).
+    #[inline(always)]
+    pub fn new(mult: i32, right: u32) -> Self {
+        let e = right.clamp(1, 31);
+        let hi = (1u32 << e) >> 2;
+        let lo = (1u32 << 30) | (u32::from(e == 1) << 31);
+        RightShift {
+            c: (((hi as u64) << 32) | lo as u64) as i64,
+            mult,
+            e1: e - 1,
+        }
+    }
+
+    /// `MultiplyByQuantizedMultiplier(x, mult, −right)`, exactly.
+    #[inline(always)]
+    pub fn apply(self, x: i32) -> i32 {
+        let c = self.c + (((x >> 31) as i64) << 31);
+        (((x as i64 * self.mult as i64 + c) >> 32) as i32) >> self.e1
+    }
 }
 
 /// Smallest and largest shift the loader accepts (TFLite's range after `QuantizeMultiplier`).

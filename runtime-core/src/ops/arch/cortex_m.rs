@@ -1,7 +1,7 @@
 //! Cortex-M4 (ARMv7E-M DSP extension) conv kernel, CMSIS-NN style.
 //!
-//! Four output pixels at a time: each pixel's column (the input itself for 1×1, the kernel rows
-//! read in place where `in_c % 4 == 0`, else im2col; padded taps = input zero point) is widened once into a stack buffer of `i16` pairs in SXTB16 order,
+//! Four output pixels at a time: each pixel's column (im2col, padded taps = input zero point, or
+//! the input itself for 1×1) is widened once into a stack buffer of `i16` pairs in SXTB16 order,
 //! `[x0, x2 | x1, x3]` per 4 taps, the four pixels interleaved per group of 4 taps (32 bytes)
 //! so one `ldm` fetches two pixels' taps. The inner loop then computes 4 pixels × 1 output
 //! channel: per 4 taps it loads one weight word (unaligned `ldr`, weights stay in flash in OHWI
@@ -16,12 +16,14 @@
 //!
 //! The reduction runs over whole groups of 4 taps: a last partial group's column taps are
 //! widened as zeros, so the weight word may run into the next channel's row (multiplied by
-//! zero). Only the last channel, whose row ends the tensor, takes the scalar tail instead.
+//! zero). Only the last channel's row, which ends the tensor, is copied into a zero-padded stack
+//! buffer.
 
 use core::arch::asm;
 
 use super::super::conv2d::ConvI8;
 use super::super::prepared::{direct_1x1, im2col, pixel_1x1, requant, ChanQ};
+use super::super::requant::RightShift;
 use super::super::Window;
 
 /// Largest `kh·kw·in_c` this kernel takes (3×3×64): its stack buffers are `MAX_K` bytes (raw
@@ -40,18 +42,18 @@ pub(crate) fn supports(w: &Window) -> bool {
     w.kh * w.kw * w.in_c <= MAX_K
 }
 
-/// Widens `col` into slot `slot` (0..4) of `cols` from group `g0` on: group `g0 + g` of 4 taps
-/// becomes the `i16`s `[x0, x2, x1, x3]` at `cols[16(g0 + g) + 4·slot..]`; a last partial group
+/// Widens `col` into slot `slot` (0..4) of `cols`: group `g` of 4 taps becomes the `i16`s
+/// `[x0, x2, x1, x3]` at `cols[16g + 4·slot..]`; a last partial group
 /// is zero-filled.
 #[inline(always)]
-fn widen(col: &[i8], cols: &mut Cols, slot: usize, g0: usize) {
+fn widen(col: &[i8], cols: &mut Cols, slot: usize) {
     let full = col.len() / 4;
     let rest = &col[4 * full..];
     // Group `g` of every slot lies in `cols[16g..16g + 16]`.
-    assert!(16 * (g0 + full + usize::from(!rest.is_empty())) <= cols.0.len());
+    assert!(16 * (full + usize::from(!rest.is_empty())) <= cols.0.len());
     if full > 0 {
         // SAFETY: `full ≥ 1` groups of 4 bytes are read from `col` (len ≥ 4·full) and written
-        // to `cols` at 32-byte strides from group `g0` of the slot, inside `cols` (asserted
+        // to `cols` at 32-byte strides from the slot start, inside `cols` (asserted
         // above); `strd` needs 4-byte alignment: `Cols` is 8-aligned and every address is a
         // multiple of 8 bytes from its start. `ldr` may be unaligned on the M4.
         unsafe {
@@ -64,7 +66,7 @@ fn widen(col: &[i8], cols: &mut Cols, slot: usize, g0: usize) {
                 "subs {n}, {n}, #1",
                 "bne 2b",
                 src = inout(reg) col.as_ptr() => _,
-                dst = inout(reg) cols.0.as_mut_ptr().add(16 * g0 + 4 * slot) => _,
+                dst = inout(reg) cols.0.as_mut_ptr().add(4 * slot) => _,
                 n = inout(reg) full => _,
                 v = out(reg) _,
                 e = out(reg) _,
@@ -74,53 +76,9 @@ fn widen(col: &[i8], cols: &mut Cols, slot: usize, g0: usize) {
         }
     }
     if !rest.is_empty() {
-        let d = &mut cols.0[16 * (g0 + full) + 4 * slot..][..4];
+        let d = &mut cols.0[16 * full + 4 * slot..][..4];
         let at = |i: usize| rest.get(i).map_or(0, |&x| x as i16);
         d.copy_from_slice(&[at(0), at(2), at(1), at(3)]);
-    }
-}
-
-/// Slot `slot`'s groups `g0..g0 + n` all hold the input zero point (padded taps).
-#[inline(always)]
-fn fill(cols: &mut Cols, slot: usize, g0: usize, n: usize, zp: i16) {
-    for g in g0..g0 + n {
-        cols.0[16 * g + 4 * slot..][..4].fill(zp);
-    }
-}
-
-/// Widens output pixel `(oy, ox)`'s column straight from the input, without the `im2col` copy:
-/// with `in_c % 4 == 0` every in-image run of a kernel row is whole groups of 4 taps, and every
-/// padded tap is the zero point.
-#[inline(always)]
-fn widen_window(
-    w: &Window,
-    input: &[i8],
-    oy: usize,
-    ox: usize,
-    zp: i16,
-    cols: &mut Cols,
-    slot: usize,
-) {
-    let (iy0, ky_s, ky_e) = w.rows(oy);
-    let (ix0, kx_s, kx_e) = w.cols(ox);
-    let ic4 = w.in_c / 4;
-    let row = w.kw * ic4;
-    for ky in 0..w.kh {
-        let g = ky * row;
-        if ky < ky_s || ky >= ky_e {
-            fill(cols, slot, g, row, zp);
-            continue;
-        }
-        fill(cols, slot, g, kx_s * ic4, zp);
-        let iy = (iy0 + ky as isize) as usize;
-        let src = ((iy * w.in_w) as isize + ix0 + kx_s as isize) as usize * w.in_c;
-        widen(
-            &input[src..][..(kx_e - kx_s) * w.in_c],
-            cols,
-            slot,
-            g + kx_s * ic4,
-        );
-        fill(cols, slot, g + kx_e * ic4, (w.kw - kx_e) * ic4, zp);
     }
 }
 
@@ -148,60 +106,40 @@ macro_rules! group_4x1 {
 }
 
 /// `[Σ_k col_s[k]·w[k] for s in 0..4]` over `groups ≥ 1` groups of 4 taps of `cols` and the
-/// weight row `w`: pairs of groups per loop iteration, then the odd group.
+/// weight row `w`: pairs of groups per loop iteration, an odd count entering at the second.
 ///
 /// # Safety
 /// `cols` holds `groups` widened groups; `w` is readable for `4·groups` bytes.
 #[inline(always)]
 unsafe fn smlad_4x1(cols: *const i16, w: *const i8, groups: usize) -> [i32; 4] {
     let (mut c0, mut c1, mut c2, mut c3) = (0i32, 0i32, 0i32, 0i32);
-    let (mut a, mut w) = (cols, w);
-    if groups % 2 == 1 {
-        // `r6` is saved and restored around its use as scratch (not an allowed operand).
-        asm!(
-            "push {{r6}}",
-            group_4x1!(),
-            "pop {{r6}}",
-            inout("r0") a,
-            inout("r1") w,
-            out("r2") _,
-            out("r3") _,
-            out("r4") _,
-            out("r5") _,
-            out("r8") _,
-            inout("r9") c0,
-            inout("r10") c1,
-            inout("r11") c2,
-            inout("r12") c3,
-            options(readonly),
-        );
-    }
-    let pairs = groups / 2;
-    if pairs > 0 {
-        let end = a.add(32 * pairs);
-        asm!(
-            "push {{r6}}",
-            "2:",
-            group_4x1!(),
-            group_4x1!(),
-            "cmp r0, lr",
-            "bne 2b",
-            "pop {{r6}}",
-            inout("r0") a => _,
-            inout("r1") w => _,
-            in("lr") end,
-            out("r2") _,
-            out("r3") _,
-            out("r4") _,
-            out("r5") _,
-            out("r8") _,
-            inout("r9") c0,
-            inout("r10") c1,
-            inout("r11") c2,
-            inout("r12") c3,
-            options(readonly),
-        );
-    }
+    let end = cols.add(16 * groups);
+    // `r6` is saved and restored around its use as scratch (not an allowed operand).
+    asm!(
+        "push {{r6}}",
+        "cmp r2, #0",
+        "bne 3f",
+        "2:",
+        group_4x1!(),
+        "3:",
+        group_4x1!(),
+        "cmp r0, lr",
+        "bne 2b",
+        "pop {{r6}}",
+        inout("r0") cols => _,
+        inout("r1") w => _,
+        inout("r2") groups % 2 => _,
+        in("lr") end,
+        out("r3") _,
+        out("r4") _,
+        out("r5") _,
+        out("r8") _,
+        inout("r9") c0,
+        inout("r10") c1,
+        inout("r11") c2,
+        inout("r12") c3,
+        options(readonly),
+    );
     [c0, c1, c2, c3]
 }
 
@@ -210,15 +148,23 @@ unsafe fn smlad_4x1(cols: *const i16, w: *const i8, groups: usize) -> [i32; 4] {
 pub(crate) fn conv(p: &ConvI8, chan: &[ChanQ], input: &[i8], output: &mut [i8]) {
     let w = &p.win;
     let k = w.kh * w.kw * w.in_c;
-    let (full, tail) = (k / 4, k % 4);
-    let ceil = k.div_ceil(4);
+    let (full, ceil) = (k / 4, k.div_ceil(4));
     let direct = direct_1x1(w);
-    let rowwise = w.in_c % 4 == 0;
     let zp = p.in_zp.clamp(-128, 127) as i8;
+    let (out_zp, act_min, act_max) = (p.out_zp, p.act_min, p.act_max);
     let mut raw = [0i8; MAX_K];
     let mut cols = Cols([0; 4 * PX * GROUPS]);
     let n_px = w.out_h * w.out_w;
-    let oc_n = p.out_c;
+    let oc_n = p.out_c.min(chan.len());
+    // Channels whose row can be read in whole groups without leaving the tensor (see the
+    // module docs): all when `k % 4 = 0`, else all but the last (the last 3 when `k = 1`),
+    // whose row is copied, zero-padded, into `last`.
+    let mut last = [0i8; MAX_K.next_multiple_of(4)];
+    let whole = match p.weights.len().checked_sub(4 * ceil) {
+        _ if k == 4 * full => oc_n,
+        Some(r) => (r / k + 1).min(oc_n),
+        None => 0,
+    };
     let mut px = 0;
     while px < n_px {
         // Past the last pixel the slots repeat it: computed, never written.
@@ -226,44 +172,43 @@ pub(crate) fn conv(p: &ConvI8, chan: &[ChanQ], input: &[i8], output: &mut [i8]) 
         for slot in 0..PX {
             let q = px + slot.min(live - 1);
             let (oy, ox) = (q / w.out_w, q % w.out_w);
-            if direct {
-                widen(pixel_1x1(w, input, oy, ox), &mut cols, slot, 0);
-            } else if rowwise {
-                widen_window(w, input, oy, ox, zp as i16, &mut cols, slot);
+            let col: &[i8] = if direct {
+                pixel_1x1(w, input, oy, ox)
             } else {
                 im2col(w, input, oy, ox, zp, &mut raw[..k]);
-                widen(&raw[..k], &mut cols, slot, 0);
-            }
+                &raw[..k]
+            };
+            widen(col, &mut cols, slot);
         }
         let out = &mut output[px * oc_n..][..live * oc_n];
         for (oc, q) in chan.iter().enumerate().take(oc_n) {
-            let row = oc * k;
-            // Whole groups run into the next row's first bytes (times the zero-filled taps);
-            // the tensor's last row stops at its end and takes the scalar tail.
-            let groups = if row + 4 * ceil <= p.weights.len() {
-                ceil
+            let row = if oc < whole {
+                &p.weights[oc * k..]
             } else {
-                full
+                last[..k].copy_from_slice(&p.weights[oc * k..][..k]);
+                &last[..]
             };
-            let wr = &p.weights[row..];
-            let mut acc = if groups > 0 {
-                // SAFETY: `cols` holds `ceil ≥ groups` widened groups (widen above); `wr` has
-                // `4·groups` readable bytes (checked just above, or `4·full ≤ k`).
-                unsafe { smlad_4x1(cols.0.as_ptr(), wr.as_ptr(), groups) }
-            } else {
-                [0; 4]
-            };
-            if groups == full {
-                for j in 0..tail {
-                    let x = wr[4 * full + j] as i32;
-                    let pos = 16 * full + [0, 2, 1][j];
-                    for (s, a) in acc.iter_mut().enumerate() {
-                        *a = a.wrapping_add(cols.0[pos + 4 * s] as i32 * x);
-                    }
-                }
+            let mut acc = [0; 4];
+            if ceil > 0 {
+                // SAFETY: `cols` holds `ceil` widened groups (widen above); `row` has `4·ceil`
+                // readable bytes (`whole` above, or `last`: `4·ceil ≤ MAX_K` rounded up to 4).
+                acc = unsafe { smlad_4x1(cols.0.as_ptr(), row.as_ptr(), ceil) };
             }
-            for (s, &a) in acc.iter().enumerate().take(live) {
-                out[s * oc_n + oc] = requant(p, q, a.wrapping_add(q.bias));
+            // SAFETY (both loops): `s < live`, `oc < oc_n`, `out` has `live·oc_n` bytes.
+            let o = out.as_mut_ptr();
+            if q.left == 0 && q.right > 0 {
+                // The common case, in one multiply-add per output (see `RightShift`).
+                let r = RightShift::new(q.mult, q.right);
+                for (s, &a) in acc.iter().enumerate().take(live) {
+                    let v = r.apply(a.wrapping_add(q.bias));
+                    let v = v.saturating_add(out_zp).clamp(act_min, act_max) as i8;
+                    unsafe { *o.add(s * oc_n + oc) = v };
+                }
+            } else {
+                for (s, &a) in acc.iter().enumerate().take(live) {
+                    let v = requant(p, q, a.wrapping_add(q.bias));
+                    unsafe { *o.add(s * oc_n + oc) = v };
+                }
             }
         }
         px += PX;
