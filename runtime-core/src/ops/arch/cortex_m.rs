@@ -27,8 +27,8 @@ use super::super::requant::RightShift;
 use super::super::Window;
 
 /// Largest `kh·kw·in_c` this kernel takes (3×3×64): its stack buffers are `MAX_K` bytes (raw
-/// column) + `8·MAX_K` bytes (four widened columns) = 5 184 B. Larger reductions run the
-/// portable path.
+/// column) + `8·MAX_K` bytes (four widened columns) + `MAX_K` bytes (a padded weight row) =
+/// 5 760 B. Larger reductions run the portable path.
 pub const MAX_K: usize = 576;
 const GROUPS: usize = MAX_K.div_ceil(4);
 /// Pixels per block (columns widened together).
