@@ -68,6 +68,9 @@ pub fn multiply_by_quantized_multiplier(x: i32, mult: i32, shift: i32) -> i32 {
 /// cannot occur. So the nudge is chosen from a 32-bit compare.
 #[inline(always)]
 pub fn multiply_by_quantized_multiplier_split(x: i32, mult: i32, left: u32, right: u32) -> i32 {
+    if left == 0 && right > 0 {
+        return multiply_by_quantized_multiplier_right(x, mult, right);
+    }
     let shifted = if left == 0 {
         x
     } else {
@@ -84,6 +87,57 @@ pub fn multiply_by_quantized_multiplier_split(x: i32, mult: i32, left: u32, righ
     let nudge: i64 = if shifted >= 0 { 1 << 30 } else { 1 - (1 << 30) };
     let high = ((shifted as i64 * mult as i64 + nudge) / (1i64 << 31)) as i32;
     rounding_divide_by_pot(high, right as i32)
+}
+
+/// [`multiply_by_quantized_multiplier_split`] for `left = 0`, `right ∈ 1..=31` and `mult ≥ 0`
+/// (every requantisation that scales down, i.e. nearly all of them): both of gemmlowp's roundings
+/// in one 64-bit multiply-add and one shift, `((x·mult + C) >> 32) >> (right − 1)` with
+/// `C = 2³⁰ + 2^(30+right) − [x < 0]·2³¹` (on a Cortex-M4: `smlal` and an `asr`).
+///
+/// Why it is exact. With `P = x·mult + 2³⁰`, SRDHM is `h = ⌊P / 2³¹⌋` (for `mult ≥ 0`,
+/// gemmlowp's sign-chosen nudge and truncation give the floor on both signs), and
+/// `RoundingDivideByPOT(h, e) = ⌊(h + 2^(e−1) − [h < 0]) / 2^e⌋` (half away from zero). Nested
+/// floors of divisions by positive integers merge, `⌊(⌊P/a⌋ + c)/b⌋ = ⌊(P + c·a)/(a·b)⌋`, so the
+/// result is `⌊(P + 2^(30+e) − [h < 0]·2³¹) / 2^(31+e)⌋`. `[h < 0]` is `[P < 0]`; using `[x < 0]`
+/// instead differs only when `−2³⁰ ≤ x·mult < 0`, where `h = 0` and the numerator lies in
+/// `[0, 2^(31+e))` either way, so both give 0. `|x·mult| < 2⁶²` and `C < 2⁶²` keep the sum
+/// inside `i64`, and its top word fits `i32`.
+#[inline(always)]
+pub fn multiply_by_quantized_multiplier_right(x: i32, mult: i32, right: u32) -> i32 {
+    RightShift::new(mult, right).apply(x)
+}
+
+/// [`multiply_by_quantized_multiplier_right`] with its per-channel constants computed once, for
+/// kernels that requantise several outputs of one channel in a row.
+#[derive(Debug, Clone, Copy)]
+pub struct RightShift {
+    /// `2³⁰ + 2^(30+e)`: its top word `2^e / 4`, its low word `2³⁰` plus `2³¹` when `e = 1`.
+    c: i64,
+    mult: i32,
+    /// `e − 1`.
+    e1: u32,
+}
+
+impl RightShift {
+    /// The constants for `mult ≥ 0` and `right ∈ 1..=31` (clamped into that range).
+    #[inline(always)]
+    pub fn new(mult: i32, right: u32) -> Self {
+        let e = right.clamp(1, 31);
+        let hi = (1u32 << e) >> 2;
+        let lo = (1u32 << 30) | (u32::from(e == 1) << 31);
+        RightShift {
+            c: (((hi as u64) << 32) | lo as u64) as i64,
+            mult,
+            e1: e - 1,
+        }
+    }
+
+    /// `MultiplyByQuantizedMultiplier(x, mult, −right)`, exactly.
+    #[inline(always)]
+    pub fn apply(self, x: i32) -> i32 {
+        let c = self.c + (((x >> 31) as i64) << 31);
+        (((x as i64 * self.mult as i64 + c) >> 32) as i32) >> self.e1
+    }
 }
 
 /// Smallest and largest shift the loader accepts (TFLite's range after `QuantizeMultiplier`).
@@ -178,6 +232,49 @@ mod tests {
             for &x in &[-100_000i32, -777, 0, 5, 12345, 1 << 20] {
                 let got = multiply_by_quantized_multiplier(x, q, s) as f64;
                 assert!((got - x as f64 * m).abs() <= 1.0, "m={m} x={x} got={got}");
+            }
+        }
+    }
+
+    /// The one-multiply form against gemmlowp's two steps, on every rounding tie of small
+    /// quotients (`mult = 2³⁰` halves exactly, `3·2²⁸` makes quarters), on odd multipliers and
+    /// on the extremes of `x`.
+    #[test]
+    fn right_shift_form_matches_gemmlowp() {
+        let mults = [
+            0,
+            1,
+            7,
+            3 << 28,
+            1 << 30,
+            1_518_500_250,
+            i32::MAX - 1,
+            i32::MAX,
+        ];
+        let mut xs: alloc::vec::Vec<i32> = (-4100..=4100).collect();
+        for b in [
+            i32::MIN,
+            i32::MAX,
+            1 << 30,
+            -(1 << 30),
+            123_456_789,
+            -987_654_321,
+        ] {
+            xs.extend((-40..=40).map(|d| b.saturating_add(d)));
+        }
+        for e in 1..=31u32 {
+            for &m in &mults {
+                for &x in &xs {
+                    let want = rounding_divide_by_pot(
+                        saturating_rounding_doubling_high_mul(x, m),
+                        e as i32,
+                    );
+                    assert_eq!(
+                        multiply_by_quantized_multiplier_right(x, m, e),
+                        want,
+                        "x={x} m={m} e={e}"
+                    );
+                }
             }
         }
     }
