@@ -4,6 +4,12 @@
 //!
 //! Run: `cargo bench -p train-kernels --bench conv -- --warm-up-time 1 --measurement-time 3`
 //! (add a filter such as `fwdbwd/l1` to time one shape).
+//!
+//! The `kernel/…` groups time each kernel alone on raw slices, the direct kernels
+//! (`train_kernels::direct`) against the im2col + GEMM path in the same process, on the full-width
+//! shapes above and on the width-×0.125 shapes the study trains (`SMALL_SHAPES`, batch 32 = one
+//! replica's share of a 64-image step unless `CONV_BENCH_SMALL_BATCH` says otherwise), single
+//! threaded when run with `RAYON_NUM_THREADS=1` (as each replica runs).
 
 use candle_core::{DType, Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -37,6 +43,75 @@ pub const SHAPES: &[ConvShape] = &[
     ("l4_down1x1_256to512", 256, 512, 8, 1, 2, 0, 1),
     ("l4_512_4px", 512, 512, 4, 3, 1, 1, 3),
 ];
+
+/// The study's ResNet-18 ×0.125 (small stem, 32 px): channels 8/16/32/64 at 32/16/8/4 px.
+pub const SMALL_SHAPES: &[ConvShape] = &[
+    ("s_stem_3to8_32px", 3, 8, 32, 3, 1, 1, 1),
+    ("s_l1_8_32px", 8, 8, 32, 3, 1, 1, 4),
+    ("s_l2_down3x3_8to16", 8, 16, 32, 3, 2, 1, 1),
+    ("s_l2_down1x1_8to16", 8, 16, 32, 1, 2, 0, 1),
+    ("s_l2_16_16px", 16, 16, 16, 3, 1, 1, 3),
+    ("s_l3_down3x3_16to32", 16, 32, 16, 3, 2, 1, 1),
+    ("s_l3_32_8px", 32, 32, 8, 3, 1, 1, 3),
+    ("s_l4_down3x3_32to64", 32, 64, 8, 3, 2, 1, 1),
+    ("s_l4_64_4px", 64, 64, 4, 3, 1, 1, 3),
+];
+
+fn small_batch() -> usize {
+    std::env::var("CONV_BENCH_SMALL_BATCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(32)
+}
+
+fn vec_randn(len: usize, seed: u64) -> Vec<f32> {
+    // A cheap deterministic pattern in [-1, 1): the kernels' speed does not depend on values.
+    (0..len)
+        .map(|i| {
+            let h = (i as u64 ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+            h as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Each kernel alone, direct vs im2col + GEMM.
+fn bench_kernels(c: &mut Criterion) {
+    use kernels::conv::{self as cv, Geom};
+    use kernels::direct::{self as d, Isa};
+    let isa = Isa::detect();
+    let sets = [(SHAPES, batch()), (SMALL_SHAPES, small_batch())];
+    for (shapes, n) in sets {
+        for &(name, ci, co, hw, k, s, p, _) in shapes {
+            let g = Geom::new((n, ci, hw, hw), (co, ci, k, k), s, p).unwrap();
+            let x = vec_randn(n * ci * hw * hw, 1);
+            let w = vec_randn(co * g.k(), 2);
+            let dy = vec_randn(n * co * g.p(), 3);
+            let mut grp = c.benchmark_group(format!("kernel/{name}"));
+            grp.sample_size(10);
+            grp.bench_function("fwd/direct", |b| {
+                b.iter(|| black_box(d::forward(isa, &g, &x, &w)))
+            });
+            grp.bench_function("fwd/gemm", |b| {
+                b.iter(|| black_box(cv::gemm_forward(&g, &x, &w)))
+            });
+            if d::input_grad_supported(&g) {
+                grp.bench_function("dx/direct", |b| {
+                    b.iter(|| black_box(d::input_grad(isa, &g, &dy, &w)))
+                });
+            }
+            grp.bench_function("dx/gemm", |b| {
+                b.iter(|| black_box(cv::gemm_input_grad(&g, &dy, &w)))
+            });
+            grp.bench_function("dw/direct", |b| {
+                b.iter(|| black_box(d::weight_grad(isa, &g, &x, &dy)))
+            });
+            grp.bench_function("dw/gemm", |b| {
+                b.iter(|| black_box(cv::gemm_weight_grad(&g, &x, &dy)))
+            });
+            grp.finish();
+        }
+    }
+}
 
 fn batch() -> usize {
     std::env::var("CONV_BENCH_BATCH")
@@ -91,5 +166,5 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench_kernels, bench);
 criterion_main!(benches);

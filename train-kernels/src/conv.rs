@@ -1,4 +1,7 @@
-//! conv2d (NCHW input, OIHW weights, groups 1, dilation 1) as im2col/col2im + GEMM on the CPU.
+//! conv2d (NCHW input, OIHW weights, groups 1, dilation 1) on the CPU: the candle op, the
+//! geometry, the dispatch ([`conv2d_forward`] and its two gradients run the direct kernels of
+//! [`crate::direct`] where they apply) and the im2col/col2im + GEMM path below, which is the
+//! fallback and the benches' reference.
 //!
 //! Why: candle 0.11's CPU backward of `conv2d` runs the input gradient through a naive
 //! `conv_transpose2d` loop and the weight gradient as a conv2d whose "kernel" is the whole
@@ -41,13 +44,13 @@ thread_local! {
 /// full before being read. Why: these buffers were `vec![0; n]` per call, and zeroing them was
 /// about a tenth of a training step (`memset` in the profile); each replica thread (or rayon
 /// worker) now keeps its few largest buffers.
-struct Scratch {
+pub(crate) struct Scratch {
     buf: Vec<f32>,
     len: usize,
 }
 
 impl Scratch {
-    fn take(len: usize) -> Scratch {
+    pub(crate) fn take(len: usize) -> Scratch {
         let mut buf = SCRATCH_POOL
             .with(|p| p.borrow_mut().pop())
             .unwrap_or_default();
@@ -161,7 +164,7 @@ impl Geom {
             .clamp(1, self.n.max(1))
     }
 
-    fn chunks(&self) -> Vec<(usize, usize)> {
+    pub(crate) fn chunks(&self) -> Vec<(usize, usize)> {
         let g = self.images_per_chunk();
         (0..self.n)
             .step_by(g)
@@ -174,6 +177,26 @@ impl Geom {
         let n_chunks = self.n.div_ceil(self.images_per_chunk());
         let by_mem = (MAX_PARTIAL_ELEMS / (self.c_out * self.k()).max(1)).max(1);
         n_chunks.min(MAX_WEIGHT_GRAD_GROUPS).min(by_mem).max(1)
+    }
+
+    /// The images `[b0, b1)` of each weight-gradient reduction group, in order: a run of whole
+    /// chunks per group, fixed by the shape alone.
+    pub fn weight_grad_group_images(&self) -> Vec<(usize, usize)> {
+        let chunks = self.chunks();
+        if chunks.is_empty() {
+            return Vec::new();
+        }
+        let n_groups = self.weight_grad_groups();
+        (0..n_groups)
+            .map(|r| {
+                let (c0, c1) = (
+                    r * chunks.len() / n_groups,
+                    (r + 1) * chunks.len() / n_groups,
+                );
+                (chunks[c0].0, chunks[c1 - 1].1)
+            })
+            .filter(|&(b0, b1)| b1 > b0)
+            .collect()
     }
 }
 
@@ -353,8 +376,9 @@ fn gather_rows(src: &[f32], rows: usize, p: usize, b0: usize, b1: usize, dst: &m
     }
 }
 
-/// Forward: `x` is `(n, C_in, H, W)` contiguous, `w` is `(C_out, C_in, kh, kw)` contiguous.
-pub fn conv2d_forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+/// im2col + GEMM forward: `x` is `(n, C_in, H, W)` contiguous, `w` is `(C_out, C_in, kh, kw)`
+/// contiguous. The path for shapes the direct kernels do not take, and their reference.
+pub fn gemm_forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (k, p, co) = (g.k(), g.p(), g.c_out);
     let mut out = vec![0f32; g.n * g.out_len()];
     let g_img = g.images_per_chunk();
@@ -409,8 +433,9 @@ pub fn conv2d_forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     out
 }
 
-/// Input gradient: `dy` is `(n, C_out, H_out, W_out)` contiguous; returns `(n, C_in, H, W)`.
-pub fn conv2d_input_grad(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+/// im2col + GEMM input gradient: `dy` is `(n, C_out, H_out, W_out)` contiguous; returns
+/// `(n, C_in, H, W)`.
+pub fn gemm_input_grad(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (k, p, co) = (g.k(), g.p(), g.c_out);
     let mut dx = vec![0f32; g.n * g.in_len()];
     let g_img = g.images_per_chunk();
@@ -448,8 +473,9 @@ pub fn conv2d_input_grad(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     dx
 }
 
-/// Weight gradient: `x` is the forward input, `dy` the output gradient; returns `(C_out, C_in, kh, kw)`.
-pub fn conv2d_weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+/// im2col + GEMM weight gradient: `x` is the forward input, `dy` the output gradient; returns
+/// `(C_out, C_in, kh, kw)`.
+pub fn gemm_weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (k, p, co) = (g.k(), g.p(), g.c_out);
     let chunks = g.chunks();
     let n_groups = g.weight_grad_groups();
@@ -502,6 +528,58 @@ pub fn conv2d_weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         }
     }
     dw
+}
+
+/// Which path a convolution takes; one place so the op, the benches and the tests agree.
+///
+/// Measured (`benches/conv.rs`, `kernel/…`, one thread, 2-core EPYC Zen 3, machine shared):
+/// the direct kernels win 1.5–4× on 3×3 convolutions with up to 64 channels (the study's
+/// width ×0.125 everywhere, full width's layer1) — forward, weight gradient, and the input
+/// gradient on maps of 8×8 and more — and tie on 3×3 stride-2 forward and weight gradient.
+/// They lose to im2col + GEMM (whose cache blocking they lack) at 128+ channels, on 1×1
+/// convolutions (the per-image buffer copy costs more than the GEMM), on the 4×4 input
+/// gradient, on the 3-channel stem's weight gradient, and at stride 2 for the input gradient
+/// (the dilated gradient's zeros would be multiplied: 4× the products). Those keep the GEMM.
+fn direct_forward(g: &Geom) -> bool {
+    g.kh * g.kw > 1 && g.c_in <= 64 && g.c_out <= 64
+}
+
+/// See [`direct_forward`].
+fn direct_weight_grad(g: &Geom) -> bool {
+    direct_forward(g) && g.c_in >= 8
+}
+
+/// See [`direct_forward`].
+fn direct_input_grad(g: &Geom) -> bool {
+    direct_forward(g) && g.stride == 1 && g.h * g.w >= 64 && crate::direct::input_grad_supported(g)
+}
+
+/// Forward convolution: `x (n, C_in, H, W)`, `w (C_out, C_in, kh, kw)`, both contiguous.
+pub fn conv2d_forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    if direct_forward(g) {
+        crate::direct::forward(crate::direct::Isa::detect(), g, x, w)
+    } else {
+        gemm_forward(g, x, w)
+    }
+}
+
+/// Input gradient: `dy (n, C_out, H_out, W_out)` contiguous → `(n, C_in, H, W)`.
+pub fn conv2d_input_grad(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    if direct_input_grad(g) {
+        if let Some(dx) = crate::direct::input_grad(crate::direct::Isa::detect(), g, dy, w) {
+            return dx;
+        }
+    }
+    gemm_input_grad(g, dy, w)
+}
+
+/// Weight gradient: `x` the forward input, `dy` the output gradient → `(C_out, C_in, kh, kw)`.
+pub fn conv2d_weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    if direct_weight_grad(g) {
+        crate::direct::weight_grad(crate::direct::Isa::detect(), g, x, dy)
+    } else {
+        gemm_weight_grad(g, x, dy)
+    }
 }
 
 /// Borrows an f32 CPU storage as a contiguous slice, copying only when the layout is strided.

@@ -16,6 +16,7 @@ pub mod batchnorm;
 pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod direct;
 
 pub use batchnorm::{
     batch_norm_train, batch_norm_train_grouped, batch_norm_train_tail, BatchNormTrain, BnTail,
@@ -56,7 +57,8 @@ fn gpu_kernels_on() -> bool {
 /// 2-D convolution, NCHW input `x`, OIHW weight `w`, groups 1, dilation 1, no bias.
 ///
 /// Same semantics as `x.conv2d(w, padding, stride, 1, 1)`; on the CPU with f32 tensors the
-/// forward and both gradients run as im2col/col2im + GEMM ([`conv::Conv2dOp`]).
+/// forward and both gradients run as direct convolutions ([`direct`]; im2col/col2im + GEMM for
+/// what those do not cover) behind [`conv::Conv2dOp`].
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     if cpu_kernels_enabled()
         && x.device().is_cpu()

@@ -354,3 +354,248 @@ fn training_gradients_bit_identical_across_thread_counts() {
     };
     assert_eq!(run(1), run(3));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The direct kernels (`kernels::direct`): the AVX2 kernels against the portable ones bit for bit,
+// the portable ones against the definition in f64 within a rigorous per-element bound.
+
+mod direct {
+    use super::*;
+    use kernels::conv::Geom;
+    use kernels::direct::{self as d, Isa};
+
+    #[derive(Debug, Clone)]
+    struct Shape {
+        n: usize,
+        c_in: usize,
+        c_out: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        seed: u64,
+    }
+
+    /// Random shapes: every channel count 1..=64 can be drawn, odd sizes, 1×1 and 3×3, strides 1
+    /// and 2, padding 0..=k−1 (the input gradient's range), batch 1..=5. Spatial sizes stay small
+    /// so the f64 reference is quick.
+    fn shape() -> impl Strategy<Value = Shape> {
+        (
+            1usize..=5,
+            1usize..=64,
+            1usize..=64,
+            1usize..=9,
+            1usize..=9,
+            prop::sample::select(vec![1usize, 3]),
+            1usize..=2,
+            0usize..=2,
+            any::<u64>(),
+        )
+            .prop_map(|(n, c_in, c_out, h, w, k, stride, pad, seed)| Shape {
+                n,
+                c_in,
+                c_out,
+                h: h.max(k),
+                w: w.max(k),
+                k,
+                stride,
+                pad: pad.min(k - 1),
+                seed,
+            })
+    }
+
+    fn data(s: &Shape) -> (Geom, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let g = Geom::new(
+            (s.n, s.c_in, s.h, s.w),
+            (s.c_out, s.c_in, s.k, s.k),
+            s.stride,
+            s.pad,
+        )
+        .unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(s.seed);
+        let mut v =
+            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect() };
+        let x = v(s.n * s.c_in * s.h * s.w);
+        let w = v(s.c_out * g.k());
+        let dy = v(s.n * s.c_out * g.p());
+        (g, x, w, dy)
+    }
+
+    /// Exact sums and sums of |terms| of y, dx and dw by the definition, in f64.
+    #[allow(clippy::type_complexity)]
+    fn reference(g: &Geom, x: &[f32], w: &[f32], dy: &[f32]) -> [(Vec<f64>, Vec<f64>); 3] {
+        let mut y = (vec![0f64; dy.len()], vec![0f64; dy.len()]);
+        let mut dx = (vec![0f64; x.len()], vec![0f64; x.len()]);
+        let mut dw = (vec![0f64; w.len()], vec![0f64; w.len()]);
+        for b in 0..g.n {
+            for o in 0..g.c_out {
+                for oy in 0..g.ho {
+                    for ox in 0..g.wo {
+                        let yi = ((b * g.c_out + o) * g.ho + oy) * g.wo + ox;
+                        for c in 0..g.c_in {
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
+                                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                                    let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xi =
+                                        ((b * g.c_in + c) * g.h + iy as usize) * g.w + ix as usize;
+                                    let wi = ((o * g.c_in + c) * g.kh + ky) * g.kw + kx;
+                                    let (xv, wv, gv) = (x[xi] as f64, w[wi] as f64, dy[yi] as f64);
+                                    y.0[yi] += xv * wv;
+                                    y.1[yi] += (xv * wv).abs();
+                                    dx.0[xi] += wv * gv;
+                                    dx.1[xi] += (wv * gv).abs();
+                                    dw.0[wi] += xv * gv;
+                                    dw.1[wi] += (xv * gv).abs();
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        [y, dx, dw]
+    }
+
+    /// `|got − exact| ≤ γ_m · Σ|terms|` per element, `γ_m = m·u/(1 − m·u)` with `u = 2⁻²⁴`: the
+    /// textbook bound for a sum of `m` rounded operations (each FMA or add rounds once; products
+    /// inside an FMA are exact).
+    fn within_bound(
+        what: &str,
+        got: &[f32],
+        exact: &(Vec<f64>, Vec<f64>),
+        m: usize,
+    ) -> Result<(), TestCaseError> {
+        let u = 2f64.powi(-24);
+        let gamma = m as f64 * u / (1.0 - m as f64 * u);
+        for (i, (&a, (&e, &s))) in got.iter().zip(exact.0.iter().zip(&exact.1)).enumerate() {
+            let tol = gamma * s;
+            prop_assert!(
+                (a as f64 - e).abs() <= tol,
+                "{what}[{i}]: {a} vs {e} (bound {tol})"
+            );
+        }
+        Ok(())
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|f| f.to_bits()).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+        /// Every direct kernel: the runtime-chosen ISA gives exactly the portable bits, and the
+        /// portable result is within the rounding bound of the exact value.
+        #[test]
+        fn direct_kernels_bitwise_and_within_bound(s in shape()) {
+            let (g, x, w, dy) = data(&s);
+            let fast = Isa::detect();
+            let [ry, rdx, rdw] = reference(&g, &x, &w, &dy);
+
+            let y = d::forward(Isa::Portable, &g, &x, &w);
+            prop_assert_eq!(bits(&d::forward(fast, &g, &x, &w)), bits(&y), "forward {:?}", s);
+            within_bound("y", &y, &ry, g.k() + 1)?;
+
+            let dx = d::input_grad(Isa::Portable, &g, &dy, &w).expect("pad <= k-1 is supported");
+            let dx_fast = d::input_grad(fast, &g, &dy, &w).unwrap();
+            prop_assert_eq!(bits(&dx_fast), bits(&dx), "input grad {:?}", s);
+            // The chain runs over every tap of the dilated map, zeros included.
+            within_bound("dx", &dx, &rdx, g.c_out * g.kh * g.kw + 1)?;
+
+            let dw = d::weight_grad(Isa::Portable, &g, &x, &dy);
+            prop_assert_eq!(bits(&d::weight_grad(fast, &g, &x, &dy)), bits(&dw), "weight grad {:?}", s);
+            within_bound("dw", &dw, &rdw, g.p() + g.n + 1)?;
+        }
+    }
+
+    /// The direct kernels against the im2col + GEMM path they replace, on the study's shapes
+    /// (within 1e-4 of the largest magnitude: the two sum in different orders).
+    #[test]
+    fn direct_matches_gemm_path_on_resnet_shapes() {
+        for &(n, c_in, c_out, hw, k, stride, pad) in &[
+            (3, 3, 8, 32, 3, 1, 1),
+            (2, 8, 8, 32, 3, 1, 1),
+            (2, 8, 16, 32, 3, 2, 1),
+            (2, 8, 16, 32, 1, 2, 0),
+            (4, 64, 64, 4, 3, 1, 1),
+            (5, 32, 64, 8, 1, 2, 0),
+        ] {
+            let s = Shape {
+                n,
+                c_in,
+                c_out,
+                h: hw,
+                w: hw,
+                k,
+                stride,
+                pad,
+                seed: 1,
+            };
+            let (g, x, w, dy) = data(&s);
+            let close = |a: &[f32], b: &[f32], what: &str| {
+                let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let diff = a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+                assert!(
+                    diff <= 1e-4 * scale,
+                    "{what} {s:?}: {diff} vs scale {scale}"
+                );
+            };
+            let fast = Isa::detect();
+            close(
+                &d::forward(fast, &g, &x, &w),
+                &kernels::conv::gemm_forward(&g, &x, &w),
+                "y",
+            );
+            close(
+                &d::input_grad(fast, &g, &dy, &w).unwrap(),
+                &kernels::conv::gemm_input_grad(&g, &dy, &w),
+                "dx",
+            );
+            close(
+                &d::weight_grad(fast, &g, &x, &dy),
+                &kernels::conv::gemm_weight_grad(&g, &x, &dy),
+                "dw",
+            );
+        }
+    }
+
+    /// Thread count changes nothing: same bits with 1 and 3 rayon threads, with a batch large
+    /// enough for several chunks and weight-gradient groups.
+    #[test]
+    fn direct_bitwise_independent_of_thread_count() {
+        let s = Shape {
+            n: 37,
+            c_in: 5,
+            c_out: 9,
+            h: 6,
+            w: 7,
+            k: 3,
+            stride: 1,
+            pad: 1,
+            seed: 9,
+        };
+        let (g, x, w, dy) = data(&s);
+        assert!(g.weight_grad_groups() > 1);
+        let run = |t| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap()
+                .install(|| {
+                    let isa = Isa::detect();
+                    (
+                        bits(&d::forward(isa, &g, &x, &w)),
+                        bits(&d::input_grad(isa, &g, &dy, &w).unwrap()),
+                        bits(&d::weight_grad(isa, &g, &x, &dy)),
+                    )
+                })
+        };
+        assert_eq!(run(1), run(3));
+    }
+}
