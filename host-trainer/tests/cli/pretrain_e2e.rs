@@ -167,7 +167,16 @@ fn two_replicas_agree_with_one_within_float_rounding() {
     // statistics in another grouping, so only float rounding separates them (one step's
     // gradients agree to 1e-5 relative: `trainer::train::pretrain::trainer::tests`). After 2
     // epochs (6 SGD steps) the epoch losses agree within 1e-5 and every weight within 1e-4 of its
-    // tensor's largest value (measured: 2.7e-6 at worst).
+    // tensor's largest value; a batch-norm bias within 1e-4 of its layer's largest γ instead.
+    // Why the biases differ: each BN bias shifts a unit-variance activation that the next BN
+    // nearly normalises away again, so its gradient is a small remainder of large, cancelling
+    // terms, and the float rounding of those terms is a large part of it. With the direct conv
+    // kernels (whose sums round in another order than the GEMM's), MoCo-v2's BN biases (largest
+    // 2.8e-4 after 6 steps) differ by up to 1.6e-6 between 1 and 2 replicas: 1e-2 of their own
+    // size but 1.6e-6 of the activation they shift; every conv weight agrees within 6e-6 of its
+    // largest value, Exemplar-v2's biases within 2.2e-6 (measured). Routing any one of the three
+    // direct kernels back to the GEMM brings MoCo's biases to 2e-6 too: the spread follows the
+    // rounding, not one kernel.
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("objects");
     tiny_objects(&data);
@@ -193,9 +202,17 @@ fn two_replicas_agree_with_one_within_float_rounding() {
         }
         let (w1, w2) = (backbone_tensors(&runs[0]), backbone_tensors(&runs[1]));
         assert_eq!(w1.len(), w2.len());
+        let largest = |t: &[f32]| t.iter().fold(0f32, |m, x| m.max(x.abs()));
         for (name, a) in &w1 {
             let b = &w2[name];
-            let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+            let mut scale = largest(a).max(1e-6);
+            // A BN bias (the backbone's only biases) against its layer's γ (see above).
+            if let Some(gamma) = name
+                .strip_suffix(".bias")
+                .and_then(|layer| w1.get(&format!("{layer}.weight")))
+            {
+                scale = scale.max(largest(gamma));
+            }
             let worst = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
             assert!(
                 worst <= 1e-4 * scale,
