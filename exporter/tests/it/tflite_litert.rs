@@ -124,9 +124,11 @@ const MODELS: &[&str] = &[
 
 /// The largest per-output difference accepted on our exports (pseudo-random inputs over the
 /// whole int8 range, which drive activations to their extremes): XNNPACK's rounding, measured at
-/// up to 11 LSB on the landmark model, mean under 3 LSB. A wrong layout or multiplier would be
-/// off by tens of LSB on most values.
-const MAX_LSB: i32 = 16;
+/// up to 19 LSB on the tiny landmark model (11 on its predecessor, trained with other conv
+/// kernels: the worst output depends on the model's calibration), mean under 3 LSB. So the bound
+/// is an eighth of the int8 range, and the mean below is the tight check: a wrong layout or
+/// multiplier would be off by tens of LSB on most values.
+const MAX_LSB: i32 = 32;
 /// The largest mean |Δ| accepted, in LSB.
 const MAX_MEAN_LSB: f64 = 4.0;
 
