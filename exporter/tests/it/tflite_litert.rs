@@ -30,34 +30,7 @@ fn have_litert() -> bool {
 
 /// Runs `tflite_bytes` in LiteRT (XNNPACK, 1 thread) on `xs`; the outputs back to back.
 fn run_litert(tflite_bytes: &[u8], xs: &[Vec<i8>]) -> Vec<i8> {
-    let dir = tempfile::tempdir().unwrap();
-    let (model, xin, xout) = (
-        dir.path().join("m.tflite"),
-        dir.path().join("in.bin"),
-        dir.path().join("out.bin"),
-    );
-    std::fs::write(&model, tflite_bytes).unwrap();
-    let raw: Vec<u8> = xs.iter().flatten().map(|&v| v as u8).collect();
-    std::fs::write(&xin, raw).unwrap();
-    let o = Command::new("python3")
-        .arg(root().join("scripts/litert_run.py"))
-        .arg(&model)
-        .arg(&xin)
-        .arg(xs.len().to_string())
-        .arg(&xout)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "litert_run.py failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    std::fs::read(&xout)
-        .unwrap()
-        .into_iter()
-        .map(|b| b as i8)
-        .collect()
+    super::tflite_micro::run_python_engine("litert_run.py", tflite_bytes, xs)
 }
 
 /// Deterministic int8 inputs over the whole range.

@@ -203,6 +203,12 @@ fn tflite_micro_agrees_bit_for_bit() {
 
 /// Runs `tflite_bytes` in TFLite Micro on `xs`; the outputs back to back.
 pub(crate) fn run_tflm(tflite_bytes: &[u8], xs: &[Vec<i8>]) -> Vec<i8> {
+    run_python_engine("tflite_run.py", tflite_bytes, xs)
+}
+
+/// Runs `tflite_bytes` through `scripts/<script>` (model, input file, input count, output file:
+/// the interface `tflite_run.py` and `litert_run.py` share) on `xs`; the outputs back to back.
+pub(crate) fn run_python_engine(script: &str, tflite_bytes: &[u8], xs: &[Vec<i8>]) -> Vec<i8> {
     let dir = tempfile::tempdir().unwrap();
     let (model, xin, xout) = (
         dir.path().join("m.tflite"),
@@ -213,7 +219,7 @@ pub(crate) fn run_tflm(tflite_bytes: &[u8], xs: &[Vec<i8>]) -> Vec<i8> {
     let raw: Vec<u8> = xs.iter().flatten().map(|&v| v as u8).collect();
     std::fs::write(&xin, raw).unwrap();
     let o = Command::new("python3")
-        .arg(root().join("scripts/tflite_run.py"))
+        .arg(root().join("scripts").join(script))
         .arg(&model)
         .arg(&xin)
         .arg(xs.len().to_string())
@@ -222,7 +228,7 @@ pub(crate) fn run_tflm(tflite_bytes: &[u8], xs: &[Vec<i8>]) -> Vec<i8> {
         .unwrap();
     assert!(
         o.status.success(),
-        "tflite_run.py failed: {}{}",
+        "{script} failed: {}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
