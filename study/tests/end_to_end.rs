@@ -59,10 +59,22 @@ fn tiny_study_runs_resumes_and_redoes_one_step() {
         "fewshot.png",
         "landmarks.png",
         "alignment.png",
+        "trajectory.png",
         "study.json",
     ] {
         assert!(dir.path().join(f).is_file(), "{f} missing");
     }
+    // The trajectory figure drew every contrastive pretraining of the plan (objects and faces).
+    let contrastive = plan
+        .steps
+        .iter()
+        .filter(|s| matches!(&s.action, study::Action::Pretrain { method, .. } if method.is_contrastive()))
+        .count();
+    assert!(contrastive >= 4);
+    let traj = study::read_record(dir.path(), "figure.trajectory")
+        .unwrap()
+        .unwrap();
+    assert_eq!(traj.result["runs"], contrastive, "{}", traj.result);
     let res = read_json(&dir.path().join("results.json"));
     let rows = res["rows"].as_array().unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();

@@ -92,7 +92,8 @@ pub struct PretrainArgs {
     /// Stop after this many epochs of this invocation (the run stays resumable).
     #[arg(long)]
     pub stop_after: Option<usize>,
-    /// Draw the loss and kNN curves to OUT/curves.png at the end.
+    /// Draw the loss and kNN curves to OUT/curves.png at the end; for MoCo and Exemplar also
+    /// OUT/trajectory.png, the loss / chance against images seen beside the MoCo CIFAR-10 demo.
     #[arg(long)]
     pub plot: bool,
     /// Number of images of the held-out split used by the kNN monitor (0 = off).
@@ -232,8 +233,18 @@ fn run_with(a: &PretrainArgs, opts: &trainer::train::pretrain::RunOptions) -> an
     }
     if a.plot {
         let png = opts.out.join("curves.png");
-        trainer::train::plot::plot_metrics(&opts.out.join(pretrain::METRICS), &png)?;
+        let metrics = opts.out.join(pretrain::METRICS);
+        trainer::train::plot::plot_metrics(&metrics, &png)?;
         eprintln!("curves: {}", png.display());
+        if summary.method.is_contrastive() && summary.epochs_done > 0 {
+            use study::study::trajectory;
+            let per_epoch = summary.images_seen as f64 / summary.epochs_done as f64;
+            let pts = trajectory::run_points(&metrics, per_epoch, summary.chance_loss)?;
+            let png = opts.out.join("trajectory.png");
+            let name = opts.out.display().to_string();
+            trajectory::trajectory_png(&[(name, pts)], &png)?;
+            eprintln!("against the MoCo CIFAR-10 demo: {}", png.display());
+        }
     }
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())

@@ -148,6 +148,32 @@ pub(super) fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Val
         }
         Action::Invert { dir } => inversion::run(p, out, &out.join(dir), opts),
         Action::FigureInvert => inversion::figures(plan, out),
+        Action::FigureTrajectory => {
+            let mut runs = Vec::new();
+            for st in &plan.steps {
+                let Action::Pretrain { method, dir, .. } = &st.action else {
+                    continue;
+                };
+                let metrics = out.join(dir).join(pretrain::METRICS);
+                if !method.is_contrastive() || !metrics.is_file() {
+                    continue;
+                }
+                let Some(rec) = read_record(out, &st.id)? else {
+                    continue;
+                };
+                let s: pretrain::PretrainSummary = serde_json::from_value(rec.result)
+                    .with_context(|| format!("{}: not a pretraining record", st.id))?;
+                if s.epochs_done == 0 || !s.chance_loss.is_finite() {
+                    continue;
+                }
+                let per_epoch = s.images_seen as f64 / s.epochs_done as f64;
+                let pts = trajectory::run_points(&metrics, per_epoch, s.chance_loss)?;
+                runs.push((dir.display().to_string(), pts));
+            }
+            let path = out.join("trajectory.png");
+            trajectory::trajectory_png(&runs, &path)?;
+            Ok(json!({"file": path, "runs": runs.len()}))
+        }
         Action::FewShot { dir, alignment } => {
             let data = match alignment {
                 None => data_dir(p, out, Domain::Objects),

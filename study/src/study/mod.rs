@@ -6,7 +6,7 @@
 //! `runtime-cli eval … --json`) → optional Table-1 augmentation ablation → the alignment sweep →
 //! figures → `results.json` + `results.md`. Modules: [`preset`] (sizes), [`plan`] (the steps),
 //! [`execute`] (one step), [`records`] (step records), [`results`] (tables), [`figures`],
-//! [`seeds`] (`--seeds N`).
+//! [`seeds`] (`--seeds N`), [`trajectory`] (runs against the canonical MoCo curve).
 //!
 //! Resumability: every step writes one record `OUT/steps/<id>.json` (its result and its wall
 //! time) atomically when it finishes; a step whose record exists is skipped, so an interrupted
@@ -18,6 +18,7 @@ pub mod figures;
 pub mod preset;
 pub mod results;
 pub mod seeds;
+pub mod trajectory;
 
 mod execute;
 pub mod inversion;
@@ -240,10 +241,10 @@ mod tests {
         let plan = Plan::new(preset::tiny()).unwrap();
         let mut ids: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
         let n = ids.len();
-        // 2 synth + 4 rows × (objects: 5 steps + faces: 4 steps) + 2 figures, and the alignment
+        // 2 synth + 4 rows × (objects: 5 steps + faces: 4 steps) + 3 figures, and the alignment
         // sweep (tiny: one alignment): its synth, 4 rows' few-shot, its figure.
         // The inversion: 4 rows and its figure.
-        assert_eq!(n, 2 + 4 * 9 + 2 + (1 + 4 + 1) + (4 + 1));
+        assert_eq!(n, 2 + 4 * 9 + 3 + (1 + 4 + 1) + (4 + 1));
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), n, "step ids must be unique");

@@ -94,6 +94,9 @@ pub enum Action {
     FigureLandmarks,
     FigureAlignment,
     FigureInvert,
+    /// `trajectory.png`: each contrastive pretraining's loss / chance against images seen,
+    /// beside the MoCo CIFAR-10 demo's ([`super::trajectory`]).
+    FigureTrajectory,
 }
 
 /// One step of the plan.
@@ -150,7 +153,8 @@ impl Action {
             | Action::FigureLandmarks
             | Action::FigureAlignment
             | Action::Invert { .. }
-            | Action::FigureInvert => vec![],
+            | Action::FigureInvert
+            | Action::FigureTrajectory => vec![],
         }
     }
 
@@ -193,7 +197,8 @@ impl Action {
             Action::FigureFewShot
             | Action::FigureLandmarks
             | Action::FigureAlignment
-            | Action::FigureInvert => return None,
+            | Action::FigureInvert
+            | Action::FigureTrajectory => return None,
         })
     }
 }
@@ -294,6 +299,7 @@ pub mod ids {
     pub const FIGURE_FEWSHOT: &str = "figure.fewshot";
     pub const FIGURE_ALIGNMENT: &str = "figure.alignment";
     pub const FIGURE_LANDMARKS: &str = "figure.landmarks";
+    pub const FIGURE_TRAJECTORY: &str = "figure.trajectory";
 }
 
 /// The resolved study: settings and the ordered steps.
@@ -512,6 +518,11 @@ impl Plan {
             ids::FIGURE_LANDMARKS.into(),
             "figure landmarks.png".into(),
             Action::FigureLandmarks,
+        );
+        push(
+            ids::FIGURE_TRAJECTORY.into(),
+            "figure trajectory.png".into(),
+            Action::FigureTrajectory,
         );
         link_needs(&mut s);
         Ok(Plan { preset, steps: s })

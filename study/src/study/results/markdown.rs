@@ -107,7 +107,7 @@ pub fn markdown(r: &StudyResults) -> String {
     }
     if !r.pretraining.is_empty() {
         s += &format!(
-            "\n## Did each pretraining learn?\n\nA run visibly learnt when its final loss is at most {LEARNT_LOSS_RATIO} × chance (ln of the candidates its softmax compares) and its kNN top-1 on held-out base images is at least {LEARNT_KNN_FACTOR} × chance and above the kNN of its own network at initialisation by more than {LEARNT_KNN_INIT_SE} binomial standard errors (random convolutional features are far above guessing). For MoCo and Exemplar the fresh-key loss (one batch against the final queue re-encoded by the final key encoder: the loss without the part owed to key age) must meet the same ratio. K/N is the queue length over the training images (kept ≤ 1/2, so that an instance's own older keys are not its negatives).\n\n| data | method | images seen | K/N | final loss | fresh-key loss | chance loss | ratio | kNN top-1 % (chance) | kNN at init % | learnt |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+            "\n## Did each pretraining learn?\n\nA run visibly learnt when its final loss is at most {LEARNT_LOSS_RATIO} × chance (ln of the candidates its softmax compares) and its kNN top-1 on held-out base images is at least {LEARNT_KNN_FACTOR} × chance and above the kNN of its own network at initialisation by more than {LEARNT_KNN_INIT_SE} binomial standard errors (random convolutional features are far above guessing). For MoCo and Exemplar the fresh-key loss (one batch against the final queue re-encoded by the final key encoder: the loss without the part owed to key age) must meet the same ratio. K/N is the queue length over the training images (kept ≤ 1/2, so that an instance's own older keys are not its negatives). *Demo* is the canonical MoCo CIFAR-10 demo's loss / chance after as many images (its last epoch's mean, like *ratio*; ResNet-18 at full width on CIFAR-10, K 4096: where a correct MoCo stands at this budget, not a target; `trajectory.png` draws both curves).\n\n| data | method | images seen | K/N | final loss | fresh-key loss | chance loss | ratio | demo | kNN top-1 % (chance) | kNN at init % | learnt |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
         );
         for t in &r.pretraining {
             let knn = match (t.knn_top1, t.knn_chance) {
@@ -125,8 +125,17 @@ pub fn markdown(r: &StudyResults) -> String {
                 (Some(k), Some(r)) => format!("{k}/{} = {r:.2}", t.train_images),
                 _ => "-".into(),
             };
+            // The demo's epoch mean at the middle of this run's last epoch (as `final_loss`).
+            // An epoch is N images, less the last partial batch: half of one is close enough.
+            let demo = match t.queue {
+                Some(_) => crate::study::trajectory::demo_ratio_at(
+                    t.images_seen as f64 - t.train_images as f64 / 2.0,
+                )
+                .map_or_else(|| "-".to_string(), |r| format!("{r:.2}")),
+                None => "-".into(),
+            };
             s += &format!(
-                "| {} | {} | {} | {k_over_n} | {:.3} | {fresh} | {:.3} | {:.2} | {knn} | {init} | {} |\n",
+                "| {} | {} | {} | {k_over_n} | {:.3} | {fresh} | {:.3} | {:.2} | {demo} | {knn} | {init} | {} |\n",
                 t.domain,
                 t.method,
                 t.images_seen,

@@ -280,7 +280,8 @@ mod tests {
                     "moco-v2",
                     &serde_json::from_value(
                         serde_json::json!({"method": "moco-v2", "final_loss": 3.0, "chance_loss": 6.0,
-                        "images_seen": 1000, "knn_top1": 30.0, "knn_chance": 10.0}),
+                        "images_seen": 174720, "queue": 256, "train_images": 512,
+                        "knn_top1": 30.0, "knn_chance": 10.0}),
                     )
                     .unwrap(),
                 )
@@ -306,10 +307,12 @@ mod tests {
         // 3/6 = 0.5 ≤ 0.6 learnt; 4/6 = 0.67 did not.
         assert!(r.pretraining[0].learnt && !r.pretraining[1].learnt);
         let md = markdown(&r);
+        // The demo column: the canonical demo's loss / chance half an epoch before the end.
+        let demo = crate::study::trajectory::demo_ratio_at(174_720.0 - 256.0).unwrap();
         assert!(
-            md.contains(
-                "| objects | moco-v2 | 1000 | - | 3.000 | - | 6.000 | 0.50 | 30.00 (10.00) | - | yes |"
-            ),
+            md.contains(&format!(
+                "| objects | moco-v2 | 174720 | 256/512 = 0.50 | 3.000 | - | 6.000 | 0.50 | {demo:.2} | 30.00 (10.00) | - | yes |"
+            )),
             "{md}"
         );
         assert!(
