@@ -701,7 +701,14 @@ impl<'a> Model<'a> {
                     let prep = self.prepared.get(*i as usize).ok_or(RunError::Internal)?;
                     ops::prepared::conv2d_i8_prepared_threads(p, prep, x0, out, team, self.threads)
                 }
-                Kernel::AddI8(p) => ops::add::add_i8(p, x0, x1.ok_or(RunError::Internal)?, out),
+                Kernel::AddI8(p) => ops::prepared::add_i8_threads(
+                    p,
+                    x0,
+                    x1.ok_or(RunError::Internal)?,
+                    out,
+                    team,
+                    self.threads,
+                ),
                 Kernel::MaxPoolI8(w) => ops::maxpool::maxpool_i8(w, -128, 127, x0, out),
                 Kernel::MeanI8(p) => ops::mean::mean_i8(p, x0, out),
                 Kernel::FcI8(p, ..) if self.reference_kernels => {
