@@ -563,6 +563,23 @@ proptest! {
         prop_assert_eq!(want, got, "backend {}", backend);
     }
 
+    /// Wide images (a row band of `3·(w + 2)·c` values over the AVX2 kernel's 16 Ki) take the
+    /// AVX2 im2col kernel instead of the row band: it stays exact too.
+    #[test]
+    fn conv_wide_rows_match_reference(
+        c in case_mix(any::<bool>()), w in 150usize..=170, ic in 38usize..=40, seed in any::<u64>(),
+    ) {
+        let mut rng = runtime_core::heads::rng::SplitMix64::new(seed);
+        let h = c.win.in_h.min(3);
+        let win = Window { in_h: h, in_w: w, in_c: ic, out_h: h, out_w: w, kh: 3, kw: 3,
+            stride_h: 1, stride_w: 1, pad_top: 1, pad_left: 1 };
+        let input = (0..h * w * ic).map(|_| rng.next_u64() as i8).collect();
+        let weights = (0..c.out_c * 9 * ic).map(|_| rng.next_u64() as i8).collect();
+        let c = Case { win, input, weights, ..c };
+        let (want, got, backend) = run_conv(&c, false);
+        prop_assert_eq!(want, got, "backend {}", backend);
+    }
+
     /// `add_i8` (AVX2 on x86-64 with `std`, 16 elements a step) equals the scalar loop on any
     /// length (tails included) and parameters; values mostly at the extremes in half the cases.
     #[test]

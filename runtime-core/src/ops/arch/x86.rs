@@ -44,7 +44,11 @@ pub fn avx2_available() -> bool {
 pub struct Packed {
     /// For the AVX2 kernel (signed columns, `bias'` unchanged) instead of the VNNI one.
     avx2: bool,
-    /// Reduction padded to a multiple of 4.
+    /// AVX2 on a window [`band_fits`]: the row-band kernel, each kernel row's `kw·in_c` taps
+    /// padded to `row_kp`, a multiple of 4, with zero weights.
+    band: bool,
+    row_kp: usize,
+    /// Reduction padded to a multiple of 4 (band: `kh·row_kp`).
     kp: usize,
     /// Output-channel blocks of 16.
     blocks: usize,
@@ -157,7 +161,14 @@ impl Packed {
     fn new_for(p: &ConvI8, chan: &[ChanQ], avx2: bool) -> Option<Packed> {
         let w = &p.win;
         let k = w.kh * w.kw * w.in_c;
-        let kp = k.div_ceil(4) * 4;
+        let band = avx2 && band_fits(w);
+        let row_k = w.kw * w.in_c;
+        let row_kp = row_k.div_ceil(4) * 4;
+        let kp = if band {
+            w.kh * row_kp
+        } else {
+            k.div_ceil(4) * 4
+        };
         let oc = p.out_c;
         let lens = p.weights.len() == oc * k && chan.len() == oc;
         if kp > MAX_K || oc == 0 || !lens {
@@ -171,6 +182,12 @@ impl Packed {
         for c in 0..oc {
             let (b, lane) = (c / 16, c % 16);
             for (kk, &v) in p.weights[c * k..][..k].iter().enumerate() {
+                // Band: tap `kk` of kernel row `kk / row_k` sits at `row_kp` per row.
+                let kk = if band {
+                    kk / row_k * row_kp + kk % row_k
+                } else {
+                    kk
+                };
                 pw[(b * kp + (kk / 4) * 4) * 16 + lane * 4 + kk % 4] = v;
             }
         }
@@ -196,6 +213,8 @@ impl Packed {
         };
         Some(Packed {
             avx2,
+            band,
+            row_kp,
             kp,
             blocks,
             bias: pad(&|c| chan[c].bias.wrapping_sub(wsum(c).wrapping_mul(flip))),
@@ -263,7 +282,9 @@ pub(crate) unsafe fn conv_tile(
     // SAFETY: `pk` exists only if `available()` (VNNI) or `avx2_available()` (AVX2) said the
     // CPU has the kernel's features; the rest is the caller's promise.
     unsafe {
-        if pk.avx2 {
+        if pk.band {
+            conv_avx2_band(p, pk, input, out, pixels, blocks)
+        } else if pk.avx2 {
             conv_avx2(p, pk, input, out, pixels, blocks)
         } else {
             conv_vnni(p, pk, input, out, pixels, blocks)
@@ -518,9 +539,7 @@ unsafe fn conv_avx2(
         for b in blocks.clone() {
             let acc = block_avx2(&cols, kp, pk, b);
             let c0 = b * 16;
-            for (s, a) in acc.iter().enumerate().take(n) {
-                store16(pk, &ep, a, c0, oc, out.add((px + s) * oc + c0));
-            }
+            store_pixels(pk, &ep, &acc, n, c0, oc, out.add(px * oc + c0));
         }
         px += n;
         ox += n;
@@ -529,6 +548,131 @@ unsafe fn conv_avx2(
             oy += 1;
         }
     }
+}
+
+/// Most `i16` values the AVX2 kernel's row band holds (32 KiB of stack): `kh` rows of the
+/// padded input, `(pad_left + in_w + pad_right)·in_c` values each.
+const BAND_MAX: usize = 16 * 1024;
+/// Values after the band that a kernel row padded to `row_kp` may read past the last row (read,
+/// multiplied by zero weights).
+const BAND_SLACK: usize = 4;
+/// Tallest kernel the row band takes.
+const BAND_MAX_KH: usize = 8;
+
+/// Whether [`conv_avx2_band`] runs this window: the band within its buffer.
+fn band_fits(w: &Window) -> bool {
+    let [_, pl, _, pr] = w.pads();
+    w.kh <= BAND_MAX_KH && w.kh * (pl + w.in_w + pr) * w.in_c <= BAND_MAX
+}
+
+/// The AVX2 kernel without an im2col copy (XNNPACK's indirect GEMM, with rows instead of
+/// taps): a ring of `kh` rows of the zero-padded input, sign-extended to `i16` once each
+/// (padding holds the input zero point), so that kernel row `ky` of output pixel `(oy, ox)`
+/// is the `kw·in_c` contiguous values at column `ox·stride_w` of ring row `oy·stride_h + ky`.
+/// The GEMM loop ([`block_band`]) walks the `kh` row pointers; the packed weights follow
+/// OHWI's `(ky, kx, c)` order with each kernel row padded to `row_kp` taps by zero weights (the
+/// values read past a row, its neighbours' or the slack's, count nothing). Each input row is converted
+/// once per conv when the kernel is at least as tall as the stride (3×3 stride 1 and 2):
+/// im2col copied every value `kh·kw/stride²` times.
+#[target_feature(enable = "avx2")]
+unsafe fn conv_avx2_band(
+    p: &ConvI8,
+    pk: &Packed,
+    input: &[i8],
+    out: *mut i8,
+    pixels: Range<usize>,
+    blocks: Range<usize>,
+) {
+    let w = &p.win;
+    let [pt, pl, _, pr] = w.pads();
+    let ic = w.in_c;
+    let row_len = (pl + w.in_w + pr) * ic;
+    let row_k = pk.row_kp;
+    let zp = p.in_zp.clamp(-128, 127) as i16;
+    let mut band = [0i16; BAND_MAX + BAND_SLACK];
+    // The padded-input row each ring slot holds (none yet).
+    let mut held = [usize::MAX; BAND_MAX_KH];
+    let oc = p.out_c;
+    let ep = Epilogue {
+        lo: _mm256_set1_epi32(p.act_min - p.out_zp),
+        hi: _mm256_set1_epi32(p.act_max - p.out_zp),
+        zp: _mm256_set1_epi32(p.out_zp),
+    };
+    let mut px = pixels.start;
+    while px < pixels.end {
+        let (oy, ox0) = (px / w.out_w, px % w.out_w);
+        let ox_end = (ox0 + pixels.end - px).min(w.out_w);
+        let mut rows = [0usize; BAND_MAX_KH];
+        for (ky, r) in rows.iter_mut().enumerate().take(w.kh) {
+            let prow = oy * w.stride_h + ky;
+            let slot = prow % w.kh;
+            if held[slot] != prow {
+                let dst = &mut band[slot * row_len..][..row_len];
+                let iy = prow.wrapping_sub(pt);
+                if iy < w.in_h {
+                    dst[..pl * ic].fill(zp);
+                    let src = &input[iy * w.in_w * ic..][..w.in_w * ic];
+                    for (d, &v) in dst[pl * ic..][..w.in_w * ic].iter_mut().zip(src) {
+                        *d = v as i16;
+                    }
+                    dst[(pl + w.in_w) * ic..].fill(zp);
+                } else {
+                    dst.fill(zp);
+                }
+                held[slot] = prow;
+            }
+            *r = slot * row_len;
+        }
+        let mut ox = ox0;
+        while ox < ox_end {
+            let n = (ox_end - ox).min(PIXELS_AVX2);
+            // A lone last pixel is computed twice and written once.
+            let offs = [ox * w.stride_w * ic, (ox + n - 1) * w.stride_w * ic];
+            let q = oy * w.out_w + ox;
+            for b in blocks.clone() {
+                let acc = block_band(&band, &rows[..w.kh], offs, row_k, pk, b);
+                let c0 = b * 16;
+                store_pixels(pk, &ep, &acc, n, c0, oc, out.add(q * oc + c0));
+            }
+            ox += n;
+        }
+        px = oy * w.out_w + ox_end;
+    }
+}
+
+/// Accumulators `[pixel][4 channels ×2 partial sums]` for channel block `b` of the two pixels
+/// whose kernel rows start at `rows[ky] + offs[s]` in `band`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn block_band(
+    band: &[i16],
+    rows: &[usize],
+    offs: [usize; PIXELS_AVX2],
+    row_k: usize,
+    pk: &Packed,
+    b: usize,
+) -> [[__m256i; 4]; PIXELS_AVX2] {
+    let kp = pk.kp;
+    let mut acc = [[_mm256_setzero_si256(); 4]; PIXELS_AVX2];
+    let mut wp = pk.w16[b * kp * 16..][..kp * 16].as_ptr();
+    for &r in rows {
+        let x0 = band[r + offs[0]..][..row_k].as_ptr();
+        let x1 = band[r + offs[1]..][..row_k].as_ptr();
+        for q in 0..row_k / 4 {
+            let mut wv = [_mm256_setzero_si256(); 4];
+            for (c, v) in wv.iter_mut().enumerate() {
+                *v = _mm256_loadu_si256(wp.add(16 * c) as *const __m256i);
+            }
+            wp = wp.add(64);
+            for (a, xp) in acc.iter_mut().zip([x0, x1]) {
+                let x = _mm256_set1_epi64x((xp.add(4 * q) as *const i64).read_unaligned());
+                for (ac, &v) in a.iter_mut().zip(&wv) {
+                    *ac = _mm256_add_epi32(*ac, _mm256_madd_epi16(v, x));
+                }
+            }
+        }
+    }
+    acc
 }
 
 /// Column of pixel `(oy, ox)` as `i16` (padded taps: the zero point), zero beyond `k` up to
@@ -565,49 +709,57 @@ struct Epilogue {
     zp: __m256i,
 }
 
-/// Adds the partial sums of one pixel's 16-channel block `a`, requantises, clamps and writes
-/// channels `c0..min(c0 + 16, oc)` at `dst`.
+/// Adds the partial sums of the 16-channel block `c0..` of `n` consecutive pixels (`acc`, the
+/// GEMM's accumulators), requantises, clamps and writes channels `c0..min(c0 + 16, oc)` of each
+/// at `dst + s·oc`. The block's constants are loaded once for all pixels.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn store16(
+#[allow(clippy::too_many_arguments)]
+unsafe fn store_pixels(
     pk: &Packed,
     ep: &Epilogue,
-    a: &[__m256i; 4],
+    acc: &[[__m256i; 4]; PIXELS_AVX2],
+    n: usize,
     c0: usize,
     oc: usize,
     dst: *mut i8,
 ) {
-    let mut r = [_mm256_setzero_si256(); 2];
-    for (h, rh) in r.iter_mut().enumerate() {
-        let sum = _mm256_permute4x64_epi64::<0xd8>(_mm256_hadd_epi32(a[2 * h], a[2 * h + 1]));
-        let c = c0 + 8 * h;
-        let acc8 = _mm256_add_epi32(sum, load8(&pk.bias, c));
-        let mult = load8(&pk.mult, c);
-        let y = match &pk.right {
-            Some(rq) => mbqm8_right(
-                acc8,
-                mult,
-                _mm256_loadu_si256(rq.c_even[c / 2..c / 2 + 4].as_ptr() as *const __m256i),
-                _mm256_loadu_si256(rq.c_odd[c / 2..c / 2 + 4].as_ptr() as *const __m256i),
-                load8(&rq.e1, c),
-            ),
-            None => mbqm8(acc8, mult, load8(&pk.lshift, c), load8(&pk.rshift, c)),
-        };
-        *rh = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(y, ep.lo), ep.hi), ep.zp);
-    }
-    // The values are in [−128, 127] already: the saturating packs are exact.
-    let v16 = _mm256_permute4x64_epi64::<0xd8>(_mm256_packs_epi32(r[0], r[1]));
-    let v8 = _mm_packs_epi16(
-        _mm256_castsi256_si128(v16),
-        _mm256_extracti128_si256::<1>(v16),
-    );
+    let h = [c0, c0 + 8];
+    let bias = h.map(|c| load8(&pk.bias, c));
+    let mult = h.map(|c| load8(&pk.mult, c));
     let lanes = (oc - c0).min(16);
-    if lanes == 16 {
-        _mm_storeu_si128(dst as *mut __m128i, v8);
-    } else {
-        let mut t = [0i8; 16];
-        _mm_storeu_si128(t.as_mut_ptr() as *mut __m128i, v8);
-        core::ptr::copy_nonoverlapping(t.as_ptr(), dst, lanes);
+    for (s, a) in acc.iter().enumerate().take(n) {
+        let mut r = [_mm256_setzero_si256(); 2];
+        for (j, rj) in r.iter_mut().enumerate() {
+            let sum = _mm256_permute4x64_epi64::<0xd8>(_mm256_hadd_epi32(a[2 * j], a[2 * j + 1]));
+            let acc8 = _mm256_add_epi32(sum, bias[j]);
+            let c = h[j];
+            let y = match &pk.right {
+                Some(rq) => mbqm8_right(
+                    acc8,
+                    mult[j],
+                    _mm256_loadu_si256(rq.c_even[c / 2..c / 2 + 4].as_ptr() as *const __m256i),
+                    _mm256_loadu_si256(rq.c_odd[c / 2..c / 2 + 4].as_ptr() as *const __m256i),
+                    load8(&rq.e1, c),
+                ),
+                None => mbqm8(acc8, mult[j], load8(&pk.lshift, c), load8(&pk.rshift, c)),
+            };
+            *rj = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(y, ep.lo), ep.hi), ep.zp);
+        }
+        // The values are in [−128, 127] already: the saturating packs are exact.
+        let v16 = _mm256_permute4x64_epi64::<0xd8>(_mm256_packs_epi32(r[0], r[1]));
+        let v8 = _mm_packs_epi16(
+            _mm256_castsi256_si128(v16),
+            _mm256_extracti128_si256::<1>(v16),
+        );
+        let d = dst.add(s * oc);
+        if lanes == 16 {
+            _mm_storeu_si128(d as *mut __m128i, v8);
+        } else {
+            let mut t = [0i8; 16];
+            _mm_storeu_si128(t.as_mut_ptr() as *mut __m128i, v8);
+            core::ptr::copy_nonoverlapping(t.as_ptr(), d, lanes);
+        }
     }
 }
 
@@ -676,6 +828,22 @@ pub(crate) unsafe fn mbqm8_right(
     _mm256_srav_epi32(h, e1)
 }
 
+/// 8 lanes of `MultiplyByQuantizedMultiplier(x, mult, 0)` for `mult ≥ 0`: gemmlowp's SRDHM
+/// alone, which for `mult ≥ 0` is `⌊(x·mult + 2³⁰) / 2³¹⌋` (its sign-chosen nudge and
+/// truncation toward zero give the floor on both signs; `i32::MIN²`, its saturating case,
+/// cannot occur). Bits 31–62 of each 64-bit sum are the result.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(crate) unsafe fn mbqm8_shift0(x: __m256i, mult: __m256i) -> __m256i {
+    let half = _mm256_set1_epi64x(1 << 30);
+    let even = _mm256_add_epi64(_mm256_mul_epi32(x, mult), half);
+    let odd = _mm256_add_epi64(
+        _mm256_mul_epi32(_mm256_srli_epi64::<32>(x), _mm256_srli_epi64::<32>(mult)),
+        half,
+    );
+    _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64::<31>(even), _mm256_slli_epi64::<1>(odd))
+}
+
 /// 8 lanes of the split requantisation (see [`mbqm16`]) with AVX2 only.
 #[target_feature(enable = "avx2")]
 #[inline]
@@ -731,7 +899,8 @@ mod tests {
     use crate::heads::rng::SplitMix64;
     use crate::ops::requant::multiply_by_quantized_multiplier;
 
-    /// [`mbqm8_right`] against the scalar `MultiplyByQuantizedMultiplier` on every right shift,
+    /// [`mbqm8_right`] and [`mbqm8_shift0`] against the scalar `MultiplyByQuantizedMultiplier`
+    /// on every right shift and shift 0,
     /// edge and random inputs and multipliers (zero included), each lane with its own constants.
     #[test]
     fn mbqm8_right_matches_scalar() {
@@ -770,9 +939,18 @@ mod tests {
                 );
                 _mm256_storeu_si256(got.as_mut_ptr() as *mut __m256i, y);
             }
+            let mut got0 = [0i32; 8];
+            // SAFETY: as above.
+            unsafe {
+                let ld = |p: *const i32| _mm256_loadu_si256(p as *const __m256i);
+                let y = mbqm8_shift0(ld(x.as_ptr()), ld(m.as_ptr()));
+                _mm256_storeu_si256(got0.as_mut_ptr() as *mut __m256i, y);
+            }
             for i in 0..8 {
                 let want = multiply_by_quantized_multiplier(x[i], m[i], -e[i]);
                 assert_eq!(got[i], want, "x {} mult {} shift -{}", x[i], m[i], e[i]);
+                let want0 = multiply_by_quantized_multiplier(x[i], m[i], 0);
+                assert_eq!(got0[i], want0, "x {} mult {} shift 0", x[i], m[i]);
             }
         }
     }

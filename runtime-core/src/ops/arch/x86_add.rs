@@ -11,7 +11,7 @@ use core::arch::x86_64::*;
 
 use super::super::add::{add_i8_scalar, AddI8, ADD_LEFT_SHIFT};
 use super::super::requant::{SHIFT_MAX, SHIFT_MIN};
-use super::x86::{mbqm8, mbqm8_right, right_addend};
+use super::x86::{mbqm8, mbqm8_right, mbqm8_shift0, right_addend};
 
 /// Runs the add if this CPU has AVX2 and `p`'s multipliers and shifts are in the loader's
 /// ranges; `false` leaves it to the scalar loop. The caller checked the lengths.
@@ -30,6 +30,9 @@ pub(crate) fn add(p: &AddI8, a: &[i8], b: &[i8], out: &mut [i8]) -> bool {
 #[derive(Clone, Copy)]
 struct Rq8 {
     mult: __m256i,
+    /// Shift 0 ([`mbqm8_shift0`]): the larger-scale input's term, whose multiplier is ½
+    /// (TFLite's `QuantizeMultiplier(0.5)` is `(2³⁰, 0)`).
+    zero: bool,
     /// Right-shift form: `2³⁰ + 2^(30+e)` and `e − 1` ([`mbqm8_right`]).
     right: Option<(__m256i, __m256i)>,
     /// General form: `max(shift, 0)`, `max(−shift, 0)`.
@@ -49,6 +52,7 @@ impl Rq8 {
         });
         Rq8 {
             mult: _mm256_set1_epi32(mult),
+            zero: shift == 0,
             right,
             ls: _mm256_set1_epi32(shift.max(0)),
             rs: _mm256_set1_epi32((-shift).max(0)),
@@ -60,6 +64,7 @@ impl Rq8 {
     unsafe fn apply(&self, x: __m256i) -> __m256i {
         match self.right {
             Some((c, e1)) => mbqm8_right(x, self.mult, c, c, e1),
+            None if self.zero => mbqm8_shift0(x, self.mult),
             None => mbqm8(x, self.mult, self.ls, self.rs),
         }
     }
