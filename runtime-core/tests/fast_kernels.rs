@@ -12,11 +12,12 @@
 
 use proptest::prelude::*;
 use runtime_core::ops::{
-    add::{add_i8, AddI8, ADD_TABLE_MIN_LEN},
+    add::{add_i8, add_i8_scalar, AddI8, ADD_TABLE_MIN_LEN},
     conv2d::{conv2d_i8, ConvI8},
     fully_connected::{fully_connected_i8, FcI8},
     prepared::{
-        conv2d_i8_prepared, conv2d_i8_prepared_split, fully_connected_i8_prepared, PreparedI8,
+        add_i8_split, conv2d_i8_prepared, conv2d_i8_prepared_split, fully_connected_i8_prepared,
+        PreparedI8, MIN_ADD_PER_TASK,
     },
     requant::{multiply_by_quantized_multiplier, multiply_by_quantized_multiplier_split},
     I32Le, Window,
@@ -160,6 +161,8 @@ enum Prep {
     Neon,
     /// `PreparedI8::new`, run by `conv2d_i8_prepared_split` in this many tiles.
     Split(usize),
+    /// `PreparedI8::new_portable`, run by `conv2d_i8_prepared_split` in this many tiles.
+    PortableSplit(usize),
 }
 
 /// Reference and fast-path outputs and the fast path's backend; `None` where `prep` is
@@ -188,6 +191,7 @@ fn try_conv(c: &Case, prep: Prep) -> Option<(Vec<i8>, Vec<i8>, &'static str)> {
         Prep::Portable => (PreparedI8::new_portable(&p), 1),
         Prep::Neon => (PreparedI8::new_neon(&p)?, 1),
         Prep::Split(tasks) => (PreparedI8::new(&p), tasks),
+        Prep::PortableSplit(tasks) => (PreparedI8::new_portable(&p), tasks),
     };
     if tasks > 1 {
         conv2d_i8_prepared_split(&p, &prepared, &c.input, &mut got, tasks).unwrap();
@@ -244,6 +248,14 @@ proptest! {
     #[test]
     fn conv_split_matches_reference(c in case(), tasks in 2usize..=7) {
         let (want, got, backend) = try_conv(&c, Prep::Split(tasks)).unwrap();
+        prop_assert_eq!(want, got, "backend {}, {} tasks", backend, tasks);
+    }
+
+    /// The portable loop split over the team (`threads` feature) in pixel runs.
+    #[test]
+    fn conv_portable_split_matches_reference(c in case(), tasks in 2usize..=7) {
+        let (want, got, backend) = try_conv(&c, Prep::PortableSplit(tasks)).unwrap();
+        prop_assert!(backend == "portable" || backend == "reference", "backend {}", backend);
         prop_assert_eq!(want, got, "backend {}, {} tasks", backend, tasks);
     }
 
@@ -487,6 +499,112 @@ proptest! {
             }
             None => prop_assert!(!expect, "AVX2 available but not packed"),
         }
+    }
+}
+
+/// Multipliers whose shift is a right shift (`−31..=−1`, what nearly every exported conv has):
+/// where every channel of a conv has one, the AVX2 kernel requantises with one multiply-add.
+fn right_multiplier() -> impl Strategy<Value = (i32, i32)> {
+    prop_oneof![
+        8 => ((1i32 << 30)..=i32::MAX, -31i32..=-1),
+        1 => (0i32..=i32::MAX, -31i32..=-1),
+        1 => (Just(0), -31i32..=-1),
+    ]
+}
+
+/// Add parameters over the loader's whole ranges (input multipliers shift right or not at all,
+/// the output's any way), mostly as the exporter makes them.
+fn add_params() -> impl Strategy<Value = AddI8> {
+    let input = prop_oneof![
+        6 => ((1i32 << 30)..=i32::MAX, -31i32..=0),
+        1 => (0i32..=i32::MAX, -31i32..=0),
+    ];
+    (
+        input.clone(),
+        input,
+        multiplier(),
+        (-128i32..=127, -128i32..=127, -128i32..=127),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(
+                (a_mult, a_shift),
+                (b_mult, b_shift),
+                (out_mult, out_shift),
+                (a_zp, b_zp, out_zp),
+                relu,
+            )| AddI8 {
+                a_zp,
+                a_mult,
+                a_shift,
+                b_zp,
+                b_mult,
+                b_shift,
+                out_zp,
+                out_mult,
+                out_shift,
+                act_min: if relu { out_zp } else { -128 },
+                act_max: 127,
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// The AVX2 conv where every channel shifts right (its one-multiply-add requantisation),
+    /// including zero multipliers and every shift count.
+    #[test]
+    fn conv_right_shift_requant_matches_reference(
+        c in case_mix(any::<bool>()), mults in proptest::collection::vec(right_multiplier(), 40),
+    ) {
+        let c = Case { mults: mults[..c.out_c].to_vec(), ..c };
+        let (want, got, backend) = run_conv(&c, false);
+        prop_assert_eq!(want, got, "backend {}", backend);
+    }
+
+    /// Wide images (a row band of `3·(w + 2)·c` values over the AVX2 kernel's 16 Ki) take the
+    /// AVX2 im2col kernel instead of the row band: it stays exact too.
+    #[test]
+    fn conv_wide_rows_match_reference(
+        c in case_mix(any::<bool>()), w in 150usize..=170, ic in 38usize..=40, seed in any::<u64>(),
+    ) {
+        let mut rng = runtime_core::heads::rng::SplitMix64::new(seed);
+        let h = c.win.in_h.min(3);
+        let win = Window { in_h: h, in_w: w, in_c: ic, out_h: h, out_w: w, kh: 3, kw: 3,
+            stride_h: 1, stride_w: 1, pad_top: 1, pad_left: 1 };
+        let input = (0..h * w * ic).map(|_| rng.next_u64() as i8).collect();
+        let weights = (0..c.out_c * 9 * ic).map(|_| rng.next_u64() as i8).collect();
+        let c = Case { win, input, weights, ..c };
+        let (want, got, backend) = run_conv(&c, false);
+        prop_assert_eq!(want, got, "backend {}", backend);
+    }
+
+    /// `add_i8` (AVX2 on x86-64 with `std`, 16 elements a step) equals the scalar loop on any
+    /// length (tails included) and parameters; values mostly at the extremes in half the cases.
+    #[test]
+    fn add_simd_matches_scalar(p in add_params(), n in 1usize..=300, seed in any::<u64>(), extreme in any::<bool>()) {
+        let mut rng = runtime_core::heads::rng::SplitMix64::new(seed);
+        let mut v = || if extreme && rng.below(4) != 0 { [-128i8, 127][rng.below(2) as usize] } else { rng.next_u64() as i8 };
+        let a: Vec<i8> = (0..n).map(|_| v()).collect();
+        let b: Vec<i8> = (0..n).map(|_| v()).collect();
+        let (mut want, mut got) = (vec![0i8; n], vec![0i8; n]);
+        add_i8_scalar(&p, &a, &b, &mut want).unwrap();
+        add_i8(&p, &a, &b, &mut got).unwrap();
+        prop_assert_eq!(want, got);
+    }
+
+    /// The add split over the team in runs gives the same bytes.
+    #[test]
+    fn add_split_matches(p in add_params(), extra in 0usize..=3000, tasks in 2usize..=5, seed in any::<u64>()) {
+        let n = 2 * MIN_ADD_PER_TASK + extra;
+        let mut rng = runtime_core::heads::rng::SplitMix64::new(seed);
+        let a: Vec<i8> = (0..n).map(|_| rng.next_u64() as i8).collect();
+        let b: Vec<i8> = (0..n).map(|_| rng.next_u64() as i8).collect();
+        let (mut want, mut got) = (vec![0i8; n], vec![0i8; n]);
+        add_i8_scalar(&p, &a, &b, &mut want).unwrap();
+        add_i8_split(&p, &a, &b, &mut got, tasks).unwrap();
+        prop_assert_eq!(want, got);
     }
 }
 

@@ -361,11 +361,13 @@ impl<'a> Model<'a> {
     pub fn set_reference_kernels(&mut self, on: bool) {
         self.reference_kernels = on;
     }
-    /// Lets each int8 conv split its output over up to `n` threads: the caller and the helper
-    /// team (`team`, one helper per further CPU), which spins while an inference holds it
-    /// (`ops::prepared::conv2d_i8_prepared_threads`: the x86-64 SIMD kernels, convs large
-    /// enough to pay for the split). The results are the same bytes for every `n`; 0 counts as
-    /// 1. Two threads running models at once: one holds the team, the other runs alone.
+    /// Lets each int8 conv and add split its output over up to `n` threads: the caller and the
+    /// helper team (`team`, one helper per further CPU), which spins while an inference holds
+    /// it (`ops::prepared::conv2d_i8_prepared_threads`: the x86-64 SIMD kernels and the
+    /// portable loop, convs large enough to pay for the split;
+    /// `ops::prepared::add_i8_threads`). The results are the same bytes for every `n`; 0
+    /// counts as 1. Two threads running models at once: one holds the team, the other runs
+    /// alone.
     #[cfg(feature = "threads")]
     pub fn set_threads(&mut self, n: usize) {
         self.threads = n.max(1);
@@ -701,7 +703,14 @@ impl<'a> Model<'a> {
                     let prep = self.prepared.get(*i as usize).ok_or(RunError::Internal)?;
                     ops::prepared::conv2d_i8_prepared_threads(p, prep, x0, out, team, self.threads)
                 }
-                Kernel::AddI8(p) => ops::add::add_i8(p, x0, x1.ok_or(RunError::Internal)?, out),
+                Kernel::AddI8(p) => ops::prepared::add_i8_threads(
+                    p,
+                    x0,
+                    x1.ok_or(RunError::Internal)?,
+                    out,
+                    team,
+                    self.threads,
+                ),
                 Kernel::MaxPoolI8(w) => ops::maxpool::maxpool_i8(w, -128, 127, x0, out),
                 Kernel::MeanI8(p) => ops::mean::mean_i8(p, x0, out),
                 Kernel::FcI8(p, ..) if self.reference_kernels => {

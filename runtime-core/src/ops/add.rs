@@ -33,12 +33,23 @@ pub struct AddI8 {
 /// From this many elements on, [`add_i8`] tabulates each input's rescaling first.
 pub const ADD_TABLE_MIN_LEN: usize = 1024;
 
-/// int8 elementwise add of two same-shape tensors.
+/// int8 elementwise add of two same-shape tensors: on an x86-64 CPU with AVX2 (`std`), 16
+/// elements at a time ([`super::arch::x86_add`]), else [`add_i8_scalar`]; the same bytes.
+pub fn add_i8(p: &AddI8, a: &[i8], b: &[i8], output: &mut [i8]) -> Result<(), KernelError> {
+    check(a.len() == output.len() && b.len() == output.len())?;
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if output.len() >= 16 && super::arch::x86_add::add(p, a, b, output) {
+        return Ok(());
+    }
+    add_i8_scalar(p, a, b, output)
+}
+
+/// The scalar int8 add (TFLite's loop), on every target; the oracle of the SIMD one.
 ///
 /// Each input's rescaled term `MBQM((x − zp)·2²⁰, m, sh)` depends on one int8 value only, so for
 /// tensors of [`ADD_TABLE_MIN_LEN`] elements or more both are tabulated once (2 × 256 values,
 /// 2 KiB of stack) and looked up: the same numbers, a third of the per-element work.
-pub fn add_i8(p: &AddI8, a: &[i8], b: &[i8], output: &mut [i8]) -> Result<(), KernelError> {
+pub fn add_i8_scalar(p: &AddI8, a: &[i8], b: &[i8], output: &mut [i8]) -> Result<(), KernelError> {
     check(a.len() == output.len() && b.len() == output.len())?;
     let term = |x: i32, zp: i32, m: i32, sh: i32| {
         multiply_by_quantized_multiplier((x - zp) << ADD_LEFT_SHIFT, m, sh)

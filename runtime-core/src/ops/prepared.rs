@@ -350,7 +350,9 @@ pub type Team<'t> = Option<&'t crate::team::Engaged>;
 pub type Team<'t> = Option<&'t core::convert::Infallible>;
 
 /// [`conv2d_i8_prepared`] split over the held `team`, in as many tasks as the conv has
-/// [`MIN_MACS_PER_TASK`] MACs for, at most `threads` ([`conv2d_i8_prepared_split`]).
+/// [`MIN_MACS_PER_TASK`] MACs for, at most `threads` ([`conv2d_i8_prepared_split`]): one
+/// equal tile per thread (four per thread measured 8 % slower on the loaded 2-core Zen 3, where
+/// a helper that claims a tile and is then descheduled makes the owner wait).
 pub fn conv2d_i8_prepared_threads(
     p: &ConvI8,
     prep: &PreparedI8,
@@ -372,9 +374,10 @@ pub fn conv2d_i8_prepared_threads(
 }
 
 /// [`conv2d_i8_prepared`] with the output split into up to `tasks` tiles run at once by the
-/// process's helper team (`threads` feature, x86-64 SIMD kernels): contiguous runs of whole
-/// 4-pixel blocks, or, where a layer has too few pixels to share (ResNet-18's last stage at
-/// 84 px has 9), runs of 16-channel blocks, whichever balances better. Every output byte is
+/// process's helper team (`threads` feature; the x86-64 SIMD kernels and the portable loop):
+/// contiguous runs of whole 4-pixel blocks, or, on x86-64 where a layer has too few pixels to
+/// share (ResNet-18's last stage at 84 px has 9), runs of 16-channel blocks, whichever balances
+/// better. Every output byte is
 /// computed exactly as on one thread. Everything else (another path, `tasks ≤ 1`, the team busy
 /// in another thread) runs on the calling thread. Public so that tests can split convs of any
 /// size; the executor goes through [`conv2d_i8_prepared_threads`].
@@ -406,17 +409,19 @@ fn split(
     team: Team,
     tasks: usize,
 ) -> Result<(), KernelError> {
-    #[cfg(all(feature = "threads", target_arch = "x86_64"))]
+    #[cfg(feature = "threads")]
     if let Some(team) = team {
         let tasks = tasks.min(team.size());
         if tasks > 1 && prep.in_range && lens_ok(p, prep, input.len(), output.len()) {
+            let n_px = p.win.out_h * p.win.out_w;
+            let out = OutPtr(output.as_mut_ptr());
+            #[cfg(target_arch = "x86_64")]
             if let Some(pk) = prep
                 .x86
                 .as_ref()
                 .filter(|pk| super::arch::x86::supports(p, pk))
             {
-                let tiles = Tiles::new(p.win.out_h * p.win.out_w, pk.blocks(), tasks);
-                let out = OutPtr(output.as_mut_ptr());
+                let tiles = Tiles::new(n_px, pk.blocks(), tasks);
                 let task = |i: usize| {
                     let (pixels, blocks) = tiles.tile(i);
                     // SAFETY: `supports`; `out` is the whole output (lengths checked above),
@@ -426,18 +431,116 @@ fn split(
                 team.run(tiles.count, &task);
                 return Ok(());
             }
+            if portable_runs(p, prep) {
+                // Whole pixels, so each tile's output bytes are one contiguous run.
+                let tiles = Tiles::new(n_px, 1, tasks);
+                let oc = p.out_c;
+                let task = |i: usize| {
+                    let (pixels, _) = tiles.tile(i);
+                    // SAFETY: `out` is the whole output (lengths checked above), alive until
+                    // `run` returns; the tiles' pixel ranges, hence byte ranges, are disjoint.
+                    let dst = unsafe {
+                        core::slice::from_raw_parts_mut(
+                            out.get().add(pixels.start * oc),
+                            pixels.len() * oc,
+                        )
+                    };
+                    conv_portable_pixels(p, &prep.chan, input, dst, pixels);
+                };
+                team.run(tiles.count, &task);
+                return Ok(());
+            }
         }
     }
     conv2d_i8_prepared(p, prep, input, output)
 }
 
+/// Whether [`conv2d_i8_prepared`] runs `p` on the portable loop (no SIMD back end took it, and
+/// its column fits the stack buffer).
+#[cfg(feature = "threads")]
+fn portable_runs(p: &ConvI8, prep: &PreparedI8) -> bool {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if prep.x86.is_some() {
+        return false;
+    }
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    if prep.aarch64.is_some() {
+        return false;
+    }
+    #[cfg(rt_dsp)]
+    if super::arch::cortex_m::supports(&p.win) {
+        return false;
+    }
+    direct_1x1(&p.win) || p.win.kh * p.win.kw * p.win.in_c <= PORTABLE_MAX_K
+}
+
+/// Fewest elements one task of a split add gets (a few µs of work: less costs more to hand off
+/// than it saves).
+pub const MIN_ADD_PER_TASK: usize = 2048;
+
+/// [`add_i8`](super::add::add_i8) split over the held `team` in contiguous runs of at least
+/// [`MIN_ADD_PER_TASK`] elements, at most `threads`; the same bytes as on one thread.
+pub fn add_i8_threads(
+    p: &super::add::AddI8,
+    a: &[i8],
+    b: &[i8],
+    output: &mut [i8],
+    team: Team,
+    threads: usize,
+) -> Result<(), KernelError> {
+    check(a.len() == output.len() && b.len() == output.len())?;
+    #[cfg(feature = "threads")]
+    if let Some(team) = team {
+        let n = output.len();
+        let tasks = threads.min(team.size()).min(n / MIN_ADD_PER_TASK);
+        if tasks > 1 {
+            // Runs of whole 16-element steps (the SIMD loop's), the last one taking the rest.
+            let per = n.div_ceil(tasks).div_ceil(16) * 16;
+            let count = n.div_ceil(per);
+            let out = OutPtr(output.as_mut_ptr());
+            let task = |i: usize| {
+                let r = (i * per).min(n)..((i + 1) * per).min(n);
+                // SAFETY: `out` is `output` (length `n`), alive until `run` returns; the runs
+                // are disjoint.
+                let dst =
+                    unsafe { core::slice::from_raw_parts_mut(out.get().add(r.start), r.len()) };
+                // Equal lengths by construction: no error to report.
+                let _ = super::add::add_i8(p, &a[r.clone()], &b[r], dst);
+            };
+            team.run(count, &task);
+            return Ok(());
+        }
+    }
+    let _ = (team, threads);
+    super::add::add_i8(p, a, b, output)
+}
+
+/// [`add_i8_threads`] on the process's helper team (`threads` feature) in up to `tasks` runs,
+/// taken for this call (else on the calling thread). For tests; the executor holds the team for
+/// a whole inference.
+pub fn add_i8_split(
+    p: &super::add::AddI8,
+    a: &[i8],
+    b: &[i8],
+    output: &mut [i8],
+    tasks: usize,
+) -> Result<(), KernelError> {
+    #[cfg(feature = "threads")]
+    {
+        let team = crate::team::engage(tasks);
+        add_i8_threads(p, a, b, output, team.as_ref(), tasks)
+    }
+    #[cfg(not(feature = "threads"))]
+    add_i8_threads(p, a, b, output, None, tasks)
+}
+
 /// The output pointer shared by a split conv's tasks (each writes only its own tile).
-#[cfg(all(feature = "threads", target_arch = "x86_64"))]
+#[cfg(feature = "threads")]
 struct OutPtr(*mut i8);
 // SAFETY: the tasks write disjoint tiles (`Tiles`) and the owner waits for all of them.
-#[cfg(all(feature = "threads", target_arch = "x86_64"))]
+#[cfg(feature = "threads")]
 unsafe impl Sync for OutPtr {}
-#[cfg(all(feature = "threads", target_arch = "x86_64"))]
+#[cfg(feature = "threads")]
 impl OutPtr {
     fn get(&self) -> *mut i8 {
         self.0
@@ -446,7 +549,7 @@ impl OutPtr {
 
 /// How a split conv is tiled: `count` tiles of `per` 4-pixel blocks (all channels) or of `per`
 /// channel blocks (all pixels).
-#[cfg(any(test, all(feature = "threads", target_arch = "x86_64")))]
+#[cfg(any(test, feature = "threads"))]
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Tiles {
     n_px: usize,
@@ -456,7 +559,7 @@ struct Tiles {
     count: usize,
 }
 
-#[cfg(any(test, all(feature = "threads", target_arch = "x86_64")))]
+#[cfg(any(test, feature = "threads"))]
 impl Tiles {
     /// The tiling of `tasks` tasks by pixels unless its largest tile (pixel blocks × channel
     /// blocks) has over 25 % more work than the channel tiling's: channel tiles each im2col
@@ -512,30 +615,42 @@ pub(crate) fn conv_portable(
     output: &mut [i8],
 ) -> Result<(), KernelError> {
     let w = &p.win;
-    let k = w.kh * w.kw * w.in_c;
-    let direct = direct_1x1(w);
-    if !direct && k > PORTABLE_MAX_K {
+    if !direct_1x1(w) && w.kh * w.kw * w.in_c > PORTABLE_MAX_K {
         return conv2d_i8(p, input, output);
     }
+    conv_portable_pixels(p, chan, input, output, 0..w.out_h * w.out_w);
+    Ok(())
+}
+
+/// Output pixels `pixels` (row-major) of the portable path into `out` (their
+/// `pixels.len()·out_c` bytes). The caller checked the lengths and that the column fits
+/// [`PORTABLE_MAX_K`] (or the conv is [`direct_1x1`]).
+fn conv_portable_pixels(
+    p: &ConvI8,
+    chan: &[ChanQ],
+    input: &[i8],
+    out: &mut [i8],
+    pixels: core::ops::Range<usize>,
+) {
+    let w = &p.win;
+    let k = w.kh * w.kw * w.in_c;
+    let direct = direct_1x1(w);
     let mut scratch = [0i8; PORTABLE_MAX_K];
     let zp = p.in_zp.clamp(-128, 127) as i8;
-    for oy in 0..w.out_h {
-        for ox in 0..w.out_w {
-            let col: &[i8] = if direct {
-                pixel_1x1(w, input, oy, ox)
-            } else {
-                let dst = &mut scratch[..k];
-                im2col(w, input, oy, ox, zp, dst);
-                dst
-            };
-            let out_px = &mut output[(oy * w.out_w + ox) * p.out_c..][..p.out_c];
-            for (oc, (o, c)) in out_px.iter_mut().zip(chan).enumerate() {
-                let acc = c.bias.wrapping_add(dot(col, &p.weights[oc * k..][..k]));
-                *o = requant(p, c, acc);
-            }
+    for (q, out_px) in pixels.zip(out.chunks_exact_mut(p.out_c)) {
+        let (oy, ox) = (q / w.out_w, q % w.out_w);
+        let col: &[i8] = if direct {
+            pixel_1x1(w, input, oy, ox)
+        } else {
+            let dst = &mut scratch[..k];
+            im2col(w, input, oy, ox, zp, dst);
+            dst
+        };
+        for (oc, (o, c)) in out_px.iter_mut().zip(chan).enumerate() {
+            let acc = c.bias.wrapping_add(dot(col, &p.weights[oc * k..][..k]));
+            *o = requant(p, c, acc);
         }
     }
-    Ok(())
 }
 
 /// `Σ x·w`, wrapping (exact: see the module docs); written so the compiler vectorises it.

@@ -7,3 +7,5 @@ pub(crate) mod aarch64;
 pub(crate) mod cortex_m;
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 pub(crate) mod x86;
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+pub(crate) mod x86_add;

@@ -1,0 +1,125 @@
+//! x86-64 AVX2 residual add (`std` feature: runtime CPU detection), 16 elements per step.
+//!
+//! The same three `MultiplyByQuantizedMultiplier`s as [`add_i8`](super::super::add::add_i8)'s
+//! scalar loop, 8 lanes at a time: each input's term `MBQM((x − zp)·2²⁰, m, sh)`, their
+//! saturating sum, and the output's `MBQM`. Each uses the one-multiply-add form where the shift
+//! is a right shift ([`mbqm8_right`]) and the general split form otherwise ([`mbqm8`]); both
+//! equal the scalar formula for every input with `mult ≥ 0` (the loader's rule), which the
+//! tests check against the scalar loop.
+
+use core::arch::x86_64::*;
+
+use super::super::add::{add_i8_scalar, AddI8, ADD_LEFT_SHIFT};
+use super::super::requant::{SHIFT_MAX, SHIFT_MIN};
+use super::x86::{mbqm8, mbqm8_right, mbqm8_shift0, right_addend};
+
+/// Runs the add if this CPU has AVX2 and `p`'s multipliers and shifts are in the loader's
+/// ranges; `false` leaves it to the scalar loop. The caller checked the lengths.
+pub(crate) fn add(p: &AddI8, a: &[i8], b: &[i8], out: &mut [i8]) -> bool {
+    let ok = |m: i32, s: i32| m >= 0 && (SHIFT_MIN..=SHIFT_MAX).contains(&s);
+    let fits = ok(p.a_mult, p.a_shift) && ok(p.b_mult, p.b_shift) && ok(p.out_mult, p.out_shift);
+    if !fits || !std::is_x86_feature_detected!("avx2") {
+        return false;
+    }
+    // SAFETY: AVX2 detected just above.
+    unsafe { add_avx2(p, a, b, out) };
+    true
+}
+
+/// One requantisation `MBQM(x, mult, shift)` with the same constants in every lane.
+#[derive(Clone, Copy)]
+struct Rq8 {
+    mult: __m256i,
+    /// Shift 0 ([`mbqm8_shift0`]): the larger-scale input's term, whose multiplier is ½
+    /// (TFLite's `QuantizeMultiplier(0.5)` is `(2³⁰, 0)`).
+    zero: bool,
+    /// Right-shift form: `2³⁰ + 2^(30+e)` and `e − 1` ([`mbqm8_right`]).
+    right: Option<(__m256i, __m256i)>,
+    /// General form: `max(shift, 0)`, `max(−shift, 0)`.
+    ls: __m256i,
+    rs: __m256i,
+}
+
+impl Rq8 {
+    #[target_feature(enable = "avx2")]
+    unsafe fn new(mult: i32, shift: i32) -> Rq8 {
+        let right = (shift < 0).then(|| {
+            let e = (-shift) as u32;
+            (
+                _mm256_set1_epi64x(right_addend(e)),
+                _mm256_set1_epi32(e as i32 - 1),
+            )
+        });
+        Rq8 {
+            mult: _mm256_set1_epi32(mult),
+            zero: shift == 0,
+            right,
+            ls: _mm256_set1_epi32(shift.max(0)),
+            rs: _mm256_set1_epi32((-shift).max(0)),
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn apply(&self, x: __m256i) -> __m256i {
+        match self.right {
+            Some((c, e1)) => mbqm8_right(x, self.mult, c, c, e1),
+            None if self.zero => mbqm8_shift0(x, self.mult),
+            None => mbqm8(x, self.mult, self.ls, self.rs),
+        }
+    }
+}
+
+/// `a + b` with `i32` saturation, per lane.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn adds_epi32(a: __m256i, b: __m256i) -> __m256i {
+    let s = _mm256_add_epi32(a, b);
+    // Overflow iff both operands' signs differ from the sum's.
+    let ovf = _mm256_and_si256(_mm256_xor_si256(a, s), _mm256_xor_si256(b, s));
+    let sat = _mm256_xor_si256(_mm256_srai_epi32::<31>(a), _mm256_set1_epi32(i32::MAX));
+    _mm256_blendv_epi8(s, sat, _mm256_srai_epi32::<31>(ovf))
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn add_avx2(p: &AddI8, a: &[i8], b: &[i8], out: &mut [i8]) {
+    let (ra, rb, ro) = (
+        Rq8::new(p.a_mult, p.a_shift),
+        Rq8::new(p.b_mult, p.b_shift),
+        Rq8::new(p.out_mult, p.out_shift),
+    );
+    let (za, zb) = (_mm256_set1_epi32(p.a_zp), _mm256_set1_epi32(p.b_zp));
+    let lo = _mm256_set1_epi32(p.act_min - p.out_zp);
+    let hi = _mm256_set1_epi32(p.act_max - p.out_zp);
+    let zo = _mm256_set1_epi32(p.out_zp);
+    let n = out.len().min(a.len()).min(b.len());
+    let whole = n / 16 * 16;
+    for i in (0..whole).step_by(16) {
+        let va = _mm_loadu_si128(a[i..i + 16].as_ptr() as *const __m128i);
+        let vb = _mm_loadu_si128(b[i..i + 16].as_ptr() as *const __m128i);
+        let mut r = [_mm256_setzero_si256(); 2];
+        for (h, rh) in r.iter_mut().enumerate() {
+            let (xa, xb) = if h == 0 {
+                (va, vb)
+            } else {
+                (_mm_srli_si128::<8>(va), _mm_srli_si128::<8>(vb))
+            };
+            let xa = _mm256_sub_epi32(_mm256_cvtepi8_epi32(xa), za);
+            let xb = _mm256_sub_epi32(_mm256_cvtepi8_epi32(xb), zb);
+            // |x − zp| ≤ 255: the shift by 20 cannot overflow.
+            let ta = ra.apply(_mm256_slli_epi32::<ADD_LEFT_SHIFT>(xa));
+            let tb = rb.apply(_mm256_slli_epi32::<ADD_LEFT_SHIFT>(xb));
+            let y = ro.apply(adds_epi32(ta, tb));
+            *rh = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(y, lo), hi), zo);
+        }
+        // The values are in [−128, 127] already: the saturating packs are exact.
+        let v16 = _mm256_permute4x64_epi64::<0xd8>(_mm256_packs_epi32(r[0], r[1]));
+        let v8 = _mm_packs_epi16(
+            _mm256_castsi256_si128(v16),
+            _mm256_extracti128_si256::<1>(v16),
+        );
+        _mm_storeu_si128(out[i..i + 16].as_mut_ptr() as *mut __m128i, v8);
+    }
+    // The three tails have the same length, so the scalar loop cannot report a mismatch.
+    let _ = add_i8_scalar(p, &a[whole..n], &b[whole..n], &mut out[whole..n]);
+}
