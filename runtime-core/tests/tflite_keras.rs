@@ -183,3 +183,66 @@ fn keras_mobilenet_with_float_interface_runs_bit_for_bit_with_tflite_micro() {
     );
     println!("keras_mobilenet: {n} inputs, {t} intermediate tensors identical to TFLite Micro");
 }
+
+/// The converter's files damaged (bit flips, byte overwrites, truncations, in the fuzzers'
+/// style): each converts into a model that loads and runs, or is refused with an error that
+/// names the operator by index and TFLite name when it is about one; never a panic. Covers the
+/// DEPTHWISE_CONV_2D, QUANTIZE and DEQUANTIZE paths (the MobileNet-style file has all three).
+#[test]
+fn damaged_converter_files_are_errors_never_panics() {
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = |n: usize| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s % n as u64) as usize
+    };
+    let mut named = std::collections::BTreeMap::<String, usize>::new();
+    let (mut refused, mut converted) = (0, 0);
+    for name in ["keras_mobilenet", "keras_resnet"] {
+        let file = read(&format!("{name}.tflite"));
+        let mut check = |bytes: &[u8]| match convert(bytes) {
+            Ok(c) => {
+                let m = Model::parse(&c.model).expect("a converted model loads");
+                let mut arena = vec![0u8; m.arena_bytes()];
+                m.run_int8_raw(&vec![0i8; m.input_len()], &mut arena)
+                    .expect("a converted model runs");
+                converted += 1;
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if let Some(i) = e.op_index {
+                    let op = runtime_core::tflite::op_name(e.op_code.unwrap());
+                    assert!(
+                        text.starts_with(&format!("operator {i} ({op} = builtin")),
+                        "{text}"
+                    );
+                    *named.entry(op.to_string()).or_default() += 1;
+                }
+                if let Some(t) = e.tensor {
+                    assert!(text.contains(&format!("tensor {t}: ")), "{text}");
+                }
+                refused += 1;
+            }
+        };
+        for cut in (0..file.len()).step_by(61) {
+            check(&file[..cut]);
+        }
+        for _ in 0..2500 {
+            let mut b = file.clone();
+            for _ in 0..1 + next(3) {
+                let i = next(b.len());
+                match next(4) {
+                    0 => b[i] ^= 1 << next(8),
+                    1 => b[i] = 0xFF,
+                    2 => b[i] = 0x80,
+                    _ => b[i] = 0,
+                }
+            }
+            check(&b);
+        }
+    }
+    println!("{refused} refused, {converted} converted; errors naming an operator: {named:?}");
+    assert!(refused > 500, "{refused} refused");
+    assert!(named.contains_key("DEPTHWISE_CONV_2D"), "{named:?}");
+}
