@@ -18,8 +18,8 @@ convolutions is not a no-op), full-integer int8 quantisation with a representati
 * keras_mobilenet: MobileNet-style depthwise separable net (3x3 stride-2 conv, depthwise 3x3 SAME,
   1x1 pointwise, ZeroPadding2D + depthwise 3x3 stride-2 VALID, kept as PAD + DEPTHWISE_CONV_2D, a depthwise
   with depth_multiplier 2, global average pool, dense, softmax); the converter's default float
-  interface: float32 in and out through QUANTIZE and DEQUANTIZE. ReLU rather than ReLU6
-  (runtime-core fuses only NONE and RELU).
+  interface: float32 in and out through QUANTIZE and DEQUANTIZE. ReLU6 as MobileNet has it
+  (fused RELU6; the calibrated ranges end at most at 6, so it clamps as RELU does).
 
 Files per net NAME (all little-endian, NHWC, inputs back to back):
   NAME.tflite           the converter's output
@@ -75,27 +75,27 @@ def build_mobilenet(tf):
     x = inp = L.Input((24, 24, 3), batch_size=1)
     x = L.Conv2D(8, 3, strides=2, padding="same", use_bias=False)(x)
     x = L.BatchNormalization()(x)
-    x = L.ReLU()(x)
+    x = L.ReLU(6.0)(x)
     # Depthwise separable, stride 1, SAME.
     x = L.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
     x = L.BatchNormalization()(x)
-    x = L.ReLU()(x)
+    x = L.ReLU(6.0)(x)
     x = L.Conv2D(16, 1, use_bias=False)(x)
     x = L.BatchNormalization()(x)
-    x = L.ReLU()(x)
+    x = L.ReLU(6.0)(x)
     # Depthwise separable, stride 2, as MobileNet v1: explicit zero padding, VALID.
     # ((1, 1), (1, 1)) is not TFLite's SAME for stride 2 (which pads (0, 1)), so the converter
     # keeps a PAD before the VALID depthwise conv.
     x = L.ZeroPadding2D(((1, 1), (1, 1)))(x)
     x = L.DepthwiseConv2D(3, strides=2, padding="valid", use_bias=False)(x)
     x = L.BatchNormalization()(x)
-    x = L.ReLU()(x)
+    x = L.ReLU(6.0)(x)
     x = L.Conv2D(24, 1, use_bias=False)(x)
     x = L.BatchNormalization()(x)
-    x = L.ReLU()(x)
+    x = L.ReLU(6.0)(x)
     # Depth multiplier 2, with a bias and no BatchNorm.
     x = L.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2)(x)
-    x = L.ReLU()(x)
+    x = L.ReLU(6.0)(x)
     x = L.GlobalAveragePooling2D()(x)
     x = L.Dense(10)(x)
     x = L.Softmax()(x)

@@ -636,6 +636,17 @@ impl ModelBuilder {
         Model::parse(&bytes).map_err(BuildError::Invalid)?;
         Ok(bytes)
     }
+
+    /// [`ModelBuilder::to_bytes`], consuming the builder: its parameter copies are freed before
+    /// the check loads the file, so the peak heap is the larger of (parameters + file) and
+    /// (file + loaded model) rather than their sum (what converting a `.tflite` on an MCU
+    /// needs).
+    pub fn into_bytes(self) -> Result<Vec<u8>, BuildError> {
+        let bytes = write_safetensors(&self.graph_text()?, &self.params)?;
+        drop(self);
+        Model::parse(&bytes).map_err(BuildError::Invalid)?;
+        Ok(bytes)
+    }
 }
 
 /// A safetensors dtype from its header name (`"I8"`, `"I32"`, `"F32"`, …).

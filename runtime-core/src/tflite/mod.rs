@@ -12,7 +12,9 @@
 //! AVERAGE_POOL_2D, MEAN (over H and W), LEAKY_RELU, SOFTMAX (int8 out at scale 1/256, zero
 //! point −128, as TFLite requires), RESHAPE (a no-op on NHWC memory), and PAD / PADV2 folded
 //! into the convolution or max pool they feed (the form TFLite converters give PyTorch-style
-//! padding and Keras' `ZeroPadding2D`). Fused activations NONE and RELU.
+//! padding and Keras' `ZeroPadding2D`). Fused activations NONE, RELU, and RELU6 where its upper
+//! clamp is at or above 127 (then it is RELU exactly; converters calibrate a ReLU6 output to a
+//! range ending at most at 6, so theirs always are).
 //!
 //! Float interface: TensorFlow's converter, asked for full-integer quantisation without
 //! `inference_input_type=int8`, keeps a float32 input and output and adds a QUANTIZE after the
@@ -612,7 +614,7 @@ pub fn convert(tflite: &[u8]) -> Result<Converted, TfliteError> {
     let build = |e| at_tensor(*output, TfliteErrorKind::Build(e));
     mb.output(y).map_err(build)?;
     Ok(Converted {
-        model: mb.to_bytes().map_err(build)?,
+        model: mb.into_bytes().map_err(build)?,
         tensor_ids: ids
             .iter()
             .zip(&tensors)
@@ -678,7 +680,7 @@ struct OpCx<'c, 'a> {
     float_output: &'c mut bool,
 }
 
-impl OpCx<'_, '_> {
+impl<'a> OpCx<'_, 'a> {
     fn err(&self, tensor: Option<i32>, kind: TfliteErrorKind) -> TfliteError {
         TfliteError {
             op_index: Some(self.index),
@@ -756,11 +758,31 @@ impl OpCx<'_, '_> {
         i.quant()
             .ok_or_else(|| self.invalid(Some(t), "no quantisation".into()))
     }
-    fn relu(&self, act: i8) -> R<bool> {
+    /// Whether fused activation `act` of an op writing `out` clamps at the zero point. RELU6
+    /// is read where it is RELU exactly: TFLite clamps to `[max(zp, −128), min(zp +
+    /// round(6/scale), 127)]`, and when the upper bound reaches 127 (as it does whenever the
+    /// output's range was calibrated on a ReLU6, `[0, ≤ 6]`) only the lower clamp remains.
+    fn relu(&self, act: i8, out: i32) -> R<bool> {
         match act {
             s::ACT_NONE => Ok(false),
             s::ACT_RELU => Ok(true),
-            other => Err(self.unsupported(format!("fused activation {other} (NONE and RELU are)"))),
+            s::ACT_RELU6 => {
+                let q = self.out_quant(out)?;
+                // TFLite's `quantize(6.0)`: `zp + round_half_away(6.0f / scale)`, in f32.
+                let hi = (libm::roundf(6.0f32 / q.scale) as i32).saturating_add(q.zp);
+                if hi >= 127 {
+                    Ok(true)
+                } else {
+                    Err(self.unsupported(format!(
+                        "fused RELU6 whose upper clamp ({hi}) is inside the int8 range (RELU6 \
+                         is read only where it equals RELU: 6 at or above the output's largest \
+                         value)"
+                    )))
+                }
+            }
+            other => Err(self.unsupported(format!(
+                "fused activation {other} (NONE, RELU, and RELU6 where it equals RELU, are)"
+            ))),
         }
     }
     /// Records `out` as the builder's tensor `id`, checking its shape against the file's.
@@ -791,8 +813,8 @@ impl OpCx<'_, '_> {
         bt: Option<i32>,
         oc: usize,
         ch_axis: i32,
-    ) -> R<(Vec<i8>, Vec<f32>, Vec<i32>)> {
-        let w = self.info(wt);
+    ) -> R<(&'a [i8], Vec<f32>, Vec<i32>)> {
+        let w = &self.tensors[wt as usize];
         if w.scales.len() > 1 && w.quant_dim != ch_axis {
             return Err(self.invalid(
                 Some(wt),
@@ -816,7 +838,9 @@ impl OpCx<'_, '_> {
             n if n == oc => w.scales.clone(),
             n => return Err(self.invalid(Some(wt), format!("{n} scales for {oc} channels"))),
         };
-        let weights: Vec<i8> = w.data.iter().map(|&b| b as i8).collect();
+        // Borrowed from the file, not copied: the builder makes the one copy it stores, and a
+        // second, transient one would fragment a small MCU heap.
+        let weights: &'a [i8] = crate::ops::bytes_as_i8(w.data);
         if weights.contains(&-128) {
             return Err(self.invalid(
                 Some(wt),
@@ -902,11 +926,11 @@ fn convert_op(cx: &mut OpCx, opts: Option<Table>) -> R<()> {
             }
             let (ph, pw) = (d.h + pre[0] + pre[2], d.w + pre[1] + pre[3]);
             let own = cx.window_pads(opt8(0, s::SAME)?, [ph, pw], [kh, kw], st)?;
-            let relu = cx.relu(opt8(3, s::ACT_NONE)?)?;
+            let relu = cx.relu(opt8(3, s::ACT_NONE)?, out)?;
             let (weights, w_scale, bias) = cx.weights(wt, bt, oc, 0)?;
             let q = cx.out_quant(out)?;
             let p = LayerParams::I8 {
-                weights: &weights,
+                weights,
                 w_scale: &w_scale,
                 bias: &bias,
             };
@@ -956,11 +980,11 @@ fn convert_op(cx: &mut OpCx, opts: Option<Table>) -> R<()> {
             }
             let (ph, pw) = (d.h + pre[0] + pre[2], d.w + pre[1] + pre[3]);
             let own = cx.window_pads(opt8(0, s::SAME)?, [ph, pw], [kh, kw], st)?;
-            let relu = cx.relu(opt8(4, s::ACT_NONE)?)?;
+            let relu = cx.relu(opt8(4, s::ACT_NONE)?, out)?;
             let (weights, w_scale, bias) = cx.weights(wt, bt, oc, 3)?;
             let q = cx.out_quant(out)?;
             let p = LayerParams::I8 {
-                weights: &weights,
+                weights,
                 w_scale: &w_scale,
                 bias: &bias,
             };
@@ -981,11 +1005,11 @@ fn convert_op(cx: &mut OpCx, opts: Option<Table>) -> R<()> {
             if opt8(1, 0)? != 0 {
                 return Err(cx.unsupported("shuffled FULLY_CONNECTED weights".into()));
             }
-            let relu = cx.relu(opt8(0, s::ACT_NONE)?)?;
+            let relu = cx.relu(opt8(0, s::ACT_NONE)?, out)?;
             let (weights, w_scale, bias) = cx.weights(wt, bt, pos(o), 0)?;
             let q = cx.out_quant(out)?;
             let p = LayerParams::I8 {
-                weights: &weights,
+                weights,
                 w_scale: &w_scale,
                 bias: &bias,
             };
@@ -1001,7 +1025,7 @@ fn convert_op(cx: &mut OpCx, opts: Option<Table>) -> R<()> {
             if cx.info(at).shape != cx.info(bt).shape {
                 return Err(cx.unsupported("ADD with broadcasting".into()));
             }
-            let relu = cx.relu(opt8(0, s::ACT_NONE)?)?;
+            let relu = cx.relu(opt8(0, s::ACT_NONE)?, out)?;
             let q = cx.out_quant(out)?;
             let y = cx.mb.add(a, b, relu, q).map_err(cx.build(out))?;
             cx.produce(out, y)
@@ -1014,7 +1038,7 @@ fn convert_op(cx: &mut OpCx, opts: Option<Table>) -> R<()> {
                     "a PAD before a max pool with a value above -128 (it could win the max)".into(),
                 ));
             }
-            if cx.relu(opt8(5, s::ACT_NONE)?)? {
+            if cx.relu(opt8(5, s::ACT_NONE)?, out)? {
                 return Err(cx.unsupported("MAX_POOL_2D with a fused RELU".into()));
             }
             let st = [pos(opt(2, 1)?), pos(opt(1, 1)?)];
@@ -1041,7 +1065,7 @@ fn convert_op(cx: &mut OpCx, opts: Option<Table>) -> R<()> {
         s::op::AVERAGE_POOL_2D => {
             let (xt, out) = (cx.input(0)?, cx.output()?);
             let x = cx.activation(xt)?;
-            let relu = cx.relu(opt8(5, s::ACT_NONE)?)?;
+            let relu = cx.relu(opt8(5, s::ACT_NONE)?, out)?;
             let st = [pos(opt(2, 1)?), pos(opt(1, 1)?)];
             let k = [pos(opt(4, 1)?), pos(opt(3, 1)?)];
             let d = cx.mb.desc(x).map_err(cx.build(xt))?;

@@ -46,6 +46,7 @@ pub const VALID: i8 = 1;
 /// `enum ActivationFunctionType`.
 pub const ACT_NONE: i8 = 0;
 pub const ACT_RELU: i8 = 1;
+pub const ACT_RELU6: i8 = 3;
 
 /// The vtable slot of field id `i`.
 pub const fn slot(i: u16) -> u16 {
