@@ -1058,6 +1058,44 @@ mod tests {
         std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     }
 
+    /// RELU6 (what Keras' ReLU6 converts to) is read as RELU exactly where its upper clamp
+    /// `zp + round(6/scale)` reaches 127, and refused, naming the operator, where it does not.
+    #[test]
+    fn relu6_reads_as_relu_only_where_it_is_relu() {
+        let bytes = fixture("mcu/resnet8.safetensors");
+        let k = build(&bytes)
+            .unwrap()
+            .ops
+            .iter()
+            .position(|o| matches!(o.options, Options::Conv { .. }))
+            .expect("a conv");
+        // The conv's output at `scale` and zero point 0 (where RELU clamps), its activation
+        // `act`, as a .tflite read back.
+        let read = |scale: f32, act: i8| {
+            let mut g = build(&bytes).unwrap();
+            let out = g.ops[k].outputs[0] as usize;
+            let q = g.tensors[out].quant.as_mut().unwrap();
+            (q.scale, q.zero_point) = (vec![scale], vec![0]);
+            if let Options::Conv { act: a, .. } = &mut g.ops[k].options {
+                *a = act;
+            }
+            runtime_core::tflite::to_model_bytes(&serialize(&g, ""))
+        };
+        // 6/0.02 = 300 steps above the zero point: the clamp is RELU's.
+        assert_eq!(
+            read(0.02, fb::ACT_RELU6).unwrap(),
+            read(0.02, fb::ACT_RELU).unwrap()
+        );
+        // 6/1.0 = 6 steps: RELU6 would clamp inside the range.
+        let e = read(1.0, fb::ACT_RELU6).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "operator {k} (CONV_2D = builtin 3): unsupported: fused RELU6"
+            )),
+            "{e}"
+        );
+    }
+
     const INT8_MODELS: &[&str] = &[
         "tiny/backbone-int8.safetensors",
         "tiny/landmarks-int8.safetensors",
