@@ -28,9 +28,10 @@
 //! DEQUANTIZE anywhere else (a requantisation inside the graph) is not read.
 //!
 //! Anything else — an op without a kernel here, a float model, dilation, broadcasting — is a
-//! [`TfliteError`] naming the op, its index and the tensor. Known arithmetic difference: MEAN over an H·W that is not a power of
-//! two can differ from TFLite Micro by 1 LSB on rare sums (TFLite Micro divides its multiplier
-//! by H·W with an integer division; this runtime folds 1/(H·W) into one rounded multiplier).
+//! [`TfliteError`] naming the op, its index and the tensor. Known arithmetic difference: MEAN
+//! over an H·W that is not a power of two can differ from TFLite Micro by 1 LSB on rare sums
+//! (TFLite Micro divides its multiplier by H·W with an integer division; this runtime folds
+//! 1/(H·W) into one rounded multiplier).
 //!
 //! Every read of the flatbuffer is bounds-checked ([`fb`]); malformed bytes give an error,
 //! never a panic.
@@ -70,7 +71,8 @@ pub enum TfliteErrorKind {
     /// A float (or mixed) tensor where an int8 one is needed: only int8-quantised models are
     /// read (float only at the input and output, through QUANTIZE / DEQUANTIZE).
     NotInt8,
-    /// A setting of a supported op that is not supported (dilation, RELU6, broadcasting …).
+    /// A setting of a supported op that is not supported (dilation, a RELU6 that is not RELU,
+    /// broadcasting …).
     Unsupported(String),
     /// The model's own numbers are inconsistent (a shape that does not follow, a -128 weight).
     Invalid(String),
