@@ -12,7 +12,7 @@
 //! The loader bounds `kh·kw ≤ 32768` and `|bias| ≤ 2³⁰`, so the i32 accumulator cannot overflow.
 //!
 //! The kernel walks each output pixel's in-image taps once and accumulates a block of output
-//! channels on the stack ([`BLOCK`] i32s: no heap, a fixed few hundred bytes of stack), so the
+//! channels on the stack (`BLOCK` i32s: no heap, a fixed few hundred bytes of stack), so the
 //! input row of a tap is read contiguously; with `dm = 1` (the MobileNet case) the block loop is
 //! a plain elementwise multiply-add the compiler vectorises.
 
