@@ -6,7 +6,7 @@ run in TensorFlow Lite Micro, committed as fixtures (fixtures/tflite/keras_*).
 
 Needs `tensorflow-cpu` and `tflite-micro` from PyPI (a virtualenv keeps TensorFlow's numpy pins
 away from the rest: `python3 -m venv v && v/bin/pip install tensorflow-cpu tflite-micro`). CI
-does not run this script: it reads the committed files (exporter/tests/it/tflite_keras.rs runs
+does not run this script: it reads the committed files (runtime-core/tests/tflite_keras.rs runs
 each .tflite in runtime-core and compares with TFLite Micro's outputs bit for bit).
 
 Two nets, random weights (fixed seed), BatchNorm with random statistics (so folding it into the
