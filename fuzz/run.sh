@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# libFuzzer runs of the model loader and the C API (README "Fuzzing"); by hand, not in CI.
+# libFuzzer runs of the model loader, the C API and the .tflite reader (docs/runtime.md); by
+# hand, not in CI.
 # Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`).
 # Usage: bash fuzz/run.sh [RUNS per target, default 1000000] [target...]
 set -euo pipefail
 cd "$(dirname "$0")"
 RUNS=${1:-1000000}
 shift || true
-TARGETS=${*:-model_parse c_api}
+TARGETS=${*:-model_parse c_api tflite_convert}
 command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz missing: cargo install cargo-fuzz"; exit 1; }
 rustup toolchain list | grep -q nightly || { echo "no nightly toolchain: rustup toolchain install nightly"; exit 1; }
 # Seed corpora: every committed fixture model; the C API's inputs get its 5-byte prefix.
 for t in $TARGETS; do
   mkdir -p corpus/$t
+  if [ "$t" = tflite_convert ]; then
+    # Ours (`export --tflite`) and TensorFlow's converter's (depthwise, PAD, QUANTIZE/DEQUANTIZE).
+    for f in ../fixtures/tflite/*.tflite; do cp "$f" corpus/$t/seed-$(basename "$f" .tflite); done
+    continue
+  fi
   for f in ../fixtures/tiny/backbone-int8.safetensors ../fixtures/tiny/landmarks-int8.safetensors \
            ../fixtures/tiny/backbone-f32.safetensors ../fixtures/mcu/landmark.safetensors; do
     n=corpus/$t/seed-$(basename "$f" .safetensors)

@@ -5,7 +5,7 @@
 //!   (the models that fit it). `qemu-an386` (the default, and the board `scripts/mcu.sh` runs
 //!   under QEMU) or `stm32f411`.
 //! * `MCU_MODELS`: overrides the board's `models` (names separated by spaces or commas, from
-//!   `landmark`, `fewshot`, `resnet8`, `tiny-landmark`, `tiny-fewshot`).
+//!   `landmark`, `fewshot`, `resnet8`, `tiny-landmark`, `tiny-fewshot`, `tflite-landmark`).
 //!
 //! * `MCU_PIPELINE_DIR`: a directory holding `backbone-int8.safetensors`,
 //!   `landmarks-int8.safetensors` and `inputs.bin` (normalised inputs, `app::Images`) that the
@@ -22,12 +22,13 @@ use std::{env, fs, path::PathBuf};
 const DEFAULT_BOARD: &str = "qemu-an386";
 /// The builder-made random-weight models (`fixtures/mcu/`), then the training pipeline's
 /// exported int8 models (`fixtures/tiny/*-int8.safetensors`, inputs in `fixtures/mcu/`).
-const MODELS: [&str; 5] = [
+const MODELS: [&str; 6] = [
     "landmark",
     "fewshot",
     "resnet8",
     "tiny-landmark",
     "tiny-fewshot",
+    "tflite-landmark",
 ];
 
 fn main() {

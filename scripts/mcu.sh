@@ -30,7 +30,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TARGET=thumbv7em-none-eabihf
 BOARDS="$ROOT/runtime-mcu/boards"
 QEMU_BOARD=qemu-an386
-ALL_MODELS="landmark fewshot resnet8 tiny-landmark tiny-fewshot"
+ALL_MODELS="landmark fewshot resnet8 tiny-landmark tiny-fewshot tflite-landmark"
 MCU_TIMEOUT="${MCU_TIMEOUT:-300}"
 export PATH="$HOME/.cargo/bin:$PATH"
 

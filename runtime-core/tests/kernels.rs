@@ -6,6 +6,7 @@ use proptest::prelude::*;
 use runtime_core::ops::{
     add::{add_f32, add_i8, AddI8},
     conv2d::{conv2d_f32, conv2d_i8, ConvF32, ConvI8},
+    depthwise::{depthwise_f32, depthwise_i8, DwConvF32, DwConvI8},
     fully_connected::{fully_connected_f32, fully_connected_i8, FcF32, FcI8},
     leaky_relu::{leaky_relu_f32, leaky_relu_i8, LeakyI8},
     maxpool::{maxpool_f32, maxpool_i8},
@@ -180,8 +181,149 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
     })
 }
 
+#[derive(Debug, Clone)]
+struct DwCase {
+    wc: WinCase,
+    dm: usize,
+    input: Vec<i8>,
+    weights: Vec<i8>,
+    bias: Vec<i32>,
+    mults: Vec<(i32, i32)>,
+    in_zp: i32,
+    out_zp: i32,
+    relu: bool,
+}
+
+/// Depthwise cases: `wc` gives the geometry (in_c included), `dm` the depth multiplier.
+fn dw_case(
+    wc: impl Strategy<Value = WinCase>,
+    dm: std::ops::RangeInclusive<usize>,
+) -> impl Strategy<Value = DwCase> {
+    (wc, dm).prop_flat_map(|(wc, dm)| {
+        let w = wc.win;
+        let oc = w.in_c * dm;
+        (
+            Just(wc),
+            Just(dm),
+            i8s(w.in_h * w.in_w * w.in_c),
+            weights(w.kh * w.kw * oc),
+            proptest::collection::vec(-(1i32 << 30)..=(1 << 30), oc),
+            proptest::collection::vec(multiplier(), oc),
+            -128i32..=127,
+            -128i32..=127,
+            any::<bool>(),
+        )
+            .prop_map(
+                |(wc, dm, input, weights, bias, mults, in_zp, out_zp, relu)| DwCase {
+                    wc,
+                    dm,
+                    input,
+                    weights,
+                    bias,
+                    mults,
+                    in_zp,
+                    out_zp,
+                    relu,
+                },
+            )
+    })
+}
+
+/// TFLite's `reference_integer_ops::DepthwiseConvPerChannel`, written out in i64: output
+/// channel `oc = ic·dm + m` sums `(x[iy, ix, ic] − in_zp)·w[0, ky, kx, oc]` over in-image taps.
+fn naive_depthwise(c: &DwCase) -> Vec<i8> {
+    let w = c.wc.win;
+    let oc_n = w.in_c * c.dm;
+    let mut out = vec![0i8; w.out_h * w.out_w * oc_n];
+    for oy in 0..w.out_h {
+        for ox in 0..w.out_w {
+            for ic in 0..w.in_c {
+                for m in 0..c.dm {
+                    let oc = ic * c.dm + m;
+                    let mut acc: i64 = 0;
+                    for ky in 0..w.kh {
+                        for kx in 0..w.kw {
+                            if let Some((iy, ix)) = tap(&w, oy, ox, ky, kx) {
+                                let x = c.input[(iy * w.in_w + ix) * w.in_c + ic] as i64
+                                    + (-c.in_zp) as i64;
+                                acc += c.weights[(ky * w.kw + kx) * oc_n + oc] as i64 * x;
+                            }
+                        }
+                    }
+                    acc += c.bias[oc] as i64;
+                    let (mq, sq) = c.mults[oc];
+                    out[(oy * w.out_w + ox) * oc_n + oc] = clamp_act(
+                        naive_mbqm(acc, mq as i64, sq as i64) + c.out_zp as i64,
+                        c.relu,
+                        c.out_zp as i64,
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+fn run_depthwise_i8(c: &DwCase) -> Vec<i8> {
+    let w = c.wc.win;
+    let bias = le_i32(&c.bias);
+    let mult = le_i32(&c.mults.iter().map(|m| m.0).collect::<Vec<_>>());
+    let shift = le_i32(&c.mults.iter().map(|m| m.1).collect::<Vec<_>>());
+    let act_min = if c.relu { c.out_zp.max(-128) } else { -128 };
+    let p = DwConvI8 {
+        win: w,
+        depth_mult: c.dm,
+        weights: &c.weights,
+        bias: I32Le::new(&bias),
+        mult: I32Le::new(&mult),
+        shift: I32Le::new(&shift),
+        in_zp: c.in_zp,
+        out_zp: c.out_zp,
+        act_min,
+        act_max: 127,
+    };
+    let mut got = vec![0i8; w.out_h * w.out_w * w.in_c * c.dm];
+    depthwise_i8(&p, &c.input, &mut got).unwrap();
+    got
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+
+    #[test]
+    fn depthwise_i8_bit_exact(c in dw_case(window(9, 6, 4), 1..=3)) {
+        prop_assert_eq!(run_depthwise_i8(&c), naive_depthwise(&c), "pads b{} r{}", c.wc.pad_bottom, c.wc.pad_right);
+    }
+
+    /// More output channels than the kernel's stack block (64): the block boundaries.
+    #[test]
+    fn depthwise_i8_bit_exact_wide(c in dw_case(window(3, 80, 3), 1..=2)) {
+        prop_assert_eq!(run_depthwise_i8(&c), naive_depthwise(&c));
+    }
+
+    #[test]
+    fn depthwise_f32_matches_f64(c in dw_case(window(7, 6, 4), 1..=3)) {
+        let w = c.wc.win;
+        let oc_n = w.in_c * c.dm;
+        let x: Vec<f32> = c.input.iter().map(|&v| v as f32 / 64.0).collect();
+        let wt: Vec<f32> = c.weights.iter().map(|&v| v as f32 / 128.0).collect();
+        let b: Vec<f32> = c.bias.iter().map(|&v| (v >> 24) as f32 / 8.0).collect();
+        let (wb, bb) = (le_f32(&wt), le_f32(&b));
+        let p = DwConvF32 { win: w, depth_mult: c.dm, weights: F32Le::new(&wb), bias: F32Le::new(&bb), relu: c.relu };
+        let mut got = vec![0f32; w.out_h * w.out_w * oc_n];
+        depthwise_f32(&p, &x, &mut got).unwrap();
+        for oy in 0..w.out_h { for ox in 0..w.out_w { for oc in 0..oc_n {
+            let mut acc = b[oc] as f64;
+            for ky in 0..w.kh { for kx in 0..w.kw {
+                if let Some((iy, ix)) = tap(&w, oy, ox, ky, kx) {
+                    acc += x[(iy * w.in_w + ix) * w.in_c + oc / c.dm] as f64 * wt[(ky * w.kw + kx) * oc_n + oc] as f64;
+                }
+            }}
+            if c.relu { acc = acc.max(0.0); }
+            let g = got[(oy * w.out_w + ox) * oc_n + oc] as f64;
+            prop_assert!((g - acc).abs() <= 1e-4 * (1.0 + acc.abs()), "{} vs {}", g, acc);
+        }}}
+    }
 
     #[test]
     fn requant_matches_naive(x in any::<i32>(), (m, s) in multiplier()) {
@@ -406,4 +548,23 @@ fn kernels_reject_wrong_lengths() {
     assert!(maxpool_i8(&w, -128, 127, &[0i8; 4], &mut out).is_err());
     let mut outf = [0f32; 2];
     assert!(mean_f32(2, 2, &[0.0; 3], &mut outf).is_err());
+    let (bias, mult, shift) = ([0u8; 8], [0u8; 8], [0u8; 8]);
+    let dw = |dm: usize, weights: &'static [i8]| DwConvI8 {
+        win: w,
+        depth_mult: dm,
+        weights,
+        bias: I32Le::new(&bias),
+        mult: I32Le::new(&mult),
+        shift: I32Le::new(&shift),
+        in_zp: 0,
+        out_zp: 0,
+        act_min: -128,
+        act_max: 127,
+    };
+    // dm = 2: two output channels, 8 outputs; a short output, dm = 0, short weights all fail.
+    let mut out8 = [0i8; 8];
+    assert!(depthwise_i8(&dw(2, &[1, 1]), &[0i8; 4], &mut out8).is_ok());
+    assert!(depthwise_i8(&dw(2, &[1, 1]), &[0i8; 4], &mut out).is_err());
+    assert!(depthwise_i8(&dw(0, &[]), &[0i8; 4], &mut out8[..0]).is_err());
+    assert!(depthwise_i8(&dw(2, &[1]), &[0i8; 4], &mut out8).is_err());
 }

@@ -12,7 +12,9 @@
 //! images. Then the same landmark and few-shot parts again with the models the training
 //! pipeline exported (`fixtures/tiny/*-int8.safetensors`) on inputs runtime-cli's preprocessing
 //! made from the fixture images on the host (`fixtures/mcu/tiny-inputs.bin`); their result tags
-//! start with `tiny.`.
+//! start with `tiny.`. Last, the landmark model's `.tflite` twin (`fixtures/tflite/landmark.tflite`,
+//! what `export --tflite` writes for it) is converted on the device (`runtime_core::tflite`)
+//! and runs the landmark images; its tags start with `tfl.`.
 
 use runtime_core::heads::centroid::NearestCentroid;
 use runtime_core::heads::landmarks::{self, N_LANDMARKS};
@@ -43,6 +45,8 @@ pub struct Parts {
     pub tiny_landmark: bool,
     /// The few-shot episode with the pipeline's exported int8 backbone.
     pub tiny_fewshot: bool,
+    /// Landmark prediction with `landmark.tflite`, converted on the device.
+    pub tflite_landmark: bool,
 }
 
 impl Parts {
@@ -53,6 +57,7 @@ impl Parts {
         resnet8: true,
         tiny_landmark: true,
         tiny_fewshot: true,
+        tflite_landmark: true,
     };
 }
 
@@ -71,6 +76,9 @@ pub struct Fixtures<'a> {
     pub tiny_backbone: &'a [u8],
     /// Normalised inputs (`tiny-inputs.bin`) for the two pipeline models.
     pub tiny_inputs: &'a [u8],
+    /// `fixtures/tflite/landmark.tflite`, the landmark model as a TFLite flatbuffer, on the
+    /// RGB8 images (`images`).
+    pub tflite_landmark: &'a [u8],
 }
 
 /// Where results and measurements go: defmt on the MCU, strings on the host.
@@ -113,6 +121,8 @@ pub enum AppError {
     Run(&'static str, RunError),
     /// A few-shot head refused its inputs.
     Head(HeadError),
+    /// A `.tflite` model could not be converted (`runtime_core::tflite`; the model's name).
+    Tflite(&'static str),
 }
 
 const IMAGES_MAGIC: &[u8; 8] = b"RTIMG1\0\0";
@@ -424,6 +434,28 @@ fn landmark_part<P: Platform>(
     Ok(())
 }
 
+/// The landmark model read from its `.tflite` on the device: converted once (the conversion
+/// allocates; its heap peak and instructions go to the footprint report), then run as
+/// [`landmark_part`] with tags `tfl.…`.
+#[inline(never)]
+fn tflite_landmark_part<P: Platform>(
+    p: &mut P,
+    tflite: &[u8],
+    im: &Images,
+    arena: &mut [u8],
+) -> Result<(), AppError> {
+    let name = "tflite-landmark";
+    p.reset_heap_peak();
+    let t0 = p.now();
+    let model = runtime_core::tflite::to_model_bytes(tflite).map_err(|_| AppError::Tflite(name))?;
+    let t1 = p.now();
+    p.footprint(name, "convert_insns", t1 - t0);
+    let heap = p.heap_peak();
+    p.footprint(name, "convert_heap_peak_bytes", heap);
+    p.footprint(name, "tflite_bytes", tflite.len() as u64);
+    landmark_part(p, name, "tfl.", &model, im, arena)
+}
+
 /// The few-shot episode of `im` with backbone `name`: features of every support and query
 /// image, the linear classifier fitted on the device (footprint `part.linear_fit_insns`) and
 /// nearest-centroid; results tagged `prefix` + `fs_…`.
@@ -505,7 +537,7 @@ fn fewshot_part<P: Platform>(
 /// models share.
 pub fn run<P: Platform>(p: &mut P, fx: Fixtures, arena: &mut [u8]) -> Result<(), AppError> {
     // The builder-made random-weight models on RGB8 images.
-    if P::PARTS.landmark || P::PARTS.fewshot || P::PARTS.resnet8 {
+    if P::PARTS.landmark || P::PARTS.fewshot || P::PARTS.resnet8 || P::PARTS.tflite_landmark {
         let im = Images::parse(fx.images)?;
         if P::PARTS.landmark {
             landmark_part(p, "landmark", "", fx.landmark, &im, arena)?;
@@ -526,6 +558,12 @@ pub fn run<P: Platform>(p: &mut P, fx: Fixtures, arena: &mut [u8]) -> Result<(),
             let (x, _) = im.query(0);
             infer(p, name, &m, x, arena, &mut out[..n], true)?;
             p.result_f32("", "resnet8_out", 0, &out[..n]);
+        }
+
+        // The landmark model from its `.tflite`, converted here (the converter's code and its
+        // heap peak are this part's: a board without it carries neither).
+        if P::PARTS.tflite_landmark {
+            tflite_landmark_part(p, fx.tflite_landmark, &im, arena)?;
         }
     }
 

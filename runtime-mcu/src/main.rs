@@ -51,15 +51,31 @@ const FIXTURES: app::Fixtures<'static> = app::Fixtures {
     tiny_landmark: TINY_LANDMARK,
     tiny_backbone: TINY_BACKBONE,
     tiny_inputs: TINY_INPUTS,
+    tflite_landmark: TFLITE_LANDMARK,
 };
-#[cfg(any(mcu_model = "landmark", mcu_model = "fewshot", mcu_model = "resnet8"))]
+#[cfg(any(
+    mcu_model = "landmark",
+    mcu_model = "fewshot",
+    mcu_model = "resnet8",
+    mcu_model = "tflite-landmark"
+))]
 const IMAGES: &[u8] = include_bytes!("../../fixtures/mcu/images.bin");
-#[cfg(not(any(mcu_model = "landmark", mcu_model = "fewshot", mcu_model = "resnet8")))]
+#[cfg(not(any(
+    mcu_model = "landmark",
+    mcu_model = "fewshot",
+    mcu_model = "resnet8",
+    mcu_model = "tflite-landmark"
+)))]
 const IMAGES: &[u8] = &[];
 #[cfg(mcu_model = "landmark")]
 const LANDMARK: &[u8] = include_bytes!("../../fixtures/mcu/landmark.safetensors");
 #[cfg(not(mcu_model = "landmark"))]
 const LANDMARK: &[u8] = &[];
+// Its `.tflite` twin (`export --tflite` of it), converted on the device.
+#[cfg(mcu_model = "tflite-landmark")]
+const TFLITE_LANDMARK: &[u8] = include_bytes!("../../fixtures/tflite/landmark.tflite");
+#[cfg(not(mcu_model = "tflite-landmark"))]
+const TFLITE_LANDMARK: &[u8] = &[];
 #[cfg(mcu_model = "fewshot")]
 const BACKBONE: &[u8] = include_bytes!("../../fixtures/mcu/backbone.safetensors");
 #[cfg(not(mcu_model = "fewshot"))]
@@ -95,6 +111,7 @@ impl app::Platform for Board {
         resnet8: cfg!(mcu_model = "resnet8"),
         tiny_landmark: cfg!(mcu_model = "tiny-landmark"),
         tiny_fewshot: cfg!(mcu_model = "tiny-fewshot"),
+        tflite_landmark: cfg!(mcu_model = "tflite-landmark"),
     };
     fn now(&mut self) -> u64 {
         icount::now()

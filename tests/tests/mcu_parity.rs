@@ -406,6 +406,7 @@ impl<const PIPELINE_ONLY: bool> app::Platform for Host<PIPELINE_ONLY> {
             resnet8: false,
             tiny_landmark: true,
             tiny_fewshot: true,
+            tflite_landmark: false,
         }
     } else {
         app::Parts::ALL
@@ -438,6 +439,7 @@ struct FixtureFiles {
     tiny_lm: Vec<u8>,
     tiny_bb: Vec<u8>,
     tiny_in: Vec<u8>,
+    tfl_lm: Vec<u8>,
 }
 
 impl FixtureFiles {
@@ -450,6 +452,7 @@ impl FixtureFiles {
             tiny_lm: read(TINY_LANDMARK),
             tiny_bb: read(TINY_BACKBONE),
             tiny_in: read("fixtures/mcu/tiny-inputs.bin"),
+            tfl_lm: read("fixtures/tflite/landmark.tflite"),
         }
     }
 
@@ -462,6 +465,7 @@ impl FixtureFiles {
             tiny_landmark: &self.tiny_lm,
             tiny_backbone: &self.tiny_bb,
             tiny_inputs: &self.tiny_in,
+            tflite_landmark: &self.tfl_lm,
         }
     }
 }
@@ -513,6 +517,20 @@ fn host_program_runs_and_the_episode_is_learnable() {
             .count()
     };
     assert_eq!(count("lm_out"), N_LANDMARK);
+    // The landmark model's `.tflite` twin, converted by the program, gives the same results.
+    let strip = |prefix: &str| -> Vec<String> {
+        let p = format!("{prefix}lm_");
+        lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(&p).map(String::from))
+            .collect()
+    };
+    assert_eq!(strip("").len(), 2 * N_LANDMARK);
+    assert_eq!(
+        strip("tfl."),
+        strip(""),
+        "landmark.tflite vs landmark.safetensors"
+    );
     assert_eq!(
         count("fs_query_feat"),
         N_WAY * N_QUERY * 4,
@@ -745,6 +763,7 @@ fn study_models_on_the_mcu() {
         tiny_landmark: &landmarks,
         tiny_backbone: &backbone,
         tiny_inputs: &inputs,
+        tflite_landmark: &[],
     };
     let host = run_host_parts::<true>(fx).unwrap_or_else(|e| panic!("host run failed: {e:?}"));
     if !have_qemu("study_models_on_the_mcu") {

@@ -66,6 +66,9 @@ pub const OUTPUT_NAME: &str = "output";
 pub enum OnnxError {
     #[error("not a runtime-core model: {0}")]
     Model(String),
+    /// An op with no ONNX writer (the message names the op and its output tensor).
+    #[error("cannot write as ONNX: {0}")]
+    Unsupported(String),
 }
 
 fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
@@ -300,6 +303,14 @@ pub fn to_onnx_proto(model_bytes: &[u8]) -> Result<ModelProto, OnnxError> {
         let (ii, io) = (n.inputs()[0], n.output());
         let (ai, ao) = (desc(ii), desc(io));
         match n.op() {
+            Op::DwConvI8 { .. } | Op::DwConvF32(_) => {
+                // A grouped QLinearConv could carry it; not written yet (runtime-core reads
+                // depthwise convs from .tflite and writes them back as .tflite).
+                return Err(OnnxError::Unsupported(format!(
+                    "dwconv writing tensor {io}: depthwise convolution has no ONNX writer yet \
+                     (export to .tflite instead)"
+                )));
+            }
             Op::ConvI8 { conv, .. } => {
                 let geom = ConvGeom::of_window(&conv.win);
                 let q = QuantParams {

@@ -21,6 +21,7 @@
 //! | runtime op | TFLite |
 //! |---|---|
 //! | `conv` | `CONV_2D` (OHWI int8 weights, per-channel scales on dimension 0; int32 bias at scale `in_scale·w_scale[c]`, zero point 0), fused `RELU`; `PAD` first when the padding is not TFLite's `SAME` or `VALID` |
+//! | `dwconv` | `DEPTHWISE_CONV_2D` (`[1, KH, KW, OC]` int8 weights, per-channel scales on dimension 3, `depth_multiplier`), bias, `RELU` and padding as for `conv` |
 //! | `fc` | `FULLY_CONNECTED` (per-channel, `[N, H·W·C]` weights: TFLite flattens NHWC, which is runtime-core's HWC order), fused `RELU` |
 //! | `add` | `ADD`, fused `RELU` |
 //! | `maxpool` | `MAX_POOL_2D`; `PADV2` with −128 first when the padding is not `SAME`/`VALID` |
@@ -139,6 +140,12 @@ pub(crate) enum Options {
     Conv {
         padding: i8,
         stride: [i32; 2],
+        act: i8,
+    },
+    DepthwiseConv {
+        padding: i8,
+        stride: [i32; 2],
+        depth_multiplier: i32,
         act: i8,
     },
     Pool {
@@ -353,12 +360,15 @@ impl Graph {
         Ok((y, fb::VALID))
     }
 
-    /// Per-channel int8 weights (`shape[0]` channels, zero points 0) and the int32 bias at
-    /// scale `in_scale·w_scale[c]`; returns (weights, bias).
+    /// Per-channel int8 weights (`ws.len()` channels along axis `dim`: 0 for conv and fc, 3
+    /// for depthwise conv; zero points 0) and the int32 bias at scale `in_scale·w_scale[c]`;
+    /// returns (weights, bias).
+    #[allow(clippy::too_many_arguments)]
     fn weights_and_bias(
         &mut self,
         name: &str,
         shape: Vec<i32>,
+        dim: i32,
         w: &[i8],
         bias: impl Iterator<Item = i32>,
         in_scale: f32,
@@ -374,7 +384,7 @@ impl Graph {
             quant: Some(Quant {
                 scale: ws.to_vec(),
                 zero_point: vec![0; oc],
-                dim: 0,
+                dim,
             }),
         });
         let bb = self.buffer(bias.flat_map(|x| x.to_le_bytes()).collect());
@@ -545,8 +555,15 @@ pub(crate) fn build(model_bytes: &[u8]) -> Result<Graph, TfliteError> {
                 let (x, padding) = g.padded(&conv.win, x, &ai, false, &name)?;
                 let w = &conv.win;
                 let shape = vec![conv.out_c as i32, w.kh as i32, w.kw as i32, w.in_c as i32];
-                let (wt, bt) =
-                    g.weights_and_bias(&name, shape, conv.weights, conv.bias.iter(), ai.scale, &ws);
+                let (wt, bt) = g.weights_and_bias(
+                    &name,
+                    shape,
+                    0,
+                    conv.weights,
+                    conv.bias.iter(),
+                    ai.scale,
+                    &ws,
+                );
                 let y = g.activation(io, &ao, nhwc(&ao));
                 let stride = [w.stride_w as i32, w.stride_h as i32];
                 g.op(
@@ -556,6 +573,46 @@ pub(crate) fn build(model_bytes: &[u8]) -> Result<Graph, TfliteError> {
                     Options::Conv {
                         padding,
                         stride,
+                        act,
+                    },
+                );
+            }
+            Op::DwConvI8 {
+                conv,
+                weight_scales: stored,
+            } => {
+                let name = format!("dwconv_t{io}");
+                let act = fused(conv.act_min, conv.act_max, ao.zp, &name)?;
+                let ws = weight_scales(
+                    stored,
+                    conv.mult,
+                    conv.shift,
+                    (ai.scale, ao.scale),
+                    &name,
+                    &mut g.notes,
+                );
+                let x = g.input4(ii, &ai)?;
+                let (x, padding) = g.padded(&conv.win, x, &ai, false, &name)?;
+                let w = &conv.win;
+                let shape = vec![1, w.kh as i32, w.kw as i32, conv.out_c() as i32];
+                let (wt, bt) = g.weights_and_bias(
+                    &name,
+                    shape,
+                    3,
+                    conv.weights,
+                    conv.bias.iter(),
+                    ai.scale,
+                    &ws,
+                );
+                let y = g.activation(io, &ao, nhwc(&ao));
+                g.op(
+                    fb::op::DEPTHWISE_CONV_2D,
+                    vec![x, wt, bt],
+                    vec![y],
+                    Options::DepthwiseConv {
+                        padding,
+                        stride: [w.stride_w as i32, w.stride_h as i32],
+                        depth_multiplier: conv.depth_mult as i32,
                         act,
                     },
                 );
@@ -579,7 +636,7 @@ pub(crate) fn build(model_bytes: &[u8]) -> Result<Graph, TfliteError> {
                 let x = g.input(ii)?;
                 let shape = vec![fc.out_len as i32, fc.in_len as i32];
                 let (wt, bt) =
-                    g.weights_and_bias(&name, shape, fc.weights, fc.bias.iter(), ai.scale, &ws);
+                    g.weights_and_bias(&name, shape, 0, fc.weights, fc.bias.iter(), ai.scale, &ws);
                 let y = g.activation(io, &ao, vec![1, fc.out_len as i32]);
                 g.op(
                     fb::op::FULLY_CONNECTED,
@@ -735,6 +792,7 @@ pub(crate) fn build(model_bytes: &[u8]) -> Result<Graph, TfliteError> {
                 );
             }
             Op::ConvF32(_)
+            | Op::DwConvF32(_)
             | Op::FcF32(_)
             | Op::AddF32 { .. }
             | Op::MeanF32
@@ -924,6 +982,19 @@ fn options_table(
             b.push_slot(slot(3), act, 0);
             tag::CONV_2D
         }
+        Options::DepthwiseConv {
+            padding,
+            stride,
+            depth_multiplier,
+            act,
+        } => {
+            b.push_slot(slot(0), padding, 0);
+            b.push_slot(slot(1), stride[0], 0);
+            b.push_slot(slot(2), stride[1], 0);
+            b.push_slot(slot(3), depth_multiplier, 0);
+            b.push_slot(slot(4), act, 0);
+            tag::DEPTHWISE_CONV_2D
+        }
         Options::Pool {
             padding,
             stride,
@@ -985,6 +1056,44 @@ mod tests {
             .join("../fixtures")
             .join(name);
         std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    /// RELU6 (what Keras' ReLU6 converts to) is read as RELU exactly where its upper clamp
+    /// `zp + round(6/scale)` reaches 127, and refused, naming the operator, where it does not.
+    #[test]
+    fn relu6_reads_as_relu_only_where_it_is_relu() {
+        let bytes = fixture("mcu/resnet8.safetensors");
+        let k = build(&bytes)
+            .unwrap()
+            .ops
+            .iter()
+            .position(|o| matches!(o.options, Options::Conv { .. }))
+            .expect("a conv");
+        // The conv's output at `scale` and zero point 0 (where RELU clamps), its activation
+        // `act`, as a .tflite read back.
+        let read = |scale: f32, act: i8| {
+            let mut g = build(&bytes).unwrap();
+            let out = g.ops[k].outputs[0] as usize;
+            let q = g.tensors[out].quant.as_mut().unwrap();
+            (q.scale, q.zero_point) = (vec![scale], vec![0]);
+            if let Options::Conv { act: a, .. } = &mut g.ops[k].options {
+                *a = act;
+            }
+            runtime_core::tflite::to_model_bytes(&serialize(&g, ""))
+        };
+        // 6/0.02 = 300 steps above the zero point: the clamp is RELU's.
+        assert_eq!(
+            read(0.02, fb::ACT_RELU6).unwrap(),
+            read(0.02, fb::ACT_RELU).unwrap()
+        );
+        // 6/1.0 = 6 steps: RELU6 would clamp inside the range.
+        let e = read(1.0, fb::ACT_RELU6).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "operator {k} (CONV_2D = builtin 3): unsupported: fused RELU6"
+            )),
+            "{e}"
+        );
     }
 
     const INT8_MODELS: &[&str] = &[
@@ -1099,7 +1208,7 @@ mod tests {
             use fb::options::*;
             let t = v.visit_table(pos)?;
             let t = match TAG {
-                CONV_2D | POOL_2D => t
+                CONV_2D | POOL_2D | DEPTHWISE_CONV_2D => t
                     .visit_field::<i8>("padding", slot(0), false)?
                     .visit_field::<i32>("stride_w", slot(1), true)?
                     .visit_field::<i32>("stride_h", slot(2), true)?,
@@ -1139,6 +1248,10 @@ mod tests {
                                     "Pool2DOptions",
                                     pos,
                                 ),
+                            DEPTHWISE_CONV_2D => v
+                                .verify_union_variant::<ForwardsUOffset<
+                                    OptionsV<DEPTHWISE_CONV_2D>,
+                                >>("DepthwiseConv2DOptions", pos),
                             FULLY_CONNECTED => v
                                 .verify_union_variant::<ForwardsUOffset<OptionsV<FULLY_CONNECTED>>>(
                                     "FullyConnectedOptions",

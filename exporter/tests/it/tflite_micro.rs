@@ -612,3 +612,117 @@ fn tflite_micro_runs_avgpool_and_softmax_bit_for_bit() {
         "avgpool/softmax: {models} models, {values} output values identical with TFLite Micro"
     );
 }
+
+/// `(h, w, c, dm, k, stride, pad [t, l, b, r], relu)` of one depthwise test model.
+type DwCase = (
+    usize,
+    usize,
+    usize,
+    usize,
+    [usize; 2],
+    usize,
+    [usize; 4],
+    bool,
+);
+
+/// Depthwise convolutions (`dwconv` → DEPTHWISE_CONV_2D) over depth multipliers 1–3, strides 1
+/// and 2, SAME, VALID and PyTorch-style padding (an explicit PAD), square and oblong kernels,
+/// with and without a fused ReLU, each followed by a 1×1 conv (a depthwise separable block):
+/// TFLite Micro gives runtime-core's bytes, and the file reads back into the same bytes.
+#[test]
+fn tflite_micro_runs_depthwise_bit_for_bit() {
+    if !have_tflite_micro() {
+        println!("SKIP tflite_micro depthwise: python3 cannot import tflite_micro/numpy");
+        return;
+    }
+    let mut s: u64 = 0xD3E9;
+    let mut next = move || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (s >> 33) as u32
+    };
+    let cases: &[DwCase] = &[
+        (8, 8, 4, 1, [3, 3], 1, [1, 1, 1, 1], true),   // SAME
+        (8, 8, 4, 1, [3, 3], 2, [1, 1, 1, 1], true),   // PyTorch pad 1, stride 2: PAD + VALID
+        (9, 7, 3, 2, [3, 3], 2, [1, 1, 1, 1], false),  // SAME on odd sizes
+        (6, 6, 5, 3, [3, 3], 1, [0; 4], false),        // VALID, dm 3
+        (7, 9, 6, 1, [5, 5], 1, [2, 2, 2, 2], true),   // 5x5 SAME
+        (8, 6, 4, 2, [3, 2], 2, [0; 4], true),         // oblong kernel, VALID
+        (5, 5, 40, 2, [3, 3], 1, [1, 1, 1, 1], false), // more channels than the kernel's block
+    ];
+    let mut values = 0;
+    for (k, &(h, w, c, dm, kk, st, pad, relu)) in cases.iter().enumerate() {
+        let oc = c * dm;
+        let in_q = Quant {
+            scale: 0.02 + 0.01 * k as f32,
+            zp: -20 + 9 * k as i32,
+        };
+        let mid_q = Quant {
+            scale: 0.03 + 0.007 * k as f32,
+            zp: if relu { -128 } else { 5 - 3 * k as i32 },
+        };
+        let out_q = Quant { scale: 0.05, zp: 2 };
+        let mut rand_w = |n: usize| -> Vec<i8> {
+            (0..n)
+                .map(|_| ((next() % 255) as i32 - 127) as i8)
+                .collect()
+        };
+        let dw_w = rand_w(kk[0] * kk[1] * oc);
+        let pw_w = rand_w(8 * oc);
+        let dw_s: Vec<f32> = (0..oc).map(|i| 0.003 + 0.0011 * (i % 7) as f32).collect();
+        let pw_s: Vec<f32> = (0..8).map(|i| 0.002 + 0.0005 * i as f32).collect();
+        let dw_b: Vec<i32> = (0..oc).map(|i| (i as i32 * 37) % 400 - 200).collect();
+        let pw_b: Vec<i32> = (0..8).map(|i| i * 50 - 150).collect();
+        let mut mb = ModelBuilder::new(Dtype::Int8, Task::Features).with_weight_scales();
+        let x = mb
+            .input([h, w, c], &vec![0.5; c], &vec![0.25; c], in_q)
+            .unwrap();
+        let p = runtime_core::LayerParams::I8 {
+            weights: &dw_w,
+            w_scale: &dw_s,
+            bias: &dw_b,
+        };
+        let d = mb
+            .dwconv("dw", x, dm, kk, [st, st], pad, relu, p, mid_q)
+            .unwrap();
+        let p = runtime_core::LayerParams::I8 {
+            weights: &pw_w,
+            w_scale: &pw_s,
+            bias: &pw_b,
+        };
+        let y = mb
+            .conv("pw", d, 8, [1, 1], [1, 1], [0; 4], false, p, out_q)
+            .unwrap();
+        mb.output(y).unwrap();
+        let bytes = mb.to_bytes().unwrap();
+        let m = Model::parse(&bytes).unwrap();
+        let t = tflite::to_tflite(&bytes).unwrap();
+        assert!(t.notes.is_empty(), "case {k}: {:?}", t.notes);
+        let xs: Vec<Vec<i8>> = (0..6)
+            .map(|_| {
+                (0..m.input_len())
+                    .map(|_| (next() % 256) as u8 as i8)
+                    .collect()
+            })
+            .collect();
+        let (tflm, rt) = (run_tflm(&t.bytes, &xs), run_runtime(&m, &xs));
+        let mut distinct = rt.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert!(distinct.len() > 8, "case {k}: degenerate {distinct:?}");
+        assert_eq!(tflm, rt, "case {k}: TFLite Micro vs runtime-core");
+        let back = runtime_core::tflite::to_model_bytes(&t.bytes).unwrap();
+        let mb = Model::parse(&back).unwrap();
+        assert!(mb
+            .nodes()
+            .iter()
+            .any(|n| n.kind() == runtime_core::OpKind::DepthwiseConv2d));
+        assert_eq!(run_runtime(&mb, &xs), rt, "case {k}: read back");
+        values += rt.len();
+    }
+    println!(
+        "depthwise: {} models, {values} output values identical with TFLite Micro",
+        cases.len()
+    );
+}

@@ -271,7 +271,8 @@ impl ModelBuilder {
     }
 
     /// Writes the weights/bias (and for int8 the derived multipliers/shifts) of a conv/fc layer
-    /// and returns the `w=… b=… [m=… s=…]` fields.
+    /// and returns the `w=… b=… [m=… s=…]` fields. One bias, scale and multiplier per output
+    /// channel, `out.c`.
     fn layer_params(
         &mut self,
         name: &str,
@@ -281,7 +282,7 @@ impl ModelBuilder {
         p: LayerParams,
     ) -> Result<String, BuildError> {
         let n: usize = wshape.iter().product();
-        let oc = wshape[0];
+        let oc = out.c;
         match (p, self.dtype) {
             (
                 LayerParams::I8 {
@@ -357,6 +358,53 @@ impl ModelBuilder {
         let _ = writeln!(
             self.lines,
             "conv in={} out={} k={},{} stride={},{} pad={} {fields}{}",
+            x.0,
+            y.0,
+            k[0],
+            k[1],
+            stride[0],
+            stride[1],
+            list(&pad),
+            if relu { " relu" } else { "" }
+        );
+        Ok(y)
+    }
+
+    /// Depthwise conv (TFLite DEPTHWISE_CONV_2D): output channel `ic·depth_mult + m` filters
+    /// input channel `ic` alone; weights `[1, kh, kw, in_c·depth_mult]` (TFLite's layout), one
+    /// scale and bias per output channel; `k`, `stride`, `pad` as for [`ModelBuilder::conv`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn dwconv(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        depth_mult: usize,
+        k: [usize; 2],
+        stride: [usize; 2],
+        pad: [usize; 4],
+        relu: bool,
+        p: LayerParams,
+        out_q: Quant,
+    ) -> Result<TensorId, BuildError> {
+        let xd = self.desc(x)?;
+        let oh = Window::out_dim(xd.h, k[0], stride[0], pad[0], pad[2]).ok_or(BuildError::Shape)?;
+        let ow = Window::out_dim(xd.w, k[1], stride[1], pad[1], pad[3]).ok_or(BuildError::Shape)?;
+        let out_c = xd.c.checked_mul(depth_mult).ok_or(BuildError::Shape)?;
+        if out_c == 0 {
+            return Err(BuildError::Shape);
+        }
+        let od = TensorDesc {
+            h: oh,
+            w: ow,
+            c: out_c,
+            scale: out_q.scale,
+            zp: out_q.zp,
+        };
+        let fields = self.layer_params(name, &xd, &od, &[1, k[0], k[1], out_c], p)?;
+        let y = self.new_tensor(oh, ow, out_c, out_q)?;
+        let _ = writeln!(
+            self.lines,
+            "dwconv in={} out={} k={},{} stride={},{} pad={} dm={depth_mult} {fields}{}",
             x.0,
             y.0,
             k[0],
@@ -585,6 +633,17 @@ impl ModelBuilder {
     /// Serialises the model and checks it loads.
     pub fn to_bytes(&self) -> Result<Vec<u8>, BuildError> {
         let bytes = write_safetensors(&self.graph_text()?, &self.params)?;
+        Model::parse(&bytes).map_err(BuildError::Invalid)?;
+        Ok(bytes)
+    }
+
+    /// [`ModelBuilder::to_bytes`], consuming the builder: its parameter copies are freed before
+    /// the check loads the file, so the peak heap is the larger of (parameters + file) and
+    /// (file + loaded model) rather than their sum (what converting a `.tflite` on an MCU
+    /// needs).
+    pub fn into_bytes(self) -> Result<Vec<u8>, BuildError> {
+        let bytes = write_safetensors(&self.graph_text()?, &self.params)?;
+        drop(self);
         Model::parse(&bytes).map_err(BuildError::Invalid)?;
         Ok(bytes)
     }

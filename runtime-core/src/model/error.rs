@@ -102,12 +102,12 @@ impl fmt::Display for GraphError {
                  model with a host-trainer that matches this runtime"
             }
             GraphError::UnknownOp => {
-                "unknown op or directive (known: tensor, input, output, conv, fc, add, maxpool, \
-                 mean, leaky, avgpool, softmax)"
+                "unknown op or directive (known: tensor, input, output, conv, dwconv, fc, add, \
+                 maxpool, mean, leaky, avgpool, softmax)"
             }
             GraphError::BadToken => {
-                "unexpected token: tokens are `key=value` or the flag `relu` (once, on conv, fc, \
-                 add and avgpool only), at most 16 per line"
+                "unexpected token: tokens are `key=value` or the flag `relu` (once, on conv, \
+                 dwconv, fc, add and avgpool only), at most 16 per line"
             }
             GraphError::UnknownKey => {
                 "a `key=` this op does not take (FORMAT.md lists each op's keys)"

@@ -422,6 +422,7 @@ fn parse_text<'a>(st: &Container<'a>, text: &str, line_no: &mut u32) -> R<Model<
                 continue;
             }
             "conv" => parse_conv,
+            "dwconv" => parse_dwconv,
             "fc" => parse_fc,
             "add" => parse_add,
             "maxpool" => parse_maxpool,
@@ -631,6 +632,74 @@ fn parse_conv<'a>(
         Kernel::ConvF32(ConvF32 {
             win,
             out_c: oc,
+            weights,
+            bias,
+            relu,
+        })
+    };
+    Ok(Node {
+        kernel,
+        inputs: [ti, 0],
+        n_inputs: 1,
+        output: to,
+        macs,
+    })
+}
+
+/// `dwconv in= out= k= stride= [pad=] dm= w= b= [m= s= [ws=]] [relu]`: depthwise convolution,
+/// `out_c = in_c·dm`, weights `[1, KH, KW, out_c]` (TFLite's layout).
+fn parse_dwconv<'a>(
+    f: &mut Fields<'_>,
+    g: &mut Graph<'a>,
+    ld: &mut Loader<'a, '_>,
+    int8: bool,
+) -> R<Node<'a>> {
+    let relu = f.relu;
+    let (ti, to) = (f.tensor_id("in")?, f.tensor_id("out")?);
+    let (di, dout) = (g.read(ti)?, g.write(to)?);
+    let k = f.pair("k")?;
+    let stride = f.pair("stride")?;
+    let pad = f.pad()?;
+    let dm: usize = f.num("dm")?;
+    if dm == 0 {
+        return Err(E::ZeroDim);
+    }
+    let win = window(&di, k, stride, pad)?;
+    let oc = mul(di.c, dm)?;
+    expect_shape(&dout, win.out_h, win.out_w, oc)?;
+    // The accumulator sums kh·kw products per output (bounded like a conv's reduction).
+    let red = mul(k[0], k[1])?;
+    if red > MAX_REDUCTION {
+        return Err(E::TooLarge);
+    }
+    let wshape = [1, k[0], k[1], oc];
+    let macs = (red as u64) * (dout.len() as u64);
+    let kernel = if int8 {
+        let weights = ld.weights_i8(f.req("w")?, &wshape)?;
+        let (bias, mult, shift) = ld.requant(f, oc)?;
+        let ws = ld.weight_scales(f, oc, di.scale, dout.scale, mult, shift)?;
+        let (act_min, act_max) = crate::ops::requant::activation_range_i8(relu, dout.zp);
+        Kernel::DwConvI8(
+            DwConvI8 {
+                win,
+                depth_mult: dm,
+                weights,
+                bias,
+                mult,
+                shift,
+                in_zp: di.zp,
+                out_zp: dout.zp,
+                act_min,
+                act_max,
+            },
+            ws,
+        )
+    } else {
+        let weights = ld.f32s(f.req("w")?, &wshape)?;
+        let bias = ld.f32s(f.req("b")?, &[oc])?;
+        Kernel::DwConvF32(DwConvF32 {
+            win,
+            depth_mult: dm,
             weights,
             bias,
             relu,

@@ -18,8 +18,8 @@ pub use error::{GraphError, ModelError, RunError};
 use alloc::vec::Vec;
 
 use crate::ops::{
-    self, add::AddI8, conv2d::*, fully_connected::*, leaky_relu::LeakyI8, mean::MeanI8,
-    prepared::PreparedI8, softmax::SoftmaxI8, F32Le, Window,
+    self, add::AddI8, conv2d::*, depthwise::*, fully_connected::*, leaky_relu::LeakyI8,
+    mean::MeanI8, prepared::PreparedI8, softmax::SoftmaxI8, F32Le, Window,
 };
 
 /// The fixed-point multiplier and shift of one int8 conv/fc output channel:
@@ -95,6 +95,7 @@ impl TensorDesc {
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum OpKind {
     Conv2d,
+    DepthwiseConv2d,
     Add,
     MaxPool,
     Mean,
@@ -105,11 +106,12 @@ pub enum OpKind {
 }
 
 impl OpKind {
-    /// The op's name in the graph text (`FORMAT.md`): `conv`, `add`, `maxpool`, `mean`, `fc`,
+    /// The op's name in the graph text (`FORMAT.md`): `conv`, `dwconv`, `add`, `maxpool`, `mean`, `fc`,
     /// `leaky`, `avgpool`, `softmax`.
     pub fn name(self) -> &'static str {
         match self {
             OpKind::Conv2d => "conv",
+            OpKind::DepthwiseConv2d => "dwconv",
             OpKind::Add => "add",
             OpKind::MaxPool => "maxpool",
             OpKind::Mean => "mean",
@@ -128,6 +130,9 @@ pub(crate) enum Kernel<'a> {
     /// scales when the file stores them (`ws=`; for [`Node::op`], not for inference).
     ConvI8(ConvI8<'a>, u16, Option<F32Le<'a>>),
     ConvF32(ConvF32<'a>),
+    /// The op and the weight scales when the file stores them (as for `ConvI8`).
+    DwConvI8(DwConvI8<'a>, Option<F32Le<'a>>),
+    DwConvF32(DwConvF32<'a>),
     AddI8(AddI8),
     AddF32 {
         relu: bool,
@@ -184,6 +189,13 @@ pub enum Op<'a> {
         weight_scales: Option<F32Le<'a>>,
     },
     ConvF32(ConvF32<'a>),
+    /// int8 depthwise convolution (weights `[1, KH, KW, OC]`, output channel `ic·dm + m`);
+    /// `weight_scales` as for [`Op::ConvI8`].
+    DwConvI8 {
+        conv: DwConvI8<'a>,
+        weight_scales: Option<F32Le<'a>>,
+    },
+    DwConvF32(DwConvF32<'a>),
     /// int8 fully connected over the input flattened in HWC order.
     FcI8 {
         fc: FcI8<'a>,
@@ -246,6 +258,7 @@ impl<'a> Node<'a> {
     pub fn kind(&self) -> OpKind {
         match self.kernel {
             Kernel::ConvI8(..) | Kernel::ConvF32(_) => OpKind::Conv2d,
+            Kernel::DwConvI8(..) | Kernel::DwConvF32(_) => OpKind::DepthwiseConv2d,
             Kernel::AddI8(_) | Kernel::AddF32 { .. } => OpKind::Add,
             Kernel::MaxPoolI8(_) | Kernel::MaxPoolF32(_) => OpKind::MaxPool,
             Kernel::MeanI8(_) | Kernel::MeanF32 { .. } => OpKind::Mean,
@@ -264,6 +277,11 @@ impl<'a> Node<'a> {
                 weight_scales,
             },
             Kernel::ConvF32(conv) => Op::ConvF32(conv),
+            Kernel::DwConvI8(conv, weight_scales) => Op::DwConvI8 {
+                conv,
+                weight_scales,
+            },
+            Kernel::DwConvF32(conv) => Op::DwConvF32(conv),
             Kernel::AddI8(add) => Op::AddI8(add),
             Kernel::AddF32 { relu } => Op::AddF32 { relu },
             Kernel::MaxPoolI8(win) | Kernel::MaxPoolF32(win) => Op::MaxPool(win),
@@ -295,7 +313,7 @@ impl<'a> Node<'a> {
     pub fn output(&self) -> u16 {
         self.output
     }
-    /// Multiply-accumulates (conv/fc) or element operations (others).
+    /// Multiply-accumulates (conv/depthwise conv/fc) or element operations (others).
     pub fn macs(&self) -> u64 {
         self.macs
     }
@@ -444,11 +462,16 @@ impl<'a> Model<'a> {
     pub fn arena_offsets(&self) -> &[usize] {
         &self.offsets
     }
-    /// Total multiply-accumulates of conv and fc ops.
+    /// Total multiply-accumulates of conv, depthwise conv and fc ops.
     pub fn macs(&self) -> u64 {
         self.nodes
             .iter()
-            .filter(|n| matches!(n.kind(), OpKind::Conv2d | OpKind::FullyConnected))
+            .filter(|n| {
+                matches!(
+                    n.kind(),
+                    OpKind::Conv2d | OpKind::DepthwiseConv2d | OpKind::FullyConnected
+                )
+            })
             .map(|n| n.macs)
             .sum()
     }
@@ -703,6 +726,7 @@ impl<'a> Model<'a> {
                     let prep = self.prepared.get(*i as usize).ok_or(RunError::Internal)?;
                     ops::prepared::conv2d_i8_prepared_threads(p, prep, x0, out, team, self.threads)
                 }
+                Kernel::DwConvI8(p, _) => ops::depthwise::depthwise_i8(p, x0, out),
                 Kernel::AddI8(p) => ops::prepared::add_i8_threads(
                     p,
                     x0,
@@ -749,6 +773,7 @@ impl<'a> Model<'a> {
             let (out, x0, x1) = self.views(a, n)?;
             let r = match &n.kernel {
                 Kernel::ConvF32(p) => ops::conv2d::conv2d_f32(p, x0, out),
+                Kernel::DwConvF32(p) => ops::depthwise::depthwise_f32(p, x0, out),
                 Kernel::AddF32 { relu } => {
                     ops::add::add_f32(x0, x1.ok_or(RunError::Internal)?, out, *relu)
                 }

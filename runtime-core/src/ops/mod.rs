@@ -10,6 +10,7 @@ pub mod add;
 mod arch;
 pub mod avgpool;
 pub mod conv2d;
+pub mod depthwise;
 pub mod fully_connected;
 pub mod leaky_relu;
 pub mod maxpool;

@@ -8,15 +8,30 @@
 //! converted model computes what TFLite Micro computes. The conversion allocates (it runs once,
 //! at load); inference afterwards allocates nothing, as for any model.
 //!
-//! Ops: CONV_2D, FULLY_CONNECTED, ADD, MAX_POOL_2D, AVERAGE_POOL_2D, MEAN (over H and W),
-//! LEAKY_RELU, SOFTMAX (int8 out at scale 1/256, zero point −128, as TFLite requires), RESHAPE
-//! (a no-op on NHWC memory), and PAD / PADV2 folded into the convolution or max pool they feed
-//! (the form TFLite converters give PyTorch-style padding). Fused activations NONE and RELU.
-//! Anything else — an op without a kernel here (DEPTHWISE_CONV_2D …), a float or
-//! QUANTIZE/DEQUANTIZE model, dilation, broadcasting — is a [`TfliteError`] naming the op, its
-//! index and the tensor. Known arithmetic difference: MEAN over an H·W that is not a power of
-//! two can differ from TFLite Micro by 1 LSB on rare sums (TFLite Micro divides its multiplier
-//! by H·W with an integer division; this runtime folds 1/(H·W) into one rounded multiplier).
+//! Ops: CONV_2D, DEPTHWISE_CONV_2D (any depth multiplier), FULLY_CONNECTED, ADD, MAX_POOL_2D,
+//! AVERAGE_POOL_2D, MEAN (over H and W), LEAKY_RELU, SOFTMAX (int8 out at scale 1/256, zero
+//! point −128, as TFLite requires), RESHAPE (a no-op on NHWC memory), and PAD / PADV2 folded
+//! into the convolution or max pool they feed (the form TFLite converters give PyTorch-style
+//! padding and Keras' `ZeroPadding2D`). Fused activations NONE, RELU, and RELU6 where its upper
+//! clamp is at or above 127 (then it is RELU exactly; converters calibrate a ReLU6 output to a
+//! range ending at most at 6, so theirs always are).
+//!
+//! Float interface: TensorFlow's converter, asked for full-integer quantisation without
+//! `inference_input_type=int8`, keeps a float32 input and output and adds a QUANTIZE after the
+//! input and a DEQUANTIZE before the output. Those two are read as the model's boundary: the
+//! converted model's input is the QUANTIZE's int8 tensor and its output the DEQUANTIZE's int8
+//! input ([`Converted::float_input`], [`Converted::float_output`]). The runtime's own
+//! boundary arithmetic is TFLite's: [`Model::load_input_f32`](crate::Model::load_input_f32)
+//! quantises as TFLite's QUANTIZE does (`round_half_away(x/scale) + zp`, saturated, in f32) and
+//! [`Model::run_int8`](crate::Model::run_int8) dequantises as DEQUANTIZE (`scale·(q − zp)`,
+//! one rounding to f32), so feeding the same floats gives the same floats. A QUANTIZE or
+//! DEQUANTIZE anywhere else (a requantisation inside the graph) is not read.
+//!
+//! Anything else — an op without a kernel here, a float model, dilation, broadcasting — is a
+//! [`TfliteError`] naming the op, its index and the tensor. Known arithmetic difference: MEAN
+//! over an H·W that is not a power of two can differ from TFLite Micro by 1 LSB on rare sums
+//! (TFLite Micro divides its multiplier by H·W with an integer division; this runtime folds
+//! 1/(H·W) into one rounded multiplier).
 //!
 //! Every read of the flatbuffer is bounds-checked ([`fb`]); malformed bytes give an error,
 //! never a panic.
@@ -53,9 +68,11 @@ pub enum TfliteErrorKind {
     Malformed(&'static str),
     /// An op this runtime has no kernel for.
     UnsupportedOp,
-    /// A float (or mixed) model: only int8 models are read.
+    /// A float (or mixed) tensor where an int8 one is needed: only int8-quantised models are
+    /// read (float only at the input and output, through QUANTIZE / DEQUANTIZE).
     NotInt8,
-    /// A setting of a supported op that is not supported (dilation, RELU6, broadcasting …).
+    /// A setting of a supported op that is not supported (dilation, a RELU6 that is not RELU,
+    /// broadcasting …).
     Unsupported(String),
     /// The model's own numbers are inconsistent (a shape that does not follow, a -128 weight).
     Invalid(String),
@@ -99,13 +116,16 @@ impl core::fmt::Display for TfliteError {
         match &self.kind {
             TfliteErrorKind::Malformed(what) => write!(f, "malformed TFLite flatbuffer: {what}"),
             TfliteErrorKind::UnsupportedOp => f.write_str(
-                "no kernel for this op in runtime-core (it runs CONV_2D, FULLY_CONNECTED, ADD, \
-                 MAX_POOL_2D, AVERAGE_POOL_2D, MEAN, LEAKY_RELU, SOFTMAX, RESHAPE, PAD/PADV2 \
-                 before a conv or max pool)",
+                "no kernel for this op in runtime-core (it runs CONV_2D, DEPTHWISE_CONV_2D, \
+                 FULLY_CONNECTED, ADD, MAX_POOL_2D, AVERAGE_POOL_2D, MEAN, LEAKY_RELU, SOFTMAX, \
+                 RESHAPE, PAD/PADV2 before a conv, depthwise conv or max pool, QUANTIZE after a \
+                 float input and DEQUANTIZE before a float output)",
             ),
-            TfliteErrorKind::NotInt8 => {
-                f.write_str("not an int8 tensor: only fully int8-quantised models are read")
-            }
+            TfliteErrorKind::NotInt8 => f.write_str(
+                "not an int8 tensor: only int8-quantised models are read (float only as the \
+                     input of a QUANTIZE at the graph input and the output of a DEQUANTIZE at \
+                     the graph output)",
+            ),
             TfliteErrorKind::Unsupported(m) => write!(f, "unsupported: {m}"),
             TfliteErrorKind::Invalid(m) => write!(f, "invalid: {m}"),
             TfliteErrorKind::Build(e) => write!(f, "{e}"),
@@ -328,6 +348,8 @@ struct TensorInfo<'a> {
     data: &'a [u8],
     scales: Vec<f32>,
     zero_points: Vec<i64>,
+    /// The axis of per-channel scales (`quantized_dimension`, default 0).
+    quant_dim: i32,
 }
 
 impl TensorInfo<'_> {
@@ -367,8 +389,15 @@ pub struct Converted {
     /// For each TFLite tensor (by subgraph index), the runtime activation tensor holding the
     /// same int8 values ([`Node::output`](crate::Node::output) ids; a RESHAPE's output is its
     /// input's), or `None` (constants, and PAD outputs folded into the op they feed). For
-    /// comparing every intermediate tensor with another engine.
+    /// comparing every intermediate tensor with another engine. Float tensors (a float
+    /// interface's input and output) map to `None`.
     pub tensor_ids: Vec<Option<u16>>,
+    /// The file's input is float32, quantised by a QUANTIZE into the model's int8 input (feed
+    /// floats with [`Model::load_input_f32`](crate::Model::load_input_f32)).
+    pub float_input: bool,
+    /// The file's output is float32, the DEQUANTIZE of the model's int8 output (read it with
+    /// [`Model::run_int8`](crate::Model::run_int8) or [`Model::run`](crate::Model::run)).
+    pub float_output: bool,
 }
 
 /// [`to_model_bytes`], with the tensor map of [`Converted`].
@@ -401,8 +430,9 @@ pub fn convert(tflite: &[u8]) -> Result<Converted, TfliteError> {
             Some(v) => v.i32s()?,
             None => Vec::new(),
         };
-        let (mut scales, mut zero_points) = (Vec::new(), Vec::new());
+        let (mut scales, mut zero_points, mut quant_dim) = (Vec::new(), Vec::new(), 0);
         if let Some(q) = t.table(s::tensor::QUANTIZATION)? {
+            quant_dim = q.i32_or(s::quantization::QUANTIZED_DIMENSION, 0)?;
             if let Some(v) = q.vector(s::quantization::SCALE, 4)? {
                 scales = (0..v.len).map(|i| v.f32(i)).collect::<R<_>>()?;
             }
@@ -417,6 +447,7 @@ pub fn convert(tflite: &[u8]) -> Result<Converted, TfliteError> {
             data: buffer_data(buffers, b)?,
             scales,
             zero_points,
+            quant_dim,
         });
     }
     let tensor = |i: i32| -> R<&TensorInfo> {
@@ -442,19 +473,86 @@ pub fn convert(tflite: &[u8]) -> Result<Converted, TfliteError> {
             "a graph with several inputs or outputs".into(),
         ));
     };
-    let ti = tensor(*input)?;
     let at_tensor = |i: i32, kind: TfliteErrorKind| TfliteError {
         op_index: None,
         op_code: None,
         tensor: Some(i as usize),
         kind,
     };
+    tensor(*input)?;
+    tensor(*output)?;
+
+    // The operators: their codes, inputs, outputs and options.
+    let ops = g
+        .vector(s::subgraph::OPERATORS, 4)?
+        .ok_or_else(|| malformed("no operators"))?;
+    let mut op_list = Vec::with_capacity(ops.len);
+    for i in 0..ops.len {
+        let op = ops.table(i)?;
+        let ci = op.u32_or(s::operator::OPCODE_INDEX, 0)? as usize;
+        if ci >= codes.len {
+            return Err(malformed("opcode index"));
+        }
+        let oc = codes.table(ci)?;
+        let code = (oc.i8_or(s::operator_code::DEPRECATED_BUILTIN_CODE, 0)? as i32)
+            .max(oc.i32_or(s::operator_code::BUILTIN_CODE, 0)?);
+        let ins = match op.vector(s::operator::INPUTS, 4)? {
+            Some(v) => v.i32s()?,
+            None => Vec::new(),
+        };
+        let outs = match op.vector(s::operator::OUTPUTS, 4)? {
+            Some(v) => v.i32s()?,
+            None => Vec::new(),
+        };
+        let opts = op.table(s::operator::BUILTIN_OPTIONS)?;
+        op_list.push((code, ins, outs, opts));
+    }
+
+    // A float input is read through the QUANTIZE that turns it into int8 (see the module doc):
+    // the model's input is then that op's output.
+    let mut quantize_op = None;
+    let model_input = if tensor(*input)?.ty == s::FLOAT32 {
+        let found = op_list
+            .iter()
+            .position(|(code, ins, _, _)| *code == s::op::QUANTIZE && ins.first() == Some(input));
+        let Some(q) = found else {
+            return Err(at_tensor(*input, TfliteErrorKind::NotInt8));
+        };
+        let (_, _, outs, _) = &op_list[q];
+        let qerr = |t: Option<i32>, kind| TfliteError {
+            op_index: Some(q),
+            op_code: Some(s::op::QUANTIZE),
+            tensor: t.map(|t| t as usize),
+            kind,
+        };
+        let [out] = outs[..] else {
+            return Err(qerr(
+                None,
+                TfliteErrorKind::Invalid("needs exactly one output".into()),
+            ));
+        };
+        let to = tensor(out)?;
+        if to.ty != s::INT8 {
+            return Err(qerr(Some(out), TfliteErrorKind::NotInt8));
+        }
+        if to.shape != tensor(*input)?.shape {
+            return Err(qerr(
+                Some(out),
+                TfliteErrorKind::Invalid("QUANTIZE changes the shape".into()),
+            ));
+        }
+        quantize_op = Some(q);
+        out
+    } else {
+        *input
+    };
+    let ti = tensor(model_input)?;
     if ti.ty != s::INT8 {
-        return Err(at_tensor(*input, TfliteErrorKind::NotInt8));
+        return Err(at_tensor(model_input, TfliteErrorKind::NotInt8));
     }
     let [1, h, w, c] = ti.shape[..] else {
         return Err(at_tensor(
-            *input,
+            model_input,
             TfliteErrorKind::Unsupported(format!("input shape {:?} (NHWC, N = 1)", ti.shape)),
         ));
     };
@@ -482,47 +580,33 @@ pub fn convert(tflite: &[u8]) -> Result<Converted, TfliteError> {
     let mut mb = ModelBuilder::new(Dtype::Int8, task).with_weight_scales();
     let in_q = ti
         .quant()
-        .ok_or_else(|| at_tensor(*input, TfliteErrorKind::NotInt8))?;
+        .ok_or_else(|| at_tensor(model_input, TfliteErrorKind::NotInt8))?;
     let x = mb
         .input([h, w, c], &mean, &std, in_q)
-        .map_err(|e| at_tensor(*input, TfliteErrorKind::Build(e)))?;
+        .map_err(|e| at_tensor(model_input, TfliteErrorKind::Build(e)))?;
     let mut ids: Vec<Option<TensorId>> = vec![None; tensors.len()];
     let mut pads: Vec<Option<Pad>> = vec![None; tensors.len()];
-    ids[*input as usize] = Some(x);
+    ids[model_input as usize] = Some(x);
 
-    // The operators, in order.
-    let ops = g
-        .vector(s::subgraph::OPERATORS, 4)?
-        .ok_or_else(|| malformed("no operators"))?;
-    for i in 0..ops.len {
-        let op = ops.table(i)?;
-        let ci = op.u32_or(s::operator::OPCODE_INDEX, 0)? as usize;
-        if ci >= codes.len {
-            return Err(malformed("opcode index"));
+    // The operators, in order (the input's QUANTIZE is the model's input, done above).
+    let mut float_output = false;
+    for (i, (code, ins, outs, opts)) in op_list.iter().enumerate() {
+        if quantize_op == Some(i) {
+            continue;
         }
-        let oc = codes.table(ci)?;
-        let code = (oc.i8_or(s::operator_code::DEPRECATED_BUILTIN_CODE, 0)? as i32)
-            .max(oc.i32_or(s::operator_code::BUILTIN_CODE, 0)?);
-        let ins = match op.vector(s::operator::INPUTS, 4)? {
-            Some(v) => v.i32s()?,
-            None => Vec::new(),
-        };
-        let outs = match op.vector(s::operator::OUTPUTS, 4)? {
-            Some(v) => v.i32s()?,
-            None => Vec::new(),
-        };
-        let opts = op.table(s::operator::BUILTIN_OPTIONS)?;
         let mut cx = OpCx {
             index: i,
-            code,
-            ins: &ins,
-            outs: &outs,
+            code: *code,
+            ins,
+            outs,
             tensors: &tensors,
             ids: &mut ids,
             pads: &mut pads,
             mb: &mut mb,
+            graph_output: *output,
+            float_output: &mut float_output,
         };
-        convert_op(&mut cx, opts)?;
+        convert_op(&mut cx, *opts)?;
     }
     let y = ids
         .get(*output as usize)
@@ -532,8 +616,14 @@ pub fn convert(tflite: &[u8]) -> Result<Converted, TfliteError> {
     let build = |e| at_tensor(*output, TfliteErrorKind::Build(e));
     mb.output(y).map_err(build)?;
     Ok(Converted {
-        model: mb.to_bytes().map_err(build)?,
-        tensor_ids: ids.iter().map(|t| t.map(|t| t.0)).collect(),
+        model: mb.into_bytes().map_err(build)?,
+        tensor_ids: ids
+            .iter()
+            .zip(&tensors)
+            .map(|(t, info)| t.filter(|_| info.ty == s::INT8).map(|t| t.0))
+            .collect(),
+        float_input: quantize_op.is_some(),
+        float_output,
     })
 }
 
@@ -586,9 +676,13 @@ struct OpCx<'c, 'a> {
     ids: &'c mut Vec<Option<TensorId>>,
     pads: &'c mut Vec<Option<Pad>>,
     mb: &'c mut ModelBuilder,
+    /// The subgraph's output tensor (a DEQUANTIZE may write it).
+    graph_output: i32,
+    /// Set when a DEQUANTIZE gives the float output.
+    float_output: &'c mut bool,
 }
 
-impl OpCx<'_, '_> {
+impl<'a> OpCx<'_, 'a> {
     fn err(&self, tensor: Option<i32>, kind: TfliteErrorKind) -> TfliteError {
         TfliteError {
             op_index: Some(self.index),
@@ -639,7 +733,9 @@ impl OpCx<'_, '_> {
         self.ids[t as usize].ok_or_else(|| {
             if self.pads[t as usize].is_some() {
                 self.unsupported(
-                    "a PAD whose output feeds an op other than CONV_2D or MAX_POOL_2D".into(),
+                    "a PAD whose output feeds an op other than CONV_2D, DEPTHWISE_CONV_2D or \
+                     MAX_POOL_2D"
+                        .into(),
                 )
             } else {
                 self.invalid(
@@ -664,11 +760,31 @@ impl OpCx<'_, '_> {
         i.quant()
             .ok_or_else(|| self.invalid(Some(t), "no quantisation".into()))
     }
-    fn relu(&self, act: i8) -> R<bool> {
+    /// Whether fused activation `act` of an op writing `out` clamps at the zero point. RELU6
+    /// is read where it is RELU exactly: TFLite clamps to `[max(zp, −128), min(zp +
+    /// round(6/scale), 127)]`, and when the upper bound reaches 127 (as it does whenever the
+    /// output's range was calibrated on a ReLU6, `[0, ≤ 6]`) only the lower clamp remains.
+    fn relu(&self, act: i8, out: i32) -> R<bool> {
         match act {
             s::ACT_NONE => Ok(false),
             s::ACT_RELU => Ok(true),
-            other => Err(self.unsupported(format!("fused activation {other} (NONE and RELU are)"))),
+            s::ACT_RELU6 => {
+                let q = self.out_quant(out)?;
+                // TFLite's `quantize(6.0)`: `zp + round_half_away(6.0f / scale)`, in f32.
+                let hi = (libm::roundf(6.0f32 / q.scale) as i32).saturating_add(q.zp);
+                if hi >= 127 {
+                    Ok(true)
+                } else {
+                    Err(self.unsupported(format!(
+                        "fused RELU6 whose upper clamp ({hi}) is inside the int8 range (RELU6 \
+                         is read only where it equals RELU: 6 at or above the output's largest \
+                         value)"
+                    )))
+                }
+            }
+            other => Err(self.unsupported(format!(
+                "fused activation {other} (NONE, RELU, and RELU6 where it equals RELU, are)"
+            ))),
         }
     }
     /// Records `out` as the builder's tensor `id`, checking its shape against the file's.
@@ -690,10 +806,26 @@ impl OpCx<'_, '_> {
         Ok(())
     }
 
-    /// Constant int8 weights with per-channel (or per-tensor) scales and zero points 0, and the
-    /// int32 bias (zeros if absent).
-    fn weights(&self, wt: i32, bt: Option<i32>, oc: usize) -> R<(Vec<i8>, Vec<f32>, Vec<i32>)> {
-        let w = self.info(wt);
+    /// Constant int8 weights with per-channel (or per-tensor) scales along axis `ch_axis` (the
+    /// output channels: 0 for CONV_2D and FULLY_CONNECTED, 3 for DEPTHWISE_CONV_2D) and zero
+    /// points 0, and the int32 bias (zeros if absent).
+    fn weights(
+        &self,
+        wt: i32,
+        bt: Option<i32>,
+        oc: usize,
+        ch_axis: i32,
+    ) -> R<(&'a [i8], Vec<f32>, Vec<i32>)> {
+        let w = &self.tensors[wt as usize];
+        if w.scales.len() > 1 && w.quant_dim != ch_axis {
+            return Err(self.invalid(
+                Some(wt),
+                format!(
+                    "per-channel scales along axis {} (the output channels are axis {ch_axis})",
+                    w.quant_dim
+                ),
+            ));
+        }
         if w.ty != s::INT8 {
             return Err(self.err(Some(wt), TfliteErrorKind::NotInt8));
         }
@@ -708,7 +840,9 @@ impl OpCx<'_, '_> {
             n if n == oc => w.scales.clone(),
             n => return Err(self.invalid(Some(wt), format!("{n} scales for {oc} channels"))),
         };
-        let weights: Vec<i8> = w.data.iter().map(|&b| b as i8).collect();
+        // Borrowed from the file, not copied: the builder makes the one copy it stores, and a
+        // second, transient one would fragment a small MCU heap.
+        let weights: &'a [i8] = crate::ops::bytes_as_i8(w.data);
         if weights.contains(&-128) {
             return Err(self.invalid(
                 Some(wt),
@@ -794,11 +928,11 @@ fn convert_op(cx: &mut OpCx, opts: Option<Table>) -> R<()> {
             }
             let (ph, pw) = (d.h + pre[0] + pre[2], d.w + pre[1] + pre[3]);
             let own = cx.window_pads(opt8(0, s::SAME)?, [ph, pw], [kh, kw], st)?;
-            let relu = cx.relu(opt8(3, s::ACT_NONE)?)?;
-            let (weights, w_scale, bias) = cx.weights(wt, bt, oc)?;
+            let relu = cx.relu(opt8(3, s::ACT_NONE)?, out)?;
+            let (weights, w_scale, bias) = cx.weights(wt, bt, oc, 0)?;
             let q = cx.out_quant(out)?;
             let p = LayerParams::I8 {
-                weights: &weights,
+                weights,
                 w_scale: &w_scale,
                 bias: &bias,
             };
@@ -806,6 +940,60 @@ fn convert_op(cx: &mut OpCx, opts: Option<Table>) -> R<()> {
             let y = cx
                 .mb
                 .conv(&name, x, oc, [kh, kw], st, pads, relu, p, q)
+                .map_err(cx.build(out))?;
+            cx.produce(out, y)
+        }
+        s::op::DEPTHWISE_CONV_2D => {
+            let (xt, wt, out) = (cx.input(0)?, cx.input(1)?, cx.output()?);
+            let bt = cx.optional_input(2)?;
+            let (x, pre, pad_value) = cx.padded(xt)?;
+            let [1, kh, kw, oc] = cx.info(wt).shape[..] else {
+                return Err(cx.invalid(Some(wt), "filter is not [1, KH, KW, OC]".into()));
+            };
+            let (kh, kw, oc) = (pos(kh), pos(kw), pos(oc));
+            if opt(5, 1)? != 1 || opt(6, 1)? != 1 {
+                return Err(cx.unsupported("dilation".into()));
+            }
+            let st = [pos(opt(2, 1)?), pos(opt(1, 1)?)];
+            let d = cx.mb.desc(x).map_err(cx.build(xt))?;
+            // TFLite derives the multiplier from the shapes; the option, when set, must agree.
+            if d.c == 0 || oc == 0 || !oc.is_multiple_of(d.c) {
+                return Err(cx.invalid(
+                    Some(wt),
+                    format!("{oc} output channels for {} input channels", d.c),
+                ));
+            }
+            let dm = oc / d.c;
+            let dm_opt = opt(3, 0)?;
+            if dm_opt != 0 && usize::try_from(dm_opt) != Ok(dm) {
+                return Err(cx.invalid(
+                    Some(wt),
+                    format!(
+                        "depth_multiplier {dm_opt}, but {oc} output channels for {} input \
+                         channels",
+                        d.c
+                    ),
+                ));
+            }
+            if pad_value.is_some_and(|v| v != d.zp) {
+                return Err(cx.unsupported(
+                    "a PADV2 before a depthwise conv with a value other than the zero point".into(),
+                ));
+            }
+            let (ph, pw) = (d.h + pre[0] + pre[2], d.w + pre[1] + pre[3]);
+            let own = cx.window_pads(opt8(0, s::SAME)?, [ph, pw], [kh, kw], st)?;
+            let relu = cx.relu(opt8(4, s::ACT_NONE)?, out)?;
+            let (weights, w_scale, bias) = cx.weights(wt, bt, oc, 3)?;
+            let q = cx.out_quant(out)?;
+            let p = LayerParams::I8 {
+                weights,
+                w_scale: &w_scale,
+                bias: &bias,
+            };
+            let pads = add_pads(pre, own);
+            let y = cx
+                .mb
+                .dwconv(&name, x, dm, [kh, kw], st, pads, relu, p, q)
                 .map_err(cx.build(out))?;
             cx.produce(out, y)
         }
@@ -819,11 +1007,11 @@ fn convert_op(cx: &mut OpCx, opts: Option<Table>) -> R<()> {
             if opt8(1, 0)? != 0 {
                 return Err(cx.unsupported("shuffled FULLY_CONNECTED weights".into()));
             }
-            let relu = cx.relu(opt8(0, s::ACT_NONE)?)?;
-            let (weights, w_scale, bias) = cx.weights(wt, bt, pos(o))?;
+            let relu = cx.relu(opt8(0, s::ACT_NONE)?, out)?;
+            let (weights, w_scale, bias) = cx.weights(wt, bt, pos(o), 0)?;
             let q = cx.out_quant(out)?;
             let p = LayerParams::I8 {
-                weights: &weights,
+                weights,
                 w_scale: &w_scale,
                 bias: &bias,
             };
@@ -839,7 +1027,7 @@ fn convert_op(cx: &mut OpCx, opts: Option<Table>) -> R<()> {
             if cx.info(at).shape != cx.info(bt).shape {
                 return Err(cx.unsupported("ADD with broadcasting".into()));
             }
-            let relu = cx.relu(opt8(0, s::ACT_NONE)?)?;
+            let relu = cx.relu(opt8(0, s::ACT_NONE)?, out)?;
             let q = cx.out_quant(out)?;
             let y = cx.mb.add(a, b, relu, q).map_err(cx.build(out))?;
             cx.produce(out, y)
@@ -852,7 +1040,7 @@ fn convert_op(cx: &mut OpCx, opts: Option<Table>) -> R<()> {
                     "a PAD before a max pool with a value above -128 (it could win the max)".into(),
                 ));
             }
-            if cx.relu(opt8(5, s::ACT_NONE)?)? {
+            if cx.relu(opt8(5, s::ACT_NONE)?, out)? {
                 return Err(cx.unsupported("MAX_POOL_2D with a fused RELU".into()));
             }
             let st = [pos(opt(2, 1)?), pos(opt(1, 1)?)];
@@ -879,7 +1067,7 @@ fn convert_op(cx: &mut OpCx, opts: Option<Table>) -> R<()> {
         s::op::AVERAGE_POOL_2D => {
             let (xt, out) = (cx.input(0)?, cx.output()?);
             let x = cx.activation(xt)?;
-            let relu = cx.relu(opt8(5, s::ACT_NONE)?)?;
+            let relu = cx.relu(opt8(5, s::ACT_NONE)?, out)?;
             let st = [pos(opt(2, 1)?), pos(opt(1, 1)?)];
             let k = [pos(opt(4, 1)?), pos(opt(3, 1)?)];
             let d = cx.mb.desc(x).map_err(cx.build(xt))?;
@@ -993,7 +1181,24 @@ fn convert_op(cx: &mut OpCx, opts: Option<Table>) -> R<()> {
             });
             Ok(())
         }
-        s::op::QUANTIZE | s::op::DEQUANTIZE => Err(cx.err(None, TfliteErrorKind::NotInt8)),
+        s::op::DEQUANTIZE => {
+            // Only as the float output's producer (see the module doc).
+            let (xt, out) = (cx.input(0)?, cx.output()?);
+            if out != cx.graph_output || cx.info(out).ty != s::FLOAT32 {
+                return Err(cx.unsupported(
+                    "a DEQUANTIZE other than the one giving the graph's float32 output".into(),
+                ));
+            }
+            let x = cx.activation(xt)?;
+            cx.ids[out as usize] = Some(x);
+            *cx.float_output = true;
+            Ok(())
+        }
+        s::op::QUANTIZE => Err(cx.unsupported(
+            "a QUANTIZE other than the one after the graph's float32 input (a requantisation \
+             inside the graph)"
+                .into(),
+        )),
         _ => Err(cx.err(None, TfliteErrorKind::UnsupportedOp)),
     }
 }

@@ -25,6 +25,7 @@ pub mod op {
 pub mod options {
     pub const NONE: u8 = 0;
     pub const CONV_2D: u8 = 1;
+    pub const DEPTHWISE_CONV_2D: u8 = 2;
     pub const POOL_2D: u8 = 5;
     pub const FULLY_CONNECTED: u8 = 8;
     pub const ADD: u8 = 11;
@@ -36,6 +37,7 @@ pub mod options {
     pub const SOFTMAX: u8 = 9;
 }
 /// `enum TensorType`.
+pub const FLOAT32: i8 = 0;
 pub const INT32: i8 = 2;
 pub const INT8: i8 = 9;
 /// `enum Padding`.
@@ -44,6 +46,7 @@ pub const VALID: i8 = 1;
 /// `enum ActivationFunctionType`.
 pub const ACT_NONE: i8 = 0;
 pub const ACT_RELU: i8 = 1;
+pub const ACT_RELU6: i8 = 3;
 
 /// The vtable slot of field id `i`.
 pub const fn slot(i: u16) -> u16 {
@@ -110,6 +113,8 @@ pub mod operator {
 /// `table Conv2DOptions`: padding 0, stride_w 1, stride_h 2, fused_activation_function 3
 /// (dilations 4, 5 default 1). `table Pool2DOptions`: padding 0, stride_w 1, stride_h 2,
 /// filter_width 3, filter_height 4, fused_activation_function 5.
+/// `table DepthwiseConv2DOptions`: padding 0, stride_w 1, stride_h 2, depth_multiplier 3,
+/// fused_activation_function 4, dilation_w_factor 5, dilation_h_factor 6 (default 1).
 /// `table FullyConnectedOptions`: fused_activation_function 0, weights_format 1,
 /// keep_num_dims 2. `table AddOptions`: fused_activation_function 0.
 /// `table ReducerOptions`: keep_dims 0. `table LeakyReluOptions`: alpha 0.
