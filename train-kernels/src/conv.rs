@@ -535,23 +535,29 @@ pub fn gemm_weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
 /// Measured (`benches/conv.rs`, `kernel/…`, one thread, 2-core EPYC Zen 3, machine shared):
 /// the direct kernels win 1.5–4× on 3×3 convolutions with up to 64 channels (the study's
 /// width ×0.125 everywhere, full width's layer1) — forward, weight gradient, and the input
-/// gradient on maps of 8×8 and more — and tie on 3×3 stride-2 forward and weight gradient.
-/// They lose to im2col + GEMM (whose cache blocking they lack) at 128+ channels, on 1×1
-/// convolutions (the per-image buffer copy costs more than the GEMM), on the 4×4 input
-/// gradient, on the 3-channel stem's weight gradient, and at stride 2 for the input gradient
-/// (the dilated gradient's zeros would be multiplied: 4× the products). Those keep the GEMM.
+/// gradient on maps of 8×8 and more, stride 2 included since it runs as `s²` phase
+/// convolutions without the dilated gradient's zeros (8→16 ch at 32 px: 1.4 vs 2.0 ms; 16→32
+/// at 16 px: 1.9 vs 2.7 ms; 32→64 at 8 px: a tie) — and the 1×1 stride-2 forward (0.5 vs
+/// 1.3 ms, 0.24 vs 0.53 ms, 0.26 vs 0.29 ms at 8→16, 16→32, 32→64; the phase-skipping fill
+/// copies a quarter of the input). They lose to im2col + GEMM (whose cache blocking they lack)
+/// at 128+ channels, on the 1×1 input and weight gradients (0.4 vs 0.2–1.1 ms: the GEMM's K is
+/// the channel count and nothing is copied), on the 4×4 input gradient, and on the 3-channel
+/// stem's weight gradient. Those keep the GEMM.
 fn direct_forward(g: &Geom) -> bool {
-    g.kh * g.kw > 1 && g.c_in <= 64 && g.c_out <= 64
+    g.c_in <= 64 && g.c_out <= 64
 }
 
 /// See [`direct_forward`].
 fn direct_weight_grad(g: &Geom) -> bool {
-    direct_forward(g) && g.c_in >= 8
+    direct_forward(g) && g.kh * g.kw > 1 && g.c_in >= 8
 }
 
 /// See [`direct_forward`].
 fn direct_input_grad(g: &Geom) -> bool {
-    direct_forward(g) && g.stride == 1 && g.h * g.w >= 64 && crate::direct::input_grad_supported(g)
+    direct_forward(g)
+        && g.kh * g.kw > 1
+        && g.h * g.w >= 64
+        && crate::direct::input_grad_supported(g)
 }
 
 /// Forward convolution: `x (n, C_in, H, W)`, `w (C_out, C_in, kh, kw)`, both contiguous.
