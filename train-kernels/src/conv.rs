@@ -535,23 +535,29 @@ pub fn gemm_weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
 /// Measured (`benches/conv.rs`, `kernel/…`, one thread, 2-core EPYC Zen 3, machine shared):
 /// the direct kernels win 1.5–4× on 3×3 convolutions with up to 64 channels (the study's
 /// width ×0.125 everywhere, full width's layer1) — forward, weight gradient, and the input
-/// gradient on maps of 8×8 and more — and tie on 3×3 stride-2 forward and weight gradient.
-/// They lose to im2col + GEMM (whose cache blocking they lack) at 128+ channels, on 1×1
-/// convolutions (the per-image buffer copy costs more than the GEMM), on the 4×4 input
-/// gradient, on the 3-channel stem's weight gradient, and at stride 2 for the input gradient
-/// (the dilated gradient's zeros would be multiplied: 4× the products). Those keep the GEMM.
+/// gradient on maps of 8×8 and more, stride 2 included since it runs as `s²` phase
+/// convolutions without the dilated gradient's zeros (8→16 ch at 32 px: 1.4 vs 2.0 ms; 16→32
+/// at 16 px: 1.9 vs 2.7 ms; 32→64 at 8 px: a tie) — and the 1×1 stride-2 forward (0.5 vs
+/// 1.3 ms, 0.24 vs 0.53 ms, 0.26 vs 0.29 ms at 8→16, 16→32, 32→64; the phase-skipping fill
+/// copies a quarter of the input). They lose to im2col + GEMM (whose cache blocking they lack)
+/// at 128+ channels, on the 1×1 input and weight gradients (0.4 vs 0.2–1.1 ms: the GEMM's K is
+/// the channel count and nothing is copied), on the 4×4 input gradient, and on the 3-channel
+/// stem's weight gradient. Those keep the GEMM.
 fn direct_forward(g: &Geom) -> bool {
-    g.kh * g.kw > 1 && g.c_in <= 64 && g.c_out <= 64
+    g.c_in <= 64 && g.c_out <= 64
 }
 
 /// See [`direct_forward`].
 fn direct_weight_grad(g: &Geom) -> bool {
-    direct_forward(g) && g.c_in >= 8
+    direct_forward(g) && g.kh * g.kw > 1 && g.c_in >= 8
 }
 
 /// See [`direct_forward`].
 fn direct_input_grad(g: &Geom) -> bool {
-    direct_forward(g) && g.stride == 1 && g.h * g.w >= 64 && crate::direct::input_grad_supported(g)
+    direct_forward(g)
+        && g.kh * g.kw > 1
+        && g.h * g.w >= 64
+        && crate::direct::input_grad_supported(g)
 }
 
 /// Forward convolution: `x (n, C_in, H, W)`, `w (C_out, C_in, kh, kw)`, both contiguous.
@@ -626,6 +632,86 @@ fn dims4(l: &Layout, what: &str) -> Result<(usize, usize, usize, usize)> {
     }
 }
 
+/// One of the three convolution products as a candle op: how it reads its two operands'
+/// layouts, the shape it returns and the kernel it runs on each device. [`conv_custom_op!`]
+/// turns an implementor into the `CustomOp2` (one definition of the boilerplate, issue #28).
+trait ConvProduct {
+    /// The op's name in candle's graph.
+    const NAME: &'static str;
+    /// The two operands, for error messages (and the CPU copy of a strided view).
+    const OPERANDS: [&'static str; 2];
+    /// The forward convolution's geometry, checked against both operands' shapes.
+    fn geom(&self, l1: &Layout, l2: &Layout) -> Result<Geom>;
+    /// The result's shape.
+    fn out_dims(g: &Geom) -> (usize, usize, usize, usize);
+    /// The CPU kernel on contiguous operands.
+    fn cpu(g: &Geom, a: &[f32], b: &[f32]) -> Vec<f32>;
+    /// The cuDNN kernel (feature `cudnn`; operands contiguous, see [`super::conv2d`]).
+    #[cfg(feature = "cudnn")]
+    fn cuda(
+        g: &Geom,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<candle_core::CudaStorage>;
+}
+
+/// `impl CustomOp2` for a [`ConvProduct`]: name, CPU and cuDNN forwards; `bwd = path` adds a
+/// backward (`fn(&Self, &Tensor, &Tensor, &Tensor, &Tensor) -> Result<(Option<Tensor>,
+/// Option<Tensor>)>`), without it candle's default (no double backward) stays. A macro, not a
+/// blanket impl: `CustomOp2` is candle's trait, so the orphan rule wants one impl per type.
+macro_rules! conv_custom_op {
+    ($t:ty $(, bwd = $bwd:path)?) => {
+        impl CustomOp2 for $t {
+            fn name(&self) -> &'static str {
+                <$t as ConvProduct>::NAME
+            }
+
+            fn cpu_fwd(
+                &self,
+                s1: &CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                let g = self.geom(l1, l2)?;
+                let [n1, n2] = <$t as ConvProduct>::OPERANDS;
+                let a = contiguous_f32(s1, l1, n1)?;
+                let b = contiguous_f32(s2, l2, n2)?;
+                let out = <$t as ConvProduct>::cpu(&g, &a, &b);
+                let dims = <$t as ConvProduct>::out_dims(&g);
+                Ok((CpuStorage::F32(out), Shape::from(dims)))
+            }
+
+            #[cfg(feature = "cudnn")]
+            fn cuda_fwd(
+                &self,
+                s1: &candle_core::CudaStorage,
+                l1: &Layout,
+                s2: &candle_core::CudaStorage,
+                l2: &Layout,
+            ) -> Result<(candle_core::CudaStorage, Shape)> {
+                let g = self.geom(l1, l2)?;
+                let out = <$t as ConvProduct>::cuda(&g, s1, l1, s2, l2)?;
+                Ok((out, Shape::from(<$t as ConvProduct>::out_dims(&g))))
+            }
+
+            $(
+                fn bwd(
+                    &self,
+                    a: &Tensor,
+                    b: &Tensor,
+                    res: &Tensor,
+                    grad: &Tensor,
+                ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+                    $bwd(self, a, b, res, grad)
+                }
+            )?
+        }
+    };
+}
+
 /// The autograd-aware conv2d op (`apply_op2(x, w)`).
 #[derive(Clone, Copy, Debug)]
 pub struct Conv2dOp {
@@ -633,53 +719,45 @@ pub struct Conv2dOp {
     pub padding: usize,
 }
 
-impl CustomOp2 for Conv2dOp {
-    fn name(&self) -> &'static str {
-        "fast-conv2d"
-    }
+impl ConvProduct for Conv2dOp {
+    const NAME: &'static str = "fast-conv2d";
+    const OPERANDS: [&'static str; 2] = ["input", "weight"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::new(
+    fn geom(&self, l1: &Layout, l2: &Layout) -> Result<Geom> {
+        Geom::new(
             dims4(l1, "input")?,
             dims4(l2, "weight")?,
             self.stride,
             self.padding,
-        )?;
-        let x = contiguous_f32(s1, l1, "input")?;
-        let w = contiguous_f32(s2, l2, "weight")?;
-        let y = conv2d_forward(&g, &x, &w);
-        Ok((CpuStorage::F32(y), Shape::from((g.n, g.c_out, g.ho, g.wo))))
+        )
     }
 
-    /// cuDNN forward (feature `cudnn`; [`super::cuda::cudnn`]). Inputs must be contiguous:
-    /// [`super::conv2d`] makes them so.
+    fn out_dims(g: &Geom) -> (usize, usize, usize, usize) {
+        (g.n, g.c_out, g.ho, g.wo)
+    }
+
+    fn cpu(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+        conv2d_forward(g, x, w)
+    }
+
     #[cfg(feature = "cudnn")]
-    fn cuda_fwd(
-        &self,
+    fn cuda(
+        g: &Geom,
         s1: &candle_core::CudaStorage,
         l1: &Layout,
         s2: &candle_core::CudaStorage,
         l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let g = Geom::new(
-            dims4(l1, "input")?,
-            dims4(l2, "weight")?,
-            self.stride,
-            self.padding,
-        )?;
-        let y = super::cuda::cudnn::conv_forward(&g, s1, l1, s2, l2)?;
-        Ok((y, Shape::from((g.n, g.c_out, g.ho, g.wo))))
+    ) -> Result<candle_core::CudaStorage> {
+        super::cuda::cudnn::conv_forward(g, s1, l1, s2, l2)
     }
+}
 
+conv_custom_op!(Conv2dOp, bwd = Conv2dOp::backward);
+
+impl Conv2dOp {
     /// Gradients as further custom ops (no double backward: they use `apply_op2_no_bwd`). A
     /// gradient is only computed for an argument that autograd tracks (e.g. not for the images).
-    fn bwd(
+    fn backward(
         &self,
         x: &Tensor,
         w: &Tensor,
@@ -730,7 +808,10 @@ pub struct Conv2dInputGrad {
     pub w: usize,
 }
 
-impl Conv2dInputGrad {
+impl ConvProduct for Conv2dInputGrad {
+    const NAME: &'static str = "fast-conv2d-input-grad";
+    const OPERANDS: [&'static str; 2] = ["output gradient", "weight"];
+
     /// The forward conv's geometry from the output gradient's and the weight's layouts.
     fn geom(&self, l1: &Layout, l2: &Layout) -> Result<Geom> {
         let (n, c_out, ho, wo) = dims4(l1, "output gradient")?;
@@ -749,41 +830,29 @@ impl Conv2dInputGrad {
         }
         Ok(g)
     }
-}
 
-impl CustomOp2 for Conv2dInputGrad {
-    fn name(&self) -> &'static str {
-        "fast-conv2d-input-grad"
+    fn out_dims(g: &Geom) -> (usize, usize, usize, usize) {
+        (g.n, g.c_in, g.h, g.w)
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = self.geom(l1, l2)?;
-        let dy = contiguous_f32(s1, l1, "output gradient")?;
-        let w = contiguous_f32(s2, l2, "weight")?;
-        let dx = conv2d_input_grad(&g, &dy, &w);
-        Ok((CpuStorage::F32(dx), Shape::from((g.n, g.c_in, g.h, g.w))))
+    fn cpu(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+        conv2d_input_grad(g, dy, w)
     }
 
-    /// cuDNN backward-data (feature `cudnn`).
+    /// cuDNN backward-data.
     #[cfg(feature = "cudnn")]
-    fn cuda_fwd(
-        &self,
+    fn cuda(
+        g: &Geom,
         s1: &candle_core::CudaStorage,
         l1: &Layout,
         s2: &candle_core::CudaStorage,
         l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let g = self.geom(l1, l2)?;
-        let dx = super::cuda::cudnn::conv_input_grad(&g, s1, l1, s2, l2)?;
-        Ok((dx, Shape::from((g.n, g.c_in, g.h, g.w))))
+    ) -> Result<candle_core::CudaStorage> {
+        super::cuda::cudnn::conv_input_grad(g, s1, l1, s2, l2)
     }
 }
+
+conv_custom_op!(Conv2dInputGrad);
 
 /// `apply_op2_no_bwd(x, grad_out)` → gradient w.r.t. the `kh × kw` conv weight.
 #[derive(Clone, Copy, Debug)]
@@ -794,7 +863,10 @@ pub struct Conv2dWeightGrad {
     pub kw: usize,
 }
 
-impl Conv2dWeightGrad {
+impl ConvProduct for Conv2dWeightGrad {
+    const NAME: &'static str = "fast-conv2d-weight-grad";
+    const OPERANDS: [&'static str; 2] = ["input", "output gradient"];
+
     /// The forward conv's geometry from the input's and the output gradient's layouts.
     fn geom(&self, l1: &Layout, l2: &Layout) -> Result<Geom> {
         let xd = dims4(l1, "input")?;
@@ -813,44 +885,29 @@ impl Conv2dWeightGrad {
         }
         Ok(g)
     }
-}
 
-impl CustomOp2 for Conv2dWeightGrad {
-    fn name(&self) -> &'static str {
-        "fast-conv2d-weight-grad"
+    fn out_dims(g: &Geom) -> (usize, usize, usize, usize) {
+        (g.c_out, g.c_in, g.kh, g.kw)
     }
 
-    /// cuDNN backward-filter (feature `cudnn`).
+    fn cpu(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+        conv2d_weight_grad(g, x, dy)
+    }
+
+    /// cuDNN backward-filter.
     #[cfg(feature = "cudnn")]
-    fn cuda_fwd(
-        &self,
+    fn cuda(
+        g: &Geom,
         s1: &candle_core::CudaStorage,
         l1: &Layout,
         s2: &candle_core::CudaStorage,
         l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let g = self.geom(l1, l2)?;
-        let dw = super::cuda::cudnn::conv_weight_grad(&g, s1, l1, s2, l2)?;
-        Ok((dw, Shape::from((g.c_out, g.c_in, g.kh, g.kw))))
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = self.geom(l1, l2)?;
-        let x = contiguous_f32(s1, l1, "input")?;
-        let dy = contiguous_f32(s2, l2, "output gradient")?;
-        let dw = conv2d_weight_grad(&g, &x, &dy);
-        Ok((
-            CpuStorage::F32(dw),
-            Shape::from((g.c_out, g.c_in, g.kh, g.kw)),
-        ))
+    ) -> Result<candle_core::CudaStorage> {
+        super::cuda::cudnn::conv_weight_grad(g, s1, l1, s2, l2)
     }
 }
+
+conv_custom_op!(Conv2dWeightGrad);
 
 #[cfg(test)]
 mod tests {

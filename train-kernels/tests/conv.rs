@@ -378,8 +378,8 @@ mod direct {
     }
 
     /// Random shapes: every channel count 1..=64 can be drawn, odd sizes, 1×1 and 3×3, strides 1
-    /// and 2, padding 0..=k−1 (the input gradient's range), batch 1..=5. Spatial sizes stay small
-    /// so the f64 reference is quick.
+    /// and 2, padding 0..=k (past `k − 1` the input gradient has pixels no tap reaches), batch
+    /// 1..=5. Spatial sizes stay small so the f64 reference is quick.
     fn shape() -> impl Strategy<Value = Shape> {
         (
             1usize..=5,
@@ -400,7 +400,7 @@ mod direct {
                 w: w.max(k),
                 k,
                 stride,
-                pad: pad.min(k - 1),
+                pad: pad.min(k),
                 seed,
             })
     }
@@ -502,15 +502,63 @@ mod direct {
             prop_assert_eq!(bits(&d::forward(fast, &g, &x, &w)), bits(&y), "forward {:?}", s);
             within_bound("y", &y, &ry, g.k() + 1)?;
 
-            let dx = d::input_grad(Isa::Portable, &g, &dy, &w).expect("pad <= k-1 is supported");
+            let dx = d::input_grad(Isa::Portable, &g, &dy, &w).expect("square kernels are supported");
             let dx_fast = d::input_grad(fast, &g, &dy, &w).unwrap();
             prop_assert_eq!(bits(&dx_fast), bits(&dx), "input grad {:?}", s);
-            // The chain runs over every tap of the dilated map, zeros included.
+            // One chain over at most every (o, ky, kx) of the phase (padding zeros included).
             within_bound("dx", &dx, &rdx, g.c_out * g.kh * g.kw + 1)?;
 
             let dw = d::weight_grad(Isa::Portable, &g, &x, &dy);
             prop_assert_eq!(bits(&d::weight_grad(fast, &g, &x, &dy)), bits(&dw), "weight grad {:?}", s);
             within_bound("dw", &dw, &rdw, g.p() + g.n + 1)?;
+        }
+    }
+
+    /// At stride 1 the input gradient is the transposed convolution: the forward kernel on the
+    /// output gradient padded by `k − 1 − pad`, with the weights transposed and flipped, summed
+    /// in the same `(o, ky, kx)` order, so the bits agree exactly (the phase formulation keeps
+    /// the stride-1 results of the dilated one it replaced).
+    #[test]
+    fn stride1_input_grad_is_the_flipped_forward_bit_for_bit() {
+        for &(n, c_in, c_out, h, w, k, pad) in &[
+            (2, 3, 5, 7, 6, 3, 1),
+            (3, 8, 8, 9, 9, 3, 0),
+            (1, 17, 9, 5, 8, 3, 2),
+            (2, 6, 11, 4, 5, 1, 0),
+        ] {
+            let s = Shape {
+                n,
+                c_in,
+                c_out,
+                h,
+                w,
+                k,
+                stride: 1,
+                pad,
+                seed: 4,
+            };
+            let (g, _x, wt, dy) = data(&s);
+            let mut flipped = vec![0f32; wt.len()];
+            for o in 0..c_out {
+                for c in 0..c_in {
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            flipped[((c * c_out + o) * k + ky) * k + kx] =
+                                wt[((o * c_in + c) * k + (k - 1 - ky)) * k + (k - 1 - kx)];
+                        }
+                    }
+                }
+            }
+            let gt =
+                Geom::new((n, c_out, g.ho, g.wo), (c_in, c_out, k, k), 1, k - 1 - pad).unwrap();
+            assert_eq!((gt.ho, gt.wo), (h, w));
+            for isa in [Isa::Portable, Isa::detect()] {
+                assert_eq!(
+                    bits(&d::input_grad(isa, &g, &dy, &wt).unwrap()),
+                    bits(&d::forward(isa, &gt, &dy, &flipped)),
+                    "{s:?} {isa:?}"
+                );
+            }
         }
     }
 
@@ -525,6 +573,10 @@ mod direct {
             (2, 8, 16, 32, 1, 2, 0),
             (4, 64, 64, 4, 3, 1, 1),
             (5, 32, 64, 8, 1, 2, 0),
+            (3, 16, 32, 16, 1, 2, 0),
+            (3, 16, 32, 16, 3, 2, 1),
+            (2, 32, 64, 7, 3, 2, 1),
+            (2, 64, 64, 4, 3, 1, 1),
         ] {
             let s = Shape {
                 n,

@@ -10,7 +10,7 @@
 //!
 //! For stride `s`, each input channel is split into `s²` *phase planes* of `hq × wq`:
 //! `plane[py][px][i][j] = X̃[i·s + py][j·s + px]`, where `X̃` is the input zero-padded by `pad`
-//! (and, for the input gradient, dilated by the forward stride). Output `(oy, ox)` then reads tap
+//! (planes no tap reads, `py ≥ kh` or `px ≥ kw`, are not filled). Output `(oy, ox)` then reads tap
 //! `(c, ky, kx)` at `offs[(c, ky, kx)] + oy·wq + ox`: every tap is a *shift* of the same flat
 //! index `q = oy·wq + ox`, so a run of 8 consecutive `q` is one unaligned vector load, for any
 //! stride. Columns `wo..wq` of each row are "garbage" positions that are computed and dropped.
@@ -21,8 +21,10 @@
 //!   `(c, ky, kx)` order starting from `0.0`: `acc = fma(x, w, acc)`. Vectors run over
 //!   positions, so a lane never mixes with another: the AVX2 kernel and the portable kernel
 //!   (`f32::mul_add` in the same order) give the same bits. The input gradient is the forward
-//!   kernel on the output gradient dilated by the stride and padded by `k − 1 − pad`, with the
-//!   weights transposed and flipped, so its chain runs over `(o, ky', kx')`.
+//!   kernel run once per input phase ([`InputGradPlan`]) on the zero-padded output gradient with
+//!   the phase's taps of the transposed, flipped weights, so its chain runs over `(o, ky', kx')`
+//!   (at stride 1: exactly the transposed convolution; at stride 2 no product with a dilation
+//!   zero is computed).
 //! * **weight gradient**: per image, each `dW[o][c, ky, kx]` is one FMA chain over the output
 //!   positions in row-major order starting from `0.0`; the per-image sums are added in image
 //!   order into one partial per *reduction group* (runs of images fixed by the shape,
@@ -75,12 +77,14 @@ pub(crate) struct Flat {
     /// Source (unpadded) size of one channel plane.
     src_h: usize,
     src_w: usize,
-    /// Zero padding before the first source row/column (in dilated coordinates).
+    /// Zero padding before the first source row/column.
     pad: usize,
-    /// Source dilation: source pixel `(a, b)` sits at `(a·dil, b·dil)` before padding.
-    dil: usize,
     /// Stride of the convolution run on the buffer.
     stride: usize,
+    /// Kernel size: phase planes `(py, px)` with `py ≥ kh` or `px ≥ kw` are read by no tap and
+    /// not filled (a 1×1 stride-2 convolution copies a quarter of its input, not all of it).
+    kh: usize,
+    kw: usize,
     pub(crate) c: usize,
     hq: usize,
     pub(crate) wq: usize,
@@ -95,14 +99,12 @@ pub(crate) struct Flat {
 }
 
 impl Flat {
-    #[allow(clippy::too_many_arguments)]
     fn new(
         c: usize,
         (src_h, src_w): (usize, usize),
         (kh, kw): (usize, usize),
         stride: usize,
         pad: usize,
-        dil: usize,
         (ho, wo): (usize, usize),
     ) -> Flat {
         let s = stride;
@@ -124,8 +126,9 @@ impl Flat {
             src_h,
             src_w,
             pad,
-            dil,
             stride,
+            kh,
+            kw,
             c,
             hq,
             wq,
@@ -145,84 +148,218 @@ impl Flat {
             (g.kh, g.kw),
             g.stride,
             g.pad,
-            1,
             (g.ho, g.wo),
         )
     }
 
-    /// The buffer for the input gradient of `g` (a stride-1 convolution of the dilated, padded
-    /// output gradient); `None` when `pad > k − 1` (a negative padding) or the kernel is not
-    /// square in its padding sense.
-    pub(crate) fn input_grad(g: &Geom) -> Option<Flat> {
-        if g.pad + 1 > g.kh || g.pad + 1 > g.kw || g.kh != g.kw {
-            return None;
+    /// The same buffer read as another convolution: `offs` into it, `ho × wo` outputs at row
+    /// pitch `wq`. For the input gradient's phases ([`InputGradPlan`]).
+    fn reread(&self, offs: Vec<usize>, (ho, wo): (usize, usize)) -> Flat {
+        let qpad = (ho * self.wq).div_ceil(LANES) * LANES;
+        let max_off = offs.iter().copied().max().unwrap_or(0);
+        Flat {
+            ho,
+            wo,
+            qpad,
+            buf_len: self.buf_len.max(max_off + qpad),
+            offs,
+            ..self.clone()
         }
-        Some(Flat::new(
-            g.c_out,
-            (g.ho, g.wo),
-            (g.kh, g.kw),
-            1,
-            g.kh - 1 - g.pad,
-            g.stride,
-            (g.h, g.w),
-        ))
     }
 
-    /// Writes the padded, dilated, phase-split copy of one image (`c` planes of
-    /// `src_h × src_w`) into `buf[..c·s²·hq·wq]`. The slack after it is left as it is: only
-    /// garbage positions read it.
+    /// Writes the padded, phase-split copy of one image (`c` planes of `src_h × src_w`) into
+    /// `buf[..c·s²·hq·wq]`, skipping phase planes no tap reads. The slack after it (and the
+    /// skipped planes) are left as they are: only garbage positions read them.
     pub(crate) fn fill(&self, img: &[f32], buf: &mut [f32]) {
-        let (s, hq, wq) = (self.stride, self.hq, self.wq);
+        let (s, hq, wq, pad) = (self.stride, self.hq, self.wq, self.pad);
         let plane = hq * wq;
         let src_len = self.src_h * self.src_w;
-        // Source index along one axis for padded coordinate `a`, if any.
-        let src_at = |a: usize, len: usize| -> Option<usize> {
-            let a = a.checked_sub(self.pad)?;
-            (a % self.dil == 0 && a / self.dil < len).then_some(a / self.dil)
+        // Source index along one axis for buffer coordinate `i` of phase `p`, if any.
+        let src_at = |i: usize, p: usize, len: usize| -> Option<usize> {
+            (i * s + p).checked_sub(pad).filter(|&a| a < len)
         };
-        // Strided / dilated case: per column phase, the source column of each buffer column (or
-        // none), computed once instead of a division per element.
-        let col_maps: Vec<Vec<Option<usize>>> = if s == 1 && self.dil == 1 {
-            Vec::new()
-        } else {
-            (0..s)
-                .map(|px| (0..wq).map(|j| src_at(j * s + px, self.src_w)).collect())
-                .collect()
+        // Per column phase: the buffer columns [lo, hi) that hold source columns.
+        let col_range = |px: usize| -> (usize, usize) {
+            let lo = pad.saturating_sub(px).div_ceil(s).min(wq);
+            let hi = if self.src_w + pad > px {
+                ((self.src_w - 1 + pad - px) / s + 1).min(wq)
+            } else {
+                0
+            };
+            (lo, hi.max(lo))
         };
         for ci in 0..self.c {
             let src = &img[ci * src_len..(ci + 1) * src_len];
             let chan = &mut buf[ci * s * s * plane..(ci + 1) * s * s * plane];
-            if s == 1 && self.dil == 1 {
-                // The common case: one plane, rows copied whole.
-                for i in 0..hq {
-                    let row = &mut chan[i * wq..(i + 1) * wq];
-                    match src_at(i, self.src_h) {
-                        None => row.fill(0.0),
-                        Some(a) => {
-                            let lo = self.pad.min(wq);
-                            let n = self.src_w.min(wq - lo);
-                            row[..lo].fill(0.0);
-                            row[lo..lo + n]
-                                .copy_from_slice(&src[a * self.src_w..a * self.src_w + n]);
-                            row[lo + n..].fill(0.0);
+            for py in 0..s.min(self.kh) {
+                for px in 0..s.min(self.kw) {
+                    let (lo, hi) = col_range(px);
+                    let pl = &mut chan[(py * s + px) * plane..(py * s + px + 1) * plane];
+                    for (i, row) in pl.chunks_exact_mut(wq).enumerate() {
+                        let Some(a) = src_at(i, py, self.src_h) else {
+                            row.fill(0.0);
+                            continue;
+                        };
+                        row[..lo].fill(0.0);
+                        row[hi..].fill(0.0);
+                        if hi == lo {
+                            continue;
+                        }
+                        let srow = &src[a * self.src_w..(a + 1) * self.src_w];
+                        let b0 = lo * s + px - pad;
+                        if s == 1 {
+                            row[lo..hi].copy_from_slice(&srow[b0..b0 + (hi - lo)]);
+                        } else {
+                            for (v, &x) in row[lo..hi].iter_mut().zip(srow[b0..].iter().step_by(s))
+                            {
+                                *v = x;
+                            }
                         }
                     }
                 }
-                continue;
             }
-            for py in 0..s {
-                for (px, cols) in col_maps.iter().enumerate() {
-                    let pl = &mut chan[(py * s + px) * plane..(py * s + px + 1) * plane];
-                    for i in 0..hq {
-                        let row = &mut pl[i * wq..(i + 1) * wq];
-                        match src_at(i * s + py, self.src_h) {
-                            None => row.fill(0.0),
-                            Some(a) => {
-                                let srow = &src[a * self.src_w..(a + 1) * self.src_w];
-                                for (v, c) in row.iter_mut().zip(cols) {
-                                    *v = c.map_or(0.0, |b| srow[b]);
-                                }
+        }
+    }
+}
+
+/// The input gradient as `s²` stride-1 convolutions, one per *phase* `(ry, rx)` of the input
+/// (pixels `iy ≡ ry − pad`, `ix ≡ rx − pad` mod `s`), all reading one zero-padded copy of the
+/// output gradient (no dilation: only the taps `ky ≡ ry`, `kx ≡ rx` mod `s` touch a phase, so
+/// no product with an inserted zero is computed — the dilated formulation did 4× the work at
+/// stride 2).
+///
+/// For input row `iy = a·s + ry − pad`: `dx = Σ_o Σ_j Σ_i dy[o][a − j][b − i] ·
+/// w[o][c][j·s + ry][i·s + rx]` over the `J = ⌈(kh − ry)/s⌉` (`I` likewise) taps of the phase.
+/// Tap `t` of the chain is `j = J − 1 − t`, so at stride 1 (one phase) the chain is the
+/// transposed convolution's, `(o, ky', kx')` with flipped weights, exactly as before.
+struct InputGradPlan {
+    /// The padded output gradient: `c_out` planes, no phases.
+    base: Flat,
+    /// Every phase with at least one tap and one pixel.
+    phases: Vec<Phase>,
+    /// The largest buffer any phase reads.
+    buf_len: usize,
+}
+
+/// One phase of an [`InputGradPlan`].
+struct Phase {
+    /// The padded gradient read as this phase's convolution.
+    fl: Flat,
+    /// Its taps of the transposed weights, packed for the forward kernel.
+    wp: Vec<f32>,
+    /// The input pixel of its first output: phase pixel `(a, b)` is input pixel
+    /// `(a·s + ry − pad, b·s + rx − pad)`, its outputs step by the stride from here.
+    at: (usize, usize),
+}
+
+impl InputGradPlan {
+    /// `None` for kernels that are not square (one padding serves both axes).
+    fn new(g: &Geom, w: &[f32]) -> Option<InputGradPlan> {
+        if g.kh != g.kw {
+            return None;
+        }
+        let (s, k, pad) = (g.stride, g.kh, g.pad);
+        // Per phase r of one axis of length `len`: taps J, first a, end a (exclusive).
+        let axis = |r: usize, len: usize| -> (usize, usize, usize) {
+            let taps = if r < k { (k - 1 - r) / s + 1 } else { 0 };
+            let a_lo = pad.saturating_sub(r).div_ceil(s);
+            let a_hi = if len + pad > r {
+                (len - 1 + pad - r) / s + 1
+            } else {
+                0
+            };
+            (taps, a_lo, a_hi.max(a_lo))
+        };
+        let live = |(t, lo, hi): (usize, usize, usize)| t > 0 && hi > lo;
+        // Zero rows before the gradient so that the first tap of every phase reads row ≥ 0,
+        // and the buffer's extent so that the last one stays inside.
+        let (mut lead, mut rows, mut cols) = (0, 1, 1);
+        for r in 0..s {
+            for (ax, len) in [(axis(r, g.h), &mut rows), (axis(r, g.w), &mut cols)] {
+                if live(ax) {
+                    lead = lead.max((ax.0 - 1).saturating_sub(ax.1));
+                    *len = (*len).max(ax.2);
+                }
+            }
+        }
+        let base = Flat::new(
+            g.c_out,
+            (g.ho, g.wo),
+            (1, 1),
+            1,
+            lead,
+            (rows + lead, cols + lead),
+        );
+        let (plane, wq) = (base.hq * base.wq, base.wq);
+        let mut phases = Vec::new();
+        for ry in 0..s {
+            for rx in 0..s {
+                let (ay, ax) = (axis(ry, g.h), axis(rx, g.w));
+                if !live(ay) || !live(ax) {
+                    continue;
+                }
+                let (jn, inn) = (ay.0, ax.0);
+                let kt = g.c_out * jn * inn;
+                let mut offs = Vec::with_capacity(kt);
+                let mut wt = vec![0f32; g.c_in * kt];
+                for o in 0..g.c_out {
+                    for ty in 0..jn {
+                        for tx in 0..inn {
+                            let (j, i) = (jn - 1 - ty, inn - 1 - tx);
+                            offs.push(o * plane + (ay.1 + lead - j) * wq + ax.1 + lead - i);
+                            let (ky, kx) = (j * s + ry, i * s + rx);
+                            let t = (o * jn + ty) * inn + tx;
+                            for c in 0..g.c_in {
+                                wt[c * kt + t] = w[((o * g.c_in + c) * k + ky) * k + kx];
                             }
+                        }
+                    }
+                }
+                let fl = base.reread(offs, (ay.2 - ay.1, ax.2 - ax.1));
+                let wp = pack_weights(&wt, g.c_in, kt);
+                phases.push(Phase {
+                    fl,
+                    wp,
+                    at: (ay.1 * s + ry - pad, ax.1 * s + rx - pad),
+                });
+            }
+        }
+        let buf_len = phases
+            .iter()
+            .map(|p| p.fl.buf_len)
+            .fold(base.buf_len, usize::max);
+        Some(InputGradPlan {
+            base,
+            phases,
+            buf_len,
+        })
+    }
+
+    /// One image: `dy` (`c_out` planes of `ho × wo`) → `dx` (`c_in` planes of `h × w`, zeroed by
+    /// the caller: pixels no tap reaches, e.g. the odd ones of a 1×1 stride-2 conv, stay 0).
+    fn run(&self, isa: Isa, g: &Geom, dy: &[f32], dx: &mut [f32]) {
+        let mut buf = Scratch::take(self.buf_len);
+        self.base.fill(dy, &mut buf);
+        let rows = g.c_in.div_ceil(FWD_R) * FWD_R;
+        let (s, plane) = (g.stride, g.h * g.w);
+        for Phase { fl, wp, at } in &self.phases {
+            let mut out = Scratch::take(rows * fl.qpad);
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => avx2::conv_planes(fl, &buf, wp, rows, &mut out),
+                _ => portable::conv_planes(fl, &buf, wp, rows, &mut out),
+            }
+            let (iy0, ix0) = *at;
+            for c in 0..g.c_in {
+                let dplane = &mut dx[c * plane..(c + 1) * plane];
+                for i in 0..fl.ho {
+                    let src = &out[c * fl.qpad + i * fl.wq..][..fl.wo];
+                    let drow = &mut dplane[(iy0 + i * s) * g.w..][..g.w];
+                    if s == 1 {
+                        drow[ix0..ix0 + fl.wo].copy_from_slice(src);
+                    } else {
+                        for (d, &v) in drow[ix0..].iter_mut().step_by(s).zip(src) {
+                            *d = v;
                         }
                     }
                 }
@@ -287,30 +424,16 @@ pub fn forward(isa: Isa, g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     y
 }
 
-/// Whether [`input_grad`] handles `g` (padding at most `k − 1`, square kernel).
+/// Whether [`input_grad`] handles `g` (square kernels; any stride and padding).
 pub fn input_grad_supported(g: &Geom) -> bool {
-    Flat::input_grad(g).is_some()
+    g.kh == g.kw
 }
 
-/// Input gradient: `dy (n, C_out, H_out, W_out)`, `w (C_out, C_in, kh, kw)` → `(n, C_in, H, W)`.
-/// `None` where [`input_grad_supported`] is false.
+/// Input gradient: `dy (n, C_out, H_out, W_out)`, `w (C_out, C_in, kh, kw)` → `(n, C_in, H, W)`,
+/// as the phase convolutions of [`InputGradPlan`]. `None` where [`input_grad_supported`] is
+/// false.
 pub fn input_grad(isa: Isa, g: &Geom, dy: &[f32], w: &[f32]) -> Option<Vec<f32>> {
-    let fl = Flat::input_grad(g)?;
-    let (kh, kw) = (g.kh, g.kw);
-    // Transposed, flipped weights: w'[c][o][ky][kx] = w[o][c][kh−1−ky][kw−1−kx].
-    let kt = g.c_out * kh * kw;
-    let mut wt = vec![0f32; g.c_in * kt];
-    for o in 0..g.c_out {
-        for c in 0..g.c_in {
-            for ky in 0..kh {
-                for kx in 0..kw {
-                    wt[c * kt + (o * kh + ky) * kw + kx] =
-                        w[((o * g.c_in + c) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx)];
-                }
-            }
-        }
-    }
-    let wp = pack_weights(&wt, g.c_in, kt);
+    let plan = InputGradPlan::new(g, w)?;
     let (in_len, out_len) = (g.c_in * g.h * g.w, g.c_out * g.p());
     let mut dx = vec![0f32; g.n * in_len];
     if in_len == 0 {
@@ -322,7 +445,7 @@ pub fn input_grad(isa: Isa, g: &Geom, dy: &[f32], w: &[f32]) -> Option<Vec<f32>>
         .for_each(|(ci, ch)| {
             for (i, di) in ch.chunks_mut(in_len).enumerate() {
                 let b = ci * per + i;
-                conv_image(isa, &fl, &dy[b * out_len..][..out_len], &wp, g.c_in, di);
+                plan.run(isa, g, &dy[b * out_len..][..out_len], di);
             }
         });
     Some(dx)

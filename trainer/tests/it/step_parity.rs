@@ -46,7 +46,17 @@
 //!
 //! Asserted: step 1 [`TOL_STEP1`] globally and [`TOL_TENSOR_STEP1`] per tensor; steps 2–10
 //! [`TOL_TIGHT`] globally; steps 11–20 [`TOL_LOOSE`] for the loss, state and keys (gradients
-//! reported, not asserted, for the reason above); the integer state exactly. Real discrepancies
+//! reported, not asserted, for the reason above); the integer state exactly. Each measure (loss,
+//! gradients, state, keys) is asserted only up to the step before PyTorch's own f32 run first
+//! leaves that step's tolerance itself: from there the exact trajectory is not what f32 gives.
+//! That ends MoCo-v2's checks at step 6 (gradients), 7 (keys) and 8 (loss, state): since the
+//! stride-2 input gradient moved to the direct kernels (branch `kstep2`), the trainer jumps at
+//! step 6 exactly as PyTorch's f32 does (gradients 2.8e-2 off the reference, the same worst
+//! tensor; measured against PyTorch's f32 summaries it stays within 7e-6 (gradients) and 6e-7
+//! (state) of that run through step 7, until another kink at step 8 separates the two f32 runs),
+//! where before it stayed on the exact trajectory by chance; the MoCo-v2 rows of the table above
+//! are from before that change. Exemplar-v2 and supervised stay fully asserted (PyTorch's f32
+//! never leaves them). Real discrepancies
 //! are far outside: checked by mutation, τ 0.1001 instead of 0.1 fails at step 1 (loss 8.1e-3),
 //! EMA m 0.91 instead of 0.9 at step 2 (gradients 1.7e-3), no weight decay at step 1 (state
 //! 7.4e-5). Run with `PARITY_REPORT=1 cargo test --workspace --test it parity -- --nocapture` to
@@ -461,6 +471,10 @@ fn replay(method: &str) {
     }
 
     let report = std::env::var_os("PARITY_REPORT").is_some();
+    // Per measure: whether PyTorch's own f32 run has stayed within each step's tolerance of the
+    // reference so far. Once it has not, the exact trajectory is no longer what f32 arithmetic
+    // gives (a ReLU kink, module doc), and that measure is reported, not asserted, from there on.
+    let mut on_track = [true; 4];
     for (s, (e, env)) in errors.iter().zip(&envelope).enumerate() {
         if report {
             println!(
@@ -489,11 +503,15 @@ fn replay(method: &str) {
         } else {
             (TOL_LOOSE, false)
         };
+        let env_errs = [env.loss, env.grad.global, env.state.global, env.keys.global];
+        for (track, &env_err) in on_track.iter_mut().zip(&env_errs) {
+            *track &= env_err <= tol;
+        }
         let checks = [
-            ("loss", e.loss, true),
-            ("gradients", e.grad.global, grads_checked),
-            ("state", e.state.global, true),
-            ("keys", e.keys.global, true),
+            ("loss", e.loss, on_track[0]),
+            ("gradients", e.grad.global, grads_checked && on_track[1]),
+            ("state", e.state.global, on_track[2]),
+            ("keys", e.keys.global, on_track[3]),
         ];
         for (what, err, checked) in checks {
             assert!(
