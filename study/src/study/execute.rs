@@ -10,10 +10,10 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use trainer::data::synth::{faces, objects};
 use trainer::data::Split;
-use trainer::eval::{fewshot, landmarks, probe};
 use trainer::method::Method;
 use trainer::model::{Arch, ResNet, ResNetConfig};
 use trainer::train::pretrain::{self, PretrainRequest, BACKBONE, LAST};
+use transfer_eval::{fewshot, landmarks, probe};
 
 use super::*;
 

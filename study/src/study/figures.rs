@@ -11,9 +11,9 @@ use plotters::prelude::*;
 use super::results::StudyResults;
 use trainer::augment::{eval_transform, AugmentConfig};
 use trainer::data::{mafl_crop, CelebA, Landmarks, NUM_LANDMARKS};
-use trainer::eval::landmarks::iod_error;
 use trainer::model::landmarks::LandmarkModel;
 use trainer::model::BnMode;
+use transfer_eval::landmarks::iod_error;
 
 /// One MAFL test face as the model saw it: the MAFL square crop, and predicted / true landmarks in
 /// the model's input pixels.

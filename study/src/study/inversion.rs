@@ -42,7 +42,7 @@ fn test_list(p: &Preset, out: &Path) -> Result<LabelledImages> {
 pub(super) fn run(p: &Preset, out: &Path, dir: &Path, opts: &RunOptions) -> Result<Value> {
     let list = test_list(p, out)?;
     let picks = held_out(&list, p.invert.images);
-    let (net, hash) = trainer::eval::open_backbone(&dir.join(BACKBONE), &opts.device)?;
+    let (net, hash) = transfer_eval::open_backbone(&dir.join(BACKBONE), &opts.device)?;
     let dist = RandomFeatureDistance::new(&opts.device)?;
     let inv_dir = dir.join(INVERT_DIR);
     std::fs::create_dir_all(&inv_dir).with_context(|| format!("creating {}", inv_dir.display()))?;

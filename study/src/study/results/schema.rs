@@ -129,7 +129,7 @@ pub use runtime_cli::fewshot::ShotResult as ShotRec;
 /// A runtime landmark step's record (`runtime-cli eval mafl --json`).
 pub use runtime_cli::mafl::MaflRecord as MaflRec;
 /// A host few-shot step's record (`host-trainer eval fewshot --json`).
-pub use trainer::eval::fewshot::FewShotRecord as FewShotRec;
+pub use transfer_eval::fewshot::FewShotRecord as FewShotRec;
 
 /// The figure of `shot` among a few-shot record's `results`.
 pub(in crate::study) fn shot_figure(results: &[ShotRec], shot: usize) -> Option<Figure> {
@@ -145,7 +145,7 @@ pub(in crate::study) fn shot_figure(results: &[ShotRec], shot: usize) -> Option<
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProbeRec {
     #[serde(flatten)]
-    pub probe: trainer::eval::probe::ProbeRecord,
+    pub probe: transfer_eval::probe::ProbeRecord,
     #[serde(default)]
     pub ci95: Option<f64>,
 }
@@ -165,7 +165,7 @@ impl ProbeRec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LandmarkRec {
     #[serde(flatten)]
-    pub eval: trainer::eval::landmarks::LandmarkRecord,
+    pub eval: transfer_eval::landmarks::LandmarkRecord,
     /// The mean of the per-image IOD errors (%).
     #[serde(default)]
     pub iod_error_per_image_mean: Option<f64>,

@@ -9,18 +9,18 @@ use std::sync::Arc;
 use anyhow::Context;
 use candle_core::{Device, Tensor};
 
-use crate::augment::loader::{epoch_order, ImageSource, Loader, LoaderSpec};
-use crate::augment::AugmentConfig;
-use crate::data::{mafl_crop, CelebA, LabelledImages};
-use crate::model::landmarks::LandmarkModel;
-use crate::model::{Arch, BnMode, ResNet, ResNetConfig};
-use crate::train::optim::{Sgd, SgdConfig};
-use crate::train::schedule::{lr_at, Schedule};
+use trainer::augment::loader::{epoch_order, ImageSource, Loader, LoaderSpec};
+use trainer::augment::AugmentConfig;
+use trainer::data::{mafl_crop, CelebA, LabelledImages};
+use trainer::model::landmarks::LandmarkModel;
+use trainer::model::{Arch, BnMode, ResNet, ResNetConfig};
+use trainer::train::optim::{Sgd, SgdConfig};
+use trainer::train::schedule::{lr_at, Schedule};
 
 use anyhow::{bail, Result};
 
 pub use super::iod::{iod_error, mean_face, IodReport};
-use crate::data::{Landmarks, LANDMARK_NAMES, NUM_LANDMARKS};
+use trainer::data::{Landmarks, LANDMARK_NAMES, NUM_LANDMARKS};
 
 /// Where the backbone comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,7 +94,7 @@ impl ImageSource for MaflSource {
 /// mean face and learned nothing from the images (train and test IOD error both ≈ the mean-face
 /// baseline, 40 %), while 0.02 with the head started at the mean face got 29 % (train 22 %).
 pub fn default_lr(batch: usize) -> f64 {
-    crate::train::schedule::scaled_lr(0.02, 128, batch)
+    trainer::train::schedule::scaled_lr(0.02, 128, batch)
 }
 
 fn open_mafl(root: &Path) -> Result<(LabelledImages, LabelledImages)> {
