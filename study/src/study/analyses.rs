@@ -15,13 +15,13 @@ use super::results::{
     cell, finite, record, shot_figure, verdict, Claim, FewShotRec, Figure, LandmarkRec,
     PretrainRec, Verdict,
 };
-use super::{ids, Domain};
+use super::{ids, Backbone, Domain};
 use crate::analysis::subset::Subset;
 
 /// One method's reconstructions (means over the held-out images, 95% intervals over images).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct InversionRow {
-    pub method: String,
+    pub method: Backbone,
     pub images: usize,
     pub ssim: Option<Figure>,
     pub ssim_worst_quarter: Option<Figure>,
@@ -134,7 +134,7 @@ fn inversion(p: &Preset, out: &Path) -> Result<(Vec<InversionRow>, Vec<Claim>)> 
     let rows = scores
         .iter()
         .map(|(m, s)| InversionRow {
-            method: m.clone(),
+            method: *m,
             images: s.len(),
             ssim: figure(&col(s, |v| v.ssim)),
             ssim_worst_quarter: figure(&col(s, |v| v.ssim_worst_quarter)),
@@ -144,12 +144,12 @@ fn inversion(p: &Preset, out: &Path) -> Result<(Vec<InversionRow>, Vec<Claim>)> 
         })
         .collect();
     let mut claims = Vec::new();
-    let Some((_, sup)) = scores.iter().find(|(m, _)| m == "supervised") else {
+    let Some((_, sup)) = scores.iter().find(|(m, _)| *m == Backbone::SUPERVISED) else {
         return Ok((rows, claims));
     };
     for (m, s) in scores
         .iter()
-        .filter(|(m, _)| m != "supervised" && m != super::SCRATCH)
+        .filter(|(m, _)| *m != Backbone::SUPERVISED && *m != Backbone::Scratch)
     {
         let d = |f: fn(&ImageScores) -> f64, lower: bool| -> Vec<f64> {
             s.iter()

@@ -305,10 +305,10 @@ pub(super) fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Val
                 .map(|m| {
                     let f = out
                         .join("faces")
-                        .join(&m)
+                        .join(m.to_string())
                         .join("landmarks")
                         .join("landmarks.safetensors");
-                    (m, f)
+                    (m.to_string(), f)
                 })
                 .collect();
             let path = out.join("landmarks.png");

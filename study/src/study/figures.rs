@@ -9,6 +9,7 @@ use image::RgbImage;
 use plotters::prelude::*;
 
 use super::results::StudyResults;
+use super::Backbone;
 use trainer::augment::{eval_transform, AugmentConfig};
 use trainer::data::{mafl_crop, CelebA, Landmarks, NUM_LANDMARKS};
 use trainer::model::landmarks::LandmarkModel;
@@ -103,7 +104,7 @@ pub fn fewshot_png(r: &StudyResults, path: &Path) -> Result<()> {
     trainer::plot::init_font();
     let err = draw_err(path);
     let shots: Vec<usize> = r.preset.fewshot.shots.clone();
-    let names: Vec<String> = r.rows.iter().map(|x| x.method.clone()).collect();
+    let names: Vec<String> = r.rows.iter().map(|x| x.method.to_string()).collect();
     let top = r
         .rows
         .iter()
@@ -215,7 +216,7 @@ pub fn fewshot_png(r: &StudyResults, path: &Path) -> Result<()> {
 pub fn alignment_png(r: &StudyResults, path: &Path) -> Result<()> {
     trainer::plot::init_font();
     let err = draw_err(path);
-    let methods: Vec<String> = r.rows.iter().map(|x| x.method.clone()).collect();
+    let methods: Vec<Backbone> = r.rows.iter().map(|x| x.method).collect();
     let shots = r.preset.fewshot.shots.clone();
     let top = r
         .alignment
