@@ -198,6 +198,61 @@ fn plan<'a>(
     })
 }
 
+/// Runs one direction of the convolution `g` on its cached [`Plan`]: the three directions differ
+/// only in which cuDNN op they build from the plan's descriptors, the plan slot that caches the
+/// op's algorithm and workspace size (`slot`, filled by `choose` on first use), and which buffers
+/// they launch on (`launch`, given the plan, the algorithm and the workspace).
+fn run_direction<A: Copy>(
+    dev: &CudaDevice,
+    g: &Geom,
+    slot: fn(&mut Plan) -> &mut Option<(A, usize)>,
+    choose: impl FnOnce(&Plan) -> Result<(A, usize)>,
+    launch: impl FnOnce(&Plan, A, Option<&mut CudaSlice<u8>>) -> Result<()>,
+) -> Result<()> {
+    with_state(dev, |st| {
+        let p = plan(&mut st.plans, &st.cudnn, g)?;
+        let (algo, bytes) = match *slot(p) {
+            Some(a) => a,
+            None => {
+                let a = choose(p)?;
+                *slot(p) = Some(a);
+                a
+            }
+        };
+        let ws = workspace(&mut st.workspace, &st.stream, bytes)?;
+        launch(p, algo, ws)
+    })
+}
+
+impl Plan {
+    fn forward(&self) -> ConvForward<'_, f32, f32, f32> {
+        ConvForward {
+            conv: &self.conv,
+            x: &self.x,
+            w: &self.w,
+            y: &self.y,
+        }
+    }
+
+    fn backward_data(&self) -> ConvBackwardData<'_, f32, f32, f32> {
+        ConvBackwardData {
+            conv: &self.conv,
+            dx: &self.x,
+            w: &self.w,
+            dy: &self.y,
+        }
+    }
+
+    fn backward_filter(&self) -> ConvBackwardFilter<'_, f32, f32, f32> {
+        ConvBackwardFilter {
+            conv: &self.conv,
+            x: &self.x,
+            dw: &self.w,
+            dy: &self.y,
+        }
+    }
+}
+
 /// `y = conv2d(x, w)`; `x` `(n, C_in, H, W)` and `w` `(C_out, C_in, kh, kw)` contiguous f32.
 pub(crate) fn conv_forward(
     g: &Geom,
@@ -211,34 +266,21 @@ pub(crate) fn conv_forward(
     let wv = f32_view(w, wl, "conv weight")?;
     // SAFETY: fully written by the convolution (beta = 0).
     let mut y = unsafe { dev.alloc::<f32>(g.n * g.c_out * g.ho * g.wo)? };
-    with_state(&dev, |st| {
-        let p = plan(&mut st.plans, &st.cudnn, g)?;
-        let (algo, bytes) = match p.fwd {
-            Some(a) => a,
-            None => {
-                let op = ConvForward {
-                    conv: &p.conv,
-                    x: &p.x,
-                    w: &p.w,
-                    y: &p.y,
-                };
-                let a = op.pick_algorithm()?;
-                let b = op.get_workspace_size(a)?;
-                p.fwd = Some((a, b));
-                (a, b)
-            }
-        };
-        let op = ConvForward {
-            conv: &p.conv,
-            x: &p.x,
-            w: &p.w,
-            y: &p.y,
-        };
-        let ws = workspace(&mut st.workspace, &st.stream, bytes)?;
-        // SAFETY: the views and y have exactly the descriptors' shapes, f32, contiguous.
-        unsafe { op.launch(algo, ws, (1f32, 0f32), &xv, &wv, &mut y) }?;
-        Ok(())
-    })?;
+    run_direction(
+        &dev,
+        g,
+        |p| &mut p.fwd,
+        |p| {
+            let op = p.forward();
+            let a = op.pick_algorithm()?;
+            Ok((a, op.get_workspace_size(a)?))
+        },
+        |p, algo, ws| {
+            // SAFETY: the views and y have exactly the descriptors' shapes, f32, contiguous.
+            unsafe { p.forward().launch(algo, ws, (1f32, 0f32), &xv, &wv, &mut y) }?;
+            Ok(())
+        },
+    )?;
     Ok(CudaStorage::wrap_cuda_slice(y, dev))
 }
 
@@ -255,34 +297,24 @@ pub(crate) fn conv_input_grad(
     let wv = f32_view(w, wl, "conv weight")?;
     // SAFETY: fully written (beta = 0).
     let mut dx = unsafe { dev.alloc::<f32>(g.n * g.c_in * g.h * g.w)? };
-    with_state(&dev, |st| {
-        let p = plan(&mut st.plans, &st.cudnn, g)?;
-        let (algo, bytes) = match p.bwd_data {
-            Some(a) => a,
-            None => {
-                let op = ConvBackwardData {
-                    conv: &p.conv,
-                    dx: &p.x,
-                    w: &p.w,
-                    dy: &p.y,
-                };
-                let a = op.pick_algorithm()?;
-                let b = op.get_workspace_size(a)?;
-                p.bwd_data = Some((a, b));
-                (a, b)
-            }
-        };
-        let op = ConvBackwardData {
-            conv: &p.conv,
-            dx: &p.x,
-            w: &p.w,
-            dy: &p.y,
-        };
-        let ws = workspace(&mut st.workspace, &st.stream, bytes)?;
-        // SAFETY: shapes match the descriptors, f32, contiguous.
-        unsafe { op.launch(algo, ws, (1f32, 0f32), &mut dx, &wv, &dyv) }?;
-        Ok(())
-    })?;
+    run_direction(
+        &dev,
+        g,
+        |p| &mut p.bwd_data,
+        |p| {
+            let op = p.backward_data();
+            let a = op.pick_algorithm()?;
+            Ok((a, op.get_workspace_size(a)?))
+        },
+        |p, algo, ws| {
+            // SAFETY: shapes match the descriptors, f32, contiguous.
+            unsafe {
+                p.backward_data()
+                    .launch(algo, ws, (1f32, 0f32), &mut dx, &wv, &dyv)
+            }?;
+            Ok(())
+        },
+    )?;
     Ok(CudaStorage::wrap_cuda_slice(dx, dev))
 }
 
@@ -299,34 +331,24 @@ pub(crate) fn conv_weight_grad(
     let dyv = f32_view(dy, dyl, "conv output gradient")?;
     // SAFETY: fully written (beta = 0).
     let mut dw = unsafe { dev.alloc::<f32>(g.c_out * g.c_in * g.kh * g.kw)? };
-    with_state(&dev, |st| {
-        let p = plan(&mut st.plans, &st.cudnn, g)?;
-        let (algo, bytes) = match p.bwd_filter {
-            Some(a) => a,
-            None => {
-                let op = ConvBackwardFilter {
-                    conv: &p.conv,
-                    x: &p.x,
-                    dw: &p.w,
-                    dy: &p.y,
-                };
-                let a = op.pick_algorithm()?;
-                let b = op.get_workspace_size(a)?;
-                p.bwd_filter = Some((a, b));
-                (a, b)
-            }
-        };
-        let op = ConvBackwardFilter {
-            conv: &p.conv,
-            x: &p.x,
-            dw: &p.w,
-            dy: &p.y,
-        };
-        let ws = workspace(&mut st.workspace, &st.stream, bytes)?;
-        // SAFETY: shapes match the descriptors, f32, contiguous.
-        unsafe { op.launch(algo, ws, (1f32, 0f32), &xv, &mut dw, &dyv) }?;
-        Ok(())
-    })?;
+    run_direction(
+        &dev,
+        g,
+        |p| &mut p.bwd_filter,
+        |p| {
+            let op = p.backward_filter();
+            let a = op.pick_algorithm()?;
+            Ok((a, op.get_workspace_size(a)?))
+        },
+        |p, algo, ws| {
+            // SAFETY: shapes match the descriptors, f32, contiguous.
+            unsafe {
+                p.backward_filter()
+                    .launch(algo, ws, (1f32, 0f32), &xv, &mut dw, &dyv)
+            }?;
+            Ok(())
+        },
+    )?;
     Ok(CudaStorage::wrap_cuda_slice(dw, dev))
 }
 
