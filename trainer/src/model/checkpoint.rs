@@ -137,26 +137,36 @@ fn list_names(out: &mut String, title: &str, names: &[String]) {
     }
 }
 
-fn read_bytes(path: &Path) -> Result<Vec<u8>, ModelIoError> {
+pub(super) fn read_bytes(path: &Path) -> Result<Vec<u8>, ModelIoError> {
     std::fs::read(path).map_err(|source| ModelIoError::Io {
         path: path.to_owned(),
         source,
     })
 }
 
-fn config_from_bytes(path: &Path, bytes: &[u8]) -> Result<Option<ResNetConfig>, ModelIoError> {
+/// The text stored under `key` in the metadata of the safetensors file `path` (its `bytes`),
+/// `None` when it has no such entry.
+pub(super) fn metadata_entry(
+    path: &Path,
+    bytes: &[u8],
+    key: &str,
+) -> Result<Option<String>, ModelIoError> {
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| ModelIoError::Format {
         path: path.to_owned(),
         msg: e.to_string(),
     })?;
-    let Some(json) = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(CONFIG_METADATA_KEY))
-    else {
+    Ok(meta.metadata().as_ref().and_then(|m| m.get(key)).cloned())
+}
+
+/// The validated [`ResNetConfig`] in the metadata of `path` (its `bytes`), `None` if it has none.
+pub(super) fn config_from_bytes(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Option<ResNetConfig>, ModelIoError> {
+    let Some(json) = metadata_entry(path, bytes, CONFIG_METADATA_KEY)? else {
         return Ok(None);
     };
-    let cfg: ResNetConfig = serde_json::from_str(json).map_err(|e| ModelIoError::BadConfig {
+    let cfg: ResNetConfig = serde_json::from_str(&json).map_err(|e| ModelIoError::BadConfig {
         path: path.to_owned(),
         msg: e.to_string(),
     })?;
