@@ -56,6 +56,20 @@ pub struct Claim {
     pub verdict: Verdict,
 }
 
+impl Claim {
+    /// The claim `text` judged on its measured `(margin, interval)` ([`verdict`]), or
+    /// [`Verdict::Missing`] when a figure is missing.
+    pub fn judged(text: String, paper: String, measured: Option<(f64, f64)>) -> Claim {
+        Claim {
+            claim: text,
+            paper,
+            margin: measured.map(|m| m.0),
+            ci95: measured.map(|m| m.1),
+            verdict: measured.map_or(Verdict::Missing, |(m, ci)| verdict(m, ci)),
+        }
+    }
+}
+
 /// Classify a margin (in the claimed direction) against a combined interval.
 pub fn verdict(margin: f64, ci: f64) -> Verdict {
     if margin > ci {
@@ -79,30 +93,16 @@ pub fn claim(
     worse: Option<Figure>,
     lower_is_better: bool,
 ) -> Claim {
-    match (better, worse) {
-        (Some(a), Some(b)) => {
-            let margin = if lower_is_better {
-                b.value - a.value
-            } else {
-                a.value - b.value
-            };
-            let ci = (a.ci95.unwrap_or(0.0).powi(2) + b.ci95.unwrap_or(0.0).powi(2)).sqrt();
-            Claim {
-                claim: text,
-                paper,
-                margin: Some(margin),
-                ci95: Some(ci),
-                verdict: verdict(margin, ci),
-            }
-        }
-        _ => Claim {
-            claim: text,
-            paper,
-            margin: None,
-            ci95: None,
-            verdict: Verdict::Missing,
-        },
-    }
+    let measured = better.zip(worse).map(|(a, b)| {
+        let margin = if lower_is_better {
+            b.value - a.value
+        } else {
+            a.value - b.value
+        };
+        let ci = (a.ci95.unwrap_or(0.0).powi(2) + b.ci95.unwrap_or(0.0).powi(2)).sqrt();
+        (margin, ci)
+    });
+    Claim::judged(text, paper, measured)
 }
 
 /// A pretraining "visibly learnt" when its final loss is at most this fraction of chance.
