@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use image::RgbImage;
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::results::StudyResults;
@@ -191,24 +193,14 @@ pub fn fewshot_png(r: &StudyResults, path: &Path) -> Result<()> {
         chart.draw_series(whiskers).map_err(|e| err(&e))?;
     }
     let chance = 100.0 / r.preset.fewshot.way as f64;
-    chart
-        .draw_series(std::iter::once(PathElement::new(
-            vec![(-0.5, chance), (n - 0.5, chance)],
-            BLACK.mix(0.4),
-        )))
-        .map_err(|e| err(&e))?
-        .label("chance")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLACK.mix(0.4)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present()
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    finish_accuracy_chart(
+        &root,
+        &mut chart,
+        (-0.5, n - 0.5),
+        chance,
+        SeriesLabelPosition::UpperRight,
+        path,
+    )
 }
 
 /// `alignment.png`: few-shot accuracy (host f32) against the novel classes' alignment, one line
@@ -282,9 +274,30 @@ pub fn alignment_png(r: &StudyResults, path: &Path) -> Result<()> {
         }
     }
     let chance = 100.0 / r.preset.fewshot.way as f64;
+    finish_accuracy_chart(
+        &root,
+        &mut chart,
+        (-0.05, 1.05),
+        chance,
+        SeriesLabelPosition::UpperLeft,
+        path,
+    )
+}
+
+/// The common end of the accuracy figures: the chance level as a grey line from `x0` to `x1`,
+/// the series legend at `position`, and the image written to `path`.
+fn finish_accuracy_chart<'a, 'b: 'a>(
+    root: &DrawingArea<BitMapBackend<'b>, Shift>,
+    chart: &mut ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    (x0, x1): (f64, f64),
+    chance: f64,
+    position: SeriesLabelPosition,
+    path: &Path,
+) -> Result<()> {
+    let err = draw_err(path);
     chart
         .draw_series(std::iter::once(PathElement::new(
-            vec![(-0.05, chance), (1.05, chance)],
+            vec![(x0, chance), (x1, chance)],
             BLACK.mix(0.4),
         )))
         .map_err(|e| err(&e))?
@@ -292,7 +305,7 @@ pub fn alignment_png(r: &StudyResults, path: &Path) -> Result<()> {
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLACK.mix(0.4)));
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(position)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
