@@ -24,7 +24,9 @@ use candle_core::cuda_backend::cudarc::cudnn::{
     result as cdr, sys as cds, ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward,
     Cudnn, FilterDescriptor, TensorDescriptor,
 };
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut,
+};
 use candle_core::cuda_backend::{CudaDevice, DeviceId, WrapErr};
 use candle_core::op::BackpropOp;
 use candle_core::{
@@ -198,18 +200,62 @@ fn plan<'a>(
     })
 }
 
-/// Runs one direction of the convolution `g` on its cached [`Plan`]: the three directions differ
-/// only in which cuDNN op they build from the plan's descriptors, the plan slot that caches the
-/// op's algorithm and workspace size (`slot`, filled by `choose` on first use), and which buffers
-/// they launch on (`launch`, given the plan, the algorithm and the workspace).
+/// cuDNN's heuristic algorithm for a convolution op (PyTorch's default) and the workspace bytes
+/// it needs: each cudarc op type has the two methods, but no trait in common.
+trait Choose {
+    type Algo: Copy;
+    fn choose(&self) -> Result<(Self::Algo, usize)>;
+}
+
+macro_rules! choose_by_heuristic {
+    ($($op:ident => $algo:ty),*) => {$(
+        impl Choose for $op<'_, f32, f32, f32> {
+            type Algo = $algo;
+            fn choose(&self) -> Result<($algo, usize)> {
+                let a = self.pick_algorithm()?;
+                Ok((a, self.get_workspace_size(a)?))
+            }
+        }
+    )*};
+}
+
+choose_by_heuristic!(
+    ConvForward => FwdAlgo,
+    ConvBackwardData => BwdDataAlgo,
+    ConvBackwardFilter => BwdFilterAlgo
+);
+
+/// One operand of a convolution direction: its storage, layout and name (for errors).
+type Operand<'a> = (&'a CudaStorage, &'a Layout, &'static str);
+
+/// Runs one direction of the convolution `g` on its cached [`Plan`], reading the operands `a`
+/// and `b` into a new f32 buffer of `out_len` elements. The three directions differ only in
+/// which cuDNN op they build from the plan's descriptors, the plan slot that caches the op's
+/// algorithm and workspace size (`slot`, filled by `choose` on first use), and the order in
+/// which their op takes the buffers (`launch`, given the plan, the algorithm, the workspace,
+/// `a`, `b` and the output).
 fn run_direction<A: Copy>(
-    dev: &CudaDevice,
     g: &Geom,
+    (a, al, an): Operand<'_>,
+    (b, bl, bn): Operand<'_>,
+    out_len: usize,
     slot: fn(&mut Plan) -> &mut Option<(A, usize)>,
     choose: impl FnOnce(&Plan) -> Result<(A, usize)>,
-    launch: impl FnOnce(&Plan, A, Option<&mut CudaSlice<u8>>) -> Result<()>,
-) -> Result<()> {
-    with_state(dev, |st| {
+    launch: impl FnOnce(
+        &Plan,
+        A,
+        Option<&mut CudaSlice<u8>>,
+        &CudaView<'_, f32>,
+        &CudaView<'_, f32>,
+        &mut CudaSlice<f32>,
+    ) -> Result<()>,
+) -> Result<CudaStorage> {
+    let dev = a.device().clone();
+    let av = f32_view(a, al, an)?;
+    let bv = f32_view(b, bl, bn)?;
+    // SAFETY: fully written by the convolution (beta = 0).
+    let mut out = unsafe { dev.alloc::<f32>(out_len)? };
+    with_state(&dev, |st| {
         let p = plan(&mut st.plans, &st.cudnn, g)?;
         let (algo, bytes) = match *slot(p) {
             Some(a) => a,
@@ -220,8 +266,9 @@ fn run_direction<A: Copy>(
             }
         };
         let ws = workspace(&mut st.workspace, &st.stream, bytes)?;
-        launch(p, algo, ws)
-    })
+        launch(p, algo, ws, &av, &bv, &mut out)
+    })?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
 
 impl Plan {
@@ -261,27 +308,19 @@ pub(crate) fn conv_forward(
     w: &CudaStorage,
     wl: &Layout,
 ) -> Result<CudaStorage> {
-    let dev = x.device().clone();
-    let xv = f32_view(x, xl, "conv input")?;
-    let wv = f32_view(w, wl, "conv weight")?;
-    // SAFETY: fully written by the convolution (beta = 0).
-    let mut y = unsafe { dev.alloc::<f32>(g.n * g.c_out * g.ho * g.wo)? };
     run_direction(
-        &dev,
         g,
+        (x, xl, "conv input"),
+        (w, wl, "conv weight"),
+        g.n * g.c_out * g.ho * g.wo,
         |p| &mut p.fwd,
-        |p| {
-            let op = p.forward();
-            let a = op.pick_algorithm()?;
-            Ok((a, op.get_workspace_size(a)?))
-        },
-        |p, algo, ws| {
+        |p| p.forward().choose(),
+        |p, algo, ws, x, w, y| {
             // SAFETY: the views and y have exactly the descriptors' shapes, f32, contiguous.
-            unsafe { p.forward().launch(algo, ws, (1f32, 0f32), &xv, &wv, &mut y) }?;
+            unsafe { p.forward().launch(algo, ws, (1f32, 0f32), x, w, y) }?;
             Ok(())
         },
-    )?;
-    Ok(CudaStorage::wrap_cuda_slice(y, dev))
+    )
 }
 
 /// `dx` of the conv with geometry `g` from the output gradient `dy` and the weight `w`.
@@ -292,30 +331,19 @@ pub(crate) fn conv_input_grad(
     w: &CudaStorage,
     wl: &Layout,
 ) -> Result<CudaStorage> {
-    let dev = dy.device().clone();
-    let dyv = f32_view(dy, dyl, "conv output gradient")?;
-    let wv = f32_view(w, wl, "conv weight")?;
-    // SAFETY: fully written (beta = 0).
-    let mut dx = unsafe { dev.alloc::<f32>(g.n * g.c_in * g.h * g.w)? };
     run_direction(
-        &dev,
         g,
+        (dy, dyl, "conv output gradient"),
+        (w, wl, "conv weight"),
+        g.n * g.c_in * g.h * g.w,
         |p| &mut p.bwd_data,
-        |p| {
-            let op = p.backward_data();
-            let a = op.pick_algorithm()?;
-            Ok((a, op.get_workspace_size(a)?))
-        },
-        |p, algo, ws| {
+        |p| p.backward_data().choose(),
+        |p, algo, ws, dy, w, dx| {
             // SAFETY: shapes match the descriptors, f32, contiguous.
-            unsafe {
-                p.backward_data()
-                    .launch(algo, ws, (1f32, 0f32), &mut dx, &wv, &dyv)
-            }?;
+            unsafe { p.backward_data().launch(algo, ws, (1f32, 0f32), dx, w, dy) }?;
             Ok(())
         },
-    )?;
-    Ok(CudaStorage::wrap_cuda_slice(dx, dev))
+    )
 }
 
 /// `dw` of the conv with geometry `g` from its input `x` and the output gradient `dy`.
@@ -326,30 +354,22 @@ pub(crate) fn conv_weight_grad(
     dy: &CudaStorage,
     dyl: &Layout,
 ) -> Result<CudaStorage> {
-    let dev = x.device().clone();
-    let xv = f32_view(x, xl, "conv input")?;
-    let dyv = f32_view(dy, dyl, "conv output gradient")?;
-    // SAFETY: fully written (beta = 0).
-    let mut dw = unsafe { dev.alloc::<f32>(g.c_out * g.c_in * g.kh * g.kw)? };
     run_direction(
-        &dev,
         g,
+        (x, xl, "conv input"),
+        (dy, dyl, "conv output gradient"),
+        g.c_out * g.c_in * g.kh * g.kw,
         |p| &mut p.bwd_filter,
-        |p| {
-            let op = p.backward_filter();
-            let a = op.pick_algorithm()?;
-            Ok((a, op.get_workspace_size(a)?))
-        },
-        |p, algo, ws| {
+        |p| p.backward_filter().choose(),
+        |p, algo, ws, x, dy, dw| {
             // SAFETY: shapes match the descriptors, f32, contiguous.
             unsafe {
                 p.backward_filter()
-                    .launch(algo, ws, (1f32, 0f32), &xv, &mut dw, &dyv)
+                    .launch(algo, ws, (1f32, 0f32), x, dw, dy)
             }?;
             Ok(())
         },
-    )?;
-    Ok(CudaStorage::wrap_cuda_slice(dw, dev))
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
