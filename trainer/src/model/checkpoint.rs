@@ -137,6 +137,23 @@ fn list_names(out: &mut String, title: &str, names: &[String]) {
     }
 }
 
+/// Writes a model file's serialised `bytes` to `path` atomically; a serialisation error is
+/// reported against the file like a write error.
+pub(super) fn write_model(
+    path: &Path,
+    bytes: candle_core::Result<Vec<u8>>,
+) -> Result<(), ModelIoError> {
+    let bytes = bytes.map_err(|e| ModelIoError::Tensor {
+        path: path.to_owned(),
+        name: "(all)".into(),
+        msg: e.to_string(),
+    })?;
+    crate::fsutil::write_atomic(path, &bytes).map_err(|source| ModelIoError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 pub(super) fn read_bytes(path: &Path) -> Result<Vec<u8>, ModelIoError> {
     std::fs::read(path).map_err(|source| ModelIoError::Io {
         path: path.to_owned(),
@@ -203,17 +220,7 @@ impl ResNet {
 
     /// Write all tensors (and the config) to `path`, atomically.
     pub fn save_safetensors(&self, path: &Path) -> Result<(), ModelIoError> {
-        let bytes = self
-            .to_safetensors_bytes()
-            .map_err(|e| ModelIoError::Tensor {
-                path: path.to_owned(),
-                name: "(all)".into(),
-                msg: e.to_string(),
-            })?;
-        crate::fsutil::write_atomic(path, &bytes).map_err(|source| ModelIoError::Io {
-            path: path.to_owned(),
-            source,
-        })
+        write_model(path, self.to_safetensors_bytes())
     }
 
     /// Load weights from a safetensors file into this model (see [`LoadOptions`]).

@@ -8,7 +8,9 @@ use candle_core::{Device, Result, Tensor};
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{config_from_bytes, metadata_entry, read_bytes, LoadOptions, ModelIoError};
+use super::checkpoint::{
+    config_from_bytes, metadata_entry, read_bytes, write_model, LoadOptions, ModelIoError,
+};
 use super::config::{ResNetConfig, CONFIG_METADATA_KEY};
 use super::landmarks::{LandmarkModel, HIDDEN, LEAKY_SLOPE};
 use super::resnet::ResNet;
@@ -73,17 +75,7 @@ impl LandmarkModel {
 
     /// Writes the model atomically.
     pub fn save(&self, path: &Path) -> std::result::Result<(), ModelIoError> {
-        let bytes = self
-            .to_safetensors_bytes()
-            .map_err(|e| ModelIoError::Tensor {
-                path: path.to_owned(),
-                name: "(all)".into(),
-                msg: e.to_string(),
-            })?;
-        crate::fsutil::write_atomic(path, &bytes).map_err(|source| ModelIoError::Io {
-            path: path.to_owned(),
-            source,
-        })
+        write_model(path, self.to_safetensors_bytes())
     }
 
     /// The [`LandmarkMeta`] of a file, `None` when it is not a landmark model.
