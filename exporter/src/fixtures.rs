@@ -28,10 +28,10 @@ use serde_json::json;
 use crate::export::{self, ExportOptions, ExportRequest};
 use trainer::data::synth::{draw, faces, objects};
 use trainer::data::Split;
-use trainer::eval::{fewshot, landmarks};
 use trainer::method::Method;
 use trainer::model::{Arch, ResNetConfig};
 use trainer::train::pretrain::{self, PretrainRequest, RunOptions};
+use transfer_eval::{fewshot, landmarks};
 
 /// The file that describes a fixture set; its presence marks a folder [`generate`] may replace.
 pub const MANIFEST: &str = "fixtures.json";

@@ -1,9 +1,10 @@
-//! trainer: pretraining and host evaluation, the std half below the exporter and the study.
+//! trainer: pretraining on the host, the std half below the transfer evaluation, the exporter and
+//! the study.
 //!
 //! Data flows one way: `data` (readers + synthetic generators) → `augment` → `method` + `train`
-//! (pretraining) → `eval` (transfer protocols). The exporter (`exporter`: fold BN, quantise, ONNX,
-//! checkpoint import) and the experiment system (`study`) sit above this crate; nothing here knows
-//! them. Each paper concept has one named place:
+//! (pretraining). The transfer protocols (`transfer-eval`), the exporter (`exporter`: fold BN,
+//! quantise, ONNX, checkpoint import) and the experiment system (`study`) sit above this crate;
+//! nothing here knows them. Each paper concept has one named place:
 //!
 //! | concept | module |
 //! |---|---|
@@ -12,7 +13,6 @@
 //! | ResNet family with torchvision names | [`model`] |
 //! | supervised CE, MoCo v1/v2, Exemplar v1/v2 (paper eq. 2) | [`method`] |
 //! | SGD, schedules, checkpoints, the training loop | [`train`] |
-//! | few-shot, landmark and linear-probe protocols | [`eval`] |
 //! | CPU (and CUDA) kernels behind the model's ops (crate `train-kernels`) | [`kernels`] |
 
 pub mod augment;
@@ -21,7 +21,6 @@ pub mod augment;
 pub use data;
 pub use data::{fsutil, rng};
 pub mod device;
-pub mod eval;
 /// The kernels behind the model's ops (their own crate, `train-kernels`), re-exported so
 /// `trainer::kernels::…` names them.
 pub use train_kernels as kernels;

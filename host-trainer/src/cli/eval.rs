@@ -1,11 +1,11 @@
 //! `host-trainer eval fewshot|base|linear`: argument parsing and printing; the work is in
-//! `trainer::eval`.
+//! `transfer_eval`.
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use trainer::eval::fewshot::FewShotArgs;
-use trainer::eval::{self, fewshot, probe};
+use transfer_eval::fewshot::FewShotArgs;
+use transfer_eval::{fewshot, probe};
 
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
@@ -111,7 +111,7 @@ pub struct ProbeArgs {
 
 fn emit(c: &Common, file: &str, json: &serde_json::Value, text: String) -> Result<()> {
     if let Some(dir) = &c.out {
-        eval::write_result(dir, file, json)?;
+        transfer_eval::write_result(dir, file, json)?;
     }
     if c.json {
         println!("{}", serde_json::to_string_pretty(json)?);
@@ -172,7 +172,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
 }
 
 fn run_landmarks(a: &LandmarkArgs) -> Result<()> {
-    use trainer::eval::landmarks::{self, BackboneSource, LandmarkConfig};
+    use transfer_eval::landmarks::{self, BackboneSource, LandmarkConfig};
     let device = trainer::device::parse_device(&a.device)?;
     let backbone = if a.backbone == "scratch" {
         let arch = a
@@ -200,7 +200,7 @@ fn run_landmarks(a: &LandmarkArgs) -> Result<()> {
     let json = landmarks::to_json(&cfg, &report);
     if let Some(dir) = &a.out {
         model.save(&dir.join("landmarks.safetensors"))?;
-        eval::write_result(dir, "landmarks.json", &json)?;
+        transfer_eval::write_result(dir, "landmarks.json", &json)?;
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&json)?);

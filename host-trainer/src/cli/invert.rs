@@ -103,7 +103,7 @@ pub fn run(a: InvertArgs) -> Result<()> {
     )];
     let mut results = Vec::new();
     for (name, path) in &backbones {
-        let (net, hash) = trainer::eval::open_backbone(path, &device)?;
+        let (net, hash) = transfer_eval::open_backbone(path, &device)?;
         let dir = a.out.join(name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut recs = Vec::new();
@@ -149,7 +149,7 @@ pub fn run(a: InvertArgs) -> Result<()> {
         "image_size": a.image_size, "grid": grid, "backbones": results,
         "distance": "SSIM (Gaussian 11x11, sigma 1.5) and an LPIPS-style distance under a fixed random ResNet-18",
     });
-    trainer::eval::write_result(&a.out, "invert.json", &v)?;
+    transfer_eval::write_result(&a.out, "invert.json", &v)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());

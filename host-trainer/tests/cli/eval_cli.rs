@@ -7,8 +7,8 @@ use candle_core::Device;
 use runtime_core::protocol::fewshot::FewShotHead;
 use trainer::data::synth::objects::{generate_objects, ObjectsConfig};
 use trainer::data::Split;
-use trainer::eval::{fewshot, probe};
 use trainer::model::{Arch, ResNet, ResNetConfig};
+use transfer_eval::{fewshot, probe};
 
 /// 25 classes → 16/4/5 train/val/test classes, 21 images each, 16 px; a width-1/8 ResNet-18.
 fn setup(dir: &Path) -> (PathBuf, PathBuf) {

@@ -12,16 +12,15 @@ use super::inversion::{self, ImageScores};
 use super::plan::{counterpart, k_tau_cells, same_tau_cells};
 use super::preset::{Ablation, Preset};
 use super::results::{
-    cell, finite, record, shot_figure, verdict, Claim, FewShotRec, Figure, LandmarkRec,
-    PretrainRec, Verdict,
+    cell, finite, record, shot_figure, Claim, FewShotRec, Figure, LandmarkRec, PretrainRec,
 };
-use super::{ids, Domain};
+use super::{ids, Backbone, Domain};
 use crate::analysis::subset::Subset;
 
 /// One method's reconstructions (means over the held-out images, 95% intervals over images).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct InversionRow {
-    pub method: String,
+    pub method: Backbone,
     pub images: usize,
     pub ssim: Option<Figure>,
     pub ssim_worst_quarter: Option<Figure>,
@@ -110,22 +109,7 @@ fn figure(values: &[f64]) -> Option<Figure> {
 /// A paired claim: per image, `better − worse` (or the reverse when lower is better), its mean
 /// against the 95% interval of the paired differences.
 fn paired_claim(text: String, paper: String, diffs: &[f64]) -> Claim {
-    match mean_ci95(diffs) {
-        Some((m, ci)) => Claim {
-            claim: text,
-            paper,
-            margin: Some(m),
-            ci95: Some(ci),
-            verdict: verdict(m, ci),
-        },
-        None => Claim {
-            claim: text,
-            paper,
-            margin: None,
-            ci95: None,
-            verdict: Verdict::Missing,
-        },
-    }
+    Claim::judged(text, paper, mean_ci95(diffs))
 }
 
 fn inversion(p: &Preset, out: &Path) -> Result<(Vec<InversionRow>, Vec<Claim>)> {
@@ -134,7 +118,7 @@ fn inversion(p: &Preset, out: &Path) -> Result<(Vec<InversionRow>, Vec<Claim>)> 
     let rows = scores
         .iter()
         .map(|(m, s)| InversionRow {
-            method: m.clone(),
+            method: *m,
             images: s.len(),
             ssim: figure(&col(s, |v| v.ssim)),
             ssim_worst_quarter: figure(&col(s, |v| v.ssim_worst_quarter)),
@@ -144,12 +128,12 @@ fn inversion(p: &Preset, out: &Path) -> Result<(Vec<InversionRow>, Vec<Claim>)> 
         })
         .collect();
     let mut claims = Vec::new();
-    let Some((_, sup)) = scores.iter().find(|(m, _)| m == "supervised") else {
+    let Some((_, sup)) = scores.iter().find(|(m, _)| *m == Backbone::SUPERVISED) else {
         return Ok((rows, claims));
     };
     for (m, s) in scores
         .iter()
-        .filter(|(m, _)| m != "supervised" && m != super::SCRATCH)
+        .filter(|(m, _)| *m != Backbone::SUPERVISED && *m != Backbone::Scratch)
     {
         let d = |f: fn(&ImageScores) -> f64, lower: bool| -> Vec<f64> {
             s.iter()
@@ -304,24 +288,12 @@ fn pretraining_data(p: &Preset, out: &Path) -> Result<(Vec<DataRow>, Vec<Claim>)
             let text = format!("pretraining on {label}: {other} loses less {task} than supervised");
             let paper = paper_table2(data);
             claims.push(match (ls, lo) {
-                (Some((ds, cs)), Some((d_o, co))) => {
-                    let margin = ds - d_o;
-                    let ci = cs.hypot(co);
-                    Claim {
-                        claim: format!("{text} (loss: supervised {ds:+.2}, {other} {d_o:+.2})"),
-                        paper,
-                        margin: Some(margin),
-                        ci95: Some(ci),
-                        verdict: verdict(margin, ci),
-                    }
-                }
-                _ => Claim {
-                    claim: text,
+                (Some((ds, cs)), Some((d_o, co))) => Claim::judged(
+                    format!("{text} (loss: supervised {ds:+.2}, {other} {d_o:+.2})"),
                     paper,
-                    margin: None,
-                    ci95: None,
-                    verdict: Verdict::Missing,
-                },
+                    Some((ds - d_o, cs.hypot(co))),
+                ),
+                _ => Claim::judged(text, paper, None),
             });
         }
     }
@@ -662,6 +634,7 @@ fn same_tau_md(a: &Analyses) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::results::Verdict;
     use super::*;
 
     /// Writes a host few-shot record for step `id` with `accuracy` at every shot of `p`.

@@ -10,10 +10,10 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use trainer::data::synth::{faces, objects};
 use trainer::data::Split;
-use trainer::eval::{fewshot, landmarks, probe};
 use trainer::method::Method;
 use trainer::model::{Arch, ResNet, ResNetConfig};
 use trainer::train::pretrain::{self, PretrainRequest, BACKBONE, LAST};
+use transfer_eval::{fewshot, landmarks, probe};
 
 use super::*;
 
@@ -331,10 +331,10 @@ pub(super) fn execute(plan: &Plan, step: &Step, opts: &RunOptions) -> Result<Val
                 .map(|m| {
                     let f = out
                         .join("faces")
-                        .join(&m)
+                        .join(m.to_string())
                         .join("landmarks")
                         .join("landmarks.safetensors");
-                    (m, f)
+                    (m.to_string(), f)
                 })
                 .collect();
             let path = out.join("landmarks.png");

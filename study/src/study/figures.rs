@@ -6,14 +6,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use image::RgbImage;
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::results::StudyResults;
+use super::Backbone;
 use trainer::augment::{eval_transform, AugmentConfig};
 use trainer::data::{mafl_crop, CelebA, Landmarks, NUM_LANDMARKS};
-use trainer::eval::landmarks::iod_error;
 use trainer::model::landmarks::LandmarkModel;
 use trainer::model::BnMode;
+use transfer_eval::landmarks::iod_error;
 
 /// One MAFL test face as the model saw it: the MAFL square crop, and predicted / true landmarks in
 /// the model's input pixels.
@@ -103,7 +106,7 @@ pub fn fewshot_png(r: &StudyResults, path: &Path) -> Result<()> {
     trainer::plot::init_font();
     let err = draw_err(path);
     let shots: Vec<usize> = r.preset.fewshot.shots.clone();
-    let names: Vec<String> = r.rows.iter().map(|x| x.method.clone()).collect();
+    let names: Vec<String> = r.rows.iter().map(|x| x.method.to_string()).collect();
     let top = r
         .rows
         .iter()
@@ -190,24 +193,14 @@ pub fn fewshot_png(r: &StudyResults, path: &Path) -> Result<()> {
         chart.draw_series(whiskers).map_err(|e| err(&e))?;
     }
     let chance = 100.0 / r.preset.fewshot.way as f64;
-    chart
-        .draw_series(std::iter::once(PathElement::new(
-            vec![(-0.5, chance), (n - 0.5, chance)],
-            BLACK.mix(0.4),
-        )))
-        .map_err(|e| err(&e))?
-        .label("chance")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLACK.mix(0.4)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present()
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    finish_accuracy_chart(
+        &root,
+        &mut chart,
+        (-0.5, n - 0.5),
+        chance,
+        SeriesLabelPosition::UpperRight,
+        path,
+    )
 }
 
 /// `alignment.png`: few-shot accuracy (host f32) against the novel classes' alignment, one line
@@ -215,7 +208,7 @@ pub fn fewshot_png(r: &StudyResults, path: &Path) -> Result<()> {
 pub fn alignment_png(r: &StudyResults, path: &Path) -> Result<()> {
     trainer::plot::init_font();
     let err = draw_err(path);
-    let methods: Vec<String> = r.rows.iter().map(|x| x.method.clone()).collect();
+    let methods: Vec<Backbone> = r.rows.iter().map(|x| x.method).collect();
     let shots = r.preset.fewshot.shots.clone();
     let top = r
         .alignment
@@ -281,9 +274,30 @@ pub fn alignment_png(r: &StudyResults, path: &Path) -> Result<()> {
         }
     }
     let chance = 100.0 / r.preset.fewshot.way as f64;
+    finish_accuracy_chart(
+        &root,
+        &mut chart,
+        (-0.05, 1.05),
+        chance,
+        SeriesLabelPosition::UpperLeft,
+        path,
+    )
+}
+
+/// The common end of the accuracy figures: the chance level as a grey line from `x0` to `x1`,
+/// the series legend at `position`, and the image written to `path`.
+fn finish_accuracy_chart<'a, 'b: 'a>(
+    root: &DrawingArea<BitMapBackend<'b>, Shift>,
+    chart: &mut ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    (x0, x1): (f64, f64),
+    chance: f64,
+    position: SeriesLabelPosition,
+    path: &Path,
+) -> Result<()> {
+    let err = draw_err(path);
     chart
         .draw_series(std::iter::once(PathElement::new(
-            vec![(-0.05, chance), (1.05, chance)],
+            vec![(x0, chance), (x1, chance)],
             BLACK.mix(0.4),
         )))
         .map_err(|e| err(&e))?
@@ -291,7 +305,7 @@ pub fn alignment_png(r: &StudyResults, path: &Path) -> Result<()> {
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLACK.mix(0.4)));
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(position)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()

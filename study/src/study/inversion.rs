@@ -10,7 +10,7 @@ use plotters::prelude::*;
 use serde_json::{json, Value};
 
 use super::preset::Preset;
-use super::{data_dir, ids, read_record, rows, Domain, Plan, RunOptions};
+use super::{data_dir, ids, read_record, rows, Backbone, Domain, Plan, RunOptions};
 use crate::analysis::invert::{self, FeatureTarget, InversionInput, InvertConfig};
 use crate::analysis::similarity::RandomFeatureDistance;
 use trainer::data::{LabelledImages, MiniImageNet, Split};
@@ -42,7 +42,7 @@ fn test_list(p: &Preset, out: &Path) -> Result<LabelledImages> {
 pub(super) fn run(p: &Preset, out: &Path, dir: &Path, opts: &RunOptions) -> Result<Value> {
     let list = test_list(p, out)?;
     let picks = held_out(&list, p.invert.images);
-    let (net, hash) = trainer::eval::open_backbone(&dir.join(BACKBONE), &opts.device)?;
+    let (net, hash) = transfer_eval::open_backbone(&dir.join(BACKBONE), &opts.device)?;
     let dist = RandomFeatureDistance::new(&opts.device)?;
     let inv_dir = dir.join(INVERT_DIR);
     std::fs::create_dir_all(&inv_dir).with_context(|| format!("creating {}", inv_dir.display()))?;
@@ -114,10 +114,10 @@ pub struct ImageScores {
 }
 
 /// Each row's scores (methods whose step has not run are left out).
-pub fn collect(p: &Preset, out: &Path) -> Result<Vec<(String, Vec<ImageScores>)>> {
+pub fn collect(p: &Preset, out: &Path) -> Result<Vec<(Backbone, Vec<ImageScores>)>> {
     let mut r = Vec::new();
     for m in rows(p) {
-        let Some(rec) = read_record(out, &ids::invert(&m))? else {
+        let Some(rec) = read_record(out, &ids::invert(m))? else {
             continue;
         };
         // A record without scores gives no row, like a step that has not run; scores of the
@@ -126,7 +126,7 @@ pub fn collect(p: &Preset, out: &Path) -> Result<Vec<(String, Vec<ImageScores>)>
             continue;
         };
         let imgs: Vec<ImageScores> = serde_json::from_value(images.clone())
-            .with_context(|| format!("step {}: unreadable per-image scores", ids::invert(&m)))?;
+            .with_context(|| format!("step {}: unreadable per-image scores", ids::invert(m)))?;
         r.push((m, imgs));
     }
     Ok(r)
@@ -159,7 +159,7 @@ pub(super) fn figures(plan: &Plan, out: &Path) -> Result<Value> {
                 .to_rgb8();
             v.push(img);
         }
-        rows.push((m.clone(), v));
+        rows.push((m.to_string(), v));
     }
     let grid = out.join("inversion.png");
     write_grid(
@@ -210,10 +210,10 @@ pub fn write_grid(rows: &[(String, Vec<RgbImage>)], title: &str, path: &Path) ->
 }
 
 /// Figure 6's scatter: x = supervised's distance for an image, y = another method's.
-fn distance_scatter(scores: &[(String, Vec<ImageScores>)], path: &Path) -> Result<()> {
+fn distance_scatter(scores: &[(Backbone, Vec<ImageScores>)], path: &Path) -> Result<()> {
     trainer::plot::init_font();
     let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing {}: {e}", path.display());
-    let sup = scores.iter().find(|(m, _)| m == "supervised");
+    let sup = scores.iter().find(|(m, _)| *m == Backbone::SUPERVISED);
     let all = scores
         .iter()
         .flat_map(|(_, s)| s.iter().map(|v| v.random_feature_distance));
@@ -240,7 +240,11 @@ fn distance_scatter(scores: &[(String, Vec<ImageScores>)], path: &Path) -> Resul
         .draw_series(LineSeries::new([(0.0, 0.0), (hi, hi)], BLACK.mix(0.4)))
         .map_err(|e| err(&e))?;
     if let Some((_, base)) = sup {
-        for (i, (m, s)) in scores.iter().filter(|(m, _)| m != "supervised").enumerate() {
+        for (i, (m, s)) in scores
+            .iter()
+            .filter(|(m, _)| *m != Backbone::SUPERVISED)
+            .enumerate()
+        {
             let colour = Palette99::pick(i).to_rgba();
             let pts: Vec<(f64, f64)> = base
                 .iter()
@@ -250,7 +254,7 @@ fn distance_scatter(scores: &[(String, Vec<ImageScores>)], path: &Path) -> Resul
             chart
                 .draw_series(pts.iter().map(|&p| Circle::new(p, 4, colour.filled())))
                 .map_err(|e| err(&e))?
-                .label(m.as_str())
+                .label(m.to_string())
                 .legend(move |(x, y)| Circle::new((x, y), 4, colour.filled()));
         }
         chart

@@ -14,6 +14,7 @@
 //! `last.safetensors`. The final tables are always rebuilt from the records
 //! ([`results::collect`]), so wall times add up across restarts.
 pub mod analyses;
+mod backbone;
 pub mod figures;
 pub mod preset;
 pub mod results;
@@ -25,6 +26,7 @@ pub mod inversion;
 mod plan;
 mod records;
 
+pub use backbone::Backbone;
 use execute::execute;
 pub use plan::*;
 use records::{check_study_file, write_record};
@@ -37,8 +39,6 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::Device;
 
-/// The random-init baseline row (paper Table 5 "Scratch").
-pub const SCRATCH: &str = "scratch";
 /// Folder of the step records.
 pub const STEPS_DIR: &str = "steps";
 /// The preset a study folder was started with (a restart must use the same one).

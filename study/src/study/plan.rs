@@ -227,7 +227,7 @@ fn link_needs(steps: &mut [Step]) {
 }
 
 /// Step identifiers: the one place they are spelled (the results tables look records up by them).
-/// A `method` is a [`Method`](trainer::method::Method) or a row name (`scratch`).
+/// A `method` is a [`Method`](trainer::method::Method) or a table row's [`Backbone`](super::Backbone).
 pub mod ids {
     use std::fmt::Display;
 
@@ -310,9 +310,14 @@ pub struct Plan {
 }
 
 /// Method rows of the tables: the preset's methods, then `scratch`.
-pub fn rows(p: &Preset) -> Vec<String> {
-    let mut r: Vec<String> = p.methods.iter().map(Method::to_string).collect();
-    r.push(SCRATCH.to_string());
+pub fn rows(p: &Preset) -> Vec<Backbone> {
+    let mut r: Vec<Backbone> = p
+        .methods
+        .iter()
+        .copied()
+        .map(Backbone::Pretrained)
+        .collect();
+    r.push(Backbone::Scratch);
     r
 }
 
@@ -339,13 +344,11 @@ impl Plan {
                 );
             }
         }
-        // The rows with their methods (`None`: the scratch baseline).
-        let methods = preset.methods.iter().copied().map(Some).chain([None]);
-        for (m, method) in rows(&preset).into_iter().zip(methods) {
+        for m in rows(&preset) {
             for d in [Domain::Objects, Domain::Faces] {
-                let dir = PathBuf::from(d.name()).join(&m);
-                let id = ids::pretrain(d.name(), &m);
-                if let Some(method) = method {
+                let dir = PathBuf::from(d.name()).join(m.to_string());
+                let id = ids::pretrain(d.name(), m);
+                if let Backbone::Pretrained(method) = m {
                     let epochs = match d {
                         Domain::Objects => preset.pretrain.epochs_objects,
                         Domain::Faces => preset.pretrain.epochs_faces,
@@ -366,7 +369,7 @@ impl Plan {
                 match d {
                     Domain::Objects => {
                         push(
-                            ids::fewshot(&m),
+                            ids::fewshot(m),
                             format!("few-shot {m} (host f32)"),
                             Action::FewShot {
                                 dir: dir.clone(),
@@ -374,14 +377,14 @@ impl Plan {
                             },
                         );
                         push(
-                            ids::base(&m),
+                            ids::base(m),
                             format!("base-class probe {m} (host f32)"),
                             Action::BaseProbe { dir: dir.clone() },
                         );
                         let model = dir.join(BACKBONE);
                         let out = dir.join("model.int8.safetensors");
                         push(
-                            ids::export(d.name(), &m),
+                            ids::export(d.name(), m),
                             format!("export {m} objects backbone (int8)"),
                             Action::ExportInt8 {
                                 domain: d,
@@ -390,21 +393,21 @@ impl Plan {
                             },
                         );
                         push(
-                            ids::runtime_fewshot(&m),
+                            ids::runtime_fewshot(m),
                             format!("few-shot {m} (runtime int8)"),
                             Action::RuntimeFewShot { model: out },
                         );
                     }
                     Domain::Faces => {
                         push(
-                            ids::landmarks(&m),
+                            ids::landmarks(m),
                             format!("landmarks {m} (host f32)"),
                             Action::Landmarks { dir: dir.clone() },
                         );
                         let model = dir.join("landmarks").join("landmarks.safetensors");
                         let out = dir.join("landmarks.int8.safetensors");
                         push(
-                            ids::export(d.name(), &m),
+                            ids::export(d.name(), m),
                             format!("export {m} landmark model (int8)"),
                             Action::ExportInt8 {
                                 domain: d,
@@ -413,7 +416,7 @@ impl Plan {
                             },
                         );
                         push(
-                            ids::runtime_mafl(&m),
+                            ids::runtime_mafl(m),
                             format!("landmarks {m} (runtime int8)"),
                             Action::RuntimeMafl { model: out },
                         );
@@ -424,13 +427,13 @@ impl Plan {
         if preset.invert.images > 0 {
             for m in rows(&preset) {
                 push(
-                    ids::invert(&m),
+                    ids::invert(m),
                     format!(
                         "feature inversion through the {m} objects backbone ({} images)",
                         preset.invert.images
                     ),
                     Action::Invert {
-                        dir: PathBuf::from(Domain::Objects.name()).join(&m),
+                        dir: PathBuf::from(Domain::Objects.name()).join(m.to_string()),
                     },
                 );
             }
@@ -494,10 +497,10 @@ impl Plan {
                 );
                 for m in rows(&preset) {
                     push(
-                        ids::aligned_fewshot(&m, a),
+                        ids::aligned_fewshot(m, a),
                         format!("few-shot {m} at alignment {a} (host f32)"),
                         Action::FewShot {
-                            dir: PathBuf::from(Domain::Objects.name()).join(&m),
+                            dir: PathBuf::from(Domain::Objects.name()).join(m.to_string()),
                             alignment: Some(a),
                         },
                     );

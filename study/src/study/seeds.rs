@@ -18,7 +18,7 @@ use super::results::{
     self, alignment_claims, orderings, AlignmentCell, Claim, Figure, MethodRow, ShotCell,
     StudyResults, Verdict,
 };
-use super::{Plan, RunOptions, RunSummary};
+use super::{Backbone, Plan, RunOptions, RunSummary};
 pub use runtime_core::metrics::mean_ci95;
 
 /// A figure over seeds: the mean with its across-seed interval, and the mean within-seed interval.
@@ -59,7 +59,7 @@ fn as_figure(f: &Option<SeedFigure>) -> Option<Figure> {
 /// One method's figures over seeds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SeedRow {
-    pub method: String,
+    pub method: Backbone,
     pub base: Option<SeedFigure>,
     /// (shot, host, runtime int8).
     pub fewshot: Vec<(usize, Option<SeedFigure>, Option<SeedFigure>)>,
@@ -71,7 +71,7 @@ pub struct SeedRow {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SeedAlignment {
     pub alignment: f64,
-    pub method: String,
+    pub method: Backbone,
     pub fewshot: Vec<(usize, Option<SeedFigure>)>,
 }
 
@@ -132,7 +132,7 @@ pub fn aggregate(per_seed: &[(u64, PathBuf, StudyResults)]) -> Result<SeedsResul
             over_seeds(&rs.iter().map(|r| f(r)).collect::<Vec<_>>())
         };
         rows.push(SeedRow {
-            method: r0.method.clone(),
+            method: r0.method,
             base: pick(&|r| r.base),
             fewshot,
             iod_host: pick(&|r| r.iod_host),
@@ -156,7 +156,7 @@ pub fn aggregate(per_seed: &[(u64, PathBuf, StudyResults)]) -> Result<SeedsResul
             .collect();
         alignment.push(SeedAlignment {
             alignment: c0.alignment,
-            method: c0.method.clone(),
+            method: c0.method,
             fewshot,
         });
     }
@@ -173,7 +173,7 @@ pub fn aggregate(per_seed: &[(u64, PathBuf, StudyResults)]) -> Result<SeedsResul
     let mean_rows: Vec<MethodRow> = rows
         .iter()
         .map(|r| MethodRow {
-            method: r.method.clone(),
+            method: r.method,
             base: as_figure(&r.base),
             fewshot: r
                 .fewshot
@@ -194,7 +194,7 @@ pub fn aggregate(per_seed: &[(u64, PathBuf, StudyResults)]) -> Result<SeedsResul
         .iter()
         .map(|c| AlignmentCell {
             alignment: c.alignment,
-            method: c.method.clone(),
+            method: c.method,
             fewshot: c.fewshot.iter().map(|(k, f)| (*k, as_figure(f))).collect(),
         })
         .collect();

@@ -24,7 +24,9 @@ use candle_core::cuda_backend::cudarc::cudnn::{
     result as cdr, sys as cds, ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward,
     Cudnn, FilterDescriptor, TensorDescriptor,
 };
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut,
+};
 use candle_core::cuda_backend::{CudaDevice, DeviceId, WrapErr};
 use candle_core::op::BackpropOp;
 use candle_core::{
@@ -198,6 +200,106 @@ fn plan<'a>(
     })
 }
 
+/// cuDNN's heuristic algorithm for a convolution op (PyTorch's default) and the workspace bytes
+/// it needs: each cudarc op type has the two methods, but no trait in common.
+trait Choose {
+    type Algo: Copy;
+    fn choose(&self) -> Result<(Self::Algo, usize)>;
+}
+
+macro_rules! choose_by_heuristic {
+    ($($op:ident => $algo:ty),*) => {$(
+        impl Choose for $op<'_, f32, f32, f32> {
+            type Algo = $algo;
+            fn choose(&self) -> Result<($algo, usize)> {
+                let a = self.pick_algorithm()?;
+                Ok((a, self.get_workspace_size(a)?))
+            }
+        }
+    )*};
+}
+
+choose_by_heuristic!(
+    ConvForward => FwdAlgo,
+    ConvBackwardData => BwdDataAlgo,
+    ConvBackwardFilter => BwdFilterAlgo
+);
+
+/// One operand of a convolution direction: its storage, layout and name (for errors).
+type Operand<'a> = (&'a CudaStorage, &'a Layout, &'static str);
+
+/// Runs one direction of the convolution `g` on its cached [`Plan`], reading the operands `a`
+/// and `b` into a new f32 buffer of `out_len` elements. The three directions differ only in
+/// which cuDNN op they build from the plan's descriptors, the plan slot that caches the op's
+/// algorithm and workspace size (`slot`, filled by `choose` on first use), and the order in
+/// which their op takes the buffers (`launch`, given the plan, the algorithm, the workspace,
+/// `a`, `b` and the output).
+fn run_direction<A: Copy>(
+    g: &Geom,
+    (a, al, an): Operand<'_>,
+    (b, bl, bn): Operand<'_>,
+    out_len: usize,
+    slot: fn(&mut Plan) -> &mut Option<(A, usize)>,
+    choose: impl FnOnce(&Plan) -> Result<(A, usize)>,
+    launch: impl FnOnce(
+        &Plan,
+        A,
+        Option<&mut CudaSlice<u8>>,
+        &CudaView<'_, f32>,
+        &CudaView<'_, f32>,
+        &mut CudaSlice<f32>,
+    ) -> Result<()>,
+) -> Result<CudaStorage> {
+    let dev = a.device().clone();
+    let av = f32_view(a, al, an)?;
+    let bv = f32_view(b, bl, bn)?;
+    // SAFETY: fully written by the convolution (beta = 0).
+    let mut out = unsafe { dev.alloc::<f32>(out_len)? };
+    with_state(&dev, |st| {
+        let p = plan(&mut st.plans, &st.cudnn, g)?;
+        let (algo, bytes) = match *slot(p) {
+            Some(a) => a,
+            None => {
+                let a = choose(p)?;
+                *slot(p) = Some(a);
+                a
+            }
+        };
+        let ws = workspace(&mut st.workspace, &st.stream, bytes)?;
+        launch(p, algo, ws, &av, &bv, &mut out)
+    })?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}
+
+impl Plan {
+    fn forward(&self) -> ConvForward<'_, f32, f32, f32> {
+        ConvForward {
+            conv: &self.conv,
+            x: &self.x,
+            w: &self.w,
+            y: &self.y,
+        }
+    }
+
+    fn backward_data(&self) -> ConvBackwardData<'_, f32, f32, f32> {
+        ConvBackwardData {
+            conv: &self.conv,
+            dx: &self.x,
+            w: &self.w,
+            dy: &self.y,
+        }
+    }
+
+    fn backward_filter(&self) -> ConvBackwardFilter<'_, f32, f32, f32> {
+        ConvBackwardFilter {
+            conv: &self.conv,
+            x: &self.x,
+            dw: &self.w,
+            dy: &self.y,
+        }
+    }
+}
+
 /// `y = conv2d(x, w)`; `x` `(n, C_in, H, W)` and `w` `(C_out, C_in, kh, kw)` contiguous f32.
 pub(crate) fn conv_forward(
     g: &Geom,
@@ -206,40 +308,19 @@ pub(crate) fn conv_forward(
     w: &CudaStorage,
     wl: &Layout,
 ) -> Result<CudaStorage> {
-    let dev = x.device().clone();
-    let xv = f32_view(x, xl, "conv input")?;
-    let wv = f32_view(w, wl, "conv weight")?;
-    // SAFETY: fully written by the convolution (beta = 0).
-    let mut y = unsafe { dev.alloc::<f32>(g.n * g.c_out * g.ho * g.wo)? };
-    with_state(&dev, |st| {
-        let p = plan(&mut st.plans, &st.cudnn, g)?;
-        let (algo, bytes) = match p.fwd {
-            Some(a) => a,
-            None => {
-                let op = ConvForward {
-                    conv: &p.conv,
-                    x: &p.x,
-                    w: &p.w,
-                    y: &p.y,
-                };
-                let a = op.pick_algorithm()?;
-                let b = op.get_workspace_size(a)?;
-                p.fwd = Some((a, b));
-                (a, b)
-            }
-        };
-        let op = ConvForward {
-            conv: &p.conv,
-            x: &p.x,
-            w: &p.w,
-            y: &p.y,
-        };
-        let ws = workspace(&mut st.workspace, &st.stream, bytes)?;
-        // SAFETY: the views and y have exactly the descriptors' shapes, f32, contiguous.
-        unsafe { op.launch(algo, ws, (1f32, 0f32), &xv, &wv, &mut y) }?;
-        Ok(())
-    })?;
-    Ok(CudaStorage::wrap_cuda_slice(y, dev))
+    run_direction(
+        g,
+        (x, xl, "conv input"),
+        (w, wl, "conv weight"),
+        g.n * g.c_out * g.ho * g.wo,
+        |p| &mut p.fwd,
+        |p| p.forward().choose(),
+        |p, algo, ws, x, w, y| {
+            // SAFETY: the views and y have exactly the descriptors' shapes, f32, contiguous.
+            unsafe { p.forward().launch(algo, ws, (1f32, 0f32), x, w, y) }?;
+            Ok(())
+        },
+    )
 }
 
 /// `dx` of the conv with geometry `g` from the output gradient `dy` and the weight `w`.
@@ -250,40 +331,19 @@ pub(crate) fn conv_input_grad(
     w: &CudaStorage,
     wl: &Layout,
 ) -> Result<CudaStorage> {
-    let dev = dy.device().clone();
-    let dyv = f32_view(dy, dyl, "conv output gradient")?;
-    let wv = f32_view(w, wl, "conv weight")?;
-    // SAFETY: fully written (beta = 0).
-    let mut dx = unsafe { dev.alloc::<f32>(g.n * g.c_in * g.h * g.w)? };
-    with_state(&dev, |st| {
-        let p = plan(&mut st.plans, &st.cudnn, g)?;
-        let (algo, bytes) = match p.bwd_data {
-            Some(a) => a,
-            None => {
-                let op = ConvBackwardData {
-                    conv: &p.conv,
-                    dx: &p.x,
-                    w: &p.w,
-                    dy: &p.y,
-                };
-                let a = op.pick_algorithm()?;
-                let b = op.get_workspace_size(a)?;
-                p.bwd_data = Some((a, b));
-                (a, b)
-            }
-        };
-        let op = ConvBackwardData {
-            conv: &p.conv,
-            dx: &p.x,
-            w: &p.w,
-            dy: &p.y,
-        };
-        let ws = workspace(&mut st.workspace, &st.stream, bytes)?;
-        // SAFETY: shapes match the descriptors, f32, contiguous.
-        unsafe { op.launch(algo, ws, (1f32, 0f32), &mut dx, &wv, &dyv) }?;
-        Ok(())
-    })?;
-    Ok(CudaStorage::wrap_cuda_slice(dx, dev))
+    run_direction(
+        g,
+        (dy, dyl, "conv output gradient"),
+        (w, wl, "conv weight"),
+        g.n * g.c_in * g.h * g.w,
+        |p| &mut p.bwd_data,
+        |p| p.backward_data().choose(),
+        |p, algo, ws, dy, w, dx| {
+            // SAFETY: shapes match the descriptors, f32, contiguous.
+            unsafe { p.backward_data().launch(algo, ws, (1f32, 0f32), dx, w, dy) }?;
+            Ok(())
+        },
+    )
 }
 
 /// `dw` of the conv with geometry `g` from its input `x` and the output gradient `dy`.
@@ -294,40 +354,22 @@ pub(crate) fn conv_weight_grad(
     dy: &CudaStorage,
     dyl: &Layout,
 ) -> Result<CudaStorage> {
-    let dev = x.device().clone();
-    let xv = f32_view(x, xl, "conv input")?;
-    let dyv = f32_view(dy, dyl, "conv output gradient")?;
-    // SAFETY: fully written (beta = 0).
-    let mut dw = unsafe { dev.alloc::<f32>(g.c_out * g.c_in * g.kh * g.kw)? };
-    with_state(&dev, |st| {
-        let p = plan(&mut st.plans, &st.cudnn, g)?;
-        let (algo, bytes) = match p.bwd_filter {
-            Some(a) => a,
-            None => {
-                let op = ConvBackwardFilter {
-                    conv: &p.conv,
-                    x: &p.x,
-                    dw: &p.w,
-                    dy: &p.y,
-                };
-                let a = op.pick_algorithm()?;
-                let b = op.get_workspace_size(a)?;
-                p.bwd_filter = Some((a, b));
-                (a, b)
-            }
-        };
-        let op = ConvBackwardFilter {
-            conv: &p.conv,
-            x: &p.x,
-            dw: &p.w,
-            dy: &p.y,
-        };
-        let ws = workspace(&mut st.workspace, &st.stream, bytes)?;
-        // SAFETY: shapes match the descriptors, f32, contiguous.
-        unsafe { op.launch(algo, ws, (1f32, 0f32), &xv, &mut dw, &dyv) }?;
-        Ok(())
-    })?;
-    Ok(CudaStorage::wrap_cuda_slice(dw, dev))
+    run_direction(
+        g,
+        (x, xl, "conv input"),
+        (dy, dyl, "conv output gradient"),
+        g.c_out * g.c_in * g.kh * g.kw,
+        |p| &mut p.bwd_filter,
+        |p| p.backward_filter().choose(),
+        |p, algo, ws, x, dy, dw| {
+            // SAFETY: shapes match the descriptors, f32, contiguous.
+            unsafe {
+                p.backward_filter()
+                    .launch(algo, ws, (1f32, 0f32), x, dw, dy)
+            }?;
+            Ok(())
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -137,26 +137,53 @@ fn list_names(out: &mut String, title: &str, names: &[String]) {
     }
 }
 
-fn read_bytes(path: &Path) -> Result<Vec<u8>, ModelIoError> {
+/// Writes a model file's serialised `bytes` to `path` atomically; a serialisation error is
+/// reported against the file like a write error.
+pub(super) fn write_model(
+    path: &Path,
+    bytes: candle_core::Result<Vec<u8>>,
+) -> Result<(), ModelIoError> {
+    let bytes = bytes.map_err(|e| ModelIoError::Tensor {
+        path: path.to_owned(),
+        name: "(all)".into(),
+        msg: e.to_string(),
+    })?;
+    crate::fsutil::write_atomic(path, &bytes).map_err(|source| ModelIoError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+pub(super) fn read_bytes(path: &Path) -> Result<Vec<u8>, ModelIoError> {
     std::fs::read(path).map_err(|source| ModelIoError::Io {
         path: path.to_owned(),
         source,
     })
 }
 
-fn config_from_bytes(path: &Path, bytes: &[u8]) -> Result<Option<ResNetConfig>, ModelIoError> {
+/// The text stored under `key` in the metadata of the safetensors file `path` (its `bytes`),
+/// `None` when it has no such entry.
+pub(super) fn metadata_entry(
+    path: &Path,
+    bytes: &[u8],
+    key: &str,
+) -> Result<Option<String>, ModelIoError> {
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| ModelIoError::Format {
         path: path.to_owned(),
         msg: e.to_string(),
     })?;
-    let Some(json) = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(CONFIG_METADATA_KEY))
-    else {
+    Ok(meta.metadata().as_ref().and_then(|m| m.get(key)).cloned())
+}
+
+/// The validated [`ResNetConfig`] in the metadata of `path` (its `bytes`), `None` if it has none.
+pub(super) fn config_from_bytes(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Option<ResNetConfig>, ModelIoError> {
+    let Some(json) = metadata_entry(path, bytes, CONFIG_METADATA_KEY)? else {
         return Ok(None);
     };
-    let cfg: ResNetConfig = serde_json::from_str(json).map_err(|e| ModelIoError::BadConfig {
+    let cfg: ResNetConfig = serde_json::from_str(&json).map_err(|e| ModelIoError::BadConfig {
         path: path.to_owned(),
         msg: e.to_string(),
     })?;
@@ -193,17 +220,7 @@ impl ResNet {
 
     /// Write all tensors (and the config) to `path`, atomically.
     pub fn save_safetensors(&self, path: &Path) -> Result<(), ModelIoError> {
-        let bytes = self
-            .to_safetensors_bytes()
-            .map_err(|e| ModelIoError::Tensor {
-                path: path.to_owned(),
-                name: "(all)".into(),
-                msg: e.to_string(),
-            })?;
-        crate::fsutil::write_atomic(path, &bytes).map_err(|source| ModelIoError::Io {
-            path: path.to_owned(),
-            source,
-        })
+        write_model(path, self.to_safetensors_bytes())
     }
 
     /// Load weights from a safetensors file into this model (see [`LoadOptions`]).

@@ -348,6 +348,16 @@ mod tests {
         );
     }
 
+    /// The eval-mode output of `m` on `x`, flattened.
+    fn eval_out(m: &LandmarkModel, x: &Tensor) -> Vec<f32> {
+        m.forward(x, BnMode::Eval)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
     /// Eval mode computes the head by hand: conv1×1, BN with running stats, leaky, fc (c,y,x order).
     #[test]
     fn eval_forward_matches_a_naive_head() {
@@ -416,13 +426,7 @@ mod tests {
                         .sum::<f64>()
             })
             .collect();
-        let got: Vec<f32> = m
-            .forward(&x, BnMode::Eval)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let got = eval_out(&m, &x);
         for (g, w) in got.iter().zip(&want) {
             assert!(
                 (*g as f64 - w).abs() < 1e-4 * (1.0 + w.abs()),
@@ -495,21 +499,7 @@ mod tests {
         let back = LandmarkModel::open(&p, &Device::Cpu).unwrap();
         assert_eq!(back.meta(), m.meta());
         let x = input(1, 48);
-        let a: Vec<f32> = m
-            .forward(&x, BnMode::Eval)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let b: Vec<f32> = back
-            .forward(&x, BnMode::Eval)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_eq!(a, b);
+        assert_eq!(eval_out(&m, &x), eval_out(&back, &x));
         for (n, t) in m.head.all_tensors() {
             let u = back
                 .head

@@ -8,7 +8,9 @@ use candle_core::{Device, Result, Tensor};
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{LoadOptions, ModelIoError};
+use super::checkpoint::{
+    config_from_bytes, metadata_entry, read_bytes, write_model, LoadOptions, ModelIoError,
+};
 use super::config::{ResNetConfig, CONFIG_METADATA_KEY};
 use super::landmarks::{LandmarkModel, HIDDEN, LEAKY_SLOPE};
 use super::resnet::ResNet;
@@ -30,24 +32,9 @@ pub struct LandmarkMeta {
 
 /// The backbone's [`ResNetConfig`] from a file's metadata (validated).
 fn backbone_config(path: &Path, bytes: &[u8]) -> std::result::Result<ResNetConfig, ModelIoError> {
-    let (_, m) = SafeTensors::read_metadata(bytes).map_err(|e| ModelIoError::Format {
+    config_from_bytes(path, bytes)?.ok_or_else(|| ModelIoError::NoConfig {
         path: path.to_owned(),
-        msg: e.to_string(),
-    })?;
-    let json = m
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(CONFIG_METADATA_KEY))
-        .ok_or_else(|| ModelIoError::NoConfig {
-            path: path.to_owned(),
-        })?;
-    let bad = |msg: String| ModelIoError::BadConfig {
-        path: path.to_owned(),
-        msg,
-    };
-    let cfg: ResNetConfig = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
-    cfg.validate().map_err(bad)?;
-    Ok(cfg)
+    })
 }
 
 impl LandmarkModel {
@@ -88,17 +75,7 @@ impl LandmarkModel {
 
     /// Writes the model atomically.
     pub fn save(&self, path: &Path) -> std::result::Result<(), ModelIoError> {
-        let bytes = self
-            .to_safetensors_bytes()
-            .map_err(|e| ModelIoError::Tensor {
-                path: path.to_owned(),
-                name: "(all)".into(),
-                msg: e.to_string(),
-            })?;
-        crate::fsutil::write_atomic(path, &bytes).map_err(|source| ModelIoError::Io {
-            path: path.to_owned(),
-            source,
-        })
+        write_model(path, self.to_safetensors_bytes())
     }
 
     /// The [`LandmarkMeta`] of a file, `None` when it is not a landmark model.
@@ -106,15 +83,7 @@ impl LandmarkModel {
         path: &Path,
         bytes: &[u8],
     ) -> std::result::Result<Option<LandmarkMeta>, ModelIoError> {
-        let (_, m) = SafeTensors::read_metadata(bytes).map_err(|e| ModelIoError::Format {
-            path: path.to_owned(),
-            msg: e.to_string(),
-        })?;
-        let Some(json) = m
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(LANDMARK_METADATA_KEY))
-        else {
+        let Some(json) = metadata_entry(path, bytes, LANDMARK_METADATA_KEY)? else {
             return Ok(None);
         };
         let bad = |msg: String| ModelIoError::Tensor {
@@ -123,7 +92,7 @@ impl LandmarkModel {
             msg,
         };
         let meta: LandmarkMeta =
-            serde_json::from_str(json).map_err(|e| bad(format!("bad metadata: {e}")))?;
+            serde_json::from_str(&json).map_err(|e| bad(format!("bad metadata: {e}")))?;
         if meta.hidden != HIDDEN || meta.leaky_slope != LEAKY_SLOPE {
             return Err(bad(format!("unsupported head (hidden {}, slope {}); this build has hidden {HIDDEN}, slope {LEAKY_SLOPE}", meta.hidden, meta.leaky_slope)));
         }
@@ -132,11 +101,7 @@ impl LandmarkModel {
 
     /// Rebuilds a model saved by [`Self::save`]; every tensor must be present with its shape.
     pub fn open(path: &Path, device: &Device) -> std::result::Result<LandmarkModel, ModelIoError> {
-        let bytes = std::fs::read(path).map_err(|source| ModelIoError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_bytes(&bytes, path, device)
+        Self::from_bytes(&read_bytes(path)?, path, device)
     }
 
     /// As [`Self::open`] from bytes already read (`path` names the file in errors).

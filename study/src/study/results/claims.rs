@@ -1,8 +1,15 @@
 //! The paper's claims, judged: a margin against the combined 95% interval ([`verdict`],
 //! [`claim`]), the "did it learn?" criterion, and the orderings of Tables 4 and 5.
 use serde::Serialize;
+use trainer::method::{Method, Version};
 
 use super::*;
+use crate::study::Backbone::{self, Scratch};
+
+/// The three rows the paper's orderings compare (and [`Scratch`], the random-init baseline).
+const SUPERVISED: Backbone = Backbone::SUPERVISED;
+const MOCO_V2: Backbone = Backbone::MOCO_V2;
+const EXEMPLAR_V2: Backbone = Backbone::EXEMPLAR_V2;
 
 /// How a claim of the paper fared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -49,6 +56,20 @@ pub struct Claim {
     pub verdict: Verdict,
 }
 
+impl Claim {
+    /// The claim `text` judged on its measured `(margin, interval)` ([`verdict`]), or
+    /// [`Verdict::Missing`] when a figure is missing.
+    pub fn judged(text: String, paper: String, measured: Option<(f64, f64)>) -> Claim {
+        Claim {
+            claim: text,
+            paper,
+            margin: measured.map(|m| m.0),
+            ci95: measured.map(|m| m.1),
+            verdict: measured.map_or(Verdict::Missing, |(m, ci)| verdict(m, ci)),
+        }
+    }
+}
+
 /// Classify a margin (in the claimed direction) against a combined interval.
 pub fn verdict(margin: f64, ci: f64) -> Verdict {
     if margin > ci {
@@ -72,30 +93,16 @@ pub fn claim(
     worse: Option<Figure>,
     lower_is_better: bool,
 ) -> Claim {
-    match (better, worse) {
-        (Some(a), Some(b)) => {
-            let margin = if lower_is_better {
-                b.value - a.value
-            } else {
-                a.value - b.value
-            };
-            let ci = (a.ci95.unwrap_or(0.0).powi(2) + b.ci95.unwrap_or(0.0).powi(2)).sqrt();
-            Claim {
-                claim: text,
-                paper,
-                margin: Some(margin),
-                ci95: Some(ci),
-                verdict: verdict(margin, ci),
-            }
-        }
-        _ => Claim {
-            claim: text,
-            paper,
-            margin: None,
-            ci95: None,
-            verdict: Verdict::Missing,
-        },
-    }
+    let measured = better.zip(worse).map(|(a, b)| {
+        let margin = if lower_is_better {
+            b.value - a.value
+        } else {
+            a.value - b.value
+        };
+        let ci = (a.ci95.unwrap_or(0.0).powi(2) + b.ci95.unwrap_or(0.0).powi(2)).sqrt();
+        (margin, ci)
+    });
+    Claim::judged(text, paper, measured)
 }
 
 /// A pretraining "visibly learnt" when its final loss is at most this fraction of chance.
@@ -122,7 +129,7 @@ pub fn beats_init_knn(knn: f64, init: f64, queries: usize) -> bool {
 /// other orderings: supervised ahead when the novel task is aligned with the base labels,
 /// the instance-discriminative methods ahead when it is not, Exemplar ≥ MoCo throughout.
 pub fn alignment_claims(cells: &[AlignmentCell], shots: &[usize]) -> Vec<Claim> {
-    let fig = |m: &str, a: f64, k: usize| {
+    let fig = |m: Backbone, a: f64, k: usize| {
         cells
             .iter()
             .find(|c| c.method == m && (c.alignment - a).abs() < 1e-9)
@@ -137,30 +144,30 @@ pub fn alignment_claims(cells: &[AlignmentCell], shots: &[usize]) -> Vec<Claim> 
     };
     let mut out = Vec::new();
     for &k in shots {
-        for c in ["moco-v2", "exemplar-v2"] {
+        for c in [MOCO_V2, EXEMPLAR_V2] {
             out.push(claim(
-                format!("alignment {hi}, {k}-shot: supervised > {c}"),
+                format!("alignment {hi}, {k}-shot: {SUPERVISED} > {c}"),
                 "predicted".into(),
-                fig("supervised", hi, k),
+                fig(SUPERVISED, hi, k),
                 fig(c, hi, k),
                 false,
             ));
             if lo < hi {
                 out.push(claim(
-                    format!("alignment {lo}, {k}-shot: {c} > supervised"),
+                    format!("alignment {lo}, {k}-shot: {c} > {SUPERVISED}"),
                     "predicted".into(),
                     fig(c, lo, k),
-                    fig("supervised", lo, k),
+                    fig(SUPERVISED, lo, k),
                     false,
                 ));
             }
         }
         for &a in &alignments {
             out.push(claim(
-                format!("alignment {a}, {k}-shot: exemplar-v2 ≥ moco-v2"),
+                format!("alignment {a}, {k}-shot: {EXEMPLAR_V2} ≥ {MOCO_V2}"),
                 "predicted".into(),
-                fig("exemplar-v2", a, k),
-                fig("moco-v2", a, k),
+                fig(EXEMPLAR_V2, a, k),
+                fig(MOCO_V2, a, k),
                 false,
             ));
         }
@@ -171,17 +178,17 @@ pub fn alignment_claims(cells: &[AlignmentCell], shots: &[usize]) -> Vec<Claim> 
 
 /// The paper's figures (Tables 4 and 5, ResNet-18 / mini-ImageNet / MAFL), for the "paper"
 /// column of the orderings: base, 1-shot, 5-shot, landmark error.
-pub(super) fn paper_figures(method: &str) -> Option<[f64; 4]> {
-    match method {
-        "supervised" => Some([83.6, 54.60, 74.50, 6.39]),
-        "moco-v2" => Some([75.3, 52.14, 73.30, 5.89]),
-        "exemplar-v2" => Some([79.9, 55.33, 77.18, 5.89]),
-        "scratch" => Some([f64::NAN, f64::NAN, f64::NAN, 24.6]),
-        _ => None,
+pub(super) fn paper_figures(row: Backbone) -> Option<[f64; 4]> {
+    match row {
+        SUPERVISED => Some([83.6, 54.60, 74.50, 6.39]),
+        MOCO_V2 => Some([75.3, 52.14, 73.30, 5.89]),
+        EXEMPLAR_V2 => Some([79.9, 55.33, 77.18, 5.89]),
+        Scratch => Some([f64::NAN, f64::NAN, f64::NAN, 24.6]),
+        Backbone::Pretrained(_) => None,
     }
 }
 
-pub(super) fn paper_pair(a: &str, b: &str, k: usize) -> String {
+pub(super) fn paper_pair(a: Backbone, b: Backbone, k: usize) -> String {
     match (paper_figures(a), paper_figures(b)) {
         (Some(x), Some(y)) => format!("{} vs {}", x[k], y[k]),
         _ => "-".into(),
@@ -198,13 +205,13 @@ pub fn orderings(
     ablation: &[AblationRow],
     shots: &[usize],
 ) -> Vec<Claim> {
-    let row = |m: &str| rows.iter().find(|r| r.method == m);
+    let row = |m: Backbone| rows.iter().find(|r| r.method == m);
     let mut out = Vec::new();
     // Table 4, base classes: supervised > exemplar-v2 > moco-v2.
     for (a, b) in [
-        ("supervised", "moco-v2"),
-        ("exemplar-v2", "moco-v2"),
-        ("supervised", "exemplar-v2"),
+        (SUPERVISED, MOCO_V2),
+        (EXEMPLAR_V2, MOCO_V2),
+        (SUPERVISED, EXEMPLAR_V2),
     ] {
         if let (Some(x), Some(y)) = (row(a), row(b)) {
             out.push(claim(
@@ -224,9 +231,9 @@ pub fn orderings(
             _ => usize::MAX,
         };
         for (a, b) in [
-            ("exemplar-v2", "supervised"),
-            ("supervised", "moco-v2"),
-            ("exemplar-v2", "moco-v2"),
+            (EXEMPLAR_V2, SUPERVISED),
+            (SUPERVISED, MOCO_V2),
+            (EXEMPLAR_V2, MOCO_V2),
         ] {
             if let (Some(x), Some(y)) = (row(a), row(b)) {
                 let f = |r: &MethodRow| r.fewshot.iter().find(|c| c.shot == k).and_then(|c| c.host);
@@ -247,11 +254,11 @@ pub fn orderings(
     }
     // Table 5 (error, lower is better): moco-v2 and exemplar-v2 beat supervised; all beat scratch.
     for (a, b) in [
-        ("moco-v2", "supervised"),
-        ("exemplar-v2", "supervised"),
-        ("supervised", "scratch"),
-        ("moco-v2", "scratch"),
-        ("exemplar-v2", "scratch"),
+        (MOCO_V2, SUPERVISED),
+        (EXEMPLAR_V2, SUPERVISED),
+        (SUPERVISED, Scratch),
+        (MOCO_V2, Scratch),
+        (EXEMPLAR_V2, Scratch),
     ] {
         if let (Some(x), Some(y)) = (row(a), row(b)) {
             out.push(claim(
@@ -281,7 +288,7 @@ pub fn orderings(
     if let (Some(first), Some(last)) = (ablation.first(), ablation.last()) {
         if ablation.len() >= 2 {
             for &k in shots {
-                let gain = |m: &str| -> Option<Figure> {
+                let gain = |m: Method| -> Option<Figure> {
                     let get = |r: &AblationRow| {
                         r.cells
                             .iter()
@@ -296,10 +303,10 @@ pub fn orderings(
                     })
                 };
                 out.push(claim(
-                    format!("augmentation gain ({k}-shot): moco-v2 > supervised"),
+                    format!("augmentation gain ({k}-shot): {MOCO_V2} > {SUPERVISED}"),
                     "ImageNet acc. +61.1 vs +6.4".into(),
-                    gain("moco-v2"),
-                    gain("supervised"),
+                    gain(Method::Moco(Version::V2)),
+                    gain(Method::Supervised),
                     false,
                 ));
             }

@@ -4,12 +4,14 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 
+use trainer::method::Method;
+
 use super::*;
-use crate::study::{ids, read_record, rows, Plan};
+use crate::study::{ids, read_record, rows, Backbone, Plan};
 
 pub(super) fn pretrain_record(
     domain: &str,
-    method: &str,
+    method: Method,
     v: &PretrainRec,
 ) -> Option<PretrainRecord> {
     let (final_loss, chance_loss) = (finite(v.final_loss)?, finite(v.chance_loss)?);
@@ -28,7 +30,7 @@ pub(super) fn pretrain_record(
     };
     Some(PretrainRecord {
         domain: domain.into(),
-        method: method.into(),
+        method,
         final_loss,
         chance_loss,
         loss_ratio,
@@ -66,8 +68,8 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
     let p = &plan.preset;
     let mut table = Vec::new();
     for m in rows(p) {
-        let fs: Option<FewShotRec> = record(out, &ids::fewshot(&m))?;
-        let rt: Option<RuntimeFewShotRec> = record(out, &ids::runtime_fewshot(&m))?;
+        let fs: Option<FewShotRec> = record(out, &ids::fewshot(m))?;
+        let rt: Option<RuntimeFewShotRec> = record(out, &ids::runtime_fewshot(m))?;
         let fewshot = p
             .fewshot
             .shots
@@ -78,10 +80,10 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
                 runtime_int8: rt.as_ref().and_then(|v| shot_figure(&v.results, k)),
             })
             .collect();
-        let base = record::<ProbeRec>(out, &ids::base(&m))?.and_then(|v| v.figure());
-        let iod_host = record::<LandmarkRec>(out, &ids::landmarks(&m))?.and_then(|v| v.figure());
+        let base = record::<ProbeRec>(out, &ids::base(m))?.and_then(|v| v.figure());
+        let iod_host = record::<LandmarkRec>(out, &ids::landmarks(m))?.and_then(|v| v.figure());
         let iod_runtime_int8 =
-            record::<MaflRec>(out, &ids::runtime_mafl(&m))?.and_then(|v| mafl_figure(&v));
+            record::<MaflRec>(out, &ids::runtime_mafl(m))?.and_then(|v| mafl_figure(&v));
         table.push(MethodRow {
             method: m,
             base,
@@ -97,11 +99,7 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
             for m in &p.ablation.methods {
                 let v: Option<FewShotRec> = record(out, &ids::ablation_fewshot(m, k))?;
                 for &s in &p.fewshot.shots {
-                    cells.push((
-                        m.to_string(),
-                        s,
-                        v.as_ref().and_then(|v| shot_figure(&v.results, s)),
-                    ));
+                    cells.push((*m, s, v.as_ref().and_then(|v| shot_figure(&v.results, s))));
                 }
             }
             ablation.push(AblationRow {
@@ -120,7 +118,7 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
     let total = steps.iter().map(|(_, t)| t).sum();
     let mut mean_face = None;
     for m in rows(p) {
-        if let Some(v) = record::<LandmarkRec>(out, &ids::landmarks(&m))? {
+        if let Some(v) = record::<LandmarkRec>(out, &ids::landmarks(m))? {
             mean_face = v.mean_face();
             if mean_face.is_some() {
                 break;
@@ -131,7 +129,7 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
     for domain in ["objects", "faces"] {
         for m in &p.methods {
             if let Some(v) = record::<PretrainRec>(out, &crate::study::ids::pretrain(domain, m))? {
-                pretraining.extend(pretrain_record(domain, &m.to_string(), &v));
+                pretraining.extend(pretrain_record(domain, *m, &v));
             }
         }
     }
@@ -142,10 +140,10 @@ pub fn collect(plan: &Plan, out: &Path) -> Result<StudyResults> {
             .iter()
             .any(|s| s.id == crate::study::ids::FIGURE_ALIGNMENT)
     {
-        let cells = |a: f64, id: &dyn Fn(&str) -> String| -> Result<Vec<AlignmentCell>> {
+        let cells = |a: f64, id: &dyn Fn(Backbone) -> String| -> Result<Vec<AlignmentCell>> {
             let mut v = Vec::new();
             for m in rows(p) {
-                let r: Option<FewShotRec> = record(out, &id(&m))?;
+                let r: Option<FewShotRec> = record(out, &id(m))?;
                 let fewshot = p
                     .fewshot
                     .shots

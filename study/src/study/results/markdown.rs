@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use trainer::method::Method;
 
 use super::*;
 
@@ -84,11 +85,7 @@ pub fn markdown(r: &StudyResults) -> String {
             "\n## Table 1 layout: pretraining augmentations (few-shot on the novel objects, host, {} epochs)\n\n| augmentation |",
             p.ablation.epochs
         );
-        let heads: Vec<(String, usize)> = r.ablation[0]
-            .cells
-            .iter()
-            .map(|c| (c.0.clone(), c.1))
-            .collect();
+        let heads: Vec<(Method, usize)> = r.ablation[0].cells.iter().map(|c| (c.0, c.1)).collect();
         for (m, k) in &heads {
             s += &format!(" {m} {k}-shot |");
         }

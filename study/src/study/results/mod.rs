@@ -28,7 +28,7 @@ mod tests {
 
     fn row(m: &str, base: f64, one: f64, five: f64, iod: f64) -> MethodRow {
         MethodRow {
-            method: m.into(),
+            method: m.parse().unwrap(),
             base: f(base, 1.0),
             fewshot: vec![
                 ShotCell {
@@ -214,8 +214,8 @@ mod tests {
             label: label.into(),
             aug: "x".into(),
             cells: vec![
-                ("supervised".into(), 1, f(s1, 0.5)),
-                ("moco-v2".into(), 1, f(m1, 0.5)),
+                ("supervised".parse().unwrap(), 1, f(s1, 0.5)),
+                ("moco-v2".parse().unwrap(), 1, f(m1, 0.5)),
             ],
         };
         let ab = vec![mk("+ flip", 40.0, 30.0), mk("+ more", 42.0, 45.0)];
@@ -235,7 +235,12 @@ mod tests {
         let rec = |knn: f64| {
             let v = serde_json::json!({"method": "moco-v2", "final_loss": 3.0, "chance_loss": 6.0, "images_seen": 10,
                 "knn_top1": knn, "knn_chance": 1.0, "knn_init_top1": 10.0, "knn_queries": 100});
-            pretrain_record("objects", "moco-v2", &serde_json::from_value(v).unwrap()).unwrap()
+            pretrain_record(
+                "objects",
+                "moco-v2".parse().unwrap(),
+                &serde_json::from_value(v).unwrap(),
+            )
+            .unwrap()
         };
         // Loss 0.5 × chance and kNN 15 × chance, yet no better than the random network: flagged.
         assert!(!rec(15.0).learnt);
@@ -249,7 +254,12 @@ mod tests {
             let v = serde_json::json!({"method": "moco-v2", "final_loss": 3.0, "chance_loss": 6.0, "images_seen": 10,
                 "queue_probe": {"loss_stale": 3.0, "loss_fresh": fresh, "top1_stale": 50.0,
                 "top1_fresh": 10.0, "chance": 7.0}});
-            pretrain_record("objects", "moco-v2", &serde_json::from_value(v).unwrap()).unwrap()
+            pretrain_record(
+                "objects",
+                "moco-v2".parse().unwrap(),
+                &serde_json::from_value(v).unwrap(),
+            )
+            .unwrap()
         };
         // Final loss 0.5 × chance; the fresh-key loss is judged against the probe's own chance 7.
         assert!(rec(4.2).learnt, "4.2 = 0.6 × 7");
@@ -277,7 +287,7 @@ mod tests {
             pretraining: vec![
                 pretrain_record(
                     "objects",
-                    "moco-v2",
+                    "moco-v2".parse().unwrap(),
                     &serde_json::from_value(
                         serde_json::json!({"method": "moco-v2", "final_loss": 3.0, "chance_loss": 6.0,
                         "images_seen": 174720, "queue": 256, "train_images": 512,
@@ -288,7 +298,7 @@ mod tests {
                 .unwrap(),
                 pretrain_record(
                     "objects",
-                    "exemplar-v2",
+                    "exemplar-v2".parse().unwrap(),
                     &serde_json::from_value(
                         serde_json::json!({"method": "exemplar-v2", "final_loss": 4.0, "chance_loss": 6.0,
                         "images_seen": 1000, "knn_top1": 30.0, "knn_chance": 10.0}),

@@ -2,8 +2,11 @@
 //! are built from (each record is the serde form of the step's own result type).
 use serde::{Deserialize, Serialize};
 
+use trainer::method::Method;
+
 use super::*;
 use crate::study::preset::Preset;
+use crate::study::Backbone;
 
 /// A figure with its 95% interval half-width (`None` when the protocol gives none).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -23,7 +26,7 @@ pub struct ShotCell {
 /// One method's figures (a row of Tables 4 and 5).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MethodRow {
-    pub method: String,
+    pub method: Backbone,
     /// Base-class probe accuracy (%), host only (the runtime has no probe).
     pub base: Option<Figure>,
     pub fewshot: Vec<ShotCell>,
@@ -38,14 +41,14 @@ pub struct AblationRow {
     pub label: String,
     pub aug: String,
     /// (method, shot, accuracy).
-    pub cells: Vec<(String, usize, Option<Figure>)>,
+    pub cells: Vec<(Method, usize, Option<Figure>)>,
 }
 
 /// What one pretraining run learnt (from its record): did the loss fall well below chance?
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PretrainRecord {
     pub domain: String,
-    pub method: String,
+    pub method: Method,
     pub final_loss: f64,
     /// ln of the candidates each softmax compares (see `method::contrastive::chance_loss`).
     pub chance_loss: f64,
@@ -88,7 +91,7 @@ pub(in crate::study) fn finite(x: f64) -> Option<f64> {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AlignmentCell {
     pub alignment: f64,
-    pub method: String,
+    pub method: Backbone,
     /// (shot, accuracy).
     pub fewshot: Vec<(usize, Option<Figure>)>,
 }
@@ -129,7 +132,7 @@ pub use runtime_cli::fewshot::ShotResult as ShotRec;
 /// A runtime landmark step's record (`runtime-cli eval mafl --json`).
 pub use runtime_cli::mafl::MaflRecord as MaflRec;
 /// A host few-shot step's record (`host-trainer eval fewshot --json`).
-pub use trainer::eval::fewshot::FewShotRecord as FewShotRec;
+pub use transfer_eval::fewshot::FewShotRecord as FewShotRec;
 
 /// The figure of `shot` among a few-shot record's `results`.
 pub(in crate::study) fn shot_figure(results: &[ShotRec], shot: usize) -> Option<Figure> {
@@ -145,7 +148,7 @@ pub(in crate::study) fn shot_figure(results: &[ShotRec], shot: usize) -> Option<
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProbeRec {
     #[serde(flatten)]
-    pub probe: trainer::eval::probe::ProbeRecord,
+    pub probe: transfer_eval::probe::ProbeRecord,
     #[serde(default)]
     pub ci95: Option<f64>,
 }
@@ -165,7 +168,7 @@ impl ProbeRec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LandmarkRec {
     #[serde(flatten)]
-    pub eval: trainer::eval::landmarks::LandmarkRecord,
+    pub eval: transfer_eval::landmarks::LandmarkRecord,
     /// The mean of the per-image IOD errors (%).
     #[serde(default)]
     pub iod_error_per_image_mean: Option<f64>,

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 
-use crate::augment::loader::{ImageSource, Loader, LoaderSpec};
-use crate::augment::AugmentConfig;
-use crate::model::{BnMode, ResNet};
+use trainer::augment::loader::{ImageSource, Loader, LoaderSpec};
+use trainer::augment::AugmentConfig;
+use trainer::model::{BnMode, ResNet};
 
 /// Row-major feature matrix: row `r` belongs to dataset image `indices[r]`.
 #[derive(Debug, Clone, PartialEq)]

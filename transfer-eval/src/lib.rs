@@ -1,4 +1,6 @@
-//! Transfer evaluation of a frozen or fine-tuned backbone (paper §4):
+//! transfer-eval: the host's transfer evaluation of a frozen or fine-tuned backbone (paper §4),
+//! the protocols above the trainer (whose backbones, loader and optimiser they use) and below the
+//! exporter and the study (which call them); nothing here knows either:
 //! - [`fewshot`]: Chen et al.'s few-shot protocol, scored by runtime-core's shared episode
 //!   scorer so host and device numbers differ only by their features;
 //! - [`probe`]: softmax-regression probes on frozen features: base-class accuracy (Table 4) and
@@ -19,13 +21,13 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use candle_core::Device;
 
-use crate::model::ResNet;
+use trainer::model::ResNet;
 
 /// FNV-1a 64-bit hash of a file's bytes, as 16 hex digits: identifies which backbone produced
 /// a result without adding a cryptographic-hash crate (collisions are not a security concern
 /// here, only accidental mix-ups of files). Reported as `backbone_fnv64`.
 pub fn fnv64_hex(bytes: &[u8]) -> String {
-    format!("{:016x}", crate::rng::fnv1a64(bytes))
+    format!("{:016x}", trainer::rng::fnv1a64(bytes))
 }
 
 /// Opens `--backbone FILE` as a ResNet (clear error naming the file when it is not one) and
@@ -43,7 +45,7 @@ pub fn write_result(dir: &Path, name: &str, value: &serde_json::Value) -> Result
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(name);
     let text = serde_json::to_string_pretty(value)? + "\n";
-    crate::fsutil::write_atomic(&path, text.as_bytes())
+    trainer::fsutil::write_atomic(&path, text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -2,9 +2,9 @@
 //! the trained model round-trips through its file, and bad input fails clearly.
 use candle_core::Device;
 use trainer::data::synth::faces::{generate_faces, FacesConfig};
-use trainer::eval::landmarks::{evaluate, BackboneSource, LandmarkConfig};
 use trainer::model::landmarks::LandmarkModel;
 use trainer::model::Arch;
+use transfer_eval::landmarks::{evaluate, BackboneSource, LandmarkConfig};
 
 fn config(data: &std::path::Path, epochs: usize) -> LandmarkConfig {
     LandmarkConfig {

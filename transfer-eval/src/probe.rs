@@ -13,18 +13,18 @@
 //!   position (even → fit, odd → test); the probe is fitted on one half and scored on the other.
 //! - `eval linear`: fitted on the pretraining train split, scored on the held-out split.
 //!
-//! [`holdout_split`]: crate::train::data::holdout_split
+//! [`holdout_split`]: trainer::train::data::holdout_split
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::features::{self, Features};
-use crate::augment::loader::epoch_order;
-use crate::data::LabelledImages;
-use crate::train::data::{open_pretrain_data, source};
-use crate::train::optim::{Sgd, SgdConfig};
-use crate::train::schedule::{lr_at, Schedule};
+use trainer::augment::loader::epoch_order;
+use trainer::data::LabelledImages;
+use trainer::train::data::{open_pretrain_data, source};
+use trainer::train::optim::{Sgd, SgdConfig};
+use trainer::train::schedule::{lr_at, Schedule};
 
 /// The probe's optimisation recipe.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]

@@ -15,7 +15,7 @@ use runtime_core::metrics::episode_accuracy;
 use runtime_core::protocol::fewshot::{class_images, plan_episodes, FewShotHead, MAX_EPISODE_WAY};
 
 use super::features;
-use crate::data::{MiniImageNet, Split};
+use trainer::data::{MiniImageNet, Split};
 
 /// What to evaluate.
 #[derive(Debug, Clone)]
@@ -78,7 +78,7 @@ pub fn evaluate(cfg: &FewShotConfig, device: &Device) -> Result<FewShotReport> {
     let todo = &plan.images;
     let feats = features::extract(
         &net,
-        crate::train::data::source(&list),
+        trainer::train::data::source(&list),
         todo,
         cfg.image_size,
         cfg.batch,

@@ -9,18 +9,18 @@ use std::sync::Arc;
 use anyhow::Context;
 use candle_core::{Device, Tensor};
 
-use crate::augment::loader::{epoch_order, ImageSource, Loader, LoaderSpec};
-use crate::augment::AugmentConfig;
-use crate::data::{mafl_crop, CelebA, LabelledImages};
-use crate::model::landmarks::LandmarkModel;
-use crate::model::{Arch, BnMode, ResNet, ResNetConfig};
-use crate::train::optim::{Sgd, SgdConfig};
-use crate::train::schedule::{lr_at, Schedule};
+use trainer::augment::loader::{epoch_order, Batch, ImageSource, Loader, LoaderSpec};
+use trainer::augment::AugmentConfig;
+use trainer::data::{mafl_crop, CelebA, LabelledImages};
+use trainer::model::landmarks::LandmarkModel;
+use trainer::model::{Arch, BnMode, ResNet, ResNetConfig};
+use trainer::train::optim::{Sgd, SgdConfig};
+use trainer::train::schedule::{lr_at, Schedule};
 
 use anyhow::{bail, Result};
 
 pub use super::iod::{iod_error, mean_face, IodReport};
-use crate::data::{Landmarks, LANDMARK_NAMES, NUM_LANDMARKS};
+use trainer::data::{Landmarks, LANDMARK_NAMES, NUM_LANDMARKS};
 
 /// Where the backbone comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,7 +94,7 @@ impl ImageSource for MaflSource {
 /// mean face and learned nothing from the images (train and test IOD error both ≈ the mean-face
 /// baseline, 40 %), while 0.02 with the head started at the mean face got 29 % (train 22 %).
 pub fn default_lr(batch: usize) -> f64 {
-    crate::train::schedule::scaled_lr(0.02, 128, batch)
+    trainer::train::schedule::scaled_lr(0.02, 128, batch)
 }
 
 fn open_mafl(root: &Path) -> Result<(LabelledImages, LabelledImages)> {
@@ -126,6 +126,16 @@ fn targets(lms: &[Landmarks], size: usize, device: &Device) -> Result<Tensor> {
     )?)
 }
 
+/// A MAFL batch's landmarks (of its one view) and that view as the model's input.
+fn landmarks_and_input<'b>(b: &'b Batch, device: &Device) -> Result<(&'b [Landmarks], Tensor)> {
+    let lms = b
+        .landmarks
+        .as_ref()
+        .and_then(|l| l.first())
+        .context("MAFL batch without landmarks")?;
+    Ok((lms, b.view_tensor(0, device)?))
+}
+
 fn predict(model: &LandmarkModel, x: &Tensor, mode: BnMode, frozen: bool) -> Result<Tensor> {
     Ok(if frozen {
         let map = model.backbone.forward_map(x, BnMode::Eval)?.detach();
@@ -148,12 +158,7 @@ fn predict_all(
     let spec = LoaderSpec::new(cfg.batch.max(1), view, 0, 0);
     for b in Loader::new(src.clone(), (0..src.len()).collect(), spec)? {
         let b = b?;
-        let lms = b
-            .landmarks
-            .as_ref()
-            .and_then(|l| l.first())
-            .context("MAFL batch without landmarks")?;
-        let x = b.view_tensor(0, device)?;
+        let (lms, x) = landmarks_and_input(&b, device)?;
         let out: Vec<Vec<f32>> = predict(model, &x, BnMode::Eval, cfg.frozen)?.to_vec2()?;
         let s = cfg.image_size as f32;
         for (row, gt) in out.iter().zip(lms) {
@@ -237,12 +242,7 @@ pub fn evaluate(cfg: &LandmarkConfig, device: &Device) -> Result<(LandmarkModel,
         let (mut sum, mut n) = (0.0, 0usize);
         for b in Loader::new(train_src.clone(), order, spec)? {
             let b = b?;
-            let lms = b
-                .landmarks
-                .as_ref()
-                .and_then(|l| l.first())
-                .context("MAFL batch without landmarks")?;
-            let x = b.view_tensor(0, device)?;
+            let (lms, x) = landmarks_and_input(&b, device)?;
             let pred = predict(&model, &x, BnMode::TRAIN, cfg.frozen)?;
             let loss = (pred - targets(lms, cfg.image_size, device)?)?
                 .sqr()?

@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use runtime_core::heads::landmarks::Point;
 use runtime_core::metrics::IodError;
 
-use crate::data::{Landmarks, LANDMARK_NAMES, NUM_LANDMARKS};
+use trainer::data::{Landmarks, LANDMARK_NAMES, NUM_LANDMARKS};
 
 /// Mean IOD error (%) and the per-landmark breakdown (%) over images.
 #[derive(Debug, Clone, PartialEq)]
