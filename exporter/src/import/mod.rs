@@ -19,7 +19,7 @@
 //!
 //! The projection or classifier head `fc.*` is always dropped (our backbone files end at the
 //! pooled features; MoCo v2's `fc.0`/`fc.2` MLP has no place in them), and reported as such.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use candle_core::pickle::PthTensors;
@@ -89,7 +89,7 @@ impl Imported {
             msg,
         };
         let cfg = serde_json::to_string(self.net.config()).map_err(|e| err(e.to_string()))?;
-        let mut meta = HashMap::from([(CONFIG_METADATA_KEY.to_string(), cfg)]);
+        let mut meta = BTreeMap::from([(CONFIG_METADATA_KEY.to_string(), cfg)]);
         if let Some(s) = self.image_size {
             meta.insert(IMAGE_SIZE_METADATA_KEY.to_string(), s.to_string());
         }
@@ -100,7 +100,7 @@ impl Imported {
             .map(|(n, t)| Ok((n, t.contiguous()?)))
             .collect::<candle_core::Result<_>>()
             .map_err(|e| err(e.to_string()))?;
-        safetensors::serialize(tensors, Some(meta)).map_err(|e| err(e.to_string()))
+        trainer::model::checkpoint::serialize_sorted(tensors, &meta).map_err(|e| err(e.to_string()))
     }
 }
 

@@ -239,11 +239,20 @@ fn run_with(a: &PretrainArgs, opts: &trainer::train::pretrain::RunOptions) -> an
         if summary.method.is_contrastive() && summary.epochs_done > 0 {
             use study::study::trajectory;
             let per_epoch = summary.images_seen as f64 / summary.epochs_done as f64;
-            let pts = trajectory::run_points(&metrics, per_epoch, summary.chance_loss)?;
-            let png = opts.out.join("trajectory.png");
-            let name = opts.out.display().to_string();
-            trajectory::trajectory_png(&[(name, pts)], &png)?;
-            eprintln!("against the MoCo CIFAR-10 demo: {}", png.display());
+            // A finished run resumed again has no last epoch to take its chance loss from.
+            let chance = match summary.chance_loss {
+                c if c.is_finite() => Some(c),
+                _ => trajectory::last_probe_chance(&metrics)?,
+            };
+            if let Some(chance) = chance {
+                let pts = trajectory::run_points(&metrics, per_epoch, chance)?;
+                let png = opts.out.join("trajectory.png");
+                let name = opts.out.display().to_string();
+                trajectory::trajectory_png(&[(name, pts)], &png)?;
+                eprintln!("against the MoCo CIFAR-10 demo: {}", png.display());
+            } else {
+                eprintln!("no trajectory.png: this invocation ran no epoch and the run has no queue probe to give its chance loss");
+            }
         }
     }
     println!("{}", serde_json::to_string_pretty(&summary)?);

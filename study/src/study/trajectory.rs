@@ -85,11 +85,30 @@ pub fn run_points(metrics: &Path, images_per_epoch: f64, chance: f64) -> Result<
         }
         let m: MetricsLine = serde_json::from_str(line)
             .with_context(|| format!("{}:{}: not a metrics line", metrics.display(), i + 1))?;
-        if m.kind == "epoch" && m.loss.is_finite() {
+        if m.kind == "epoch" && (m.loss / chance).is_finite() {
             pts.push(((m.epoch as f64 + 0.5) * images_per_epoch, m.loss / chance));
         }
     }
     Ok(pts)
+}
+
+/// The chance loss the run's last queue probe recorded (ln(K + 1) for MoCo): what a summary
+/// without a last epoch (a finished run resumed again) cannot give.
+pub fn last_probe_chance(metrics: &Path) -> Result<Option<f64>> {
+    let text = std::fs::read_to_string(metrics)
+        .with_context(|| format!("reading {}", metrics.display()))?;
+    let mut chance = None;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let m: MetricsLine = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a metrics line", metrics.display(), i + 1))?;
+        if let Some(p) = m.queue_probe {
+            chance = Some(p.chance);
+        }
+    }
+    Ok(chance.filter(|c| c.is_finite()))
 }
 
 /// `trajectory.png`: each run's loss / chance against images seen (log scale), the demo's as a
@@ -144,18 +163,19 @@ pub fn trajectory_png(runs: &[(String, Vec<(f64, f64)>)], path: &Path) -> Result
     chart
         .draw_series(LineSeries::new(
             [(x_min, threshold), (x_max, threshold)],
-            BLACK.mix(0.3).stroke_width(1),
+            RED.mix(0.6).stroke_width(1),
         ))
         .map_err(|e| err(&e))?
         .label(format!("{threshold} × chance (learnt)"))
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.3)));
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.mix(0.6)));
     chart
         .draw_series(LineSeries::new(demo, BLACK.stroke_width(3)))
         .map_err(|e| err(&e))?
         .label("MoCo CIFAR-10 demo (ResNet-18, K 4096)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(3)));
     for (i, (name, pts)) in runs.iter().enumerate() {
-        let colour = Palette99::pick(i).to_rgba();
+        // Palette99's first colour is the threshold line's red.
+        let colour = Palette99::pick(i + 1).to_rgba();
         chart
             .draw_series(LineSeries::new(
                 pts.iter().copied().filter(|&(x, _)| x >= x_min),

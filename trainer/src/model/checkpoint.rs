@@ -199,6 +199,39 @@ pub fn read_config(path: &Path) -> Result<Option<ResNetConfig>, ModelIoError> {
     config_from_bytes(path, &read_bytes(path)?)
 }
 
+/// `safetensors::serialize` with the metadata entries written in key order. The crate takes
+/// the metadata as a `HashMap` and writes it in the map's iteration order, which is random per
+/// map, so a file with two or more entries (a landmark model's two configs, an imported
+/// checkpoint's image size) would come out with different bytes from run to run. The header
+/// starts with `{"__metadata__":{…}` and the sorted object has exactly the bytes of the
+/// unsorted one rearranged, so it is rewritten in place; the tensors' offsets do not move.
+pub fn serialize_sorted<S, V, I>(
+    tensors: I,
+    meta: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, safetensors::SafeTensorError>
+where
+    S: AsRef<str> + Ord + std::fmt::Display,
+    V: safetensors::View,
+    I: IntoIterator<Item = (S, V)>,
+{
+    let map: HashMap<String, String> = meta.clone().into_iter().collect();
+    let mut bytes = safetensors::serialize(tensors, Some(map))?;
+    const PREFIX: &[u8] = b"{\"__metadata__\":";
+    let sorted = serde_json::to_string(meta)?;
+    let start = 8 + PREFIX.len();
+    let span = start..start + sorted.len();
+    let same_entries = bytes.get(8..start) == Some(PREFIX)
+        && bytes
+            .get(span.clone())
+            .and_then(|b| serde_json::from_slice::<BTreeMap<String, String>>(b).ok())
+            .as_ref()
+            == Some(meta);
+    if same_entries {
+        bytes[span].copy_from_slice(sorted.as_bytes());
+    }
+    Ok(bytes)
+}
+
 fn is_fc(name: &str) -> bool {
     name == "fc.weight" || name == "fc.bias"
 }
@@ -398,5 +431,43 @@ impl ResNet {
         })?;
         model.load_safetensors_bytes(&bytes, path, &LoadOptions::exact())?;
         Ok(model)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_is_written_in_key_order_every_time() {
+        let meta: BTreeMap<String, String> = ["zeta", "alpha", "mid", "beta\"q", "omega"]
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.to_string(), format!("{{\"v\":{i}}}")))
+            .collect();
+        let t = Tensor::arange(0f32, 6.0, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap();
+        let write = || serialize_sorted([("w", t.clone())], &meta).unwrap();
+        let first = write();
+        // Fresh HashMaps iterate in different orders; the bytes must not follow them.
+        for _ in 0..20 {
+            assert_eq!(write(), first);
+        }
+        let n = u64::from_le_bytes(first[..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&first[8..8 + n]).unwrap();
+        let at = |k: &str| header.find(&format!("\"{k}\"")).unwrap();
+        assert!(at("alpha") < at("beta\\\"q") && at("beta\\\"q") < at("mid"));
+        assert!(
+            at("mid") < at("omega") && at("omega") < at("zeta"),
+            "{header}"
+        );
+        // Still a valid file with the same metadata and tensor.
+        let (_, read) = SafeTensors::read_metadata(&first).unwrap();
+        let got: BTreeMap<String, String> = read.metadata().clone().unwrap().into_iter().collect();
+        assert_eq!(got, meta);
+        let st = SafeTensors::deserialize(&first).unwrap();
+        assert_eq!(st.tensor("w").unwrap().shape(), &[2, 3]);
     }
 }

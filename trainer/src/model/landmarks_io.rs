@@ -1,7 +1,7 @@
 //! Landmark model files: the backbone's torchvision-named tensors, the head's `head.*` tensors
 //! and a [`LandmarkMeta`] JSON in the safetensors metadata. Saving is atomic; loading names the
 //! file and the key at fault.
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{Device, Result, Tensor};
@@ -52,7 +52,7 @@ impl LandmarkModel {
     /// Safetensors bytes: every backbone and head tensor, both configs in the metadata.
     pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
         let msg = |e: serde_json::Error| candle_core::Error::Msg(e.to_string());
-        let meta = HashMap::from([
+        let meta = BTreeMap::from([
             (
                 CONFIG_METADATA_KEY.to_string(),
                 serde_json::to_string(self.backbone.config()).map_err(msg)?,
@@ -69,7 +69,7 @@ impl LandmarkModel {
             .chain(self.head.all_tensors())
             .map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?.contiguous()?)))
             .collect::<Result<_>>()?;
-        safetensors::serialize(tensors, Some(meta))
+        super::checkpoint::serialize_sorted(tensors, &meta)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 
