@@ -246,3 +246,18 @@ fn damaged_converter_files_are_errors_never_panics() {
     assert!(refused > 500, "{refused} refused");
     assert!(named.contains_key("DEPTHWISE_CONV_2D"), "{named:?}");
 }
+
+/// A file libFuzzer found (fuzz target `tflite_convert`, 2026-12-07): a weight tensor whose
+/// shape's element count overflows `usize`. The reader multiplied the dimensions unchecked (a
+/// panic with overflow checks, a wrapped count without); it must be an error naming the tensor.
+#[test]
+fn a_shape_whose_element_count_overflows_is_an_error() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/tflite/fuzz-shape-overflow.tflite");
+    let bytes = std::fs::read(&path).unwrap();
+    let Err(e) = runtime_core::tflite::convert(&bytes) else {
+        panic!("the overflowing shape must be refused");
+    };
+    let msg = format!("{e}");
+    assert!(msg.contains("tensor"), "{msg}");
+}

@@ -359,8 +359,12 @@ impl TensorInfo<'_> {
             zp: i32::try_from(*self.zero_points.first().unwrap_or(&0)).ok()?,
         })
     }
-    fn len(&self) -> usize {
-        self.shape.iter().map(|&d| d.max(0) as usize).product()
+    /// The element count; `None` when the shape's product overflows (a malformed file: the
+    /// fuzzer found shapes whose product does not fit a `usize`).
+    fn len(&self) -> Option<usize> {
+        self.shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d.max(0) as usize))
     }
 }
 
@@ -829,7 +833,7 @@ impl<'a> OpCx<'_, 'a> {
         if w.ty != s::INT8 {
             return Err(self.err(Some(wt), TfliteErrorKind::NotInt8));
         }
-        if w.data.len() != w.len() || w.data.is_empty() {
+        if w.len() != Some(w.data.len()) || w.data.is_empty() {
             return Err(self.invalid(Some(wt), "weights are not a constant of their shape".into()));
         }
         if w.zero_points.iter().any(|&z| z != 0) {
@@ -1129,7 +1133,8 @@ fn convert_op(cx: &mut OpCx, opts: Option<Table>) -> R<()> {
             // NHWC memory is the same whatever the shape: the output is the input, re-read.
             let (xt, out) = (cx.input(0)?, cx.output()?);
             let x = cx.activation(xt)?;
-            if cx.info(xt).len() != cx.info(out).len() {
+            let n = cx.info(xt).len();
+            if n.is_none() || n != cx.info(out).len() {
                 return Err(cx.invalid(Some(out), "RESHAPE changes the element count".into()));
             }
             if cx.out_quant(out)? != cx.out_quant(xt)? {
