@@ -49,6 +49,7 @@ fn tiny_study_runs_resumes_and_redoes_one_step() {
         progress: false,
         stop_after: None,
         jobs: 1,
+        only: Vec::new(),
     };
     let first = study::run(&plan, &opts).unwrap();
     assert_eq!(first.executed.len(), plan.steps.len());
@@ -214,6 +215,7 @@ fn an_interrupted_pretraining_resumes_from_its_last_epoch() {
         progress: false,
         stop_after: Some(1),
         jobs: 1,
+        only: Vec::new(),
     };
     let id = ids::pretrain("objects", "supervised");
     let e = format!("{:#}", study::run(&plan, &opts).unwrap_err());
@@ -252,6 +254,7 @@ fn two_seeds_aggregate_what_each_seed_measured() {
         progress: false,
         stop_after: None,
         jobs: 1,
+        only: Vec::new(),
     };
     let (summary, agg) = study::seeds::run(&p, 2, &opts).unwrap();
     assert_eq!(agg.seeds, vec![0, 1]);
@@ -313,6 +316,7 @@ fn analyses_inversion_data_and_k_tau() {
         progress: false,
         stop_after: None,
         jobs: 1,
+        only: Vec::new(),
     };
     let base = Plan::new(p.clone()).unwrap();
     study::run(&base, &opts).unwrap();

@@ -64,6 +64,11 @@ pub struct StudyArgs {
     /// when it is above 1.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: u16,
+    /// Run only the steps whose id starts with this (repeat or comma-separate; `--dry-run`
+    /// lists the ids, e.g. `objects.moco-v2.pretrain`), and the steps they need. The tables
+    /// show whatever is finished.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
 }
 
 pub fn run(a: StudyArgs) -> Result<()> {
@@ -100,15 +105,15 @@ pub fn run(a: StudyArgs) -> Result<()> {
             }
         }
         let n = plan.steps.len();
+        let selected = plan.select(&a.only)?;
         for (i, s) in plan.steps.iter().enumerate() {
             let done = study::read_record(&a.out, &s.id)?.is_some();
-            println!(
-                "[{}/{n}] {} ({}){}",
-                i + 1,
-                s.title,
-                s.id,
-                if done { " — done" } else { "" }
-            );
+            let state = match (done, selected[i]) {
+                (true, _) => " — done",
+                (false, false) => " — left out (--only)",
+                (false, true) => "",
+            };
+            println!("[{}/{n}] {} ({}){state}", i + 1, s.title, s.id);
         }
         return Ok(());
     }
@@ -121,6 +126,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
         progress: !a.quiet,
         stop_after: a.stop_after,
         jobs: usize::from(a.jobs),
+        only: a.only.clone(),
     };
     if a.seeds > 1 {
         let (s, agg) = study::seeds::run(&plan.preset, a.seeds, &opts)?;

@@ -56,6 +56,10 @@ pub struct RunOptions {
     /// How many steps may run at once (`--jobs`; each waits for the steps it needs). 1 = the
     /// plan order, one step at a time.
     pub jobs: usize,
+    /// `--only`: run just the steps whose id starts with one of these, and the steps they need
+    /// ([`Plan::select`]); empty = every step. The tables are written from whatever records
+    /// exist, so a partial study reports its finished parts.
+    pub only: Vec<String>,
 }
 
 /// What one invocation did.
@@ -102,7 +106,18 @@ where
     let jobs = opts.jobs.max(1);
     let mut summary = RunSummary::default();
     let mut state = vec![State::ToDo; n];
+    let selected = plan.select(&opts.only)?;
+    let left_out = selected.iter().filter(|&&k| !k).count();
+    if left_out > 0 {
+        eprintln!("--only: {left_out} of {n} steps left out");
+    }
     for (i, step) in plan.steps.iter().enumerate() {
+        if !selected[i] {
+            // Counted as done for the scheduler: no selected step needs it (the selection is
+            // closed under `needs`), so it only keeps the left-out steps from running.
+            state[i] = State::Done;
+            continue;
+        }
         if let Some(rec) = records::read_record_or_redo(&opts.out, &step.id)? {
             eprintln!(
                 "[{}/{n}] {} … done earlier ({:.0} s)",
@@ -120,6 +135,7 @@ where
         progress: opts.progress && jobs == 1,
         stop_after: opts.stop_after,
         jobs: 1,
+        only: Vec::new(),
     };
     let shared = Mutex::new(Shared {
         state,
@@ -321,6 +337,7 @@ mod tests {
             progress: false,
             stop_after: None,
             jobs: 1,
+            only: Vec::new(),
         };
         let s = run(&plan, &opts).unwrap();
         assert!(s.executed.is_empty());
@@ -366,6 +383,7 @@ mod tests {
             progress: false,
             stop_after: None,
             jobs,
+            only: Vec::new(),
         }
     }
 
@@ -501,5 +519,38 @@ mod tests {
                 assert_eq!(started, order);
             }
         }
+    }
+    #[test]
+    fn only_runs_the_selected_steps_and_what_they_need() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = Plan::new(preset::tiny()).unwrap();
+        let started = Mutex::new(Vec::<String>::new());
+        let exec = |step: &Step, _: &RunOptions| -> Result<serde_json::Value> {
+            started.lock().unwrap().push(step.id.clone());
+            Ok(json!({}))
+        };
+        let mut opts = fake_opts(dir.path(), 1);
+        opts.only = vec![ids::pretrain("objects", "moco-v2"), ids::synth("faces")];
+        let s = run_steps(&plan, &opts, exec).unwrap();
+        // The selected steps and the one the pretraining reads, in plan order; nothing else.
+        let want: Vec<String> = plan
+            .steps
+            .iter()
+            .map(|st| st.id.clone())
+            .filter(|id| {
+                [
+                    ids::synth("objects"),
+                    ids::synth("faces"),
+                    ids::pretrain("objects", "moco-v2"),
+                ]
+                .contains(id)
+            })
+            .collect();
+        assert_eq!(*started.lock().unwrap(), want);
+        assert_eq!(s.executed, want);
+        // A pattern that matches nothing is an error, not a silent no-op.
+        opts.only = vec!["objects.mocco".into()];
+        let e = format!("{:#}", run_steps(&plan, &opts, exec).unwrap_err());
+        assert!(e.contains("objects.mocco"), "{e}");
     }
 }

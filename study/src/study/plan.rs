@@ -322,6 +322,36 @@ pub fn rows(p: &Preset) -> Vec<Backbone> {
 }
 
 impl Plan {
+    /// The steps `--only` keeps: those whose id starts with one of `patterns`, and every step
+    /// they need (transitively), so that a selected step always finds its inputs. No pattern
+    /// keeps every step; a pattern that matches no step is an error (a typo would otherwise
+    /// run nothing and say nothing).
+    pub fn select(&self, patterns: &[String]) -> Result<Vec<bool>> {
+        if patterns.is_empty() {
+            return Ok(vec![true; self.steps.len()]);
+        }
+        let mut keep = vec![false; self.steps.len()];
+        let mut todo = Vec::new();
+        for pat in patterns {
+            let hits: Vec<usize> = (0..self.steps.len())
+                .filter(|&i| self.steps[i].id.starts_with(pat.as_str()))
+                .collect();
+            if hits.is_empty() {
+                anyhow::bail!(
+                    "--only {pat}: no step id starts with it (`study --dry-run` lists the ids)"
+                );
+            }
+            todo.extend(hits);
+        }
+        while let Some(i) = todo.pop() {
+            if !keep[i] {
+                keep[i] = true;
+                todo.extend(self.steps[i].needs.iter().copied());
+            }
+        }
+        Ok(keep)
+    }
+
     /// All steps of `preset`, in execution order.
     pub fn new(preset: Preset) -> Result<Plan> {
         preset.validate()?;

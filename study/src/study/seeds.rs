@@ -339,6 +339,7 @@ pub fn run(preset: &Preset, n: usize, opts: &RunOptions) -> Result<(RunSummary, 
             progress: opts.progress,
             stop_after: opts.stop_after,
             jobs: opts.jobs,
+            only: opts.only.clone(),
         };
         let done = super::run(&plan, &sub)?;
         total.executed.extend(done.executed);
