@@ -207,7 +207,9 @@ macro_rules! requant_one {
 /// # Safety
 /// `cols` holds `groups` widened groups; `w` is readable for `4·groups` bytes;
 /// `epi.out + s·epi.stride` is writable for `s` in 0..4.
-#[inline(always)]
+// Out of line: the caller's loop state then lives in callee-saved registers across the call
+// (the block clobbers nearly every register, so inlined it spilled and reloaded all of it).
+#[inline(never)]
 unsafe fn smlad_4x1_requant(cols: *const i16, w: *const i8, groups: usize, q: &ChanQ, epi: &Epi) {
     let end = cols.add(16 * groups);
     // `r3` (`epi`) and `r4` (`q`) are pushed with `r6` (not an allowed operand) and popped
@@ -313,20 +315,24 @@ pub(crate) fn conv(p: &ConvI8, chan: &[ChanQ], input: &[i8], output: &mut [i8]) 
             zp: p.out_zp,
             act_min: p.act_min,
         };
-        for (oc, q) in chan.iter().enumerate().take(oc_n) {
-            let row = if oc < whole {
-                &p.weights[oc * k..]
+        // Rows read in place, by pointer, with no bounds checks in the loop; one call site.
+        let mut row = p.weights.as_ptr();
+        for (oc, q) in chan[..oc_n].iter().enumerate() {
+            let w = if oc < whole {
+                row
             } else {
                 last[..k].copy_from_slice(&p.weights[oc * k..][..k]);
-                &last[..]
+                last.as_ptr()
             };
-            // SAFETY: `cols` holds `ceil ≥ 1` widened groups (widen above); `row` has `4·ceil`
-            // readable bytes (`whole` above, or `last`: `4·ceil ≤ MAX_K` rounded up to 4);
-            // `out` has `PX·oc_n` bytes and `oc < oc_n`.
+            // SAFETY: `cols` holds `ceil ≥ 1` widened groups (widen above); `w` has `4·ceil`
+            // readable bytes: channel `oc < whole`'s row at `weights + oc·k` (`whole` above),
+            // or `last` (`4·ceil ≤ MAX_K` rounded up to 4); `out` has `PX·oc_n` bytes and
+            // `oc < oc_n`.
             unsafe {
                 epi.out = out.as_mut_ptr().add(oc);
-                smlad_4x1_requant(cols.0.as_ptr(), row.as_ptr(), ceil, q, &epi);
+                smlad_4x1_requant(cols.0.as_ptr(), w, ceil, q, &epi);
             }
+            row = row.wrapping_add(k);
         }
         px += PX;
     }
