@@ -67,6 +67,10 @@ pub fn add_i8_scalar(p: &AddI8, a: &[i8], b: &[i8], output: &mut [i8]) -> Result
             ta[v as u8 as usize] = term(v, p.a_zp, p.a_mult, p.a_shift);
             tb[v as u8 as usize] = term(v, p.b_zp, p.b_mult, p.b_shift);
         }
+        #[cfg(rt_dsp)]
+        if super::arch::cortex_m::add_tabulated(p, &ta, &tb, a, b, output) {
+            return Ok(());
+        }
         if (-31..0).contains(&p.out_shift) && p.out_mult >= 0 {
             // The usual output scaling (down, by a non-negative multiplier) in one multiply-add
             // and a shift ([`RightShift`], proven equal to `multiply_by_quantized_multiplier`

@@ -25,6 +25,7 @@
 
 use core::arch::asm;
 
+use super::super::add::AddI8;
 use super::super::conv2d::ConvI8;
 use super::super::prepared::{direct_1x1, im2col, pixel_1x1, ChanQ};
 use super::super::Window;
@@ -336,4 +337,78 @@ pub(crate) fn conv(p: &ConvI8, chan: &[ChanQ], input: &[i8], output: &mut [i8]) 
         }
         px += PX;
     }
+}
+
+/// The tabulated residual add's element loop (`add_i8_scalar`, `ta`/`tb` holding each input
+/// value's rescaled term) in one `asm!` block, 17 instructions an element (LLVM's, with
+/// [`RightShift`](super::super::requant::RightShift), about 33): the two table loads, `qadd`
+/// (the saturating sum), the output scaling as in [`smlad_4x1_requant`] with the zero point
+/// folded into the constant's top word, `ssat` and the lower clamp. Returns `false`, having
+/// written nothing, unless `p` is in its range: `out_mult ≥ 0`, `out_shift ∈ −23..=−2` (`e − 1 ≤
+/// 22` keeps `zp·2^(e−1)` plus the product's top word, below 2³⁰, inside `i32`), `out_zp` and
+/// `act_min` int8 values, `act_max = 127`, all lengths equal.
+pub(crate) fn add_tabulated(
+    p: &AddI8,
+    ta: &[i32; 256],
+    tb: &[i32; 256],
+    a: &[i8],
+    b: &[i8],
+    out: &mut [i8],
+) -> bool {
+    let i8_range = -128..=127;
+    if !(p.out_mult >= 0
+        && (-23..=-2).contains(&p.out_shift)
+        && i8_range.contains(&p.out_zp)
+        && i8_range.contains(&p.act_min)
+        && p.act_max == 127
+        && a.len() == out.len()
+        && b.len() == out.len()
+        && !out.is_empty())
+    {
+        return false;
+    }
+    let e1 = p.out_shift.unsigned_abs() - 1;
+    // `2^(e−2) + zp·2^(e−1)`: the constant's top word with the zero point (see the docs above).
+    let chi = (1i32 << (e1 - 1)) + (p.out_zp << e1);
+    let end = out.as_mut_ptr_range().end;
+    // SAFETY: `a`, `b` and `out` have `out.len() ≥ 1` elements (checked above), read and written
+    // once each by post-incremented pointers until `out` reaches `end`; the tables are indexed
+    // by a byte. `r6` is saved and restored around its use (not an allowed operand).
+    unsafe {
+        asm!(
+            "push {{r6}}",
+            "2:",
+            "ldrb lr, [r0], #1",
+            "ldrb r6, [r1], #1",
+            "ldr r12, [r4, lr, lsl #2]",
+            "ldr r6, [r5, r6, lsl #2]",
+            "qadd r12, r12, r6",
+            "and lr, r12, #0x80000000",
+            "orr lr, lr, #0x40000000",
+            "add r6, r9, r12, asr #31",
+            "smlal lr, r6, r12, r8",
+            "asr r6, r6, r10",
+            "ssat r6, #8, r6",
+            "cmp r6, r11",
+            "it lt",
+            "movlt r6, r11",
+            "strb r6, [r2], #1",
+            "cmp r2, r3",
+            "bne 2b",
+            "pop {{r6}}",
+            inout("r0") a.as_ptr() => _,
+            inout("r1") b.as_ptr() => _,
+            inout("r2") out.as_mut_ptr() => _,
+            in("r3") end,
+            in("r4") ta.as_ptr(),
+            in("r5") tb.as_ptr(),
+            in("r8") p.out_mult,
+            in("r9") chi,
+            in("r10") e1,
+            in("r11") p.act_min,
+            out("r12") _,
+            out("lr") _,
+        );
+    }
+    true
 }
