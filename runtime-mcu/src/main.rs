@@ -209,14 +209,16 @@ fn main() -> ! {
         let t0 = icount::now();
         let s = kernel_check::run(|case| defmt::error!("KERNEL MISMATCH case {=u32}", case));
         defmt::info!(
-            "KERNELS cases {=u32} dsp {=u32} mismatches {=u32} checksum {=u32} insns {=u64}",
+            "KERNELS cases {=u32} dsp {=u32} mismatches {=u32} add_cases {=u32} add_mismatches {=u32} checksum {=u32} insns {=u64}",
             s.cases,
             s.dsp,
             s.mismatches,
+            s.add_cases,
+            s.add_mismatches,
             s.checksum,
             icount::now() - t0
         );
-        if s.mismatches > 0 {
+        if s.mismatches + s.add_mismatches > 0 {
             fault::exit_fail()
         }
     }

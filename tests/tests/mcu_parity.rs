@@ -1103,14 +1103,15 @@ fn mlperf_resnet8_on_the_mcu() {
     );
 }
 
-/// The Cortex-M4 conv kernel against runtime-core's reference kernel on random convolutions
-/// (`runtime-mcu/src/kernel_check.rs`), on the device: no mismatch, most cases on the DSP kernel
+/// The Cortex-M4 conv kernel against runtime-core's reference kernel on random convolutions, and
+/// the tabulated add (its `asm!` loop) against the direct formula on random adds
+/// (`runtime-mcu/src/kernel_check.rs`), on the device: no mismatch, most convs on the DSP kernel
 /// (the others are the portable fallback's: `act_max` below 127, a multiplier of 1/4 or more,
 /// a single output pixel), and the device's reference outputs hash to the host's.
 #[test]
 fn kernels_match_the_reference_on_the_mcu() {
     let host = kernel_check::run(|case| panic!("host: fast path != reference in case {case}"));
-    assert_eq!(host.mismatches, 0);
+    assert_eq!((host.mismatches, host.add_mismatches), (0, 0));
     if !have_qemu("kernels_match_the_reference_on_the_mcu") {
         return;
     }
@@ -1134,7 +1135,9 @@ fn kernels_match_the_reference_on_the_mcu() {
         f[i + 1].parse().unwrap()
     };
     assert_eq!(num("mismatches"), 0, "{line}");
+    assert_eq!(num("add_mismatches"), 0, "{line}");
     assert_eq!(num("cases"), u64::from(host.cases), "{line}");
+    assert_eq!(num("add_cases"), u64::from(host.add_cases), "{line}");
     assert_eq!(num("checksum"), u64::from(host.checksum), "{line}");
     let dsp = num("dsp");
     assert!(
