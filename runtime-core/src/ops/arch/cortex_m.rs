@@ -103,10 +103,10 @@ fn widen(col: &[i8], cols: &mut Cols, slot: usize, g0: usize) {
 }
 
 /// Output pixel `(oy, ox)`'s column widened into slot `slot` straight from the input, for
-/// `in_c % 4 = 0` (every group of 4 taps then lies in one kernel row): one [`widen`] per kernel
-/// row inside the image, from the input row itself, with no im2col copy; a window that leaves
-/// the image first gets its `groups` groups filled with the input zero point (what a padded tap
-/// holds, see [`super::super::prepared`]).
+/// `in_c % 4 = 0` (every group of 4 taps then lies in one kernel row): the kernel rows inside the
+/// image, each from the input row itself, in one `asm!` block (no im2col copy, no call per row);
+/// a window that leaves the image first gets its `groups` groups filled with the input zero point
+/// (what a padded tap holds, see [`super::super::prepared`]).
 #[inline(always)]
 fn widen_window(
     w: &Window,
@@ -125,11 +125,49 @@ fn widen_window(
             g[4 * slot..][..4].fill(zp as i16);
         }
     }
-    let n = (kx_e - kx_s) * ic;
-    for ky in ky_s..ky_e {
-        let iy = (iy0 + ky as isize) as usize;
-        let src = ((iy * w.in_w) as isize + ix0 + kx_s as isize) as usize * ic;
-        widen(&input[src..][..n], cols, slot, (ky * w.kw + kx_s) * ic / 4);
+    // Per row `g` groups of 4 taps; between rows the input advances one image row and the
+    // columns one kernel row (`kw·ic / 4` groups of 32 bytes).
+    let (rows, g) = (ky_e - ky_s, (kx_e - kx_s) * ic / 4);
+    if rows == 0 || g == 0 {
+        return;
+    }
+    let src = ((iy0 + ky_s as isize) as usize * w.in_w) as isize + ix0 + kx_s as isize;
+    let src = src as usize * ic;
+    let row = w.in_w * ic;
+    let g0 = (ky_s * w.kw + kx_s) * ic / 4;
+    let g_row = w.kw * ic / 4;
+    assert!(src + (rows - 1) * row + 4 * g <= input.len());
+    assert!(16 * (g0 + (rows - 1) * g_row + g) <= cols.0.len());
+    // SAFETY: rows `0..rows` read `4·g` bytes at `src + r·row` of `input` and write `g` groups
+    // from group `g0 + r·g_row` of the slot, all inside (asserted above); alignment as in
+    // [`widen`].
+    unsafe {
+        asm!(
+            "2:",
+            "mov {n}, {g}",
+            "3:",
+            "ldr {v}, [{src}], #4",
+            "sxtb16 {e}, {v}",
+            "sxtb16 {o}, {v}, ror #8",
+            "strd {e}, {o}, [{dst}], #32",
+            "subs {n}, {n}, #1",
+            "bne 3b",
+            "add {src}, {src}, {src_skip}",
+            "add {dst}, {dst}, {dst_skip}",
+            "subs {rows}, {rows}, #1",
+            "bne 2b",
+            src = inout(reg) input.as_ptr().add(src) => _,
+            dst = inout(reg) cols.0.as_mut_ptr().add(16 * g0 + 4 * slot) => _,
+            rows = inout(reg) rows => _,
+            g = in(reg) g,
+            src_skip = in(reg) row - 4 * g,
+            dst_skip = in(reg) 32 * (g_row - g),
+            n = out(reg) _,
+            v = out(reg) _,
+            e = out(reg) _,
+            o = out(reg) _,
+            options(nostack),
+        );
     }
 }
 
