@@ -1,4 +1,4 @@
-//! Cortex-M4 (ARMv7E-M DSP extension) conv kernel, CMSIS-NN style.
+//! Cortex-M4 (ARMv7E-M DSP extension) conv kernel, CMSIS-NN style, and the add's element loop.
 //!
 //! Four output pixels at a time: each pixel's column is widened once into a stack buffer of
 //! `i16` pairs in SXTB16 order, `[x0, x2 | x1, x3]` per 4 taps, the four pixels interleaved per
@@ -22,6 +22,9 @@
 //! widened as zeros, so the weight word may run into the next channel's row (multiplied by
 //! zero). Only the last channel's row, which ends the tensor, is copied into a zero-padded stack
 //! buffer.
+//!
+//! The residual add's tabulated element loop is here too ([`add_tabulated`]), with the same
+//! in-register output scaling.
 
 use core::arch::asm;
 
