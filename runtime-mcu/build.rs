@@ -5,7 +5,13 @@
 //!   (the models that fit it). `qemu-an386` (the default, and the board `scripts/mcu.sh` runs
 //!   under QEMU) or `stm32f411`.
 //! * `MCU_MODELS`: overrides the board's `models` (names separated by spaces or commas, from
-//!   `landmark`, `fewshot`, `resnet8`, `tiny-landmark`, `tiny-fewshot`, `tflite-landmark`).
+//!   `landmark`, `fewshot`, `resnet8`, `tiny-landmark`, `tiny-fewshot`, `tflite-landmark`,
+//!   `mlperf-resnet8`).
+//! * `MCU_MLPERF_DIR`: for `mlperf-resnet8` (MLPerf Tiny's own ResNet-8, whose `.tflite` stays
+//!   out of the repository), a directory holding `model.safetensors` (the `.tflite` converted by
+//!   `runtime_core::tflite`) and `inputs.bin` (int8 input tensors). The test
+//!   `mlperf_resnet8_on_the_mcu` (`tests/tests/mcu_parity.rs`) writes it from
+//!   `MLPERF_RESNET8_TFLITE`.
 //!
 //! * `MCU_PIPELINE_DIR`: a directory holding `backbone-int8.safetensors`,
 //!   `landmarks-int8.safetensors` and `inputs.bin` (normalised inputs, `app::Images`) that the
@@ -22,13 +28,14 @@ use std::{env, fs, path::PathBuf};
 const DEFAULT_BOARD: &str = "qemu-an386";
 /// The builder-made random-weight models (`fixtures/mcu/`), then the training pipeline's
 /// exported int8 models (`fixtures/tiny/*-int8.safetensors`, inputs in `fixtures/mcu/`).
-const MODELS: [&str; 6] = [
+const MODELS: [&str; 7] = [
     "landmark",
     "fewshot",
     "resnet8",
     "tiny-landmark",
     "tiny-fewshot",
     "tflite-landmark",
+    "mlperf-resnet8",
 ];
 
 fn main() {
@@ -38,6 +45,7 @@ fn main() {
     println!("cargo:rerun-if-changed=../fixtures/tiny/landmarks-int8.safetensors");
     println!("cargo:rerun-if-changed=../fixtures/tiny/backbone-int8.safetensors");
     println!("cargo:rerun-if-env-changed=MCU_PIPELINE_DIR");
+    println!("cargo:rerun-if-env-changed=MCU_MLPERF_DIR");
     println!("cargo::rustc-check-cfg=cfg(mcu_pipeline_external)");
     println!(
         "cargo::rustc-check-cfg=cfg(mcu_model, values(\"{}\"))",
@@ -86,6 +94,9 @@ fn main() {
             );
         }
         println!("cargo:rustc-cfg=mcu_model=\"{name}\"");
+        if name == "mlperf-resnet8" {
+            copy_mlperf(&out);
+        }
         any = true;
     }
     if !any {
@@ -130,6 +141,27 @@ fn copy_pipeline(out: &std::path::Path) {
                 external.as_deref().unwrap_or("unset: the fixtures")
             )
         });
+    }
+}
+
+/// MLPerf Tiny's converted ResNet-8 and its inputs from `MCU_MLPERF_DIR`, into OUT_DIR.
+fn copy_mlperf(out: &std::path::Path) {
+    let Some(dir) = env::var_os("MCU_MLPERF_DIR").filter(|d| !d.is_empty()) else {
+        panic!(
+            "model mlperf-resnet8 needs MCU_MLPERF_DIR (model.safetensors and inputs.bin): \
+             `MLPERF_RESNET8_TFLITE=… cargo test -p parity-tests --test mcu_parity \
+             mlperf_resnet8_on_the_mcu` makes them from MLPerf Tiny's .tflite and runs the build"
+        );
+    };
+    let dir = PathBuf::from(dir);
+    for (from, to) in [
+        ("model.safetensors", "mlperf-resnet8.safetensors"),
+        ("inputs.bin", "mlperf-inputs.bin"),
+    ] {
+        let from = dir.join(from);
+        println!("cargo:rerun-if-changed={}", from.display());
+        fs::copy(&from, out.join(to))
+            .unwrap_or_else(|e| panic!("{}: {e} (MCU_MLPERF_DIR)", from.display()));
     }
 }
 

@@ -10,6 +10,11 @@
 #   scripts/mcu.sh boards          build every board in runtime-mcu/boards/ (compile and size only,
 #                                  no run), print its flash/RAM use against the board's map; fails
 #                                  if a board's build does not fit its map (the linker checks)
+#   scripts/mcu.sh mlperf          MLPerf Tiny's own ResNet-8 .tflite (path in
+#                                  MLPERF_RESNET8_TFLITE; unset: SKIP, exit 0) converted on the
+#                                  host, run under QEMU, outputs compared with the host bit for
+#                                  bit, instructions per inference and per MAC printed (the test
+#                                  mlperf_resnet8_on_the_mcu in tests/tests/mcu_parity.rs)
 #
 # Boards: runtime-mcu/boards/<name>/memory.x (the memory map) and models (the models that fit it);
 # runtime-mcu/build.rs reads MCU_BOARD, and MCU_MODELS, which overrides the board's models
@@ -250,6 +255,14 @@ main() {
         build) shift; build "$@" ;;
         qemu) shift; run_qemu "$@" ;;
         boards) boards ;;
+        mlperf)
+            if [ -z "${MLPERF_RESNET8_TFLITE:-}" ]; then
+                log "SKIP mlperf: MLPERF_RESNET8_TFLITE is not set (the path of MLPerf Tiny's pretrainedResnet_quant.tflite)"
+                return 0
+            fi
+            setup
+            (cd "$ROOT" && cargo test -p parity-tests --test mcu_parity mlperf_resnet8_on_the_mcu -- --nocapture)
+            ;;
         all)
             setup
             local elf decoded rc=0
@@ -266,7 +279,7 @@ main() {
             fi
             report "$elf" "$decoded"
             ;;
-        *) log "unknown command '$cmd' (setup | build [BOARD] | qemu ELF | boards | all)"; return 2 ;;
+        *) log "unknown command '$cmd' (setup | build [BOARD] | qemu ELF | boards | mlperf | all)"; return 2 ;;
     esac
 }
 

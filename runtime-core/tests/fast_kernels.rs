@@ -580,6 +580,26 @@ proptest! {
         prop_assert_eq!(want, got, "backend {}", backend);
     }
 
+    /// The scalar add's tabulated path (what a Cortex-M4 runs on a residual add; its usual
+    /// output scaling takes the one-multiply form) equals its direct formula on short pieces,
+    /// for any parameters (positive output shifts and zero multipliers included), with values
+    /// mostly at the extremes in half the cases.
+    #[test]
+    fn add_scalar_table_matches_direct(p in add_params(), extra in 0usize..=40, seed in any::<u64>(), extreme in any::<bool>()) {
+        let n = ADD_TABLE_MIN_LEN + extra;
+        let mut rng = runtime_core::heads::rng::SplitMix64::new(seed);
+        let mut v = || if extreme && rng.below(4) != 0 { [-128i8, 127][rng.below(2) as usize] } else { rng.next_u64() as i8 };
+        let a: Vec<i8> = (0..n).map(|_| v()).collect();
+        let b: Vec<i8> = (0..n).map(|_| v()).collect();
+        let (mut whole, mut pieces) = (vec![0i8; n], vec![0i8; n]);
+        add_i8_scalar(&p, &a, &b, &mut whole).unwrap();
+        let piece = ADD_TABLE_MIN_LEN / 8;
+        for ((y, x1), x2) in pieces.chunks_mut(piece).zip(a.chunks(piece)).zip(b.chunks(piece)) {
+            add_i8_scalar(&p, x1, x2, y).unwrap();
+        }
+        prop_assert_eq!(whole, pieces);
+    }
+
     /// `add_i8` (AVX2 on x86-64 with `std`, 16 elements a step) equals the scalar loop on any
     /// length (tails included) and parameters; values mostly at the extremes in half the cases.
     #[test]

@@ -14,7 +14,9 @@
 //! made from the fixture images on the host (`fixtures/mcu/tiny-inputs.bin`); their result tags
 //! start with `tiny.`. Last, the landmark model's `.tflite` twin (`fixtures/tflite/landmark.tflite`,
 //! what `export --tflite` writes for it) is converted on the device (`runtime_core::tflite`)
-//! and runs the landmark images; its tags start with `tfl.`.
+//! and runs the landmark images; its tags start with `tfl.`. A build with
+//! `MCU_MODELS=mlperf-resnet8` runs MLPerf Tiny's own ResNet-8 instead (its `.tflite`, which
+//! stays out of the repository, converted on the host: [`mlperf_part`]).
 
 use runtime_core::heads::centroid::NearestCentroid;
 use runtime_core::heads::landmarks::{self, N_LANDMARKS};
@@ -47,6 +49,10 @@ pub struct Parts {
     pub tiny_fewshot: bool,
     /// Landmark prediction with `landmark.tflite`, converted on the device.
     pub tflite_landmark: bool,
+    /// MLPerf Tiny's own ResNet-8 (`pretrainedResnet_quant.tflite`) on int8 inputs: only in a
+    /// build that embeds it (`MCU_MODELS=mlperf-resnet8`), never in [`Parts::ALL`] (the file is
+    /// not in the repository).
+    pub mlperf_resnet8: bool,
 }
 
 impl Parts {
@@ -58,6 +64,7 @@ impl Parts {
         tiny_landmark: true,
         tiny_fewshot: true,
         tflite_landmark: true,
+        mlperf_resnet8: false,
     };
 }
 
@@ -79,6 +86,11 @@ pub struct Fixtures<'a> {
     /// `fixtures/tflite/landmark.tflite`, the landmark model as a TFLite flatbuffer, on the
     /// RGB8 images (`images`).
     pub tflite_landmark: &'a [u8],
+    /// MLPerf Tiny's ResNet-8 `.tflite` converted by `runtime_core::tflite` (on the host: the
+    /// conversion's heap peak is about twice the 96 KiB file, more than the board's RAM).
+    pub mlperf_resnet8: &'a [u8],
+    /// Its int8 input tensors (32×32×3 each, the model's own layout), one after the other.
+    pub mlperf_inputs: &'a [u8],
 }
 
 /// Where results and measurements go: defmt on the MCU, strings on the host.
@@ -212,6 +224,11 @@ impl<'a> Images<'a> {
         self.n_landmark + self.n_way * (self.n_shot + self.n_query)
     }
 
+    /// `[h, w, c]` of every image.
+    pub fn shape(&self) -> [usize; 3] {
+        [self.h, self.w, self.c]
+    }
+
     /// Bytes per image.
     pub fn image_len(&self) -> usize {
         let value_bytes = match self.encoding {
@@ -317,7 +334,7 @@ fn load<'m, P: Platform>(
     name: &'static str,
     bytes: &'m [u8],
     arena: &[u8],
-    im: &Images,
+    shape: [usize; 3],
 ) -> Result<Model<'m>, AppError> {
     p.reset_heap_peak();
     let t0 = p.now();
@@ -330,7 +347,7 @@ fn load<'m, P: Platform>(
     p.footprint(name, "weight_bytes", m.weight_bytes() as u64);
     p.footprint(name, "arena_bytes", m.arena_bytes() as u64);
     p.footprint(name, "macs", m.macs());
-    if m.dtype() != Dtype::Int8 || m.input_shape() != [im.h, im.w, im.c] {
+    if m.dtype() != Dtype::Int8 || m.input_shape() != shape {
         return Err(AppError::Shape(name));
     }
     if m.arena_bytes() > arena.len() {
@@ -416,7 +433,7 @@ fn landmark_part<P: Platform>(
     im: &Images,
     arena: &mut [u8],
 ) -> Result<(), AppError> {
-    let m = load(p, name, bytes, arena, im)?;
+    let m = load(p, name, bytes, arena, im.shape())?;
     if m.output_len() != 2 * N_LANDMARKS {
         return Err(AppError::Shape(name));
     }
@@ -471,7 +488,7 @@ fn fewshot_part<P: Platform>(
     im: &Images,
     arena: &mut [u8],
 ) -> Result<(), AppError> {
-    let m = load(p, name, bytes, arena, im)?;
+    let m = load(p, name, bytes, arena, im.shape())?;
     let dim = m.output_len();
     if dim > MAX_DIM {
         return Err(AppError::Shape(name));
@@ -533,6 +550,46 @@ fn fewshot_part<P: Platform>(
     Ok(())
 }
 
+/// MLPerf Tiny's own ResNet-8 (converted from its `.tflite`) on each int8 input of `inputs`,
+/// written into the arena's input slot as they are (the model's input is the pixel − 128, scale
+/// 1): the int8 output (10 class scores, after its int8 SOFTMAX) as the result `mlperf_out` (its
+/// bytes), and
+/// the first inference's instructions in the footprint report.
+#[inline(never)]
+fn mlperf_part<P: Platform>(
+    p: &mut P,
+    model: &[u8],
+    inputs: &[u8],
+    arena: &mut [u8],
+) -> Result<(), AppError> {
+    let name = "mlperf-resnet8";
+    let m = load(p, name, model, arena, [32, 32, 3])?;
+    let (n_in, n_out) = (m.input_len(), m.output_len());
+    let mut out = [0u32; 16];
+    if n_out > out.len() || inputs.is_empty() || !inputs.len().is_multiple_of(n_in) {
+        return Err(AppError::Shape(name));
+    }
+    for (i, x) in inputs.chunks_exact(n_in).enumerate() {
+        let slot = m.input_slot_i8(arena).map_err(|e| AppError::Run(name, e))?;
+        for (d, &b) in slot.iter_mut().zip(x) {
+            *d = b as i8;
+        }
+        let t0 = p.now();
+        let y = m
+            .run_i8_in_arena(arena)
+            .map_err(|e| AppError::Run(name, e))?;
+        let t1 = p.now();
+        if i == 0 {
+            p.footprint(name, "infer_insns", t1 - t0);
+        }
+        for (o, &v) in out.iter_mut().zip(y) {
+            *o = u32::from(v as u8);
+        }
+        p.result("", "mlperf_out", i, &out[..n_out]);
+    }
+    Ok(())
+}
+
 /// Runs the program (the parts in [`Platform::PARTS`]); `arena` is the one inference buffer all
 /// models share.
 pub fn run<P: Platform>(p: &mut P, fx: Fixtures, arena: &mut [u8]) -> Result<(), AppError> {
@@ -549,7 +606,7 @@ pub fn run<P: Platform>(p: &mut P, fx: Fixtures, arena: &mut [u8]) -> Result<(),
         // MLPerf-Tiny ResNet-8: one inference, for the footprint report (and parity).
         if P::PARTS.resnet8 {
             let name = "resnet8";
-            let m = load(p, name, fx.resnet8, arena, &im)?;
+            let m = load(p, name, fx.resnet8, arena, im.shape())?;
             let mut out = [0.0f32; 16];
             let n = m.output_len();
             if n > out.len() {
@@ -577,6 +634,10 @@ pub fn run<P: Platform>(p: &mut P, fx: Fixtures, arena: &mut [u8]) -> Result<(),
             let (name, part) = ("tiny-backbone", "tiny-fewshot");
             fewshot_part(p, name, part, "tiny.", fx.tiny_backbone, &tiny, arena)?;
         }
+    }
+
+    if P::PARTS.mlperf_resnet8 {
+        mlperf_part(p, fx.mlperf_resnet8, fx.mlperf_inputs, arena)?;
     }
     Ok(())
 }

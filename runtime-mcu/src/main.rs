@@ -10,7 +10,7 @@
 #![no_std]
 #![no_main]
 // The hostile mode builds the board but not the parity program (`app`, `FIXTURES`, `Board`).
-#![cfg_attr(feature = "hostile", allow(dead_code))]
+#![cfg_attr(any(feature = "hostile", feature = "kernel-check"), allow(dead_code))]
 
 extern crate alloc;
 
@@ -25,6 +25,8 @@ mod hostile;
 #[cfg(feature = "hostile")]
 mod hostile_run;
 mod icount;
+#[cfg(feature = "kernel-check")]
+mod kernel_check;
 mod stack;
 
 /// The one inference arena, shared by the models (loaded one at a time). Sized for the largest
@@ -33,7 +35,7 @@ mod stack;
 /// 24 KiB);
 /// `app::load` refuses a model whose plan does not fit. The embedded models are the board's
 /// (`boards/<name>/models`, or `MCU_MODELS`), selected by build.rs as `cfg(mcu_model = "…")`.
-const ARENA_BYTES: usize = if cfg!(mcu_model = "resnet8") {
+const ARENA_BYTES: usize = if cfg!(any(mcu_model = "resnet8", mcu_model = "mlperf-resnet8")) {
     48 * 1024
 } else if cfg!(mcu_pipeline_external) {
     32 * 1024
@@ -52,6 +54,8 @@ const FIXTURES: app::Fixtures<'static> = app::Fixtures {
     tiny_backbone: TINY_BACKBONE,
     tiny_inputs: TINY_INPUTS,
     tflite_landmark: TFLITE_LANDMARK,
+    mlperf_resnet8: MLPERF_RESNET8,
+    mlperf_inputs: MLPERF_INPUTS,
 };
 #[cfg(any(
     mcu_model = "landmark",
@@ -101,6 +105,18 @@ const TINY_INPUTS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pipeline-in
 #[cfg(not(any(mcu_model = "tiny-landmark", mcu_model = "tiny-fewshot")))]
 const TINY_INPUTS: &[u8] = &[];
 
+// MLPerf Tiny's ResNet-8, converted on the host, and its inputs (build.rs copies them from
+// `MCU_MLPERF_DIR`; the model is not in the repository).
+#[cfg(mcu_model = "mlperf-resnet8")]
+const MLPERF_RESNET8: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/mlperf-resnet8.safetensors"));
+#[cfg(not(mcu_model = "mlperf-resnet8"))]
+const MLPERF_RESNET8: &[u8] = &[];
+#[cfg(mcu_model = "mlperf-resnet8")]
+const MLPERF_INPUTS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mlperf-inputs.bin"));
+#[cfg(not(mcu_model = "mlperf-resnet8"))]
+const MLPERF_INPUTS: &[u8] = &[];
+
 struct Board;
 
 impl app::Platform for Board {
@@ -112,6 +128,7 @@ impl app::Platform for Board {
         tiny_landmark: cfg!(mcu_model = "tiny-landmark"),
         tiny_fewshot: cfg!(mcu_model = "tiny-fewshot"),
         tflite_landmark: cfg!(mcu_model = "tflite-landmark"),
+        mlperf_resnet8: cfg!(mcu_model = "mlperf-resnet8"),
     };
     fn now(&mut self) -> u64 {
         icount::now()
@@ -184,7 +201,28 @@ fn main() -> ! {
         defmt::error!("FAILED hostile run");
         fault::exit_fail()
     }
-    #[cfg(not(feature = "hostile"))]
+    // The kernel-check mode (feature `kernel-check`) replaces it too: random convolutions, the
+    // DSP kernel against the reference (kernel_check.rs).
+    #[cfg(feature = "kernel-check")]
+    {
+        let _ = &arena;
+        let t0 = icount::now();
+        let s = kernel_check::run(|case| defmt::error!("KERNEL MISMATCH case {=u32}", case));
+        defmt::info!(
+            "KERNELS cases {=u32} dsp {=u32} mismatches {=u32} add_cases {=u32} add_mismatches {=u32} checksum {=u32} insns {=u64}",
+            s.cases,
+            s.dsp,
+            s.mismatches,
+            s.add_cases,
+            s.add_mismatches,
+            s.checksum,
+            icount::now() - t0
+        );
+        if s.mismatches + s.add_mismatches > 0 {
+            fault::exit_fail()
+        }
+    }
+    #[cfg(not(any(feature = "hostile", feature = "kernel-check")))]
     if let Err(e) = app::run(&mut Board, FIXTURES, arena) {
         defmt::error!("FAILED {}", defmt::Debug2Format(&e));
         fault::exit_fail()

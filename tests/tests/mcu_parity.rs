@@ -17,6 +17,13 @@
 //!   same cases run through the C API on the host (`runtime-mcu/src/hostile.rs`, included below),
 //!   with no undocumented code, no panic and no fault (its HardFault handler's self-test must
 //!   report), and its heap and stack high-water marks inside the board's map.
+//! * `kernels_match_the_reference_on_the_mcu`: the firmware's kernel-check mode (feature
+//!   `kernel-check`, `runtime-mcu/src/kernel_check.rs`) runs random int8 convolutions through the
+//!   Cortex-M4 DSP kernel and through the reference kernel on the device: no byte may differ,
+//!   and the reference outputs must hash to what the same cases give on the host.
+//! * `mlperf_resnet8_on_the_mcu` (issue #31 item 4): MLPerf Tiny's own ResNet-8 `.tflite`, from
+//!   the path in `MLPERF_RESNET8_TFLITE` (not in the repository; unset: SKIP), on the MCU,
+//!   bit for bit against the host, with its instructions per inference and per MAC.
 
 extern crate alloc;
 
@@ -26,6 +33,8 @@ mod app;
 // Shared with the firmware and the other test: each user calls only part of it.
 #[allow(dead_code)]
 mod hostile;
+#[path = "../../runtime-mcu/src/kernel_check.rs"]
+mod kernel_check;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -407,6 +416,7 @@ impl<const PIPELINE_ONLY: bool> app::Platform for Host<PIPELINE_ONLY> {
             tiny_landmark: true,
             tiny_fewshot: true,
             tflite_landmark: false,
+            mlperf_resnet8: false,
         }
     } else {
         app::Parts::ALL
@@ -466,6 +476,8 @@ impl FixtureFiles {
             tiny_backbone: &self.tiny_bb,
             tiny_inputs: &self.tiny_in,
             tflite_landmark: &self.tfl_lm,
+            mlperf_resnet8: &[],
+            mlperf_inputs: &[],
         }
     }
 }
@@ -764,6 +776,8 @@ fn study_models_on_the_mcu() {
         tiny_backbone: &backbone,
         tiny_inputs: &inputs,
         tflite_landmark: &[],
+        mlperf_resnet8: &[],
+        mlperf_inputs: &[],
     };
     let host = run_host_parts::<true>(fx).unwrap_or_else(|e| panic!("host run failed: {e:?}"));
     if !have_qemu("study_models_on_the_mcu") {
@@ -948,4 +962,187 @@ fn hostile_models_on_the_mcu() {
          {stack_cap} B (RAM {length} B, statics end at {:#x})",
         static_end
     );
+}
+
+/// The part of the program a firmware built with `MCU_MODELS=mlperf-resnet8` runs.
+struct HostMlperf {
+    lines: Vec<String>,
+}
+
+impl app::Platform for HostMlperf {
+    const PARTS: app::Parts = app::Parts {
+        landmark: false,
+        fewshot: false,
+        resnet8: false,
+        tiny_landmark: false,
+        tiny_fewshot: false,
+        tflite_landmark: false,
+        mlperf_resnet8: true,
+    };
+    fn now(&mut self) -> u64 {
+        0
+    }
+    fn reset_heap_peak(&mut self) {}
+    fn heap_peak(&mut self) -> u64 {
+        0
+    }
+    fn result(&mut self, prefix: &str, tag: &str, idx: usize, values: &[u32]) {
+        self.lines.push(format!("{prefix}{tag} {idx} {values:?}"));
+    }
+    fn result_f32(&mut self, _: &str, _: &str, _: usize, _: &[f32]) {
+        unreachable!("the MLPerf part prints int8 outputs")
+    }
+    fn footprint(&mut self, _: &str, _: &str, _: u64) {}
+}
+
+/// MLPerf Tiny's own ResNet-8 on the MCU (issue #31 item 4): its `.tflite`
+/// (`pretrainedResnet_quant.tflite` from mlcommons/tiny, at the path in `MLPERF_RESNET8_TFLITE`;
+/// unset: SKIP, as the exporter's TFLite Micro test) is converted here by
+/// `runtime_core::tflite` (on the host: the conversion's heap peak is about twice the 96 KiB
+/// file, more than the board's 256 KiB of RAM holds beside the arena), embedded with
+/// `MCU_MODELS=mlperf-resnet8 MCU_MLPERF_DIR=…`, and run under QEMU on the fixture images as
+/// int8 inputs (pixel − 128, the model's input quantisation: scale 1, zero point −128). Every
+/// int8 output (the 10 scores after its int8 SOFTMAX) must equal runtime-core's on the host for
+/// the same input. Prints the executed instructions per inference and per MAC; the log and
+/// footprint report go to `target/mcu-mlperf-report.txt`.
+#[test]
+fn mlperf_resnet8_on_the_mcu() {
+    const ENV: &str = "MLPERF_RESNET8_TFLITE";
+    let Some(path) = std::env::var_os(ENV) else {
+        println!(
+            "SKIP mlperf_resnet8_on_the_mcu: {ENV} is not set (the path of MLPerf Tiny's \
+             pretrainedResnet_quant.tflite)"
+        );
+        return;
+    };
+    if !have_qemu("mlperf_resnet8_on_the_mcu") {
+        return;
+    }
+    let file =
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{ENV}={}: {e}", path.to_string_lossy()));
+    let model = runtime_core::tflite::to_model_bytes(&file)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.to_string_lossy()));
+    let m = Model::parse(&model).unwrap();
+    assert_eq!(m.input_shape(), [32, 32, 3], "MLPerf ResNet-8's input");
+    let desc = m.input_desc();
+    // The fixture images (RGB8, 32×32) as the model's int8 input: pixel − 128.
+    let images = read("fixtures/mcu/images.bin");
+    let im = app::Images::parse(&images).unwrap();
+    let mut inputs = Vec::new();
+    for i in 0..3 {
+        let app::Input::Rgb8(px) = im.landmark(i) else {
+            panic!("images.bin holds RGB8 images")
+        };
+        inputs.extend(px.iter().map(|&v| v.wrapping_sub(128)));
+    }
+    let dir = root().join("target/mlperf-mcu");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &model).unwrap();
+    std::fs::write(dir.join("inputs.bin"), &inputs).unwrap();
+
+    let log = run_mcu_log(
+        &[
+            ("MCU_MODELS", "mlperf-resnet8".as_ref()),
+            ("MCU_MLPERF_DIR", dir.as_os_str()),
+        ],
+        "mcu-mlperf-report.txt",
+    );
+    let mcu: Vec<String> = log
+        .lines()
+        .filter_map(|l| {
+            l.split_once("RESULT ")
+                .map(|(_, r)| r.trim_end().to_string())
+        })
+        .collect();
+    let fx = app::Fixtures {
+        landmark: &[],
+        backbone: &[],
+        resnet8: &[],
+        images: &[],
+        tiny_landmark: &[],
+        tiny_backbone: &[],
+        tiny_inputs: &[],
+        tflite_landmark: &[],
+        mlperf_resnet8: &model,
+        mlperf_inputs: &inputs,
+    };
+    let mut host = HostMlperf { lines: Vec::new() };
+    let mut arena = vec![0u8; 1 << 20];
+    app::run(&mut host, fx, &mut arena).unwrap_or_else(|e| panic!("host run failed: {e:?}"));
+    assert_eq!(host.lines.len(), 3, "{:?}", host.lines);
+    // Independent of the program: the host lines are runtime-core's int8 outputs.
+    for (i, line) in host.lines.iter().enumerate() {
+        let n = m.input_len();
+        let mut a = vec![0u8; m.arena_bytes()];
+        for (d, &b) in m
+            .input_slot_i8(&mut a)
+            .unwrap()
+            .iter_mut()
+            .zip(&inputs[i * n..][..n])
+        {
+            *d = b as i8;
+        }
+        let y: Vec<u32> = m
+            .run_i8_in_arena(&mut a)
+            .unwrap()
+            .iter()
+            .map(|&v| u32::from(v as u8))
+            .collect();
+        assert_eq!(line, &format!("mlperf_out {i} {y:?}"));
+    }
+    assert_same_results(&mcu, &host.lines);
+    let insns = footprint(&log, "mlperf-resnet8.infer_insns");
+    let macs = footprint(&log, "mlperf-resnet8.macs");
+    println!(
+        "MLPerf Tiny ResNet-8 on the Cortex-M4 (QEMU mps2-an386): {insns} instructions per \
+         inference, {macs} MACs, {:.3} instructions per MAC; input scale {} zero point {}; \
+         outputs bit for bit with the host",
+        insns as f64 / macs as f64,
+        desc.scale,
+        desc.zp
+    );
+}
+
+/// The Cortex-M4 conv kernel against runtime-core's reference kernel on random convolutions, and
+/// the tabulated add (its `asm!` loop) against the direct formula on random adds
+/// (`runtime-mcu/src/kernel_check.rs`), on the device: no mismatch, most convs on the DSP kernel
+/// (the others are the portable fallback's: `act_max` below 127, a multiplier of 1/4 or more,
+/// a single output pixel), and the device's reference outputs hash to the host's.
+#[test]
+fn kernels_match_the_reference_on_the_mcu() {
+    let host = kernel_check::run(|case| panic!("host: fast path != reference in case {case}"));
+    assert_eq!((host.mismatches, host.add_mismatches), (0, 0));
+    if !have_qemu("kernels_match_the_reference_on_the_mcu") {
+        return;
+    }
+    let log = run_mcu_log(
+        &[
+            ("MCU_FEATURES", "kernel-check".as_ref()),
+            ("MCU_MODELS", "landmark".as_ref()),
+        ],
+        "mcu-kernels-report.txt",
+    );
+    let line = log
+        .lines()
+        .find_map(|l| l.split_once("KERNELS ").map(|(_, r)| r.trim()))
+        .unwrap_or_else(|| panic!("no KERNELS line in the log:\n{log}"));
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let num = |key: &str| -> u64 {
+        let i = f
+            .iter()
+            .position(|&w| w == key)
+            .unwrap_or_else(|| panic!("{key} in {line}"));
+        f[i + 1].parse().unwrap()
+    };
+    assert_eq!(num("mismatches"), 0, "{line}");
+    assert_eq!(num("add_mismatches"), 0, "{line}");
+    assert_eq!(num("cases"), u64::from(host.cases), "{line}");
+    assert_eq!(num("add_cases"), u64::from(host.add_cases), "{line}");
+    assert_eq!(num("checksum"), u64::from(host.checksum), "{line}");
+    let dsp = num("dsp");
+    assert!(
+        dsp * 2 > u64::from(host.cases),
+        "only {dsp} cases on the DSP kernel: {line}"
+    );
+    println!("kernel check on the MCU: {line}");
 }

@@ -206,7 +206,7 @@ impl PreparedI8 {
             return a.backend();
         }
         #[cfg(rt_dsp)]
-        if super::arch::cortex_m::supports(&p.win) {
+        if super::arch::cortex_m::supports(p, &self.chan) {
             return "cortex-m4-dsp";
         }
         if direct_1x1(&p.win) || p.win.kh * p.win.kw * p.win.in_c <= PORTABLE_MAX_K {
@@ -258,8 +258,10 @@ pub(crate) fn direct_1x1(w: &Window) -> bool {
 }
 
 /// Writes output pixel `(oy, ox)`'s column (`kh·kw·in_c` values, OHWI tap order) into `dst`,
-/// padded taps holding `zp`.
-#[inline(always)]
+/// padded taps holding `zp`. On a Cortex-M4 (only layers whose `in_c` is not a multiple of 4,
+/// e.g. a 3-channel stem, im2col there) one out-of-line copy serves both kernels: flash.
+#[cfg_attr(not(rt_dsp), inline(always))]
+#[cfg_attr(rt_dsp, inline(never))]
 pub(crate) fn im2col(w: &Window, input: &[i8], oy: usize, ox: usize, zp: i8, dst: &mut [i8]) {
     let (iy0, ky_s, ky_e) = w.rows(oy);
     let (ix0, kx_s, kx_e) = w.cols(ox);
@@ -328,7 +330,7 @@ pub fn conv2d_i8_prepared(
         }
     }
     #[cfg(rt_dsp)]
-    if super::arch::cortex_m::supports(&p.win) {
+    if super::arch::cortex_m::supports(p, &prep.chan) {
         super::arch::cortex_m::conv(p, &prep.chan, input, output);
         return Ok(());
     }
@@ -468,7 +470,7 @@ fn portable_runs(p: &ConvI8, prep: &PreparedI8) -> bool {
         return false;
     }
     #[cfg(rt_dsp)]
-    if super::arch::cortex_m::supports(&p.win) {
+    if super::arch::cortex_m::supports(p, &prep.chan) {
         return false;
     }
     direct_1x1(&p.win) || p.win.kh * p.win.kw * p.win.in_c <= PORTABLE_MAX_K
