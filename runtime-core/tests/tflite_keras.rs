@@ -261,3 +261,22 @@ fn a_shape_whose_element_count_overflows_is_an_error() {
     let msg = format!("{e}");
     assert!(msg.contains("tensor"), "{msg}");
 }
+
+/// A second libFuzzer find (`tflite_convert`, 2026-12-07, after the fix above): an input tensor
+/// claiming about 1.5 G channels. The reader allocated the per-channel mean and std (6 GB)
+/// before the builder's channel check could refuse the input; it must refuse first, naming the
+/// input tensor and its channel count.
+#[test]
+fn an_input_with_too_many_channels_is_refused_before_allocating() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/tflite/fuzz-input-channels.tflite");
+    let bytes = std::fs::read(&path).unwrap();
+    let Err(e) = runtime_core::tflite::convert(&bytes) else {
+        panic!("an input of that many channels must be refused");
+    };
+    let msg = format!("{e}");
+    assert!(
+        msg.contains("input with") && msg.contains("channels (at most"),
+        "{msg}"
+    );
+}

@@ -561,6 +561,17 @@ pub fn convert(tflite: &[u8]) -> Result<Converted, TfliteError> {
         ));
     };
     let (h, w, c) = (h.max(0) as usize, w.max(0) as usize, c.max(0) as usize);
+    // Before the per-channel mean/std are allocated: a hostile channel count (libFuzzer found
+    // 1.5 G) would otherwise ask for gigabytes here, ahead of the builder's own check.
+    if c > crate::model::MAX_INPUT_CHANNELS {
+        return Err(at_tensor(
+            model_input,
+            TfliteErrorKind::Unsupported(format!(
+                "input with {c} channels (at most {})",
+                crate::model::MAX_INPUT_CHANNELS
+            )),
+        ));
+    }
     let floats = |key: &str| -> R<Option<Vec<f32>>> {
         let Some(b) = metadata(model, buffers, key)? else {
             return Ok(None);
