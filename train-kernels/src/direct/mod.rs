@@ -416,10 +416,8 @@ fn conv_image(
     let plane = fl.ho * fl.wo;
     for o in 0..c_out {
         for oy in 0..fl.ho {
-            let src = &flat_out[o * fl.qpad + oy * fl.wq..][..fl.wo];
-            for (d, &v) in out[o * plane + oy * fl.wo..][..fl.wo].iter_mut().zip(src) {
-                d.write(v);
-            }
+            out[o * plane + oy * fl.wo..][..fl.wo]
+                .write_copy_of_slice(&flat_out[o * fl.qpad + oy * fl.wq..][..fl.wo]);
         }
     }
 }
