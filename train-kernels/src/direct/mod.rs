@@ -347,9 +347,17 @@ impl InputGradPlan {
         })
     }
 
-    /// One image: `dy` (`c_out` planes of `ho × wo`) → `dx` (`c_in` planes of `h × w`, zeroed by
-    /// the caller: pixels no tap reaches, e.g. the odd ones of a 1×1 stride-2 conv, stay 0).
-    fn run(&self, isa: Isa, g: &Geom, dy: &[f32], dx: &mut [f32]) {
+    /// Whether [`Self::run`] writes every input pixel: each phase writes all pixels of its
+    /// residue class `(a·s + r − pad)`, and a class has a phase when some tap has `k ≡ r`
+    /// (mod `s`), i.e. for every class when the kernel is at least the stride.
+    fn writes_every_pixel(g: &Geom) -> bool {
+        g.kh >= g.stride && g.kw >= g.stride
+    }
+
+    /// One image: `dy` (`c_out` planes of `ho × wo`) → `dx` (`c_in` planes of `h × w`). Pixels
+    /// no tap reaches (the odd ones of a 1×1 stride-2 conv) are not written: the caller zeroes
+    /// `dx` first unless [`Self::writes_every_pixel`].
+    fn run(&self, isa: Isa, g: &Geom, dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
         let mut buf = Scratch::take(self.buf_len);
         self.base.fill(dy, &mut buf);
         let rows = g.c_in.div_ceil(FWD_R) * FWD_R;
@@ -368,10 +376,10 @@ impl InputGradPlan {
                     let src = &out[c * fl.qpad + i * fl.wq..][..fl.wo];
                     let drow = &mut dplane[(iy0 + i * s) * g.w..][..g.w];
                     if s == 1 {
-                        drow[ix0..ix0 + fl.wo].copy_from_slice(src);
+                        drow[ix0..ix0 + fl.wo].write_copy_of_slice(src);
                     } else {
                         for (d, &v) in drow[ix0..].iter_mut().step_by(s).zip(src) {
-                            *d = v;
+                            d.write(v);
                         }
                     }
                 }
@@ -456,9 +464,15 @@ pub fn input_grad_supported(g: &Geom) -> bool {
 pub fn input_grad(isa: Isa, g: &Geom, dy: &[f32], w: &[f32]) -> Option<Vec<f32>> {
     let plan = InputGradPlan::new(g, w)?;
     let (in_len, out_len) = (g.c_in * g.h * g.w, g.c_out * g.p());
-    let mut dx = vec![0f32; g.n * in_len];
+    // Zeroed only where some pixels get no gradient (a zeroing memset of every input gradient
+    // was 0.5 % of the study's step).
+    let mut dx = if InputGradPlan::writes_every_pixel(g) {
+        uninit(g.n * in_len)
+    } else {
+        vec![MaybeUninit::new(0f32); g.n * in_len]
+    };
     if in_len == 0 {
-        return Some(dx);
+        return Some(assume_init(dx));
     }
     let per = g.images_per_chunk();
     dx.par_chunks_mut(per * in_len)
@@ -469,7 +483,7 @@ pub fn input_grad(isa: Isa, g: &Geom, dy: &[f32], w: &[f32]) -> Option<Vec<f32>>
                 plan.run(isa, g, &dy[b * out_len..][..out_len], di);
             }
         });
-    Some(dx)
+    Some(assume_init(dx))
 }
 
 /// Weight gradient: `x (n, C_in, H, W)`, `dy (n, C_out, H_out, W_out)` → `(C_out, C_in, kh, kw)`.
