@@ -104,7 +104,9 @@ pub(super) unsafe fn stats(
     let vinit = _mm256_set1_pd(init);
     let full = hw / 8 * 8;
     // Pass 1: the sums, then the means.
-    let mut total = [init; WIDE];
+    // The totals stay in registers (`total[l] += s[l]` lane by lane); the pixels past the last
+    // whole vector, if any, go through an array.
+    let (mut tot_lo, mut tot_hi) = (vinit, vinit);
     for b in images.clone() {
         let p = planes(x, b, c, hw, ch);
         let (mut lo, mut hi) = (vinit, vinit);
@@ -115,23 +117,29 @@ pub(super) unsafe fn stats(
                 hi = _mm256_add_pd(hi, b);
             }
         }
-        let mut s = to_array(lo, hi);
-        for j in full..hw {
-            for l in 0..WIDE {
-                s[l] += p[l][j] as f64;
+        if full < hw {
+            let mut s = to_array(lo, hi);
+            for j in full..hw {
+                for l in 0..WIDE {
+                    s[l] += p[l][j] as f64;
+                }
             }
+            (lo, hi) = (
+                _mm256_loadu_pd(s.as_ptr()),
+                _mm256_loadu_pd(s.as_ptr().add(4)),
+            );
         }
-        for l in 0..WIDE {
-            total[l] += s[l];
-        }
+        tot_lo = _mm256_add_pd(tot_lo, lo);
+        tot_hi = _mm256_add_pd(tot_hi, hi);
     }
+    let total = to_array(tot_lo, tot_hi);
     let mean: [f64; WIDE] = std::array::from_fn(|l| total[l] / m);
     // Pass 2: the centred sums of squares (`powi(2)` is the product `d·d`).
     let (mlo, mhi) = (
         _mm256_loadu_pd(mean.as_ptr()),
         _mm256_loadu_pd(mean.as_ptr().add(4)),
     );
-    let mut total = [init; WIDE];
+    let (mut tot_lo, mut tot_hi) = (vinit, vinit);
     for b in images {
         let p = planes(x, b, c, hw, ch);
         let (mut lo, mut hi) = (vinit, vinit);
@@ -143,16 +151,22 @@ pub(super) unsafe fn stats(
                 hi = _mm256_add_pd(hi, _mm256_mul_pd(db, db));
             }
         }
-        let mut s = to_array(lo, hi);
-        for j in full..hw {
-            for l in 0..WIDE {
-                s[l] += (p[l][j] as f64 - mean[l]).powi(2);
+        if full < hw {
+            let mut s = to_array(lo, hi);
+            for j in full..hw {
+                for l in 0..WIDE {
+                    s[l] += (p[l][j] as f64 - mean[l]).powi(2);
+                }
             }
+            (lo, hi) = (
+                _mm256_loadu_pd(s.as_ptr()),
+                _mm256_loadu_pd(s.as_ptr().add(4)),
+            );
         }
-        for l in 0..WIDE {
-            total[l] += s[l];
-        }
+        tot_lo = _mm256_add_pd(tot_lo, lo);
+        tot_hi = _mm256_add_pd(tot_hi, hi);
     }
+    let total = to_array(tot_lo, tot_hi);
     std::array::from_fn(|l| (mean[l], total[l] / m))
 }
 
