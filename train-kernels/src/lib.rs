@@ -23,6 +23,7 @@ pub use batchnorm::{
     GroupedBatchNormTrain,
 };
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Result, Tensor};
@@ -79,4 +80,21 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
     } else {
         x.conv2d(w, padding, stride, 1, 1)
     }
+}
+
+/// An activation-sized output buffer, not zeroed (every element is written before
+/// [`assume_init`]; zeroing it first would be a pass over memory for nothing).
+pub(crate) fn uninit(len: usize) -> Vec<MaybeUninit<f32>> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: `MaybeUninit<f32>` needs no initialisation; the length stays within capacity.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// `v` as plain floats. Callers guarantee that every element was written.
+pub(crate) fn assume_init(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: every element was written (the callers' loops cover each index of the buffer);
+    // same allocation, length and capacity, and `MaybeUninit<f32>` has the layout of `f32`.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
 }

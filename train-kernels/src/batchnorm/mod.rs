@@ -28,6 +28,11 @@ use candle_core::{
 use rayon::prelude::*;
 
 use super::conv::contiguous_f32;
+use super::direct::Isa;
+use super::{assume_init, uninit};
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 fn nchw(l: &Layout) -> Result<(usize, usize, usize)> {
     match l.dims() {
@@ -36,33 +41,21 @@ fn nchw(l: &Layout) -> Result<(usize, usize, usize)> {
     }
 }
 
-/// An activation-sized output buffer, not zeroed (every element is written before
-/// [`assume_init`]; zeroing it first would be a pass over memory for nothing).
-fn uninit(len: usize) -> Vec<MaybeUninit<f32>> {
-    let mut v = Vec::with_capacity(len);
-    // SAFETY: `MaybeUninit<f32>` needs no initialisation; the length stays within capacity.
-    unsafe { v.set_len(len) };
-    v
-}
-
-/// `v` as plain floats. Callers guarantee that every element was written.
-fn assume_init(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
-    let mut v = std::mem::ManuallyDrop::new(v);
-    // SAFETY: every element was written (the callers' loops cover each index of the buffer);
-    // same allocation, length and capacity, and `MaybeUninit<f32>` has the layout of `f32`.
-    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
-}
-
 /// Channels whose sums one task runs side by side (see [`channel_stats`]).
 const LANES: usize = 4;
+/// Channels per block of the AVX2 reductions (`avx2.rs`): one f32 vector of channels.
+const WIDE: usize = 8;
 
-/// The channel blocks of `c` channels: `(first channel, lanes)`, [`LANES`] at a time, the
-/// remainder one by one.
-fn channel_blocks(c: usize) -> impl Iterator<Item = (usize, usize)> {
-    let full = c / LANES * LANES;
-    (0..full)
-        .step_by(LANES)
-        .map(|ch| (ch, LANES))
+/// The channel blocks of `c` channels: `(first channel, lanes)`: [`WIDE`] at a time where the
+/// AVX2 reductions run, then [`LANES`] at a time, the remainder one by one. The blocking only
+/// decides which channels share a task: every channel's sums are the same chain in any block.
+fn channel_blocks(c: usize, isa: Isa) -> impl Iterator<Item = (usize, usize)> {
+    let wide = if isa == Isa::Avx2 { c / WIDE * WIDE } else { 0 };
+    let full = wide + (c - wide) / LANES * LANES;
+    (0..wide)
+        .step_by(WIDE)
+        .map(|ch| (ch, WIDE))
+        .chain((wide..full).step_by(LANES).map(|ch| (ch, LANES)))
         .chain((full..c).map(|ch| (ch, 1)))
 }
 
@@ -72,18 +65,33 @@ fn channel_blocks(c: usize) -> impl Iterator<Item = (usize, usize)> {
 /// Each channel's sums are `Σ_images (Σ_pixels v)` with `Iterator::sum`'s fold (its start
 /// value, image-major, pixel order); [`LANES`] channels run interleaved in one task, each in its
 /// own chain, so the additions overlap (a single chain waits on the adder's latency) while every
-/// channel's result is what the one-channel loop gives, to the bit.
-fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize, groups: usize) -> Vec<(f64, f64)> {
+/// channel's result is what the one-channel loop gives, to the bit. With `isa` AVX2, blocks of
+/// [`WIDE`] channels run as vectors of channels (`avx2::stats`), the same chains to the bit.
+///
+/// Public for the benches and the tests, which compare the ISAs.
+pub fn channel_stats(
+    isa: Isa,
+    x: &[f32],
+    (n, c, hw): (usize, usize, usize),
+    groups: usize,
+) -> Vec<(f64, f64)> {
+    assert!(
+        groups > 0 && n % groups == 0 && x.len() >= n * c * hw,
+        "channel_stats: {n} images in {groups} groups, {} values for {c}×{hw} each",
+        x.len()
+    );
     let per = n / groups;
     let m = (per * hw) as f64;
     let blocks: Vec<(usize, usize, usize)> = (0..groups)
-        .flat_map(|g| channel_blocks(c).map(move |(ch, l)| (g, ch, l)))
+        .flat_map(|g| channel_blocks(c, isa).map(move |(ch, l)| (g, ch, l)))
         .collect();
     let done: Vec<Vec<(f64, f64)>> = blocks
         .par_iter()
         .map(|&(g, ch, l)| {
             let images = g * per..(g + 1) * per;
-            if l == LANES {
+            if l == WIDE {
+                wide_stats(x, c, hw, images, ch, m)
+            } else if l == LANES {
                 stats_lanes::<LANES>(x, c, hw, images, ch, m).to_vec()
             } else {
                 stats_lanes::<1>(x, c, hw, images, ch, m).to_vec()
@@ -142,6 +150,27 @@ fn stats_lanes<const L: usize>(
     std::array::from_fn(|l| (mean[l], total[l] / m))
 }
 
+/// [`stats_lanes`] of the [`WIDE`] channels `ch..ch + 8`, as AVX2 vectors of channels where
+/// the CPU has AVX2 (the same chains, to the bit: `avx2::stats`), else as two [`LANES`] blocks.
+fn wide_stats(
+    x: &[f32],
+    c: usize,
+    hw: usize,
+    images: std::ops::Range<usize>,
+    ch: usize,
+    m: f64,
+) -> Vec<(f64, f64)> {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present; the planes of `images` × `ch..ch + 8` lie inside `x`
+        // (checked by `channel_stats`, and again by the kernel's slicing).
+        return unsafe { avx2::stats(x, c, hw, images, ch, m) }.to_vec();
+    }
+    let mut v = stats_lanes::<LANES>(x, c, hw, images.clone(), ch, m).to_vec();
+    v.extend(stats_lanes::<LANES>(x, c, hw, images, ch + LANES, m));
+    v
+}
+
 /// `x → (2, G·C)` tensor of the groups' batch means (row 0) and biased batch variances (row 1),
 /// group-major; no gradient.
 struct BnStats {
@@ -156,7 +185,7 @@ impl CustomOp1 for BnStats {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, c, hw) = nchw(l)?;
         let x = contiguous_f32(s, l, "batch-norm input")?;
-        let st = channel_stats(&x, n, c, hw, self.groups);
+        let st = channel_stats(Isa::detect(), &x, (n, c, hw), self.groups);
         let mut out: Vec<f32> = st.iter().map(|s| s.0 as f32).collect();
         out.extend(st.iter().map(|s| s.1 as f32));
         Ok((CpuStorage::F32(out), Shape::from((2, self.groups * c))))
@@ -165,9 +194,9 @@ impl CustomOp1 for BnStats {
 
 /// The tails, as const-generic parameters of the kernels (one monomorphic, vectorisable loop
 /// each): `y = z`, `y = max(z, 0)`, `y = max(z + r, 0)`.
-const IDENTITY: u8 = 0;
-const RELU: u8 = 1;
-const ADD_RELU: u8 = 2;
+pub(crate) const IDENTITY: u8 = 0;
+pub(crate) const RELU: u8 = 1;
+pub(crate) const ADD_RELU: u8 = 2;
 
 /// The element-wise tail of [`batch_norm_train_tail`], after `z = γ·(x − μ)/σ + β`.
 #[derive(Clone, Copy, Debug)]
@@ -246,7 +275,7 @@ impl Affine {
 /// The pre-activation the tail's ReLU sees (`z`, or `z + r`), computed with exactly the f32
 /// operations of the forward, so the backward's mask is the forward's.
 #[inline(always)]
-fn pre<const T: u8>(v: f32, r: f32, (mu, scale, shift): (f32, f32, f32)) -> f32 {
+pub(crate) fn pre<const T: u8>(v: f32, r: f32, (mu, scale, shift): (f32, f32, f32)) -> f32 {
     let z = (v - mu) * scale + shift;
     if T == ADD_RELU {
         z + r
@@ -307,7 +336,7 @@ fn forward<const T: u8>(
 /// or for a ReLU `0 + g·[pre ≥ 0]` (candle's ReLU backward `g · (pre ≥ 0) as f32`, added into a
 /// fresh zero gradient by its gradient store; the residual add passes it on unchanged).
 #[inline(always)]
-fn tail_grad<const T: u8>(g: f32, v: f32, r: f32, coefs: (f32, f32, f32)) -> f32 {
+pub(crate) fn tail_grad<const T: u8>(g: f32, v: f32, r: f32, coefs: (f32, f32, f32)) -> f32 {
     if T == IDENTITY {
         return g;
     }
@@ -353,6 +382,45 @@ fn grad_sums<const T: u8, const L: usize>(
     std::array::from_fn(|l| (s_dy[l], s_dyx[l]))
 }
 
+/// [`grad_sums`] of the [`WIDE`] channels `ch..ch + 8` (statistics index `i..i + 8`), as AVX2
+/// vectors of channels where the CPU has AVX2 (the same chains, to the bit:
+/// `avx2::grad_sums`), else as two [`LANES`] blocks.
+#[allow(clippy::too_many_arguments)]
+fn wide_grad_sums<const T: u8>(
+    x: &[f32],
+    res: &[f32],
+    dy: &[f32],
+    a: &Affine,
+    c: usize,
+    hw: usize,
+    images: std::ops::Range<usize>,
+    i: usize,
+    ch: usize,
+) -> Vec<(f64, f64)> {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        let coefs: [(f32, f32, f32); WIDE] = std::array::from_fn(|l| a.coefs(i + l, ch + l));
+        let mu: [f64; WIDE] = std::array::from_fn(|l| a.mean[i + l] as f64);
+        let is: [f64; WIDE] = std::array::from_fn(|l| a.inv_std(i + l));
+        // SAFETY: AVX2 is present; the kernel slices every plane it reads (bounds-checked).
+        return unsafe { avx2::grad_sums::<T>(x, res, dy, &coefs, &mu, &is, c, hw, images, ch) }
+            .to_vec();
+    }
+    let mut v = grad_sums::<T, LANES>(x, res, dy, a, c, hw, images.clone(), i, ch).to_vec();
+    v.extend(grad_sums::<T, LANES>(
+        x,
+        res,
+        dy,
+        a,
+        c,
+        hw,
+        images,
+        i + LANES,
+        ch + LANES,
+    ));
+    v
+}
+
 /// Flat `[dx (N·C·H·W), dr (N·C·H·W, `AddRelu` only), dgamma (C), dbeta (C)]` of
 /// `y = tail(bn(x))` given `dy`.
 ///
@@ -363,6 +431,7 @@ fn grad_sums<const T: u8, const L: usize>(
 /// one BN call per group, so the grouped op is bit-identical with that loop (and the committed
 /// fixtures stay byte-identical).
 fn backward<const T: u8>(
+    isa: Isa,
     x: &[f32],
     res: &[f32],
     dy: &[f32],
@@ -376,13 +445,15 @@ fn backward<const T: u8>(
     // Per-(group, channel) sums (Σg, Σg·x̂), each one chain from 0 in (image, pixel) order,
     // [`LANES`] channels interleaved per task as in [`channel_stats`].
     let blocks: Vec<(usize, usize, usize)> = (0..groups)
-        .flat_map(|g| channel_blocks(c).map(move |(ch, l)| (g, ch, l)))
+        .flat_map(|g| channel_blocks(c, isa).map(move |(ch, l)| (g, ch, l)))
         .collect();
     let done: Vec<Vec<(f64, f64)>> = blocks
         .par_iter()
         .map(|&(g, ch, l)| {
             let images = g * per..(g + 1) * per;
-            if l == LANES {
+            if l == WIDE {
+                wide_grad_sums::<T>(x, res, dy, a, c, hw, images, g * c + ch, ch)
+            } else if l == LANES {
                 grad_sums::<T, LANES>(x, res, dy, a, c, hw, images, g * c + ch, ch).to_vec()
             } else {
                 grad_sums::<T, 1>(x, res, dy, a, c, hw, images, g * c + ch, ch).to_vec()
@@ -451,6 +522,40 @@ fn backward<const T: u8>(
         dgb[c + ch].write(dbeta);
     }
     assume_init(out)
+}
+
+/// The backward of batch-norm + ReLU on plain slices (`[dx, dγ, dβ]` as [`backward`]), with
+/// the batch statistics computed first, all with the kernels of `isa`. Public for the benches,
+/// which time the ISAs side by side; training reaches the same code through the ops' `bwd`.
+#[allow(clippy::too_many_arguments)]
+pub fn relu_backward(
+    isa: Isa,
+    x: &[f32],
+    dy: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    groups: usize,
+    dims: (usize, usize, usize),
+) -> Vec<f32> {
+    let st = channel_stats(isa, x, dims, groups);
+    let a = Affine {
+        mean: st.iter().map(|s| s.0 as f32).collect(),
+        var: st.iter().map(|s| s.1 as f32).collect(),
+        gamma: gamma.to_vec(),
+        beta: beta.to_vec(),
+        eps,
+        groups,
+    };
+    assert!(
+        gamma.len() == dims.1 && beta.len() == dims.1 && dy.len() == x.len(),
+        "relu_backward: gamma/beta of {} and {}, {} gradients for {} inputs of {dims:?}",
+        gamma.len(),
+        beta.len(),
+        dy.len(),
+        x.len()
+    );
+    backward::<RELU>(isa, x, &[], dy, &a, dims)
 }
 
 fn vec_f32<'a>(
@@ -606,7 +711,7 @@ impl<const T: u8> BnTrainGrad<T> {
             }
             None => std::borrow::Cow::Borrowed(&[][..]),
         };
-        let out = backward::<T>(&x, &r, &dy, &self.a, dims);
+        let out = backward::<T>(Isa::detect(), &x, &r, &dy, &self.a, dims);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
@@ -800,4 +905,127 @@ pub fn batch_norm_train_tail(
     let mean = stats.get(0)?.reshape((groups, c))?;
     let var = stats.get(1)?.reshape((groups, c))?;
     Ok(Some(GroupedBatchNormTrain { y, mean, var }))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The AVX2 reductions against the portable ones, bit for bit, on random shapes (odd plane
+    //! sizes, every channel count from 1 to 64, 1–3 groups), and the statistics against the
+    //! exact f64 formula.
+    use super::*;
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Values around a per-channel offset, a fifth of them exactly 0 (ReLU masks both ways;
+    /// `pre` lands on 0 where `x` is the mean of a constant channel).
+    fn data(len: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..len)
+            .map(|_| {
+                if rng.gen_range(0..5) == 0 {
+                    0.0
+                } else {
+                    rng.gen_range(-2.0f32..3.0)
+                }
+            })
+            .collect()
+    }
+
+    fn bits(v: &[(f64, f64)]) -> Vec<(u64, u64)> {
+        v.iter().map(|p| (p.0.to_bits(), p.1.to_bits())).collect()
+    }
+
+    fn affine(x: &[f32], dims: (usize, usize, usize), groups: usize, seed: u64) -> Affine {
+        let st = channel_stats(Isa::Portable, x, dims, groups);
+        let gb = data(2 * dims.1, seed);
+        Affine {
+            mean: st.iter().map(|s| s.0 as f32).collect(),
+            var: st.iter().map(|s| s.1 as f32).collect(),
+            gamma: gb[..dims.1].to_vec(),
+            beta: gb[dims.1..].to_vec(),
+            eps: 1e-5,
+            groups,
+        }
+    }
+
+    fn backward_bits<const T: u8>(
+        isa: Isa,
+        x: &[f32],
+        r: &[f32],
+        dy: &[f32],
+        a: &Affine,
+        dims: (usize, usize, usize),
+    ) -> Vec<u32> {
+        backward::<T>(isa, x, r, dy, a, dims)
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Tolerance 0: the AVX2 statistics are the portable ones to the bit; both within
+        /// 1e-12 (relative to the channel's scale) of the exact two-pass f64 formula.
+        #[test]
+        fn stats_avx2_is_portable_to_the_bit(groups in 1usize..4, per in 1usize..3,
+                                             c in 1usize..65, h in 1usize..10, w in 1usize..10,
+                                             seed in 0u64..1000) {
+            let (n, hw) = (groups * per, h * w);
+            let x = data(n * c * hw, seed);
+            let fast = channel_stats(Isa::detect(), &x, (n, c, hw), groups);
+            let port = channel_stats(Isa::Portable, &x, (n, c, hw), groups);
+            prop_assert_eq!(bits(&fast), bits(&port));
+            for g in 0..groups {
+                for ch in 0..c {
+                    let vals: Vec<f64> = (g * per..(g + 1) * per)
+                        .flat_map(|b| x[(b * c + ch) * hw..][..hw].iter().map(|&v| v as f64))
+                        .collect();
+                    let m = vals.len() as f64;
+                    let mean = vals.iter().sum::<f64>() / m;
+                    let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / m;
+                    let (fm, fv) = fast[g * c + ch];
+                    prop_assert!((fm - mean).abs() <= 1e-12 * (1.0 + mean.abs()), "mean {fm} vs {mean}");
+                    prop_assert!((fv - var).abs() <= 1e-12 * (1.0 + var), "var {fv} vs {var}");
+                }
+            }
+        }
+
+        /// Tolerance 0: the backward (both reductions and the dx/dr/dγ/dβ that follow) with
+        /// the AVX2 sums is the portable backward to the bit, for each tail.
+        #[test]
+        fn grad_sums_avx2_is_portable_to_the_bit(groups in 1usize..4, per in 1usize..3,
+                                                 c in 1usize..65, h in 1usize..10, w in 1usize..10,
+                                                 seed in 0u64..1000) {
+            let (n, hw) = (groups * per, h * w);
+            let dims = (n, c, hw);
+            let x = data(n * c * hw, seed);
+            let r = data(n * c * hw, seed + 1);
+            let dy = data(n * c * hw, seed + 2);
+            let a = affine(&x, dims, groups, seed + 3);
+            let fast = Isa::detect();
+            prop_assert_eq!(backward_bits::<IDENTITY>(fast, &x, &[], &dy, &a, dims),
+                            backward_bits::<IDENTITY>(Isa::Portable, &x, &[], &dy, &a, dims));
+            prop_assert_eq!(backward_bits::<RELU>(fast, &x, &[], &dy, &a, dims),
+                            backward_bits::<RELU>(Isa::Portable, &x, &[], &dy, &a, dims));
+            prop_assert_eq!(backward_bits::<ADD_RELU>(fast, &x, &r, &dy, &a, dims),
+                            backward_bits::<ADD_RELU>(Isa::Portable, &x, &r, &dy, &a, dims));
+        }
+    }
+
+    /// The blocks cover every channel once, in order, for both ISAs.
+    #[test]
+    fn channel_blocks_cover_each_channel_once() {
+        for isa in [Isa::Portable, Isa::Avx2] {
+            for c in 0..70 {
+                let mut next = 0;
+                for (ch, l) in channel_blocks(c, isa) {
+                    assert_eq!(ch, next);
+                    assert!(l == 1 || l == LANES || (l == WIDE && isa == Isa::Avx2));
+                    next += l;
+                }
+                assert_eq!(next, c);
+            }
+        }
+    }
 }
