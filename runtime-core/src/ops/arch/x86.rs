@@ -344,11 +344,7 @@ unsafe fn conv_avx2(
     let mut cols = [0i16; PIXELS_AVX2 * MAX_K];
     let end = pixels.end;
     let oc = p.out_c;
-    let ep = Epilogue {
-        lo: _mm256_set1_epi32(p.act_min - p.out_zp),
-        hi: _mm256_set1_epi32(p.act_max - p.out_zp),
-        zp: _mm256_set1_epi32(p.out_zp),
-    };
+    let ep = Epilogue::new(p.act_min, p.act_max, p.out_zp);
     let mut px = pixels.start;
     // Pixel `px`'s coordinates, advanced with it (no division per pixel).
     let (mut oy, mut ox) = (px / w.out_w, px % w.out_w);
@@ -424,11 +420,7 @@ unsafe fn conv_avx2_band(
     // The padded-input row each ring slot holds (none yet).
     let mut held = [usize::MAX; BAND_MAX_KH];
     let oc = p.out_c;
-    let ep = Epilogue {
-        lo: _mm256_set1_epi32(p.act_min - p.out_zp),
-        hi: _mm256_set1_epi32(p.act_max - p.out_zp),
-        zp: _mm256_set1_epi32(p.out_zp),
-    };
+    let ep = Epilogue::new(p.act_min, p.act_max, p.out_zp);
     let mut px = pixels.start;
     while px < pixels.end {
         let (oy, ox0) = (px / w.out_w, px % w.out_w);
@@ -507,11 +499,48 @@ unsafe fn block_band(
 }
 
 /// The output clamp of the AVX2 epilogue: `[act_min − out_zp, act_max − out_zp]`, then `+ out_zp`
-/// (the reference's `saturating_add(out_zp).clamp(act_min, act_max)`, without the overflow).
-struct Epilogue {
+/// (the reference's `saturating_add(out_zp).clamp(act_min, act_max)`, without the overflow),
+/// and the narrowing to bytes. Shared by the conv kernels and the residual add
+/// ([`super::x86_add`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Epilogue {
     lo: __m256i,
     hi: __m256i,
     zp: __m256i,
+}
+
+impl Epilogue {
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(crate) unsafe fn new(act_min: i32, act_max: i32, out_zp: i32) -> Epilogue {
+        Epilogue {
+            lo: _mm256_set1_epi32(act_min - out_zp),
+            hi: _mm256_set1_epi32(act_max - out_zp),
+            zp: _mm256_set1_epi32(out_zp),
+        }
+    }
+
+    /// 8 requantised values clamped and moved to the output zero point.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(crate) unsafe fn clamp(&self, y: __m256i) -> __m256i {
+        _mm256_add_epi32(
+            _mm256_min_epi32(_mm256_max_epi32(y, self.lo), self.hi),
+            self.zp,
+        )
+    }
+}
+
+/// The 16 output bytes of two vectors of 8 [`Epilogue::clamp`]ed values (`r[0]` the first 8).
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(crate) unsafe fn bytes16(r: [__m256i; 2]) -> __m128i {
+    // The values are in [−128, 127] already: the saturating packs are exact.
+    let v16 = _mm256_permute4x64_epi64::<0xd8>(_mm256_packs_epi32(r[0], r[1]));
+    _mm_packs_epi16(
+        _mm256_castsi256_si128(v16),
+        _mm256_extracti128_si256::<1>(v16),
+    )
 }
 
 /// Adds the partial sums of the 16-channel block `c0..` of `n` consecutive pixels (`acc`, the
@@ -549,14 +578,9 @@ unsafe fn store_pixels(
                 ),
                 None => mbqm8(acc8, mult[j], load8(&pk.lshift, c), load8(&pk.rshift, c)),
             };
-            *rj = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(y, ep.lo), ep.hi), ep.zp);
+            *rj = ep.clamp(y);
         }
-        // The values are in [−128, 127] already: the saturating packs are exact.
-        let v16 = _mm256_permute4x64_epi64::<0xd8>(_mm256_packs_epi32(r[0], r[1]));
-        let v8 = _mm_packs_epi16(
-            _mm256_castsi256_si128(v16),
-            _mm256_extracti128_si256::<1>(v16),
-        );
+        let v8 = bytes16(r);
         let d = dst.add(s * oc);
         if lanes == 16 {
             _mm_storeu_si128(d as *mut __m128i, v8);
