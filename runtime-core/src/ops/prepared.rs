@@ -28,7 +28,7 @@ use alloc::vec::Vec;
 use super::conv2d::{conv2d_i8, ConvI8};
 use super::fully_connected::FcI8;
 use super::requant::{multiply_by_quantized_multiplier_split, SHIFT_MAX, SHIFT_MIN};
-use super::{check, KernelError, Window};
+use super::{check, requant_lens_ok, window_lens_ok, KernelError, Window};
 
 /// Whether this build can choose the x86-64 AVX-512 VNNI kernel (with `std`, by run-time CPU
 /// detection); without `std` the host runs the portable loop.
@@ -344,12 +344,8 @@ pub(crate) fn requant(p: &ConvI8, c: &ChanQ, acc: i32) -> i8 {
 
 fn lens_ok(p: &ConvI8, prep: &PreparedI8, input: usize, output: usize) -> bool {
     let w = &p.win;
-    input == w.in_h * w.in_w * w.in_c
-        && output == w.out_h * w.out_w * p.out_c
-        && p.weights.len() == p.out_c * w.kh * w.kw * w.in_c
-        && p.bias.len() == p.out_c
-        && p.mult.len() == p.out_c
-        && p.shift.len() == p.out_c
+    window_lens_ok(w, p.out_c, w.in_c, input, output, p.weights.len())
+        && requant_lens_ok(p.out_c, p.bias, p.mult, p.shift)
         && prep.chan.len() == p.out_c
 }
 
