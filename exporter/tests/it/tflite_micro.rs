@@ -18,10 +18,11 @@ pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The int8 models compared: the real pipeline's exports (`fixtures/tiny`) and the MCU parity
-/// models (builder-made, random weights), among them a ResNet-18 with the ImageNet stem, whose
-/// 3×3 stride-2 pad-1 max pool needs the explicit −128 pad.
-const MODELS: &[&str] = &[
+/// The int8 models compared (here and by the other `.tflite` tests): the real pipeline's
+/// exports (`fixtures/tiny`) and the MCU parity models (builder-made, random weights), among
+/// them a ResNet-18 with the ImageNet stem, whose 3×3 stride-2 pad-1 max pool needs the explicit
+/// −128 pad.
+pub(crate) const MODELS: &[&str] = &[
     "fixtures/tiny/backbone-int8.safetensors",
     "fixtures/tiny/landmarks-int8.safetensors",
     "fixtures/mcu/resnet8.safetensors",
@@ -78,6 +79,14 @@ impl Lcg {
     }
 }
 
+/// `n` pseudo-random int8 tensors of `len` values over the whole range (the LCG's top byte).
+pub(crate) fn random_inputs(seed: u64, len: usize, n: usize) -> Vec<Vec<i8>> {
+    let mut rng = Lcg(seed);
+    (0..n)
+        .map(|_| (0..len).map(|_| (rng.next_u64() >> 56) as i8).collect())
+        .collect()
+}
+
 /// int8 inputs: the committed object images of the model's size, quantised by runtime-core's
 /// own preprocessing, then pseudo-random int8 tensors over the whole range (values no real
 /// image gives, e.g. far outside the calibration range).
@@ -102,14 +111,7 @@ fn inputs(m: &Model) -> Vec<Vec<i8>> {
             m.input_slot_i8(&mut arena).unwrap().to_vec()
         })
         .collect();
-    let mut rng = Lcg(0x7f1e);
-    for _ in 0..4 {
-        out.push(
-            (0..m.input_len())
-                .map(|_| (rng.next_u64() >> 56) as u8 as i8)
-                .collect(),
-        );
-    }
+    out.extend(random_inputs(0x7f1e, m.input_len(), 4));
     out
 }
 

@@ -12,7 +12,7 @@
 use runtime_core::tflite::convert;
 use runtime_core::{Model, OpKind};
 
-use super::tflite_micro::{have_tflite_micro, run_script, Lcg};
+use super::tflite_micro::{have_tflite_micro, random_inputs, run_script};
 
 /// The environment variable naming MLPerf Tiny's ResNet-8 `.tflite`.
 pub(crate) const ENV: &str = "MLPERF_RESNET8_TFLITE";
@@ -30,14 +30,7 @@ pub(crate) fn mlperf_resnet8(what: &str) -> Option<Vec<u8>> {
 /// over the whole range, then smooth images (gradients and stripes), whose outputs are less
 /// saturated.
 pub(crate) fn inputs(len: usize) -> Vec<Vec<i8>> {
-    let mut rng = Lcg(0x51_7CC1_B727_220A);
-    let mut out: Vec<Vec<i8>> = (0..12)
-        .map(|_| {
-            (0..len)
-                .map(|_| (rng.next_u64() >> 56) as u8 as i8)
-                .collect()
-        })
-        .collect();
+    let mut out = random_inputs(0x51_7CC1_B727_220A, len, 12);
     for k in 0..6usize {
         out.push(
             (0..len)
