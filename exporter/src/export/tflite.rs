@@ -82,7 +82,7 @@ use std::collections::HashMap;
 
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 use runtime_core::ops::requant::multiply_by_quantized_multiplier;
-use runtime_core::ops::Window;
+use runtime_core::ops::{F32Le, I32Le, Window};
 use runtime_core::{layer_multiplier, quantize_multiplier, Dtype, Model, Op, Task, TensorDesc};
 
 /// TFLite schema version the file declares (`TFLITE_SCHEMA_VERSION`).
@@ -360,6 +360,70 @@ impl Graph {
         Ok((y, fb::VALID))
     }
 
+    /// The fused activation of an int8 conv, dwconv or fc and its per-channel weight scales
+    /// ([`weight_scales`], which notes where they give TFLite other multipliers).
+    fn act_and_scales(
+        &mut self,
+        name: &str,
+        l: &Int8Layer,
+        ai: &TensorDesc,
+        ao: &TensorDesc,
+    ) -> Result<(i8, Vec<f32>), TfliteError> {
+        let act = fused(l.act_min, l.act_max, ao.zp, name)?;
+        let scales = (ai.scale, ao.scale);
+        let ws = weight_scales(l.stored, l.mult, l.shift, scales, name, &mut self.notes);
+        Ok((act, ws))
+    }
+
+    /// CONV_2D (`dm` `None`: an OHWI filter quantised along axis 0) or DEPTHWISE_CONV_2D
+    /// (`dm`: its depth multiplier; a `[1, KH, KW, OC]` filter quantised along axis 3) over
+    /// `win` from tensor `ii` to `io`: the same tensors, written in the same order.
+    #[allow(clippy::too_many_arguments)]
+    fn conv(
+        &mut self,
+        name: &str,
+        l: &Int8Layer,
+        win: &Window,
+        out_c: usize,
+        dm: Option<usize>,
+        (ii, ai): (u16, &TensorDesc),
+        (io, ao): (u16, &TensorDesc),
+    ) -> Result<(), TfliteError> {
+        let (act, ws) = self.act_and_scales(name, l, ai, ao)?;
+        let x = self.input4(ii, ai)?;
+        let (x, padding) = self.padded(win, x, ai, false, name)?;
+        let (kh, kw, oc) = (win.kh as i32, win.kw as i32, out_c as i32);
+        let (shape, axis) = match dm {
+            None => (vec![oc, kh, kw, win.in_c as i32], 0),
+            Some(_) => (vec![1, kh, kw, oc], 3),
+        };
+        let (wt, bt) =
+            self.weights_and_bias(name, shape, axis, l.weights, l.bias.iter(), ai.scale, &ws);
+        let y = self.activation(io, ao, nhwc(ao));
+        let stride = [win.stride_w as i32, win.stride_h as i32];
+        let (code, options) = match dm {
+            None => (
+                fb::op::CONV_2D,
+                Options::Conv {
+                    padding,
+                    stride,
+                    act,
+                },
+            ),
+            Some(dm) => (
+                fb::op::DEPTHWISE_CONV_2D,
+                Options::DepthwiseConv {
+                    padding,
+                    stride,
+                    depth_multiplier: dm as i32,
+                    act,
+                },
+            ),
+        };
+        self.op(code, vec![x, wt, bt], vec![y], options);
+        Ok(())
+    }
+
     /// Per-channel int8 weights (`ws.len()` channels along axis `dim`: 0 for conv and fc, 3
     /// for depthwise conv; zero points 0) and the int32 bias at scale `in_scale·w_scale[c]`;
     /// returns (weights, bias).
@@ -406,6 +470,18 @@ impl Graph {
     }
 }
 
+/// The parameters an int8 conv, dwconv or fc writes alike.
+struct Int8Layer<'a> {
+    weights: &'a [i8],
+    bias: I32Le<'a>,
+    mult: I32Le<'a>,
+    shift: I32Le<'a>,
+    /// The file's weight scales (`ws=`), where it has them.
+    stored: Option<F32Le<'a>>,
+    act_min: i32,
+    act_max: i32,
+}
+
 /// TFLite's `VALID` or `SAME` when one of them is the window's padding (module doc).
 fn tflite_padding(win: &Window) -> Option<i8> {
     let p = win.pads();
@@ -444,9 +520,9 @@ fn fused(act_min: i32, act_max: i32, zp: i32, name: &str) -> Result<i8, TfliteEr
 /// multipliers (see [`super::onnx`]); notes every channel whose TFLite multiplier
 /// (`layer_multiplier(in, ws, out)`, TFLite's own formula) is not the runtime's.
 fn weight_scales(
-    stored: Option<runtime_core::ops::F32Le>,
-    mult: runtime_core::ops::I32Le,
-    shift: runtime_core::ops::I32Le,
+    stored: Option<F32Le>,
+    mult: I32Le,
+    shift: I32Le,
     (in_scale, out_scale): (f32, f32),
     name: &str,
     notes: &mut Vec<String>,
@@ -541,102 +617,55 @@ pub(crate) fn build(model_bytes: &[u8]) -> Result<Graph, TfliteError> {
                 conv,
                 weight_scales: stored,
             } => {
-                let name = format!("conv_t{io}");
-                let act = fused(conv.act_min, conv.act_max, ao.zp, &name)?;
-                let ws = weight_scales(
+                let l = Int8Layer {
+                    weights: conv.weights,
+                    bias: conv.bias,
+                    mult: conv.mult,
+                    shift: conv.shift,
                     stored,
-                    conv.mult,
-                    conv.shift,
-                    (ai.scale, ao.scale),
-                    &name,
-                    &mut g.notes,
-                );
-                let x = g.input4(ii, &ai)?;
-                let (x, padding) = g.padded(&conv.win, x, &ai, false, &name)?;
-                let w = &conv.win;
-                let shape = vec![conv.out_c as i32, w.kh as i32, w.kw as i32, w.in_c as i32];
-                let (wt, bt) = g.weights_and_bias(
-                    &name,
-                    shape,
-                    0,
-                    conv.weights,
-                    conv.bias.iter(),
-                    ai.scale,
-                    &ws,
-                );
-                let y = g.activation(io, &ao, nhwc(&ao));
-                let stride = [w.stride_w as i32, w.stride_h as i32];
-                g.op(
-                    fb::op::CONV_2D,
-                    vec![x, wt, bt],
-                    vec![y],
-                    Options::Conv {
-                        padding,
-                        stride,
-                        act,
-                    },
-                );
+                    act_min: conv.act_min,
+                    act_max: conv.act_max,
+                };
+                let name = format!("conv_t{io}");
+                g.conv(&name, &l, &conv.win, conv.out_c, None, (ii, &ai), (io, &ao))?;
             }
             Op::DwConvI8 {
                 conv,
                 weight_scales: stored,
             } => {
-                let name = format!("dwconv_t{io}");
-                let act = fused(conv.act_min, conv.act_max, ao.zp, &name)?;
-                let ws = weight_scales(
+                let l = Int8Layer {
+                    weights: conv.weights,
+                    bias: conv.bias,
+                    mult: conv.mult,
+                    shift: conv.shift,
                     stored,
-                    conv.mult,
-                    conv.shift,
-                    (ai.scale, ao.scale),
-                    &name,
-                    &mut g.notes,
-                );
-                let x = g.input4(ii, &ai)?;
-                let (x, padding) = g.padded(&conv.win, x, &ai, false, &name)?;
-                let w = &conv.win;
-                let shape = vec![1, w.kh as i32, w.kw as i32, conv.out_c() as i32];
-                let (wt, bt) = g.weights_and_bias(
-                    &name,
-                    shape,
-                    3,
-                    conv.weights,
-                    conv.bias.iter(),
-                    ai.scale,
-                    &ws,
-                );
-                let y = g.activation(io, &ao, nhwc(&ao));
-                g.op(
-                    fb::op::DEPTHWISE_CONV_2D,
-                    vec![x, wt, bt],
-                    vec![y],
-                    Options::DepthwiseConv {
-                        padding,
-                        stride: [w.stride_w as i32, w.stride_h as i32],
-                        depth_multiplier: conv.depth_mult as i32,
-                        act,
-                    },
-                );
+                    act_min: conv.act_min,
+                    act_max: conv.act_max,
+                };
+                let (name, dm) = (format!("dwconv_t{io}"), Some(conv.depth_mult));
+                g.conv(&name, &l, &conv.win, conv.out_c(), dm, (ii, &ai), (io, &ao))?;
             }
             Op::FcI8 {
                 fc,
                 weight_scales: stored,
             } => {
-                let name = format!("fc_t{io}");
-                let act = fused(fc.act_min, fc.act_max, ao.zp, &name)?;
-                let ws = weight_scales(
+                let l = Int8Layer {
+                    weights: fc.weights,
+                    bias: fc.bias,
+                    mult: fc.mult,
+                    shift: fc.shift,
                     stored,
-                    fc.mult,
-                    fc.shift,
-                    (ai.scale, ao.scale),
-                    &name,
-                    &mut g.notes,
-                );
+                    act_min: fc.act_min,
+                    act_max: fc.act_max,
+                };
+                let name = format!("fc_t{io}");
+                let (act, ws) = g.act_and_scales(&name, &l, &ai, &ao)?;
                 // FULLY_CONNECTED reads any input shape as [batch, in_len] in memory order,
                 // i.e. NHWC flattened, the runtime's order.
                 let x = g.input(ii)?;
                 let shape = vec![fc.out_len as i32, fc.in_len as i32];
                 let (wt, bt) =
-                    g.weights_and_bias(&name, shape, 0, fc.weights, fc.bias.iter(), ai.scale, &ws);
+                    g.weights_and_bias(&name, shape, 0, l.weights, l.bias.iter(), ai.scale, &ws);
                 let y = g.activation(io, &ao, vec![1, fc.out_len as i32]);
                 g.op(
                     fb::op::FULLY_CONNECTED,

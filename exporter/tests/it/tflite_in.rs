@@ -7,15 +7,7 @@ use exporter::export::tflite;
 use runtime_core::tflite::{is_tflite, to_model_bytes};
 use runtime_core::Model;
 
-/// The same int8 models the TFLite Micro comparison uses (pipeline exports and the MCU models:
-/// PAD + VALID convs, PADV2 −128 max pools, FC outputs read as NHWC, MEAN, LEAKY_RELU).
-const MODELS: &[&str] = &[
-    "fixtures/tiny/backbone-int8.safetensors",
-    "fixtures/tiny/landmarks-int8.safetensors",
-    "fixtures/mcu/resnet8.safetensors",
-    "fixtures/mcu/backbone.safetensors",
-    "fixtures/mcu/landmark.safetensors",
-];
+use super::tflite_micro::{random_inputs, MODELS};
 
 fn read(rel: &str) -> Vec<u8> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
@@ -24,19 +16,7 @@ fn read(rel: &str) -> Vec<u8> {
 
 /// Deterministic int8 inputs covering the whole range.
 fn inputs(len: usize, n: usize) -> Vec<Vec<i8>> {
-    let mut s = 0x9E37_79B9_7F4A_7C15u64;
-    (0..n)
-        .map(|_| {
-            (0..len)
-                .map(|_| {
-                    s = s
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    (s >> 56) as i8
-                })
-                .collect()
-        })
-        .collect()
+    random_inputs(0x9E37_79B9_7F4A_7C15, len, n)
 }
 
 fn run(m: &Model, x: &[i8]) -> Vec<i8> {

@@ -18,7 +18,7 @@ use std::process::Command;
 use exporter::export::tflite;
 use runtime_core::Model;
 
-use super::tflite_micro::root;
+use super::tflite_micro::{random_inputs, root, MODELS};
 
 fn have_litert() -> bool {
     Command::new("python3")
@@ -35,19 +35,7 @@ fn run_litert(tflite_bytes: &[u8], xs: &[Vec<i8>]) -> Vec<i8> {
 
 /// Deterministic int8 inputs over the whole range.
 fn inputs(len: usize, n: usize) -> Vec<Vec<i8>> {
-    let mut s = 0x1F2E_3D4C_5B6A_7988u64;
-    (0..n)
-        .map(|_| {
-            (0..len)
-                .map(|_| {
-                    s = s
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    (s >> 56) as i8
-                })
-                .collect()
-        })
-        .collect()
+    random_inputs(0x1F2E_3D4C_5B6A_7988, len, n)
 }
 
 /// Per-output difference of `a` to `b` (`n` outputs per input): max |Δ| per output index, the
@@ -85,15 +73,6 @@ fn run_runtime(m: &Model, xs: &[Vec<i8>]) -> Vec<i8> {
         .flat_map(|x| m.run_int8_raw(x, &mut arena).unwrap().to_vec())
         .collect()
 }
-
-/// The int8 models the other TFLite tests use (pipeline exports, MCU parity models).
-const MODELS: &[&str] = &[
-    "fixtures/tiny/backbone-int8.safetensors",
-    "fixtures/tiny/landmarks-int8.safetensors",
-    "fixtures/mcu/resnet8.safetensors",
-    "fixtures/mcu/backbone.safetensors",
-    "fixtures/mcu/landmark.safetensors",
-];
 
 /// The largest per-output difference accepted on our exports (pseudo-random inputs over the
 /// whole int8 range, which drive activations to their extremes): XNNPACK's rounding, measured at

@@ -18,10 +18,11 @@ pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The int8 models compared: the real pipeline's exports (`fixtures/tiny`) and the MCU parity
-/// models (builder-made, random weights), among them a ResNet-18 with the ImageNet stem, whose
-/// 3×3 stride-2 pad-1 max pool needs the explicit −128 pad.
-const MODELS: &[&str] = &[
+/// The int8 models compared (here and by the other `.tflite` tests): the real pipeline's
+/// exports (`fixtures/tiny`) and the MCU parity models (builder-made, random weights), among
+/// them a ResNet-18 with the ImageNet stem, whose 3×3 stride-2 pad-1 max pool needs the explicit
+/// −128 pad.
+pub(crate) const MODELS: &[&str] = &[
     "fixtures/tiny/backbone-int8.safetensors",
     "fixtures/tiny/landmarks-int8.safetensors",
     "fixtures/mcu/resnet8.safetensors",
@@ -38,6 +39,52 @@ pub(crate) fn have_tflite_micro() -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
+}
+
+/// Whether TFLite Micro is missing, after printing the test's SKIP line (`what`: which test).
+pub(crate) fn skip_without_tflite_micro(what: &str) -> bool {
+    if have_tflite_micro() {
+        return false;
+    }
+    println!(
+        "SKIP tflite_micro{what}: python3 cannot import tflite_micro/numpy (scripts/setup.sh \
+         installs them with `pip install tflite-micro`; did that fail?)"
+    );
+    true
+}
+
+/// The tests' pseudo-random numbers: a 64-bit LCG (Knuth's MMIX constants) from a seed.
+pub(crate) struct Lcg(pub u64);
+
+impl Lcg {
+    /// The next state.
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0
+    }
+
+    /// The next state's high 31 bits.
+    pub(crate) fn next(&mut self) -> u32 {
+        (self.next_u64() >> 33) as u32
+    }
+
+    /// `n` int8 weights over [−127, 127] (the loader's range).
+    pub(crate) fn weights(&mut self, n: usize) -> Vec<i8> {
+        (0..n)
+            .map(|_| ((self.next() % 255) as i32 - 127) as i8)
+            .collect()
+    }
+}
+
+/// `n` pseudo-random int8 tensors of `len` values over the whole range (the LCG's top byte).
+pub(crate) fn random_inputs(seed: u64, len: usize, n: usize) -> Vec<Vec<i8>> {
+    let mut rng = Lcg(seed);
+    (0..n)
+        .map(|_| (0..len).map(|_| (rng.next_u64() >> 56) as i8).collect())
+        .collect()
 }
 
 /// int8 inputs: the committed object images of the model's size, quantised by runtime-core's
@@ -64,32 +111,15 @@ fn inputs(m: &Model) -> Vec<Vec<i8>> {
             m.input_slot_i8(&mut arena).unwrap().to_vec()
         })
         .collect();
-    let mut s: u64 = 0x7f1e;
-    for _ in 0..4 {
-        out.push(
-            (0..m.input_len())
-                .map(|_| {
-                    s = s
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    (s >> 56) as u8 as i8
-                })
-                .collect(),
-        );
-    }
+    out.extend(random_inputs(0x7f1e, m.input_len(), 4));
     out
 }
 
 #[test]
 fn tflite_micro_agrees_bit_for_bit() {
-    if !have_tflite_micro() {
-        println!(
-            "SKIP tflite_micro: python3 cannot import tflite_micro/numpy (scripts/setup.sh \
-             installs them with `pip install tflite-micro`; did that fail?)"
-        );
+    if skip_without_tflite_micro("") {
         return;
     }
-    let script = root().join("scripts/tflite_run.py");
     for rel in MODELS {
         let name = Path::new(rel).file_stem().unwrap().to_string_lossy();
         let bytes = std::fs::read(root().join(rel)).unwrap();
@@ -130,34 +160,7 @@ fn tflite_micro_agrees_bit_for_bit() {
         assert!(t.notes.is_empty(), "{name}: {:#?}", t.notes);
         let xs = inputs(&m);
         let dir = tempfile::tempdir().unwrap();
-        let (model, xin, xout) = (
-            dir.path().join(format!("{name}.tflite")),
-            dir.path().join("in.bin"),
-            dir.path().join("out.bin"),
-        );
-        std::fs::write(&model, &t.bytes).unwrap();
-        let raw: Vec<u8> = xs.iter().flatten().map(|&v| v as u8).collect();
-        std::fs::write(&xin, raw).unwrap();
-        let o = Command::new("python3")
-            .arg(&script)
-            .arg(&model)
-            .arg(&xin)
-            .arg(xs.len().to_string())
-            .arg(&xout)
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{name}: tflite_run.py failed: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let got: Vec<i8> = std::fs::read(&xout)
-            .unwrap()
-            .into_iter()
-            .map(|b| b as i8)
-            .collect();
+        let (got, stdout) = run_script("tflite_run.py", &t.bytes, &xs, Some(dir.path()));
         let mut arena = vec![0u8; m.arena_bytes()];
         let mut want: Vec<i8> = Vec::new();
         let (mut tensors, mut values) = (0usize, 0usize);
@@ -190,7 +193,7 @@ fn tflite_micro_agrees_bit_for_bit() {
             t.bytes.len(),
             xs.len(),
             want.len(),
-            String::from_utf8_lossy(&o.stdout).trim()
+            stdout.trim()
         );
         assert!(differ.is_empty(), "{name}: tensors differ: {differ:#?}");
         assert!(
@@ -209,6 +212,18 @@ pub(crate) fn run_tflm(tflite_bytes: &[u8], xs: &[Vec<i8>]) -> Vec<i8> {
 /// Runs `tflite_bytes` through `scripts/<script>` (model, input file, input count, output file:
 /// the interface `tflite_run.py` and `litert_run.py` share) on `xs`; the outputs back to back.
 pub(crate) fn run_python_engine(script: &str, tflite_bytes: &[u8], xs: &[Vec<i8>]) -> Vec<i8> {
+    run_script(script, tflite_bytes, xs, None).0
+}
+
+/// [`run_python_engine`], also asking the script to write every intermediate tensor it keeps
+/// into `trace_dir` (`s<input>_t<id>.bin`; `tflite_run.py` does); the outputs and the
+/// script's stdout.
+pub(crate) fn run_script(
+    script: &str,
+    tflite_bytes: &[u8],
+    xs: &[Vec<i8>],
+    trace_dir: Option<&Path>,
+) -> (Vec<i8>, String) {
     let dir = tempfile::tempdir().unwrap();
     let (model, xin, xout) = (
         dir.path().join("m.tflite"),
@@ -218,25 +233,56 @@ pub(crate) fn run_python_engine(script: &str, tflite_bytes: &[u8], xs: &[Vec<i8>
     std::fs::write(&model, tflite_bytes).unwrap();
     let raw: Vec<u8> = xs.iter().flatten().map(|&v| v as u8).collect();
     std::fs::write(&xin, raw).unwrap();
-    let o = Command::new("python3")
-        .arg(root().join("scripts").join(script))
+    let mut cmd = Command::new("python3");
+    cmd.arg(root().join("scripts").join(script))
         .arg(&model)
         .arg(&xin)
         .arg(xs.len().to_string())
-        .arg(&xout)
-        .output()
-        .unwrap();
+        .arg(&xout);
+    if let Some(t) = trace_dir {
+        cmd.arg(t);
+    }
+    let o = cmd.output().unwrap();
     assert!(
         o.status.success(),
         "{script} failed: {}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    std::fs::read(&xout)
+    let out = std::fs::read(&xout)
         .unwrap()
         .into_iter()
         .map(|b| b as i8)
-        .collect()
+        .collect();
+    (out, String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// TFLite Micro runs `t` on `xs` with runtime-core's bytes (`m`'s outputs, which must take
+/// more than `min_distinct` values: no degenerate model), and `t` read back (`.tflite` in)
+/// into a model that computes them too; returns the read-back model's bytes and the outputs.
+fn assert_tflm_and_read_back(
+    what: &str,
+    t: &tflite::TfliteModel,
+    m: &Model,
+    xs: &[Vec<i8>],
+    min_distinct: usize,
+) -> (Vec<u8>, Vec<i8>) {
+    let (tflm, rt) = (run_tflm(&t.bytes, xs), run_runtime(m, xs));
+    let mut distinct = rt.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert!(
+        distinct.len() > min_distinct,
+        "{what}: degenerate {distinct:?}"
+    );
+    assert_eq!(tflm, rt, "{what}: TFLite Micro vs runtime-core");
+    let back = runtime_core::tflite::to_model_bytes(&t.bytes).unwrap();
+    assert_eq!(
+        run_runtime(&Model::parse(&back).unwrap(), xs),
+        rt,
+        "{what}: read back"
+    );
+    (back, rt)
 }
 
 /// runtime-core's outputs on `xs`, back to back.
@@ -285,8 +331,7 @@ fn leaky_multipliers_f32(a: f32, b: f32, alpha: f32) -> [(i32, i32); 2] {
 ///   an output: the tested TFLite Micro still gives runtime-core's outputs, all 256 of them.
 #[test]
 fn tflite_micro_differs_only_where_the_notes_say() {
-    if !have_tflite_micro() {
-        println!("SKIP tflite_micro notes: python3 cannot import tflite_micro/numpy");
+    if skip_without_tflite_micro(" notes") {
         return;
     }
     // LEAKY_RELU on all 256 int8 values (a 16×16×1 input).
@@ -430,22 +475,13 @@ fn tflite_micro_differs_only_where_the_notes_say() {
 /// fc → leaky → add(leaky, fc) model runs bit for bit in TFLite Micro on 16 random inputs.
 #[test]
 fn tflite_micro_runs_fc_outputs_read_as_nhwc() {
-    if !have_tflite_micro() {
-        println!("SKIP tflite_micro fc chain: python3 cannot import tflite_micro/numpy");
+    if skip_without_tflite_micro(" fc chain") {
         return;
     }
-    let mut s: u64 = 99;
-    let mut next = || {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (s >> 33) as u32
-    };
-    let weights: Vec<i8> = (0..8 * 12)
-        .map(|_| ((next() % 255) as i32 - 127) as i8)
-        .collect();
+    let mut rng = Lcg(99);
+    let weights = rng.weights(8 * 12);
     let w_scale: Vec<f32> = (0..8).map(|c| 0.004 + 0.001 * c as f32).collect();
-    let bias: Vec<i32> = (0..8).map(|_| (next() % 4001) as i32 - 2000).collect();
+    let bias: Vec<i32> = (0..8).map(|_| (rng.next() % 4001) as i32 - 2000).collect();
     let mut mb = ModelBuilder::new(Dtype::Int8, Task::Features).with_weight_scales();
     let x = mb
         .input(
@@ -489,7 +525,7 @@ fn tflite_micro_runs_fc_outputs_read_as_nhwc() {
     let t = tflite::to_tflite(&bytes).unwrap();
     assert!(t.notes.is_empty(), "{:?}", t.notes);
     let xs: Vec<Vec<i8>> = (0..16)
-        .map(|_| (0..12).map(|_| next() as u8 as i8).collect())
+        .map(|_| (0..12).map(|_| rng.next() as u8 as i8).collect())
         .collect();
     let (tflm, rt) = (run_tflm(&t.bytes, &xs), run_runtime(&m, &xs));
     println!(
@@ -513,17 +549,10 @@ fn tflite_micro_runs_fc_outputs_read_as_nhwc() {
 /// a model that computes the same bytes.
 #[test]
 fn tflite_micro_runs_avgpool_and_softmax_bit_for_bit() {
-    if !have_tflite_micro() {
-        println!("SKIP tflite_micro avgpool/softmax: python3 cannot import tflite_micro/numpy");
+    if skip_without_tflite_micro(" avgpool/softmax") {
         return;
     }
-    let mut s: u64 = 0xA76;
-    let mut next = move || {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (s >> 33) as u32
-    };
+    let mut rng = Lcg(0xA76);
     let (mut models, mut values) = (0, 0);
     for (k, &(scale, beta)) in [
         (0.003f32, 1.0f32),
@@ -548,11 +577,9 @@ fn tflite_micro_runs_avgpool_and_softmax_bit_for_bit() {
         mb.output(y).unwrap();
         let spatial = mb.to_bytes().unwrap();
         // Classifier head: fc to 10 logits, softmax.
-        let weights: Vec<i8> = (0..10 * 24)
-            .map(|_| ((next() % 255) as i32 - 127) as i8)
-            .collect();
+        let weights = rng.weights(10 * 24);
         let w_scale: Vec<f32> = (0..10).map(|c| 0.002 + 0.0007 * c as f32).collect();
-        let bias: Vec<i32> = (0..10).map(|_| (next() % 2001) as i32 - 1000).collect();
+        let bias: Vec<i32> = (0..10).map(|_| (rng.next() % 2001) as i32 - 1000).collect();
         let mut mb = ModelBuilder::new(Dtype::Int8, Task::Features).with_weight_scales();
         let x = mb
             .input(
@@ -583,27 +610,13 @@ fn tflite_micro_runs_avgpool_and_softmax_bit_for_bit() {
                             // fused ReLU does not flatten everything and the logits are not all
                             // far apart.
                             let r = [256, 64, 16, 4][j % 4];
-                            (zp + (next() % r) as i32 - (r as i32) / 2).clamp(-128, 127) as i8
+                            (zp + (rng.next() % r) as i32 - (r as i32) / 2).clamp(-128, 127) as i8
                         })
                         .collect()
                 })
                 .collect();
-            let (tflm, rt) = (run_tflm(&t.bytes, &xs), run_runtime(&m, &xs));
-            let mut distinct = rt.clone();
-            distinct.sort();
-            distinct.dedup();
-            assert!(
-                distinct.len() > 4,
-                "{what} {scale}: degenerate {distinct:?}"
-            );
-            assert_eq!(tflm, rt, "{what}: scale {scale}, beta {beta}");
-            // The same file read back (`.tflite` in) computes the same bytes.
-            let back = runtime_core::tflite::to_model_bytes(&t.bytes).unwrap();
-            assert_eq!(
-                run_runtime(&Model::parse(&back).unwrap(), &xs),
-                rt,
-                "{what} read back"
-            );
+            let label = format!("{what}: scale {scale}, beta {beta}");
+            let (_, rt) = assert_tflm_and_read_back(&label, &t, &m, &xs, 4);
             models += 1;
             values += rt.len();
         }
@@ -631,17 +644,10 @@ type DwCase = (
 /// TFLite Micro gives runtime-core's bytes, and the file reads back into the same bytes.
 #[test]
 fn tflite_micro_runs_depthwise_bit_for_bit() {
-    if !have_tflite_micro() {
-        println!("SKIP tflite_micro depthwise: python3 cannot import tflite_micro/numpy");
+    if skip_without_tflite_micro(" depthwise") {
         return;
     }
-    let mut s: u64 = 0xD3E9;
-    let mut next = move || {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (s >> 33) as u32
-    };
+    let mut rng = Lcg(0xD3E9);
     let cases: &[DwCase] = &[
         (8, 8, 4, 1, [3, 3], 1, [1, 1, 1, 1], true),   // SAME
         (8, 8, 4, 1, [3, 3], 2, [1, 1, 1, 1], true),   // PyTorch pad 1, stride 2: PAD + VALID
@@ -663,13 +669,8 @@ fn tflite_micro_runs_depthwise_bit_for_bit() {
             zp: if relu { -128 } else { 5 - 3 * k as i32 },
         };
         let out_q = Quant { scale: 0.05, zp: 2 };
-        let mut rand_w = |n: usize| -> Vec<i8> {
-            (0..n)
-                .map(|_| ((next() % 255) as i32 - 127) as i8)
-                .collect()
-        };
-        let dw_w = rand_w(kk[0] * kk[1] * oc);
-        let pw_w = rand_w(8 * oc);
+        let dw_w = rng.weights(kk[0] * kk[1] * oc);
+        let pw_w = rng.weights(8 * oc);
         let dw_s: Vec<f32> = (0..oc).map(|i| 0.003 + 0.0011 * (i % 7) as f32).collect();
         let pw_s: Vec<f32> = (0..8).map(|i| 0.002 + 0.0005 * i as f32).collect();
         let dw_b: Vec<i32> = (0..oc).map(|i| (i as i32 * 37) % 400 - 200).collect();
@@ -702,23 +703,16 @@ fn tflite_micro_runs_depthwise_bit_for_bit() {
         let xs: Vec<Vec<i8>> = (0..6)
             .map(|_| {
                 (0..m.input_len())
-                    .map(|_| (next() % 256) as u8 as i8)
+                    .map(|_| (rng.next() % 256) as u8 as i8)
                     .collect()
             })
             .collect();
-        let (tflm, rt) = (run_tflm(&t.bytes, &xs), run_runtime(&m, &xs));
-        let mut distinct = rt.clone();
-        distinct.sort();
-        distinct.dedup();
-        assert!(distinct.len() > 8, "case {k}: degenerate {distinct:?}");
-        assert_eq!(tflm, rt, "case {k}: TFLite Micro vs runtime-core");
-        let back = runtime_core::tflite::to_model_bytes(&t.bytes).unwrap();
-        let mb = Model::parse(&back).unwrap();
-        assert!(mb
+        let (back, rt) = assert_tflm_and_read_back(&format!("case {k}"), &t, &m, &xs, 8);
+        assert!(Model::parse(&back)
+            .unwrap()
             .nodes()
             .iter()
             .any(|n| n.kind() == runtime_core::OpKind::DepthwiseConv2d));
-        assert_eq!(run_runtime(&mb, &xs), rt, "case {k}: read back");
         values += rt.len();
     }
     println!(

@@ -9,12 +9,10 @@
 //! The model stays out of the repository: the test reads it from the path in
 //! `MLPERF_RESNET8_TFLITE` and prints a SKIP line when the variable is unset (or tflite-micro
 //! cannot be imported). Set but unreadable is a failure.
-use std::process::Command;
-
 use runtime_core::tflite::convert;
 use runtime_core::{Model, OpKind};
 
-use super::tflite_micro::have_tflite_micro;
+use super::tflite_micro::{have_tflite_micro, random_inputs, run_script};
 
 /// The environment variable naming MLPerf Tiny's ResNet-8 `.tflite`.
 pub(crate) const ENV: &str = "MLPERF_RESNET8_TFLITE";
@@ -32,19 +30,7 @@ pub(crate) fn mlperf_resnet8(what: &str) -> Option<Vec<u8>> {
 /// over the whole range, then smooth images (gradients and stripes), whose outputs are less
 /// saturated.
 pub(crate) fn inputs(len: usize) -> Vec<Vec<i8>> {
-    let mut s = 0x51_7CC1_B727_220Au64;
-    let mut out: Vec<Vec<i8>> = (0..12)
-        .map(|_| {
-            (0..len)
-                .map(|_| {
-                    s = s
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    (s >> 56) as u8 as i8
-                })
-                .collect()
-        })
-        .collect();
+    let mut out = random_inputs(0x51_7CC1_B727_220A, len, 12);
     for k in 0..6usize {
         out.push(
             (0..len)
@@ -84,34 +70,7 @@ fn mlperf_resnet8_runs_bit_for_bit_with_tflite_micro() {
     let xs = inputs(m.input_len());
 
     let dir = tempfile::tempdir().unwrap();
-    let (model, xin, xout) = (
-        dir.path().join("resnet8.tflite"),
-        dir.path().join("in.bin"),
-        dir.path().join("out.bin"),
-    );
-    std::fs::write(&model, &file).unwrap();
-    let raw: Vec<u8> = xs.iter().flatten().map(|&v| v as u8).collect();
-    std::fs::write(&xin, raw).unwrap();
-    let o = Command::new("python3")
-        .arg(super::tflite_micro::root().join("scripts/tflite_run.py"))
-        .arg(&model)
-        .arg(&xin)
-        .arg(xs.len().to_string())
-        .arg(&xout)
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "tflite_run.py failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let got: Vec<i8> = std::fs::read(&xout)
-        .unwrap()
-        .into_iter()
-        .map(|b| b as i8)
-        .collect();
+    let (got, stdout) = run_script("tflite_run.py", &file, &xs, Some(dir.path()));
 
     let mut arena = vec![0u8; m.arena_bytes()];
     let mut want = Vec::new();
@@ -154,7 +113,7 @@ fn mlperf_resnet8_runs_bit_for_bit_with_tflite_micro() {
         distinct.len(),
         got.iter().zip(&want).filter(|(a, b)| a == b).count(),
         want.len(),
-        String::from_utf8_lossy(&o.stdout).trim()
+        stdout.trim()
     );
     assert!(differ.is_empty(), "tensors differ: {differ:#?}");
     // 17 activations per input: the input, 15 op outputs and the RESHAPE (the pool's values).

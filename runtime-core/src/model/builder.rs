@@ -145,6 +145,59 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// The output size of a `k`/`stride`/`pad` window (`pad = [top, left, bottom, right]`) over
+/// `x`.
+fn window_out(
+    x: &TensorDesc,
+    k: [usize; 2],
+    stride: [usize; 2],
+    pad: [usize; 4],
+) -> Result<(usize, usize), BuildError> {
+    let oh = Window::out_dim(x.h, k[0], stride[0], pad[0], pad[2]).ok_or(BuildError::Shape)?;
+    let ow = Window::out_dim(x.w, k[1], stride[1], pad[1], pad[3]).ok_or(BuildError::Shape)?;
+    Ok((oh, ow))
+}
+
+/// A window's fields as the graph text writes them: `k=KH,KW stride=SH,SW pad=T,L,B,R`.
+fn window_fields(k: [usize; 2], stride: [usize; 2], pad: [usize; 4]) -> String {
+    format!(
+        "k={},{} stride={},{} pad={}",
+        k[0],
+        k[1],
+        stride[0],
+        stride[1],
+        list(&pad)
+    )
+}
+
+/// The fused-ReLU flag as the graph text writes it at the end of an op line.
+fn relu_flag(relu: bool) -> &'static str {
+    if relu {
+        " relu"
+    } else {
+        ""
+    }
+}
+
+/// The descriptor of a layer's `h × w × c` output quantised as `q`.
+fn out_desc(h: usize, w: usize, c: usize, q: Quant) -> TensorDesc {
+    TensorDesc {
+        h,
+        w,
+        c,
+        scale: q.scale,
+        zp: q.zp,
+    }
+}
+
+/// `x`'s quantisation (the pools keep their input's).
+fn same_quant(x: &TensorDesc) -> Quant {
+    Quant {
+        scale: x.scale,
+        zp: x.zp,
+    }
+}
+
 fn list<T: core::fmt::Display>(v: &[T]) -> String {
     let mut s = String::new();
     for (i, x) in v.iter().enumerate() {
@@ -206,13 +259,7 @@ impl ModelBuilder {
     ) -> Result<TensorId, BuildError> {
         let id = u16::try_from(self.tensors.len()).map_err(|_| BuildError::Graph)?;
         let q = if self.int8() { q } else { Quant::NONE };
-        self.tensors.push(TensorDesc {
-            h,
-            w,
-            c,
-            scale: q.scale,
-            zp: q.zp,
-        });
+        self.tensors.push(out_desc(h, w, c, q));
         let _ = write!(self.lines, "tensor {id} shape={h},{w},{c}");
         if self.int8() {
             let _ = write!(self.lines, " scale={} zp={}", q.scale, q.zp);
@@ -344,28 +391,17 @@ impl ModelBuilder {
         out_q: Quant,
     ) -> Result<TensorId, BuildError> {
         let xd = self.desc(x)?;
-        let oh = Window::out_dim(xd.h, k[0], stride[0], pad[0], pad[2]).ok_or(BuildError::Shape)?;
-        let ow = Window::out_dim(xd.w, k[1], stride[1], pad[1], pad[3]).ok_or(BuildError::Shape)?;
-        let od = TensorDesc {
-            h: oh,
-            w: ow,
-            c: out_c,
-            scale: out_q.scale,
-            zp: out_q.zp,
-        };
+        let (oh, ow) = window_out(&xd, k, stride, pad)?;
+        let od = out_desc(oh, ow, out_c, out_q);
         let fields = self.layer_params(name, &xd, &od, &[out_c, k[0], k[1], xd.c], p)?;
         let y = self.new_tensor(oh, ow, out_c, out_q)?;
         let _ = writeln!(
             self.lines,
-            "conv in={} out={} k={},{} stride={},{} pad={} {fields}{}",
+            "conv in={} out={} {} {fields}{}",
             x.0,
             y.0,
-            k[0],
-            k[1],
-            stride[0],
-            stride[1],
-            list(&pad),
-            if relu { " relu" } else { "" }
+            window_fields(k, stride, pad),
+            relu_flag(relu)
         );
         Ok(y)
     }
@@ -387,32 +423,21 @@ impl ModelBuilder {
         out_q: Quant,
     ) -> Result<TensorId, BuildError> {
         let xd = self.desc(x)?;
-        let oh = Window::out_dim(xd.h, k[0], stride[0], pad[0], pad[2]).ok_or(BuildError::Shape)?;
-        let ow = Window::out_dim(xd.w, k[1], stride[1], pad[1], pad[3]).ok_or(BuildError::Shape)?;
+        let (oh, ow) = window_out(&xd, k, stride, pad)?;
         let out_c = xd.c.checked_mul(depth_mult).ok_or(BuildError::Shape)?;
         if out_c == 0 {
             return Err(BuildError::Shape);
         }
-        let od = TensorDesc {
-            h: oh,
-            w: ow,
-            c: out_c,
-            scale: out_q.scale,
-            zp: out_q.zp,
-        };
+        let od = out_desc(oh, ow, out_c, out_q);
         let fields = self.layer_params(name, &xd, &od, &[1, k[0], k[1], out_c], p)?;
         let y = self.new_tensor(oh, ow, out_c, out_q)?;
         let _ = writeln!(
             self.lines,
-            "dwconv in={} out={} k={},{} stride={},{} pad={} dm={depth_mult} {fields}{}",
+            "dwconv in={} out={} {} dm={depth_mult} {fields}{}",
             x.0,
             y.0,
-            k[0],
-            k[1],
-            stride[0],
-            stride[1],
-            list(&pad),
-            if relu { " relu" } else { "" }
+            window_fields(k, stride, pad),
+            relu_flag(relu)
         );
         Ok(y)
     }
@@ -428,13 +453,7 @@ impl ModelBuilder {
         out_q: Quant,
     ) -> Result<TensorId, BuildError> {
         let xd = self.desc(x)?;
-        let od = TensorDesc {
-            h: 1,
-            w: 1,
-            c: out_len,
-            scale: out_q.scale,
-            zp: out_q.zp,
-        };
+        let od = out_desc(1, 1, out_len, out_q);
         let fields = self.layer_params(name, &xd, &od, &[out_len, xd.len()], p)?;
         let y = self.new_tensor(1, 1, out_len, out_q)?;
         let _ = writeln!(
@@ -442,7 +461,7 @@ impl ModelBuilder {
             "fc in={} out={} {fields}{}",
             x.0,
             y.0,
-            if relu { " relu" } else { "" }
+            relu_flag(relu)
         );
         Ok(y)
     }
@@ -470,7 +489,7 @@ impl ModelBuilder {
             );
             let _ = write!(self.lines, " ma={ma} sa={sa} mb={mb} sb={sb} m={m} s={s}");
         }
-        let _ = writeln!(self.lines, "{}", if relu { " relu" } else { "" });
+        let _ = writeln!(self.lines, "{}", relu_flag(relu));
         Ok(y)
     }
 
@@ -483,27 +502,14 @@ impl ModelBuilder {
         pad: [usize; 4],
     ) -> Result<TensorId, BuildError> {
         let xd = self.desc(x)?;
-        let oh = Window::out_dim(xd.h, k[0], stride[0], pad[0], pad[2]).ok_or(BuildError::Shape)?;
-        let ow = Window::out_dim(xd.w, k[1], stride[1], pad[1], pad[3]).ok_or(BuildError::Shape)?;
-        let y = self.new_tensor(
-            oh,
-            ow,
-            xd.c,
-            Quant {
-                scale: xd.scale,
-                zp: xd.zp,
-            },
-        )?;
+        let (oh, ow) = window_out(&xd, k, stride, pad)?;
+        let y = self.new_tensor(oh, ow, xd.c, same_quant(&xd))?;
         let _ = writeln!(
             self.lines,
-            "maxpool in={} out={} k={},{} stride={},{} pad={}",
+            "maxpool in={} out={} {}",
             x.0,
             y.0,
-            k[0],
-            k[1],
-            stride[0],
-            stride[1],
-            list(&pad)
+            window_fields(k, stride, pad)
         );
         Ok(y)
     }
@@ -519,28 +525,15 @@ impl ModelBuilder {
         relu: bool,
     ) -> Result<TensorId, BuildError> {
         let xd = self.desc(x)?;
-        let oh = Window::out_dim(xd.h, k[0], stride[0], pad[0], pad[2]).ok_or(BuildError::Shape)?;
-        let ow = Window::out_dim(xd.w, k[1], stride[1], pad[1], pad[3]).ok_or(BuildError::Shape)?;
-        let y = self.new_tensor(
-            oh,
-            ow,
-            xd.c,
-            Quant {
-                scale: xd.scale,
-                zp: xd.zp,
-            },
-        )?;
+        let (oh, ow) = window_out(&xd, k, stride, pad)?;
+        let y = self.new_tensor(oh, ow, xd.c, same_quant(&xd))?;
         let _ = writeln!(
             self.lines,
-            "avgpool in={} out={} k={},{} stride={},{} pad={}{}",
+            "avgpool in={} out={} {}{}",
             x.0,
             y.0,
-            k[0],
-            k[1],
-            stride[0],
-            stride[1],
-            list(&pad),
-            if relu { " relu" } else { "" }
+            window_fields(k, stride, pad),
+            relu_flag(relu)
         );
         Ok(y)
     }

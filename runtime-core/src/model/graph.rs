@@ -160,6 +160,17 @@ impl<'a> Container<'a> {
     }
 }
 
+/// The int8 parameters of a conv, dwconv or fc line ([`Loader::int8_params`]).
+struct Int8Params<'a> {
+    weights: &'a [i8],
+    bias: I32Le<'a>,
+    mult: I32Le<'a>,
+    shift: I32Le<'a>,
+    ws: Option<F32Le<'a>>,
+    act_min: i32,
+    act_max: i32,
+}
+
 struct Loader<'a, 'st> {
     st: &'st Container<'a>,
     weight_bytes: usize,
@@ -225,6 +236,46 @@ impl<'a> Loader<'a, '_> {
             check_mult_shift(mult.get(i), shift.get(i), SHIFT_MAX)?;
         }
         Ok((bias, mult, shift))
+    }
+
+    /// What every int8 conv, dwconv and fc line carries, in the order read: the weights
+    /// (`w=`, of `wshape`), bias, multipliers and shifts of the `n` output channels, the
+    /// optional weight scales, and the activation range on `dout`'s zero point.
+    fn int8_params(
+        &mut self,
+        f: &mut Fields<'_>,
+        wshape: &[usize],
+        n: usize,
+        di: &TensorDesc,
+        dout: &TensorDesc,
+        relu: bool,
+    ) -> R<Int8Params<'a>> {
+        let weights = self.weights_i8(f.req("w")?, wshape)?;
+        let (bias, mult, shift) = self.requant(f, n)?;
+        let ws = self.weight_scales(f, n, di.scale, dout.scale, mult, shift)?;
+        let (act_min, act_max) = crate::ops::requant::activation_range_i8(relu, dout.zp);
+        Ok(Int8Params {
+            weights,
+            bias,
+            mult,
+            shift,
+            ws,
+            act_min,
+            act_max,
+        })
+    }
+
+    /// What every f32 conv, dwconv and fc line carries: weights (`w=`, of `wshape`) and the
+    /// bias of the `n` output channels.
+    fn f32_params(
+        &mut self,
+        f: &mut Fields<'_>,
+        wshape: &[usize],
+        n: usize,
+    ) -> R<(F32Le<'a>, F32Le<'a>)> {
+        let weights = self.f32s(f.req("w")?, wshape)?;
+        let bias = self.f32s(f.req("b")?, &[n])?;
+        Ok((weights, bias))
     }
 
     /// Stores an op's preparation; returns its index.
@@ -585,65 +636,14 @@ fn parse_output(mut toks: Toks<'_>, g: &mut Graph<'_>) -> R<()> {
     f.finish()
 }
 
-/// `conv in= out= k= stride= [pad=] w= b= [m= s=] [relu]`: 2-D convolution.
+/// `conv in= out= k= stride= [pad=] w= b= [m= s= [ws=]] [relu]`: 2-D convolution.
 fn parse_conv<'a>(
     f: &mut Fields<'_>,
     g: &mut Graph<'a>,
     ld: &mut Loader<'a, '_>,
     int8: bool,
 ) -> R<Node<'a>> {
-    let relu = f.relu;
-    let (ti, to) = (f.tensor_id("in")?, f.tensor_id("out")?);
-    let (di, dout) = (g.read(ti)?, g.write(to)?);
-    let k = f.pair("k")?;
-    let stride = f.pair("stride")?;
-    let pad = f.pad()?;
-    let win = window(&di, k, stride, pad)?;
-    let oc = dout.c;
-    expect_shape(&dout, win.out_h, win.out_w, oc)?;
-    let red = mul(mul(k[0], k[1])?, di.c)?;
-    if red > MAX_REDUCTION {
-        return Err(E::TooLarge);
-    }
-    let wshape = [oc, k[0], k[1], di.c];
-    let macs = (red as u64) * (dout.len() as u64);
-    let kernel = if int8 {
-        let weights = ld.weights_i8(f.req("w")?, &wshape)?;
-        let (bias, mult, shift) = ld.requant(f, oc)?;
-        let ws = ld.weight_scales(f, oc, di.scale, dout.scale, mult, shift)?;
-        let (act_min, act_max) = crate::ops::requant::activation_range_i8(relu, dout.zp);
-        let p = ConvI8 {
-            win,
-            out_c: oc,
-            weights,
-            bias,
-            mult,
-            shift,
-            in_zp: di.zp,
-            out_zp: dout.zp,
-            act_min,
-            act_max,
-        };
-        let i = ld.prepare(PreparedI8::new(&p))?;
-        Kernel::ConvI8(p, i, ws)
-    } else {
-        let weights = ld.f32s(f.req("w")?, &wshape)?;
-        let bias = ld.f32s(f.req("b")?, &[oc])?;
-        Kernel::ConvF32(ConvF32 {
-            win,
-            out_c: oc,
-            weights,
-            bias,
-            relu,
-        })
-    };
-    Ok(Node {
-        kernel,
-        inputs: [ti, 0],
-        n_inputs: 1,
-        output: to,
-        macs,
-    })
+    parse_conv_or_dw(f, g, ld, int8, false)
 }
 
 /// `dwconv in= out= k= stride= [pad=] dm= w= b= [m= s= [ws=]] [relu]`: depthwise convolution,
@@ -654,64 +654,108 @@ fn parse_dwconv<'a>(
     ld: &mut Loader<'a, '_>,
     int8: bool,
 ) -> R<Node<'a>> {
+    parse_conv_or_dw(f, g, ld, int8, true)
+}
+
+/// The two windowed ops: the same fields and checks but for the depth multiplier (`dm=`,
+/// depthwise only) and what it decides, the output channels, the reduction per output and
+/// the weight layout.
+fn parse_conv_or_dw<'a>(
+    f: &mut Fields<'_>,
+    g: &mut Graph<'a>,
+    ld: &mut Loader<'a, '_>,
+    int8: bool,
+    depthwise: bool,
+) -> R<Node<'a>> {
     let relu = f.relu;
     let (ti, to) = (f.tensor_id("in")?, f.tensor_id("out")?);
     let (di, dout) = (g.read(ti)?, g.write(to)?);
     let k = f.pair("k")?;
     let stride = f.pair("stride")?;
     let pad = f.pad()?;
-    let dm: usize = f.num("dm")?;
-    if dm == 0 {
-        return Err(E::ZeroDim);
-    }
+    let dm = if depthwise {
+        let dm: usize = f.num("dm")?;
+        if dm == 0 {
+            return Err(E::ZeroDim);
+        }
+        Some(dm)
+    } else {
+        None
+    };
     let win = window(&di, k, stride, pad)?;
-    let oc = mul(di.c, dm)?;
+    let oc = match dm {
+        Some(dm) => mul(di.c, dm)?,
+        None => dout.c,
+    };
     expect_shape(&dout, win.out_h, win.out_w, oc)?;
-    // The accumulator sums kh·kw products per output (bounded like a conv's reduction).
-    let red = mul(k[0], k[1])?;
+    // Products summed per output: kh·kw·in_c (conv) or kh·kw (depthwise).
+    let red = match dm {
+        Some(_) => mul(k[0], k[1])?,
+        None => mul(mul(k[0], k[1])?, di.c)?,
+    };
     if red > MAX_REDUCTION {
         return Err(E::TooLarge);
     }
-    let wshape = [1, k[0], k[1], oc];
+    let wshape = match dm {
+        Some(_) => [1, k[0], k[1], oc],
+        None => [oc, k[0], k[1], di.c],
+    };
     let macs = (red as u64) * (dout.len() as u64);
     let kernel = if int8 {
-        let weights = ld.weights_i8(f.req("w")?, &wshape)?;
-        let (bias, mult, shift) = ld.requant(f, oc)?;
-        let ws = ld.weight_scales(f, oc, di.scale, dout.scale, mult, shift)?;
-        let (act_min, act_max) = crate::ops::requant::activation_range_i8(relu, dout.zp);
-        Kernel::DwConvI8(
-            DwConvI8 {
+        let q = ld.int8_params(f, &wshape, oc, &di, &dout, relu)?;
+        match dm {
+            Some(depth_mult) => Kernel::DwConvI8(
+                DwConvI8 {
+                    win,
+                    depth_mult,
+                    weights: q.weights,
+                    bias: q.bias,
+                    mult: q.mult,
+                    shift: q.shift,
+                    in_zp: di.zp,
+                    out_zp: dout.zp,
+                    act_min: q.act_min,
+                    act_max: q.act_max,
+                },
+                q.ws,
+            ),
+            None => {
+                let p = ConvI8 {
+                    win,
+                    out_c: oc,
+                    weights: q.weights,
+                    bias: q.bias,
+                    mult: q.mult,
+                    shift: q.shift,
+                    in_zp: di.zp,
+                    out_zp: dout.zp,
+                    act_min: q.act_min,
+                    act_max: q.act_max,
+                };
+                let i = ld.prepare(PreparedI8::new(&p))?;
+                Kernel::ConvI8(p, i, q.ws)
+            }
+        }
+    } else {
+        let (weights, bias) = ld.f32_params(f, &wshape, oc)?;
+        match dm {
+            Some(depth_mult) => Kernel::DwConvF32(DwConvF32 {
                 win,
-                depth_mult: dm,
+                depth_mult,
                 weights,
                 bias,
-                mult,
-                shift,
-                in_zp: di.zp,
-                out_zp: dout.zp,
-                act_min,
-                act_max,
-            },
-            ws,
-        )
-    } else {
-        let weights = ld.f32s(f.req("w")?, &wshape)?;
-        let bias = ld.f32s(f.req("b")?, &[oc])?;
-        Kernel::DwConvF32(DwConvF32 {
-            win,
-            depth_mult: dm,
-            weights,
-            bias,
-            relu,
-        })
+                relu,
+            }),
+            None => Kernel::ConvF32(ConvF32 {
+                win,
+                out_c: oc,
+                weights,
+                bias,
+                relu,
+            }),
+        }
     };
-    Ok(Node {
-        kernel,
-        inputs: [ti, 0],
-        n_inputs: 1,
-        output: to,
-        macs,
-    })
+    Ok(Node::unary(kernel, ti, to, macs))
 }
 
 /// `fc in= out= w= b= [m= s=] [relu]`: fully connected over the input flattened in HWC order.
@@ -731,27 +775,23 @@ fn parse_fc<'a>(
     }
     let macs = (il as u64) * (ol as u64);
     let kernel = if int8 {
-        let weights = ld.weights_i8(f.req("w")?, &[ol, il])?;
-        let (bias, mult, shift) = ld.requant(f, ol)?;
-        let ws = ld.weight_scales(f, ol, di.scale, dout.scale, mult, shift)?;
-        let (act_min, act_max) = crate::ops::requant::activation_range_i8(relu, dout.zp);
+        let q = ld.int8_params(f, &[ol, il], ol, &di, &dout, relu)?;
         let p = FcI8 {
             in_len: il,
             out_len: ol,
-            weights,
-            bias,
-            mult,
-            shift,
+            weights: q.weights,
+            bias: q.bias,
+            mult: q.mult,
+            shift: q.shift,
             in_zp: di.zp,
             out_zp: dout.zp,
-            act_min,
-            act_max,
+            act_min: q.act_min,
+            act_max: q.act_max,
         };
         let i = ld.prepare(PreparedI8::new_fc(&p))?;
-        Kernel::FcI8(p, i, ws)
+        Kernel::FcI8(p, i, q.ws)
     } else {
-        let weights = ld.f32s(f.req("w")?, &[ol, il])?;
-        let bias = ld.f32s(f.req("b")?, &[ol])?;
+        let (weights, bias) = ld.f32_params(f, &[ol, il], ol)?;
         Kernel::FcF32(FcF32 {
             in_len: il,
             out_len: ol,
@@ -760,13 +800,7 @@ fn parse_fc<'a>(
             relu,
         })
     };
-    Ok(Node {
-        kernel,
-        inputs: [ti, 0],
-        n_inputs: 1,
-        output: to,
-        macs,
-    })
+    Ok(Node::unary(kernel, ti, to, macs))
 }
 
 /// `add a= b= out= [ma= sa= mb= sb= m= s=] [relu]`: elementwise add of equal shapes.
@@ -837,13 +871,12 @@ fn parse_maxpool<'a>(
     } else {
         Kernel::MaxPoolF32(win)
     };
-    Ok(Node {
+    Ok(Node::unary(
         kernel,
-        inputs: [ti, 0],
-        n_inputs: 1,
-        output: to,
-        macs: (dout.len() as u64) * (win.kh * win.kw) as u64,
-    })
+        ti,
+        to,
+        (dout.len() as u64) * (win.kh * win.kw) as u64,
+    ))
 }
 
 /// `mean in= out= [m= s=]`: global average pool H×W×C → 1×1×C.
@@ -874,13 +907,7 @@ fn parse_mean<'a>(
     } else {
         Kernel::MeanF32 { hw, c: di.c }
     };
-    Ok(Node {
-        kernel,
-        inputs: [ti, 0],
-        n_inputs: 1,
-        output: to,
-        macs: di.len() as u64,
-    })
+    Ok(Node::unary(kernel, ti, to, di.len() as u64))
 }
 
 /// `leaky in= out= alpha= [mi= si= ma= sa=]`: LeakyReLU.
@@ -917,13 +944,7 @@ fn parse_leaky<'a>(
     } else {
         Kernel::LeakyF32 { alpha }
     };
-    Ok(Node {
-        kernel,
-        inputs: [ti, 0],
-        n_inputs: 1,
-        output: to,
-        macs: di.len() as u64,
-    })
+    Ok(Node::unary(kernel, ti, to, di.len() as u64))
 }
 
 /// `avgpool in= out= k= stride= [pad=] [relu]`: average over the window's in-image taps.
@@ -953,13 +974,12 @@ fn parse_avgpool<'a>(
     } else {
         Kernel::AvgPoolF32 { win, relu }
     };
-    Ok(Node {
+    Ok(Node::unary(
         kernel,
-        inputs: [ti, 0],
-        n_inputs: 1,
-        output: to,
-        macs: (dout.len() as u64) * (win.kh * win.kw) as u64,
-    })
+        ti,
+        to,
+        (dout.len() as u64) * (win.kh * win.kw) as u64,
+    ))
 }
 
 /// `softmax in= out= beta= [m= s=]`: softmax over the channels of each pixel.
@@ -1007,13 +1027,7 @@ fn parse_softmax<'a>(
     } else {
         Kernel::SoftmaxF32 { depth: di.c, beta }
     };
-    Ok(Node {
-        kernel,
-        inputs: [ti, 0],
-        n_inputs: 1,
-        output: to,
-        macs: di.len() as u64,
-    })
+    Ok(Node::unary(kernel, ti, to, di.len() as u64))
 }
 
 /// Any other op name: `UnknownOp`, after the fields and node-count checks every op line gets.

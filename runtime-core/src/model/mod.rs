@@ -254,6 +254,17 @@ pub struct Node<'a> {
 }
 
 impl<'a> Node<'a> {
+    /// A node of one input tensor (every op but `add`).
+    pub(crate) fn unary(kernel: Kernel<'a>, input: u16, output: u16, macs: u64) -> Self {
+        Node {
+            kernel,
+            inputs: [input, 0],
+            n_inputs: 1,
+            output,
+            macs,
+        }
+    }
+
     /// The operator.
     pub fn kind(&self) -> OpKind {
         match self.kernel {

@@ -7,7 +7,7 @@
 //! The loader bounds `kh·kw·in_c ≤ 32768` and `|bias| ≤ 2³⁰`, so the i32 accumulator cannot overflow.
 
 use super::requant::multiply_by_quantized_multiplier;
-use super::{check, F32Le, I32Le, KernelError, Window};
+use super::{check, requant_lens_ok, window_lens_ok, F32Le, I32Le, KernelError, Window};
 
 /// Parameters of an int8 convolution (borrowed from the model file).
 #[derive(Debug, Clone, Copy)]
@@ -37,23 +37,18 @@ pub struct ConvF32<'a> {
     pub relu: bool,
 }
 
-fn lens_ok(w: &Window, out_c: usize, input: usize, output: usize, weights: usize) -> bool {
-    input == w.in_h * w.in_w * w.in_c
-        && output == w.out_h * w.out_w * out_c
-        && weights == out_c * w.kh * w.kw * w.in_c
-}
-
 /// int8 convolution; see the module docs for the formula.
 pub fn conv2d_i8(p: &ConvI8, input: &[i8], output: &mut [i8]) -> Result<(), KernelError> {
     let w = &p.win;
-    check(lens_ok(
+    check(window_lens_ok(
         w,
         p.out_c,
+        w.in_c,
         input.len(),
         output.len(),
         p.weights.len(),
     ))?;
-    check(p.bias.len() == p.out_c && p.mult.len() == p.out_c && p.shift.len() == p.out_c)?;
+    check(requant_lens_ok(p.out_c, p.bias, p.mult, p.shift))?;
     let (ic, kw) = (w.in_c, w.kw);
     for oy in 0..w.out_h {
         let (iy0, ky_s, ky_e) = w.rows(oy);
@@ -93,9 +88,10 @@ pub(crate) fn dot_i8(xs: &[i8], ws: &[i8], zp: i32) -> i32 {
 /// f32 convolution: `y = bias[c] + Σ x·w`, then `max(y, 0)` if `relu`.
 pub fn conv2d_f32(p: &ConvF32, input: &[f32], output: &mut [f32]) -> Result<(), KernelError> {
     let w = &p.win;
-    check(lens_ok(
+    check(window_lens_ok(
         w,
         p.out_c,
+        w.in_c,
         input.len(),
         output.len(),
         p.weights.len(),

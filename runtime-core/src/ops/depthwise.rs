@@ -17,7 +17,7 @@
 //! a plain elementwise multiply-add the compiler vectorises.
 
 use super::requant::multiply_by_quantized_multiplier;
-use super::{check, F32Le, I32Le, KernelError, Window};
+use super::{check, requant_lens_ok, window_lens_ok, F32Le, I32Le, KernelError, Window};
 
 /// Output channels accumulated at once (the stack block).
 const BLOCK: usize = 64;
@@ -60,11 +60,7 @@ pub struct DwConvF32<'a> {
 }
 
 fn lens_ok(w: &Window, dm: usize, input: usize, output: usize, weights: usize) -> bool {
-    let oc = w.in_c * dm;
-    dm >= 1
-        && input == w.in_h * w.in_w * w.in_c
-        && output == w.out_h * w.out_w * oc
-        && weights == w.kh * w.kw * oc
+    dm >= 1 && window_lens_ok(w, w.in_c * dm, 1, input, output, weights)
 }
 
 /// int8 depthwise convolution; see the module docs for the formula.
@@ -73,7 +69,7 @@ pub fn depthwise_i8(p: &DwConvI8, input: &[i8], output: &mut [i8]) -> Result<(),
     let dm = p.depth_mult;
     check(lens_ok(w, dm, input.len(), output.len(), p.weights.len()))?;
     let oc_n = p.out_c();
-    check(p.bias.len() == oc_n && p.mult.len() == oc_n && p.shift.len() == oc_n)?;
+    check(requant_lens_ok(oc_n, p.bias, p.mult, p.shift))?;
     let ic_n = w.in_c;
     let mut acc = [0i32; BLOCK];
     for oy in 0..w.out_h {

@@ -6,7 +6,7 @@
 
 use super::conv2d::{dot_f32, dot_i8};
 use super::requant::multiply_by_quantized_multiplier;
-use super::{check, F32Le, I32Le, KernelError};
+use super::{check, requant_lens_ok, F32Le, I32Le, KernelError};
 
 /// Parameters of an int8 fully connected layer.
 #[derive(Debug, Clone, Copy)]
@@ -40,7 +40,7 @@ pub struct FcF32<'a> {
 pub fn fully_connected_i8(p: &FcI8, input: &[i8], output: &mut [i8]) -> Result<(), KernelError> {
     check(input.len() == p.in_len && output.len() == p.out_len)?;
     check(p.weights.len() == p.in_len * p.out_len)?;
-    check(p.bias.len() == p.out_len && p.mult.len() == p.out_len && p.shift.len() == p.out_len)?;
+    check(requant_lens_ok(p.out_len, p.bias, p.mult, p.shift))?;
     for (o, y) in output.iter_mut().enumerate() {
         let acc = dot_i8(input, &p.weights[o * p.in_len..][..p.in_len], p.in_zp) + p.bias.get(o);
         let v = multiply_by_quantized_multiplier(acc, p.mult.get(o), p.shift.get(o))

@@ -46,6 +46,27 @@ pub(crate) fn check(ok: bool) -> Result<(), KernelError> {
     }
 }
 
+/// Whether a windowed op's slices have their lengths: input `in_h·in_w·in_c`, output
+/// `out_h·out_w·out_c`, weights `out_c·kh·kw·per_tap`, where `per_tap` is the input channels
+/// each output channel reads at one tap (`in_c` for a conv, 1 for a depthwise conv).
+pub(crate) fn window_lens_ok(
+    w: &Window,
+    out_c: usize,
+    per_tap: usize,
+    input: usize,
+    output: usize,
+    weights: usize,
+) -> bool {
+    input == w.in_h * w.in_w * w.in_c
+        && output == w.out_h * w.out_w * out_c
+        && weights == out_c * w.kh * w.kw * per_tap
+}
+
+/// Whether an int8 op has one bias, multiplier and shift per each of its `n` output channels.
+pub(crate) fn requant_lens_ok(n: usize, bias: I32Le, mult: I32Le, shift: I32Le) -> bool {
+    bias.len() == n && mult.len() == n && shift.len() == n
+}
+
 /// A borrowed little-endian `i32` array (e.g. a bias or per-channel multiplier tensor).
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

@@ -28,7 +28,7 @@ use alloc::vec::Vec;
 use super::conv2d::{conv2d_i8, ConvI8};
 use super::fully_connected::FcI8;
 use super::requant::{multiply_by_quantized_multiplier_split, SHIFT_MAX, SHIFT_MIN};
-use super::{check, KernelError, Window};
+use super::{check, requant_lens_ok, window_lens_ok, KernelError, Window};
 
 /// Whether this build can choose the x86-64 AVX-512 VNNI kernel (with `std`, by run-time CPU
 /// detection); without `std` the host runs the portable loop.
@@ -58,12 +58,13 @@ pub struct PreparedI8 {
     /// Multipliers `≥ 0`, shifts and the input zero point in the loader's ranges: the fast
     /// path's preconditions (otherwise every run takes the reference kernel).
     in_range: bool,
-    /// Weights packed for the AVX-512 VNNI kernel, when the CPU has it.
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    pub(crate) x86: Option<super::arch::x86::Packed>,
-    /// Weights packed for the aarch64 NEON kernels (`sdot` where the CPU has it, else `smull`).
-    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-    pub(crate) aarch64: Option<super::arch::aarch64::Packed>,
+    /// Weights packed for the x86-64 (AVX-512 VNNI, else AVX2) or aarch64 (NEON `sdot`, else
+    /// `smull`) kernel, when the CPU has one and the op fits it.
+    #[cfg(any(
+        all(feature = "std", target_arch = "x86_64"),
+        all(target_arch = "aarch64", target_feature = "neon")
+    ))]
+    pub(crate) packed: Option<super::arch::Packed>,
 }
 
 /// One output channel's constants.
@@ -112,15 +113,12 @@ impl PreparedI8 {
             .all(|c| p.mult.get(c) >= 0 && (SHIFT_MIN..=SHIFT_MAX).contains(&p.shift.get(c)))
             && (-128..=127).contains(&p.in_zp);
         PreparedI8 {
-            #[cfg(all(feature = "std", target_arch = "x86_64"))]
-            x86: if in_range {
-                super::arch::x86::Packed::new(p, &chan)
-            } else {
-                None
-            },
-            #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-            aarch64: if in_range {
-                super::arch::aarch64::Packed::new(p, &chan)
+            #[cfg(any(
+                all(feature = "std", target_arch = "x86_64"),
+                all(target_arch = "aarch64", target_feature = "neon")
+            ))]
+            packed: if in_range {
+                super::arch::simd::pack(p, &chan)
             } else {
                 None
             },
@@ -134,13 +132,12 @@ impl PreparedI8 {
     pub fn new_portable(p: &ConvI8) -> Self {
         #[allow(unused_mut)]
         let mut prep = Self::new(p);
-        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        #[cfg(any(
+            all(feature = "std", target_arch = "x86_64"),
+            all(target_arch = "aarch64", target_feature = "neon")
+        ))]
         {
-            prep.x86 = None;
-        }
-        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-        {
-            prep.aarch64 = None;
+            prep.packed = None;
         }
         prep
     }
@@ -152,7 +149,7 @@ impl PreparedI8 {
         let mut prep = Self::new_portable(p);
         #[cfg(all(feature = "std", target_arch = "x86_64"))]
         if prep.in_range {
-            prep.x86 = Some(super::arch::x86::Packed::new_avx2(p, &prep.chan)?);
+            prep.packed = Some(super::arch::x86::pack_avx2(p, &prep.chan)?);
             return Some(prep);
         }
         let _ = &mut prep;
@@ -167,7 +164,7 @@ impl PreparedI8 {
         let mut prep = Self::new_portable(p);
         #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
         if prep.in_range {
-            prep.aarch64 = Some(super::arch::aarch64::Packed::new_smull(p, &prep.chan)?);
+            prep.packed = Some(super::arch::aarch64::pack_smull(p, &prep.chan)?);
             return Some(prep);
         }
         let _ = &mut prep;
@@ -183,10 +180,11 @@ impl PreparedI8 {
     /// fast path on top of the model file.
     pub fn heap_bytes(&self) -> usize {
         let b = self.chan.capacity() * core::mem::size_of::<ChanQ>();
-        #[cfg(all(feature = "std", target_arch = "x86_64"))]
-        let b = b + self.x86.as_ref().map_or(0, |x| x.heap_bytes());
-        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-        let b = b + self.aarch64.as_ref().map_or(0, |x| x.heap_bytes());
+        #[cfg(any(
+            all(feature = "std", target_arch = "x86_64"),
+            all(target_arch = "aarch64", target_feature = "neon")
+        ))]
+        let b = b + self.packed.as_ref().map_or(0, |x| x.heap_bytes());
         b
     }
 
@@ -197,13 +195,12 @@ impl PreparedI8 {
         if !self.in_range {
             return "reference";
         }
-        #[cfg(all(feature = "std", target_arch = "x86_64"))]
-        if let Some(x) = &self.x86 {
+        #[cfg(any(
+            all(feature = "std", target_arch = "x86_64"),
+            all(target_arch = "aarch64", target_feature = "neon")
+        ))]
+        if let Some(x) = &self.packed {
             return x.backend();
-        }
-        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-        if let Some(a) = &self.aarch64 {
-            return a.backend();
         }
         #[cfg(rt_dsp)]
         if super::arch::cortex_m::supports(p, &self.chan) {
@@ -258,24 +255,75 @@ pub(crate) fn direct_1x1(w: &Window) -> bool {
 }
 
 /// Writes output pixel `(oy, ox)`'s column (`kh·kw·in_c` values, OHWI tap order) into `dst`,
-/// padded taps holding `zp`. On a Cortex-M4 (only layers whose `in_c` is not a multiple of 4,
-/// e.g. a 3-channel stem, im2col there) one out-of-line copy serves both kernels: flash.
+/// padded taps holding `zp`, each value as the kernel reads it ([`ColumnValue`]). The one
+/// im2col of the portable loop and the SIMD kernels (`dst` is the column alone: the SIMD
+/// buffers' padding up to `kp` stays the zeros they start with). On a Cortex-M4 (only layers
+/// whose `in_c` is not a multiple of 4, e.g. a 3-channel stem, im2col there) one out-of-line
+/// copy serves both kernels: flash.
 #[cfg_attr(not(rt_dsp), inline(always))]
 #[cfg_attr(rt_dsp, inline(never))]
-pub(crate) fn im2col(w: &Window, input: &[i8], oy: usize, ox: usize, zp: i8, dst: &mut [i8]) {
+pub(crate) fn im2col<T: ColumnValue>(
+    w: &Window,
+    input: &[i8],
+    oy: usize,
+    ox: usize,
+    zp: i8,
+    dst: &mut [T],
+) {
     let (iy0, ky_s, ky_e) = w.rows(oy);
     let (ix0, kx_s, kx_e) = w.cols(ox);
     let ic = w.in_c;
     let row = w.kw * ic;
     let full = ky_s == 0 && ky_e == w.kh && kx_s == 0 && kx_e == w.kw;
     if !full {
-        dst.fill(zp);
+        dst.fill(T::from_input(zp));
     }
     let n = (kx_e - kx_s) * ic;
     for ky in ky_s..ky_e {
         let iy = (iy0 + ky as isize) as usize;
         let src = ((iy * w.in_w) as isize + ix0 + kx_s as isize) as usize * ic;
-        dst[ky * row + kx_s * ic..][..n].copy_from_slice(&input[src..][..n]);
+        T::copy_from_input(&mut dst[ky * row + kx_s * ic..][..n], &input[src..][..n]);
+    }
+}
+
+/// An im2col column value: an input byte as a kernel multiplies it.
+pub(crate) trait ColumnValue: Copy {
+    /// The value of input byte `v`.
+    fn from_input(v: i8) -> Self;
+    /// `dst[i] = from_input(src[i])` (equal lengths).
+    #[inline(always)]
+    fn copy_from_input(dst: &mut [Self], src: &[i8]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = Self::from_input(s);
+        }
+    }
+}
+
+/// The byte itself (the portable loop, NEON, the Cortex-M DSP kernel).
+impl ColumnValue for i8 {
+    #[inline(always)]
+    fn from_input(v: i8) -> i8 {
+        v
+    }
+    #[inline(always)]
+    fn copy_from_input(dst: &mut [i8], src: &[i8]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+/// Sign-extended (x86 AVX2's `vpmaddwd`).
+impl ColumnValue for i16 {
+    #[inline(always)]
+    fn from_input(v: i8) -> i16 {
+        v as i16
+    }
+}
+
+/// Sign bit flipped, `x + 128` (x86 VNNI's unsigned `vpdpbusd` operand).
+impl ColumnValue for u8 {
+    #[inline(always)]
+    fn from_input(v: i8) -> u8 {
+        v as u8 ^ 0x80
     }
 }
 
@@ -296,12 +344,8 @@ pub(crate) fn requant(p: &ConvI8, c: &ChanQ, acc: i32) -> i8 {
 
 fn lens_ok(p: &ConvI8, prep: &PreparedI8, input: usize, output: usize) -> bool {
     let w = &p.win;
-    input == w.in_h * w.in_w * w.in_c
-        && output == w.out_h * w.out_w * p.out_c
-        && p.weights.len() == p.out_c * w.kh * w.kw * w.in_c
-        && p.bias.len() == p.out_c
-        && p.mult.len() == p.out_c
-        && p.shift.len() == p.out_c
+    window_lens_ok(w, p.out_c, w.in_c, input, output, p.weights.len())
+        && requant_lens_ok(p.out_c, p.bias, p.mult, p.shift)
         && prep.chan.len() == p.out_c
 }
 
@@ -317,15 +361,12 @@ pub fn conv2d_i8_prepared(
     if !prep.in_range {
         return conv2d_i8(p, input, output);
     }
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if let Some(pk) = &prep.x86 {
-        if super::arch::x86::conv(p, pk, input, output) {
-            return Ok(());
-        }
-    }
-    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-    if let Some(pk) = &prep.aarch64 {
-        if super::arch::aarch64::conv(p, pk, input, output) {
+    #[cfg(any(
+        all(feature = "std", target_arch = "x86_64"),
+        all(target_arch = "aarch64", target_feature = "neon")
+    ))]
+    if let Some(pk) = &prep.packed {
+        if super::arch::simd::conv(p, pk, input, output) {
             return Ok(());
         }
     }
@@ -418,11 +459,7 @@ fn split(
             let n_px = p.win.out_h * p.win.out_w;
             let out = OutPtr(output.as_mut_ptr());
             #[cfg(target_arch = "x86_64")]
-            if let Some(pk) = prep
-                .x86
-                .as_ref()
-                .filter(|pk| super::arch::x86::supports(p, pk))
-            {
+            if let Some(pk) = prep.packed.as_ref().filter(|pk| pk.fits(p)) {
                 let tiles = Tiles::new(n_px, pk.blocks(), tasks);
                 let task = |i: usize| {
                     let (pixels, blocks) = tiles.tile(i);
@@ -461,12 +498,11 @@ fn split(
 /// its column fits the stack buffer).
 #[cfg(feature = "threads")]
 fn portable_runs(p: &ConvI8, prep: &PreparedI8) -> bool {
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if prep.x86.is_some() {
-        return false;
-    }
-    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-    if prep.aarch64.is_some() {
+    #[cfg(any(
+        all(feature = "std", target_arch = "x86_64"),
+        all(target_arch = "aarch64", target_feature = "neon")
+    ))]
+    if prep.packed.is_some() {
         return false;
     }
     #[cfg(rt_dsp)]

@@ -43,7 +43,9 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::model::{BuildError, Dtype, LayerParams, ModelBuilder, Quant, Task, TensorId};
+use crate::model::{
+    BuildError, Dtype, LayerParams, ModelBuilder, Quant, Task, TensorDesc, TensorId,
+};
 use schema as s;
 
 /// Why a `.tflite` file could not be converted.
@@ -912,106 +914,122 @@ fn pos(v: i32) -> usize {
     v.max(0) as usize
 }
 
-fn convert_op(cx: &mut OpCx, opts: Option<Table>) -> R<()> {
-    let name = format!("op{}", cx.index);
+/// CONV_2D and DEPTHWISE_CONV_2D: the same inputs, options and checks but for the filter
+/// layout (OHWI or `[1, KH, KW, OC]`), the channel rule (the input's channels, or a multiple of
+/// them), the quantisation axis of the weights (0 or 3) and the options' ids (the depthwise
+/// table has `depth_multiplier` at 3, which moves the activation and the dilations up by one).
+fn convert_conv(cx: &mut OpCx, opts: Option<Table>, name: &str, depthwise: bool) -> R<()> {
     let opt = |id: u16, d: i32| -> R<i32> { opts.map_or(Ok(d), |t| t.i32_or(id, d)) };
     let opt8 = |id: u16, d: i8| -> R<i8> { opts.map_or(Ok(d), |t| t.i8_or(id, d)) };
+    let after_dm = u16::from(depthwise);
+    let (xt, wt, out) = (cx.input(0)?, cx.input(1)?, cx.output()?);
+    let bt = cx.optional_input(2)?;
+    let (x, pre, pad_value) = cx.padded(xt)?;
+    // `ic`: the filter's input channels (a depthwise filter has none).
+    let (oc, kh, kw, ic) = if depthwise {
+        let [1, kh, kw, oc] = cx.info(wt).shape[..] else {
+            return Err(cx.invalid(Some(wt), "filter is not [1, KH, KW, OC]".into()));
+        };
+        (pos(oc), pos(kh), pos(kw), None)
+    } else {
+        let [oc, kh, kw, ic] = cx.info(wt).shape[..] else {
+            return Err(cx.invalid(Some(wt), "filter is not OHWI".into()));
+        };
+        (pos(oc), pos(kh), pos(kw), Some(pos(ic)))
+    };
+    if opt(4 + after_dm, 1)? != 1 || opt(5 + after_dm, 1)? != 1 {
+        return Err(cx.unsupported("dilation".into()));
+    }
+    let st = [pos(opt(2, 1)?), pos(opt(1, 1)?)];
+    let d = cx.mb.desc(x).map_err(cx.build(xt))?;
+    // The depth multiplier (depthwise only).
+    let dm = if let Some(ic) = ic {
+        if ic != d.c {
+            return Err(cx.invalid(
+                Some(wt),
+                format!("{ic} input channels, the input has {}", d.c),
+            ));
+        }
+        None
+    } else {
+        // TFLite derives the multiplier from the shapes; the option, when set, must agree.
+        if d.c == 0 || oc == 0 || !oc.is_multiple_of(d.c) {
+            return Err(cx.invalid(
+                Some(wt),
+                format!("{oc} output channels for {} input channels", d.c),
+            ));
+        }
+        let dm = oc / d.c;
+        let dm_opt = opt(3, 0)?;
+        if dm_opt != 0 && usize::try_from(dm_opt) != Ok(dm) {
+            return Err(cx.invalid(
+                Some(wt),
+                format!(
+                    "depth_multiplier {dm_opt}, but {oc} output channels for {} input \
+                     channels",
+                    d.c
+                ),
+            ));
+        }
+        Some(dm)
+    };
+    if pad_value.is_some_and(|v| v != d.zp) {
+        let op = if depthwise { "depthwise conv" } else { "conv" };
+        return Err(cx.unsupported(format!(
+            "a PADV2 before a {op} with a value other than the zero point"
+        )));
+    }
+    let (ph, pw) = (d.h + pre[0] + pre[2], d.w + pre[1] + pre[3]);
+    let own = cx.window_pads(opt8(0, s::SAME)?, [ph, pw], [kh, kw], st)?;
+    let relu = cx.relu(opt8(3 + after_dm, s::ACT_NONE)?, out)?;
+    let axis = if depthwise { 3 } else { 0 };
+    let (weights, w_scale, bias) = cx.weights(wt, bt, oc, axis)?;
+    let q = cx.out_quant(out)?;
+    let p = LayerParams::I8 {
+        weights,
+        w_scale: &w_scale,
+        bias: &bias,
+    };
+    let pads = add_pads(pre, own);
+    let y = match dm {
+        Some(dm) => cx.mb.dwconv(name, x, dm, [kh, kw], st, pads, relu, p, q),
+        None => cx.mb.conv(name, x, oc, [kh, kw], st, pads, relu, p, q),
+    };
+    let y = y.map_err(cx.build(out))?;
+    cx.produce(out, y)
+}
+
+/// A pool's (`op`'s) strides and filter size from its options, and its input `x`'s
+/// descriptor, once its output is checked to keep the input's quantisation (TFLite's pools do).
+fn pool_window(
+    cx: &mut OpCx,
+    opts: Option<Table>,
+    (xt, x): (i32, TensorId),
+    out: i32,
+    op: &str,
+) -> R<([usize; 2], [usize; 2], TensorDesc)> {
+    let opt = |id: u16, d: i32| -> R<i32> { opts.map_or(Ok(d), |t| t.i32_or(id, d)) };
+    let st = [pos(opt(2, 1)?), pos(opt(1, 1)?)];
+    let k = [pos(opt(4, 1)?), pos(opt(3, 1)?)];
+    let d = cx.mb.desc(x).map_err(cx.build(xt))?;
+    let same = Quant {
+        scale: d.scale,
+        zp: d.zp,
+    };
+    if cx.out_quant(out)? != same {
+        return Err(cx.unsupported(format!(
+            "{op} whose output quantisation differs from its input's"
+        )));
+    }
+    Ok((st, k, d))
+}
+
+fn convert_op(cx: &mut OpCx, opts: Option<Table>) -> R<()> {
+    let name = format!("op{}", cx.index);
+    let opt8 = |id: u16, d: i8| -> R<i8> { opts.map_or(Ok(d), |t| t.i8_or(id, d)) };
     match cx.code {
-        s::op::CONV_2D => {
-            let (xt, wt, out) = (cx.input(0)?, cx.input(1)?, cx.output()?);
-            let bt = cx.optional_input(2)?;
-            let (x, pre, pad_value) = cx.padded(xt)?;
-            let [oc, kh, kw, ic] = cx.info(wt).shape[..] else {
-                return Err(cx.invalid(Some(wt), "filter is not OHWI".into()));
-            };
-            let (oc, kh, kw, ic) = (pos(oc), pos(kh), pos(kw), pos(ic));
-            if opt(4, 1)? != 1 || opt(5, 1)? != 1 {
-                return Err(cx.unsupported("dilation".into()));
-            }
-            let st = [pos(opt(2, 1)?), pos(opt(1, 1)?)];
-            let d = cx.mb.desc(x).map_err(cx.build(xt))?;
-            if ic != d.c {
-                return Err(cx.invalid(
-                    Some(wt),
-                    format!("{ic} input channels, the input has {}", d.c),
-                ));
-            }
-            if pad_value.is_some_and(|v| v != d.zp) {
-                return Err(cx.unsupported(
-                    "a PADV2 before a conv with a value other than the zero point".into(),
-                ));
-            }
-            let (ph, pw) = (d.h + pre[0] + pre[2], d.w + pre[1] + pre[3]);
-            let own = cx.window_pads(opt8(0, s::SAME)?, [ph, pw], [kh, kw], st)?;
-            let relu = cx.relu(opt8(3, s::ACT_NONE)?, out)?;
-            let (weights, w_scale, bias) = cx.weights(wt, bt, oc, 0)?;
-            let q = cx.out_quant(out)?;
-            let p = LayerParams::I8 {
-                weights,
-                w_scale: &w_scale,
-                bias: &bias,
-            };
-            let pads = add_pads(pre, own);
-            let y = cx
-                .mb
-                .conv(&name, x, oc, [kh, kw], st, pads, relu, p, q)
-                .map_err(cx.build(out))?;
-            cx.produce(out, y)
-        }
-        s::op::DEPTHWISE_CONV_2D => {
-            let (xt, wt, out) = (cx.input(0)?, cx.input(1)?, cx.output()?);
-            let bt = cx.optional_input(2)?;
-            let (x, pre, pad_value) = cx.padded(xt)?;
-            let [1, kh, kw, oc] = cx.info(wt).shape[..] else {
-                return Err(cx.invalid(Some(wt), "filter is not [1, KH, KW, OC]".into()));
-            };
-            let (kh, kw, oc) = (pos(kh), pos(kw), pos(oc));
-            if opt(5, 1)? != 1 || opt(6, 1)? != 1 {
-                return Err(cx.unsupported("dilation".into()));
-            }
-            let st = [pos(opt(2, 1)?), pos(opt(1, 1)?)];
-            let d = cx.mb.desc(x).map_err(cx.build(xt))?;
-            // TFLite derives the multiplier from the shapes; the option, when set, must agree.
-            if d.c == 0 || oc == 0 || !oc.is_multiple_of(d.c) {
-                return Err(cx.invalid(
-                    Some(wt),
-                    format!("{oc} output channels for {} input channels", d.c),
-                ));
-            }
-            let dm = oc / d.c;
-            let dm_opt = opt(3, 0)?;
-            if dm_opt != 0 && usize::try_from(dm_opt) != Ok(dm) {
-                return Err(cx.invalid(
-                    Some(wt),
-                    format!(
-                        "depth_multiplier {dm_opt}, but {oc} output channels for {} input \
-                         channels",
-                        d.c
-                    ),
-                ));
-            }
-            if pad_value.is_some_and(|v| v != d.zp) {
-                return Err(cx.unsupported(
-                    "a PADV2 before a depthwise conv with a value other than the zero point".into(),
-                ));
-            }
-            let (ph, pw) = (d.h + pre[0] + pre[2], d.w + pre[1] + pre[3]);
-            let own = cx.window_pads(opt8(0, s::SAME)?, [ph, pw], [kh, kw], st)?;
-            let relu = cx.relu(opt8(4, s::ACT_NONE)?, out)?;
-            let (weights, w_scale, bias) = cx.weights(wt, bt, oc, 3)?;
-            let q = cx.out_quant(out)?;
-            let p = LayerParams::I8 {
-                weights,
-                w_scale: &w_scale,
-                bias: &bias,
-            };
-            let pads = add_pads(pre, own);
-            let y = cx
-                .mb
-                .dwconv(&name, x, dm, [kh, kw], st, pads, relu, p, q)
-                .map_err(cx.build(out))?;
-            cx.produce(out, y)
-        }
+        s::op::CONV_2D => convert_conv(cx, opts, &name, false),
+        s::op::DEPTHWISE_CONV_2D => convert_conv(cx, opts, &name, true),
         s::op::FULLY_CONNECTED => {
             let (xt, wt, out) = (cx.input(0)?, cx.input(1)?, cx.output()?);
             let bt = cx.optional_input(2)?;
@@ -1058,19 +1076,7 @@ fn convert_op(cx: &mut OpCx, opts: Option<Table>) -> R<()> {
             if cx.relu(opt8(5, s::ACT_NONE)?, out)? {
                 return Err(cx.unsupported("MAX_POOL_2D with a fused RELU".into()));
             }
-            let st = [pos(opt(2, 1)?), pos(opt(1, 1)?)];
-            let k = [pos(opt(4, 1)?), pos(opt(3, 1)?)];
-            let d = cx.mb.desc(x).map_err(cx.build(xt))?;
-            if cx.out_quant(out)?
-                != (Quant {
-                    scale: d.scale,
-                    zp: d.zp,
-                })
-            {
-                return Err(cx.unsupported(
-                    "MAX_POOL_2D whose output quantisation differs from its input's".into(),
-                ));
-            }
+            let (st, k, d) = pool_window(cx, opts, (xt, x), out, "MAX_POOL_2D")?;
             let (ph, pw) = (d.h + pre[0] + pre[2], d.w + pre[1] + pre[3]);
             let own = cx.window_pads(opt8(0, s::SAME)?, [ph, pw], k, st)?;
             let y = cx
@@ -1083,19 +1089,7 @@ fn convert_op(cx: &mut OpCx, opts: Option<Table>) -> R<()> {
             let (xt, out) = (cx.input(0)?, cx.output()?);
             let x = cx.activation(xt)?;
             let relu = cx.relu(opt8(5, s::ACT_NONE)?, out)?;
-            let st = [pos(opt(2, 1)?), pos(opt(1, 1)?)];
-            let k = [pos(opt(4, 1)?), pos(opt(3, 1)?)];
-            let d = cx.mb.desc(x).map_err(cx.build(xt))?;
-            if cx.out_quant(out)?
-                != (Quant {
-                    scale: d.scale,
-                    zp: d.zp,
-                })
-            {
-                return Err(cx.unsupported(
-                    "AVERAGE_POOL_2D whose output quantisation differs from its input's".into(),
-                ));
-            }
+            let (st, k, d) = pool_window(cx, opts, (xt, x), out, "AVERAGE_POOL_2D")?;
             let pads = cx.window_pads(opt8(0, s::SAME)?, [d.h, d.w], k, st)?;
             let y = cx.mb.avgpool(x, k, st, pads, relu).map_err(cx.build(out))?;
             cx.produce(out, y)

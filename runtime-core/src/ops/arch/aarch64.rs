@@ -5,10 +5,10 @@
 //! `no_std` builds too. The `sdot` kernel is chosen at run time (`std`:
 //! `is_aarch64_feature_detected!("dotprod")`) or at build time (`-C target-feature=+dotprod`).
 //!
-//! Layout, made once at load ([`Packed::new`]): output channels in blocks of 4 (one `int32x4_t`
-//! of accumulators), the reduction padded to a multiple of 4 with zero weights; block `b`,
-//! group `q` of 4 taps is 16 bytes `[w[4b][4q..4q+4], w[4b+1][4q..4q+4], …]` (x86.rs's layout
-//! with 4 lanes instead of 16). The column's 4 taps of group `q` are broadcast to all 4 lanes.
+//! Weights are packed once at load in [`Packed`]'s layout with 4-channel blocks (one
+//! `int32x4_t` of accumulators): block `b`, group `q` of 4 taps is 16 bytes
+//! `[w[4b][4q..4q+4], w[4b+1][4q..4q+4], …]`. The column's 4 taps of group `q` are broadcast to
+//! all 4 lanes.
 //!
 //! * `sdot` adds the four `i8·i8` products of each 32-bit lane to its `i32`, wrapping, with no
 //!   intermediate rounding or saturation: lane `c` of block `b` gains `Σ_t x[4q+t]·w[4b+c][4q+t]`.
@@ -29,21 +29,33 @@
 //! [`multiply_by_quantized_multiplier_split`](super::super::requant::multiply_by_quantized_multiplier_split)
 //! for every input; the tests compare both kernels with the reference bit for bit.
 
-use alloc::vec::Vec;
 use core::arch::aarch64::*;
 #[cfg(any(feature = "std", target_feature = "dotprod"))]
 use core::arch::asm;
 
 use super::super::conv2d::ConvI8;
 use super::super::prepared::{im2col, ChanQ};
+use super::packed::{Layout, Packed, MAX_K};
 
-/// Largest padded reduction the kernels take (3×3×512, ResNet-18's last stage): the column
-/// buffer is `PIXELS · MAX_K` bytes (18 KiB of stack). Larger ones run the portable path.
-pub const MAX_K: usize = 4608;
 /// Output pixels per block (the columns broadcast against each weight load).
 const PIXELS: usize = 4;
 /// Output channels per block (`i32` lanes of one register).
 const LANES: usize = 4;
+
+/// The `sdot` kernel's packing: 4-channel blocks of `i8`, signed columns.
+const SDOT: Layout = Layout {
+    kernel: "neon-sdot",
+    lanes: LANES,
+    wide: false,
+    unsigned_cols: false,
+    row_band: false,
+};
+
+/// The `smull`/`sadalp` kernel's packing: the same layout as [`SDOT`].
+const SMULL: Layout = Layout {
+    kernel: "neon-smull",
+    ..SDOT
+};
 
 /// Whether this CPU runs the `sdot` kernel: built with `+dotprod`, or (`std`) detected at run
 /// time. Without `std` and without the build flag, `false` (the `smull` kernel runs).
@@ -62,113 +74,27 @@ pub fn sdot_available() -> bool {
     }
 }
 
-/// Weights and per-channel requantisation constants laid out for the kernels.
-#[derive(Clone)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct Packed {
-    /// For the `sdot` kernel (else the `smull`/`sadalp` one; both read the same layout).
-    sdot: bool,
-    /// Reduction padded to a multiple of 4.
-    kp: usize,
-    /// Output-channel blocks of 4.
-    blocks: usize,
-    /// `blocks · kp · 4` bytes, see the module docs.
-    w: Vec<i8>,
-    /// Per (padded) channel: `bias'`, `mult`, `max(shift, 0)` and `−max(−shift, 0)` (the
-    /// negative shift count `srshl` takes for a rounding right shift).
-    bias: Vec<i32>,
-    mult: Vec<i32>,
-    lshift: Vec<i32>,
-    rshift_neg: Vec<i32>,
+/// Packs `p` (with its folded bias) for the best kernel this CPU has (`sdot`, else `smull`) if
+/// the op fits it: `None` leaves the op to the portable path.
+pub(crate) fn pack(p: &ConvI8, chan: &[ChanQ]) -> Option<Packed> {
+    Packed::new(p, chan, if sdot_available() { SDOT } else { SMULL })
 }
 
-/// Sizes only: a model's `Debug` output should not list megabytes of packed weights.
-impl core::fmt::Debug for Packed {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Packed")
-            .field("kernel", &self.backend())
-            .field("kp", &self.kp)
-            .field("blocks", &self.blocks)
-            .field("heap_bytes", &self.heap_bytes())
-            .finish()
-    }
-}
-
-impl Packed {
-    /// Packs `p` (with its folded bias) for the best kernel this CPU has (`sdot`, else
-    /// `smull`) if the op fits it: `None` leaves the op to the portable path.
-    pub fn new(p: &ConvI8, chan: &[ChanQ]) -> Option<Packed> {
-        Self::new_for(p, chan, sdot_available())
-    }
-
-    /// Packs for the `smull`/`sadalp` kernel even where `sdot` is available (for tests).
-    pub fn new_smull(p: &ConvI8, chan: &[ChanQ]) -> Option<Packed> {
-        Self::new_for(p, chan, false)
-    }
-
-    /// The kernel this packing is for.
-    pub fn backend(&self) -> &'static str {
-        if self.sdot {
-            "neon-sdot"
-        } else {
-            "neon-smull"
-        }
-    }
-
-    fn new_for(p: &ConvI8, chan: &[ChanQ], sdot: bool) -> Option<Packed> {
-        let w = &p.win;
-        let k = w.kh * w.kw * w.in_c;
-        let kp = k.div_ceil(4) * 4;
-        let oc = p.out_c;
-        let lens = p.weights.len() == oc * k && chan.len() == oc;
-        if kp > MAX_K || oc == 0 || !lens {
-            return None;
-        }
-        let blocks = oc.div_ceil(LANES);
-        let mut pw = alloc::vec![0i8; blocks * kp * LANES];
-        for c in 0..oc {
-            let (b, lane) = (c / LANES, c % LANES);
-            for (kk, &v) in p.weights[c * k..][..k].iter().enumerate() {
-                pw[(b * kp + (kk / 4) * 4) * LANES + lane * 4 + kk % 4] = v;
-            }
-        }
-        // Padded channels: zero weights and constants, computed but never written.
-        let pad = |f: &dyn Fn(&ChanQ) -> i32| -> Vec<i32> {
-            (0..blocks * LANES)
-                .map(|c| chan.get(c).map_or(0, f))
-                .collect()
-        };
-        Some(Packed {
-            sdot,
-            kp,
-            blocks,
-            w: pw,
-            bias: pad(&|c| c.bias),
-            mult: pad(&|c| c.mult),
-            lshift: pad(&|c| c.left as i32),
-            rshift_neg: pad(&|c| -(c.right as i32)),
-        })
-    }
-
-    /// Heap bytes held.
-    pub fn heap_bytes(&self) -> usize {
-        self.w.capacity()
-            + 4 * (self.bias.capacity()
-                + self.mult.capacity()
-                + self.lshift.capacity()
-                + self.rshift_neg.capacity())
-    }
+/// Packs for the `smull`/`sadalp` kernel even where `sdot` is available (for tests).
+pub(crate) fn pack_smull(p: &ConvI8, chan: &[ChanQ]) -> Option<Packed> {
+    Packed::new(p, chan, SMULL)
 }
 
 /// Runs the conv; `false` if it cannot (then the caller runs another path). The caller checked
 /// the slice lengths against `p` and the requantisation ranges ([`super::super::prepared`]).
 pub(crate) fn conv(p: &ConvI8, pk: &Packed, input: &[i8], output: &mut [i8]) -> bool {
-    if pk.kp > MAX_K || pk.blocks != p.out_c.div_ceil(LANES) {
+    if !pk.fits(p) {
         return false;
     }
-    if pk.sdot {
+    if pk.layout == SDOT {
         #[cfg(any(feature = "std", target_feature = "dotprod"))]
-        // SAFETY: `pk.sdot` is set only where `sdot_available()` said the CPU has FEAT_DotProd.
+        // SAFETY: `SDOT` packings are made only where `sdot_available()` said the CPU has
+        // FEAT_DotProd.
         unsafe {
             conv_sdot(p, pk, input, output)
         };
@@ -356,7 +282,8 @@ unsafe fn store(
     let bias = vld1q_s32(pk.bias.as_ptr().add(c0));
     let mult = vld1q_s32(pk.mult.as_ptr().add(c0));
     let ls = vld1q_s32(pk.lshift.as_ptr().add(c0));
-    let rs = vld1q_s32(pk.rshift_neg.as_ptr().add(c0));
+    // `srshl` takes the negative count for a rounding right shift.
+    let rs = vnegq_s32(vld1q_s32(pk.rshift.as_ptr().add(c0)));
     let zp = vdupq_n_s32(p.out_zp);
     let lo = vdupq_n_s32(p.act_min);
     let hi = vdupq_n_s32(p.act_max);

@@ -1,30 +1,47 @@
-//! x86-64 AVX-512 VNNI conv kernel (`std` feature: runtime CPU detection).
+//! x86-64 conv kernels (`std` feature: runtime CPU detection): AVX-512 VNNI where the CPU has
+//! it, else AVX2.
 //!
 //! `vpdpbusd` multiplies 4 unsigned bytes by 4 signed bytes and adds the 4 products to an `i32`
 //! lane without saturation (unlike `vpmaddubsw`, whose `i16` pair sums saturate). The column is
-//! made unsigned by flipping its sign bit, `u = x' + 128`, so `Σ u·w = Σ x'·w + 128·Σ w`: the
-//! packed bias absorbs `−128·Σ w` on top of the zero-point fold. Everything wraps modulo 2³²,
-//! so the result equals the portable path's (see [`super::super::prepared`]).
+//! made unsigned by flipping its sign bit, `u = x' + 128`; the packing folds the correction
+//! into the bias ([`Layout::unsigned_cols`]).
 //!
-//! Layout, made once at load ([`Packed::new`]): output channels in blocks of 16 (one `zmm` of
-//! `i32` accumulators), the reduction padded to a multiple of 4 with zero weights; block `b`,
-//! group `q` of 4 taps is 64 bytes `[lane 0: w[16b][4q..4q+4], lane 1: …]`. The kernel keeps
-//! 4 pixels × 32 channels (8 `zmm`) of accumulators, broadcasts 4 column bytes per pixel and
-//! issues 8 `vpdpbusd` per 2 weight loads; the requantisation runs 16 lanes at a time.
+//! Weights are packed once at load in [`Packed`]'s layout with 16-channel blocks (one `zmm`,
+//! or two `ymm`, of `i32` accumulators). The VNNI kernel keeps 4 pixels × 32 channels (8 `zmm`)
+//! of accumulators, broadcasts 4 column bytes per pixel and issues 8 `vpdpbusd` per 2 weight
+//! loads; the requantisation runs 16 lanes at a time. The AVX2 kernels are described at
+//! [`conv_avx2`] and [`conv_avx2_band`].
 
 use alloc::vec::Vec;
 use core::arch::x86_64::*;
 use core::ops::Range;
 
 use super::super::conv2d::ConvI8;
-use super::super::prepared::ChanQ;
+use super::super::prepared::{im2col, ChanQ};
 use super::super::Window;
+use super::packed::{Layout, Packed, MAX_K};
 
-/// Largest padded reduction the kernel takes (3×3×512, ResNet-18's last stage): its stack
-/// buffer is `PIXELS · MAX_K` bytes (18 KiB). Larger ones run the portable path.
-pub const MAX_K: usize = 4608;
 /// Output pixels per block.
 const PIXELS: usize = 4;
+
+/// The AVX-512 VNNI kernel's packing: 16-channel blocks of `i8`, unsigned columns.
+const VNNI: Layout = Layout {
+    kernel: "avx512vnni",
+    lanes: 16,
+    wide: false,
+    unsigned_cols: true,
+    row_band: false,
+};
+
+/// The AVX2 kernels' packing: 16-channel blocks of `i16`, signed columns (the row band where
+/// the window fits it, [`band_fits`]).
+const AVX2: Layout = Layout {
+    kernel: "avx2",
+    lanes: 16,
+    wide: true,
+    unsigned_cols: false,
+    row_band: false,
+};
 
 /// Whether this CPU runs the VNNI kernel.
 pub fn available() -> bool {
@@ -38,34 +55,23 @@ pub fn avx2_available() -> bool {
     std::is_x86_feature_detected!("avx2")
 }
 
-/// Weights and per-channel requantisation constants laid out for the kernel.
-#[derive(Clone)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct Packed {
-    /// For the AVX2 kernel (signed columns, `bias'` unchanged) instead of the VNNI one.
-    avx2: bool,
-    /// AVX2 on a window [`band_fits`]: the row-band kernel, each kernel row's `kw·in_c` taps
-    /// padded to `row_kp`, a multiple of 4, with zero weights.
-    band: bool,
-    row_kp: usize,
-    /// Reduction padded to a multiple of 4 (band: `kh·row_kp`).
-    kp: usize,
-    /// Output-channel blocks of 16.
-    blocks: usize,
-    /// VNNI: `blocks · kp · 16` bytes, see the module docs (empty for AVX2).
-    w: Vec<i8>,
-    /// AVX2: the same layout sign-extended to `i16` once at load (empty for VNNI), so the
-    /// inner loop spends no shuffle port on `vpmovsxbw`.
-    w16: Vec<i16>,
-    /// `bias' − 128·Σ w` (VNNI) or `bias'` (AVX2) per (padded) channel.
-    bias: Vec<i32>,
-    mult: Vec<i32>,
-    /// `max(shift, 0)` and `max(−shift, 0)`.
-    lshift: Vec<i32>,
-    rshift: Vec<i32>,
-    /// AVX2, where every channel shifts right (`left = 0`, `right ≥ 1`, nearly every conv):
-    /// the one-multiply-add requantisation's constants ([`RightShift8`]), else `None`.
-    right: Option<RightShift8>,
+/// Packs `p` (with its folded bias) for the best kernel this CPU has (AVX-512 VNNI, else
+/// AVX2) if the op fits it: `None` leaves the op to the portable path.
+pub(crate) fn pack(p: &ConvI8, chan: &[ChanQ]) -> Option<Packed> {
+    if available() {
+        Packed::new(p, chan, VNNI)
+    } else {
+        pack_avx2(p, chan)
+    }
+}
+
+/// Packs for the AVX2 kernel, if the CPU has AVX2 (for tests on VNNI machines).
+pub(crate) fn pack_avx2(p: &ConvI8, chan: &[ChanQ]) -> Option<Packed> {
+    if !avx2_available() {
+        return None;
+    }
+    let row_band = band_fits(&p.win);
+    Packed::new(p, chan, Layout { row_band, ..AVX2 })
 }
 
 /// Per-channel constants of [`mbqm8_right`], padded to whole blocks: the 64-bit addends
@@ -81,7 +87,7 @@ pub(crate) struct RightShift8 {
 
 impl RightShift8 {
     /// `None` unless every channel has `left = 0` and `right ≥ 1`.
-    fn new(lshift: &[i32], rshift: &[i32]) -> Option<RightShift8> {
+    pub(super) fn new(lshift: &[i32], rshift: &[i32]) -> Option<RightShift8> {
         if lshift
             .iter()
             .zip(rshift)
@@ -97,7 +103,7 @@ impl RightShift8 {
         })
     }
 
-    fn heap_bytes(&self) -> usize {
+    pub(super) fn heap_bytes(&self) -> usize {
         8 * (self.c_even.capacity() + self.c_odd.capacity()) + 4 * self.e1.capacity()
     }
 }
@@ -108,157 +114,17 @@ pub(crate) fn right_addend(e: u32) -> i64 {
     (1i64 << 30) + (1i64 << (30 + e))
 }
 
-/// Sizes only: a model's `Debug` output should not list megabytes of packed weights.
-impl core::fmt::Debug for Packed {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Packed")
-            .field("kernel", &self.backend())
-            .field("kp", &self.kp)
-            .field("blocks", &self.blocks)
-            .field("heap_bytes", &self.heap_bytes())
-            .field("right_shift_requant", &self.right.is_some())
-            .finish()
-    }
-}
-
-impl Packed {
-    /// Packs `p` (with its folded bias) for the best kernel this CPU has (AVX-512 VNNI, else
-    /// AVX2) if the op fits it: `None` leaves the op to the portable path.
-    pub fn new(p: &ConvI8, chan: &[ChanQ]) -> Option<Packed> {
-        if available() {
-            Self::new_for(p, chan, false)
-        } else if avx2_available() {
-            Self::new_for(p, chan, true)
-        } else {
-            None
-        }
-    }
-
-    /// Packs for the AVX2 kernel, if the CPU has AVX2 (for tests on VNNI machines).
-    pub fn new_avx2(p: &ConvI8, chan: &[ChanQ]) -> Option<Packed> {
-        if avx2_available() {
-            Self::new_for(p, chan, true)
-        } else {
-            None
-        }
-    }
-
-    /// Output channel blocks of 16 (the threaded driver tiles over them).
-    #[cfg(feature = "threads")]
-    pub(crate) fn blocks(&self) -> usize {
-        self.blocks
-    }
-
-    /// The kernel this packing is for.
-    pub fn backend(&self) -> &'static str {
-        if self.avx2 {
-            "avx2"
-        } else {
-            "avx512vnni"
-        }
-    }
-
-    fn new_for(p: &ConvI8, chan: &[ChanQ], avx2: bool) -> Option<Packed> {
-        let w = &p.win;
-        let k = w.kh * w.kw * w.in_c;
-        let band = avx2 && band_fits(w);
-        let row_k = w.kw * w.in_c;
-        let row_kp = row_k.div_ceil(4) * 4;
-        let kp = if band {
-            w.kh * row_kp
-        } else {
-            k.div_ceil(4) * 4
-        };
-        let oc = p.out_c;
-        let lens = p.weights.len() == oc * k && chan.len() == oc;
-        if kp > MAX_K || oc == 0 || !lens {
-            return None;
-        }
-        // The caller checked the loader's ranges (mult ≥ 0, so the SRDHM overflow case
-        // i32::MIN² cannot occur; shifts within TFLite's range).
-        let blocks = oc.div_ceil(16);
-        let ocp = blocks * 16;
-        let mut pw = alloc::vec![0i8; blocks * kp * 16];
-        for c in 0..oc {
-            let (b, lane) = (c / 16, c % 16);
-            for (kk, &v) in p.weights[c * k..][..k].iter().enumerate() {
-                // Band: tap `kk` of kernel row `kk / row_k` sits at `row_kp` per row.
-                let kk = if band {
-                    kk / row_k * row_kp + kk % row_k
-                } else {
-                    kk
-                };
-                pw[(b * kp + (kk / 4) * 4) * 16 + lane * 4 + kk % 4] = v;
-            }
-        }
-        let pad = |f: &dyn Fn(usize) -> i32| -> Vec<i32> {
-            (0..ocp).map(|c| if c < oc { f(c) } else { 0 }).collect()
-        };
-        let wsum = |c: usize| {
-            p.weights[c * k..][..k]
-                .iter()
-                .fold(0i32, |a, &v| a.wrapping_add(v as i32))
-        };
-        let flip = if avx2 { 0 } else { 128 };
-        // Padding channels shift right by 1, so that they never veto the right-shift
-        // requantisation (their outputs are computed and dropped).
-        let lshift = pad(&|c| chan[c].left as i32);
-        let rshift: Vec<i32> = (0..ocp)
-            .map(|c| if c < oc { chan[c].right as i32 } else { 1 })
-            .collect();
-        let (w, w16) = if avx2 {
-            (Vec::new(), pw.iter().map(|&v| v as i16).collect())
-        } else {
-            (pw, Vec::new())
-        };
-        Some(Packed {
-            avx2,
-            band,
-            row_kp,
-            kp,
-            blocks,
-            bias: pad(&|c| chan[c].bias.wrapping_sub(wsum(c).wrapping_mul(flip))),
-            mult: pad(&|c| chan[c].mult),
-            right: if avx2 {
-                RightShift8::new(&lshift, &rshift)
-            } else {
-                None
-            },
-            lshift,
-            rshift,
-            w,
-            w16,
-        })
-    }
-
-    /// Heap bytes held.
-    pub fn heap_bytes(&self) -> usize {
-        self.w.capacity()
-            + 2 * self.w16.capacity()
-            + self.right.as_ref().map_or(0, |r| r.heap_bytes())
-            + 4 * (self.bias.capacity()
-                + self.mult.capacity()
-                + self.lshift.capacity()
-                + self.rshift.capacity())
-    }
-}
-
 /// Runs the conv; `false` if it cannot (then the caller runs another path). The caller checked
 /// the slice lengths against `p`.
 pub(crate) fn conv(p: &ConvI8, pk: &Packed, input: &[i8], output: &mut [i8]) -> bool {
     let n_px = p.win.out_h * p.win.out_w;
-    if !supports(p, pk) || output.len() != n_px * p.out_c {
+    if !pk.fits(p) || output.len() != n_px * p.out_c {
         return false;
     }
-    // SAFETY: `supports`; `output` holds the whole conv's output (checked), and this is the
+    // SAFETY: `pk.fits(p)`; `output` holds the whole conv's output (checked), and this is the
     // only tile.
     unsafe { conv_tile(p, pk, input, output.as_mut_ptr(), 0..n_px, 0..pk.blocks) };
     true
-}
-
-/// Whether [`conv_tile`] can run `p` with `pk`.
-pub(crate) fn supports(p: &ConvI8, pk: &Packed) -> bool {
-    pk.kp <= MAX_K && pk.blocks == p.out_c.div_ceil(16)
 }
 
 /// One tile of the conv: output pixels `pixels` (row-major `oy·out_w + ox`) × output channel
@@ -267,7 +133,7 @@ pub(crate) fn supports(p: &ConvI8, pk: &Packed) -> bool {
 /// bytes; the threaded driver runs disjoint tiles at once.
 ///
 /// # Safety
-/// [`supports`]`(p, pk)`; `out` is valid for writes of the whole output
+/// `pk.fits(p)`; `out` is valid for writes of the whole output
 /// (`out_h·out_w·out_c` bytes) and no other thread reads or writes this tile's bytes meanwhile;
 /// `pixels` within `0..out_h·out_w`, `blocks` within `0..pk.blocks`; `input` holds the conv's
 /// input (the caller checked the lengths).
@@ -282,48 +148,12 @@ pub(crate) unsafe fn conv_tile(
     // SAFETY: `pk` exists only if `available()` (VNNI) or `avx2_available()` (AVX2) said the
     // CPU has the kernel's features; the rest is the caller's promise.
     unsafe {
-        if pk.band {
+        if pk.layout.row_band {
             conv_avx2_band(p, pk, input, out, pixels, blocks)
-        } else if pk.avx2 {
+        } else if pk.layout.wide {
             conv_avx2(p, pk, input, out, pixels, blocks)
         } else {
             conv_vnni(p, pk, input, out, pixels, blocks)
-        }
-    }
-}
-
-/// Column of pixel `(oy, ox)` as bytes `x' ^ flip` (padded taps: the zero point), zero beyond
-/// `k` up to `kp`: `flip = 0x80` gives VNNI's unsigned bytes, `0` the signed ones.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn im2col_u8(
-    w: &Window,
-    input: &[i8],
-    oy: usize,
-    ox: usize,
-    zp: i8,
-    dst: &mut [u8],
-    k: usize,
-    flip: u8,
-) {
-    let (iy0, ky_s, ky_e) = w.rows(oy);
-    let (ix0, kx_s, kx_e) = w.cols(ox);
-    let ic = w.in_c;
-    let row = w.kw * ic;
-    let full = ky_s == 0 && ky_e == w.kh && kx_s == 0 && kx_e == w.kw;
-    if !full {
-        dst[..k].fill(zp as u8 ^ flip);
-    }
-    dst[k..].fill(0);
-    let n = (kx_e - kx_s) * ic;
-    for ky in ky_s..ky_e {
-        let iy = (iy0 + ky as isize) as usize;
-        let src = ((iy * w.in_w) as isize + ix0 + kx_s as isize) as usize * ic;
-        for (d, &s) in dst[ky * row + kx_s * ic..][..n]
-            .iter_mut()
-            .zip(&input[src..][..n])
-        {
-            *d = s as u8 ^ flip;
         }
     }
 }
@@ -349,8 +179,8 @@ unsafe fn conv_vnni(
         for s in 0..PIXELS {
             // Missing pixels of the last block repeat the last one (computed, not written).
             let q = px + s.min(n - 1);
-            let dst = &mut cols[s * kp..][..kp];
-            im2col_u8(w, input, q / w.out_w, q % w.out_w, zp, dst, k, 0x80);
+            let dst = &mut cols[s * kp..][..k];
+            im2col(w, input, q / w.out_w, q % w.out_w, zp, dst);
         }
         let mut b = blocks.start;
         while b < blocks.end {
@@ -510,15 +340,11 @@ unsafe fn conv_avx2(
     let w = &p.win;
     let k = w.kh * w.kw * w.in_c;
     let kp = pk.kp;
-    let zp = p.in_zp.clamp(-128, 127) as i16;
+    let zp = p.in_zp.clamp(-128, 127) as i8;
     let mut cols = [0i16; PIXELS_AVX2 * MAX_K];
     let end = pixels.end;
     let oc = p.out_c;
-    let ep = Epilogue {
-        lo: _mm256_set1_epi32(p.act_min - p.out_zp),
-        hi: _mm256_set1_epi32(p.act_max - p.out_zp),
-        zp: _mm256_set1_epi32(p.out_zp),
-    };
+    let ep = Epilogue::new(p.act_min, p.act_max, p.out_zp);
     let mut px = pixels.start;
     // Pixel `px`'s coordinates, advanced with it (no division per pixel).
     let (mut oy, mut ox) = (px / w.out_w, px % w.out_w);
@@ -527,8 +353,8 @@ unsafe fn conv_avx2(
         let (mut qy, mut qx) = (oy, ox);
         for s in 0..PIXELS_AVX2 {
             // Missing pixels of the last block repeat the last one (computed, not written).
-            let dst = &mut cols[s * kp..][..kp];
-            im2col_i16(w, input, qy, qx, zp, dst, k);
+            let dst = &mut cols[s * kp..][..k];
+            im2col(w, input, qy, qx, zp, dst);
             if s + 1 < n {
                 qx += 1;
                 if qx == w.out_w {
@@ -587,17 +413,14 @@ unsafe fn conv_avx2_band(
     let [pt, pl, _, pr] = w.pads();
     let ic = w.in_c;
     let row_len = (pl + w.in_w + pr) * ic;
-    let row_k = pk.row_kp;
+    // Each kernel row's taps padded on their own (`Layout::row_band`): `kp = kh · row_kp`.
+    let row_k = pk.kp / w.kh;
     let zp = p.in_zp.clamp(-128, 127) as i16;
     let mut band = [0i16; BAND_MAX + BAND_SLACK];
     // The padded-input row each ring slot holds (none yet).
     let mut held = [usize::MAX; BAND_MAX_KH];
     let oc = p.out_c;
-    let ep = Epilogue {
-        lo: _mm256_set1_epi32(p.act_min - p.out_zp),
-        hi: _mm256_set1_epi32(p.act_max - p.out_zp),
-        zp: _mm256_set1_epi32(p.out_zp),
-    };
+    let ep = Epilogue::new(p.act_min, p.act_max, p.out_zp);
     let mut px = pixels.start;
     while px < pixels.end {
         let (oy, ox0) = (px / w.out_w, px % w.out_w);
@@ -675,38 +498,49 @@ unsafe fn block_band(
     acc
 }
 
-/// Column of pixel `(oy, ox)` as `i16` (padded taps: the zero point), zero beyond `k` up to
-/// `dst.len()`.
-#[inline(always)]
-fn im2col_i16(w: &Window, input: &[i8], oy: usize, ox: usize, zp: i16, dst: &mut [i16], k: usize) {
-    let (iy0, ky_s, ky_e) = w.rows(oy);
-    let (ix0, kx_s, kx_e) = w.cols(ox);
-    let ic = w.in_c;
-    let row = w.kw * ic;
-    let full = ky_s == 0 && ky_e == w.kh && kx_s == 0 && kx_e == w.kw;
-    if !full {
-        dst[..k].fill(zp);
-    }
-    dst[k..].fill(0);
-    let n = (kx_e - kx_s) * ic;
-    for ky in ky_s..ky_e {
-        let iy = (iy0 + ky as isize) as usize;
-        let src = ((iy * w.in_w) as isize + ix0 + kx_s as isize) as usize * ic;
-        for (d, &s) in dst[ky * row + kx_s * ic..][..n]
-            .iter_mut()
-            .zip(&input[src..][..n])
-        {
-            *d = s as i16;
-        }
-    }
-}
-
 /// The output clamp of the AVX2 epilogue: `[act_min − out_zp, act_max − out_zp]`, then `+ out_zp`
-/// (the reference's `saturating_add(out_zp).clamp(act_min, act_max)`, without the overflow).
-struct Epilogue {
+/// (the reference's `saturating_add(out_zp).clamp(act_min, act_max)`, without the overflow),
+/// and the narrowing to bytes. Shared by the conv kernels and the residual add
+/// ([`super::x86_add`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Epilogue {
     lo: __m256i,
     hi: __m256i,
     zp: __m256i,
+}
+
+impl Epilogue {
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(crate) unsafe fn new(act_min: i32, act_max: i32, out_zp: i32) -> Epilogue {
+        Epilogue {
+            lo: _mm256_set1_epi32(act_min - out_zp),
+            hi: _mm256_set1_epi32(act_max - out_zp),
+            zp: _mm256_set1_epi32(out_zp),
+        }
+    }
+
+    /// 8 requantised values clamped and moved to the output zero point.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(crate) unsafe fn clamp(&self, y: __m256i) -> __m256i {
+        _mm256_add_epi32(
+            _mm256_min_epi32(_mm256_max_epi32(y, self.lo), self.hi),
+            self.zp,
+        )
+    }
+}
+
+/// The 16 output bytes of two vectors of 8 [`Epilogue::clamp`]ed values (`r[0]` the first 8).
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(crate) unsafe fn bytes16(r: [__m256i; 2]) -> __m128i {
+    // The values are in [−128, 127] already: the saturating packs are exact.
+    let v16 = _mm256_permute4x64_epi64::<0xd8>(_mm256_packs_epi32(r[0], r[1]));
+    _mm_packs_epi16(
+        _mm256_castsi256_si128(v16),
+        _mm256_extracti128_si256::<1>(v16),
+    )
 }
 
 /// Adds the partial sums of the 16-channel block `c0..` of `n` consecutive pixels (`acc`, the
@@ -744,14 +578,9 @@ unsafe fn store_pixels(
                 ),
                 None => mbqm8(acc8, mult[j], load8(&pk.lshift, c), load8(&pk.rshift, c)),
             };
-            *rj = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(y, ep.lo), ep.hi), ep.zp);
+            *rj = ep.clamp(y);
         }
-        // The values are in [−128, 127] already: the saturating packs are exact.
-        let v16 = _mm256_permute4x64_epi64::<0xd8>(_mm256_packs_epi32(r[0], r[1]));
-        let v8 = _mm_packs_epi16(
-            _mm256_castsi256_si128(v16),
-            _mm256_extracti128_si256::<1>(v16),
-        );
+        let v8 = bytes16(r);
         let d = dst.add(s * oc);
         if lanes == 16 {
             _mm_storeu_si128(d as *mut __m128i, v8);

@@ -11,7 +11,7 @@ use core::arch::x86_64::*;
 
 use super::super::add::{add_i8_scalar, AddI8, ADD_LEFT_SHIFT};
 use super::super::requant::{SHIFT_MAX, SHIFT_MIN};
-use super::x86::{mbqm8, mbqm8_right, mbqm8_shift0, right_addend};
+use super::x86::{bytes16, mbqm8, mbqm8_right, mbqm8_shift0, right_addend, Epilogue};
 
 /// Runs the add if this CPU has AVX2 and `p`'s multipliers and shifts are in the loader's
 /// ranges; `false` leaves it to the scalar loop. The caller checked the lengths.
@@ -89,9 +89,7 @@ unsafe fn add_avx2(p: &AddI8, a: &[i8], b: &[i8], out: &mut [i8]) {
         Rq8::new(p.out_mult, p.out_shift),
     );
     let (za, zb) = (_mm256_set1_epi32(p.a_zp), _mm256_set1_epi32(p.b_zp));
-    let lo = _mm256_set1_epi32(p.act_min - p.out_zp);
-    let hi = _mm256_set1_epi32(p.act_max - p.out_zp);
-    let zo = _mm256_set1_epi32(p.out_zp);
+    let ep = Epilogue::new(p.act_min, p.act_max, p.out_zp);
     let n = out.len().min(a.len()).min(b.len());
     let whole = n / 16 * 16;
     for i in (0..whole).step_by(16) {
@@ -109,16 +107,9 @@ unsafe fn add_avx2(p: &AddI8, a: &[i8], b: &[i8], out: &mut [i8]) {
             // |x − zp| ≤ 255: the shift by 20 cannot overflow.
             let ta = ra.apply(_mm256_slli_epi32::<ADD_LEFT_SHIFT>(xa));
             let tb = rb.apply(_mm256_slli_epi32::<ADD_LEFT_SHIFT>(xb));
-            let y = ro.apply(adds_epi32(ta, tb));
-            *rh = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(y, lo), hi), zo);
+            *rh = ep.clamp(ro.apply(adds_epi32(ta, tb)));
         }
-        // The values are in [−128, 127] already: the saturating packs are exact.
-        let v16 = _mm256_permute4x64_epi64::<0xd8>(_mm256_packs_epi32(r[0], r[1]));
-        let v8 = _mm_packs_epi16(
-            _mm256_castsi256_si128(v16),
-            _mm256_extracti128_si256::<1>(v16),
-        );
-        _mm_storeu_si128(out[i..i + 16].as_mut_ptr() as *mut __m128i, v8);
+        _mm_storeu_si128(out[i..i + 16].as_mut_ptr() as *mut __m128i, bytes16(r));
     }
     // The three tails have the same length, so the scalar loop cannot report a mismatch.
     let _ = add_i8_scalar(p, &a[whole..n], &b[whole..n], &mut out[whole..n]);
