@@ -104,14 +104,14 @@ pub fn hsv_to_rgb(h: f32, s: f32, v: f32) -> (f32, f32, f32) {
     let p = (v * (1.0 - s)).clamp(0.0, 1.0);
     let q = (v * (1.0 - s * f)).clamp(0.0, 1.0);
     let t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0);
-    match (i as i64).rem_euclid(6) {
-        0 => (v, t, p),
-        1 => (q, v, p),
-        2 => (p, v, t),
-        3 => (p, q, v),
-        4 => (t, p, v),
-        _ => (v, p, q),
-    }
+    // torchvision's six sectors (v,t,p) (q,v,p) (p,v,t) (p,q,v) (t,p,v) (v,p,q) as index tables
+    // into [v, t, p, q]: loads instead of a jump table whose target changes pixel by pixel.
+    const R: [usize; 6] = [0, 3, 2, 2, 1, 0];
+    const G: [usize; 6] = [1, 0, 0, 3, 2, 2];
+    const B: [usize; 6] = [2, 2, 1, 0, 0, 3];
+    let sector = (i as i64).rem_euclid(6) as usize;
+    let vals = [v, t, p, q];
+    (vals[R[sector]], vals[G[sector]], vals[B[sector]])
 }
 
 /// Rotate the hue by `shift` turns (torchvision's `hue_factor`, in [−0.5, 0.5]).
