@@ -47,6 +47,35 @@ pub fn adjust_saturation(img: &mut Planar, f: f32) {
     }
 }
 
+/// `x.rem_euclid(1.0)`, bit for bit, without the `fmodf` call on the ranges hue takes
+/// (`[−1, 2)`; `rem_euclid` is `x % 1`, plus 1 when negative, and on these ranges `x % 1` is `x`
+/// or `x − 1`, both exact by Sterbenz' lemma). Other values take `rem_euclid` itself.
+#[inline]
+pub fn wrap_turn(x: f32) -> f32 {
+    if (0.0..1.0).contains(&x) {
+        x
+    } else if (1.0..2.0).contains(&x) {
+        x - 1.0
+    } else if x > -1.0 && x < 0.0 {
+        x + 1.0
+    } else {
+        x.rem_euclid(1.0)
+    }
+}
+
+/// `x.floor()`, bit for bit, as an integer conversion for `+0 ≤ x < 2²³` (truncation is the floor
+/// there, and every integer below 2²³ is an f32), which the x86-64 baseline does without the
+/// `floorf` call; other values take `floor` itself.
+#[inline]
+pub fn floor_small(x: f32) -> f32 {
+    // `is_sign_positive` sends −0.0 (whose floor is −0.0, not +0.0) to `floor`.
+    if x.is_sign_positive() && x < 8_388_608.0 {
+        (x as u32) as f32
+    } else {
+        x.floor()
+    }
+}
+
 /// torchvision `_rgb2hsv` for one pixel: `(h ∈ [0,1), s, v)`.
 pub fn rgb_to_hsv(r: f32, g: f32, b: f32) -> (f32, f32, f32) {
     let maxc = r.max(g).max(b);
@@ -63,26 +92,26 @@ pub fn rgb_to_hsv(r: f32, g: f32, b: f32) -> (f32, f32, f32) {
     } else {
         4.0 + gc - rc
     };
-    let h = (h / 6.0 + 1.0).rem_euclid(1.0);
+    let h = wrap_turn(h / 6.0 + 1.0);
     (h, s, maxc)
 }
 
 /// torchvision `_hsv2rgb` for one pixel.
 pub fn hsv_to_rgb(h: f32, s: f32, v: f32) -> (f32, f32, f32) {
     let h6 = h * 6.0;
-    let i = h6.floor();
+    let i = floor_small(h6);
     let f = h6 - i;
     let p = (v * (1.0 - s)).clamp(0.0, 1.0);
     let q = (v * (1.0 - s * f)).clamp(0.0, 1.0);
     let t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0);
-    match (i as i64).rem_euclid(6) {
-        0 => (v, t, p),
-        1 => (q, v, p),
-        2 => (p, v, t),
-        3 => (p, q, v),
-        4 => (t, p, v),
-        _ => (v, p, q),
-    }
+    // torchvision's six sectors (v,t,p) (q,v,p) (p,v,t) (p,q,v) (t,p,v) (v,p,q) as index tables
+    // into [v, t, p, q]: loads instead of a jump table whose target changes pixel by pixel.
+    const R: [usize; 6] = [0, 3, 2, 2, 1, 0];
+    const G: [usize; 6] = [1, 0, 0, 3, 2, 2];
+    const B: [usize; 6] = [2, 2, 1, 0, 0, 3];
+    let sector = (i as i64).rem_euclid(6) as usize;
+    let vals = [v, t, p, q];
+    (vals[R[sector]], vals[G[sector]], vals[B[sector]])
 }
 
 /// Rotate the hue by `shift` turns (torchvision's `hue_factor`, in [−0.5, 0.5]).
@@ -90,7 +119,7 @@ pub fn adjust_hue(img: &mut Planar, shift: f32) {
     let (r, g, b) = img.planes_mut();
     for k in 0..r.len() {
         let (h, s, v) = rgb_to_hsv(r[k], g[k], b[k]);
-        let h = (h + shift).rem_euclid(1.0);
+        let h = wrap_turn(h + shift);
         let (rr, gg, bb) = hsv_to_rgb(h, s, v);
         r[k] = rr;
         g[k] = gg;

@@ -11,9 +11,10 @@
 //!
 //! Submodules: [`config`] (switches, presets, `--aug` parser), [`geometry`] (crop, resize, flip,
 //! landmark maps), [`color`] (jitter, grayscale), [`blur`], [`planar`] (the float CHW image),
-//! [`loader`] (rayon batch loader with prefetch).
+//! [`loader`] (rayon batch loader with prefetch), [`cache`] (decode each image once per run).
 
 pub mod blur;
+pub mod cache;
 pub mod color;
 pub mod config;
 pub mod loader;
@@ -24,6 +25,7 @@ pub use data::{geometry, planar};
 use anyhow::{bail, Result};
 use rand::Rng as _;
 
+pub use cache::DecodedCache;
 pub use config::{
     AugmentConfig, BlurCfg, ColorJitterCfg, FixedGeometry, IMAGENET_MEAN, IMAGENET_STD,
     RRC_SCALE_SUPERVISED, RRC_SCALE_UNSUPERVISED,

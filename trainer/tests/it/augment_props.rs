@@ -271,3 +271,167 @@ fn empty_image_is_an_error_not_a_panic() {
     .unwrap_err();
     assert!(format!("{e}").contains("empty"));
 }
+
+/// The fast blur, hue and floor/wrap helpers against the direct formulas, bit for bit: the loader
+/// must give the same pixels it gave before it was made cheaper (fixtures, resumed runs).
+mod fast_paths_match_the_formulas {
+    use proptest::prelude::*;
+    use trainer::augment::blur::{gaussian_blur, gaussian_kernel, reflect};
+    use trainer::augment::color::{adjust_hue, floor_small, wrap_turn};
+    use trainer::augment::Planar;
+
+    /// An image of `w × h` with values in [0, 1] drawn from `seed`.
+    fn image(w: usize, h: usize, seed: u64) -> Planar {
+        use rand::Rng as _;
+        let mut r = trainer::rng::stream(seed, &[77]);
+        Planar {
+            width: w,
+            height: h,
+            data: (0..3 * w * h).map(|_| r.gen::<f32>()).collect(),
+        }
+    }
+
+    /// The blur as a per-pixel sum with reflected indices: horizontal pass then vertical, each
+    /// output `Σ_t k[t]·src[reflect(x + t − r)]` accumulated from 0.0 in tap order.
+    fn direct_blur(img: &Planar, sigma: f32) -> Vec<f32> {
+        let k = gaussian_kernel(sigma);
+        let r = (k.len() / 2) as isize;
+        let (w, h) = (img.width, img.height);
+        let n = w * h;
+        let mut out = img.data.clone();
+        for c in 0..3 {
+            let src = &img.data[c * n..(c + 1) * n];
+            let mut tmp = vec![0.0f32; n];
+            for y in 0..h {
+                for x in 0..w {
+                    let mut acc = 0.0f32;
+                    for (t, &kt) in k.iter().enumerate() {
+                        acc += kt * src[y * w + reflect(x as isize + t as isize - r, w)];
+                    }
+                    tmp[y * w + x] = acc;
+                }
+            }
+            for y in 0..h {
+                for x in 0..w {
+                    let mut acc = 0.0f32;
+                    for (t, &kt) in k.iter().enumerate() {
+                        acc += kt * tmp[reflect(y as isize + t as isize - r, h) * w + x];
+                    }
+                    out[c * n + y * w + x] = acc;
+                }
+            }
+        }
+        out
+    }
+
+    /// torchvision's `_rgb2hsv` → shift → `_hsv2rgb`, with `rem_euclid` and `floor` as written.
+    fn direct_hue(r: f32, g: f32, b: f32, shift: f32) -> [f32; 3] {
+        let maxc = r.max(g).max(b);
+        let minc = r.min(g).min(b);
+        let eqc = maxc == minc;
+        let cr = maxc - minc;
+        let s = cr / if eqc { 1.0 } else { maxc };
+        let div = if eqc { 1.0 } else { cr };
+        let (rc, gc, bc) = ((maxc - r) / div, (maxc - g) / div, (maxc - b) / div);
+        let h = if maxc == r {
+            bc - gc
+        } else if maxc == g {
+            2.0 + rc - bc
+        } else {
+            4.0 + gc - rc
+        };
+        let h = (h / 6.0 + 1.0).rem_euclid(1.0);
+        let h = (h + shift).rem_euclid(1.0);
+        let v = maxc;
+        let h6 = h * 6.0;
+        let i = h6.floor();
+        let f = h6 - i;
+        let p = (v * (1.0 - s)).clamp(0.0, 1.0);
+        let q = (v * (1.0 - s * f)).clamp(0.0, 1.0);
+        let t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0);
+        match (i as i64).rem_euclid(6) {
+            0 => [v, t, p],
+            1 => [q, v, p],
+            2 => [p, v, t],
+            3 => [p, q, v],
+            4 => [t, p, v],
+            _ => [v, p, q],
+        }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn blur_matches_the_direct_formula_bit_for_bit(
+            w in 1usize..40, h in 1usize..40, sigma in 0.05f32..4.0, seed in 0u64..1000,
+        ) {
+            let img = image(w, h, seed);
+            let mut fast = img.clone();
+            gaussian_blur(&mut fast, sigma);
+            prop_assert_eq!(bits(&fast.data), bits(&direct_blur(&img, sigma)));
+        }
+
+        #[test]
+        fn hue_matches_the_direct_formula_bit_for_bit(
+            w in 1usize..20, h in 1usize..20, shift in -0.5f32..=0.5, seed in 0u64..1000,
+            grey_every in 2usize..7,
+        ) {
+            let mut img = image(w, h, seed);
+            // Grey pixels (max = min) and saturated ones take the formula's other branches.
+            let n = w * h;
+            for k in (0..n).step_by(grey_every) {
+                let v = img.data[k];
+                img.data[n + k] = v;
+                img.data[2 * n + k] = if k % 2 == 0 { v } else { 0.0 };
+            }
+            let mut fast = img.clone();
+            adjust_hue(&mut fast, shift);
+            for k in 0..n {
+                let want = direct_hue(img.data[k], img.data[n + k], img.data[2 * n + k], shift);
+                let got = [fast.data[k], fast.data[n + k], fast.data[2 * n + k]];
+                prop_assert_eq!(bits(&got), bits(&want), "pixel {}", k);
+            }
+        }
+
+        #[test]
+        fn wrap_and_floor_helpers_match_std_on_any_float(x in any::<f32>()) {
+            prop_assert_eq!(wrap_turn(x).to_bits(), x.rem_euclid(1.0).to_bits());
+            prop_assert_eq!(floor_small(x).to_bits(), x.floor().to_bits());
+        }
+
+        #[test]
+        fn wrap_and_floor_helpers_match_std_near_their_ranges(x in -3.0f32..9.0) {
+            prop_assert_eq!(wrap_turn(x).to_bits(), x.rem_euclid(1.0).to_bits());
+            prop_assert_eq!(floor_small(x).to_bits(), x.floor().to_bits());
+        }
+    }
+
+    #[test]
+    fn helpers_at_the_edges() {
+        for x in [
+            -0.0f32,
+            0.0,
+            1.0,
+            2.0,
+            -1.0,
+            -2.0,
+            0.999_999_94,
+            1.999_999_9,
+            -1e-30,
+            8_388_607.5,
+            8_388_608.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MIN_POSITIVE,
+        ] {
+            assert_eq!(wrap_turn(x).to_bits(), x.rem_euclid(1.0).to_bits(), "{x}");
+            assert_eq!(floor_small(x).to_bits(), x.floor().to_bits(), "{x}");
+        }
+    }
+}

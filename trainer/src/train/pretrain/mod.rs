@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 use super::data::{open_pretrain_data, source, PretrainData};
 use super::knn;
 use super::schedule::lr_at;
-use crate::augment::loader::{epoch_order, Loader, LoaderSpec};
+use crate::augment::loader::{epoch_order, ImageSource, Loader, LoaderSpec};
+use crate::augment::DecodedCache;
 use crate::fsutil;
 use crate::method::Method;
 use crate::model::{LoadOptions, ResNet};
@@ -277,7 +278,8 @@ fn run_epochs(mut tr: Trainer, data: PretrainData, opts: &RunOptions) -> Result<
         probe_queue_every: opts.probe_queue_every,
         distributed: opts.distributed.clone(),
     };
-    let train_src = source(&data.train);
+    // Decoded once, augmented every epoch (see `DecodedCache` for the memory bound).
+    let train_src: Arc<dyn ImageSource> = Arc::new(DecodedCache::new(source(&data.train)));
     let views = if tr.method.is_contrastive() {
         vec![cfg.aug.clone(); 2]
     } else {
