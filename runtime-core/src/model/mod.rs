@@ -146,8 +146,9 @@ pub(crate) enum Kernel<'a> {
     },
     FcI8(FcI8<'a>, u16, Option<F32Le<'a>>),
     FcF32(FcF32<'a>),
-    /// The kernel's fixed-point parameters and the real slope they came from (for [`Node::op`]).
-    LeakyI8(LeakyI8, f32),
+    /// The kernel's fixed-point parameters, the real slope they came from (for [`Node::op`])
+    /// and the index of its table in `Model::leaky_luts`.
+    LeakyI8(LeakyI8, f32, u16),
     LeakyF32 {
         alpha: f32,
     },
@@ -300,7 +301,7 @@ impl<'a> Node<'a> {
             Kernel::MeanF32 { .. } => Op::MeanF32,
             Kernel::FcI8(fc, _, weight_scales) => Op::FcI8 { fc, weight_scales },
             Kernel::FcF32(fc) => Op::FcF32(fc),
-            Kernel::LeakyI8(leaky, alpha) => Op::LeakyI8 { leaky, alpha },
+            Kernel::LeakyI8(leaky, alpha, _) => Op::LeakyI8 { leaky, alpha },
             Kernel::LeakyF32 { alpha } => Op::LeakyF32 { alpha },
             Kernel::AvgPoolI8 {
                 win,
@@ -349,6 +350,9 @@ pub struct Model<'a> {
     /// Folded biases (and packed weights where a SIMD kernel wants them) of every int8 conv
     /// and fc, made once by the loader (`ops::prepared`).
     pub(crate) prepared: Vec<PreparedI8>,
+    /// Each int8 LeakyReLU's output for every input byte (`ops::leaky_relu::leaky_lut`), made
+    /// once by the loader.
+    pub(crate) leaky_luts: Vec<[i8; 256]>,
     /// Run the reference int8 conv/fc kernels instead of the prepared ones (a baseline for
     /// benchmarks; same results).
     pub(crate) reference_kernels: bool,
@@ -755,7 +759,10 @@ impl<'a> Model<'a> {
                     let prep = self.prepared.get(*i as usize).ok_or(RunError::Internal)?;
                     ops::prepared::fully_connected_i8_prepared(p, prep, x0, out)
                 }
-                Kernel::LeakyI8(p, _) => ops::leaky_relu::leaky_relu_i8(p, x0, out),
+                Kernel::LeakyI8(_, _, i) => {
+                    let lut = self.leaky_luts.get(*i as usize).ok_or(RunError::Internal)?;
+                    ops::leaky_relu::leaky_relu_i8_lut(lut, x0, out)
+                }
                 Kernel::AvgPoolI8 {
                     win,
                     act_min,
