@@ -1103,5 +1103,6 @@ fn finish_model<'a>(
         leaky_luts,
         reference_kernels: false,
         threads: 1,
+        splits: false,
     })
 }

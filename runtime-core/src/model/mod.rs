@@ -358,6 +358,11 @@ pub struct Model<'a> {
     pub(crate) reference_kernels: bool,
     /// Threads the int8 convs may split over (`threads` feature; 1 otherwise).
     pub(crate) threads: usize,
+    /// Whether some int8 op splits over `threads` (set by [`Model::set_threads`]). If none does
+    /// (small models: every conv under two tiles' worth of MACs), an inference leaves the helper
+    /// team parked instead of waking it to spin for nothing.
+    #[cfg_attr(not(feature = "threads"), allow(dead_code))]
+    pub(crate) splits: bool,
 }
 
 impl<'a> Model<'a> {
@@ -404,6 +409,13 @@ impl<'a> Model<'a> {
     #[cfg(feature = "threads")]
     pub fn set_threads(&mut self, n: usize) {
         self.threads = n.max(1);
+        self.splits = self.nodes.iter().any(|node| match &node.kernel {
+            Kernel::ConvI8(p, ..) => ops::prepared::conv_tasks(p, self.threads) > 1,
+            Kernel::AddI8(_) => {
+                ops::prepared::add_tasks(self.range(node.output).1, self.threads) > 1
+            }
+            _ => false,
+        });
     }
     /// Threads the int8 convs may use ([`Model::set_threads`]; 1 without the `threads` feature).
     pub fn threads(&self) -> usize {
@@ -709,9 +721,9 @@ impl<'a> Model<'a> {
     ) -> Result<&'b [i8], RunError> {
         let a = self.arena_i8(arena)?;
         // With threads the inference holds the helper team (they spin while it runs), and
-        // every conv large enough splits over it.
+        // every conv large enough splits over it; a model with no such op leaves it parked.
         #[cfg(feature = "threads")]
-        let team = crate::team::engage(self.threads);
+        let team = crate::team::engage(if self.splits { self.threads } else { 1 });
         #[cfg(feature = "threads")]
         let team = team.as_ref();
         #[cfg(not(feature = "threads"))]
