@@ -14,6 +14,7 @@ use safetensors::{Dtype as StDtype, SafeTensors};
 
 use super::error::{GraphError as E, ModelError};
 use super::*;
+use crate::ops::leaky_relu::leaky_lut;
 use crate::ops::prepared::PreparedI8;
 use crate::ops::requant::{SHIFT_MAX, SHIFT_MIN};
 use crate::ops::{bytes_as_i8, F32Le, I32Le};
@@ -176,6 +177,8 @@ struct Loader<'a, 'st> {
     weight_bytes: usize,
     /// Load-time preparation of each int8 conv/fc (`ops::prepared`), indexed by the kernel.
     prepared: Vec<PreparedI8>,
+    /// Each int8 LeakyReLU's table (`ops::leaky_relu::leaky_lut`), indexed by the kernel.
+    leaky_luts: Vec<[i8; 256]>,
 }
 
 impl<'a> Loader<'a, '_> {
@@ -451,6 +454,7 @@ fn parse_text<'a>(st: &Container<'a>, text: &str, line_no: &mut u32) -> R<Model<
         st,
         weight_bytes: 0,
         prepared: Vec::new(),
+        leaky_luts: Vec::new(),
     };
     let mut g = Graph::default();
 
@@ -493,7 +497,7 @@ fn parse_text<'a>(st: &Container<'a>, text: &str, line_no: &mut u32) -> R<Model<
     }
 
     *line_no = 0;
-    finish_model(g, dtype, task, ld.weight_bytes, ld.prepared)
+    finish_model(g, dtype, task, ld.weight_bytes, ld.prepared, ld.leaky_luts)
 }
 
 /// Header: `rtgraph`, `dtype`, `task`, in this order; errors before the first is found are line 1.
@@ -914,7 +918,7 @@ fn parse_mean<'a>(
 fn parse_leaky<'a>(
     f: &mut Fields<'_>,
     g: &mut Graph<'a>,
-    _ld: &mut Loader<'a, '_>,
+    ld: &mut Loader<'a, '_>,
     int8: bool,
 ) -> R<Node<'a>> {
     let relu = f.relu;
@@ -930,17 +934,17 @@ fn parse_leaky<'a>(
     let kernel = if int8 {
         let (id_mult, id_shift) = Loader::scalar_requant(f, "mi", "si", SHIFT_MAX)?;
         let (alpha_mult, alpha_shift) = Loader::scalar_requant(f, "ma", "sa", SHIFT_MAX)?;
-        Kernel::LeakyI8(
-            LeakyI8 {
-                in_zp: di.zp,
-                out_zp: dout.zp,
-                id_mult,
-                id_shift,
-                alpha_mult,
-                alpha_shift,
-            },
-            alpha,
-        )
+        let leaky = LeakyI8 {
+            in_zp: di.zp,
+            out_zp: dout.zp,
+            id_mult,
+            id_shift,
+            alpha_mult,
+            alpha_shift,
+        };
+        let i = u16::try_from(ld.leaky_luts.len()).map_err(|_| E::TooLarge)?;
+        ld.leaky_luts.push(leaky_lut(&leaky));
+        Kernel::LeakyI8(leaky, alpha, i)
     } else {
         Kernel::LeakyF32 { alpha }
     };
@@ -1047,6 +1051,7 @@ fn finish_model<'a>(
     task: Task,
     weight_bytes: usize,
     prepared: Vec<PreparedI8>,
+    leaky_luts: Vec<[i8; 256]>,
 ) -> R<Model<'a>> {
     let input = g.input.ok_or(E::Header)?;
     let output = g.output.ok_or(E::Output)?;
@@ -1095,7 +1100,9 @@ fn finish_model<'a>(
         plan_bytes,
         weight_bytes,
         prepared,
+        leaky_luts,
         reference_kernels: false,
         threads: 1,
+        splits: false,
     })
 }

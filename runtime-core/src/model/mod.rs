@@ -146,8 +146,9 @@ pub(crate) enum Kernel<'a> {
     },
     FcI8(FcI8<'a>, u16, Option<F32Le<'a>>),
     FcF32(FcF32<'a>),
-    /// The kernel's fixed-point parameters and the real slope they came from (for [`Node::op`]).
-    LeakyI8(LeakyI8, f32),
+    /// The kernel's fixed-point parameters, the real slope they came from (for [`Node::op`])
+    /// and the index of its table in `Model::leaky_luts`.
+    LeakyI8(LeakyI8, f32, u16),
     LeakyF32 {
         alpha: f32,
     },
@@ -300,7 +301,7 @@ impl<'a> Node<'a> {
             Kernel::MeanF32 { .. } => Op::MeanF32,
             Kernel::FcI8(fc, _, weight_scales) => Op::FcI8 { fc, weight_scales },
             Kernel::FcF32(fc) => Op::FcF32(fc),
-            Kernel::LeakyI8(leaky, alpha) => Op::LeakyI8 { leaky, alpha },
+            Kernel::LeakyI8(leaky, alpha, _) => Op::LeakyI8 { leaky, alpha },
             Kernel::LeakyF32 { alpha } => Op::LeakyF32 { alpha },
             Kernel::AvgPoolI8 {
                 win,
@@ -349,11 +350,19 @@ pub struct Model<'a> {
     /// Folded biases (and packed weights where a SIMD kernel wants them) of every int8 conv
     /// and fc, made once by the loader (`ops::prepared`).
     pub(crate) prepared: Vec<PreparedI8>,
+    /// Each int8 LeakyReLU's output for every input byte (`ops::leaky_relu::leaky_lut`), made
+    /// once by the loader.
+    pub(crate) leaky_luts: Vec<[i8; 256]>,
     /// Run the reference int8 conv/fc kernels instead of the prepared ones (a baseline for
     /// benchmarks; same results).
     pub(crate) reference_kernels: bool,
     /// Threads the int8 convs may split over (`threads` feature; 1 otherwise).
     pub(crate) threads: usize,
+    /// Whether some int8 op splits over `threads` (set by [`Model::set_threads`]). If none does
+    /// (small models: every conv under two tiles' worth of MACs), an inference leaves the helper
+    /// team parked instead of waking it to spin for nothing.
+    #[cfg_attr(not(feature = "threads"), allow(dead_code))]
+    pub(crate) splits: bool,
 }
 
 impl<'a> Model<'a> {
@@ -400,6 +409,13 @@ impl<'a> Model<'a> {
     #[cfg(feature = "threads")]
     pub fn set_threads(&mut self, n: usize) {
         self.threads = n.max(1);
+        self.splits = self.nodes.iter().any(|node| match &node.kernel {
+            Kernel::ConvI8(p, ..) => ops::prepared::conv_tasks(p, self.threads) > 1,
+            Kernel::AddI8(_) => {
+                ops::prepared::add_tasks(self.range(node.output).1, self.threads) > 1
+            }
+            _ => false,
+        });
     }
     /// Threads the int8 convs may use ([`Model::set_threads`]; 1 without the `threads` feature).
     pub fn threads(&self) -> usize {
@@ -705,9 +721,9 @@ impl<'a> Model<'a> {
     ) -> Result<&'b [i8], RunError> {
         let a = self.arena_i8(arena)?;
         // With threads the inference holds the helper team (they spin while it runs), and
-        // every conv large enough splits over it.
+        // every conv large enough splits over it; a model with no such op leaves it parked.
         #[cfg(feature = "threads")]
-        let team = crate::team::engage(self.threads);
+        let team = crate::team::engage(if self.splits { self.threads } else { 1 });
         #[cfg(feature = "threads")]
         let team = team.as_ref();
         #[cfg(not(feature = "threads"))]
@@ -755,7 +771,10 @@ impl<'a> Model<'a> {
                     let prep = self.prepared.get(*i as usize).ok_or(RunError::Internal)?;
                     ops::prepared::fully_connected_i8_prepared(p, prep, x0, out)
                 }
-                Kernel::LeakyI8(p, _) => ops::leaky_relu::leaky_relu_i8(p, x0, out),
+                Kernel::LeakyI8(_, _, i) => {
+                    let lut = self.leaky_luts.get(*i as usize).ok_or(RunError::Internal)?;
+                    ops::leaky_relu::leaky_relu_i8_lut(lut, x0, out)
+                }
                 Kernel::AvgPoolI8 {
                     win,
                     act_min,

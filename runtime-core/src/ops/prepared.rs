@@ -404,16 +404,15 @@ pub fn conv2d_i8_prepared_threads(
     team: Team,
     threads: usize,
 ) -> Result<(), KernelError> {
+    split(p, prep, input, output, team, conv_tasks(p, threads))
+}
+
+/// Tiles [`conv2d_i8_prepared_threads`] splits this conv into over up to `threads` threads
+/// (1: it runs on the calling thread), before the team's size bounds it further.
+pub fn conv_tasks(p: &ConvI8, threads: usize) -> usize {
     let w = &p.win;
     let macs = w.out_h * w.out_w * p.out_c * w.kh * w.kw * w.in_c;
-    split(
-        p,
-        prep,
-        input,
-        output,
-        team,
-        threads.min(macs / MIN_MACS_PER_TASK),
-    )
+    threads.min(macs / MIN_MACS_PER_TASK)
 }
 
 /// [`conv2d_i8_prepared`] with the output split into up to `tasks` tiles run at once by the
@@ -516,6 +515,12 @@ fn portable_runs(p: &ConvI8, prep: &PreparedI8) -> bool {
 /// than it saves).
 pub const MIN_ADD_PER_TASK: usize = 2048;
 
+/// Runs [`add_i8_threads`] splits an add of `len` elements into over up to `threads` threads
+/// (1: it runs on the calling thread).
+pub fn add_tasks(len: usize, threads: usize) -> usize {
+    threads.min(len / MIN_ADD_PER_TASK)
+}
+
 /// [`add_i8`](super::add::add_i8) split over the held `team` in contiguous runs of at least
 /// [`MIN_ADD_PER_TASK`] elements, at most `threads`; the same bytes as on one thread.
 pub fn add_i8_threads(
@@ -530,7 +535,7 @@ pub fn add_i8_threads(
     #[cfg(feature = "threads")]
     if let Some(team) = team {
         let n = output.len();
-        let tasks = threads.min(team.size()).min(n / MIN_ADD_PER_TASK);
+        let tasks = add_tasks(n, threads.min(team.size()));
         if tasks > 1 {
             // Runs of whole 16-element steps (the SIMD loop's), the last one taking the rest.
             let per = n.div_ceil(tasks).div_ceil(16) * 16;
