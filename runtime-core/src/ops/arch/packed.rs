@@ -162,8 +162,8 @@ impl Packed {
         self.layout.kernel
     }
 
-    /// Output channel blocks (the threaded driver tiles over them).
-    #[cfg(feature = "threads")]
+    /// Output channel blocks (the threaded driver tiles over them; only x86's tiles by block).
+    #[cfg(all(feature = "threads", target_arch = "x86_64"))]
     pub(crate) fn blocks(&self) -> usize {
         self.blocks
     }
