@@ -8,10 +8,11 @@
 #   intervals, the inversion's distances, wall times) and the figures fewshot.png, landmarks.png,
 #   inversion.png, inversion_distance.png.
 #
-# The `main` preset fits about 12 minutes on 2 CPU cores, build included (10 epochs per
-# pretraining: 7.1 min of CPU for the study, so about 3.5-4 min of it on 2 cores beside a 6 min
-# release build): enough for supervised and the contrastive runs to beat their initial network
-# (kNN, few-shot), not to separate the methods (that is `host-trainer study --preset small`).
+# The `main` preset fits well inside 12 minutes on 2 CPU cores, build included (10 epochs per
+# pretraining; measured 2026-12-07 on a fresh clone on the idle 2-core AMD EPYC: 6 min 17 s, of
+# which 4 min 35 s the release build and 1.7 min the study): enough for supervised and the
+# contrastive runs to beat their initial network (kNN, few-shot), not to separate the methods
+# (that is `host-trainer study --preset small`).
 # Re-running resumes: finished steps are skipped, an interrupted pretraining continues from its
 # last epoch. Overrides: OUT, SEED, EPOCHS, LM_EPOCHS, EPISODES, DEVICE (a different setting needs
 # a fresh OUT: a study folder refuses to mix settings).
