@@ -12,7 +12,7 @@ use clap::Args;
 /// the figures.
 #[derive(Args, Debug)]
 pub struct StudyArgs {
-    /// tiny | main | small | paper (paper needs --objects and --faces).
+    /// tiny | main | small | long | paper (paper needs --objects and --faces).
     #[arg(long, default_value = "small")]
     pub preset: String,
     /// Output folder; re-running with the same folder skips finished steps.

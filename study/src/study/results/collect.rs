@@ -9,7 +9,7 @@ use trainer::method::Method;
 use super::*;
 use crate::study::{ids, read_record, rows, Backbone, Plan};
 
-pub(super) fn pretrain_record(
+pub(in crate::study) fn pretrain_record(
     domain: &str,
     method: Method,
     v: &PretrainRec,
