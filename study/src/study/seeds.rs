@@ -5,9 +5,13 @@
 //! `OUT/results.json` and `OUT/results.md` give, for every figure, the mean over seeds with the
 //! 95% interval *across seeds* ([`mean_ci95_seeds`]: Student's t on the per-seed values) next to
 //! the mean of the per-seed (per-episode or per-image) intervals. The paper's orderings are
-//! judged on the seed means against the across-seed intervals: a claim holds only if it holds
-//! beyond the seed-to-seed variation, which is the noise that matters for "method A beats
-//! method B". Besides the main tables: each pretraining's "did it learn?" figures over seeds,
+//! judged across seeds on their paired per-seed margins ([`paired_claims`]): every method of a
+//! seed shares that seed's synthetic data, initialisation and episodes, and the seeds' data
+//! differ in difficulty (a whole row moves together from seed to seed), so the margin of one
+//! method over another is compared with its own spread across seeds. A claim holds only if it
+//! holds beyond that seed-to-seed variation, which is the noise that matters for "method A beats
+//! method B". The unpaired view (seed means against the combined across-seed intervals of the two
+//! figures, which count the shared data difficulty as noise) is kept beside it. Besides the main tables: each pretraining's "did it learn?" figures over seeds,
 //! and the same-τ ablation's Exemplar − MoCo gaps as paired per-seed differences.
 use std::path::{Path, PathBuf};
 
@@ -173,8 +177,14 @@ pub struct SeedsResults {
     pub alignment: Vec<SeedAlignment>,
     /// Pretraining runs that did not visibly learn, as `seed <s>: <domain> <method>`.
     pub not_learnt: Vec<String>,
+    /// The paper's orderings on the paired per-seed margins ([`paired_claims`]).
     pub orderings: Vec<Claim>,
+    /// The alignment sweep's predictions, the same way.
     pub alignment_orderings: Vec<Claim>,
+    /// The same orderings on the seed means with the combined across-seed interval of the two
+    /// figures (unpaired: stricter whenever the seeds differ in difficulty).
+    pub orderings_unpaired: Vec<Claim>,
+    pub alignment_orderings_unpaired: Vec<Claim>,
     /// Each pretraining's "did it learn?" figures over seeds.
     pub pretraining: Vec<SeedPretrain>,
     /// The same-τ ablation (`--ablation same-tau`), empty when it did not run.
@@ -282,7 +292,7 @@ pub fn aggregate(per_seed: &[(u64, PathBuf, StudyResults)]) -> Result<SeedsResul
         })
         .collect();
     let shots = first.preset.fewshot.shots.clone();
-    let orderings = orderings(&mean_rows, as_figure(&mean_face), &[], &shots);
+    let orderings_unpaired = orderings(&mean_rows, as_figure(&mean_face), &[], &shots);
     let mean_cells: Vec<AlignmentCell> = alignment
         .iter()
         .map(|c| AlignmentCell {
@@ -291,7 +301,19 @@ pub fn aggregate(per_seed: &[(u64, PathBuf, StudyResults)]) -> Result<SeedsResul
             fewshot: c.fewshot.iter().map(|(k, f)| (*k, as_figure(f))).collect(),
         })
         .collect();
-    let alignment_orderings = alignment_claims(&mean_cells, &shots);
+    let alignment_orderings_unpaired = alignment_claims(&mean_cells, &shots);
+    let orderings = paired_claims(
+        &per_seed
+            .iter()
+            .map(|s| &s.2.orderings[..])
+            .collect::<Vec<_>>(),
+    );
+    let alignment_orderings = paired_claims(
+        &per_seed
+            .iter()
+            .map(|s| &s.2.alignment_orderings[..])
+            .collect::<Vec<_>>(),
+    );
     let same_tau_gaps = same_tau_gaps_over_seeds(per_seed)?;
     Ok(SeedsResults {
         preset: first.preset.clone(),
@@ -303,12 +325,38 @@ pub fn aggregate(per_seed: &[(u64, PathBuf, StudyResults)]) -> Result<SeedsResul
         not_learnt,
         orderings,
         alignment_orderings,
+        orderings_unpaired,
+        alignment_orderings_unpaired,
         pretraining: pretraining_over_seeds(per_seed),
         same_tau: same_tau_over_seeds(per_seed)?,
         same_tau_gaps: same_tau_gaps.0,
         same_tau_claims: same_tau_gaps.1,
         wall_seconds: per_seed.iter().map(|s| s.2.wall_seconds.total).sum(),
     })
+}
+
+/// The first seed's claims, each judged on its margins on every seed (matched by its text):
+/// the mean margin against the across-seed interval of the margins ([`mean_ci95_seeds`]).
+/// A seed without the claim's margin makes it [`Verdict::Missing`].
+pub fn paired_claims(per_seed: &[&[Claim]]) -> Vec<Claim> {
+    let Some(first) = per_seed.first() else {
+        return vec![];
+    };
+    first
+        .iter()
+        .map(|c0| {
+            let margins: Vec<Option<f64>> = per_seed
+                .iter()
+                .map(|cs| {
+                    cs.iter()
+                        .find(|c| c.claim == c0.claim)
+                        .and_then(|c| c.margin)
+                })
+                .collect();
+            let measured = over_values(&margins).and_then(|f| Some((f.mean, f.ci95_seeds?)));
+            Claim::judged(c0.claim.clone(), c0.paper.clone(), measured)
+        })
+        .collect()
 }
 
 /// Each (domain, method) pretraining of the first seed, matched by name on the others.
@@ -461,14 +509,28 @@ fn cell(f: &Option<SeedFigure>) -> String {
 }
 
 fn claims_md(s: &mut String, claims: &[Claim]) {
-    for c in claims {
+    paired_claims_md(s, claims, &[]);
+}
+
+/// Paired claims, each followed by the unpaired verdict of the same claim where there is one.
+fn paired_claims_md(s: &mut String, paired: &[Claim], unpaired: &[Claim]) {
+    for c in paired {
         if let (Some(m), Some(ci)) = (c.margin, c.ci95) {
             *s += &format!(
-                "- {} (paper {}): {} — margin {m:+.2} vs across-seed interval {ci:.2}\n",
+                "- {} (paper {}): {} — mean margin {m:+.2} vs across-seed interval {ci:.2}",
                 c.claim,
                 c.paper,
                 c.verdict.text()
             );
+            if let Some(u) = unpaired.iter().find(|u| u.claim == c.claim) {
+                if let (Some(um), Some(uci)) = (u.margin, u.ci95) {
+                    *s += &format!(
+                        " (seed means, unpaired: {} — {um:+.2} vs {uci:.2})",
+                        u.verdict.text()
+                    );
+                }
+            }
+            *s += "\n";
         }
     }
 }
@@ -524,11 +586,20 @@ pub fn markdown(r: &SeedsResults) -> String {
             }
             s += "\n";
         }
-        s += "\nPredicted by the paper's argument, judged across seeds:\n\n";
-        claims_md(&mut s, &r.alignment_orderings);
+        s += "\nPredicted by the paper's argument, judged across seeds on the paired per-seed \
+              margins:\n\n";
+        paired_claims_md(
+            &mut s,
+            &r.alignment_orderings,
+            &r.alignment_orderings_unpaired,
+        );
     }
-    s += "\n## The paper's orderings, judged across seeds\n\n";
-    claims_md(&mut s, &r.orderings);
+    s += "\n## The paper's orderings, judged across seeds\n\nEach claim's margin on every seed \
+          (the methods of a seed share its data, initialisation and episodes), its mean against \
+          the across-seed interval of those margins (Student's t); in parentheses the same claim \
+          on the seed means against the two figures' combined across-seed intervals, which count \
+          the seeds' differences in data difficulty as noise.\n\n";
+    paired_claims_md(&mut s, &r.orderings, &r.orderings_unpaired);
     let held = r
         .orderings
         .iter()
@@ -799,7 +870,11 @@ mod tests {
             alignment_orderings: vec![],
             mean_face: None,
             ablation: vec![],
-            orderings: vec![],
+            orderings: vec![Claim::judged(
+                "novel 5-shot: a > b".into(),
+                "-".into(),
+                Some((paper, 1.0)),
+            )],
             analyses: Analyses {
                 same_tau,
                 same_tau_gaps: vec![SameTauGap {
@@ -868,5 +943,21 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("τ 0.2: exemplar-v2 > moco-v2 (5-shot)"), "{md}");
+        // Each seed's ordering margin (8, 10, 12), paired across seeds: 10 ± 4.97, holds.
+        let o = &agg.orderings[0];
+        assert_eq!(
+            (o.claim.as_str(), o.verdict),
+            ("novel 5-shot: a > b", Verdict::Holds)
+        );
+        assert!((o.margin.unwrap() - 10.0).abs() < 1e-12);
+        assert!((o.ci95.unwrap() - 4.303 * 2.0 / 3f64.sqrt()).abs() < 1e-9);
+        assert!(md.contains("- novel 5-shot: a > b (paper -): holds — mean margin +10.00 vs across-seed interval 4.97"), "{md}");
+        // A seed without the claim: not measured (never judged on fewer seeds).
+        let c = |m: f64| Claim::judged("x".into(), "-".into(), Some((m, 0.1)));
+        let (one, other) = (
+            [c(1.0)],
+            [Claim::judged("y".into(), "-".into(), Some((1.0, 0.1)))],
+        );
+        assert_eq!(paired_claims(&[&one, &other])[0].verdict, Verdict::Missing);
     }
 }
