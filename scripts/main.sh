@@ -8,11 +8,14 @@
 #   intervals, the inversion's distances, wall times) and the figures fewshot.png, landmarks.png,
 #   inversion.png, inversion_distance.png.
 #
-# The `main` preset fits well inside 12 minutes on 2 CPU cores, build included (10 epochs per
-# pretraining; measured 2026-12-07 on a fresh clone on the idle 2-core AMD EPYC: 6 min 17 s, of
-# which 4 min 35 s the release build and 1.7 min the study): enough for supervised and the
-# contrastive runs to beat their initial network (kNN, few-shot), not to separate the methods
-# (that is `host-trainer study --preset small`).
+# The `main` preset fits inside 12 minutes on 2 CPU cores, build included (30 epochs per
+# pretraining; measured 2026-12-07 on a fresh clone of 6bb5d0f on the idle 2-core AMD EPYC Zen 3:
+# 9 min 53 s, of which 5 min 42 s the release build and 4.2 min the study). What it shows
+# (docs/study/main/results.md): supervised's kNN 38 % against 1.6 % at initialisation and 1-shot
+# 83 % against the random-init row's 25 %; MoCo-v2 and Exemplar-v2 beat their initial network on
+# the objects (kNN 13 and 11 %, 1-shot 42 and 39 %) but not clearly on the faces; no run reaches
+# the strict "learnt" loss ratio (supervised 0.67 × chance, contrastive 0.94–0.96). Separating the
+# methods is `host-trainer study --preset small`'s job.
 # Re-running resumes: finished steps are skipped, an interrupted pretraining continues from its
 # last epoch. Overrides: OUT, SEED, EPOCHS, LM_EPOCHS, EPISODES, DEVICE (a different setting needs
 # a fresh OUT: a study folder refuses to mix settings).
