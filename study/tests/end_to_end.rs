@@ -281,8 +281,8 @@ fn two_seeds_aggregate_what_each_seed_measured() {
             .collect();
         let got = &row["fewshot"][0][1];
         assert!((got["mean"].as_f64().unwrap() - (v[0] + v[1]) / 2.0).abs() < 1e-9);
-        // Population sd of two values is |a − b|/2; interval 1.96·sd/√2.
-        let ci = 1.96 * ((v[0] - v[1]).abs() / 2.0) / 2f64.sqrt();
+        // Two seeds: sample sd |a − b|/√2, interval t(0.975, 1)·sd/√2 = 12.706·|a − b|/2.
+        let ci = 12.706 * (v[0] - v[1]).abs() / 2.0;
         assert!(
             (got["ci95_seeds"].as_f64().unwrap() - ci).abs() < 1e-9,
             "{got}"
