@@ -11,8 +11,9 @@
 //! method over another is compared with its own spread across seeds. A claim holds only if it
 //! holds beyond that seed-to-seed variation, which is the noise that matters for "method A beats
 //! method B". The unpaired view (seed means against the combined across-seed intervals of the two
-//! figures, which count the shared data difficulty as noise) is kept beside it. Besides the main tables: each pretraining's "did it learn?" figures over seeds,
-//! and the same-τ ablation's Exemplar − MoCo gaps as paired per-seed differences.
+//! figures, which count the shared data difficulty as noise) is kept beside it. Besides the
+//! main tables: each pretraining's "did it learn?" figures over seeds, and the same-τ
+//! ablation's Exemplar − MoCo gaps as paired per-seed differences.
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
