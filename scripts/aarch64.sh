@@ -5,8 +5,9 @@
 #   scripts/aarch64.sh setup   install only what is missing (idempotent): the rust target
 #                              aarch64-unknown-linux-gnu, gcc-aarch64-linux-gnu,
 #                              libc6-dev-arm64-cross and qemu-user (Debian)
-#   scripts/aarch64.sh test    setup, then `cargo test -p runtime-core` (std: the NEON kernel and
-#                              the sdot one where the CPU has it) and the no_std build, for aarch64
+#   scripts/aarch64.sh test    setup, then `cargo test -p runtime-core --features std,threads`
+#                              (the NEON kernel and the sdot one where the CPU has it, whole and
+#                              split over threads) and the no_std build, for aarch64
 #   scripts/aarch64.sh         the same as `test`
 #
 # The linker and runner are given as environment variables for these commands only, so no
@@ -44,8 +45,8 @@ run_tests() {
     cd "$ROOT"
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
-    log "cargo test -p runtime-core --features std --target $TARGET (under qemu-aarch64)"
-    cargo test -p runtime-core --features std --target "$TARGET" --locked
+    log "cargo test -p runtime-core --features std,threads --target $TARGET (under qemu-aarch64)"
+    cargo test -p runtime-core --features std,threads --target "$TARGET" --locked
     log "cargo build -p runtime-core --no-default-features --target $TARGET (no_std + alloc)"
     cargo build -p runtime-core --no-default-features --target "$TARGET" --locked
 }

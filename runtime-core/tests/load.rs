@@ -1,8 +1,9 @@
 //! Load (#33 item 6): one model serving many inferences from several threads at once, each
-//! thread with its own arena, with `set_threads(2)`. The helper team has one owner at a time
-//! (`team::engage` is a `try_lock`): the thread that holds it splits its convs, the others run
-//! alone meanwhile. Every output must be the bytes a single-threaded run gives, and the whole
-//! load must finish (a deadlock in the hand-over would hang: a watchdog turns it into a failure).
+//! thread with its own arena, with `set_threads(2)`. The threads share the process's helpers
+//! (`team::engage`): each inference takes a free helper if there is one and splits its convs
+//! over it, the others run alone meanwhile. Every output must be the bytes a single-threaded run
+//! gives, and the whole load must finish (a deadlock in the hand-over would hang: a watchdog
+//! turns it into a failure).
 #![cfg(feature = "threads")]
 
 use std::sync::mpsc;

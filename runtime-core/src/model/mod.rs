@@ -399,13 +399,13 @@ impl<'a> Model<'a> {
     pub fn set_reference_kernels(&mut self, on: bool) {
         self.reference_kernels = on;
     }
-    /// Lets each int8 conv and add split its output over up to `n` threads: the caller and the
-    /// helper team (`team`, one helper per further CPU), which spins while an inference holds
-    /// it (`ops::prepared::conv2d_i8_prepared_threads`: the x86-64 SIMD kernels and the
-    /// portable loop, convs large enough to pay for the split;
-    /// `ops::prepared::add_i8_threads`). The results are the same bytes for every `n`; 0
-    /// counts as 1. Two threads running models at once: one holds the team, the other runs
-    /// alone.
+    /// Lets each int8 conv and add split its output over up to `n` threads: the caller and up
+    /// to `n − 1` helpers of the process's team (`team`, one helper per further CPU), which
+    /// spin while an inference holds them (`ops::prepared::conv2d_i8_prepared_threads`: the
+    /// x86-64 and aarch64 SIMD kernels and the portable loop, convs large enough to pay for the
+    /// split; `ops::prepared::add_i8_threads`). The results are the same bytes for every `n`;
+    /// 0 counts as 1. Several threads running models at once share the helpers: each takes
+    /// the free ones it may use, and one that finds none free runs alone.
     #[cfg(feature = "threads")]
     pub fn set_threads(&mut self, n: usize) {
         self.threads = n.max(1);

@@ -379,9 +379,11 @@ pub fn conv2d_i8_prepared(
 }
 
 /// Fewest MACs one task of the threaded conv gets: below this the hand-off costs more than it
-/// saves (one AVX-512 VNNI core does about 50 M MACs per ms; a hand-off to a spinning helper
-/// costs on the order of a microsecond).
-pub const MIN_MACS_PER_TASK: usize = 1 << 16;
+/// saves. A hand-off to a spinning helper costs a few hundred ns, and the small convs of the
+/// study's models run at 10–15 G MACs/s on one AVX2 core, so 8 K MACs (≈ 0.6 µs) is about where
+/// a second tile starts to pay. Measured on the 2-core Zen 3 (AVX2), study backbone at 2
+/// threads: 47.5 µs unsplit, 36.8 µs with 16 K, 34.5 µs with 8 K, 34.4 µs with 4 K.
+pub const MIN_MACS_PER_TASK: usize = 1 << 13;
 
 /// The team an inference holds (`threads` feature), or nothing: then every conv runs on the
 /// calling thread.
@@ -416,12 +418,12 @@ pub fn conv_tasks(p: &ConvI8, threads: usize) -> usize {
 }
 
 /// [`conv2d_i8_prepared`] with the output split into up to `tasks` tiles run at once by the
-/// process's helper team (`threads` feature; the x86-64 SIMD kernels and the portable loop):
-/// contiguous runs of whole 4-pixel blocks, or, on x86-64 where a layer has too few pixels to
-/// share (ResNet-18's last stage at 84 px has 9), runs of 16-channel blocks, whichever balances
-/// better. Every output byte is
-/// computed exactly as on one thread. Everything else (another path, `tasks ≤ 1`, the team busy
-/// in another thread) runs on the calling thread. Public so that tests can split convs of any
+/// process's helper team (`threads` feature; the x86-64 and aarch64 SIMD kernels and the
+/// portable loop): contiguous runs of whole 4-pixel blocks, or, on x86-64 where a layer has too
+/// few pixels to share (ResNet-18's last stage at 84 px has 9), runs of 16-channel blocks,
+/// whichever balances better. Every output byte is computed exactly as on one thread.
+/// Everything else (another path, `tasks ≤ 1`, every helper busy with other inferences) runs
+/// on the calling thread. Public so that tests can split convs of any
 /// size; the executor goes through [`conv2d_i8_prepared_threads`].
 pub fn conv2d_i8_prepared_split(
     p: &ConvI8,
@@ -469,28 +471,49 @@ fn split(
                 team.run(tiles.count, &task);
                 return Ok(());
             }
+            #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+            if let Some(pk) = prep.packed.as_ref().filter(|pk| pk.fits(p)) {
+                pixel_tiles(team, n_px, p.out_c, tasks, &out, &|pixels, dst| {
+                    // Lengths checked above and by `pixel_tiles`: it cannot refuse.
+                    let _ = super::arch::aarch64::conv_pixels(p, pk, input, dst, pixels);
+                });
+                return Ok(());
+            }
             if portable_runs(p, prep) {
-                // Whole pixels, so each tile's output bytes are one contiguous run.
-                let tiles = Tiles::new(n_px, 1, tasks);
-                let oc = p.out_c;
-                let task = |i: usize| {
-                    let (pixels, _) = tiles.tile(i);
-                    // SAFETY: `out` is the whole output (lengths checked above), alive until
-                    // `run` returns; the tiles' pixel ranges, hence byte ranges, are disjoint.
-                    let dst = unsafe {
-                        core::slice::from_raw_parts_mut(
-                            out.get().add(pixels.start * oc),
-                            pixels.len() * oc,
-                        )
-                    };
-                    conv_portable_pixels(p, &prep.chan, input, dst, pixels);
-                };
-                team.run(tiles.count, &task);
+                pixel_tiles(team, n_px, p.out_c, tasks, &out, &|pixels, dst| {
+                    conv_portable_pixels(p, &prep.chan, input, dst, pixels)
+                });
                 return Ok(());
             }
         }
     }
     conv2d_i8_prepared(p, prep, input, output)
+}
+
+/// Runs `kernel(pixels, dst)` over up to `tasks` tiles of whole 4-pixel blocks on the held
+/// `team`, `dst` being the tile's own bytes of the output behind `out` (`n_px·oc` bytes): the
+/// split for kernels that write whole pixels (the portable loop, aarch64's NEON kernels).
+#[cfg(feature = "threads")]
+fn pixel_tiles(
+    team: &crate::team::Engaged,
+    n_px: usize,
+    oc: usize,
+    tasks: usize,
+    out: &OutPtr,
+    kernel: &(dyn Fn(core::ops::Range<usize>, &mut [i8]) + Sync),
+) {
+    // Whole pixels, so each tile's output bytes are one contiguous run.
+    let tiles = Tiles::new(n_px, 1, tasks);
+    let task = |i: usize| {
+        let (pixels, _) = tiles.tile(i);
+        // SAFETY: `out` is the whole output (`n_px·oc` bytes, checked by the caller), alive
+        // until `run` returns; the tiles' pixel ranges, hence byte ranges, are disjoint.
+        let dst = unsafe {
+            core::slice::from_raw_parts_mut(out.get().add(pixels.start * oc), pixels.len() * oc)
+        };
+        kernel(pixels, dst);
+    };
+    team.run(tiles.count, &task);
 }
 
 /// Whether [`conv2d_i8_prepared`] runs `p` on the portable loop (no SIMD back end took it, and

@@ -32,6 +32,7 @@
 use core::arch::aarch64::*;
 #[cfg(any(feature = "std", target_feature = "dotprod"))]
 use core::arch::asm;
+use core::ops::Range;
 
 use super::super::conv2d::ConvI8;
 use super::super::prepared::{im2col, ChanQ};
@@ -88,7 +89,23 @@ pub(crate) fn pack_smull(p: &ConvI8, chan: &[ChanQ]) -> Option<Packed> {
 /// Runs the conv; `false` if it cannot (then the caller runs another path). The caller checked
 /// the slice lengths against `p` and the requantisation ranges ([`super::super::prepared`]).
 pub(crate) fn conv(p: &ConvI8, pk: &Packed, input: &[i8], output: &mut [i8]) -> bool {
-    if !pk.fits(p) {
+    conv_pixels(p, pk, input, output, 0..p.win.out_h * p.win.out_w)
+}
+
+/// Output pixels `pixels` (row-major `oy·out_w + ox`) of the conv into `output`, which holds
+/// exactly those pixels' `pixels.len()·out_c` bytes: one tile of a conv split over threads
+/// (every output byte is computed on its own, so any tiling gives the same bytes). `false` if it
+/// cannot (then the caller runs another path). The caller checked `input`'s length against `p`
+/// and the requantisation ranges ([`super::super::prepared`]).
+pub(crate) fn conv_pixels(
+    p: &ConvI8,
+    pk: &Packed,
+    input: &[i8],
+    output: &mut [i8],
+    pixels: Range<usize>,
+) -> bool {
+    let n_px = p.win.out_h * p.win.out_w;
+    if !pk.fits(p) || pixels.end > n_px || output.len() != pixels.len() * p.out_c {
         return false;
     }
     if pk.layout == SDOT {
@@ -96,44 +113,63 @@ pub(crate) fn conv(p: &ConvI8, pk: &Packed, input: &[i8], output: &mut [i8]) -> 
         // SAFETY: `SDOT` packings are made only where `sdot_available()` said the CPU has
         // FEAT_DotProd.
         unsafe {
-            conv_sdot(p, pk, input, output)
+            conv_sdot(p, pk, input, output, pixels)
         };
         #[cfg(not(any(feature = "std", target_feature = "dotprod")))]
         return false;
     } else {
         // SAFETY: this module is built only where `target_feature = "neon"` (the aarch64
         // baseline), so the CPU has NEON.
-        unsafe { conv_smull(p, pk, input, output) };
+        unsafe { conv_smull(p, pk, input, output, pixels) };
     }
     true
 }
 
 #[target_feature(enable = "neon")]
-unsafe fn conv_smull(p: &ConvI8, pk: &Packed, input: &[i8], output: &mut [i8]) {
-    drive::<false>(p, pk, input, output)
+unsafe fn conv_smull(
+    p: &ConvI8,
+    pk: &Packed,
+    input: &[i8],
+    output: &mut [i8],
+    pixels: Range<usize>,
+) {
+    drive::<false>(p, pk, input, output, pixels)
 }
 
 #[cfg(any(feature = "std", target_feature = "dotprod"))]
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn conv_sdot(p: &ConvI8, pk: &Packed, input: &[i8], output: &mut [i8]) {
-    drive::<true>(p, pk, input, output)
+unsafe fn conv_sdot(
+    p: &ConvI8,
+    pk: &Packed,
+    input: &[i8],
+    output: &mut [i8],
+    pixels: Range<usize>,
+) {
+    drive::<true>(p, pk, input, output, pixels)
 }
 
 /// The blocked loop both kernels share: im2col of 4 pixels (padded taps: the input zero point;
 /// the tail up to `kp` stays 0 and meets zero weights), then channel blocks 4 at a time
 /// (`sdot`: 16 accumulators) or 2 at a time (`smull`: 16 accumulators, two per block), then the
-/// requantisation. Inlined into the two `#[target_feature]` entry points.
+/// requantisation, over the output pixels `pixels` (`output` holds exactly theirs). Inlined
+/// into the two `#[target_feature]` entry points.
 #[inline(always)]
-unsafe fn drive<const SDOT: bool>(p: &ConvI8, pk: &Packed, input: &[i8], output: &mut [i8]) {
+unsafe fn drive<const SDOT: bool>(
+    p: &ConvI8,
+    pk: &Packed,
+    input: &[i8],
+    output: &mut [i8],
+    pixels: Range<usize>,
+) {
     let w = &p.win;
     let k = w.kh * w.kw * w.in_c;
     let kp = pk.kp;
     let zp = p.in_zp.clamp(-128, 127) as i8;
     let mut cols = [0i8; PIXELS * MAX_K];
-    let n_px = w.out_h * w.out_w;
-    let mut px = 0;
-    while px < n_px {
-        let n = (n_px - px).min(PIXELS);
+    let end = pixels.end;
+    let mut px = pixels.start;
+    while px < end {
+        let n = (end - px).min(PIXELS);
         for s in 0..PIXELS {
             // Missing pixels of the last block repeat the last one (computed, not written).
             let q = px + s.min(n - 1);
@@ -151,12 +187,12 @@ unsafe fn drive<const SDOT: bool>(p: &ConvI8, pk: &Packed, input: &[i8], output:
             if SDOT && b + 4 <= pk.blocks {
                 #[cfg(any(feature = "std", target_feature = "dotprod"))]
                 for (j, a) in block_sdot::<4>(&cols, kp, pk, b).iter().enumerate() {
-                    store(p, pk, output, px, n, b + j, a);
+                    store(p, pk, output, px - pixels.start, n, b + j, a);
                 }
                 b += 4;
             } else if !SDOT && b + 2 <= pk.blocks {
                 for (j, a) in block_smull::<2>(&cols, kp, pk, b).iter().enumerate() {
-                    store(p, pk, output, px, n, b + j, a);
+                    store(p, pk, output, px - pixels.start, n, b + j, a);
                 }
                 b += 2;
             } else {
@@ -168,7 +204,7 @@ unsafe fn drive<const SDOT: bool>(p: &ConvI8, pk: &Packed, input: &[i8], output:
                 };
                 #[cfg(not(any(feature = "std", target_feature = "dotprod")))]
                 let acc = block_smull::<1>(&cols, kp, pk, b);
-                store(p, pk, output, px, n, b, &acc[0]);
+                store(p, pk, output, px - pixels.start, n, b, &acc[0]);
                 b += 1;
             }
         }
@@ -264,7 +300,8 @@ unsafe fn block_sdot<const NB: usize>(
     acc
 }
 
-/// Adds the bias, requantises and writes channel block `b` of pixels `px..px + n`.
+/// Adds the bias, requantises and writes channel block `b` of pixels `px..px + n`, counted from
+/// `output`'s first pixel.
 #[target_feature(enable = "neon")]
 #[inline]
 unsafe fn store(
