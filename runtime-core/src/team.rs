@@ -233,6 +233,8 @@ impl Engaged {
             job.task = Some(ptr);
             job.n = n;
             b.done.store(0, Ordering::Relaxed);
+            // (A panic is reported by the job it happened in, not by the board's next owner.)
+            b.poisoned.store(false, Ordering::Relaxed);
             b.claim.store(job.epoch << 16, Ordering::Release);
             job.epoch
         };
@@ -395,6 +397,19 @@ mod tests {
         for e in [&a, &c, &d] {
             run_jobs(e, 20);
         }
+    }
+
+    /// A task that panics fails its own job (the owner panics, whichever thread ran it), and
+    /// the board's next job runs normally.
+    #[test]
+    fn a_panicking_task_fails_its_job_only() {
+        let t = team(1);
+        let e = t.engage(2).unwrap();
+        let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            e.run(8, &|i| assert_ne!(i, 3, "task 3 fails on purpose"))
+        }));
+        assert!(failed.is_err());
+        run_jobs(&e, 5);
     }
 
     /// Two inference threads at once, each with its own helper, run every task of their jobs
