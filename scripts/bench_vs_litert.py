@@ -1,22 +1,31 @@
 #!/usr/bin/env python3
 """The same int8 .tflite in LiteRT (ai-edge-litert, XNNPACK) and in runtime-core, side by side.
 
-    python3 scripts/bench_vs_litert.py MODEL.tflite [--runtime-cli PATH] [--threads 1,2]
-        [--runs 200] [--warmup 20] [--rounds 5] [--json OUT.json]
+    python3 scripts/bench_vs_litert.py MODEL.tflite [--runtime-cli PATH[,PATH...]]
+        [--threads 1,2] [--runs 300] [--warmup 2000] [--rounds 5] [--json OUT.json]
 
 One session, interleaved: each round times every (engine, threads) pair once, in an order that
-alternates between rounds, so drifting machine load hits both engines alike. Each timing is the
+alternates between rounds, so drifting machine load hits every engine alike. Each timing is the
 p50 of `--runs` inferences after `--warmup` untimed ones; the table gives, per pair, the median
 of the rounds' p50s and their range. The CPU (from /proc/cpuinfo) is named in the output.
 
-Both engines get the same int8 input tensor (pseudo-random over the whole range, seed 0,
-written to a temporary file): LiteRT via `set_tensor` + `invoke` on an interpreter made once with
-`num_threads` (its default delegate, XNNPACK, included), runtime-core via
-`runtime-cli bench --input-raw FILE --threads T` (copy in + run, in Rust; the `--threads` of
-runtime-core split the larger convs over a spinning helper team). LiteRT is timed from Python:
-`invoke()` adds the Python call (a few µs) to each of its runs. Before timing, both engines run
-the input once and the largest output difference is printed (XNNPACK rounds differently from
+Every engine gets the same int8 input tensor (pseudo-random over the whole range, seed 0,
+written to a temporary file): LiteRT via `set_tensor` + `invoke` + `get_tensor` on an
+interpreter made once with `num_threads` (its default delegate, XNNPACK, included),
+runtime-core via `runtime-cli bench --input-raw FILE --threads T` (copy in + run, in Rust; the
+`--threads` of runtime-core split the convs large enough over spinning helper threads).
+LiteRT is timed from Python, which adds the calls' overhead (1–2 µs) to each run, so it is
+given twice: `litert` (the three calls) and `litert-invoke` (`invoke` alone, the fairer figure
+for models of a few µs); ratios are against `litert-invoke`. Several `--runtime-cli` binaries
+(comma-separated: e.g. main's and a branch's) are timed in the same rounds, as
+`runtime-core` (the first) and `runtime-core#2`, … Before timing, every engine runs the input
+once and the largest output difference from LiteRT is printed (XNNPACK rounds differently from
 TFLite's reference kernels, which runtime-core follows bit for bit).
+
+Why the long default warm-up: LiteRT's interpreter (and its thread pool) lives through all
+rounds, while each runtime-cli run is a fresh process, whose helper thread needed a few hundred
+inferences before it ran beside the owner on the 2-vCPU development VM (20 warm-up runs left
+8 of 8 processes at their 1-thread time).
 
 runtime-cli: built in release mode (`cargo build --release -p runtime-cli`); `--runtime-cli`
 names the binary, else target/release/runtime-cli under $CARGO_TARGET_DIR or the repository.
@@ -60,18 +69,23 @@ def litert_version():
 
 
 def litert_p50(it, x, runs, warmup):
+    """(p50 of set_tensor + invoke + get_tensor, p50 of invoke alone), in ms."""
     d, o = it.get_input_details()[0], it.get_output_details()[0]
     for _ in range(warmup):
         it.set_tensor(d["index"], x)
         it.invoke()
-    ms = []
+    ms, inv = [], []
     for _ in range(runs):
-        t = time.perf_counter()
+        t0 = time.perf_counter()
         it.set_tensor(d["index"], x)
+        t1 = time.perf_counter()
         it.invoke()
+        t2 = time.perf_counter()
         it.get_tensor(o["index"])
-        ms.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ms)
+        t3 = time.perf_counter()
+        ms.append((t3 - t0) * 1e3)
+        inv.append((t2 - t1) * 1e3)
+    return statistics.median(ms), statistics.median(inv)
 
 
 def runtime_p50(cli, model, raw, threads, runs, warmup):
@@ -88,8 +102,8 @@ def main():
     ap.add_argument("model")
     ap.add_argument("--runtime-cli")
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--runs", type=int, default=200)
-    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--runs", type=int, default=300)
+    ap.add_argument("--warmup", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -99,10 +113,12 @@ def main():
     except ImportError as e:
         print(f"ai-edge-litert/numpy not importable: {e} (pip install ai-edge-litert)", file=sys.stderr)
         return 3
-    cli = runtime_cli_path(a.runtime_cli)
-    if not os.path.exists(cli):
-        print(f"{cli}: no runtime-cli binary (cargo build --release -p runtime-cli, or --runtime-cli)", file=sys.stderr)
-        return 2
+    clis = [runtime_cli_path(p) for p in (a.runtime_cli.split(",") if a.runtime_cli else [None])]
+    for cli in clis:
+        if not os.path.exists(cli):
+            print(f"{cli}: no runtime-cli binary (cargo build --release -p runtime-cli, or --runtime-cli)", file=sys.stderr)
+            return 2
+    names = ["runtime-core"] + [f"runtime-core#{i + 1}" for i in range(1, len(clis))]
     threads = [int(t) for t in a.threads.split(",")]
     data = open(a.model, "rb").read()
     interp = {}
@@ -118,47 +134,56 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         raw = os.path.join(tmp, "input.bin")
         x.tofile(raw)
-        # The same input through both once: how far apart the outputs are.
+        # The same input through every engine once: how far apart the outputs are.
         it = interp[threads[0]]
         it.set_tensor(d["index"], x)
         it.invoke()
         lite = it.get_tensor(it.get_output_details()[0]["index"]).reshape(-1).astype(int)
-        inferred = subprocess.run([cli, "infer", "--model", a.model, "--input-raw", raw, "--json"],
-                                  check=True, capture_output=True, text=True).stdout
-        ours = np.array(json.loads(inferred)["results"][0]["raw_int8"], dtype=int)
-        assert ours.size == lite.size, f"output sizes {ours.size} vs {lite.size}"
-        max_diff = int(np.abs(lite - ours).max())
+        max_diff = 0
+        for cli in clis:
+            inferred = subprocess.run([cli, "infer", "--model", a.model, "--input-raw", raw, "--json"],
+                                      check=True, capture_output=True, text=True).stdout
+            ours = np.array(json.loads(inferred)["results"][0]["raw_int8"], dtype=int)
+            assert ours.size == lite.size, f"output sizes {ours.size} vs {lite.size}"
+            max_diff = max(max_diff, int(np.abs(lite - ours).max()))
 
-        pairs = [(e, t) for t in threads for e in ("litert", "runtime-core")]
+        engines = ["litert"] + names
+        pairs = [(e, t) for t in threads for e in engines]
         p50 = {p: [] for p in pairs}
+        for t in threads:
+            p50[("litert-invoke", t)] = []
         for r in range(a.rounds):
             order = pairs if r % 2 == 0 else pairs[::-1]
             for e, t in order:
                 if e == "litert":
-                    p50[(e, t)].append(litert_p50(interp[t], x, a.runs, a.warmup))
+                    call, inv = litert_p50(interp[t], x, a.runs, a.warmup)
+                    p50[(e, t)].append(call)
+                    p50[("litert-invoke", t)].append(inv)
                 else:
+                    cli = clis[names.index(e)]
                     p50[(e, t)].append(runtime_p50(cli, a.model, raw, t, a.runs, a.warmup))
 
     cpu = cpu_name()
     rows = []
-    for (e, t), v in p50.items():
+    for (e, t), v in sorted(p50.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         rows.append({"engine": e, "threads": t, "p50_ms_median": statistics.median(v),
                      "p50_ms_min": min(v), "p50_ms_max": max(v), "p50_ms_rounds": v})
     result = {
         "model": a.model, "cpu": cpu, "cores": os.cpu_count(), "runs": a.runs, "warmup": a.warmup,
         "rounds": a.rounds, "input_shape": list(shape), "max_output_diff_lsb": max_diff,
-        "litert": litert_version(),
+        "litert": litert_version(), "runtime_cli": dict(zip(names, clis)),
         "results": rows,
     }
-    print(f"{a.model} on {cpu} ({os.cpu_count()} logical CPUs): p50 of {a.runs} runs, median over {a.rounds} interleaved rounds")
-    print(f"same int8 input in both; largest output difference LiteRT vs runtime-core: {max_diff} LSB")
-    print(f"{'engine':<14}{'threads':>8}{'p50 ms':>10}{'range':>22}")
+    print(f"{a.model} on {cpu} ({os.cpu_count()} logical CPUs): p50 of {a.runs} runs after {a.warmup} warm-up, median over {a.rounds} interleaved rounds")
+    print(f"same int8 input in every engine; largest output difference LiteRT vs runtime-core: {max_diff} LSB")
+    print(f"{'engine':<16}{'threads':>8}{'p50 ms':>10}{'range':>22}")
     for r in rows:
-        print(f"{r['engine']:<14}{r['threads']:>8}{r['p50_ms_median']:>10.3f}   [{r['p50_ms_min']:.3f}, {r['p50_ms_max']:.3f}]")
+        print(f"{r['engine']:<16}{r['threads']:>8}{r['p50_ms_median']:>10.4f}   [{r['p50_ms_min']:.4f}, {r['p50_ms_max']:.4f}]")
     for t in threads:
-        lr = statistics.median(p50[("litert", t)])
-        rc = statistics.median(p50[("runtime-core", t)])
-        print(f"{t} thread(s): runtime-core / LiteRT = {rc / lr:.2f}x the time")
+        lr = statistics.median(p50[("litert-invoke", t)])
+        for n in names:
+            rc = statistics.median(p50[(n, t)])
+            print(f"{t} thread(s): {n} / LiteRT invoke = {rc / lr:.2f}x the time")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=2)
