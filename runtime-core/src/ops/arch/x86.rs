@@ -150,9 +150,17 @@ pub(crate) unsafe fn conv_tile(
     // CPU has the kernel's features; the rest is the caller's promise.
     unsafe {
         if pk.layout.row_band {
-            conv_avx2_band(p, pk, input, out, pixels, blocks)
+            match quads(p.out_c, pk.blocks) {
+                1 => conv_avx2_band::<1>(p, pk, input, out, pixels, blocks),
+                2 => conv_avx2_band::<2>(p, pk, input, out, pixels, blocks),
+                _ => conv_avx2_band::<4>(p, pk, input, out, pixels, blocks),
+            }
         } else if pk.layout.wide {
-            conv_avx2(p, pk, input, out, pixels, blocks)
+            match quads(p.out_c, pk.blocks) {
+                1 => conv_avx2::<1>(p, pk, input, out, pixels, blocks),
+                2 => conv_avx2::<2>(p, pk, input, out, pixels, blocks),
+                _ => conv_avx2::<4>(p, pk, input, out, pixels, blocks),
+            }
         } else {
             conv_vnni(p, pk, input, out, pixels, blocks)
         }
@@ -330,7 +338,7 @@ const PIXELS_AVX2: usize = 2;
 /// two partial sums per channel are added once at the end (`vphaddd`). No `vpmaddubsw`, whose
 /// `i16` saturation would not be exact.
 #[target_feature(enable = "avx2")]
-unsafe fn conv_avx2(
+unsafe fn conv_avx2<const NW: usize>(
     p: &ConvI8,
     pk: &Packed,
     input: &[i8],
@@ -364,8 +372,8 @@ unsafe fn conv_avx2(
             }
         }
         for b in blocks.clone() {
-            let acc = block_avx2(&cols, kp, pk, b);
             let c0 = b * 16;
+            let acc = block_avx2::<NW>(&cols, kp, pk, b);
             store_pixels(pk, &ep, &acc, n, c0, oc, out.add(px * oc + c0));
         }
         px += n;
@@ -402,7 +410,7 @@ fn band_fits(w: &Window) -> bool {
 /// once per conv when the kernel is at least as tall as the stride (3×3 stride 1 and 2):
 /// im2col copied every value `kh·kw/stride²` times.
 #[target_feature(enable = "avx2")]
-unsafe fn conv_avx2_band(
+unsafe fn conv_avx2_band<const NW: usize>(
     p: &ConvI8,
     pk: &Packed,
     input: &[i8],
@@ -464,8 +472,8 @@ unsafe fn conv_avx2_band(
             let offs = [ox * w.stride_w * ic, (ox + n - 1) * w.stride_w * ic];
             let q = oy * w.out_w + ox;
             for b in blocks.clone() {
-                let acc = block_band(band, &rows[..w.kh], offs, row_k, pk, b);
                 let c0 = b * 16;
+                let acc = block_band::<NW>(band, &rows[..w.kh], offs, row_k, pk, b);
                 store_pixels(pk, &ep, &acc, n, c0, oc, out.add(q * oc + c0));
             }
             ox += n;
@@ -478,7 +486,7 @@ unsafe fn conv_avx2_band(
 /// whose kernel rows start at `rows[ky] + offs[s]` in `band`.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn block_band(
+unsafe fn block_band<const NW: usize>(
     band: &[i16],
     rows: &[usize],
     offs: [usize; PIXELS_AVX2],
@@ -493,7 +501,7 @@ unsafe fn block_band(
         let x0 = band[r + offs[0]..][..row_k].as_ptr();
         let x1 = band[r + offs[1]..][..row_k].as_ptr();
         for q in 0..row_k / 4 {
-            let mut wv = [_mm256_setzero_si256(); 4];
+            let mut wv = [_mm256_setzero_si256(); NW];
             for (c, v) in wv.iter_mut().enumerate() {
                 *v = _mm256_loadu_si256(wp.add(16 * c) as *const __m256i);
             }
@@ -507,6 +515,22 @@ unsafe fn block_band(
         }
     }
     acc
+}
+
+/// How many of a 16-channel block's four 4-channel weight registers the AVX2 kernels use for a
+/// conv of `oc` output channels in `blocks` blocks (1, 2 or 4; generic `NW` of [`conv_avx2`]
+/// and [`conv_avx2_band`]). A conv of one block with at most 8 channels (the study backbone's 4-
+/// and 8-channel convs, the landmark model's 8) has zero weights in the rest, never stored, so
+/// it skips their loads and multiply-adds: they were 75 % and 50 % of those convs' GEMM work.
+/// Wider convs keep 4 for every block (chosen per conv, not per block, so that each kernel
+/// inlines one GEMM loop).
+#[inline]
+fn quads(oc: usize, blocks: usize) -> usize {
+    match (blocks, oc) {
+        (1, 0..=4) => 1,
+        (1, 5..=8) => 2,
+        _ => 4,
+    }
 }
 
 /// The output clamp of the AVX2 epilogue: `[act_min − out_zp, act_max − out_zp]`, then `+ out_zp`
@@ -636,7 +660,7 @@ unsafe fn load8(v: &[i32], c: usize) -> __m256i {
 /// Accumulators `[pixel][4 channels ×2 partial sums]` for channel block `b`.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn block_avx2(
+unsafe fn block_avx2<const NW: usize>(
     cols: &[i16],
     kp: usize,
     pk: &Packed,
@@ -647,7 +671,7 @@ unsafe fn block_avx2(
     let cp = cols[..PIXELS_AVX2 * kp].as_ptr();
     for q in 0..kp / 4 {
         let base = wp.add(q * 64);
-        let mut wv = [_mm256_setzero_si256(); 4];
+        let mut wv = [_mm256_setzero_si256(); NW];
         for (c, v) in wv.iter_mut().enumerate() {
             *v = _mm256_loadu_si256(base.add(16 * c) as *const __m256i);
         }
