@@ -427,6 +427,95 @@ fn extreme_values_every_kernel() {
     }
 }
 
+/// Narrow convs (1–9 output channels: the AVX2 kernels' one-register and two-pixel epilogue
+/// paths) with outputs that vary from pixel to pixel: the random cases above mostly saturate
+/// (their biases reach ±2³⁰), where two pixels' outputs written to each other's place would go
+/// unnoticed. Both requantisation forms (every channel shifting right, and one channel with
+/// shift 0), in the row band (3×3 on 5×6) and in the im2col kernel (a 1×520 row of 32 channels
+/// is too wide for the band), whole and split over threads.
+#[test]
+fn narrow_convs_keep_each_pixel_in_its_place() {
+    let mut rng = runtime_core::heads::rng::SplitMix64::new(7);
+    let geometries = [
+        Window {
+            in_h: 5,
+            in_w: 6,
+            in_c: 7,
+            out_h: 5,
+            out_w: 6,
+            kh: 3,
+            kw: 3,
+            stride_h: 1,
+            stride_w: 1,
+            pad_top: 1,
+            pad_left: 1,
+        },
+        Window {
+            in_h: 1,
+            in_w: 520,
+            in_c: 32,
+            out_h: 1,
+            out_w: 520,
+            kh: 1,
+            kw: 1,
+            stride_h: 1,
+            stride_w: 1,
+            pad_top: 0,
+            pad_left: 0,
+        },
+    ];
+    for win in geometries {
+        for oc in 1..=9 {
+            for right_only in [true, false] {
+                let k = win.kh * win.kw * win.in_c;
+                let c = Case {
+                    win,
+                    out_c: oc,
+                    input: (0..win.in_h * win.in_w * win.in_c)
+                        .map(|_| rng.next_u64() as i8)
+                        .collect(),
+                    weights: (0..oc * k)
+                        .map(|_| (rng.below(41) as i32 - 20) as i8)
+                        .collect(),
+                    bias: (0..oc).map(|_| rng.below(4001) as i32 - 2000).collect(),
+                    // Scale about 2⁻¹⁰: sums of a few thousand land inside the int8 range.
+                    mults: (0..oc)
+                        .map(|c| {
+                            let shift = if !right_only && c == 0 { 0 } else { -9 };
+                            let m = (1 << 30) + rng.below(1 << 29) as i32;
+                            (if shift == 0 { m >> 9 } else { m }, shift)
+                        })
+                        .collect(),
+                    in_zp: 3,
+                    out_zp: -7,
+                    relu: false,
+                };
+                for prep in [Prep::Best, Prep::Split(3)] {
+                    let (want, got, backend) = try_conv(&c, prep).unwrap();
+                    assert_eq!(
+                        want, got,
+                        "{oc} channels, right_only {right_only}, {prep:?}, backend {backend}"
+                    );
+                    // Unsaturated and varying between pixels, so a misplaced pixel shows.
+                    let pixels: Vec<&[i8]> = want.chunks(oc).collect();
+                    let differ = pixels.windows(2).filter(|p| p[0] != p[1]).count();
+                    assert!(
+                        differ * 3 > (pixels.len() - 1) * 2,
+                        "{oc} channels: {differ} of {} neighbours differ",
+                        pixels.len() - 1
+                    );
+                    let clipped = want.iter().filter(|&&v| v == -128 || v == 127).count();
+                    assert!(
+                        clipped * 10 < want.len(),
+                        "{clipped} of {} clipped",
+                        want.len()
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Where the CPU has AVX-512 VNNI (and the build has `std`), `PreparedI8::new` does pick that
 /// kernel; on aarch64 it picks `sdot` where the CPU has it (with `std`), else the NEON `smull`
 /// kernel (so the property tests above check them, not only the portable loop).
