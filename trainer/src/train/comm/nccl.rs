@@ -89,7 +89,7 @@ impl EqualAllGather for Inner {
         let n = local.len();
         let send = self
             .stream
-            .memcpy_stod(local)
+            .clone_htod(local)
             .map_err(|e| anyhow!("copying {n} bytes to the GPU: {e}"))?;
         let mut recv = self
             .stream
@@ -98,10 +98,16 @@ impl EqualAllGather for Inner {
         self.comm
             .all_gather(&send, &mut recv)
             .map_err(|e| anyhow!("ncclAllGather of {n} bytes per rank: {:?}", e.0))?;
-        // Waits for the gather (same stream) before returning the bytes.
+        // Same stream, so after the gather; into pageable memory, which CUDA completes before
+        // returning, and the explicit wait says so.
+        let all = self
+            .stream
+            .clone_dtoh(&recv)
+            .map_err(|e| anyhow!("copying the gathered bytes back: {e}"))?;
         self.stream
-            .memcpy_dtov(&recv)
-            .map_err(|e| anyhow!("copying the gathered bytes back: {e}"))
+            .synchronize()
+            .map_err(|e| anyhow!("waiting for the all-gather: {e}"))?;
+        Ok(all)
     }
 }
 
