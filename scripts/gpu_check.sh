@@ -144,8 +144,9 @@ nccl_run() { # name "VAR=value ..." extra-flags...
 same() { cmp -s "$WORK/$1/last.safetensors" "$WORK/$2/last.safetensors" &&
          cmp -s "$WORK/$1/backbone.safetensors" "$WORK/$2/backbone.safetensors"; }
 nccl_run nccl_plain "" --device "$DEV"
-nccl_run nccl_ws1 "RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=${NCCL_PORT:-29517} \
-NCCL_DEBUG=${NCCL_DEBUG:-WARN}" --distributed nccl
+# The same GPU as $DEV: the only one visible, so the rank's cuda:0.
+nccl_run nccl_ws1 "CUDA_VISIBLE_DEVICES=${DEV#cuda:} RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 \
+MASTER_PORT=${NCCL_PORT:-29517} NCCL_DEBUG=${NCCL_DEBUG:-WARN}" --distributed nccl
 if [ -s "$WORK/nccl_ws1/last.safetensors" ] && same nccl_plain nccl_ws1; then
   verdict="PASS: --distributed nccl at world size 1 wrote the same bytes as the plain CUDA run"
 else

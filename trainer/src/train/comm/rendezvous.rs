@@ -43,6 +43,9 @@ pub fn serve_id(
     world_size: usize,
     timeout: Duration,
 ) -> Result<()> {
+    if world_size == 0 {
+        bail!("rank 0: a run of 0 ranks");
+    }
     let deadline = Instant::now() + timeout;
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let mut served = vec![false; world_size];
