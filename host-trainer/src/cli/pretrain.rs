@@ -75,13 +75,16 @@ pub struct PretrainArgs {
     /// `mpi`: this process is one rank of `mpirun -np R host-trainer pretrain ...`; the run's
     /// replicas are spread over the ranks (byte-identical weights to the same number of
     /// replicas in one process), rank 0 writes the files. Needs a build with `--features mpi`.
+    /// `nccl`: one process per GPU, started by torchrun, srun or mpirun (RANK / WORLD_SIZE /
+    /// LOCAL_RANK or the launcher's own, MASTER_ADDR / MASTER_PORT), each on cuda:LOCAL_RANK.
+    /// Needs a build with `--features nccl` (or `cudnn,nccl`).
     #[arg(long, value_name = "KIND")]
     pub distributed: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// cpu | cuda:N
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// cpu | cuda:N (default cpu; with --distributed nccl, the rank's own GPU)
+    #[arg(long)]
+    pub device: Option<String>,
     /// Output folder: last.safetensors (resumable), backbone.safetensors, metrics.jsonl.
     /// With --resume it defaults to (and must be) the resumed folder.
     #[arg(long, required_unless_present = "resume")]
@@ -117,7 +120,15 @@ pub struct PretrainArgs {
 pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
     use trainer::train::pretrain::RunOptions;
 
-    let device = trainer::device::parse_device(&a.device)?;
+    // `--distributed nccl` chooses the device: this rank's GPU, from the launcher's variables.
+    let nccl = match a.distributed.as_deref() {
+        Some("nccl") => Some(nccl_rank(a.device.as_deref())?),
+        _ => None,
+    };
+    let device = match &nccl {
+        Some((_, ordinal)) => trainer::device::parse_device(&format!("cuda:{ordinal}"))?,
+        None => trainer::device::parse_device(a.device.as_deref().unwrap_or("cpu"))?,
+    };
     let out = match (&a.resume, &a.out) {
         (Some(r), Some(o)) if r != o => anyhow::bail!(
             "--resume {} continues in its own folder; drop --out or pass the same path",
@@ -127,10 +138,13 @@ pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
         (None, Some(o)) => o.clone(),
         (None, None) => anyhow::bail!("--out is required for a new run"),
     };
-    let distributed = match a.distributed.as_deref() {
-        None | Some("none") => None,
-        Some("mpi") => Some(mpi_comm()?),
-        Some(other) => anyhow::bail!("--distributed {other}: expected `mpi` (or `none`)"),
+    let distributed = match (a.distributed.as_deref(), &nccl) {
+        (_, Some((env, ordinal))) => Some(nccl_comm(env, *ordinal)?),
+        (None | Some("none"), None) => None,
+        (Some("mpi"), None) => Some(mpi_comm()?),
+        (Some(other), None) => {
+            anyhow::bail!("--distributed {other}: expected `mpi` or `nccl` (or `none`)")
+        }
     };
     let opts = RunOptions {
         out,
@@ -164,6 +178,53 @@ fn mpi_comm() -> anyhow::Result<std::sync::Arc<dyn trainer::train::comm::Comm>> 
     anyhow::bail!(
         "--distributed mpi: this host-trainer was built without MPI; build it with \
          `cargo build --release -p host-trainer --features mpi` (scripts/setup.sh installs OpenMPI)"
+    )
+}
+
+/// Where this process sits in an NCCL run (the launcher's variables) and the CUDA ordinal it
+/// trains on (`--device`, if given, must name it); the communicator follows once the device
+/// is open ([`nccl_comm`]).
+#[cfg(feature = "nccl")]
+fn nccl_rank(
+    device: Option<&str>,
+) -> anyhow::Result<(trainer::train::comm::launch_env::LaunchEnv, usize)> {
+    let env = trainer::train::comm::launch_env::LaunchEnv::from_env()?;
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    let ordinal = env.cuda_ordinal(visible.as_deref(), device)?;
+    Ok((env, ordinal))
+}
+
+#[cfg(feature = "nccl")]
+fn nccl_comm(
+    env: &trainer::train::comm::launch_env::LaunchEnv,
+    ordinal: usize,
+) -> anyhow::Result<std::sync::Arc<dyn trainer::train::comm::Comm>> {
+    Ok(std::sync::Arc::new(
+        trainer::train::comm::nccl::NcclComm::init(env, ordinal)?,
+    ))
+}
+
+#[cfg(not(feature = "nccl"))]
+fn nccl_rank(
+    _device: Option<&str>,
+) -> anyhow::Result<(trainer::train::comm::launch_env::LaunchEnv, usize)> {
+    Err(no_nccl())
+}
+
+#[cfg(not(feature = "nccl"))]
+fn nccl_comm(
+    _env: &trainer::train::comm::launch_env::LaunchEnv,
+    _ordinal: usize,
+) -> anyhow::Result<std::sync::Arc<dyn trainer::train::comm::Comm>> {
+    Err(no_nccl())
+}
+
+#[cfg(not(feature = "nccl"))]
+fn no_nccl() -> anyhow::Error {
+    anyhow::anyhow!(
+        "--distributed nccl: this host-trainer was built without NCCL; build it with \
+         `cargo build --profile gpu -p host-trainer --features cudnn,nccl` (scripts/gpu_check.sh \
+         --build does, with scripts/nccl-env.sh for libnccl)"
     )
 }
 

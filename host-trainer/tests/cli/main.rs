@@ -2,6 +2,7 @@
 mod bench_step_cli;
 #[cfg(feature = "mpi")]
 mod distributed;
+mod distributed_nccl;
 mod eval_cli;
 mod export_cli;
 mod faults;

@@ -1,5 +1,9 @@
 //! How the replicas of one run reach each other across processes: one small trait, [`Comm`],
-//! with an MPI implementation ([`mpi::MpiComm`], feature `mpi`).
+//! with an MPI implementation ([`mpi::MpiComm`], feature `mpi`) and an NCCL one for one process
+//! per GPU (`nccl::NcclComm`, feature `nccl`). The NCCL path's parts that need no GPU are plain
+//! modules tested in CI: [`launch_env`] (rank, world size and GPU from the launcher's variables),
+//! [`rendezvous`] (rank 0's NCCL id to the others over TCP) and [`framing`] (any-length messages
+//! over an equal-count all-gather).
 //!
 //! Why a byte all-gather is the only collective: the replicas must combine their shares in a
 //! fixed order so that a run with `N` replicas is the same computation wherever they run (one
@@ -11,6 +15,12 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
+
+pub mod framing;
+pub mod launch_env;
+#[cfg(feature = "nccl")]
+pub mod nccl;
+pub mod rendezvous;
 
 /// The processes of one distributed run. Every call is collective: each process calls it in the
 /// same order, and a call returns on all of them or fails on all of them.

@@ -22,7 +22,8 @@
 //! points receives every other replica's share ([`Replicas::gather`]), then combines them in
 //! replica order exactly as one process does: the same `N` gives byte-identical weights in one
 //! process or in many. Each replica runs in a one-thread pool whenever `N > 1`, in either case,
-//! so that its kernels compute the same bytes.
+//! so that its kernels compute the same bytes (on the CPU; with one GPU per process,
+//! `--distributed nccl`, each process's one replica runs on its calling thread).
 use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
@@ -58,11 +59,14 @@ impl std::fmt::Debug for Replicas {
 impl Replicas {
     /// `n` ≥ 1 replicas in this process.
     pub fn new(n: usize) -> Result<Replicas> {
-        Replicas::build(n, None)
+        Replicas::build(n, None, true)
     }
 
-    /// `total` replicas spread evenly over the processes of `comm`.
-    pub fn distributed(total: usize, comm: Arc<dyn Comm>) -> Result<Replicas> {
+    /// `total` replicas spread evenly over the processes of `comm`. On a GPU (`on_cpu` false),
+    /// a process's one replica runs on the calling thread: the one-thread pools are there for
+    /// the CPU kernels' bytes, and candle's CUDA ops go to a stream of the issuing thread, which
+    /// must stay the thread that made the step's other tensors.
+    pub fn distributed(total: usize, comm: Arc<dyn Comm>, on_cpu: bool) -> Result<Replicas> {
         let size = comm.size();
         if total == 0 || !total.is_multiple_of(size) {
             bail!(
@@ -70,16 +74,16 @@ impl Replicas {
                  a number of ranks that divides {total}"
             );
         }
-        Replicas::build(total / size, Some(comm))
+        Replicas::build(total / size, Some(comm), on_cpu)
     }
 
-    fn build(local: usize, comm: Option<Arc<dyn Comm>>) -> Result<Replicas> {
+    fn build(local: usize, comm: Option<Arc<dyn Comm>>, on_cpu: bool) -> Result<Replicas> {
         if local == 0 {
             bail!("--replicas must be at least 1");
         }
         let total = local * comm.as_ref().map_or(1, |c| c.size());
         let first = comm.as_ref().map_or(0, |c| c.rank() * local);
-        let pools = if total == 1 {
+        let pools = if total == 1 || (local == 1 && !on_cpu) {
             Vec::new()
         } else {
             (first..first + local)
@@ -106,6 +110,11 @@ impl Replicas {
         self.local * self.comm.as_ref().map_or(1, |c| c.size())
     }
 
+    /// The replicas this process runs.
+    pub fn local(&self) -> usize {
+        self.local
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -130,7 +139,7 @@ impl Replicas {
     /// (in replica order) is returned; a replica that panics is reported as an error naming it.
     pub fn run<T: Send>(&self, f: impl Fn(usize) -> Result<T> + Sync) -> Result<Vec<T>> {
         if self.pools.is_empty() {
-            return Ok(vec![f(0)?]);
+            return Ok(vec![f(self.first())?]);
         }
         let (f, first) = (&f, self.first());
         std::thread::scope(|s| {

@@ -126,12 +126,13 @@ impl Trainer {
         )?;
         let replicas = match comm {
             None => Replicas::new(cfg.replicas)?,
-            Some(c) => Replicas::distributed(cfg.replicas, c)?,
+            Some(c) => Replicas::distributed(cfg.replicas, c, device.is_cpu())?,
         };
-        if replicas.len() > 1 && !device.is_cpu() {
+        // Across processes (one GPU each) only this process's own replicas share its device.
+        if replicas.local() > 1 && !device.is_cpu() {
             bail!(
                 "--replicas {} splits a step over CPU threads; on {device:?} use --replicas 1",
-                replicas.len()
+                replicas.local()
             );
         }
         // Supervised: one BN group per replica; MoCo/Exemplar: whole shuffle-BN groups each.
