@@ -132,9 +132,27 @@ fn case_mix(extreme: impl Strategy<Value = bool>) -> impl Strategy<Value = Case>
                 } else {
                     in_zp
                 };
-                let bias = (0..oc)
-                    .map(|_| (rng.below(1 << 31) as i32) - (1 << 30))
-                    .collect();
+                // Half the cases are scaled as an exporter scales a layer (a small bias, the
+                // shift bringing sums of `k` products back to about ±128), so that most outputs
+                // land inside the int8 range and a value computed right but written to another
+                // pixel or channel shows; the other half keep the whole loader range, where
+                // most outputs saturate.
+                let realistic = rng.below(2) == 0;
+                let (bias, mults) = if realistic {
+                    let k = kh * kw * ic;
+                    let shift = -(k.next_power_of_two().trailing_zeros() as i32 + 6);
+                    let bias = (0..oc).map(|_| rng.below(8193) as i32 - 4096).collect();
+                    let mults = mults
+                        .iter()
+                        .map(|&(m, _)| (m.max(1 << 30), shift))
+                        .collect();
+                    (bias, mults)
+                } else {
+                    let bias = (0..oc)
+                        .map(|_| (rng.below(1 << 31) as i32) - (1 << 30))
+                        .collect();
+                    (bias, mults)
+                };
                 Some(Case {
                     win,
                     out_c: oc,
