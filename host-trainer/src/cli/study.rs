@@ -33,6 +33,11 @@ pub struct StudyArgs {
     /// Seed (data, initialisation, episodes).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Seed of the synthetic datasets and the Table-2 subsets only (default: --seed). With
+    /// --seeds N, every seed then trains and evaluates on the same data, so the spread across
+    /// seeds is that of initialisation, augmentation, batches and episodes alone.
+    #[arg(long)]
+    pub data_seed: Option<u64>,
     /// Pretraining epochs (objects and faces).
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -78,6 +83,9 @@ pub fn run(a: StudyArgs) -> Result<()> {
     p.ablations.dedup();
     if let Some(s) = a.seed {
         p.seed = s;
+    }
+    if a.data_seed.is_some() {
+        p.data_seed = a.data_seed;
     }
     if let Some(e) = a.epochs {
         p.pretrain.epochs_objects = e;

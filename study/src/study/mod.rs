@@ -374,6 +374,21 @@ mod tests {
         let mut other = preset::tiny();
         other.seed = 7;
         assert!(check_study_file(&Plan::new(other).unwrap(), dir.path()).is_err());
+        let mut other = preset::tiny();
+        other.data_seed = Some(0);
+        assert!(
+            check_study_file(&Plan::new(other).unwrap(), dir.path()).is_err(),
+            "a data seed set is another study, even one equal to the seed"
+        );
+    }
+
+    /// Without `--data-seed` the study's identity is what it was before the option existed, so
+    /// folders made then resume.
+    #[test]
+    fn no_data_seed_leaves_the_identity_as_it_was() {
+        let id = records::identity(&preset::tiny());
+        assert!(id.get("seed").is_some());
+        assert!(id.get("data_seed").is_none(), "{id}");
     }
 
     fn fake_opts(dir: &Path, jobs: usize) -> RunOptions {

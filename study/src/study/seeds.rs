@@ -1,7 +1,8 @@
 //! `host-trainer study --seeds N`: the whole plan once per seed, and the tables across seeds.
 //!
 //! Seed `s` (the preset's seed, then +1, +2, …) is an ordinary, resumable study in
-//! `OUT/seed-<s>/` (its own data, pretrainings, episodes and records). The aggregate
+//! `OUT/seed-<s>/` (its own data, pretrainings, episodes and records; with `--data-seed`, every
+//! seed's data is drawn with that one seed, so the data are the same on every seed). The aggregate
 //! `OUT/results.json` and `OUT/results.md` give, for every figure, the mean over seeds with the
 //! 95% interval *across seeds* ([`mean_ci95_seeds`]: Student's t on the per-seed values) next to
 //! the mean of the per-seed (per-episode or per-image) intervals. The paper's orderings are
@@ -540,8 +541,15 @@ fn paired_claims_md(s: &mut String, paired: &[Claim], unpaired: &[Claim]) {
 pub fn markdown(r: &SeedsResults) -> String {
     let p = &r.preset;
     let seeds: Vec<String> = r.seeds.iter().map(u64::to_string).collect();
+    let data = match p.data_seed {
+        Some(d) => format!(
+            "; every seed on the data of data seed {d}, so the spread is initialisation, \
+             augmentation, batches and episodes alone"
+        ),
+        None => String::new(),
+    };
     let mut s = format!(
-        "# Study results over {} seeds (preset `{}`, seeds {})\n\nEach cell: mean over seeds ± \
+        "# Study results over {} seeds (preset `{}`, seeds {}{data})\n\nEach cell: mean over seeds ± \
          95% interval across seeds (± mean of the per-seed interval over episodes or images). \
          Per-seed reports: `seed-<s>/results.md`.\n\n",
         r.seeds.len(),

@@ -34,7 +34,11 @@ pub fn alignment_table_head(shots: &[usize]) -> String {
 pub fn markdown(r: &StudyResults) -> String {
     let p = &r.preset;
     let mut s = String::new();
-    s += &format!("# Study results (preset `{}`, seed {})\n\n", p.name, r.seed);
+    s += &format!("# Study results (preset `{}`, seed {}", p.name, r.seed);
+    if let Some(d) = p.data_seed {
+        s += &format!(", data seed {d}");
+    }
+    s += ")\n\n";
     s += &format!(
         "ResNet-18 at width {}, {} px, {} pretraining epochs on objects and {} on faces, batch {}; \
          {} episodes of {}-way few-shot with {} queries per class; {} landmark epochs. \
