@@ -123,7 +123,8 @@ pub struct BenchCmd {
     #[arg(long)]
     pub reference_kernels: bool,
     /// Threads each int8 conv may split its output over (runtime-core's `Model::set_threads`:
-    /// the x86-64 SIMD kernels, convs large enough to pay for the split; same results).
+    /// the x86-64 and aarch64 SIMD kernels and the portable loop, convs of at least 2 × 8 K
+    /// MACs; same results).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: u16,
     /// Time the int8 model on this file's input tensor (int8 bytes in the model's NHWC layout)
