@@ -735,6 +735,50 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Rows too wide for the VNNI kernel's 64 KiB row band (`3·(w + 2)·c` bytes) take its im2col
+    /// kernel (on AVX2 machines: the AVX2 im2col kernel again): exact too.
+    #[test]
+    fn conv_vnni_wide_rows_match_reference(
+        c in case_mix(any::<bool>()), w in 560usize..=580, ic in 38usize..=40, seed in any::<u64>(),
+    ) {
+        let mut rng = runtime_core::heads::rng::SplitMix64::new(seed);
+        let h = c.win.in_h.min(2);
+        let win = Window { in_h: h, in_w: w, in_c: ic, out_h: h, out_w: w, kh: 3, kw: 3,
+            stride_h: 1, stride_w: 1, pad_top: 1, pad_left: 1 };
+        let input = (0..h * w * ic).map(|_| rng.next_u64() as i8).collect();
+        let weights = (0..c.out_c * 9 * ic).map(|_| rng.next_u64() as i8).collect();
+        let c = Case { win, input, weights, ..c };
+        let (want, got, backend) = run_conv(&c, false);
+        prop_assert_eq!(want, got, "backend {}", backend);
+    }
+
+    /// Images taller than the VNNI row band holds (`(rows − 1)·s + 3` padded rows of
+    /// `(w + 2)·c` bytes within 64 KiB) run in several runs of output rows, each converting its
+    /// own rows, split over threads or not: exact too.
+    #[test]
+    fn conv_vnni_band_runs_match_reference(
+        c in case_mix(any::<bool>()), h in 12usize..=16, w in 150usize..=170, ic in 38usize..=40,
+        s in 1usize..=2, tasks in 1usize..=3, seed in any::<u64>(),
+    ) {
+        let mut rng = runtime_core::heads::rng::SplitMix64::new(seed);
+        let oc = c.out_c.min(8);
+        let out_h = Window::out_dim(h, 3, s, 1, 1).unwrap();
+        let out_w = Window::out_dim(w, 3, s, 1, 1).unwrap();
+        let win = Window { in_h: h, in_w: w, in_c: ic, out_h, out_w, kh: 3, kw: 3,
+            stride_h: s, stride_w: s, pad_top: 1, pad_left: 1 };
+        let input = (0..h * w * ic).map(|_| rng.next_u64() as i8).collect();
+        let weights = (0..oc * 9 * ic).map(|_| rng.next_u64() as i8).collect();
+        let c = Case { win, input, weights, out_c: oc, bias: c.bias[..oc].to_vec(),
+            mults: c.mults[..oc].to_vec(), ..c };
+        let prep = if tasks > 1 { Prep::Split(tasks) } else { Prep::Best };
+        let (want, got, backend) = try_conv(&c, prep).unwrap();
+        prop_assert_eq!(want, got, "backend {}", backend);
+    }
+}
+
 /// A whole model on 1, 2 and 3 threads (`Model::set_threads`): the same output bytes, on the
 /// ResNet-18 backbone at 64 px, whose convs are large enough to split.
 #[cfg(all(feature = "threads", feature = "zoo"))]

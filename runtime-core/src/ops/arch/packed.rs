@@ -64,8 +64,8 @@ pub struct Packed {
     pub(super) mult: Vec<i32>,
     pub(super) lshift: Vec<i32>,
     pub(super) rshift: Vec<i32>,
-    /// x86 AVX2 (the [`Layout::wide`] kernels), where every channel shifts right: the
-    /// one-multiply-add requantisation's constants, else `None`.
+    /// x86 (AVX2's [`Layout::wide`] and VNNI's [`Layout::unsigned_cols`] kernels), where every
+    /// channel shifts right: the one-multiply-add requantisation's constants, else `None`.
     #[cfg(target_arch = "x86_64")]
     pub(super) right: Option<super::x86::RightShift8>,
 }
@@ -147,7 +147,7 @@ impl Packed {
             bias,
             mult: pad(&|_, q| q.mult, 0),
             #[cfg(target_arch = "x86_64")]
-            right: if layout.wide {
+            right: if layout.wide || layout.unsigned_cols {
                 super::x86::RightShift8::new(&lshift, &rshift)
             } else {
                 None

@@ -7,10 +7,12 @@
 //! into the bias ([`Layout::unsigned_cols`]).
 //!
 //! Weights are packed once at load in [`Packed`]'s layout with 16-channel blocks (one `zmm`,
-//! or two `ymm`, of `i32` accumulators). The VNNI kernel keeps 4 pixels × 32 channels (8 `zmm`)
-//! of accumulators, broadcasts 4 column bytes per pixel and issues 8 `vpdpbusd` per 2 weight
-//! loads; the requantisation runs 16 lanes at a time. The AVX2 kernels are described at
-//! [`conv_avx2`] and [`conv_avx2_band`].
+//! or two `ymm`, of `i32` accumulators). The VNNI kernel reads the input from a row band of
+//! unsigned bytes (no im2col copy, [`conv_vnni_band`]) and keeps 8 pixels × 16 or 32 channels,
+//! or 4 pixels × 64, of accumulators: per 4 taps it broadcasts 4 bytes per pixel and issues
+//! 8–16 `vpdpbusd` per 1–4 weight loads; the requantisation ([`Epilogue16`]) runs 16 lanes at
+//! a time. Windows too wide for the band take the im2col kernel ([`conv_vnni`]). The AVX2
+//! kernels are described at [`conv_avx2`] and [`conv_avx2_band`].
 
 use alloc::vec::Vec;
 use core::arch::x86_64::*;
@@ -48,6 +50,7 @@ const AVX2: Layout = Layout {
 pub fn available() -> bool {
     std::is_x86_feature_detected!("avx512f")
         && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vl")
         && std::is_x86_feature_detected!("avx512vnni")
 }
 
@@ -60,7 +63,8 @@ pub fn avx2_available() -> bool {
 /// AVX2) if the op fits it: `None` leaves the op to the portable path.
 pub(crate) fn pack(p: &ConvI8, chan: &[ChanQ]) -> Option<Packed> {
     if available() {
-        Packed::new(p, chan, VNNI)
+        let row_band = vnni_band_fits(&p.win);
+        Packed::new(p, chan, Layout { row_band, ..VNNI })
     } else {
         pack_avx2(p, chan)
     }
@@ -149,7 +153,17 @@ pub(crate) unsafe fn conv_tile(
     // SAFETY: `pk` exists only if `available()` (VNNI) or `avx2_available()` (AVX2) said the
     // CPU has the kernel's features; the rest is the caller's promise.
     unsafe {
-        if pk.layout.row_band {
+        if pk.layout.unsigned_cols {
+            if !pk.layout.row_band {
+                conv_vnni(p, pk, input, out, pixels, blocks)
+            } else if pk.blocks.is_multiple_of(4) {
+                conv_vnni_band::<4, 4>(p, pk, input, out, pixels, blocks)
+            } else if pk.blocks.is_multiple_of(2) {
+                conv_vnni_band::<8, 2>(p, pk, input, out, pixels, blocks)
+            } else {
+                conv_vnni_band::<8, 1>(p, pk, input, out, pixels, blocks)
+            }
+        } else if pk.layout.row_band {
             match quads(p.out_c, pk.blocks) {
                 1 => conv_avx2_band::<1>(p, pk, input, out, pixels, blocks),
                 2 => conv_avx2_band::<2>(p, pk, input, out, pixels, blocks),
@@ -161,13 +175,11 @@ pub(crate) unsafe fn conv_tile(
                 2 => conv_avx2::<2>(p, pk, input, out, pixels, blocks),
                 _ => conv_avx2::<4>(p, pk, input, out, pixels, blocks),
             }
-        } else {
-            conv_vnni(p, pk, input, out, pixels, blocks)
         }
     }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn conv_vnni(
     p: &ConvI8,
     pk: &Packed,
@@ -195,12 +207,19 @@ unsafe fn conv_vnni(
         while b < blocks.end {
             if b + 1 < blocks.end {
                 let acc = block::<2>(&cols, kp, pk, b);
-                store(p, pk, out, px, n, b, &acc[0]);
-                store(p, pk, out, px, n, b + 1, &acc[1]);
+                for (j, a) in acc.iter().enumerate() {
+                    let ep = Epilogue16::new(p, pk, b + j);
+                    for (s, &y) in a.iter().enumerate().take(n) {
+                        ep.store(y, out.add((px + s) * p.out_c + (b + j) * 16));
+                    }
+                }
                 b += 2;
             } else {
                 let acc = block::<1>(&cols, kp, pk, b);
-                store(p, pk, out, px, n, b, &acc[0]);
+                let ep = Epilogue16::new(p, pk, b);
+                for (s, &y) in acc[0].iter().enumerate().take(n) {
+                    ep.store(y, out.add((px + s) * p.out_c + b * 16));
+                }
                 b += 1;
             }
         }
@@ -209,7 +228,7 @@ unsafe fn conv_vnni(
 }
 
 /// Accumulators `[block j][pixel s]` for channel blocks `b..b + NB` of the current 4 pixels.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
 unsafe fn block<const NB: usize>(
     cols: &[u8],
@@ -239,43 +258,270 @@ unsafe fn block<const NB: usize>(
     acc
 }
 
-/// Requantises and writes channel block `b` of pixels `px..px + n` into the output at `out`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+/// The VNNI kernels' requantisation of one 16-channel block: its constants, loaded once for
+/// all the pixels of a block, and the store of one pixel's 16 (or fewer) channels.
+struct Epilogue16 {
+    mult: __m512i,
+    /// The odd channels' multipliers in the low halves of the 64-bit lanes.
+    mult_odd: __m512i,
+    /// [`RightShift8`]'s constants (`c_even`, `c_odd`, `e − 1`) where every channel shifts
+    /// right, else `None` and the general path's left and right shifts `ls`, `rs`.
+    right: Option<(__m512i, __m512i, __m512i)>,
+    ls: __m512i,
+    rs: __m512i,
+    lo: __m512i,
+    hi: __m512i,
+    zp: __m512i,
+    /// The block's channels within `out_c` (all 16 but in a last, partial block).
+    mask: __mmask16,
+}
+
+impl Epilogue16 {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn new(p: &ConvI8, pk: &Packed, b: usize) -> Epilogue16 {
+        let c0 = b * 16;
+        let lanes = (p.out_c - c0).min(16);
+        let ld = |v: &[i32]| _mm512_loadu_si512(v[c0..c0 + 16].as_ptr() as *const _);
+        let mult = ld(&pk.mult);
+        let right = pk.right.as_ref().map(|rq| {
+            let ld64 = |v: &[i64]| _mm512_loadu_si512(v[c0 / 2..c0 / 2 + 8].as_ptr() as *const _);
+            (ld64(&rq.c_even), ld64(&rq.c_odd), ld(&rq.e1))
+        });
+        Epilogue16 {
+            mult,
+            mult_odd: _mm512_srli_epi64::<32>(mult),
+            right,
+            ls: ld(&pk.lshift),
+            rs: ld(&pk.rshift),
+            lo: _mm512_set1_epi32(p.act_min - p.out_zp),
+            hi: _mm512_set1_epi32(p.act_max - p.out_zp),
+            zp: _mm512_set1_epi32(p.out_zp),
+            mask: if lanes == 16 {
+                0xffff
+            } else {
+                (1u16 << lanes) - 1
+            },
+        }
+    }
+
+    /// Requantises the accumulators `acc` (bias included), clamps, and writes the block's
+    /// channels at `dst`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn store(&self, acc: __m512i, dst: *mut i8) {
+        let y = match self.right {
+            Some((c_even, c_odd, e1)) => {
+                mbqm16_right(acc, self.mult, self.mult_odd, c_even, c_odd, e1)
+            }
+            None => mbqm16(acc, self.mult, self.ls, self.rs),
+        };
+        let y = _mm512_add_epi32(
+            _mm512_min_epi32(_mm512_max_epi32(y, self.lo), self.hi),
+            self.zp,
+        );
+        // In [−128, 127] already: the truncating narrowing is exact.
+        let v = _mm512_cvtepi32_epi8(y);
+        if self.mask == 0xffff {
+            _mm_storeu_si128(dst as *mut __m128i, v);
+        } else {
+            _mm_mask_storeu_epi8(dst, self.mask, v);
+        }
+    }
+}
+
+/// 16 lanes of [`mbqm8_right`] (`left = 0`, `right = e ≥ 1`, `mult ≥ 0`): the same
+/// `((x·mult + C) >> 32) >> (e − 1)` with the sign term on the product, `mult_odd` the odd
+/// lanes' multipliers already moved to the low halves.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
-unsafe fn store(
+unsafe fn mbqm16_right(
+    x: __m512i,
+    mult: __m512i,
+    mult_odd: __m512i,
+    c_even: __m512i,
+    c_odd: __m512i,
+    e1: __m512i,
+) -> __m512i {
+    let zero = _mm512_setzero_si512();
+    let sign = _mm512_set1_epi64(-(1i64 << 31));
+    let t = |prod: __m512i, c: __m512i| {
+        let neg = _mm512_cmplt_epi64_mask(prod, zero);
+        let t = _mm512_add_epi64(prod, c);
+        _mm512_mask_add_epi64(t, neg, t, sign)
+    };
+    let even = t(_mm512_mul_epi32(x, mult), c_even);
+    let odd = t(
+        _mm512_mul_epi32(_mm512_srli_epi64::<32>(x), mult_odd),
+        c_odd,
+    );
+    let h = _mm512_mask_blend_epi32(0xaaaa, _mm512_srli_epi64::<32>(even), odd);
+    _mm512_srav_epi32(h, e1)
+}
+
+/// Bytes of the VNNI row band (on the stack): the padded input rows of a run of output rows,
+/// as unsigned bytes.
+const VNNI_BAND: usize = 64 * 1024;
+/// Bytes after the band's rows that a kernel row padded to a multiple of 4 taps may read
+/// (multiplied by zero weights).
+const VNNI_SLACK: usize = 4;
+
+/// Whether [`conv_vnni_band`] runs this window: the `kh` padded rows of one output row fit
+/// the band.
+fn vnni_band_fits(w: &Window) -> bool {
+    let [_, pl, _, pr] = w.pads();
+    w.kh * (pl + w.in_w + pr) * w.in_c <= VNNI_BAND
+}
+
+/// The VNNI kernel without an im2col copy (XNNPACK's indirect GEMM, with rows instead of
+/// taps): the zero-padded input rows that a run of output rows reads are converted once to
+/// unsigned bytes (`x ^ 0x80`; padding holds the input zero point) in a stack band, so that
+/// kernel row `ky` of output pixel `(oy, ox)` is the `kw·in_c` contiguous bytes at column
+/// `ox·stride_w` of band row `oy·stride_h + ky`. `P` pixels (a group runs on past a row's
+/// end) × `NB` 16-channel blocks of accumulators ([`block_band_vnni`]); the packed weights pad
+/// each kernel row to a multiple of 4 taps ([`Layout::row_band`]). Runs of output rows as
+/// tall as the band holds (one run for every model here).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn conv_vnni_band<const P: usize, const NB: usize>(
     p: &ConvI8,
     pk: &Packed,
+    input: &[i8],
     out: *mut i8,
-    px: usize,
-    n: usize,
-    b: usize,
-    acc: &[__m512i; PIXELS],
+    pixels: Range<usize>,
+    blocks: Range<usize>,
 ) {
-    let oc = p.out_c;
-    let c0 = b * 16;
-    let lanes = (oc - c0).min(16);
-    let mask: __mmask16 = if lanes == 16 {
-        0xffff
-    } else {
-        (1u16 << lanes) - 1
-    };
-    let mult = _mm512_loadu_si512(pk.mult.as_ptr().add(c0) as *const _);
-    let ls = _mm512_loadu_si512(pk.lshift.as_ptr().add(c0) as *const _);
-    let rs = _mm512_loadu_si512(pk.rshift.as_ptr().add(c0) as *const _);
-    let lo = _mm512_set1_epi32(p.act_min - p.out_zp);
-    let hi = _mm512_set1_epi32(p.act_max - p.out_zp);
-    let zp = _mm512_set1_epi32(p.out_zp);
-    for (s, &a) in acc.iter().enumerate().take(n) {
-        let y = mbqm16(a, mult, ls, rs);
-        let y = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(y, lo), hi), zp);
-        let dst = out.add((px + s) * oc + c0);
-        _mm512_mask_cvtepi32_storeu_epi8(dst, mask, y);
+    let w = &p.win;
+    if pixels.is_empty() {
+        return;
     }
+    let [pt, pl, _, pr] = w.pads();
+    let ic = w.in_c;
+    let row_len = (pl + w.in_w + pr) * ic;
+    let row_k = pk.kp / w.kh;
+    let fill = (p.in_zp.clamp(-128, 127) as i8 as u8) ^ 0x80;
+    // Output rows per run: their input rows, `(rows − 1)·stride + kh`, within the band.
+    let run_rows = (VNNI_BAND / row_len - w.kh) / w.stride_h + 1;
+    let mut band_buf = [MaybeUninit::<u8>::uninit(); VNNI_BAND + VNNI_SLACK];
+    let band = band_buf.as_mut_ptr() as *mut u8;
+    let oc = p.out_c;
+    let last_oy = (pixels.end - 1) / w.out_w;
+    let mut oy0 = pixels.start / w.out_w;
+    while oy0 <= last_oy {
+        let oy1 = (oy0 + run_rows).min(last_oy + 1);
+        let r0 = oy0 * w.stride_h;
+        let n_rows = (oy1 - 1) * w.stride_h + w.kh - r0;
+        for r in 0..n_rows {
+            // SAFETY: `n_rows·row_len ≤ VNNI_BAND` (`run_rows`); each row is written whole
+            // before it is read.
+            let dst = core::slice::from_raw_parts_mut(band.add(r * row_len), row_len);
+            let iy = (r0 + r).wrapping_sub(pt);
+            if iy < w.in_h {
+                dst[..pl * ic].fill(fill);
+                let src = &input[iy * w.in_w * ic..][..w.in_w * ic];
+                for (d, &v) in dst[pl * ic..][..w.in_w * ic].iter_mut().zip(src) {
+                    *d = v as u8 ^ 0x80;
+                }
+                dst[(pl + w.in_w) * ic..].fill(fill);
+            } else {
+                dst.fill(fill);
+            }
+        }
+        // The slack's bytes are read (times zero weights): give them defined values.
+        core::ptr::write_bytes(band.add(n_rows * row_len), 0, VNNI_SLACK);
+        let start = pixels.start.max(oy0 * w.out_w);
+        let end = pixels.end.min(oy1 * w.out_w);
+        let (mut oy, mut ox) = (start / w.out_w, start % w.out_w);
+        let mut px = start;
+        while px < end {
+            let n = (end - px).min(P);
+            // The band offsets of the group's pixels; missing pixels of the last group repeat
+            // the last one (computed, not written).
+            let mut offs = [0usize; P];
+            let (mut qy, mut qx) = (oy, ox);
+            for (s, o) in offs.iter_mut().enumerate() {
+                *o = (qy * w.stride_h - r0) * row_len + qx * w.stride_w * ic;
+                if s + 1 < n {
+                    qx += 1;
+                    if qx == w.out_w {
+                        (qy, qx) = (qy + 1, 0);
+                    }
+                }
+            }
+            let mut b = blocks.start;
+            while b < blocks.end {
+                if b + NB <= blocks.end {
+                    let acc = block_band_vnni::<P, NB>(band, &offs, row_len, w.kh, row_k, pk, b);
+                    for (j, a) in acc.iter().enumerate() {
+                        let ep = Epilogue16::new(p, pk, b + j);
+                        for (s, &y) in a.iter().enumerate().take(n) {
+                            ep.store(y, out.add((px + s) * oc + (b + j) * 16));
+                        }
+                    }
+                    b += NB;
+                } else {
+                    let acc = block_band_vnni::<P, 1>(band, &offs, row_len, w.kh, row_k, pk, b);
+                    let ep = Epilogue16::new(p, pk, b);
+                    for (s, &y) in acc[0].iter().enumerate().take(n) {
+                        ep.store(y, out.add((px + s) * oc + b * 16));
+                    }
+                    b += 1;
+                }
+            }
+            px += n;
+            ox += n;
+            while ox >= w.out_w {
+                ox -= w.out_w;
+                oy += 1;
+            }
+        }
+        oy0 = oy1;
+    }
+}
+
+/// Accumulators `[block j][pixel s]` (bias included) for channel blocks `b..b + NB` of the `P`
+/// pixels whose kernel row 0 starts at `band + offs[s]` (row `ky` at `+ ky·row_len`), each
+/// kernel row `row_k` taps (a multiple of 4) of the packed weights. Per 4 taps: `NB` weight
+/// loads, `P` broadcasts of 4 bytes, `P·NB` `vpdpbusd`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn block_band_vnni<const P: usize, const NB: usize>(
+    band: *const u8,
+    offs: &[usize; P],
+    row_len: usize,
+    kh: usize,
+    row_k: usize,
+    pk: &Packed,
+    b: usize,
+) -> [[__m512i; P]; NB] {
+    let kp = pk.kp;
+    let mut acc = [[_mm512_setzero_si512(); P]; NB];
+    for (j, a) in acc.iter_mut().enumerate() {
+        let bias = _mm512_loadu_si512(pk.bias[(b + j) * 16..][..16].as_ptr() as *const _);
+        *a = [bias; P];
+    }
+    let wp = pk.w[b * kp * 16..(b + NB) * kp * 16].as_ptr();
+    for ky in 0..kh {
+        let xs: [*const u8; P] = core::array::from_fn(|s| band.add(offs[s] + ky * row_len));
+        let wr = wp.add(ky * row_k * 16);
+        for q in 0..row_k / 4 {
+            let mut wv = [_mm512_setzero_si512(); NB];
+            for (j, v) in wv.iter_mut().enumerate() {
+                *v = _mm512_loadu_si512(wr.add(j * kp * 16 + q * 64) as *const _);
+            }
+            for s in 0..P {
+                let x = _mm512_set1_epi32((xs[s].add(4 * q) as *const i32).read_unaligned());
+                for (a, &v) in acc.iter_mut().zip(&wv) {
+                    a[s] = _mm512_dpbusd_epi32(a[s], x, v);
+                }
+            }
+        }
+    }
+    acc
 }
 
 /// 16 lanes of [`multiply_by_quantized_multiplier`](super::super::requant::multiply_by_quantized_multiplier)
 /// for `mult ≥ 0`: saturating left shift, SRDHM in 64-bit halves, rounding right shift.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
 unsafe fn mbqm16(x: __m512i, mult: __m512i, ls: __m512i, rs: __m512i) -> __m512i {
     // Left shift, saturating where it overflows (the reference clamps the i64 shift).
@@ -311,7 +557,7 @@ unsafe fn mbqm16(x: __m512i, mult: __m512i, ls: __m512i, rs: __m512i) -> __m512i
 
 /// SRDHM on 64-bit products `ab`: `(ab + nudge) / 2³¹` truncated toward zero, nudge `2³⁰` or
 /// `1 − 2³⁰` by the sign of `ab`; the result sits in the low 32 bits of each lane.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
 unsafe fn half(ab: __m512i) -> __m512i {
     let neg = _mm512_cmplt_epi64_mask(ab, _mm512_setzero_si512());
