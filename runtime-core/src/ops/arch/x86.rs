@@ -335,7 +335,7 @@ impl Epilogue16 {
 /// lanes' multipliers already moved to the low halves.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
-unsafe fn mbqm16_right(
+pub(crate) unsafe fn mbqm16_right(
     x: __m512i,
     mult: __m512i,
     mult_odd: __m512i,
@@ -357,6 +357,24 @@ unsafe fn mbqm16_right(
     );
     let h = _mm512_mask_blend_epi32(0xaaaa, _mm512_srli_epi64::<32>(even), odd);
     _mm512_srav_epi32(h, e1)
+}
+
+/// 16 lanes of [`mbqm8_shift0`]: `MultiplyByQuantizedMultiplier(x, mult, 0)` for `mult ≥ 0`,
+/// `⌊(x·mult + 2³⁰) / 2³¹⌋`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+pub(crate) unsafe fn mbqm16_shift0(x: __m512i, mult: __m512i) -> __m512i {
+    let half = _mm512_set1_epi64(1 << 30);
+    let even = _mm512_add_epi64(_mm512_mul_epi32(x, mult), half);
+    let odd = _mm512_add_epi64(
+        _mm512_mul_epi32(_mm512_srli_epi64::<32>(x), _mm512_srli_epi64::<32>(mult)),
+        half,
+    );
+    _mm512_mask_blend_epi32(
+        0xaaaa,
+        _mm512_srli_epi64::<31>(even),
+        _mm512_slli_epi64::<1>(odd),
+    )
 }
 
 /// Bytes of the VNNI row band (on the stack): the padded input rows of a run of output rows,
@@ -523,7 +541,7 @@ unsafe fn block_band_vnni<const P: usize, const NB: usize>(
 /// for `mult ≥ 0`: saturating left shift, SRDHM in 64-bit halves, rounding right shift.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
-unsafe fn mbqm16(x: __m512i, mult: __m512i, ls: __m512i, rs: __m512i) -> __m512i {
+pub(crate) unsafe fn mbqm16(x: __m512i, mult: __m512i, ls: __m512i, rs: __m512i) -> __m512i {
     // Left shift, saturating where it overflows (the reference clamps the i64 shift).
     let y = _mm512_sllv_epi32(x, ls);
     let ovf = _mm512_cmpneq_epi32_mask(_mm512_srav_epi32(y, ls), x);
@@ -1137,6 +1155,71 @@ mod tests {
                 assert_eq!(got[i], want, "x {} mult {} shift -{}", x[i], m[i], e[i]);
                 let want0 = multiply_by_quantized_multiplier(x[i], m[i], 0);
                 assert_eq!(got0[i], want0, "x {} mult {} shift 0", x[i], m[i]);
+            }
+        }
+    }
+
+    /// The 16-lane forms ([`mbqm16_right`], [`mbqm16_shift0`], [`mbqm16`]) against the scalar
+    /// `MultiplyByQuantizedMultiplier`, as [`mbqm8_right_matches_scalar`] does for 8 lanes, plus
+    /// left shifts for the general form.
+    #[test]
+    fn mbqm16_matches_scalar() {
+        if !available() {
+            return;
+        }
+        let mut rng = SplitMix64::new(11);
+        let edges = [0, 1, -1, i32::MIN, i32::MAX, 1 << 30, -(1 << 30), 3, -3];
+        for round in 0..4000 {
+            let x: [i32; 16] = core::array::from_fn(|i| {
+                if round % 4 == 0 {
+                    edges[(i + round) % edges.len()]
+                } else {
+                    (rng.next_u64() as i32) >> (rng.below(31))
+                }
+            });
+            let m: [i32; 16] = core::array::from_fn(|i| match (round + i) % 5 {
+                0 => 0,
+                1 => i32::MAX,
+                _ => (rng.next_u64() >> 33) as i32,
+            });
+            let e: [i32; 16] = core::array::from_fn(|i| 1 + ((round * 16 + i) % 31) as i32);
+            let even: [i64; 8] = core::array::from_fn(|j| right_addend(e[2 * j] as u32));
+            let odd: [i64; 8] = core::array::from_fn(|j| right_addend(e[2 * j + 1] as u32));
+            let e1 = e.map(|v| v - 1);
+            // Shifts of the general form: −31..=30, left ones included.
+            let sh: [i32; 16] = core::array::from_fn(|i| ((round * 16 + i) % 62) as i32 - 31);
+            let (mut got, mut got0, mut got_gen) = ([0i32; 16], [0i32; 16], [0i32; 16]);
+            // SAFETY: the AVX-512 features checked above; the arrays are 64 bytes each.
+            unsafe {
+                let ld = |p: *const i32| _mm512_loadu_si512(p as *const _);
+                let mv = ld(m.as_ptr());
+                let y = mbqm16_right(
+                    ld(x.as_ptr()),
+                    mv,
+                    _mm512_srli_epi64::<32>(mv),
+                    _mm512_loadu_si512(even.as_ptr() as *const _),
+                    _mm512_loadu_si512(odd.as_ptr() as *const _),
+                    ld(e1.as_ptr()),
+                );
+                _mm512_storeu_si512(got.as_mut_ptr() as *mut _, y);
+                let y0 = mbqm16_shift0(ld(x.as_ptr()), mv);
+                _mm512_storeu_si512(got0.as_mut_ptr() as *mut _, y0);
+                let ls = sh.map(|v| v.max(0));
+                let rs = sh.map(|v| (-v).max(0));
+                let yg = mbqm16(ld(x.as_ptr()), mv, ld(ls.as_ptr()), ld(rs.as_ptr()));
+                _mm512_storeu_si512(got_gen.as_mut_ptr() as *mut _, yg);
+            }
+            for i in 0..16 {
+                let want = multiply_by_quantized_multiplier(x[i], m[i], -e[i]);
+                assert_eq!(got[i], want, "x {} mult {} shift -{}", x[i], m[i], e[i]);
+                let want0 = multiply_by_quantized_multiplier(x[i], m[i], 0);
+                assert_eq!(got0[i], want0, "x {} mult {} shift 0", x[i], m[i]);
+                let want_gen = multiply_by_quantized_multiplier(x[i], m[i], sh[i]);
+                assert_eq!(
+                    got_gen[i], want_gen,
+                    "x {} mult {} shift {}",
+                    x[i], m[i], sh[i]
+                );
             }
         }
     }
