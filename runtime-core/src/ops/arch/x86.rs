@@ -156,6 +156,8 @@ pub(crate) unsafe fn conv_tile(
         if pk.layout.unsigned_cols {
             if !pk.layout.row_band {
                 conv_vnni(p, pk, input, out, pixels, blocks)
+            } else if pk.blocks == 1 && p.out_c <= 8 {
+                conv_vnni_band::<16, 1>(p, pk, input, out, pixels, blocks)
             } else if pk.blocks.is_multiple_of(4) {
                 conv_vnni_band::<4, 4>(p, pk, input, out, pixels, blocks)
             } else if pk.blocks.is_multiple_of(2) {
@@ -305,11 +307,56 @@ impl Epilogue16 {
         }
     }
 
-    /// Requantises the accumulators `acc` (bias included), clamps, and writes the block's
-    /// channels at `dst`.
+    /// The constants of a conv of at most 8 channels for [`block_band_vnni_pairs`]'s
+    /// registers: channels 0..8 in both halves.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
-    unsafe fn store(&self, acc: __m512i, dst: *mut i8) {
+    unsafe fn new_pairs(p: &ConvI8, pk: &Packed) -> Epilogue16 {
+        let ld =
+            |v: &[i32]| _mm512_broadcast_i64x4(_mm256_loadu_si256(v[..8].as_ptr() as *const _));
+        let mult = ld(&pk.mult);
+        let right = pk.right.as_ref().map(|rq| {
+            let ld64 =
+                |v: &[i64]| _mm512_broadcast_i64x4(_mm256_loadu_si256(v[..4].as_ptr() as *const _));
+            (ld64(&rq.c_even), ld64(&rq.c_odd), ld(&rq.e1))
+        });
+        let half = (1u16 << p.out_c.min(8)) - 1;
+        Epilogue16 {
+            mult,
+            mult_odd: _mm512_srli_epi64::<32>(mult),
+            right,
+            ls: ld(&pk.lshift),
+            rs: ld(&pk.rshift),
+            lo: _mm512_set1_epi32(p.act_min - p.out_zp),
+            hi: _mm512_set1_epi32(p.act_max - p.out_zp),
+            zp: _mm512_set1_epi32(p.out_zp),
+            mask: half | half << 8,
+        }
+    }
+
+    /// [`Epilogue16::store`] of a register of two pixels' `oc ≤ 8` channels: the first pixel's
+    /// at `dst`, the second's (if `both`) at `dst + oc`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn store_pair(&self, acc: __m512i, dst: *mut i8, oc: usize, both: bool) {
+        let v = self.requantise(acc);
+        if both && oc == 8 {
+            _mm_storeu_si128(dst as *mut __m128i, v);
+            return;
+        }
+        let first = self.mask & 0xff;
+        _mm_mask_storeu_epi8(dst, first, v);
+        if both {
+            // The second pixel's bytes sit at 8..8 + oc of `v`: a masked store at `dst + oc − 8`
+            // writes (and touches) only those, at `dst + oc..`.
+            _mm_mask_storeu_epi8(dst.wrapping_add(oc).wrapping_sub(8), first << 8, v);
+        }
+    }
+
+    /// The 16 output bytes of `acc`: requantised, clamped, narrowed.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn requantise(&self, acc: __m512i) -> __m128i {
         let y = match self.right {
             Some((c_even, c_odd, e1)) => {
                 mbqm16_right(acc, self.mult, self.mult_odd, c_even, c_odd, e1)
@@ -321,7 +368,15 @@ impl Epilogue16 {
             self.zp,
         );
         // In [−128, 127] already: the truncating narrowing is exact.
-        let v = _mm512_cvtepi32_epi8(y);
+        _mm512_cvtepi32_epi8(y)
+    }
+
+    /// Requantises the accumulators `acc` (bias included), clamps, and writes the block's
+    /// channels at `dst`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn store(&self, acc: __m512i, dst: *mut i8) {
+        let v = self.requantise(acc);
         if self.mask == 0xffff {
             _mm_storeu_si128(dst as *mut __m128i, v);
         } else {
@@ -465,6 +520,24 @@ unsafe fn conv_vnni_band<const P: usize, const NB: usize>(
                     }
                 }
             }
+            if P == 16 {
+                // At most 8 channels: two pixels per register ([`block_band_vnni_pairs`]).
+                if let (false, Ok(offs)) = (blocks.is_empty(), <&[usize; 16]>::try_from(&offs[..]))
+                {
+                    let acc = block_band_vnni_pairs(band, offs, row_len, w.kh, row_k, pk);
+                    let ep = Epilogue16::new_pairs(p, pk);
+                    for (t, &y) in acc.iter().enumerate().take(n.div_ceil(2)) {
+                        ep.store_pair(y, out.add((px + 2 * t) * oc), oc, 2 * t + 1 < n);
+                    }
+                }
+                px += n;
+                ox += n;
+                while ox >= w.out_w {
+                    ox -= w.out_w;
+                    oy += 1;
+                }
+                continue;
+            }
             let mut b = blocks.start;
             while b < blocks.end {
                 if b + NB <= blocks.end {
@@ -531,6 +604,40 @@ unsafe fn block_band_vnni<const P: usize, const NB: usize>(
                 for (a, &v) in acc.iter_mut().zip(&wv) {
                     a[s] = _mm512_dpbusd_epi32(a[s], x, v);
                 }
+            }
+        }
+    }
+    acc
+}
+
+/// [`block_band_vnni`] for a conv of at most 8 output channels (one block whose upper 8 lanes
+/// are padding): two pixels per register, `[pixel 2t: channels 0..8 | pixel 2t + 1: 0..8]`,
+/// the weights' lower half in both halves, so that each `vpdpbusd` does 16 useful lanes
+/// instead of 8 or fewer (the study backbone's 4- and 8-channel convs, the landmark model's 8).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn block_band_vnni_pairs(
+    band: *const u8,
+    offs: &[usize; 16],
+    row_len: usize,
+    kh: usize,
+    row_k: usize,
+    pk: &Packed,
+) -> [__m512i; 8] {
+    let kp = pk.kp;
+    let bias = _mm512_broadcast_i64x4(_mm256_loadu_si256(pk.bias[..8].as_ptr() as *const _));
+    let mut acc = [bias; 8];
+    let wp = pk.w[..kp * 16].as_ptr();
+    for ky in 0..kh {
+        let xs: [*const u8; 16] = core::array::from_fn(|s| band.add(offs[s] + ky * row_len));
+        let wr = wp.add(ky * row_k * 16);
+        for q in 0..row_k / 4 {
+            let wv = _mm512_broadcast_i64x4(_mm256_loadu_si256(wr.add(q * 64) as *const _));
+            for (t, a) in acc.iter_mut().enumerate() {
+                let lo = (xs[2 * t].add(4 * q) as *const i32).read_unaligned();
+                let hi = (xs[2 * t + 1].add(4 * q) as *const i32).read_unaligned();
+                let x = _mm512_mask_set1_epi32(_mm512_set1_epi32(lo), 0xff00, hi);
+                *a = _mm512_dpbusd_epi32(*a, x, wv);
             }
         }
     }
