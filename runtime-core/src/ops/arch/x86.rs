@@ -156,8 +156,20 @@ pub(crate) unsafe fn conv_tile(
         if pk.layout.unsigned_cols {
             if !pk.layout.row_band {
                 conv_vnni(p, pk, input, out, pixels, blocks)
+            } else if p.win.out_h * p.win.out_w == 1 {
+                // A fully connected layer (or any one-pixel conv).
+                conv_vnni_band::<1, 1>(p, pk, input, out, pixels, blocks)
             } else if pk.blocks == 1 && p.out_c <= 8 {
                 conv_vnni_band::<16, 1>(p, pk, input, out, pixels, blocks)
+            } else if p.win.out_h * p.win.out_w <= 4 {
+                // Too few pixels for 8 per group: 4, with up to 64 channels.
+                if pk.blocks.is_multiple_of(4) {
+                    conv_vnni_band::<4, 4>(p, pk, input, out, pixels, blocks)
+                } else if pk.blocks.is_multiple_of(2) {
+                    conv_vnni_band::<4, 2>(p, pk, input, out, pixels, blocks)
+                } else {
+                    conv_vnni_band::<4, 1>(p, pk, input, out, pixels, blocks)
+                }
             } else if pk.blocks.is_multiple_of(4) {
                 conv_vnni_band::<4, 4>(p, pk, input, out, pixels, blocks)
             } else if pk.blocks.is_multiple_of(2) {
@@ -520,6 +532,21 @@ unsafe fn conv_vnni_band<const P: usize, const NB: usize>(
                     }
                 }
             }
+            if P == 1 {
+                // One pixel: its reduction split over 4 accumulators instead
+                // ([`block_band_vnni_single`]).
+                for b in blocks.clone() {
+                    let acc = block_band_vnni_single(band, offs[0], row_len, w.kh, row_k, pk, b);
+                    Epilogue16::new(p, pk, b).store(acc, out.add(px * oc + b * 16));
+                }
+                px += n;
+                ox += n;
+                while ox >= w.out_w {
+                    ox -= w.out_w;
+                    oy += 1;
+                }
+                continue;
+            }
             if P == 16 {
                 // At most 8 channels: two pixels per register ([`block_band_vnni_pairs`]).
                 if let (false, Ok(offs)) = (blocks.is_empty(), <&[usize; 16]>::try_from(&offs[..]))
@@ -608,6 +635,50 @@ unsafe fn block_band_vnni<const P: usize, const NB: usize>(
         }
     }
     acc
+}
+
+/// [`block_band_vnni`] for one pixel (a fully connected layer: one long reduction): the taps'
+/// groups of 4 dealt round-robin to 4 accumulators, so that 4 `vpdpbusd` chains run at once
+/// instead of one waiting on each sum, added at the end (`i32` sums wrap alike in any order).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn block_band_vnni_single(
+    band: *const u8,
+    off: usize,
+    row_len: usize,
+    kh: usize,
+    row_k: usize,
+    pk: &Packed,
+    b: usize,
+) -> __m512i {
+    let kp = pk.kp;
+    let mut acc = [_mm512_setzero_si512(); 4];
+    acc[0] = _mm512_loadu_si512(pk.bias[b * 16..][..16].as_ptr() as *const _);
+    let wp = pk.w[b * kp * 16..(b + 1) * kp * 16].as_ptr();
+    for ky in 0..kh {
+        let x0 = band.add(off + ky * row_len);
+        let wr = wp.add(ky * row_k * 16);
+        let groups = row_k / 4;
+        let mut q = 0;
+        while q + 4 <= groups {
+            for (j, a) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_epi32((x0.add(4 * (q + j)) as *const i32).read_unaligned());
+                let wv = _mm512_loadu_si512(wr.add((q + j) * 64) as *const _);
+                *a = _mm512_dpbusd_epi32(*a, x, wv);
+            }
+            q += 4;
+        }
+        while q < groups {
+            let x = _mm512_set1_epi32((x0.add(4 * q) as *const i32).read_unaligned());
+            let wv = _mm512_loadu_si512(wr.add(q * 64) as *const _);
+            acc[0] = _mm512_dpbusd_epi32(acc[0], x, wv);
+            q += 1;
+        }
+    }
+    _mm512_add_epi32(
+        _mm512_add_epi32(acc[0], acc[1]),
+        _mm512_add_epi32(acc[2], acc[3]),
+    )
 }
 
 /// [`block_band_vnni`] for a conv of at most 8 output channels (one block whose upper 8 lanes
