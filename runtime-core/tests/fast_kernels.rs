@@ -622,9 +622,12 @@ fn right_multiplier() -> impl Strategy<Value = (i32, i32)> {
 /// Add parameters over the loader's whole ranges (input multipliers shift right or not at all,
 /// the output's any way), mostly as the exporter makes them.
 fn add_params() -> impl Strategy<Value = AddI8> {
+    // Mostly TFLite's input scalings (a multiplier below one: shift ≤ 0), some above one,
+    // where the two terms' sum can saturate.
     let input = prop_oneof![
         6 => ((1i32 << 30)..=i32::MAX, -31i32..=0),
         1 => (0i32..=i32::MAX, -31i32..=0),
+        1 => (0i32..=i32::MAX, 1i32..=12),
     ];
     (
         input.clone(),

@@ -194,6 +194,10 @@ unsafe fn add_avx512(p: &AddI8, a: &[i8], b: &[i8], out: &mut [i8]) {
     let lo = _mm512_set1_epi32(p.act_min - p.out_zp);
     let hi = _mm512_set1_epi32(p.act_max - p.out_zp);
     let zp = _mm512_set1_epi32(p.out_zp);
+    // Each term is `MBQM(v·2²⁰, m, sh)` with `|v| ≤ 255`: for `sh ≤ 0` (a multiplier below
+    // one, TFLite's input scaling) `|term| ≤ 2²⁸`, so their sum cannot overflow and needs no
+    // saturation.
+    let plain = p.a_shift <= 0 && p.b_shift <= 0;
     let n = out.len().min(a.len()).min(b.len());
     let whole = n / 16 * 16;
     for i in (0..whole).step_by(16) {
@@ -204,7 +208,12 @@ unsafe fn add_avx512(p: &AddI8, a: &[i8], b: &[i8], out: &mut [i8]) {
         // |x − zp| ≤ 255: the shift by 20 cannot overflow.
         let ta = ra.apply(_mm512_slli_epi32::<{ ADD_LEFT_SHIFT as u32 }>(xa));
         let tb = rb.apply(_mm512_slli_epi32::<{ ADD_LEFT_SHIFT as u32 }>(xb));
-        let y = ro.apply(adds_epi32_x16(ta, tb));
+        let sum = if plain {
+            _mm512_add_epi32(ta, tb)
+        } else {
+            adds_epi32_x16(ta, tb)
+        };
+        let y = ro.apply(sum);
         let y = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(y, lo), hi), zp);
         // In [−128, 127] already: the truncating narrowing is exact.
         _mm_storeu_si128(
