@@ -12,7 +12,7 @@
 
 use proptest::prelude::*;
 use runtime_core::ops::{
-    add::{add_i8, add_i8_scalar, AddI8, ADD_TABLE_MIN_LEN},
+    add::{add_i8, add_i8_avx2, add_i8_scalar, AddI8, ADD_TABLE_MIN_LEN},
     conv2d::{conv2d_i8, ConvI8},
     fully_connected::{fully_connected_i8, FcI8},
     prepared::{
@@ -722,6 +722,21 @@ proptest! {
         add_i8_scalar(&p, &a, &b, &mut want).unwrap();
         add_i8(&p, &a, &b, &mut got).unwrap();
         prop_assert_eq!(want, got);
+    }
+
+    /// The AVX2 add loop (what AVX2-only machines run) equals the scalar loop too, on machines
+    /// whose `add_i8` takes the AVX-512 loop as well (nothing to check without AVX2).
+    #[test]
+    fn add_avx2_matches_scalar(p in add_params(), n in 1usize..=300, seed in any::<u64>(), extreme in any::<bool>()) {
+        let mut rng = runtime_core::heads::rng::SplitMix64::new(seed);
+        let mut v = || if extreme && rng.below(4) != 0 { [-128i8, 127][rng.below(2) as usize] } else { rng.next_u64() as i8 };
+        let a: Vec<i8> = (0..n).map(|_| v()).collect();
+        let b: Vec<i8> = (0..n).map(|_| v()).collect();
+        let (mut want, mut got) = (vec![0i8; n], vec![0i8; n]);
+        add_i8_scalar(&p, &a, &b, &mut want).unwrap();
+        if add_i8_avx2(&p, &a, &b, &mut got).unwrap() {
+            prop_assert_eq!(want, got);
+        }
     }
 
     /// The add split over the team in runs gives the same bytes.

@@ -44,6 +44,22 @@ pub fn add_i8(p: &AddI8, a: &[i8], b: &[i8], output: &mut [i8]) -> Result<(), Ke
     add_i8_scalar(p, a, b, output)
 }
 
+/// [`add_i8`] on the x86-64 AVX2 loop even where the AVX-512 one would run, so that tests
+/// check both on AVX-512 machines: `Ok(false)` (nothing written) where this build (no `std`,
+/// not x86-64) or CPU has no AVX2 or `p` is outside the SIMD loop's ranges.
+pub fn add_i8_avx2(p: &AddI8, a: &[i8], b: &[i8], output: &mut [i8]) -> Result<bool, KernelError> {
+    check(a.len() == output.len() && b.len() == output.len())?;
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    {
+        Ok(super::arch::x86_add::add_avx2_only(p, a, b, output))
+    }
+    #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+    {
+        let _ = p;
+        Ok(false)
+    }
+}
+
 /// The scalar int8 add (TFLite's loop), on every target; the oracle of the SIMD one.
 ///
 /// Each input's rescaled term `MBQM((x − zp)·2²⁰, m, sh)` depends on one int8 value only, so for

@@ -39,6 +39,18 @@ pub(crate) fn add(p: &AddI8, a: &[i8], b: &[i8], out: &mut [i8]) -> bool {
     true
 }
 
+/// [`add`] on the AVX2 loop even where the AVX-512 one would run (for tests).
+pub(crate) fn add_avx2_only(p: &AddI8, a: &[i8], b: &[i8], out: &mut [i8]) -> bool {
+    let ok = |m: i32, s: i32| m >= 0 && (SHIFT_MIN..=SHIFT_MAX).contains(&s);
+    let fits = ok(p.a_mult, p.a_shift) && ok(p.b_mult, p.b_shift) && ok(p.out_mult, p.out_shift);
+    if !fits || !std::is_x86_feature_detected!("avx2") {
+        return false;
+    }
+    // SAFETY: AVX2 detected just above.
+    unsafe { add_avx2(p, a, b, out) };
+    true
+}
+
 /// One requantisation `MBQM(x, mult, shift)` with the same constants in every lane.
 #[derive(Clone, Copy)]
 struct Rq8 {
@@ -103,6 +115,8 @@ unsafe fn add_avx2(p: &AddI8, a: &[i8], b: &[i8], out: &mut [i8]) {
     );
     let (za, zb) = (_mm256_set1_epi32(p.a_zp), _mm256_set1_epi32(p.b_zp));
     let ep = Epilogue::new(p.act_min, p.act_max, p.out_zp);
+    // No overflow to saturate where both input shifts are ≤ 0 (see `add_avx512`).
+    let plain = p.a_shift <= 0 && p.b_shift <= 0;
     let n = out.len().min(a.len()).min(b.len());
     let whole = n / 16 * 16;
     for i in (0..whole).step_by(16) {
@@ -120,7 +134,12 @@ unsafe fn add_avx2(p: &AddI8, a: &[i8], b: &[i8], out: &mut [i8]) {
             // |x − zp| ≤ 255: the shift by 20 cannot overflow.
             let ta = ra.apply(_mm256_slli_epi32::<ADD_LEFT_SHIFT>(xa));
             let tb = rb.apply(_mm256_slli_epi32::<ADD_LEFT_SHIFT>(xb));
-            *rh = ep.clamp(ro.apply(adds_epi32(ta, tb)));
+            let sum = if plain {
+                _mm256_add_epi32(ta, tb)
+            } else {
+                adds_epi32(ta, tb)
+            };
+            *rh = ep.clamp(ro.apply(sum));
         }
         _mm_storeu_si128(out[i..i + 16].as_mut_ptr() as *mut __m128i, bytes16(r));
     }
