@@ -26,9 +26,10 @@ pub(crate) fn add(p: &AddI8, a: &[i8], b: &[i8], out: &mut [i8]) -> bool {
         return false;
     }
     if super::x86::available() {
+        let vbmi = std::is_x86_feature_detected!("avx512vbmi");
         // SAFETY: `available` detected the AVX-512 features the VNNI kernels (and this loop,
-        // which shares their requantisation) are compiled for.
-        unsafe { add_avx512(p, a, b, out) };
+        // which shares their requantisation) are compiled for, `vbmi` VBMI's.
+        unsafe { add_avx512(p, a, b, out, vbmi) };
         return true;
     }
     if !std::is_x86_feature_detected!("avx2") {
@@ -201,9 +202,10 @@ unsafe fn adds_epi32_x16(a: __m512i, b: __m512i) -> __m512i {
     _mm512_mask_blend_epi32(ovf, s, sat)
 }
 
-/// [`add_avx2`] with 16 lanes per requantisation.
+/// [`add_avx2`] with 16 lanes per requantisation; with `vbmi` (the CPU has AVX-512 VBMI), whole
+/// runs of 64 elements by [`add_64_vbmi`] first.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn add_avx512(p: &AddI8, a: &[i8], b: &[i8], out: &mut [i8]) {
+unsafe fn add_avx512(p: &AddI8, a: &[i8], b: &[i8], out: &mut [i8], vbmi: bool) {
     let (ra, rb, ro) = (
         Rq16::new(p.a_mult, p.a_shift),
         Rq16::new(p.b_mult, p.b_shift),
@@ -219,7 +221,22 @@ unsafe fn add_avx512(p: &AddI8, a: &[i8], b: &[i8], out: &mut [i8]) {
     let plain = p.a_shift <= 0 && p.b_shift <= 0;
     let n = out.len().min(a.len()).min(b.len());
     let whole = n / 16 * 16;
-    for i in (0..whole).step_by(16) {
+    let mut start = 0;
+    if vbmi && n >= 256 {
+        start = n / 64 * 64;
+        // SAFETY: the caller detected VBMI; the slices hold `start ≤ n` elements.
+        add_64_vbmi(
+            p,
+            &ra,
+            &rb,
+            &ro,
+            plain,
+            &a[..start],
+            &b[..start],
+            &mut out[..start],
+        );
+    }
+    for i in (start..whole).step_by(16) {
         let va = _mm_loadu_si128(a[i..i + 16].as_ptr() as *const __m128i);
         let vb = _mm_loadu_si128(b[i..i + 16].as_ptr() as *const __m128i);
         let xa = _mm512_sub_epi32(_mm512_cvtepi8_epi32(va), za);
@@ -242,4 +259,110 @@ unsafe fn add_avx512(p: &AddI8, a: &[i8], b: &[i8], out: &mut [i8]) {
     }
     // The three tails have the same length, so the scalar loop cannot report a mismatch.
     let _ = add_i8_scalar(p, &a[whole..n], &b[whole..n], &mut out[whole..n]);
+}
+
+/// Byte planes of an input's 256 terms: `planes[k][u]` is byte `k` (little-endian) of the term
+/// `MBQM((x − zp)·2²⁰, m, sh)` of the input byte `x = u as i8`, computed 16 at a time.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+unsafe fn term_planes(rq: &Rq16, zp: i32) -> [[u8; 256]; 4] {
+    // Gathers byte k of each of a register's 16 dwords into its k-th 16 bytes.
+    let transpose = _mm512_set_epi8(
+        63, 59, 55, 51, 47, 43, 39, 35, 31, 27, 23, 19, 15, 11, 7, 3, 62, 58, 54, 50, 46, 42, 38,
+        34, 30, 26, 22, 18, 14, 10, 6, 2, 61, 57, 53, 49, 45, 41, 37, 33, 29, 25, 21, 17, 13, 9, 5,
+        1, 60, 56, 52, 48, 44, 40, 36, 32, 28, 24, 20, 16, 12, 8, 4, 0,
+    );
+    let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let mut planes = [[0u8; 256]; 4];
+    let mut tmp = [0u8; 64];
+    for c in 0..16 {
+        let u = _mm512_add_epi32(lanes, _mm512_set1_epi32(16 * c as i32));
+        // `u as i8`, sign-extended.
+        let x = _mm512_srai_epi32::<24>(_mm512_slli_epi32::<24>(u));
+        let v = _mm512_sub_epi32(x, _mm512_set1_epi32(zp));
+        // |x − zp| ≤ 255: the shift by 20 cannot overflow.
+        let t = rq.apply(_mm512_slli_epi32::<{ ADD_LEFT_SHIFT as u32 }>(v));
+        _mm512_storeu_si512(
+            tmp.as_mut_ptr() as *mut _,
+            _mm512_permutexvar_epi8(transpose, t),
+        );
+        for (k, plane) in planes.iter_mut().enumerate() {
+            plane[16 * c..16 * c + 16].copy_from_slice(&tmp[16 * k..16 * k + 16]);
+        }
+    }
+    planes
+}
+
+/// The 64 terms of the input bytes `v` from their byte planes: four `i32` registers in the
+/// order of [`_mm512_unpacklo_epi16`]/`hi` of `unpacklo_epi8`/`hi` (within each 128-bit lane:
+/// register `r` holds the lane's elements `4r..4r + 4`), which [`add_64_vbmi`]'s packs undo.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+#[inline]
+unsafe fn lookup64(t: &[[__m512i; 4]; 4], v: __m512i) -> [__m512i; 4] {
+    let upper = _mm512_movepi8_mask(v);
+    let p: [__m512i; 4] = core::array::from_fn(|k| {
+        // Index bits 0–6 pick one of 128 bytes of a pair of registers; bit 7 picks the pair.
+        let lo = _mm512_permutex2var_epi8(t[k][0], v, t[k][1]);
+        let hi = _mm512_permutex2var_epi8(t[k][2], v, t[k][3]);
+        _mm512_mask_blend_epi8(upper, lo, hi)
+    });
+    let w0 = _mm512_unpacklo_epi8(p[0], p[1]);
+    let w1 = _mm512_unpackhi_epi8(p[0], p[1]);
+    let w2 = _mm512_unpacklo_epi8(p[2], p[3]);
+    let w3 = _mm512_unpackhi_epi8(p[2], p[3]);
+    [
+        _mm512_unpacklo_epi16(w0, w2),
+        _mm512_unpackhi_epi16(w0, w2),
+        _mm512_unpacklo_epi16(w1, w3),
+        _mm512_unpackhi_epi16(w1, w3),
+    ]
+}
+
+/// The add on whole runs of 64 elements (`a.len()`, a multiple of 64) with each input's terms
+/// looked up instead of computed: both depend on one byte only, so their 256 values are
+/// computed once per call ([`term_planes`]) and fetched 64 at a time with VBMI's two-register
+/// byte permutes, one per byte of the term and half-table; the sum and the output
+/// requantisation are [`add_avx512`]'s. The same numbers, a third of the work per element.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn add_64_vbmi(
+    p: &AddI8,
+    ra: &Rq16,
+    rb: &Rq16,
+    ro: &Rq16,
+    plain: bool,
+    a: &[i8],
+    b: &[i8],
+    out: &mut [i8],
+) {
+    let load = |planes: &[[u8; 256]; 4]| -> [[__m512i; 4]; 4] {
+        core::array::from_fn(|k| {
+            core::array::from_fn(|j| _mm512_loadu_si512(planes[k][64 * j..].as_ptr() as *const _))
+        })
+    };
+    let ta = load(&term_planes(ra, p.a_zp));
+    let tb = load(&term_planes(rb, p.b_zp));
+    let lo = _mm512_set1_epi32(p.act_min - p.out_zp);
+    let hi = _mm512_set1_epi32(p.act_max - p.out_zp);
+    let zp = _mm512_set1_epi32(p.out_zp);
+    let n = a.len().min(b.len()).min(out.len()) / 64 * 64;
+    for i in (0..n).step_by(64) {
+        let xa = lookup64(&ta, _mm512_loadu_si512(a[i..i + 64].as_ptr() as *const _));
+        let xb = lookup64(&tb, _mm512_loadu_si512(b[i..i + 64].as_ptr() as *const _));
+        let r: [__m512i; 4] = core::array::from_fn(|j| {
+            let sum = if plain {
+                _mm512_add_epi32(xa[j], xb[j])
+            } else {
+                adds_epi32_x16(xa[j], xb[j])
+            };
+            let y = ro.apply(sum);
+            _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(y, lo), hi), zp)
+        });
+        // In [−128, 127] already: the saturating packs are exact, and within each 128-bit
+        // lane they undo the unpacks' order.
+        let v = _mm512_packs_epi16(
+            _mm512_packs_epi32(r[0], r[1]),
+            _mm512_packs_epi32(r[2], r[3]),
+        );
+        _mm512_storeu_si512(out[i..i + 64].as_mut_ptr() as *mut _, v);
+    }
 }
