@@ -202,6 +202,9 @@ unsafe fn adds_epi32_x16(a: __m512i, b: __m512i) -> __m512i {
     _mm512_mask_blend_epi32(ovf, s, sat)
 }
 
+/// Shortest add (or add task) that [`add_64_vbmi`] takes.
+pub const VBMI_MIN_LEN: usize = 4096;
+
 /// [`add_avx2`] with 16 lanes per requantisation; with `vbmi` (the CPU has AVX-512 VBMI), whole
 /// runs of 64 elements by [`add_64_vbmi`] first.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -222,7 +225,8 @@ unsafe fn add_avx512(p: &AddI8, a: &[i8], b: &[i8], out: &mut [i8], vbmi: bool) 
     let n = out.len().min(a.len()).min(b.len());
     let whole = n / 16 * 16;
     let mut start = 0;
-    if vbmi && n >= 256 {
+    // The two tables cost about as much as 1 500 elements of the 16-lane loop: from 4 096 on.
+    if vbmi && n >= VBMI_MIN_LEN {
         start = n / 64 * 64;
         // SAFETY: the caller detected VBMI; the slices hold `start ≤ n` elements.
         add_64_vbmi(
