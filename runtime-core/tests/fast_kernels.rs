@@ -168,6 +168,39 @@ fn case_mix(extreme: impl Strategy<Value = bool>) -> impl Strategy<Value = Case>
         )
 }
 
+/// `c` as a 3×3 conv with padding 1 and stride `s` on an `h × w × ic` image of random bytes,
+/// with random weights and `c`'s first `oc` channels' constants: the wide and tall images that
+/// the random [`case`]s never reach.
+fn padded_3x3(c: Case, h: usize, w: usize, ic: usize, s: usize, oc: usize, seed: u64) -> Case {
+    let mut rng = runtime_core::heads::rng::SplitMix64::new(seed);
+    let out_h = Window::out_dim(h, 3, s, 1, 1).unwrap();
+    let out_w = Window::out_dim(w, 3, s, 1, 1).unwrap();
+    let win = Window {
+        in_h: h,
+        in_w: w,
+        in_c: ic,
+        out_h,
+        out_w,
+        kh: 3,
+        kw: 3,
+        stride_h: s,
+        stride_w: s,
+        pad_top: 1,
+        pad_left: 1,
+    };
+    let input = (0..h * w * ic).map(|_| rng.next_u64() as i8).collect();
+    let weights = (0..oc * 9 * ic).map(|_| rng.next_u64() as i8).collect();
+    Case {
+        win,
+        input,
+        weights,
+        out_c: oc,
+        bias: c.bias[..oc].to_vec(),
+        mults: c.mults[..oc].to_vec(),
+        ..c
+    }
+}
+
 /// Which preparation [`run_conv`] uses.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Prep {
@@ -679,13 +712,9 @@ proptest! {
     fn conv_wide_rows_match_reference(
         c in case_mix(any::<bool>()), w in 150usize..=170, ic in 38usize..=40, seed in any::<u64>(),
     ) {
-        let mut rng = runtime_core::heads::rng::SplitMix64::new(seed);
         let h = c.win.in_h.min(3);
-        let win = Window { in_h: h, in_w: w, in_c: ic, out_h: h, out_w: w, kh: 3, kw: 3,
-            stride_h: 1, stride_w: 1, pad_top: 1, pad_left: 1 };
-        let input = (0..h * w * ic).map(|_| rng.next_u64() as i8).collect();
-        let weights = (0..c.out_c * 9 * ic).map(|_| rng.next_u64() as i8).collect();
-        let c = Case { win, input, weights, ..c };
+        let oc = c.out_c;
+        let c = padded_3x3(c, h, w, ic, 1, oc, seed);
         let (want, got, backend) = run_conv(&c, false);
         prop_assert_eq!(want, got, "backend {}", backend);
     }
@@ -766,13 +795,9 @@ proptest! {
     fn conv_vnni_wide_rows_match_reference(
         c in case_mix(any::<bool>()), w in 560usize..=580, ic in 38usize..=40, seed in any::<u64>(),
     ) {
-        let mut rng = runtime_core::heads::rng::SplitMix64::new(seed);
         let h = c.win.in_h.min(2);
-        let win = Window { in_h: h, in_w: w, in_c: ic, out_h: h, out_w: w, kh: 3, kw: 3,
-            stride_h: 1, stride_w: 1, pad_top: 1, pad_left: 1 };
-        let input = (0..h * w * ic).map(|_| rng.next_u64() as i8).collect();
-        let weights = (0..c.out_c * 9 * ic).map(|_| rng.next_u64() as i8).collect();
-        let c = Case { win, input, weights, ..c };
+        let oc = c.out_c;
+        let c = padded_3x3(c, h, w, ic, 1, oc, seed);
         let (want, got, backend) = run_conv(&c, false);
         prop_assert_eq!(want, got, "backend {}", backend);
     }
@@ -785,16 +810,8 @@ proptest! {
         c in case_mix(any::<bool>()), h in 12usize..=16, w in 150usize..=170, ic in 38usize..=40,
         s in 1usize..=2, tasks in 1usize..=3, seed in any::<u64>(),
     ) {
-        let mut rng = runtime_core::heads::rng::SplitMix64::new(seed);
         let oc = c.out_c.min(8);
-        let out_h = Window::out_dim(h, 3, s, 1, 1).unwrap();
-        let out_w = Window::out_dim(w, 3, s, 1, 1).unwrap();
-        let win = Window { in_h: h, in_w: w, in_c: ic, out_h, out_w, kh: 3, kw: 3,
-            stride_h: s, stride_w: s, pad_top: 1, pad_left: 1 };
-        let input = (0..h * w * ic).map(|_| rng.next_u64() as i8).collect();
-        let weights = (0..oc * 9 * ic).map(|_| rng.next_u64() as i8).collect();
-        let c = Case { win, input, weights, out_c: oc, bias: c.bias[..oc].to_vec(),
-            mults: c.mults[..oc].to_vec(), ..c };
+        let c = padded_3x3(c, h, w, ic, s, oc, seed);
         let prep = if tasks > 1 { Prep::Split(tasks) } else { Prep::Best };
         let (want, got, backend) = try_conv(&c, prep).unwrap();
         prop_assert_eq!(want, got, "backend {}", backend);

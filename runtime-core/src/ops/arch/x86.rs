@@ -539,15 +539,7 @@ unsafe fn conv_vnni_band<const P: usize, const NB: usize>(
                     let acc = block_band_vnni_single(band, offs[0], row_len, w.kh, row_k, pk, b);
                     Epilogue16::new(p, pk, b).store(acc, out.add(px * oc + b * 16));
                 }
-                px += n;
-                ox += n;
-                while ox >= w.out_w {
-                    ox -= w.out_w;
-                    oy += 1;
-                }
-                continue;
-            }
-            if P == 16 {
+            } else if P == 16 {
                 // At most 8 channels: two pixels per register ([`block_band_vnni_pairs`]).
                 if let (false, Ok(offs)) = (blocks.is_empty(), <&[usize; 16]>::try_from(&offs[..]))
                 {
@@ -557,32 +549,27 @@ unsafe fn conv_vnni_band<const P: usize, const NB: usize>(
                         ep.store_pair(y, out.add((px + 2 * t) * oc), oc, 2 * t + 1 < n);
                     }
                 }
-                px += n;
-                ox += n;
-                while ox >= w.out_w {
-                    ox -= w.out_w;
-                    oy += 1;
-                }
-                continue;
-            }
-            let mut b = blocks.start;
-            while b < blocks.end {
-                if b + NB <= blocks.end {
-                    let acc = block_band_vnni::<P, NB>(band, &offs, row_len, w.kh, row_k, pk, b);
-                    for (j, a) in acc.iter().enumerate() {
-                        let ep = Epilogue16::new(p, pk, b + j);
-                        for (s, &y) in a.iter().enumerate().take(n) {
-                            ep.store(y, out.add((px + s) * oc + (b + j) * 16));
+            } else {
+                let mut b = blocks.start;
+                while b < blocks.end {
+                    if b + NB <= blocks.end {
+                        let acc =
+                            block_band_vnni::<P, NB>(band, &offs, row_len, w.kh, row_k, pk, b);
+                        for (j, a) in acc.iter().enumerate() {
+                            let ep = Epilogue16::new(p, pk, b + j);
+                            for (s, &y) in a.iter().enumerate().take(n) {
+                                ep.store(y, out.add((px + s) * oc + (b + j) * 16));
+                            }
                         }
+                        b += NB;
+                    } else {
+                        let acc = block_band_vnni::<P, 1>(band, &offs, row_len, w.kh, row_k, pk, b);
+                        let ep = Epilogue16::new(p, pk, b);
+                        for (s, &y) in acc[0].iter().enumerate().take(n) {
+                            ep.store(y, out.add((px + s) * oc + b * 16));
+                        }
+                        b += 1;
                     }
-                    b += NB;
-                } else {
-                    let acc = block_band_vnni::<P, 1>(band, &offs, row_len, w.kh, row_k, pk, b);
-                    let ep = Epilogue16::new(p, pk, b);
-                    for (s, &y) in acc[0].iter().enumerate().take(n) {
-                        ep.store(y, out.add((px + s) * oc + b * 16));
-                    }
-                    b += 1;
                 }
             }
             px += n;
@@ -1281,6 +1268,27 @@ mod tests {
     use crate::heads::rng::SplitMix64;
     use crate::ops::requant::multiply_by_quantized_multiplier;
 
+    /// One round's inputs `x` (every fourth round the edge values, else random of random
+    /// magnitude), multipliers `m` (zero and `i32::MAX` included) and right shifts `e`
+    /// (`1..=31`, each lane its own) for `N` lanes.
+    fn lanes<const N: usize>(rng: &mut SplitMix64, round: usize) -> ([i32; N], [i32; N], [i32; N]) {
+        let edges = [0, 1, -1, i32::MIN, i32::MAX, 1 << 30, -(1 << 30), 3, -3];
+        let x = core::array::from_fn(|i| {
+            if round.is_multiple_of(4) {
+                edges[(i + round) % edges.len()]
+            } else {
+                (rng.next_u64() as i32) >> (rng.below(31))
+            }
+        });
+        let m = core::array::from_fn(|i| match (round + i) % 5 {
+            0 => 0,
+            1 => i32::MAX,
+            _ => (rng.next_u64() >> 33) as i32,
+        });
+        let e = core::array::from_fn(|i| 1 + ((round * N + i) % 31) as i32);
+        (x, m, e)
+    }
+
     /// [`mbqm8_right`] and [`mbqm8_shift0`] against the scalar `MultiplyByQuantizedMultiplier`
     /// on every right shift and shift 0,
     /// edge and random inputs and multipliers (zero included), each lane with its own constants.
@@ -1290,21 +1298,8 @@ mod tests {
             return;
         }
         let mut rng = SplitMix64::new(7);
-        let edges = [0, 1, -1, i32::MIN, i32::MAX, 1 << 30, -(1 << 30), 3, -3];
         for round in 0..4000 {
-            let x: [i32; 8] = core::array::from_fn(|i| {
-                if round % 4 == 0 {
-                    edges[(i + round) % edges.len()]
-                } else {
-                    (rng.next_u64() as i32) >> (rng.below(31))
-                }
-            });
-            let m: [i32; 8] = core::array::from_fn(|i| match (round + i) % 5 {
-                0 => 0,
-                1 => i32::MAX,
-                _ => (rng.next_u64() >> 33) as i32,
-            });
-            let e: [i32; 8] = core::array::from_fn(|i| 1 + ((round * 8 + i) % 31) as i32);
+            let (x, m, e) = lanes::<8>(&mut rng, round);
             let even: [i64; 4] = core::array::from_fn(|j| right_addend(e[2 * j] as u32));
             let odd: [i64; 4] = core::array::from_fn(|j| right_addend(e[2 * j + 1] as u32));
             let e1 = e.map(|v| v - 1);
@@ -1346,21 +1341,8 @@ mod tests {
             return;
         }
         let mut rng = SplitMix64::new(11);
-        let edges = [0, 1, -1, i32::MIN, i32::MAX, 1 << 30, -(1 << 30), 3, -3];
         for round in 0..4000 {
-            let x: [i32; 16] = core::array::from_fn(|i| {
-                if round % 4 == 0 {
-                    edges[(i + round) % edges.len()]
-                } else {
-                    (rng.next_u64() as i32) >> (rng.below(31))
-                }
-            });
-            let m: [i32; 16] = core::array::from_fn(|i| match (round + i) % 5 {
-                0 => 0,
-                1 => i32::MAX,
-                _ => (rng.next_u64() >> 33) as i32,
-            });
-            let e: [i32; 16] = core::array::from_fn(|i| 1 + ((round * 16 + i) % 31) as i32);
+            let (x, m, e) = lanes::<16>(&mut rng, round);
             let even: [i64; 8] = core::array::from_fn(|j| right_addend(e[2 * j] as u32));
             let odd: [i64; 8] = core::array::from_fn(|j| right_addend(e[2 * j + 1] as u32));
             let e1 = e.map(|v| v - 1);

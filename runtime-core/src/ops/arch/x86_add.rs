@@ -20,9 +20,7 @@ use super::x86::{
 /// Runs the add if this CPU has AVX2 and `p`'s multipliers and shifts are in the loader's
 /// ranges; `false` leaves it to the scalar loop. The caller checked the lengths.
 pub(crate) fn add(p: &AddI8, a: &[i8], b: &[i8], out: &mut [i8]) -> bool {
-    let ok = |m: i32, s: i32| m >= 0 && (SHIFT_MIN..=SHIFT_MAX).contains(&s);
-    let fits = ok(p.a_mult, p.a_shift) && ok(p.b_mult, p.b_shift) && ok(p.out_mult, p.out_shift);
-    if !fits {
+    if !fits(p) {
         return false;
     }
     if super::x86::available() {
@@ -40,11 +38,16 @@ pub(crate) fn add(p: &AddI8, a: &[i8], b: &[i8], out: &mut [i8]) -> bool {
     true
 }
 
+/// Whether `p`'s multipliers and shifts are in the loader's ranges, which the SIMD loops'
+/// requantisations assume.
+fn fits(p: &AddI8) -> bool {
+    let ok = |m: i32, s: i32| m >= 0 && (SHIFT_MIN..=SHIFT_MAX).contains(&s);
+    ok(p.a_mult, p.a_shift) && ok(p.b_mult, p.b_shift) && ok(p.out_mult, p.out_shift)
+}
+
 /// [`add`] on the AVX2 loop even where the AVX-512 one would run (for tests).
 pub(crate) fn add_avx2_only(p: &AddI8, a: &[i8], b: &[i8], out: &mut [i8]) -> bool {
-    let ok = |m: i32, s: i32| m >= 0 && (SHIFT_MIN..=SHIFT_MAX).contains(&s);
-    let fits = ok(p.a_mult, p.a_shift) && ok(p.b_mult, p.b_shift) && ok(p.out_mult, p.out_shift);
-    if !fits || !std::is_x86_feature_detected!("avx2") {
+    if !fits(p) || !std::is_x86_feature_detected!("avx2") {
         return false;
     }
     // SAFETY: AVX2 detected just above.
