@@ -34,6 +34,22 @@ pub struct BenchResult {
     pub prepared_bytes: usize,
     /// Threads the int8 convs could split over (`Model::set_threads`).
     pub threads: usize,
+    /// Per-op medians (`--per-op`), in graph order; empty unless asked for.
+    pub per_op: Vec<OpTime>,
+}
+
+/// One node's share of an inference (`--per-op`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpTime {
+    pub index: usize,
+    pub op: &'static str,
+    /// Output tensor, HWC.
+    pub shape: [usize; 3],
+    /// Multiply-accumulates (conv, dwconv, fc), or element operations (the others).
+    pub macs: u64,
+    /// Median over the profiled runs of the time from the previous node's end (the input's
+    /// copy, for the first) to this node's end.
+    pub p50_us: f64,
 }
 
 /// Nearest-rank percentile of sorted values: the smallest value with at least `p`% of the
@@ -52,6 +68,7 @@ pub fn bench(
     reference_kernels: bool,
     threads: usize,
     input_raw: Option<&Path>,
+    per_op: bool,
 ) -> Result<BenchResult> {
     if runs == 0 {
         bail!("--runs must be at least 1");
@@ -106,6 +123,15 @@ pub fn bench(
         once()?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    let per_op = if per_op {
+        let q = match &raw {
+            Some(q) => q.clone(),
+            None => random_int8(&model, path)?,
+        };
+        profile_ops(&model, &q, runs, path)?
+    } else {
+        Vec::new()
+    };
     let total: f64 = ms.iter().sum();
     ms.sort_by(f64::total_cmp);
     Ok(BenchResult {
@@ -121,7 +147,67 @@ pub fn bench(
         kernels,
         prepared_bytes,
         threads: model.threads(),
+        per_op,
     })
+}
+
+/// A pseudo-random int8 input tensor (SplitMix64, seed 0) for `--per-op` without `--input-raw`.
+fn random_int8(model: &runtime_core::Model, path: &Path) -> Result<Vec<i8>> {
+    if model.dtype() != runtime_core::Dtype::Int8 {
+        bail!("{}: --per-op profiles int8 models only", path.display());
+    }
+    let mut rng = SplitMix64::new(0);
+    Ok((0..model.input_len())
+        .map(|_| rng.next_u64() as i8)
+        .collect())
+}
+
+/// `runs` inferences of `q` through `Model::run_i8_traced`, whose callback marks the end of
+/// every node: the median time of each node (from the previous node's end).
+fn profile_ops(
+    model: &runtime_core::Model,
+    q: &[i8],
+    runs: usize,
+    path: &Path,
+) -> Result<Vec<OpTime>> {
+    let nodes = model.nodes();
+    let mut arena = vec![0u8; model.arena_bytes()];
+    let mut marks: Vec<Instant> = Vec::with_capacity(nodes.len() + 1);
+    let mut us: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); nodes.len()];
+    for _ in 0..runs {
+        marks.clear();
+        let t0 = Instant::now();
+        model
+            .input_slot_i8(&mut arena)
+            .map_err(|e| anyhow::anyhow!("{}: inference: {e}", path.display()))?
+            .copy_from_slice(q);
+        model
+            .run_i8_traced(&mut arena, &mut |_, _| marks.push(Instant::now()))
+            .map_err(|e| anyhow::anyhow!("{}: inference: {e}", path.display()))?;
+        // marks[0]: the input (before the first node); marks[i + 1]: node i's end.
+        let mut prev = t0;
+        for (i, m) in marks.iter().skip(1).enumerate() {
+            us[i].push(m.duration_since(prev).as_secs_f64() * 1e6);
+            prev = *m;
+        }
+    }
+    let tensors = model.tensors();
+    Ok(nodes
+        .iter()
+        .zip(us.iter_mut())
+        .enumerate()
+        .map(|(index, (n, t))| {
+            t.sort_by(f64::total_cmp);
+            let d = tensors[n.output() as usize];
+            OpTime {
+                index,
+                op: n.kind().name(),
+                shape: [d.h, d.w, d.c],
+                macs: n.macs(),
+                p50_us: percentile(t, 50.0),
+            }
+        })
+        .collect())
 }
 
 /// The int8 input tensor in `p` (the model's NHWC layout, exactly `input_len` bytes).
@@ -178,13 +264,20 @@ pub fn to_json(r: &BenchResult, path: &Path) -> serde_json::Value {
         "macs": r.macs,
         "kernels": r.kernels,
         "prepared_bytes": r.prepared_bytes,
+        "per_op": r.per_op.iter().map(|o| json!({
+            "index": o.index,
+            "op": o.op,
+            "shape": o.shape,
+            "macs": o.macs,
+            "p50_us": o.p50_us,
+        })).collect::<Vec<_>>(),
     })
 }
 
 /// Human form.
 pub fn to_text(r: &BenchResult, path: &Path) -> String {
     let gmacs = r.macs as f64 * r.images_per_s / 1e9;
-    format!(
+    let mut s = format!(
         "{} ({}, {:.2} M MACs), {} thread{}, {} runs after {} warm-up:\n  latency p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms (mean {:.3} ms)\n  throughput {:.1} images/s ({:.2} GMAC/s)\n  kernels: {} (prepared {} B)",
         path.display(),
         r.dtype,
@@ -201,7 +294,36 @@ pub fn to_text(r: &BenchResult, path: &Path) -> String {
         gmacs,
         if r.kernels.is_empty() { "f32" } else { &r.kernels },
         r.prepared_bytes
-    )
+    );
+    if !r.per_op.is_empty() {
+        let sum: f64 = r.per_op.iter().map(|o| o.p50_us).sum();
+        s.push_str("\n  per op (median µs of the profiled runs; sum of medians ");
+        s.push_str(&format!("{sum:.1} µs):"));
+        for o in &r.per_op {
+            let [h, w, c] = o.shape;
+            s.push_str(&format!(
+                "\n  {:>3} {:<8} {:>4}x{:<3}x{:<4} {:>10} {} {:>9.2} µs {:>5.1}%",
+                o.index,
+                o.op,
+                h,
+                w,
+                c,
+                o.macs,
+                if is_mac_op(o.op) { "MACs" } else { "elts" },
+                o.p50_us,
+                100.0 * o.p50_us / sum
+            ));
+            if is_mac_op(o.op) {
+                s.push_str(&format!(" {:>6.1} GMAC/s", o.macs as f64 / o.p50_us / 1e3));
+            }
+        }
+    }
+    s
+}
+
+/// Whether `Node::macs` of this op counts multiply-accumulates (else element operations).
+fn is_mac_op(op: &str) -> bool {
+    matches!(op, "conv" | "dwconv" | "fc")
 }
 
 #[cfg(test)]

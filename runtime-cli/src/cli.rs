@@ -131,6 +131,10 @@ pub struct BenchCmd {
     /// instead of a pseudo-random image: copy in and run, as another engine is timed.
     #[arg(long)]
     pub input_raw: Option<PathBuf>,
+    /// Also time every op: `--runs` more inferences whose ops are timed one by one (int8
+    /// models; the `--input-raw` tensor, else a pseudo-random one), their medians listed.
+    #[arg(long)]
+    pub per_op: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -199,6 +203,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 c.reference_kernels,
                 c.threads as usize,
                 c.input_raw.as_deref(),
+                c.per_op,
             )?;
             emit(
                 c.json,

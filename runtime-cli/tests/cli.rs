@@ -504,6 +504,47 @@ fn bench_reports_ordered_percentiles() {
     fails(&["bench", "--model", s(&m), "--runs", "0"]);
 }
 
+/// `bench --per-op` times every node: one entry per layer that `inspect` lists, in order, with
+/// its op and MACs, each time positive; an f32 model is refused with a one-line error.
+#[test]
+fn bench_per_op_lists_every_layer() {
+    let d = tempfile::tempdir().unwrap();
+    let m = write(
+        d.path(),
+        "r8.safetensors",
+        &zoo::resnet8(Dtype::Int8, 1).unwrap().to_bytes().unwrap(),
+    );
+    let v = json(&[
+        "bench",
+        "--model",
+        s(&m),
+        "--runs",
+        "5",
+        "--per-op",
+        "--json",
+    ]);
+    let info = json(&["inspect", s(&m), "--json"]);
+    let ops = v["per_op"].as_array().unwrap();
+    let layers = info["layers"].as_array().unwrap();
+    assert_eq!(ops.len(), layers.len(), "{v}");
+    for (o, l) in ops.iter().zip(layers) {
+        assert_eq!((&o["op"], &o["macs"]), (&l["op"], &l["macs"]), "{o} vs {l}");
+        assert!(o["p50_us"].as_f64().unwrap() > 0.0, "{o}");
+    }
+    let text = cli(&["bench", "--model", s(&m), "--runs", "2", "--per-op"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("per op"));
+    let f = write(
+        d.path(),
+        "f.safetensors",
+        &zoo::resnet8(Dtype::F32, 1).unwrap().to_bytes().unwrap(),
+    );
+    let err = fails(&["bench", "--model", s(&f), "--runs", "2", "--per-op"]);
+    assert!(
+        err.contains("f.safetensors") && err.contains("int8"),
+        "{err}"
+    );
+}
+
 /// `bench --input-raw` times a `.tflite` on a given int8 input tensor (what
 /// scripts/bench_vs_litert.py gives both engines); a file of the wrong size is a one-line error
 /// naming it.

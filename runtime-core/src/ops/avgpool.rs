@@ -12,6 +12,9 @@
 
 use super::{check, KernelError, Window};
 
+/// Channels whose sums [`avgpool_i8`] keeps at once (a 256-byte stack array).
+const POOL_CHANNELS: usize = 64;
+
 /// int8 average pool over `win` (channels `win.in_c` pooled independently), clamped to
 /// `[act_min, act_max]` (`[-128, 127]`, or `[max(zp, -128), 127]` with a fused ReLU).
 pub fn avgpool_i8(
@@ -29,22 +32,32 @@ pub fn avgpool_i8(
             let (ix0, kx_s, kx_e) = win.cols(ox);
             let n = ((ky_e - ky_s) * (kx_e - kx_s)) as i32;
             check(n > 0)?;
-            for ch in 0..c {
-                let mut acc: i32 = 0;
+            let out_px = &mut output[(oy * win.out_w + ox) * c..][..c];
+            // Channels in runs of `POOL_CHANNELS`, each tap adding a contiguous run of the
+            // input to the sums (vectorised; a global pool is one pass over the input), where
+            // a loop per channel would stride through it `c` bytes at a time.
+            for c0 in (0..c).step_by(POOL_CHANNELS) {
+                let cn = (c - c0).min(POOL_CHANNELS);
+                let mut acc = [0i32; POOL_CHANNELS];
                 for ky in ky_s..ky_e {
                     let iy = (iy0 + ky as isize) as usize;
                     for kx in kx_s..kx_e {
                         let ix = (ix0 + kx as isize) as usize;
-                        acc += input[(iy * win.in_w + ix) * c + ch] as i32;
+                        let src = &input[(iy * win.in_w + ix) * c + c0..][..cn];
+                        for (a, &x) in acc[..cn].iter_mut().zip(src) {
+                            *a += x as i32;
+                        }
                     }
                 }
-                // Truncating division after adding half the count: half away from zero.
-                let avg = if acc > 0 {
-                    (acc + n / 2) / n
-                } else {
-                    (acc - n / 2) / n
-                };
-                output[(oy * win.out_w + ox) * c + ch] = avg.clamp(act_min, act_max) as i8;
+                for (o, &acc) in out_px[c0..c0 + cn].iter_mut().zip(&acc[..cn]) {
+                    // Truncating division after adding half the count: half away from zero.
+                    let avg = if acc > 0 {
+                        (acc + n / 2) / n
+                    } else {
+                        (acc - n / 2) / n
+                    };
+                    *o = avg.clamp(act_min, act_max) as i8;
+                }
             }
         }
     }
@@ -175,6 +188,69 @@ mod tests {
         let mut y = [0i8; 2];
         avgpool_i8(&w, -5, 127, &[-100, 7], &mut y).unwrap();
         assert_eq!(y, [-5, 7]);
+    }
+
+    /// The channel-run loop against the formula written per channel (windows cut by padding,
+    /// strides, channel counts on both sides of a run, both activation ranges).
+    #[test]
+    fn matches_the_per_channel_formula() {
+        let mut rng = crate::heads::rng::SplitMix64::new(7);
+        for case in 0..200 {
+            let k = 1 + (rng.next_u64() % 4) as usize;
+            let stride = 1 + (rng.next_u64() % 3) as usize;
+            let pad = (rng.next_u64() % k as u64) as usize;
+            let in_h = 1 + (rng.next_u64() % 6) as usize;
+            let in_w = 1 + (rng.next_u64() % 6) as usize;
+            let c = [1, 3, 16, 63, 64, 65, 130][case % 7];
+            let (Some(out_h), Some(out_w)) = (
+                Window::out_dim(in_h, k, stride, pad, pad),
+                Window::out_dim(in_w, k, stride, pad, pad),
+            ) else {
+                continue;
+            };
+            let w = Window {
+                in_h,
+                in_w,
+                in_c: c,
+                out_h,
+                out_w,
+                kh: k,
+                kw: k,
+                stride_h: stride,
+                stride_w: stride,
+                pad_top: pad,
+                pad_left: pad,
+            };
+            let x: alloc::vec::Vec<i8> =
+                (0..in_h * in_w * c).map(|_| rng.next_u64() as i8).collect();
+            let act_min = if case % 2 == 0 { -128 } else { -20 };
+            let mut y = alloc::vec![0i8; out_h * out_w * c];
+            avgpool_i8(&w, act_min, 127, &x, &mut y).unwrap();
+            for oy in 0..out_h {
+                let (iy0, ky_s, ky_e) = w.rows(oy);
+                for ox in 0..out_w {
+                    let (ix0, kx_s, kx_e) = w.cols(ox);
+                    let n = ((ky_e - ky_s) * (kx_e - kx_s)) as i32;
+                    for ch in 0..c {
+                        let mut acc = 0i32;
+                        for ky in ky_s..ky_e {
+                            for kx in kx_s..kx_e {
+                                let iy = (iy0 + ky as isize) as usize;
+                                let ix = (ix0 + kx as isize) as usize;
+                                acc += x[(iy * in_w + ix) * c + ch] as i32;
+                            }
+                        }
+                        let avg = if acc > 0 {
+                            (acc + n / 2) / n
+                        } else {
+                            (acc - n / 2) / n
+                        };
+                        let want = avg.clamp(act_min, 127) as i8;
+                        assert_eq!(y[(oy * out_w + ox) * c + ch], want, "case {case} {w:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
