@@ -48,6 +48,8 @@ struct Case {
     in_zp: i32,
     out_zp: i32,
     relu: bool,
+    /// `act_max`: 127 in most cases, a lower cap (as ReLU6 gives) in some.
+    act_max: i32,
 }
 
 /// Geometry: 1×1 to 3×3 kernels (1×1 with strides, the in-place path), strides 1–3, any
@@ -138,6 +140,13 @@ fn case_mix(extreme: impl Strategy<Value = bool>) -> impl Strategy<Value = Case>
                 // pixel or channel shows; the other half keep the whole loader range, where
                 // most outputs saturate.
                 let realistic = rng.below(2) == 0;
+                // One case in four caps the activation below 127 (a ReLU6-like range).
+                let act_min = if relu { out_zp } else { -128 };
+                let act_max = if rng.below(4) == 0 {
+                    act_min + rng.below((127 - act_min) as u32 + 1) as i32
+                } else {
+                    127
+                };
                 let (bias, mults) = if realistic {
                     let k = kh * kw * ic;
                     let shift = -(k.next_power_of_two().trailing_zeros() as i32 + 6);
@@ -163,6 +172,7 @@ fn case_mix(extreme: impl Strategy<Value = bool>) -> impl Strategy<Value = Case>
                     in_zp,
                     out_zp,
                     relu,
+                    act_max,
                 })
             },
         )
@@ -232,7 +242,7 @@ fn try_conv(c: &Case, prep: Prep) -> Option<(Vec<i8>, Vec<i8>, &'static str)> {
         in_zp: c.in_zp,
         out_zp: c.out_zp,
         act_min: if c.relu { c.out_zp } else { -128 },
-        act_max: 127,
+        act_max: c.act_max,
     };
     let n = c.win.out_h * c.win.out_w * c.out_c;
     let (mut want, mut got) = (vec![0i8; n], vec![0i8; n]);
@@ -411,6 +421,7 @@ fn border_taps_hold_the_zero_point() {
         in_zp: -128,
         out_zp: 3,
         relu: false,
+        act_max: 127,
     };
     for prep in [Prep::Best, Prep::Portable, Prep::Neon] {
         let Some((want, got, backend)) = try_conv(&c, prep) else {
@@ -460,6 +471,7 @@ fn extreme_values_every_kernel() {
         in_zp: 127,
         out_zp: -5,
         relu: false,
+        act_max: 127,
     };
     let mut ran = Vec::new();
     for prep in [Prep::Best, Prep::Portable, Prep::Neon] {
@@ -540,6 +552,7 @@ fn narrow_convs_keep_each_pixel_in_its_place() {
                     in_zp: 3,
                     out_zp: -7,
                     relu: false,
+                    act_max: 127,
                 };
                 for prep in [Prep::Best, Prep::Split(3)] {
                     let (want, got, backend) = try_conv(&c, prep).unwrap();
@@ -594,6 +607,7 @@ fn the_simd_kernel_is_the_one_tested() {
         in_zp: 0,
         out_zp: 0,
         relu: false,
+        act_max: 127,
     };
     let (want, got, backend) = run_conv(&c, false);
     assert_eq!(want, got);
@@ -623,7 +637,7 @@ proptest! {
         let shift = le(&c.mults.iter().map(|m| m.1).collect::<Vec<_>>());
         let p = ConvI8 { win: c.win, out_c: c.out_c, weights: &c.weights, bias: I32Le::new(&bias),
             mult: I32Le::new(&mult), shift: I32Le::new(&shift), in_zp: c.in_zp, out_zp: c.out_zp,
-            act_min: if c.relu { c.out_zp } else { -128 }, act_max: 127 };
+            act_min: if c.relu { c.out_zp } else { -128 }, act_max: c.act_max };
         let n = c.win.out_h * c.win.out_w * c.out_c;
         let (mut want, mut got) = (vec![0i8; n], vec![0i8; n]);
         conv2d_i8(&p, &c.input, &mut want).unwrap();

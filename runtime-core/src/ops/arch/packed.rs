@@ -148,7 +148,7 @@ impl Packed {
             mult: pad(&|_, q| q.mult, 0),
             #[cfg(target_arch = "x86_64")]
             right: if layout.wide || layout.unsigned_cols {
-                super::x86::RightShift8::new(&lshift, &rshift)
+                super::x86::RightShift8::new(&lshift, &rshift, p.out_zp)
             } else {
                 None
             },

@@ -88,11 +88,20 @@ pub(crate) struct RightShift8 {
     c_even: Vec<i64>,
     c_odd: Vec<i64>,
     e1: Vec<i32>,
+    /// The addends with the output zero point folded in, `c + out_zp·2^(31+e)`, so that the
+    /// requantisation's floor lands on `y + out_zp` at no extra instruction (the AVX-512
+    /// epilogue's); empty unless every `e ≤ ZP_FOLD_MAX_E`.
+    zc_even: Vec<i64>,
+    zc_odd: Vec<i64>,
 }
+
+/// Largest right shift whose addend can take the zero point: with `e ≤ 23`,
+/// `|x·mult| < 2⁶²`, `c < 2⁵⁴` and `|zp·2^(31+e)| ≤ 2⁶¹` keep the sum inside `i64`.
+const ZP_FOLD_MAX_E: i32 = 23;
 
 impl RightShift8 {
     /// `None` unless every channel has `left = 0` and `right ≥ 1`.
-    pub(super) fn new(lshift: &[i32], rshift: &[i32]) -> Option<RightShift8> {
+    pub(super) fn new(lshift: &[i32], rshift: &[i32], out_zp: i32) -> Option<RightShift8> {
         if lshift
             .iter()
             .zip(rshift)
@@ -101,15 +110,31 @@ impl RightShift8 {
             return None;
         }
         let c = |r: &i32| right_addend(*r as u32);
+        let fold = rshift.iter().all(|&r| r <= ZP_FOLD_MAX_E) && (-128..=127).contains(&out_zp);
+        let zc = |r: &i32| right_addend(*r as u32) + ((out_zp as i64) << (31 + r));
+        let (zc_even, zc_odd) = if fold {
+            (
+                rshift.iter().step_by(2).map(zc).collect(),
+                rshift.iter().skip(1).step_by(2).map(zc).collect(),
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
         Some(RightShift8 {
             c_even: rshift.iter().step_by(2).map(c).collect(),
             c_odd: rshift.iter().skip(1).step_by(2).map(c).collect(),
             e1: rshift.iter().map(|&r| r - 1).collect(),
+            zc_even,
+            zc_odd,
         })
     }
 
     pub(super) fn heap_bytes(&self) -> usize {
-        8 * (self.c_even.capacity() + self.c_odd.capacity()) + 4 * self.e1.capacity()
+        8 * (self.c_even.capacity()
+            + self.c_odd.capacity()
+            + self.zc_even.capacity()
+            + self.zc_odd.capacity())
+            + 4 * self.e1.capacity()
     }
 }
 
@@ -283,6 +308,13 @@ struct Epilogue16 {
     right: Option<(__m512i, __m512i, __m512i)>,
     ls: __m512i,
     rs: __m512i,
+    /// `right`'s addends hold the output zero point ([`RightShift8`]'s `zc_*`): the
+    /// requantised value is already `y + out_zp`, clamped to `[act_min, act_max]` as is.
+    folded: bool,
+    /// `act_max = 127` (every activation but ReLU6-like caps): with `folded`, the narrowing's
+    /// signed saturation is the upper clamp.
+    saturate_hi: bool,
+    /// The clamp: `[act_min, act_max] − out_zp`, or `[act_min, act_max]` where `folded`.
     lo: __m512i,
     hi: __m512i,
     zp: __m512i,
@@ -297,19 +329,27 @@ impl Epilogue16 {
         let c0 = b * 16;
         let lanes = (p.out_c - c0).min(16);
         let ld = |v: &[i32]| _mm512_loadu_si512(v[c0..c0 + 16].as_ptr() as *const _);
-        let mult = ld(&pk.mult);
+        let ld64 = |v: &[i64]| _mm512_loadu_si512(v[c0 / 2..c0 / 2 + 8].as_ptr() as *const _);
+        let folded = pk.right.as_ref().is_some_and(|rq| !rq.zc_even.is_empty());
         let right = pk.right.as_ref().map(|rq| {
-            let ld64 = |v: &[i64]| _mm512_loadu_si512(v[c0 / 2..c0 / 2 + 8].as_ptr() as *const _);
-            (ld64(&rq.c_even), ld64(&rq.c_odd), ld(&rq.e1))
+            if folded {
+                (ld64(&rq.zc_even), ld64(&rq.zc_odd), ld(&rq.e1))
+            } else {
+                (ld64(&rq.c_even), ld64(&rq.c_odd), ld(&rq.e1))
+            }
         });
+        let mult = ld(&pk.mult);
+        let shift = if folded { 0 } else { p.out_zp };
         Epilogue16 {
             mult,
             mult_odd: _mm512_srli_epi64::<32>(mult),
             right,
             ls: ld(&pk.lshift),
             rs: ld(&pk.rshift),
-            lo: _mm512_set1_epi32(p.act_min - p.out_zp),
-            hi: _mm512_set1_epi32(p.act_max - p.out_zp),
+            folded,
+            saturate_hi: p.act_max == 127 && p.act_min >= -128,
+            lo: _mm512_set1_epi32(p.act_min - shift),
+            hi: _mm512_set1_epi32(p.act_max - shift),
             zp: _mm512_set1_epi32(p.out_zp),
             mask: if lanes == 16 {
                 0xffff
@@ -326,21 +366,29 @@ impl Epilogue16 {
     unsafe fn new_pairs(p: &ConvI8, pk: &Packed) -> Epilogue16 {
         let ld =
             |v: &[i32]| _mm512_broadcast_i64x4(_mm256_loadu_si256(v[..8].as_ptr() as *const _));
-        let mult = ld(&pk.mult);
+        let ld64 =
+            |v: &[i64]| _mm512_broadcast_i64x4(_mm256_loadu_si256(v[..4].as_ptr() as *const _));
+        let folded = pk.right.as_ref().is_some_and(|rq| !rq.zc_even.is_empty());
         let right = pk.right.as_ref().map(|rq| {
-            let ld64 =
-                |v: &[i64]| _mm512_broadcast_i64x4(_mm256_loadu_si256(v[..4].as_ptr() as *const _));
-            (ld64(&rq.c_even), ld64(&rq.c_odd), ld(&rq.e1))
+            if folded {
+                (ld64(&rq.zc_even), ld64(&rq.zc_odd), ld(&rq.e1))
+            } else {
+                (ld64(&rq.c_even), ld64(&rq.c_odd), ld(&rq.e1))
+            }
         });
         let half = (1u16 << p.out_c.min(8)) - 1;
+        let mult = ld(&pk.mult);
+        let shift = if folded { 0 } else { p.out_zp };
         Epilogue16 {
             mult,
             mult_odd: _mm512_srli_epi64::<32>(mult),
             right,
             ls: ld(&pk.lshift),
             rs: ld(&pk.rshift),
-            lo: _mm512_set1_epi32(p.act_min - p.out_zp),
-            hi: _mm512_set1_epi32(p.act_max - p.out_zp),
+            folded,
+            saturate_hi: p.act_max == 127 && p.act_min >= -128,
+            lo: _mm512_set1_epi32(p.act_min - shift),
+            hi: _mm512_set1_epi32(p.act_max - shift),
             zp: _mm512_set1_epi32(p.out_zp),
             mask: half | half << 8,
         }
@@ -375,6 +423,14 @@ impl Epilogue16 {
             }
             None => mbqm16(acc, self.mult, self.ls, self.rs),
         };
+        if self.folded {
+            // `y + out_zp` already, exactly (the floor of a sum below 2⁶³ over 2^(31+e)).
+            let y = _mm512_max_epi32(y, self.lo);
+            if self.saturate_hi {
+                return _mm512_cvtsepi32_epi8(y);
+            }
+            return _mm512_cvtepi32_epi8(_mm512_min_epi32(y, self.hi));
+        }
         let y = _mm512_add_epi32(
             _mm512_min_epi32(_mm512_max_epi32(y, self.lo), self.hi),
             self.zp,
