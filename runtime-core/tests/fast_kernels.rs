@@ -12,7 +12,8 @@
 
 use proptest::prelude::*;
 use runtime_core::ops::{
-    add::{add_i8, add_i8_avx2, add_i8_scalar, AddI8, ADD_TABLE_MIN_LEN},
+    add::{add_i8, add_i8_avx2, add_i8_lut, add_i8_scalar, AddI8, ADD_TABLE_MIN_LEN},
+    add_lut::AddLut,
     conv2d::{conv2d_i8, ConvI8},
     fully_connected::{fully_connected_i8, FcI8},
     prepared::{
@@ -795,9 +796,108 @@ proptest! {
         let b: Vec<i8> = (0..n).map(|_| rng.next_u64() as i8).collect();
         let (mut want, mut got) = (vec![0i8; n], vec![0i8; n]);
         add_i8_scalar(&p, &a, &b, &mut want).unwrap();
-        add_i8_split(&p, &a, &b, &mut got, tasks).unwrap();
+        add_i8_split(&p, None, &a, &b, &mut got, tasks).unwrap();
         prop_assert_eq!(want, got);
     }
+
+    /// The add by its lookup tables (`AddLut`, the loader's choice on AVX-512 VBMI CPUs: 64
+    /// elements a step, the tail element by element) equals the scalar loop on any length, for
+    /// adds scaled as the exporter scales them, whole or split over the team; the tables are
+    /// built by `AddLut::new` (which checked them on all 65 536 pairs) and must exist for nearly
+    /// all such adds.
+    #[test]
+    fn add_lut_matches_scalar(
+        p in exported_add(), n in prop_oneof![3 => 1usize..=300, 1 => 4096usize..=4300],
+        tasks in 1usize..=3, seed in any::<u64>(), extreme in any::<bool>(),
+    ) {
+        let lut = AddLut::new(&p);
+        prop_assume!(lut.is_some(), "no tables");
+        let mut rng = runtime_core::heads::rng::SplitMix64::new(seed);
+        let mut v = || if extreme && rng.below(4) != 0 { [-128i8, 127][rng.below(2) as usize] } else { rng.next_u64() as i8 };
+        let a: Vec<i8> = (0..n).map(|_| v()).collect();
+        let b: Vec<i8> = (0..n).map(|_| v()).collect();
+        let (mut want, mut got) = (vec![0i8; n], vec![0i8; n]);
+        add_i8_scalar(&p, &a, &b, &mut want).unwrap();
+        add_i8_lut(&p, lut.as_ref(), &a, &b, &mut got).unwrap();
+        prop_assert_eq!(&want, &got);
+        let mut split = vec![0i8; n];
+        add_i8_split(&p, lut.as_ref(), &a, &b, &mut split, tasks).unwrap();
+        prop_assert_eq!(want, split);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// The table add on every input pair at once (65 536 elements, `x` outer): the few pairs
+    /// where the rounding's sign term or a rank tie decides the byte are all among them.
+    #[test]
+    fn add_lut_is_exact_on_every_pair(p in exported_add()) {
+        let lut = AddLut::new(&p);
+        prop_assume!(lut.is_some(), "no tables");
+        let a: Vec<i8> = (0..1usize << 16).map(|i| (i >> 8) as u8 as i8).collect();
+        let b: Vec<i8> = (0..1usize << 16).map(|i| i as u8 as i8).collect();
+        let (mut want, mut got) = (vec![0i8; a.len()], vec![0i8; a.len()]);
+        add_i8_scalar(&p, &a, &b, &mut want).unwrap();
+        add_i8_lut(&p, lut.as_ref(), &a, &b, &mut got).unwrap();
+        prop_assert_eq!(want, got);
+    }
+
+    /// The SIMD loop computes `AddLut::apply` exactly, for any tables: on every pair, with
+    /// unchecked candidate tables of adds whose small output shifts make the rounding's sign
+    /// term and rank ties decide many bytes (input terms of about ±2¹⁰, output shifts 1–6).
+    /// (Nothing to check where the CPU has no VBMI: there `add_i8_lut` runs the formula.)
+    #[test]
+    fn add_lut_simd_is_apply(
+        (a_mult, b_mult, out_mult) in ((1i32 << 30)..=i32::MAX, (1i32 << 30)..=i32::MAX, (1i32 << 30)..=i32::MAX),
+        (a_shift, b_shift, out_shift) in (-20i32..=-16, -20i32..=-16, -6i32..=-1),
+        (a_zp, b_zp, out_zp) in (-128i32..=127, -128i32..=127, -128i32..=127), relu in any::<bool>(),
+    ) {
+        let p = AddI8 { a_zp, a_mult, a_shift, b_zp, b_mult, b_shift, out_zp, out_mult, out_shift,
+            act_min: if relu { out_zp } else { -128 }, act_max: 127 };
+        if !AddLut::runs_here() {
+            return Ok(());
+        }
+        let lut = AddLut::candidate(&p).unwrap();
+        let a: Vec<i8> = (0..1usize << 16).map(|i| (i >> 8) as u8 as i8).collect();
+        let b: Vec<i8> = (0..1usize << 16).map(|i| i as u8 as i8).collect();
+        let mut want = vec![0i8; a.len()];
+        lut.apply_slices(&a, &b, &mut want);
+        let mut got = vec![0i8; a.len()];
+        add_i8_lut(&p, Some(&lut), &a, &b, &mut got).unwrap();
+        prop_assert_eq!(want, got);
+    }
+}
+
+/// An add as the exporter makes one: input multipliers `s/(2·max)`, output
+/// `2·max/(2²⁰·s_out)`, for scales within a factor of ten of each other, any zero points, with
+/// or without a fused ReLU.
+fn exported_add() -> impl Strategy<Value = AddI8> {
+    (
+        (0.005f64..0.5, 0.1f64..10.0, 0.1f64..10.0),
+        (-128i32..=127, -128i32..=127, -128i32..=127),
+        any::<bool>(),
+    )
+        .prop_map(|((sa, rb, ro), (a_zp, b_zp, out_zp), relu)| {
+            let (sb, so) = (sa * rb, sa * ro);
+            let max = sa.max(sb);
+            let q = runtime_core::ops::requant::quantize_multiplier;
+            let ((a_mult, a_shift), (b_mult, b_shift)) = (q(sa / (2.0 * max)), q(sb / (2.0 * max)));
+            let (out_mult, out_shift) = q(2.0 * max / ((1u64 << 20) as f64 * so));
+            AddI8 {
+                a_zp,
+                a_mult,
+                a_shift,
+                b_zp,
+                b_mult,
+                b_shift,
+                out_zp,
+                out_mult,
+                out_shift,
+                act_min: if relu { out_zp } else { -128 },
+                act_max: 127,
+            }
+        })
 }
 
 proptest! {

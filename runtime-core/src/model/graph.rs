@@ -14,6 +14,7 @@ use safetensors::{Dtype as StDtype, SafeTensors};
 
 use super::error::{GraphError as E, ModelError};
 use super::*;
+use crate::ops::add_lut::AddLut;
 use crate::ops::leaky_relu::leaky_lut;
 use crate::ops::prepared::PreparedI8;
 use crate::ops::requant::{SHIFT_MAX, SHIFT_MIN};
@@ -179,6 +180,9 @@ struct Loader<'a, 'st> {
     prepared: Vec<PreparedI8>,
     /// Each int8 LeakyReLU's table (`ops::leaky_relu::leaky_lut`), indexed by the kernel.
     leaky_luts: Vec<[i8; 256]>,
+    /// The lookup tables of the int8 adds that have them (`ops::add_lut`), indexed by the
+    /// kernel.
+    add_luts: Vec<AddLut>,
 }
 
 impl<'a> Loader<'a, '_> {
@@ -455,6 +459,7 @@ fn parse_text<'a>(st: &Container<'a>, text: &str, line_no: &mut u32) -> R<Model<
         weight_bytes: 0,
         prepared: Vec::new(),
         leaky_luts: Vec::new(),
+        add_luts: Vec::new(),
     };
     let mut g = Graph::default();
 
@@ -497,7 +502,8 @@ fn parse_text<'a>(st: &Container<'a>, text: &str, line_no: &mut u32) -> R<Model<
     }
 
     *line_no = 0;
-    finish_model(g, dtype, task, ld.weight_bytes, ld.prepared, ld.leaky_luts)
+    let luts = (ld.leaky_luts, ld.add_luts);
+    finish_model(g, dtype, task, ld.weight_bytes, ld.prepared, luts)
 }
 
 /// Header: `rtgraph`, `dtype`, `task`, in this order; errors before the first is found are line 1.
@@ -811,7 +817,7 @@ fn parse_fc<'a>(
 fn parse_add<'a>(
     f: &mut Fields<'_>,
     g: &mut Graph<'a>,
-    _ld: &mut Loader<'a, '_>,
+    ld: &mut Loader<'a, '_>,
     int8: bool,
 ) -> R<Node<'a>> {
     let relu = f.relu;
@@ -827,7 +833,7 @@ fn parse_add<'a>(
         let (b_mult, b_shift) = Loader::scalar_requant(f, "mb", "sb", 0)?;
         let (out_mult, out_shift) = Loader::scalar_requant(f, "m", "s", SHIFT_MAX)?;
         let (act_min, act_max) = crate::ops::requant::activation_range_i8(relu, dout.zp);
-        Kernel::AddI8(AddI8 {
+        let add = AddI8 {
             a_zp: da.zp,
             a_mult,
             a_shift,
@@ -839,7 +845,16 @@ fn parse_add<'a>(
             out_shift,
             act_min,
             act_max,
-        })
+        };
+        let lut = match AddLut::for_this_cpu(&add) {
+            Some(t) => {
+                let i = u16::try_from(ld.add_luts.len()).map_err(|_| E::TooLarge)?;
+                ld.add_luts.push(t);
+                Some(i)
+            }
+            None => None,
+        };
+        Kernel::AddI8(add, lut)
     } else {
         Kernel::AddF32 { relu }
     };
@@ -1051,7 +1066,7 @@ fn finish_model<'a>(
     task: Task,
     weight_bytes: usize,
     prepared: Vec<PreparedI8>,
-    leaky_luts: Vec<[i8; 256]>,
+    (leaky_luts, add_luts): (Vec<[i8; 256]>, Vec<AddLut>),
 ) -> R<Model<'a>> {
     let input = g.input.ok_or(E::Header)?;
     let output = g.output.ok_or(E::Output)?;
@@ -1101,6 +1116,7 @@ fn finish_model<'a>(
         weight_bytes,
         prepared,
         leaky_luts,
+        add_luts,
         reference_kernels: false,
         threads: 1,
         splits: false,

@@ -133,7 +133,9 @@ pub(crate) enum Kernel<'a> {
     /// The op and the weight scales when the file stores them (as for `ConvI8`).
     DwConvI8(DwConvI8<'a>, Option<F32Le<'a>>),
     DwConvF32(DwConvF32<'a>),
-    AddI8(AddI8),
+    /// The op and, where the loader built them, the index of its lookup tables in
+    /// `Model::add_luts`.
+    AddI8(AddI8, Option<u16>),
     AddF32 {
         relu: bool,
     },
@@ -271,7 +273,7 @@ impl<'a> Node<'a> {
         match self.kernel {
             Kernel::ConvI8(..) | Kernel::ConvF32(_) => OpKind::Conv2d,
             Kernel::DwConvI8(..) | Kernel::DwConvF32(_) => OpKind::DepthwiseConv2d,
-            Kernel::AddI8(_) | Kernel::AddF32 { .. } => OpKind::Add,
+            Kernel::AddI8(..) | Kernel::AddF32 { .. } => OpKind::Add,
             Kernel::MaxPoolI8(_) | Kernel::MaxPoolF32(_) => OpKind::MaxPool,
             Kernel::MeanI8(_) | Kernel::MeanF32 { .. } => OpKind::Mean,
             Kernel::FcI8(..) | Kernel::FcF32(_) => OpKind::FullyConnected,
@@ -294,7 +296,7 @@ impl<'a> Node<'a> {
                 weight_scales,
             },
             Kernel::DwConvF32(conv) => Op::DwConvF32(conv),
-            Kernel::AddI8(add) => Op::AddI8(add),
+            Kernel::AddI8(add, _) => Op::AddI8(add),
             Kernel::AddF32 { relu } => Op::AddF32 { relu },
             Kernel::MaxPoolI8(win) | Kernel::MaxPoolF32(win) => Op::MaxPool(win),
             Kernel::MeanI8(mean) => Op::MeanI8(mean),
@@ -353,6 +355,9 @@ pub struct Model<'a> {
     /// Each int8 LeakyReLU's output for every input byte (`ops::leaky_relu::leaky_lut`), made
     /// once by the loader.
     pub(crate) leaky_luts: Vec<[i8; 256]>,
+    /// The lookup tables of the int8 adds that have them (`ops::add_lut`: AVX-512 VBMI hosts),
+    /// made once by the loader.
+    pub(crate) add_luts: Vec<crate::ops::add_lut::AddLut>,
     /// Run the reference int8 conv/fc kernels instead of the prepared ones (a baseline for
     /// benchmarks; same results).
     pub(crate) reference_kernels: bool,
@@ -389,9 +394,14 @@ impl<'a> Model<'a> {
         self.weight_bytes
     }
     /// Heap bytes the loader added for the fast int8 kernels (folded biases: 4 B per output
-    /// channel of each conv/fc; with `std` on an AVX-512 VNNI CPU also the packed weights).
+    /// channel of each conv/fc; with `std` on an AVX-512 VNNI CPU also the packed weights, and
+    /// with VBMI the adds' lookup tables).
     pub fn prepared_bytes(&self) -> usize {
-        self.prepared.iter().map(PreparedI8::heap_bytes).sum()
+        self.prepared
+            .iter()
+            .map(PreparedI8::heap_bytes)
+            .sum::<usize>()
+            + self.add_luts.len() * crate::ops::add_lut::AddLut::BYTES
     }
     /// Runs int8 conv/fc on the reference kernels (`ops::conv2d::conv2d_i8`,
     /// `ops::fully_connected::fully_connected_i8`) instead of the fast path: the same results,
@@ -411,7 +421,7 @@ impl<'a> Model<'a> {
         self.threads = n.max(1);
         self.splits = self.nodes.iter().any(|node| match &node.kernel {
             Kernel::ConvI8(p, ..) => ops::prepared::conv_tasks(p, self.threads) > 1,
-            Kernel::AddI8(_) => {
+            Kernel::AddI8(..) => {
                 ops::prepared::add_tasks(self.range(node.output).1, self.threads) > 1
             }
             _ => false,
@@ -754,8 +764,12 @@ impl<'a> Model<'a> {
                     ops::prepared::conv2d_i8_prepared_threads(p, prep, x0, out, team, self.threads)
                 }
                 Kernel::DwConvI8(p, _) => ops::depthwise::depthwise_i8(p, x0, out),
-                Kernel::AddI8(p) => ops::prepared::add_i8_threads(
+                Kernel::AddI8(p, lut) => ops::prepared::add_i8_threads(
                     p,
+                    match lut {
+                        Some(i) => Some(self.add_luts.get(*i as usize).ok_or(RunError::Internal)?),
+                        None => None,
+                    },
                     x0,
                     x1.ok_or(RunError::Internal)?,
                     out,

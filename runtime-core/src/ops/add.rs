@@ -7,6 +7,7 @@
 //! `y = clamp(MBQM(a' + b', m_out, sh_out) + zp_out, act)`.
 //! The exporter computes `m_a = s_a / (2·max)`, `m_b = s_b / (2·max)`, `m_out = 2·max / (2²⁰·s_out)`.
 
+use super::add_lut::AddLut;
 use super::requant::{multiply_by_quantized_multiplier, RightShift};
 use super::{check, KernelError};
 
@@ -42,6 +43,26 @@ pub fn add_i8(p: &AddI8, a: &[i8], b: &[i8], output: &mut [i8]) -> Result<(), Ke
         return Ok(());
     }
     add_i8_scalar(p, a, b, output)
+}
+
+/// [`add_i8`] by the add's lookup tables where the loader built them (`lut`, [`AddLut`]: on
+/// AVX-512 VBMI CPUs, for adds whose tables check out), else [`add_i8`]; the same bytes.
+pub fn add_i8_lut(
+    p: &AddI8,
+    lut: Option<&AddLut>,
+    a: &[i8],
+    b: &[i8],
+    output: &mut [i8],
+) -> Result<(), KernelError> {
+    check(a.len() == output.len() && b.len() == output.len())?;
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if let Some(lut) = lut {
+        if super::arch::x86_add::add_lut(lut, a, b, output) {
+            return Ok(());
+        }
+    }
+    let _ = lut;
+    add_i8(p, a, b, output)
 }
 
 /// [`add_i8`] on the x86-64 AVX2 loop even where the AVX-512 one would run, so that tests

@@ -7,6 +7,7 @@
 //! [`KernelError`] instead of panicking.
 
 pub mod add;
+pub mod add_lut;
 mod arch;
 pub mod avgpool;
 pub mod conv2d;

@@ -548,6 +548,7 @@ pub fn add_tasks(len: usize, threads: usize) -> usize {
 /// [`MIN_ADD_PER_TASK`] elements, at most `threads`; the same bytes as on one thread.
 pub fn add_i8_threads(
     p: &super::add::AddI8,
+    lut: Option<&super::add_lut::AddLut>,
     a: &[i8],
     b: &[i8],
     output: &mut [i8],
@@ -571,14 +572,14 @@ pub fn add_i8_threads(
                 let dst =
                     unsafe { core::slice::from_raw_parts_mut(out.get().add(r.start), r.len()) };
                 // Equal lengths by construction: no error to report.
-                let _ = super::add::add_i8(p, &a[r.clone()], &b[r], dst);
+                let _ = super::add::add_i8_lut(p, lut, &a[r.clone()], &b[r], dst);
             };
             team.run(count, &task);
             return Ok(());
         }
     }
     let _ = (team, threads);
-    super::add::add_i8(p, a, b, output)
+    super::add::add_i8_lut(p, lut, a, b, output)
 }
 
 /// [`add_i8_threads`] on the process's helper team (`threads` feature) in up to `tasks` runs,
@@ -586,6 +587,7 @@ pub fn add_i8_threads(
 /// a whole inference.
 pub fn add_i8_split(
     p: &super::add::AddI8,
+    lut: Option<&super::add_lut::AddLut>,
     a: &[i8],
     b: &[i8],
     output: &mut [i8],
@@ -594,10 +596,10 @@ pub fn add_i8_split(
     #[cfg(feature = "threads")]
     {
         let team = crate::team::engage(tasks);
-        add_i8_threads(p, a, b, output, team.as_ref(), tasks)
+        add_i8_threads(p, lut, a, b, output, team.as_ref(), tasks)
     }
     #[cfg(not(feature = "threads"))]
-    add_i8_threads(p, a, b, output, None, tasks)
+    add_i8_threads(p, lut, a, b, output, None, tasks)
 }
 
 /// The output pointer shared by a split conv's tasks (each writes only its own tile).

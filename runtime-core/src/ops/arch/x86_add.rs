@@ -11,6 +11,7 @@
 use core::arch::x86_64::*;
 
 use super::super::add::{add_i8_scalar, AddI8, ADD_LEFT_SHIFT};
+use super::super::add_lut::AddLut;
 use super::super::requant::{SHIFT_MAX, SHIFT_MIN};
 use super::x86::{
     bytes16, mbqm16, mbqm16_right, mbqm16_shift0, mbqm8, mbqm8_right, mbqm8_shift0, right_addend,
@@ -371,5 +372,69 @@ unsafe fn add_64_vbmi(
             _mm512_packs_epi32(r[2], r[3]),
         );
         _mm512_storeu_si512(out[i..i + 64].as_mut_ptr() as *mut _, v);
+    }
+}
+
+/// Whether [`add_lut`] runs on this CPU (AVX-512 with VBMI's byte permutes).
+pub(crate) fn lut_available() -> bool {
+    super::x86::available() && std::is_x86_feature_detected!("avx512vbmi")
+}
+
+/// The add by its lookup tables ([`AddLut`]'s decomposition), 64 elements a step, the tail
+/// by [`AddLut::apply`]; `false` (nothing written) where the CPU lacks [`lut_available`]'s
+/// features. The caller checked the lengths.
+pub(crate) fn add_lut(lut: &AddLut, a: &[i8], b: &[i8], out: &mut [i8]) -> bool {
+    if !lut_available() {
+        return false;
+    }
+    let n = out.len().min(a.len()).min(b.len());
+    let whole = n / 64 * 64;
+    // SAFETY: the features were detected just above; the slices hold `whole ≤ n` elements.
+    unsafe { add_lut_64(lut, &a[..whole], &b[..whole], &mut out[..whole]) };
+    lut.apply_slices(&a[whole..n], &b[whole..n], &mut out[whole..n]);
+    true
+}
+
+/// [`add_lut`]'s loop on whole runs of 64 elements. Each table column (256 bytes) sits in
+/// four registers; a lookup is two two-register byte permutes (index bits 0–6) and a blend on
+/// bit 7. The whole parts are widened to `i16` by interleaving their low and high bytes, which
+/// orders each 128-bit lane's elements as `unpacklo`/`hi` do; the final saturating pack undoes
+/// that order.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+unsafe fn add_lut_64(lut: &AddLut, a: &[i8], b: &[i8], out: &mut [i8]) {
+    let load = |col: &[u8; 256]| -> [__m512i; 4] {
+        core::array::from_fn(|j| _mm512_loadu_si512(col[64 * j..].as_ptr() as *const _))
+    };
+    let ta: [[__m512i; 4]; 7] = core::array::from_fn(|k| load(&lut.a[k]));
+    let tb: [[__m512i; 4]; 4] = core::array::from_fn(|k| load(&lut.b[k]));
+    let look = |t: &[__m512i; 4], v: __m512i, upper: __mmask64| {
+        let lo = _mm512_permutex2var_epi8(t[0], v, t[1]);
+        let hi = _mm512_permutex2var_epi8(t[2], v, t[3]);
+        _mm512_mask_blend_epi8(upper, lo, hi)
+    };
+    let one = _mm512_set1_epi8(1);
+    let zero = _mm512_setzero_si512();
+    let lo = _mm512_set1_epi8(lut.act_min);
+    let hi = _mm512_set1_epi8(lut.act_max);
+    let n = a.len().min(b.len()).min(out.len()) / 64 * 64;
+    for i in (0..n).step_by(64) {
+        let va = _mm512_loadu_si512(a[i..i + 64].as_ptr() as *const _);
+        let vb = _mm512_loadu_si512(b[i..i + 64].as_ptr() as *const _);
+        let (ua, ub) = (_mm512_movepi8_mask(va), _mm512_movepi8_mask(vb));
+        // σ = [π_b ≥ ρ_a] picks each element's column of `a`.
+        let sigma = _mm512_cmpge_epu8_mask(look(&tb[3], vb, ub), look(&ta[6], va, ua));
+        let pick = |k0: usize, k1: usize| {
+            _mm512_mask_blend_epi8(sigma, look(&ta[k0], va, ua), look(&ta[k1], va, ua))
+        };
+        let (h_lo, h_hi, r) = (pick(0, 2), pick(1, 3), pick(4, 5));
+        let carry = _mm512_maskz_mov_epi8(_mm512_cmplt_epu8_mask(look(&tb[2], vb, ub), r), one);
+        let (g_lo, g_hi) = (look(&tb[0], vb, ub), look(&tb[1], vb, ub));
+        let sum = |unpack: unsafe fn(__m512i, __m512i) -> __m512i| {
+            let s = _mm512_adds_epi16(unpack(h_lo, h_hi), unpack(g_lo, g_hi));
+            _mm512_adds_epi16(s, unpack(carry, zero))
+        };
+        let y = _mm512_packs_epi16(sum(_mm512_unpacklo_epi8), sum(_mm512_unpackhi_epi8));
+        let y = _mm512_min_epi8(_mm512_max_epi8(y, lo), hi);
+        _mm512_storeu_si512(out[i..i + 64].as_mut_ptr() as *mut _, y);
     }
 }
