@@ -214,7 +214,7 @@ mod tests {
         let (out_mult, out_shift) = q(2.0 * max / ((1u64 << 20) as f64 * so));
         let zp = |rng: &mut SplitMix64| (rng.next_u64() % 256) as i32 - 128;
         let (a_zp, b_zp, out_zp) = (zp(rng), zp(rng), zp(rng));
-        let relu = rng.next_u64() % 2 == 0;
+        let relu = rng.next_u64().is_multiple_of(2);
         AddI8 {
             a_zp,
             a_mult,
