@@ -201,6 +201,56 @@ fn conv_backends(c: &mut Criterion) {
     g.finish();
 }
 
+/// One int8 residual add of ResNet-8's first block (32×32×16 = 16 384 elements, scaled as the
+/// exporter scales an add): the exact formula (`add_i8`: AVX-512 or AVX2 requantisations) and,
+/// where this CPU runs them (AVX-512 VBMI), the lookup tables (`add_i8_lut`); each on one thread
+/// and split in two over the helper team (with the `threads` feature).
+fn add_backends(c: &mut Criterion) {
+    use runtime_core::ops::add::{add_i8, add_i8_lut, AddI8};
+    use runtime_core::ops::add_lut::AddLut;
+    use runtime_core::ops::prepared::add_i8_split;
+    use runtime_core::ops::requant::quantize_multiplier;
+    let (sa, sb, so) = (0.031, 0.047, 0.052);
+    let max = f64::max(sa, sb);
+    let (a_mult, a_shift) = quantize_multiplier(sa / (2.0 * max));
+    let (b_mult, b_shift) = quantize_multiplier(sb / (2.0 * max));
+    let (out_mult, out_shift) = quantize_multiplier(2.0 * max / ((1u64 << 20) as f64 * so));
+    let p = AddI8 {
+        a_zp: -3,
+        a_mult,
+        a_shift,
+        b_zp: 11,
+        b_mult,
+        b_shift,
+        out_zp: -128,
+        out_mult,
+        out_shift,
+        act_min: -128,
+        act_max: 127,
+    };
+    let n = 32 * 32 * 16;
+    let a: Vec<i8> = (0..n).map(|i| (i * 13 % 256) as u8 as i8).collect();
+    let b: Vec<i8> = (0..n).map(|i| (i * 29 % 256) as u8 as i8).collect();
+    let mut y = vec![0i8; n];
+    let lut = AddLut::new(&p).filter(|_| AddLut::runs_here());
+    let mut g = c.benchmark_group("kernel/add_i8_32x32x16");
+    g.bench_function("formula", |bch| {
+        bch.iter(|| add_i8(&p, &a, &b, &mut y).unwrap())
+    });
+    g.bench_function("formula-2-tasks", |bch| {
+        bch.iter(|| add_i8_split(&p, None, &a, &b, &mut y, 2).unwrap())
+    });
+    if let Some(t) = &lut {
+        g.bench_function("tables", |bch| {
+            bch.iter(|| add_i8_lut(&p, Some(t), &a, &b, &mut y).unwrap())
+        });
+        g.bench_function("tables-2-tasks", |bch| {
+            bch.iter(|| add_i8_split(&p, Some(t), &a, &b, &mut y, 2).unwrap())
+        });
+    }
+    g.finish();
+}
+
 #[cfg(feature = "zoo")]
 fn models(c: &mut Criterion) {
     model_pair(c, "resnet8_32px", |d| zoo::resnet8(d, 1).unwrap());
@@ -210,7 +260,7 @@ fn models(c: &mut Criterion) {
 }
 
 #[cfg(feature = "zoo")]
-criterion_group!(benches, kernels, conv_backends, models);
+criterion_group!(benches, kernels, conv_backends, add_backends, models);
 #[cfg(not(feature = "zoo"))]
-criterion_group!(benches, kernels, conv_backends);
+criterion_group!(benches, kernels, conv_backends, add_backends);
 criterion_main!(benches);
