@@ -545,6 +545,18 @@ unsafe fn conv_vnni_band<const P: usize, const NB: usize>(
     let mut band_buf = [MaybeUninit::<u8>::uninit(); VNNI_BAND + VNNI_SLACK];
     let band = band_buf.as_mut_ptr() as *mut u8;
     let oc = p.out_c;
+    // Where one group of `NB` blocks covers the tile's channels (every tile of the models
+    // here) and its reduction has a step for each of a group's outputs (not the 1×1 convs of
+    // few input channels), a group's requantisation runs during the next group's multiply-adds
+    // ([`block_band_vnni_pipelined`]).
+    let pipelined = P != 1 && P != 16 && blocks.len() == NB && w.kh * (row_k / 4) >= P * NB;
+    let eps: Option<[Epilogue16; NB]> =
+        pipelined.then(|| core::array::from_fn(|j| Epilogue16::new(p, pk, blocks.start + j)));
+    let mut pending = Pending::<P, NB> {
+        acc: [[_mm512_setzero_si512(); P]; NB],
+        dst: out,
+        n: 0,
+    };
     let last_oy = (pixels.end - 1) / w.out_w;
     let mut oy0 = pixels.start / w.out_w;
     while oy0 <= last_oy {
@@ -605,6 +617,24 @@ unsafe fn conv_vnni_band<const P: usize, const NB: usize>(
                         ep.store_pair(y, out.add((px + 2 * t) * oc), oc, 2 * t + 1 < n);
                     }
                 }
+            } else if let Some(eps) = &eps {
+                let acc = block_band_vnni_pipelined::<P, NB>(
+                    band,
+                    &offs,
+                    row_len,
+                    w.kh,
+                    row_k,
+                    pk,
+                    blocks.start,
+                    eps,
+                    &pending,
+                    oc,
+                );
+                pending = Pending {
+                    acc,
+                    dst: out.add(px * oc + blocks.start * 16),
+                    n,
+                };
             } else {
                 let mut b = blocks.start;
                 while b < blocks.end {
@@ -636,6 +666,10 @@ unsafe fn conv_vnni_band<const P: usize, const NB: usize>(
             }
         }
         oy0 = oy1;
+    }
+    // The last group's outputs.
+    if let Some(eps) = &eps {
+        pending.flush(eps, oc);
     }
 }
 
@@ -677,6 +711,84 @@ unsafe fn block_band_vnni<const P: usize, const NB: usize>(
             }
         }
     }
+    acc
+}
+
+/// A pixel group's accumulators whose requantisation and stores are still to do: `n` pixels,
+/// pixel `s` of block `j` at `dst + s·oc + 16·j`.
+struct Pending<const P: usize, const NB: usize> {
+    acc: [[__m512i; P]; NB],
+    dst: *mut i8,
+    n: usize,
+}
+
+impl<const P: usize, const NB: usize> Pending<P, NB> {
+    /// Requantises and stores all its outputs.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn flush(&self, eps: &[Epilogue16; NB], oc: usize) {
+        for t in 0..NB * self.n {
+            let (j, s) = (t / self.n, t % self.n);
+            eps[j].store(self.acc[j][s], self.dst.add(s * oc + 16 * j));
+        }
+    }
+}
+
+/// [`block_band_vnni`] for a group of `NB` blocks that are all the tile's channels, with the
+/// previous group's outputs (`prev`) requantised and stored one per step of the reduction:
+/// the epilogue's adds, compares and blends then issue beside the multiply-adds instead of
+/// after them (on Zen 4 its ~14 instructions per 16 outputs took about 12 % of ResNet-8 when
+/// run group after group). The caller runs it only where the reduction has a step for each of
+/// the previous group's outputs.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_band_vnni_pipelined<const P: usize, const NB: usize>(
+    band: *const u8,
+    offs: &[usize; P],
+    row_len: usize,
+    kh: usize,
+    row_k: usize,
+    pk: &Packed,
+    b: usize,
+    eps: &[Epilogue16; NB],
+    prev: &Pending<P, NB>,
+    oc: usize,
+) -> [[__m512i; P]; NB] {
+    let kp = pk.kp;
+    let mut acc = [[_mm512_setzero_si512(); P]; NB];
+    for (j, a) in acc.iter_mut().enumerate() {
+        let bias = _mm512_loadu_si512(pk.bias[(b + j) * 16..][..16].as_ptr() as *const _);
+        *a = [bias; P];
+    }
+    let wp = pk.w[b * kp * 16..(b + NB) * kp * 16].as_ptr();
+    // The next of the previous group's outputs to store: block `pj`, pixel `ps`.
+    let (mut pj, mut ps) = (if prev.n == 0 { NB } else { 0 }, 0);
+    for ky in 0..kh {
+        let xs: [*const u8; P] = core::array::from_fn(|s| band.add(offs[s] + ky * row_len));
+        let wr = wp.add(ky * row_k * 16);
+        for q in 0..row_k / 4 {
+            let mut wv = [_mm512_setzero_si512(); NB];
+            for (j, v) in wv.iter_mut().enumerate() {
+                *v = _mm512_loadu_si512(wr.add(j * kp * 16 + q * 64) as *const _);
+            }
+            for s in 0..P {
+                let x = _mm512_set1_epi32((xs[s].add(4 * q) as *const i32).read_unaligned());
+                for (a, &v) in acc.iter_mut().zip(&wv) {
+                    a[s] = _mm512_dpbusd_epi32(a[s], x, v);
+                }
+            }
+            if pj < NB {
+                eps[pj].store(prev.acc[pj][ps], prev.dst.add(ps * oc + 16 * pj));
+                ps += 1;
+                if ps == prev.n {
+                    (pj, ps) = (pj + 1, 0);
+                }
+            }
+        }
+    }
+    // The caller's condition (a step for each output) left nothing of `prev` to do.
+    debug_assert!(pj == NB);
     acc
 }
 
