@@ -14,6 +14,8 @@ mod packed;
 pub(crate) mod x86;
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 pub(crate) mod x86_add;
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+pub(crate) mod x86_lut;
 
 /// This target's packed-weight kernels: `pack` (the best kernel the CPU has) and `conv`.
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]

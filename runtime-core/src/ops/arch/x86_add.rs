@@ -12,6 +12,7 @@ use core::arch::x86_64::*;
 
 use super::super::add::{add_i8_scalar, AddI8, ADD_LEFT_SHIFT};
 use super::super::add_lut::AddLut;
+use super::x86_lut::{look, table};
 use super::super::requant::{SHIFT_MAX, SHIFT_MIN};
 use super::x86::{
     bytes16, mbqm16, mbqm16_right, mbqm16_shift0, mbqm8, mbqm8_right, mbqm8_shift0, right_addend,
@@ -377,7 +378,7 @@ unsafe fn add_64_vbmi(
 
 /// Whether [`add_lut`] runs on this CPU (AVX-512 with VBMI's byte permutes).
 pub(crate) fn lut_available() -> bool {
-    super::x86::available() && std::is_x86_feature_detected!("avx512vbmi")
+    super::x86::available() && super::x86_lut::available()
 }
 
 /// The add by its lookup tables ([`AddLut`]'s decomposition), 64 elements a step, the tail
@@ -396,22 +397,13 @@ pub(crate) fn add_lut(lut: &AddLut, a: &[i8], b: &[i8], out: &mut [i8]) -> bool 
 }
 
 /// [`add_lut`]'s loop on whole runs of 64 elements. Each table column (256 bytes) sits in
-/// four registers; a lookup is two two-register byte permutes (index bits 0–6) and a blend on
-/// bit 7. The whole parts are widened to `i16` by interleaving their low and high bytes, which
+/// four registers ([`look`]). The whole parts are widened to `i16` by interleaving their low and high bytes, which
 /// orders each 128-bit lane's elements as `unpacklo`/`hi` do; the final saturating pack undoes
 /// that order.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
 unsafe fn add_lut_64(lut: &AddLut, a: &[i8], b: &[i8], out: &mut [i8]) {
-    let load = |col: &[u8; 256]| -> [__m512i; 4] {
-        core::array::from_fn(|j| _mm512_loadu_si512(col[64 * j..].as_ptr() as *const _))
-    };
-    let ta: [[__m512i; 4]; 7] = core::array::from_fn(|k| load(&lut.a[k]));
-    let tb: [[__m512i; 4]; 4] = core::array::from_fn(|k| load(&lut.b[k]));
-    let look = |t: &[__m512i; 4], v: __m512i, upper: __mmask64| {
-        let lo = _mm512_permutex2var_epi8(t[0], v, t[1]);
-        let hi = _mm512_permutex2var_epi8(t[2], v, t[3]);
-        _mm512_mask_blend_epi8(upper, lo, hi)
-    };
+    let ta: [[__m512i; 4]; 7] = core::array::from_fn(|k| table(&lut.a[k]));
+    let tb: [[__m512i; 4]; 4] = core::array::from_fn(|k| table(&lut.b[k]));
     let one = _mm512_set1_epi8(1);
     let zero = _mm512_setzero_si512();
     let lo = _mm512_set1_epi8(lut.act_min);
