@@ -837,9 +837,10 @@ unsafe fn block_band_vnni_single(
 }
 
 /// [`block_band_vnni`] for a conv of at most 8 output channels (one block whose upper 8 lanes
-/// are padding): two pixels per register, `[pixel 2t: channels 0..8 | pixel 2t + 1: 0..8]`,
-/// the weights' lower half in both halves, so that each `vpdpbusd` does 16 useful lanes
-/// instead of 8 or fewer (the study backbone's 4- and 8-channel convs, the landmark model's 8).
+/// are padding), 16 pixels: each pixel's 8 channels in a 256-bit accumulator (`vpdpbusd ymm`,
+/// two a cycle on Zen 4, as many MACs as one of 512 bits, with plain broadcasts), returned in
+/// pairs, `[pixel 2t: channels 0..8 | pixel 2t + 1: 0..8]`, for [`Epilogue16::store_pair`]
+/// (the study backbone's 4- and 8-channel convs, the landmark model's 8).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
 unsafe fn block_band_vnni_pairs(
@@ -851,23 +852,24 @@ unsafe fn block_band_vnni_pairs(
     pk: &Packed,
 ) -> [__m512i; 8] {
     let kp = pk.kp;
-    let bias = _mm512_broadcast_i64x4(_mm256_loadu_si256(pk.bias[..8].as_ptr() as *const _));
-    let mut acc = [bias; 8];
+    let bias = _mm256_loadu_si256(pk.bias[..8].as_ptr() as *const _);
+    let mut acc = [bias; 16];
     let wp = pk.w[..kp * 16].as_ptr();
     for ky in 0..kh {
         let xs: [*const u8; 16] = core::array::from_fn(|s| band.add(offs[s] + ky * row_len));
         let wr = wp.add(ky * row_k * 16);
         for q in 0..row_k / 4 {
-            let wv = _mm512_broadcast_i64x4(_mm256_loadu_si256(wr.add(q * 64) as *const _));
-            for (t, a) in acc.iter_mut().enumerate() {
-                let lo = (xs[2 * t].add(4 * q) as *const i32).read_unaligned();
-                let hi = (xs[2 * t + 1].add(4 * q) as *const i32).read_unaligned();
-                let x = _mm512_mask_set1_epi32(_mm512_set1_epi32(lo), 0xff00, hi);
-                *a = _mm512_dpbusd_epi32(*a, x, wv);
+            // Channels 0..8 of the 16-channel block's 4 taps.
+            let wv = _mm256_loadu_si256(wr.add(q * 64) as *const _);
+            for (s, a) in acc.iter_mut().enumerate() {
+                let x = _mm256_set1_epi32((xs[s].add(4 * q) as *const i32).read_unaligned());
+                *a = _mm256_dpbusd_epi32(*a, x, wv);
             }
         }
     }
-    acc
+    core::array::from_fn(|t| {
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(acc[2 * t]), acc[2 * t + 1])
+    })
 }
 
 /// 16 lanes of [`multiply_by_quantized_multiplier`](super::super::requant::multiply_by_quantized_multiplier)

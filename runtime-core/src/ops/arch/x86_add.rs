@@ -12,12 +12,12 @@ use core::arch::x86_64::*;
 
 use super::super::add::{add_i8_scalar, AddI8, ADD_LEFT_SHIFT};
 use super::super::add_lut::AddLut;
-use super::x86_lut::{look, table};
 use super::super::requant::{SHIFT_MAX, SHIFT_MIN};
 use super::x86::{
     bytes16, mbqm16, mbqm16_right, mbqm16_shift0, mbqm8, mbqm8_right, mbqm8_shift0, right_addend,
     Epilogue,
 };
+use super::x86_lut::{look, table};
 
 /// Runs the add if this CPU has AVX2 and `p`'s multipliers and shifts are in the loader's
 /// ranges; `false` leaves it to the scalar loop. The caller checked the lengths.
