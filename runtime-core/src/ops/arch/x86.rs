@@ -564,9 +564,16 @@ unsafe fn conv_vnni_band<const P: usize, const NB: usize>(
         let r0 = oy0 * w.stride_h;
         let n_rows = (oy1 - 1) * w.stride_h + w.kh - r0;
         for r in 0..n_rows {
-            // SAFETY: `n_rows·row_len ≤ VNNI_BAND` (`run_rows`); each row is written whole
-            // before it is read.
+            // SAFETY: `n_rows·row_len ≤ VNNI_BAND` (`run_rows`); each row that is read is
+            // written whole before.
             let dst = core::slice::from_raw_parts_mut(band.add(r * row_len), row_len);
+            if r % w.stride_h >= w.kh {
+                // A row between two output rows' windows (stride above the kernel height: the
+                // 1×1 stride-2 shortcuts): no output row reads it, except that a kernel row
+                // padded to 4 taps may read the first bytes past the row above (times zero).
+                dst[..VNNI_SLACK.min(row_len)].fill(0);
+                continue;
+            }
             let iy = (r0 + r).wrapping_sub(pt);
             if iy < w.in_h {
                 dst[..pl * ic].fill(fill);
