@@ -382,8 +382,9 @@ pub(crate) fn lut_available() -> bool {
 }
 
 /// The add by its lookup tables ([`AddLut`]'s decomposition), 64 elements a step, the tail
-/// by [`AddLut::apply`]; `false` (nothing written) where the CPU lacks [`lut_available`]'s
-/// features. The caller checked the lengths.
+/// too (through a 64-byte copy), so that every element goes through the same instructions,
+/// which [`AddLut::new`] checked on every input pair; `false` (nothing written) where the CPU
+/// lacks [`lut_available`]'s features. The caller checked the lengths.
 pub(crate) fn add_lut(lut: &AddLut, a: &[i8], b: &[i8], out: &mut [i8]) -> bool {
     if !lut_available() {
         return false;
@@ -392,7 +393,15 @@ pub(crate) fn add_lut(lut: &AddLut, a: &[i8], b: &[i8], out: &mut [i8]) -> bool 
     let whole = n / 64 * 64;
     // SAFETY: the features were detected just above; the slices hold `whole ≤ n` elements.
     unsafe { add_lut_64(lut, &a[..whole], &b[..whole], &mut out[..whole]) };
-    lut.apply_slices(&a[whole..n], &b[whole..n], &mut out[whole..n]);
+    if whole < n {
+        let t = n - whole;
+        let (mut ta, mut tb, mut to) = ([0i8; 64], [0i8; 64], [0i8; 64]);
+        ta[..t].copy_from_slice(&a[whole..n]);
+        tb[..t].copy_from_slice(&b[whole..n]);
+        // SAFETY: as above; the copies hold 64 elements.
+        unsafe { add_lut_64(lut, &ta, &tb, &mut to) };
+        out[whole..n].copy_from_slice(&to[..t]);
+    }
     true
 }
 
