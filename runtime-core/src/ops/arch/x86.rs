@@ -615,7 +615,8 @@ unsafe fn conv_vnni_band<const P: usize, const NB: usize>(
                     Epilogue16::new(p, pk, b).store(acc, out.add(px * oc + b * 16));
                 }
             } else if P == 16 {
-                // At most 8 channels: two pixels per register ([`block_band_vnni_pairs`]).
+                // At most 8 channels: a 256-bit register per pixel, paired for the epilogue
+                // ([`block_band_vnni_pairs`]).
                 if let (false, Ok(offs)) = (blocks.is_empty(), <&[usize; 16]>::try_from(&offs[..]))
                 {
                     let acc = block_band_vnni_pairs(band, offs, row_len, w.kh, row_k, pk);
