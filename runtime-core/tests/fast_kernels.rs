@@ -852,9 +852,11 @@ proptest! {
         (a_mult, b_mult, out_mult) in ((1i32 << 30)..=i32::MAX, (1i32 << 30)..=i32::MAX, (1i32 << 30)..=i32::MAX),
         (a_shift, b_shift, out_shift) in (-20i32..=-16, -20i32..=-16, -6i32..=-1),
         (a_zp, b_zp, out_zp) in (-128i32..=127, -128i32..=127, -128i32..=127), relu in any::<bool>(),
+        cap in activation_cap(),
     ) {
+        let act_min = if relu { out_zp } else { -128 };
         let p = AddI8 { a_zp, a_mult, a_shift, b_zp, b_mult, b_shift, out_zp, out_mult, out_shift,
-            act_min: if relu { out_zp } else { -128 }, act_max: 127 };
+            act_min, act_max: cap.max(act_min) };
         if !AddLut::runs_here() {
             return Ok(());
         }
@@ -869,16 +871,23 @@ proptest! {
     }
 }
 
+/// The upper end of an activation range: 127 in most cases, else any byte (a ReLU6-like cap;
+/// the caller keeps it at or above the lower end).
+fn activation_cap() -> impl Strategy<Value = i32> {
+    prop_oneof![3 => Just(127i32), 1 => -128i32..=127]
+}
+
 /// An add as the exporter makes one: input multipliers `s/(2·max)`, output
 /// `2·max/(2²⁰·s_out)`, for scales within a factor of ten of each other, any zero points, with
-/// or without a fused ReLU.
+/// or without a fused ReLU, with a capped activation in some cases.
 fn exported_add() -> impl Strategy<Value = AddI8> {
     (
         (0.005f64..0.5, 0.1f64..10.0, 0.1f64..10.0),
         (-128i32..=127, -128i32..=127, -128i32..=127),
         any::<bool>(),
+        activation_cap(),
     )
-        .prop_map(|((sa, rb, ro), (a_zp, b_zp, out_zp), relu)| {
+        .prop_map(|((sa, rb, ro), (a_zp, b_zp, out_zp), relu, cap)| {
             let (sb, so) = (sa * rb, sa * ro);
             let max = sa.max(sb);
             let q = runtime_core::ops::requant::quantize_multiplier;
@@ -895,7 +904,7 @@ fn exported_add() -> impl Strategy<Value = AddI8> {
                 out_mult,
                 out_shift,
                 act_min: if relu { out_zp } else { -128 },
-                act_max: 127,
+                act_max: cap.max(if relu { out_zp } else { -128 }),
             }
         })
 }
