@@ -36,6 +36,10 @@ pub const ACCUMULATION_INTEGER_BITS: i32 = 12;
 /// sum of up to 4095 of them fits in an `i32` and the output exponent stays ≤ 31.
 pub const MAX_SOFTMAX_DEPTH: usize = 4095;
 
+/// Channels whose exponentials [`softmax_i8`] keeps between its two passes (256 bytes of
+/// stack); deeper softmaxes compute each one twice.
+const SOFTMAX_KEPT: usize = 64;
+
 /// Parameters of an int8 softmax over `depth` channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -188,23 +192,29 @@ pub fn softmax_i8(p: &SoftmaxI8, input: &[i8], output: &mut [i8]) -> Result<(), 
         .zip(output.chunks_exact_mut(p.depth))
     {
         let max = x.iter().copied().max().unwrap_or(0) as i32;
+        // Each exponential is needed twice (the sum, then the output); up to
+        // `SOFTMAX_KEPT` channels keep them from the first pass (a classifier's 10).
+        let mut kept = [0i32; SOFTMAX_KEPT];
+        let keep = x.len() <= SOFTMAX_KEPT;
         let mut sum: i32 = 0;
-        for &v in x {
+        for (i, &v) in x.iter().enumerate() {
             let d = v as i32 - max;
             if d >= p.diff_min {
-                sum = sum.wrapping_add(rounding_divide_by_pot(
-                    scaled_exp(d),
-                    ACCUMULATION_INTEGER_BITS,
-                ));
+                let e = scaled_exp(d);
+                if keep {
+                    kept[i] = e;
+                }
+                sum = sum.wrapping_add(rounding_divide_by_pot(e, ACCUMULATION_INTEGER_BITS));
             }
         }
         let (inv_sum, bits_over_unit) = reciprocal(sum);
         let exponent = bits_over_unit + 31 - 8;
-        for (o, &v) in y.iter_mut().zip(x) {
+        for (i, (o, &v)) in y.iter_mut().zip(x).enumerate() {
             let d = v as i32 - max;
             *o = if d >= p.diff_min {
+                let e = if keep { kept[i] } else { scaled_exp(d) };
                 let unsat = if (0..=31).contains(&exponent) {
-                    rounding_divide_by_pot(srdhm(inv_sum, scaled_exp(d)), exponent)
+                    rounding_divide_by_pot(srdhm(inv_sum, e), exponent)
                 } else {
                     0
                 };
@@ -310,6 +320,51 @@ mod tests {
         let p = params(1.0, 1.0 / 64.0, 2);
         softmax_i8(&p, &[20, -50], &mut y[..2]).unwrap();
         assert_eq!(y[..2], [64, -64]);
+    }
+
+    /// The kept exponentials (up to `SOFTMAX_KEPT` channels) give the bytes of the formula
+    /// evaluated in both passes, as deeper softmaxes still do: depths on both sides, any β.
+    #[test]
+    fn kept_exponentials_give_the_same_bytes() {
+        let mut rng = crate::heads::rng::SplitMix64::new(17);
+        for (case, depth) in [1, 2, 10, 63, 64, 65, 130]
+            .into_iter()
+            .cycle()
+            .take(70)
+            .enumerate()
+        {
+            let beta = [0.5, 1.0, 2.0][case % 3];
+            let p = params(beta, 0.05 + 0.01 * (case % 7) as f32, depth);
+            let x: alloc::vec::Vec<i8> = (0..2 * depth).map(|_| rng.next_u64() as i8).collect();
+            let mut got = alloc::vec![0i8; x.len()];
+            softmax_i8(&p, &x, &mut got).unwrap();
+            let e = |d: i32| {
+                exp_on_negative_values(multiply_by_quantized_multiplier(d, p.mult, p.shift))
+            };
+            for (xs, ys) in x.chunks(depth).zip(got.chunks(depth)) {
+                let max = *xs.iter().max().unwrap() as i32;
+                let sum = xs
+                    .iter()
+                    .map(|&v| v as i32 - max)
+                    .filter(|&d| d >= p.diff_min)
+                    .fold(0i32, |s, d| {
+                        s.wrapping_add(rounding_divide_by_pot(e(d), ACCUMULATION_INTEGER_BITS))
+                    });
+                let (inv, bits) = reciprocal(sum);
+                let exponent = bits + 31 - 8;
+                for (&v, &y) in xs.iter().zip(ys) {
+                    let d = v as i32 - max;
+                    let want = if d < p.diff_min {
+                        -128
+                    } else if (0..=31).contains(&exponent) {
+                        (rounding_divide_by_pot(srdhm(inv, e(d)), exponent) - 128).clamp(-128, 127)
+                    } else {
+                        -128
+                    };
+                    assert_eq!(y as i32, want, "depth {depth} case {case}");
+                }
+            }
+        }
     }
 
     #[test]
