@@ -187,15 +187,16 @@ pub fn softmax_i8(p: &SoftmaxI8, input: &[i8], output: &mut [i8]) -> Result<(), 
     check(p.depth > 0 && input.len() == output.len() && input.len().is_multiple_of(p.depth))?;
     let scaled_exp =
         |d: i32| exp_on_negative_values(multiply_by_quantized_multiplier(d, p.mult, p.shift));
+    // Each exponential is needed twice (the sum, then the output); up to `SOFTMAX_KEPT`
+    // channels keep them from the first pass (a classifier's 10). A pixel reads back only the
+    // entries it wrote.
+    let mut kept = [0i32; SOFTMAX_KEPT];
+    let keep = p.depth <= SOFTMAX_KEPT;
     for (x, y) in input
         .chunks_exact(p.depth)
         .zip(output.chunks_exact_mut(p.depth))
     {
         let max = x.iter().copied().max().unwrap_or(0) as i32;
-        // Each exponential is needed twice (the sum, then the output); up to
-        // `SOFTMAX_KEPT` channels keep them from the first pass (a classifier's 10).
-        let mut kept = [0i32; SOFTMAX_KEPT];
-        let keep = x.len() <= SOFTMAX_KEPT;
         let mut sum: i32 = 0;
         for (i, &v) in x.iter().enumerate() {
             let d = v as i32 - max;
