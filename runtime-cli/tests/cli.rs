@@ -95,6 +95,15 @@ fn landmark_builder(dtype: Dtype, size: usize) -> ModelBuilder {
     b
 }
 
+/// The zoo's int8 ResNet-8 (one output) written to `dir/r8.safetensors`.
+fn int8_resnet8(dir: &Path) -> PathBuf {
+    write(
+        dir,
+        "r8.safetensors",
+        &zoo::resnet8(Dtype::Int8, 1).unwrap().to_bytes().unwrap(),
+    )
+}
+
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, bytes).unwrap();
@@ -212,11 +221,7 @@ fn fewshot_centroid_on_mean_colour_is_perfect_and_linear_is_reproducible() {
 fn fewshot_on_resnet8_gives_an_interval_and_text_output() {
     let d = tempfile::tempdir().unwrap();
     colour_dataset(d.path(), 6);
-    let m = write(
-        d.path(),
-        "r8.safetensors",
-        &zoo::resnet8(Dtype::Int8, 1).unwrap().to_bytes().unwrap(),
-    );
+    let m = int8_resnet8(d.path());
     let o = cli(&[
         "eval",
         "fewshot",
@@ -474,11 +479,7 @@ fn inspect_reports_hand_computed_macs_and_bytes() {
 #[test]
 fn bench_reports_ordered_percentiles() {
     let d = tempfile::tempdir().unwrap();
-    let m = write(
-        d.path(),
-        "r8.safetensors",
-        &zoo::resnet8(Dtype::Int8, 1).unwrap().to_bytes().unwrap(),
-    );
+    let m = int8_resnet8(d.path());
     let v = json(&[
         "bench",
         "--model",
@@ -509,11 +510,7 @@ fn bench_reports_ordered_percentiles() {
 #[test]
 fn bench_per_op_lists_every_layer() {
     let d = tempfile::tempdir().unwrap();
-    let m = write(
-        d.path(),
-        "r8.safetensors",
-        &zoo::resnet8(Dtype::Int8, 1).unwrap().to_bytes().unwrap(),
-    );
+    let m = int8_resnet8(d.path());
     let v = json(&[
         "bench",
         "--model",
@@ -620,11 +617,7 @@ fn infer_raw_is_the_tensor_the_features_dequantise() {
 #[test]
 fn bench_reports_its_kernels() {
     let d = tempfile::tempdir().unwrap();
-    let m = write(
-        d.path(),
-        "r8.safetensors",
-        &zoo::resnet8(Dtype::Int8, 1).unwrap().to_bytes().unwrap(),
-    );
+    let m = int8_resnet8(d.path());
     let fast = json(&["bench", "--model", s(&m), "--runs", "2", "--json"]);
     let k = fast["kernels"].as_str().unwrap();
     assert!(!k.is_empty() && !k.contains("reference"), "{fast}");

@@ -741,10 +741,7 @@ proptest! {
     #[test]
     fn add_scalar_table_matches_direct(p in add_params(), extra in 0usize..=40, seed in any::<u64>(), extreme in any::<bool>()) {
         let n = ADD_TABLE_MIN_LEN + extra;
-        let mut rng = runtime_core::heads::rng::SplitMix64::new(seed);
-        let mut v = || if extreme && rng.below(4) != 0 { [-128i8, 127][rng.below(2) as usize] } else { rng.next_u64() as i8 };
-        let a: Vec<i8> = (0..n).map(|_| v()).collect();
-        let b: Vec<i8> = (0..n).map(|_| v()).collect();
+        let (a, b) = add_inputs(n, seed, extreme);
         let (mut whole, mut pieces) = (vec![0i8; n], vec![0i8; n]);
         add_i8_scalar(&p, &a, &b, &mut whole).unwrap();
         let piece = ADD_TABLE_MIN_LEN / 8;
@@ -762,10 +759,7 @@ proptest! {
         p in add_params(), n in prop_oneof![3 => 1usize..=300, 1 => 4096usize..=4300],
         seed in any::<u64>(), extreme in any::<bool>(),
     ) {
-        let mut rng = runtime_core::heads::rng::SplitMix64::new(seed);
-        let mut v = || if extreme && rng.below(4) != 0 { [-128i8, 127][rng.below(2) as usize] } else { rng.next_u64() as i8 };
-        let a: Vec<i8> = (0..n).map(|_| v()).collect();
-        let b: Vec<i8> = (0..n).map(|_| v()).collect();
+        let (a, b) = add_inputs(n, seed, extreme);
         let (mut want, mut got) = (vec![0i8; n], vec![0i8; n]);
         add_i8_scalar(&p, &a, &b, &mut want).unwrap();
         add_i8(&p, &a, &b, &mut got).unwrap();
@@ -776,10 +770,7 @@ proptest! {
     /// whose `add_i8` takes the AVX-512 loop as well (nothing to check without AVX2).
     #[test]
     fn add_avx2_matches_scalar(p in add_params(), n in 1usize..=300, seed in any::<u64>(), extreme in any::<bool>()) {
-        let mut rng = runtime_core::heads::rng::SplitMix64::new(seed);
-        let mut v = || if extreme && rng.below(4) != 0 { [-128i8, 127][rng.below(2) as usize] } else { rng.next_u64() as i8 };
-        let a: Vec<i8> = (0..n).map(|_| v()).collect();
-        let b: Vec<i8> = (0..n).map(|_| v()).collect();
+        let (a, b) = add_inputs(n, seed, extreme);
         let (mut want, mut got) = (vec![0i8; n], vec![0i8; n]);
         add_i8_scalar(&p, &a, &b, &mut want).unwrap();
         if add_i8_avx2(&p, &a, &b, &mut got).unwrap() {
@@ -812,10 +803,7 @@ proptest! {
     ) {
         let lut = AddLut::new(&p);
         prop_assume!(lut.is_some(), "no tables");
-        let mut rng = runtime_core::heads::rng::SplitMix64::new(seed);
-        let mut v = || if extreme && rng.below(4) != 0 { [-128i8, 127][rng.below(2) as usize] } else { rng.next_u64() as i8 };
-        let a: Vec<i8> = (0..n).map(|_| v()).collect();
-        let b: Vec<i8> = (0..n).map(|_| v()).collect();
+        let (a, b) = add_inputs(n, seed, extreme);
         let (mut want, mut got) = (vec![0i8; n], vec![0i8; n]);
         add_i8_scalar(&p, &a, &b, &mut want).unwrap();
         add_i8_lut(&p, lut.as_ref(), &a, &b, &mut got).unwrap();
@@ -835,8 +823,7 @@ proptest! {
     fn add_lut_is_exact_on_every_pair(p in exported_add()) {
         let lut = AddLut::new(&p);
         prop_assume!(lut.is_some(), "no tables");
-        let a: Vec<i8> = (0..1usize << 16).map(|i| (i >> 8) as u8 as i8).collect();
-        let b: Vec<i8> = (0..1usize << 16).map(|i| i as u8 as i8).collect();
+        let (a, b) = all_pairs();
         let (mut want, mut got) = (vec![0i8; a.len()], vec![0i8; a.len()]);
         add_i8_scalar(&p, &a, &b, &mut want).unwrap();
         add_i8_lut(&p, lut.as_ref(), &a, &b, &mut got).unwrap();
@@ -861,14 +848,36 @@ proptest! {
             return Ok(());
         }
         let lut = AddLut::candidate(&p).unwrap();
-        let a: Vec<i8> = (0..1usize << 16).map(|i| (i >> 8) as u8 as i8).collect();
-        let b: Vec<i8> = (0..1usize << 16).map(|i| i as u8 as i8).collect();
+        let (a, b) = all_pairs();
         let mut want = vec![0i8; a.len()];
         lut.apply_slices(&a, &b, &mut want);
         let mut got = vec![0i8; a.len()];
         add_i8_lut(&p, Some(&lut), &a, &b, &mut got).unwrap();
         prop_assert_eq!(want, got);
     }
+}
+
+/// Two add inputs of `n` bytes (SplitMix64 from `seed`), with 3 values in 4 at −128 or 127 if
+/// `extreme`.
+fn add_inputs(n: usize, seed: u64, extreme: bool) -> (Vec<i8>, Vec<i8>) {
+    let mut rng = runtime_core::heads::rng::SplitMix64::new(seed);
+    let mut v = || {
+        if extreme && rng.below(4) != 0 {
+            [-128i8, 127][rng.below(2) as usize]
+        } else {
+            rng.next_u64() as i8
+        }
+    };
+    let a = (0..n).map(|_| v()).collect();
+    let b = (0..n).map(|_| v()).collect();
+    (a, b)
+}
+
+/// Every pair of add input bytes once, `a` outer.
+fn all_pairs() -> (Vec<i8>, Vec<i8>) {
+    let a = (0..1usize << 16).map(|i| (i >> 8) as u8 as i8).collect();
+    let b = (0..1usize << 16).map(|i| i as u8 as i8).collect();
+    (a, b)
 }
 
 /// The upper end of an activation range: 127 in most cases, else any byte (a ReLU6-like cap;

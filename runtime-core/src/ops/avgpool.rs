@@ -202,25 +202,16 @@ mod tests {
             let in_h = 1 + (rng.next_u64() % 6) as usize;
             let in_w = 1 + (rng.next_u64() % 6) as usize;
             let c = [1, 3, 16, 63, 64, 65, 130][case % 7];
-            let (Some(out_h), Some(out_w)) = (
-                Window::out_dim(in_h, k, stride, pad, pad),
-                Window::out_dim(in_w, k, stride, pad, pad),
-            ) else {
+            if Window::out_dim(in_h, k, stride, pad, pad).is_none()
+                || Window::out_dim(in_w, k, stride, pad, pad).is_none()
+            {
                 continue;
-            };
+            }
             let w = Window {
-                in_h,
-                in_w,
                 in_c: c,
-                out_h,
-                out_w,
-                kh: k,
-                kw: k,
-                stride_h: stride,
-                stride_w: stride,
-                pad_top: pad,
-                pad_left: pad,
+                ..win(in_h, in_w, k, stride, pad)
             };
+            let (out_h, out_w) = (w.out_h, w.out_w);
             let x: alloc::vec::Vec<i8> =
                 (0..in_h * in_w * c).map(|_| rng.next_u64() as i8).collect();
             let act_min = if case % 2 == 0 { -128 } else { -20 };
