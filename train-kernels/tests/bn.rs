@@ -122,10 +122,17 @@ proptest! {
             .map(|(a, e)| (a - e).abs()).fold(0.0, f64::max);
         let scale = flat(&x).iter().map(|v| v.abs()).fold(1e-30, f64::max);
         prop_assert!(mean_err <= 1e-5 * scale, "mean: {mean_err} vs data scale {scale}");
+        // Gradients against the definition evaluated in f64 (the truth, to ~1e-16). dx can be a
+        // cancellation (terms of size γ·|r|/σ summing to far less), where no f32 evaluation is
+        // within 1e-4 of max|dx|: the kernel must then be as close as the definition's own f32
+        // evaluation (within 2×), as it is elsewhere within 1e-4.
         let ours = grads(&x, &g, &b, &r, |x, g, b| kernels::batch_norm_train(x, g, b, 1e-5).unwrap().y);
         let theirs = grads(&x, &g, &b, &r, |x, g, b| reference(x, g, b, 1e-5));
-        for (name, (a, e)) in ["dx", "dgamma", "dbeta"].iter().zip(ours.iter().zip(&theirs)) {
-            prop_assert!(rel_err(a, e) <= 1e-4, "{name}: {}", rel_err(a, e));
+        let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let truth = grads(&f64s(&x), &f64s(&g), &f64s(&b), &f64s(&r), |x, g, b| reference(x, g, b, 1e-5));
+        for (name, ((a, e), t)) in ["dx", "dgamma", "dbeta"].iter().zip(ours.iter().zip(&theirs).zip(&truth)) {
+            let (err, f32_err) = (rel_err(a, t), rel_err(e, t));
+            prop_assert!(err <= f64::max(1e-4, 2.0 * f32_err), "{name}: {err} (the f32 definition: {f32_err})");
         }
     }
 }
